@@ -1,0 +1,1 @@
+//! fastio-context (work in progress).

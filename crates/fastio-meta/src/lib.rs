@@ -1,0 +1,1 @@
+//! fastio-meta (work in progress).

@@ -1,0 +1,1 @@
+//! fastio-shm (work in progress).

@@ -1,0 +1,2 @@
+//! The `fastio` command.
+fn main() {}
