@@ -1,0 +1,190 @@
+//! Behaviour of segments, mappings and descriptor passing within one process; the
+//! cross-process checks live in the workspace's `tests` crate.
+
+use std::os::fd::AsFd;
+
+use fastio_shm::transfer::{recv_message, send_message, seqpacket_pair};
+use fastio_shm::{
+    Access, Mapping, Prefault, Segment, SegmentBuilder, SegmentError, TransferError,
+    available_memory,
+};
+
+fn segment(len: usize) -> Segment {
+    SegmentBuilder::new(len).label("test").create().unwrap()
+}
+
+#[test]
+fn created_segments_are_sealed_against_resizing() {
+    let s = segment(8192);
+    let fd = s.into_fd();
+    assert_eq!(
+        rustix::fs::ftruncate(&fd, 4096),
+        Err(rustix::io::Errno::PERM),
+        "shrinking must be refused"
+    );
+    assert_eq!(
+        rustix::fs::ftruncate(&fd, 1 << 20),
+        Err(rustix::io::Errno::PERM)
+    );
+    assert_eq!(rustix::fs::fstat(&fd).unwrap().st_size, 8192);
+}
+
+#[test]
+fn zero_size_is_refused() {
+    assert!(matches!(
+        SegmentBuilder::new(0).create(),
+        Err(SegmentError::ZeroSize)
+    ));
+}
+
+#[test]
+fn more_than_the_machine_holds_fails_at_create_naming_the_size() {
+    let available = available_memory().expect("this machine reports its memory");
+    let size = usize::try_from(available).unwrap() + (1 << 30);
+    let err = SegmentBuilder::new(size).create().unwrap_err();
+    assert!(matches!(err, SegmentError::OutOfMemory { .. }), "{err}");
+    assert!(err.to_string().contains(&size.to_string()), "{err}");
+}
+
+#[test]
+fn writes_through_one_mapping_are_seen_through_another() {
+    let s = segment(4096);
+    let a = Mapping::new(&s, Access::ReadWrite, Prefault::Lazy).unwrap();
+    let b = Mapping::new(
+        &s.try_clone().unwrap(),
+        Access::ReadOnly,
+        Prefault::Populate,
+    )
+    .unwrap();
+    a.write_at(100, b"shared").unwrap();
+    let mut out = [0u8; 6];
+    b.read_at(100, &mut out).unwrap();
+    assert_eq!(&out, b"shared");
+}
+
+#[test]
+fn read_only_mappings_refuse_writes() {
+    let s = segment(4096);
+    let m = Mapping::new(&s, Access::ReadOnly, Prefault::Lazy).unwrap();
+    assert!(matches!(
+        m.write_at(0, b"x"),
+        Err(SegmentError::ReadOnlyMapping)
+    ));
+    assert!(matches!(m.zero(), Err(SegmentError::ReadOnlyMapping)));
+    assert!(m.as_mut_ptr().is_err());
+}
+
+#[test]
+fn read_only_descriptors_cannot_be_mapped_writable() {
+    let s = segment(4096);
+    let ro = s.read_only().unwrap();
+    assert!(!ro.is_writable());
+    assert!(matches!(
+        Mapping::new(&ro, Access::ReadWrite, Prefault::Lazy),
+        Err(SegmentError::ReadOnlyDescriptor)
+    ));
+    // The kernel enforces it too: a writable shared mmap of the descriptor fails.
+    let raw = memmap2::MmapOptions::new().len(4096).map_raw(&ro.as_fd());
+    assert!(
+        raw.is_err(),
+        "PROT_WRITE on an O_RDONLY descriptor must fail"
+    );
+}
+
+#[test]
+fn ranges_past_the_end_are_refused() {
+    let s = segment(4096);
+    let m = Mapping::new(&s, Access::ReadWrite, Prefault::Lazy).unwrap();
+    assert!(matches!(
+        m.write_at(4095, b"ab"),
+        Err(SegmentError::OutOfBounds { .. })
+    ));
+    let mut out = [0u8; 2];
+    assert!(matches!(
+        m.read_at(usize::MAX, &mut out),
+        Err(SegmentError::OutOfBounds { .. })
+    ));
+}
+
+#[test]
+fn zero_clears_every_byte() {
+    let s = segment(3 * 4096);
+    let m = Mapping::new(&s, Access::ReadWrite, Prefault::Lazy).unwrap();
+    m.write_at(0, &[7u8; 3 * 4096]).unwrap();
+    m.zero().unwrap();
+    let mut out = vec![1u8; 3 * 4096];
+    m.read_at(0, &mut out).unwrap();
+    assert!(out.iter().all(|&b| b == 0));
+}
+
+#[test]
+fn unsealed_memfds_are_not_adopted() {
+    let fd = rustix::fs::memfd_create("plain", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    rustix::fs::ftruncate(&fd, 4096).unwrap();
+    assert!(Segment::from_fd(fd).is_err());
+    let sealable = rustix::fs::memfd_create(
+        "sealable",
+        rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+    )
+    .unwrap();
+    assert!(matches!(
+        Segment::from_fd(sealable),
+        Err(SegmentError::NotSealed)
+    ));
+}
+
+#[test]
+fn descriptors_travel_over_seqpacket_sockets() {
+    let (left, right) = seqpacket_pair().unwrap();
+    let s = segment(4096);
+    Mapping::new(&s, Access::ReadWrite, Prefault::Lazy)
+        .unwrap()
+        .write_at(0, b"via fd")
+        .unwrap();
+    send_message(
+        left.as_fd(),
+        b"take this",
+        &[s.as_fd(), s.read_only().unwrap().as_fd()],
+    )
+    .unwrap();
+    let got = recv_message(right.as_fd()).unwrap();
+    assert_eq!(got.body, b"take this");
+    assert_eq!(got.fds.len(), 2);
+    let mut fds = got.fds.into_iter();
+    let rw = Segment::from_fd(fds.next().unwrap()).unwrap();
+    let ro = Segment::from_fd(fds.next().unwrap()).unwrap();
+    assert!(rw.is_writable() && !ro.is_writable());
+    assert_eq!(rw.len(), 4096);
+    let mut out = [0u8; 6];
+    Mapping::new(&ro, Access::ReadOnly, Prefault::Lazy)
+        .unwrap()
+        .read_at(0, &mut out)
+        .unwrap();
+    assert_eq!(&out, b"via fd");
+}
+
+#[test]
+fn a_closed_peer_is_reported_as_disconnected() {
+    let (left, right) = seqpacket_pair().unwrap();
+    drop(right);
+    assert!(matches!(
+        send_message(left.as_fd(), b"x", &[]),
+        Err(TransferError::Disconnected)
+    ));
+    let (left, right) = seqpacket_pair().unwrap();
+    drop(left);
+    assert!(matches!(
+        recv_message(right.as_fd()),
+        Err(TransferError::Disconnected)
+    ));
+}
+
+#[test]
+fn oversized_messages_are_refused_before_sending() {
+    let (left, _right) = seqpacket_pair().unwrap();
+    let big = vec![0u8; fastio_shm::transfer::MAX_MESSAGE_LEN + 1];
+    assert!(matches!(
+        send_message(left.as_fd(), &big, &[]),
+        Err(TransferError::TooLarge { .. })
+    ));
+}
