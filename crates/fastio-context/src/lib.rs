@@ -1,1 +1,46 @@
-//! fastio-context (work in progress).
+//! The Fast I/O context: allocations, publications, the context server and its clients.
+//!
+//! Clara's semantics (seeds 000 and 001): [`Context::create`] makes an allocation only its
+//! creator can reach; [`Allocation::publish`] copies the handle's metadata into the context
+//! under a unique name; [`Context::get`] returns a new handle to the same memory with a copy
+//! of the published metadata; [`Allocation::release`] drops a handle and
+//! [`Allocation::free`] marks the resource deleted (later gets fail; existing handles stay
+//! valid until released).
+//!
+//! ```
+//! use fastio_context::Context;
+//! use fastio_meta::ElementType;
+//! let ctx = Context::in_process();
+//! let mut a = ctx.create(4 * 6)?;
+//! a.set_type_and_dimensions(ElementType::F32, &[2, 3])?;
+//! a.copy_from_slice(&[0.0f32, 1.0, 2.0, 3.0, 4.0, 5.0])?;
+//! a.publish("grid")?;
+//! a.release()?;
+//! let b = ctx.get("grid")?;
+//! assert_eq!(b.dimensions(), Some(&[2, 3][..]));
+//! assert_eq!(b.to_vec::<f32>()?[5], 5.0);
+//! b.free()?;
+//! assert!(ctx.get("grid").is_err());
+//! # Ok::<(), fastio_context::ContextError>(())
+//! ```
+//!
+//! Architecture Invariant: the registry (`registry.rs`) is the only owner of context
+//! state; the server and the in-process context reach it through one dispatch function,
+//! so both behave the same by construction.
+
+#![deny(unsafe_code)]
+
+mod context;
+mod error;
+pub mod protocol;
+pub mod registry;
+pub mod server;
+#[allow(unsafe_code)]
+mod sys;
+mod transport;
+
+pub use context::{Allocation, Context, CreateOptions};
+pub use error::{ContextError, RequestError};
+pub use fastio_shm::{Access, Prefault};
+pub use protocol::{AccessMode, ResourceId, Stats};
+pub use server::{CONTEXT_ENV, Server, ServerConfig};

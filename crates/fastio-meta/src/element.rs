@@ -164,9 +164,19 @@ impl<'de> Deserialize<'de> for ElementType {
 /// Implemented for the primitive integers, `f32`, `f64` and `half::f16`. Every value of
 /// every bit pattern is valid for these types, which is what lets shared memory be read
 /// as them.
-pub trait Element: Copy + Send + Sync + 'static + sealed::Sealed {
+pub trait Element: bytemuck::Pod + Send + Sync + sealed::Sealed {
     /// The element type this Rust type stands for.
     const TYPE: ElementType;
+}
+
+/// The bytes of a slice of elements.
+pub fn as_bytes<T: Element>(data: &[T]) -> &[u8] {
+    bytemuck::cast_slice(data)
+}
+
+/// The bytes of a mutable slice of elements.
+pub fn as_bytes_mut<T: Element>(data: &mut [T]) -> &mut [u8] {
+    bytemuck::cast_slice_mut(data)
 }
 
 mod sealed {

@@ -10,7 +10,7 @@ mod element;
 mod name;
 mod shape;
 
-pub use element::{Element, ElementType};
+pub use element::{Element, ElementType, as_bytes, as_bytes_mut};
 pub use name::{MAX_NAME_LEN, validate_name};
 pub use shape::{DynamicShape, MAX_DIMENSIONS, Shape, TypedShape};
 

@@ -1,0 +1,476 @@
+//! The Fast I/O context and its allocations, with Clara's semantics (seeds 000 and 001).
+
+use std::fmt;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+
+use fastio_meta::{Element, ElementType, Shape, TypedShape};
+use fastio_shm::{Access, Mapping, Prefault, Segment};
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+
+use crate::ContextError;
+use crate::protocol::{AccessMode, Request, ResourceId, Response, Stats};
+use crate::registry::{DEFAULT_POOL_BYTES, Registry};
+use crate::server::CONTEXT_ENV;
+use crate::transport::{LocalTransport, SocketTransport, Transport};
+
+/// How [`Context::create_with`] prepares a new allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CreateOptions {
+    /// Zero the bytes of a recycled segment (fresh segments are zero already). Turn off
+    /// only when every byte will be overwritten.
+    pub zeroed: bool,
+    /// Fault every page in now rather than at first touch.
+    pub prefault: Prefault,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        Self {
+            zeroed: true,
+            prefault: Prefault::Lazy,
+        }
+    }
+}
+
+/// A Fast I/O context: the memory resources shared by the operators of one job.
+///
+/// Clones share one connection. A context is in-process ([`Context::in_process`]) or a
+/// client of a context server ([`Context::connect`], [`Context::from_env`]); both behave
+/// the same.
+#[derive(Clone, Debug)]
+pub struct Context {
+    transport: Arc<dyn Transport>,
+}
+
+impl Context {
+    /// A private context in this process, with the default warm pool.
+    pub fn in_process() -> Self {
+        Self::in_process_with_pool(DEFAULT_POOL_BYTES)
+    }
+
+    /// A private context in this process whose warm pool keeps at most `pool_bytes`.
+    pub fn in_process_with_pool(pool_bytes: u64) -> Self {
+        Self::over_registry(Arc::new(Mutex::new(Registry::new(pool_bytes))))
+    }
+
+    pub(crate) fn over_registry(registry: Arc<Mutex<Registry>>) -> Self {
+        Self {
+            transport: Arc::new(LocalTransport::new(registry)),
+        }
+    }
+
+    /// Joins the context server at `address`: `@name` (abstract socket, as printed by
+    /// `fastio serve`) or `fd:N` (an inherited connected socket).
+    pub fn connect(address: &str) -> Result<Self, ContextError> {
+        let fail = |reason: String| ContextError::Connect {
+            address: address.to_owned(),
+            reason,
+        };
+        let socket = if let Some(fd) = address.strip_prefix("fd:") {
+            let fd: i32 = fd
+                .parse()
+                .map_err(|_| fail("fd: must be followed by a descriptor number".into()))?;
+            crate::sys::adopt_inherited_fd(fd).map_err(|e| fail(e.to_string()))?
+        } else if let Some(name) = address.strip_prefix('@') {
+            let socket = rustix::net::socket_with(
+                AddressFamily::UNIX,
+                SocketType::SEQPACKET,
+                SocketFlags::CLOEXEC,
+                None,
+            )
+            .map_err(|e| fail(e.to_string()))?;
+            let addr = SocketAddrUnix::new_abstract_name(name.as_bytes())
+                .map_err(|e| fail(e.to_string()))?;
+            rustix::net::connect(&socket, &addr).map_err(|e| fail(e.to_string()))?;
+            socket
+        } else {
+            return Err(fail("expected @name or fd:N".into()));
+        };
+        Ok(Self {
+            transport: Arc::new(SocketTransport::new(socket)?),
+        })
+    }
+
+    /// A connected socket becomes a context (the pipeline driver's operators use this).
+    pub fn from_socket(socket: OwnedFd) -> Result<Self, ContextError> {
+        Ok(Self {
+            transport: Arc::new(SocketTransport::new(socket)?),
+        })
+    }
+
+    /// Joins the context named by the `FASTIO_CONTEXT` environment variable.
+    pub fn from_env() -> Result<Self, ContextError> {
+        match std::env::var(CONTEXT_ENV) {
+            Ok(address) if !address.is_empty() => Self::connect(&address),
+            _ => Err(ContextError::NoContextInEnvironment { var: CONTEXT_ENV }),
+        }
+    }
+
+    fn call(&self, request: Request) -> Result<(Response, Option<Segment>), ContextError> {
+        match self.transport.call(&request)? {
+            (Response::Refused(e), _) => Err(e.into()),
+            answer => Ok(answer),
+        }
+    }
+
+    fn handle(
+        &self,
+        request: Request,
+        access: Access,
+        options: CreateOptions,
+    ) -> Result<Allocation, ContextError> {
+        let (response, segment) = self.call(request)?;
+        let (
+            Response::Handle {
+                id,
+                size,
+                typed,
+                recycled,
+            },
+            Some(segment),
+        ) = (response, segment)
+        else {
+            return Err(ContextError::Protocol("expected a handle".into()));
+        };
+        let mapped = Mapping::new(&segment, access, options.prefault).and_then(|mapping| {
+            if recycled && options.zeroed {
+                mapping.zero()?;
+            }
+            Ok(mapping)
+        });
+        match mapped {
+            Ok(mapping) => Ok(Allocation {
+                context: self.clone(),
+                id,
+                mapping: Some(mapping),
+                size,
+                typed,
+                access,
+                live: true,
+            }),
+            Err(e) => {
+                // The context counted the handle; give it back before reporting.
+                let _ = self.call(Request::Release { id });
+                Err(e.into())
+            }
+        }
+    }
+
+    /// A new allocation of `size` bytes, zeroed, reachable only through the returned
+    /// handle until it is published.
+    pub fn create(&self, size: usize) -> Result<Allocation, ContextError> {
+        self.create_with(size, CreateOptions::default())
+    }
+
+    /// [`Context::create`] with options.
+    pub fn create_with(
+        &self,
+        size: usize,
+        options: CreateOptions,
+    ) -> Result<Allocation, ContextError> {
+        self.handle(Request::Create { size }, Access::ReadWrite, options)
+    }
+
+    /// A new read-write handle to the allocation published as `name`, with a copy of the
+    /// published metadata (Clara's `get`, which puts no restriction on its result).
+    pub fn get(&self, name: &str) -> Result<Allocation, ContextError> {
+        self.get_with(name, AccessMode::ReadWrite)
+    }
+
+    /// A new handle with the given access. A read-only handle's descriptor and mapping
+    /// are read-only: writes through it fault.
+    pub fn get_with(&self, name: &str, access: AccessMode) -> Result<Allocation, ContextError> {
+        let local = match access {
+            AccessMode::ReadOnly => Access::ReadOnly,
+            AccessMode::ReadWrite => Access::ReadWrite,
+        };
+        self.handle(
+            Request::Get {
+                name: name.to_owned(),
+                access,
+            },
+            local,
+            CreateOptions {
+                zeroed: false,
+                prefault: Prefault::Lazy,
+            },
+        )
+    }
+
+    /// Copies `data` into a new allocation typed `T` with `shape`, and publishes it as
+    /// `name` (Clara's `publish_array`). The handle is released afterwards; the
+    /// publication keeps the memory until it is freed.
+    pub fn publish_slice<T: Element>(
+        &self,
+        data: &[T],
+        shape: &[usize],
+        name: &str,
+    ) -> Result<(), ContextError> {
+        let bytes = fastio_meta::as_bytes(data);
+        let mut allocation = self.create_with(
+            bytes.len(),
+            CreateOptions {
+                zeroed: false,
+                prefault: Prefault::Lazy,
+            },
+        )?;
+        allocation.set_type_and_dimensions(T::TYPE, shape)?;
+        allocation.write_bytes(0, bytes)?;
+        allocation.publish(name)?;
+        allocation.release()
+    }
+
+    /// The context's accounting.
+    pub fn stats(&self) -> Result<Stats, ContextError> {
+        match self.call(Request::Stats)? {
+            (Response::Stats(stats), _) => Ok(stats),
+            (other, _) => Err(ContextError::Protocol(format!(
+                "expected stats, got {other:?}"
+            ))),
+        }
+    }
+}
+
+/// A handle to a Fast I/O memory resource, with its own local metadata.
+///
+/// Obtained from [`Context::create`] or [`Context::get`]. Dropping it releases the handle
+/// (the same as [`Allocation::release`], with errors only logged). In Rust, using a handle
+/// after `release` or `free` does not compile, since both consume it:
+///
+/// ```compile_fail
+/// let ctx = fastio_context::Context::in_process();
+/// let a = ctx.create(16).unwrap();
+/// a.release().unwrap();
+/// a.release().unwrap(); // error: use of moved value
+/// ```
+pub struct Allocation {
+    context: Context,
+    id: ResourceId,
+    // `Some` while the handle is live: it is unmapped as it is given up.
+    mapping: Option<Mapping>,
+    size: usize,
+    typed: Option<TypedShape>,
+    access: Access,
+    // False once released or freed (only `Drop` then sees the handle).
+    live: bool,
+}
+
+impl fmt::Debug for Allocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Allocation")
+            .field("id", &self.id)
+            .field("size", &self.size)
+            .field("typed", &self.typed)
+            .field("access", &self.access)
+            .finish()
+    }
+}
+
+impl Allocation {
+    fn mapping(&self) -> &Mapping {
+        self.mapping
+            .as_ref()
+            .expect("only live handles are reachable")
+    }
+
+    /// The resource this handle refers to.
+    pub fn id(&self) -> ResourceId {
+        self.id
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// How this handle may touch the memory.
+    pub fn access(&self) -> Access {
+        self.access
+    }
+
+    /// Local type and dimensions, if set.
+    pub fn typed_shape(&self) -> Option<&TypedShape> {
+        self.typed.as_ref()
+    }
+
+    /// Local element type, if set.
+    pub fn element_type(&self) -> Option<ElementType> {
+        self.typed.as_ref().map(|t| t.element_type)
+    }
+
+    /// Local dimensions, if set.
+    pub fn dimensions(&self) -> Option<&[usize]> {
+        self.typed.as_ref().map(|t| t.shape.dims())
+    }
+
+    /// Sets this handle's local type and dimensions. Fails, changing nothing, when they
+    /// need more bytes than the allocation has or are malformed. Publications made before
+    /// keep the metadata they were published with.
+    pub fn set_type_and_dimensions(
+        &mut self,
+        element_type: ElementType,
+        dims: &[usize],
+    ) -> Result<(), ContextError> {
+        let typed = TypedShape::new(element_type, Shape::new(dims.to_vec())?)?;
+        let needed = typed.byte_size();
+        if needed > self.size {
+            return Err(crate::RequestError::MetadataTooLarge {
+                needed,
+                size: self.size,
+            }
+            .into());
+        }
+        self.typed = Some(typed);
+        Ok(())
+    }
+
+    /// Publishes the resource under `name` with a copy of this handle's current metadata.
+    /// The handle stays valid and must still be released.
+    pub fn publish(&self, name: &str) -> Result<(), ContextError> {
+        self.context
+            .call(Request::Publish {
+                id: self.id,
+                name: name.to_owned(),
+                typed: self.typed.clone(),
+            })
+            .map(drop)
+    }
+
+    /// Drops this handle. The memory stays for other handles and for its publications.
+    pub fn release(mut self) -> Result<(), ContextError> {
+        self.give_up(false)
+    }
+
+    /// Marks the resource deleted, so that later gets of any of its names fail, and drops
+    /// this handle. Other handles and their mappings stay valid until released.
+    pub fn free(mut self) -> Result<(), ContextError> {
+        self.give_up(true)
+    }
+
+    fn give_up(&mut self, free: bool) -> Result<(), ContextError> {
+        if !std::mem::replace(&mut self.live, false) {
+            return Ok(());
+        }
+        // Unmap before telling the context, so that a recycled segment is never mapped
+        // here while someone else is handed it.
+        self.mapping = None;
+        let request = if free {
+            Request::Free { id: self.id }
+        } else {
+            Request::Release { id: self.id }
+        };
+        self.context.call(request).map(drop)
+    }
+
+    /// Start of the memory. Other processes may be writing to it.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.mapping().as_ptr()
+    }
+
+    /// Start of the memory for writing, or [`ContextError::ReadOnly`].
+    pub fn as_mut_ptr(&mut self) -> Result<*mut u8, ContextError> {
+        self.mapping()
+            .as_mut_ptr()
+            .map_err(|_| ContextError::ReadOnly)
+    }
+
+    /// Copies `len` bytes starting at `offset` out of the allocation.
+    pub fn read_bytes(&self, offset: usize, len: usize) -> Result<Vec<u8>, ContextError> {
+        let mut out = vec![0u8; len];
+        self.check_range(offset, len)?;
+        self.mapping().read_at(offset, &mut out)?;
+        Ok(out)
+    }
+
+    /// Copies `data` into the allocation at `offset`.
+    pub fn write_bytes(&mut self, offset: usize, data: &[u8]) -> Result<(), ContextError> {
+        if self.access == Access::ReadOnly {
+            return Err(ContextError::ReadOnly);
+        }
+        self.check_range(offset, data.len())?;
+        self.mapping().write_at(offset, data)?;
+        Ok(())
+    }
+
+    fn check_range(&self, offset: usize, len: usize) -> Result<(), ContextError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(fastio_shm::SegmentError::OutOfBounds {
+                offset,
+                len,
+                size: self.size,
+            }
+            .into()),
+        }
+    }
+
+    fn typed_as<T: Element>(&self) -> Result<&TypedShape, ContextError> {
+        let typed = self.typed.as_ref().ok_or(ContextError::Untyped)?;
+        if typed.element_type != T::TYPE {
+            return Err(ContextError::WrongElementType {
+                requested: T::TYPE,
+                actual: typed.element_type,
+            });
+        }
+        Ok(typed)
+    }
+
+    /// Copies the typed contents out (the element type must be `T`).
+    pub fn to_vec<T: Element>(&self) -> Result<Vec<T>, ContextError> {
+        let count = self.typed_as::<T>()?.shape.element_count()?;
+        let mut out = vec![T::zeroed(); count];
+        self.mapping()
+            .read_at(0, fastio_meta::as_bytes_mut(&mut out))?;
+        Ok(out)
+    }
+
+    /// Copies `data` in as the typed contents (the element type must be `T` and the
+    /// lengths must match).
+    pub fn copy_from_slice<T: Element>(&mut self, data: &[T]) -> Result<(), ContextError> {
+        let count = self.typed_as::<T>()?.shape.element_count()?;
+        if count != data.len() {
+            return Err(ContextError::LengthMismatch {
+                expected: count * T::TYPE.size(),
+                actual: std::mem::size_of_val(data),
+            });
+        }
+        self.write_bytes(0, fastio_meta::as_bytes(data))
+    }
+
+    /// A zero-copy typed view of the memory, shaped by the local metadata.
+    ///
+    /// # Safety
+    /// No process may write to the allocation while the view lives (for example: the
+    /// producer published it and has finished writing). Shared memory written under a
+    /// live `&T` is undefined behaviour.
+    #[allow(unsafe_code)]
+    pub unsafe fn view<T: Element>(&self) -> Result<ndarray::ArrayViewD<'_, T>, ContextError> {
+        let typed = self.typed_as::<T>()?;
+        // SAFETY: forwarded to the caller; the mapping is page-aligned and holds at least
+        // the typed shape's bytes (checked by set_type_and_dimensions / the publication).
+        Ok(unsafe { crate::sys::view(self.mapping().as_ptr().cast(), typed.shape.dims()) })
+    }
+
+    /// A zero-copy writable typed view, shaped by the local metadata.
+    ///
+    /// # Safety
+    /// No other process may read or write the allocation while the view lives.
+    #[allow(unsafe_code)]
+    pub unsafe fn view_mut<T: Element>(
+        &mut self,
+    ) -> Result<ndarray::ArrayViewMutD<'_, T>, ContextError> {
+        let dims = self.typed_as::<T>()?.shape.dims().to_vec();
+        let ptr = self.as_mut_ptr()?;
+        // SAFETY: as in `view`, plus the mapping is writable (checked by `as_mut_ptr`).
+        Ok(unsafe { crate::sys::view_mut(ptr.cast(), &dims) })
+    }
+}
+
+impl Drop for Allocation {
+    fn drop(&mut self) {
+        if let Err(e) = self.give_up(false) {
+            tracing::debug!("releasing {} on drop failed: {e}", self.id);
+        }
+    }
+}

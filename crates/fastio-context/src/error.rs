@@ -1,0 +1,160 @@
+//! Errors of the context.
+
+use fastio_meta::MetaError;
+use fastio_shm::{SegmentError, TransferError};
+use serde::{Deserialize, Serialize};
+
+/// A request the context refused. These travel over the wire, so they carry only data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RequestError {
+    /// Allocations need at least one byte.
+    #[error("an allocation needs at least one byte; 0 was requested")]
+    ZeroSize,
+    /// The machine cannot hold the allocation.
+    #[error("{message}")]
+    OutOfMemory {
+        /// Bytes requested.
+        size: usize,
+        /// The full message, with the size and what is available.
+        message: String,
+    },
+    /// The name breaks the naming rule.
+    #[error("{message}")]
+    InvalidName {
+        /// Why.
+        message: String,
+    },
+    /// The name is already published.
+    #[error("{name:?} is already published; a name is published once per context")]
+    AlreadyPublished {
+        /// The name.
+        name: String,
+    },
+    /// No publication has this name.
+    #[error("no publication named {name:?} in this context")]
+    UnknownName {
+        /// The name.
+        name: String,
+    },
+    /// The resource published under this name was freed.
+    #[error("{name:?} was freed; it can no longer be got or published again")]
+    NameFreed {
+        /// The name.
+        name: String,
+    },
+    /// The connection holds no handle to the resource (released, or never held).
+    #[error("resource #{id} is not held by this client: the handle was released or never obtained")]
+    NotHeld {
+        /// The resource.
+        id: u64,
+    },
+    /// The resource was freed and cannot be published.
+    #[error("resource #{id} was freed; it cannot be published")]
+    Deleted {
+        /// The resource.
+        id: u64,
+    },
+    /// The metadata describes more bytes than the allocation has.
+    #[error("type and dimensions need {needed} bytes but the allocation has {size}")]
+    MetadataTooLarge {
+        /// Bytes the metadata describes.
+        needed: usize,
+        /// Bytes the allocation has.
+        size: usize,
+    },
+    /// The server could not carry out an operating-system call.
+    #[error("the context server failed: {message}")]
+    Internal {
+        /// What failed.
+        message: String,
+    },
+    /// The request was malformed or of another protocol version.
+    #[error("bad request: {message}")]
+    BadRequest {
+        /// What was wrong.
+        message: String,
+    },
+}
+
+impl RequestError {
+    pub(crate) fn from_segment(e: SegmentError) -> Self {
+        match e {
+            SegmentError::ZeroSize => RequestError::ZeroSize,
+            SegmentError::OutOfMemory { size, .. } => RequestError::OutOfMemory {
+                size,
+                message: e.to_string(),
+            },
+            other => RequestError::Internal {
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+/// Everything that can go wrong using a context.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    /// The context refused the request.
+    #[error(transparent)]
+    Refused(#[from] RequestError),
+    /// Bad type or shape metadata.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    /// A local segment or mapping operation failed.
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+    /// The context server went away (it exited or was killed). Mappings made before stay
+    /// readable; new requests cannot be served.
+    #[error("the context server is gone: {0}")]
+    ServerGone(TransferError),
+    /// Connecting to a context server failed.
+    #[error("cannot connect to the context at {address:?}: {reason}")]
+    Connect {
+        /// The address tried.
+        address: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// No context address is set in the environment.
+    #[error("no context to join: set {var} (printed by `fastio serve`) or run under `fastio run`")]
+    NoContextInEnvironment {
+        /// The variable that was read.
+        var: &'static str,
+    },
+    /// The server answered something this client does not understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The allocation is read-only in this process.
+    #[error("this handle is read-only; it cannot be written")]
+    ReadOnly,
+    /// A typed access needs metadata the handle does not have.
+    #[error("the allocation has no type and dimensions; call set_type_and_dimensions first")]
+    Untyped,
+    /// A typed access used another element type than the allocation's.
+    #[error("the allocation holds {actual}, not {requested}")]
+    WrongElementType {
+        /// The type asked for.
+        requested: fastio_meta::ElementType,
+        /// The allocation's type.
+        actual: fastio_meta::ElementType,
+    },
+    /// A copy of the wrong length.
+    #[error("expected {expected} bytes, got {actual}")]
+    LengthMismatch {
+        /// Bytes expected.
+        expected: usize,
+        /// Bytes given.
+        actual: usize,
+    },
+}
+
+impl ContextError {
+    /// The refusal behind this error, if it is one.
+    pub fn refusal(&self) -> Option<&RequestError> {
+        match self {
+            ContextError::Refused(r) => Some(r),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,493 @@
+//! The context's state: resources, publications, handles per connection, the warm pool.
+//!
+//! Pure bookkeeping, no sockets: the server and the in-process context both drive it.
+//!
+//! Architecture Invariant: a resource lives while some connection holds a handle to it,
+//! or while it is published and not freed. When neither is true its segment goes to the
+//! bounded warm pool or is closed; no other path releases memory.
+
+use std::collections::HashMap;
+
+use fastio_meta::{TypedShape, validate_name};
+use fastio_shm::{Segment, SegmentBuilder};
+
+use crate::RequestError;
+use crate::protocol::{AccessMode, ResourceId, Stats};
+
+/// Identifies a connection (a client, or an in-process context) to the registry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnectionId(pub u64);
+
+/// Default bound of the warm pool: 1 GiB of segments kept for reuse.
+pub const DEFAULT_POOL_BYTES: u64 = 1 << 30;
+
+#[derive(Debug)]
+struct Resource {
+    segment: Segment,
+    size: usize,
+    deleted: bool,
+    names: usize,
+    handles: u64,
+}
+
+#[derive(Debug)]
+enum NameState {
+    Live {
+        id: ResourceId,
+        typed: Option<TypedShape>,
+    },
+    Freed,
+}
+
+/// A handle handed out: the descriptor to pass on and what the client needs to know.
+#[derive(Debug)]
+pub struct Grant {
+    /// The resource.
+    pub id: ResourceId,
+    /// Usable size.
+    pub size: usize,
+    /// Published metadata, if any.
+    pub typed: Option<TypedShape>,
+    /// Whether the segment was recycled and holds old bytes.
+    pub recycled: bool,
+    /// A descriptor for the client (read-only when the access asked was read-only).
+    pub segment: Segment,
+}
+
+/// The registry of one context.
+#[derive(Debug)]
+pub struct Registry {
+    resources: HashMap<ResourceId, Resource>,
+    names: HashMap<String, NameState>,
+    connections: HashMap<ConnectionId, HashMap<ResourceId, u64>>,
+    pool: Vec<Segment>,
+    pool_bytes: u64,
+    pool_limit: u64,
+    next_id: u64,
+    next_connection: u64,
+    created: u64,
+    recycled: u64,
+}
+
+impl Registry {
+    /// An empty registry whose warm pool keeps at most `pool_limit` bytes.
+    pub fn new(pool_limit: u64) -> Self {
+        Self {
+            resources: HashMap::new(),
+            names: HashMap::new(),
+            connections: HashMap::new(),
+            pool: Vec::new(),
+            pool_bytes: 0,
+            pool_limit,
+            next_id: 1,
+            next_connection: 1,
+            created: 0,
+            recycled: 0,
+        }
+    }
+
+    /// Registers a new connection.
+    pub fn connect(&mut self) -> ConnectionId {
+        let id = ConnectionId(self.next_connection);
+        self.next_connection += 1;
+        self.connections.insert(id, HashMap::new());
+        id
+    }
+
+    /// Drops every handle a connection held (it closed, or its process died).
+    pub fn disconnect(&mut self, conn: ConnectionId) {
+        let Some(held) = self.connections.remove(&conn) else {
+            return;
+        };
+        for (id, count) in held {
+            if let Some(resource) = self.resources.get_mut(&id) {
+                resource.handles -= count;
+            }
+            self.reclaim_if_dead(id);
+        }
+    }
+
+    /// Handles held by one connection, per resource.
+    pub fn held_by(&self, conn: ConnectionId) -> Vec<(ResourceId, u64)> {
+        let mut held: Vec<_> = self
+            .connections
+            .get(&conn)
+            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default();
+        held.sort();
+        held
+    }
+
+    /// A new private resource of `size` bytes, held once by `conn`.
+    pub fn create(&mut self, conn: ConnectionId, size: usize) -> Result<Grant, RequestError> {
+        if size == 0 {
+            return Err(RequestError::ZeroSize);
+        }
+        let (segment, recycled) = match self.take_pooled(size) {
+            Some(segment) => (segment, true),
+            None => {
+                let segment = SegmentBuilder::new(size)
+                    .label("fastio")
+                    .create()
+                    .map_err(RequestError::from_segment)?;
+                self.created += 1;
+                (segment, false)
+            }
+        };
+        let client_copy = segment.try_clone().map_err(RequestError::from_segment)?;
+        let id = ResourceId(self.next_id);
+        self.next_id += 1;
+        self.resources.insert(
+            id,
+            Resource {
+                segment,
+                size,
+                deleted: false,
+                names: 0,
+                handles: 0,
+            },
+        );
+        self.add_handle(conn, id);
+        Ok(Grant {
+            id,
+            size,
+            typed: None,
+            recycled,
+            segment: client_copy,
+        })
+    }
+
+    /// Publishes a resource `conn` holds under `name`.
+    pub fn publish(
+        &mut self,
+        conn: ConnectionId,
+        id: ResourceId,
+        name: &str,
+        typed: Option<TypedShape>,
+    ) -> Result<(), RequestError> {
+        validate_name(name).map_err(|e| RequestError::InvalidName {
+            message: e.to_string(),
+        })?;
+        self.check_held(conn, id)?;
+        let resource = &self.resources[&id];
+        if resource.deleted {
+            return Err(RequestError::Deleted { id: id.0 });
+        }
+        if let Some(t) = &typed {
+            let need = t.shape.byte_size(t.element_type).unwrap_or(usize::MAX);
+            if need > resource.size {
+                return Err(RequestError::MetadataTooLarge {
+                    needed: need,
+                    size: resource.size,
+                });
+            }
+        }
+        match self.names.get(name) {
+            Some(NameState::Live { .. }) => {
+                return Err(RequestError::AlreadyPublished {
+                    name: name.to_owned(),
+                });
+            }
+            Some(NameState::Freed) => {
+                return Err(RequestError::NameFreed {
+                    name: name.to_owned(),
+                });
+            }
+            None => {}
+        }
+        self.names
+            .insert(name.to_owned(), NameState::Live { id, typed });
+        if let Some(resource) = self.resources.get_mut(&id) {
+            resource.names += 1;
+        }
+        Ok(())
+    }
+
+    /// A new handle to the resource published as `name`.
+    pub fn get(
+        &mut self,
+        conn: ConnectionId,
+        name: &str,
+        access: AccessMode,
+    ) -> Result<Grant, RequestError> {
+        let (id, typed) = match self.names.get(name) {
+            Some(NameState::Live { id, typed }) => (*id, typed.clone()),
+            Some(NameState::Freed) => {
+                return Err(RequestError::NameFreed {
+                    name: name.to_owned(),
+                });
+            }
+            None => {
+                return Err(RequestError::UnknownName {
+                    name: name.to_owned(),
+                });
+            }
+        };
+        let resource = &self.resources[&id];
+        let segment = match access {
+            AccessMode::ReadOnly => resource.segment.read_only(),
+            AccessMode::ReadWrite => resource.segment.try_clone(),
+        }
+        .map_err(RequestError::from_segment)?;
+        let size = resource.size;
+        self.add_handle(conn, id);
+        Ok(Grant {
+            id,
+            size,
+            typed,
+            recycled: false,
+            segment,
+        })
+    }
+
+    /// Drops one handle `conn` holds.
+    pub fn release(&mut self, conn: ConnectionId, id: ResourceId) -> Result<(), RequestError> {
+        self.check_held(conn, id)?;
+        let held = self
+            .connections
+            .get_mut(&conn)
+            .and_then(|m| m.get_mut(&id))
+            .expect("checked above");
+        *held -= 1;
+        if *held == 0 {
+            self.connections.get_mut(&conn).map(|m| m.remove(&id));
+        }
+        if let Some(resource) = self.resources.get_mut(&id) {
+            resource.handles -= 1;
+        }
+        self.reclaim_if_dead(id);
+        Ok(())
+    }
+
+    /// Marks a held resource deleted, so that its names stop resolving, and drops the handle.
+    pub fn free(&mut self, conn: ConnectionId, id: ResourceId) -> Result<(), RequestError> {
+        self.check_held(conn, id)?;
+        let resource = self.resources.get_mut(&id).expect("held resources exist");
+        resource.deleted = true;
+        resource.names = 0;
+        for state in self.names.values_mut() {
+            if matches!(state, NameState::Live { id: live, .. } if *live == id) {
+                *state = NameState::Freed;
+            }
+        }
+        self.release(conn, id)
+    }
+
+    /// The registry's accounting.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            resources: self.resources.len(),
+            live_bytes: self
+                .resources
+                .values()
+                .map(|r| r.segment.len() as u64)
+                .sum(),
+            pooled_segments: self.pool.len(),
+            pooled_bytes: self.pool_bytes,
+            publications: self
+                .names
+                .values()
+                .filter(|s| matches!(s, NameState::Live { .. }))
+                .count(),
+            handles: self.resources.values().map(|r| r.handles).sum(),
+            connections: self.connections.len(),
+            segments_created: self.created,
+            segments_recycled: self.recycled,
+        }
+    }
+
+    fn add_handle(&mut self, conn: ConnectionId, id: ResourceId) {
+        *self
+            .connections
+            .entry(conn)
+            .or_default()
+            .entry(id)
+            .or_insert(0) += 1;
+        if let Some(resource) = self.resources.get_mut(&id) {
+            resource.handles += 1;
+        }
+    }
+
+    fn check_held(&self, conn: ConnectionId, id: ResourceId) -> Result<(), RequestError> {
+        let held = self
+            .connections
+            .get(&conn)
+            .and_then(|m| m.get(&id))
+            .copied()
+            .unwrap_or(0);
+        if held == 0 {
+            return Err(RequestError::NotHeld { id: id.0 });
+        }
+        Ok(())
+    }
+
+    fn reclaim_if_dead(&mut self, id: ResourceId) {
+        let dead = self
+            .resources
+            .get(&id)
+            .is_some_and(|r| r.handles == 0 && (r.deleted || r.names == 0));
+        if !dead {
+            return;
+        }
+        let resource = self.resources.remove(&id).expect("checked above");
+        let len = resource.segment.len() as u64;
+        if self.pool_bytes + len <= self.pool_limit {
+            self.pool_bytes += len;
+            self.pool.push(resource.segment);
+        }
+        // Otherwise the segment is dropped here: its memory goes with the last mapping.
+    }
+
+    /// The smallest pooled segment that holds `size` bytes without wasting more than a
+    /// quarter of itself.
+    fn take_pooled(&mut self, size: usize) -> Option<Segment> {
+        let index = self
+            .pool
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.len() >= size && s.len() - size <= s.len() / 4)
+            .min_by_key(|(_, s)| s.len())
+            .map(|(i, _)| i)?;
+        let segment = self.pool.swap_remove(index);
+        self.pool_bytes -= segment.len() as u64;
+        self.recycled += 1;
+        Some(segment)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fastio_meta::{ElementType, Shape};
+
+    fn typed(dims: &[usize]) -> Option<TypedShape> {
+        Some(TypedShape::new(ElementType::U8, Shape::new(dims.to_vec()).unwrap()).unwrap())
+    }
+
+    #[test]
+    fn an_unpublished_resource_dies_with_its_last_handle() {
+        let mut r = Registry::new(0);
+        let c = r.connect();
+        let g = r.create(c, 4096).unwrap();
+        assert_eq!(r.stats().resources, 1);
+        r.release(c, g.id).unwrap();
+        assert_eq!(r.stats().resources, 0);
+        assert_eq!(r.stats().live_bytes, 0);
+    }
+
+    #[test]
+    fn a_published_resource_outlives_its_handles_until_freed() {
+        let mut r = Registry::new(0);
+        let (a, b) = (r.connect(), r.connect());
+        let g = r.create(a, 100).unwrap();
+        r.publish(a, g.id, "buf", None).unwrap();
+        r.release(a, g.id).unwrap();
+        assert_eq!(r.stats().resources, 1, "publication keeps it");
+        let h = r.get(b, "buf", AccessMode::ReadOnly).unwrap();
+        assert!(!h.segment.is_writable());
+        r.free(b, h.id).unwrap();
+        assert_eq!(r.stats().resources, 0);
+        assert!(matches!(
+            r.get(a, "buf", AccessMode::ReadOnly),
+            Err(RequestError::NameFreed { .. })
+        ));
+    }
+
+    #[test]
+    fn free_keeps_other_handles_valid_until_released() {
+        let mut r = Registry::new(0);
+        let (a, b) = (r.connect(), r.connect());
+        let g = r.create(a, 100).unwrap();
+        r.publish(a, g.id, "x", None).unwrap();
+        let h = r.get(b, "x", AccessMode::ReadWrite).unwrap();
+        r.free(a, g.id).unwrap();
+        assert_eq!(r.stats().resources, 1, "b still holds it");
+        assert_eq!(r.stats().publications, 0);
+        r.release(b, h.id).unwrap();
+        assert_eq!(r.stats().resources, 0);
+    }
+
+    #[test]
+    fn names_publish_once() {
+        let mut r = Registry::new(0);
+        let c = r.connect();
+        let g = r.create(c, 10).unwrap();
+        r.publish(c, g.id, "n", None).unwrap();
+        assert!(matches!(
+            r.publish(c, g.id, "n", None),
+            Err(RequestError::AlreadyPublished { .. })
+        ));
+        r.publish(c, g.id, "n2", typed(&[2, 5])).unwrap();
+        assert_eq!(r.stats().publications, 2);
+    }
+
+    #[test]
+    fn only_held_resources_can_be_published_released_or_freed() {
+        let mut r = Registry::new(0);
+        let (a, b) = (r.connect(), r.connect());
+        let g = r.create(a, 10).unwrap();
+        assert!(matches!(
+            r.publish(b, g.id, "n", None),
+            Err(RequestError::NotHeld { .. })
+        ));
+        assert!(matches!(
+            r.release(b, g.id),
+            Err(RequestError::NotHeld { .. })
+        ));
+        assert!(matches!(r.free(b, g.id), Err(RequestError::NotHeld { .. })));
+        r.release(a, g.id).unwrap();
+        assert!(matches!(
+            r.release(a, g.id),
+            Err(RequestError::NotHeld { .. })
+        ));
+    }
+
+    #[test]
+    fn metadata_larger_than_the_allocation_is_refused() {
+        let mut r = Registry::new(0);
+        let c = r.connect();
+        let g = r.create(c, 10).unwrap();
+        assert!(matches!(
+            r.publish(c, g.id, "n", typed(&[11])),
+            Err(RequestError::MetadataTooLarge {
+                needed: 11,
+                size: 10
+            })
+        ));
+    }
+
+    #[test]
+    fn disconnect_drops_the_connections_handles() {
+        let mut r = Registry::new(0);
+        let (a, b) = (r.connect(), r.connect());
+        let g = r.create(a, 10).unwrap();
+        r.publish(a, g.id, "n", None).unwrap();
+        r.get(b, "n", AccessMode::ReadOnly).unwrap();
+        r.get(b, "n", AccessMode::ReadOnly).unwrap();
+        r.create(b, 20).unwrap();
+        assert_eq!(r.stats().handles, 4);
+        r.disconnect(b);
+        let s = r.stats();
+        assert_eq!((s.resources, s.handles, s.connections), (1, 1, 1));
+    }
+
+    #[test]
+    fn dead_segments_are_recycled_within_the_pool_bound() {
+        let mut r = Registry::new(10_000);
+        let c = r.connect();
+        let g = r.create(c, 8000).unwrap();
+        r.release(c, g.id).unwrap();
+        assert_eq!(r.stats().pooled_bytes, 8000);
+        let again = r.create(c, 7000).unwrap();
+        assert!(again.recycled);
+        assert_eq!(again.size, 7000);
+        assert_eq!(r.stats().segments_recycled, 1);
+        // Too small to hold, or too wasteful: a fresh segment.
+        let other = r.create(c, 100).unwrap();
+        assert!(!other.recycled);
+        // Over the bound: dropped, not pooled.
+        let big = r.create(c, 20_000).unwrap();
+        r.release(c, big.id).unwrap();
+        assert_eq!(r.stats().pooled_bytes, 0);
+    }
+}
