@@ -1,0 +1,93 @@
+//! A scriptable operator process for the cross-process tests. It joins the context named
+//! by FASTIO_CONTEXT and does one thing, reporting on stdout one line per step.
+
+use std::io::{BufRead, Write};
+
+use anyhow::{Context as _, bail};
+use fastio::{AccessMode, Context, Server, ServerConfig};
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| -> anyhow::Result<&str> {
+        args.get(i).map(String::as_str).context("missing argument")
+    };
+    match arg(0)? {
+        // serve POOL_MIB: a context server until stdin closes (what `fastio serve` runs).
+        "serve" => {
+            let server = Server::start(ServerConfig {
+                pool_bytes: arg(1)?.parse::<u64>()? << 20,
+            })?;
+            say(server.address());
+            std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())?;
+        }
+        // publish NAME SIZE BYTE: create, fill, publish, release.
+        "publish" => {
+            let ctx = Context::from_env()?;
+            let mut a = ctx.create(arg(2)?.parse()?)?;
+            let byte: u8 = arg(3)?.parse()?;
+            a.write_bytes(0, &vec![byte; a.size()])?;
+            a.publish(arg(1)?)?;
+            a.release()?;
+            say("published");
+        }
+        // hold NAME: get read-only and keep the mapping; then serve commands from stdin:
+        // `read OFFSET` prints the byte there, `stats` prints the context's stats or error.
+        "hold" => {
+            let ctx = Context::from_env()?;
+            let a = ctx.get_with(arg(1)?, AccessMode::ReadOnly)?;
+            say(&format!("holding {}", a.size()));
+            for line in std::io::stdin().lock().lines() {
+                let line = line?;
+                let words: Vec<&str> = line.split_whitespace().collect();
+                match words.as_slice() {
+                    ["read", offset] => {
+                        say(&format!("byte {}", a.read_bytes(offset.parse()?, 1)?[0]));
+                    }
+                    ["stats"] => match ctx.stats() {
+                        Ok(s) => say(&format!("stats {}", serde_json::to_string(&s)?)),
+                        Err(e) => say(&format!("error {e}")),
+                    },
+                    _ => bail!("unknown command {line:?}"),
+                }
+            }
+        }
+        // write NAME OFFSET BYTE: get read-write, write one byte, release.
+        "write" => {
+            let ctx = Context::from_env()?;
+            let mut a = ctx.get(arg(1)?)?;
+            a.write_bytes(arg(2)?.parse()?, &[arg(3)?.parse()?])?;
+            a.release()?;
+            say("written");
+        }
+        // race PREFIX ROUNDS: publish PREFIX-i for each round, reporting who won.
+        "race" => {
+            let ctx = Context::from_env()?;
+            let rounds: usize = arg(2)?.parse()?;
+            let allocation = ctx.create(64)?;
+            for i in 0..rounds {
+                match allocation.publish(&format!("{}-{i}", arg(1)?)) {
+                    Ok(()) => say(&format!("{i} won")),
+                    Err(e) => say(&format!("{i} lost {e}")),
+                }
+            }
+            allocation.release()?;
+        }
+        // hold-private SIZE: create SIZE bytes, touch every page, then wait to be killed.
+        "hold-private" => {
+            let ctx = Context::from_env()?;
+            let mut a = ctx.create(arg(1)?.parse()?)?;
+            a.write_bytes(0, &vec![7u8; a.size()])?;
+            say("ready");
+            std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())?;
+            drop(a);
+        }
+        other => bail!("unknown probe command {other:?}"),
+    }
+    Ok(())
+}
