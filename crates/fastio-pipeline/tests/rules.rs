@@ -27,7 +27,9 @@ fn check(yaml: &str, expected: &str) -> DefinitionError {
         Ok(_) => panic!("expected a problem containing {expected:?}, but it validated:\n{yaml}"),
         Err(e @ DefinitionError::Invalid { .. }) => {
             assert!(
-                e.problems().iter().any(|p| p.to_string().contains(expected)),
+                e.problems()
+                    .iter()
+                    .any(|p| p.to_string().contains(expected)),
                 "no problem contains {expected:?}; got:\n{e}"
             );
             e
@@ -174,11 +176,15 @@ fn an_array_needs_shape_and_element_type_and_takes_no_path() {
         "- name: a\n  command: [x]\n  output:\n  - name: v\n{INT16_256}\n"
     )));
     check(
-        &ops("- name: a\n  command: [x]\n  output:\n  - name: v\n    type: array\n    element-type: int16\n"),
+        &ops(
+            "- name: a\n  command: [x]\n  output:\n  - name: v\n    type: array\n    element-type: int16\n",
+        ),
         r#"operator "a", output "v": shape is required"#,
     );
     check(
-        &ops("- name: a\n  command: [x]\n  output:\n  - name: v\n    type: array\n    shape: [3]\n"),
+        &ops(
+            "- name: a\n  command: [x]\n  output:\n  - name: v\n    type: array\n    shape: [3]\n",
+        ),
         r#"operator "a", output "v": element-type is required"#,
     );
     check(
@@ -201,7 +207,9 @@ fn an_array_element_type_is_a_primitive_in_any_accepted_spelling() {
         .collect();
     assert_eq!(kinds, ["float32[2]", "float16[2]"]);
     check(
-        &ops("- name: a\n  command: [x]\n  output:\n  - name: v\n    type: array\n    element-type: dicom\n    shape: [2]\n"),
+        &ops(
+            "- name: a\n  command: [x]\n  output:\n  - name: v\n    type: array\n    element-type: dicom\n    shape: [2]\n",
+        ),
         r#"element-type "dicom" is not a primitive type"#,
     );
 }
@@ -212,11 +220,15 @@ fn an_array_shape_follows_the_declared_shape_rules() {
         "- name: a\n  command: [x]\n  output:\n  - name: v\n    type: array\n    element-type: u8\n    shape: [3, -1, 224, 0]\n",
     ));
     check(
-        &ops("- name: a\n  command: [x]\n  output:\n  - name: v\n    type: array\n    element-type: u8\n    shape: [3, -2]\n"),
+        &ops(
+            "- name: a\n  command: [x]\n  output:\n  - name: v\n    type: array\n    element-type: u8\n    shape: [3, -2]\n",
+        ),
         "shape [3, -2] is invalid: dimension 1 is -2",
     );
     check(
-        &ops("- name: a\n  command: [x]\n  output:\n  - name: v\n    type: array\n    element-type: u8\n    shape: []\n"),
+        &ops(
+            "- name: a\n  command: [x]\n  output:\n  - name: v\n    type: array\n    element-type: u8\n    shape: []\n",
+        ),
         "shape [] is invalid",
     );
 }
@@ -226,17 +238,26 @@ fn a_stream_needs_a_fully_qualified_path_and_takes_no_shape() {
     let p = ok(&ops(
         "- name: a\n  command: [x]\n  output:\n  - name: r\n    type: stream\n    element-type: dicom\n    path: /output\n",
     ));
-    assert_eq!(p.operators()[0].outputs()[0].kind().to_string(), "stream(dicom)");
+    assert_eq!(
+        p.operators()[0].outputs()[0].kind().to_string(),
+        "stream(dicom)"
+    );
     check(
-        &ops("- name: a\n  command: [x]\n  output:\n  - name: r\n    type: stream\n    element-type: dicom\n"),
+        &ops(
+            "- name: a\n  command: [x]\n  output:\n  - name: r\n    type: stream\n    element-type: dicom\n",
+        ),
         r#"operator "a", output "r": path is required"#,
     );
     check(
-        &ops("- name: a\n  command: [x]\n  output:\n  - name: r\n    type: stream\n    path: output\n"),
+        &ops(
+            "- name: a\n  command: [x]\n  output:\n  - name: r\n    type: stream\n    path: output\n",
+        ),
         r#"path "output" must be fully qualified"#,
     );
     check(
-        &ops("- name: a\n  command: [x]\n  output:\n  - name: r\n    type: stream\n    path: /o\n    shape: [2]\n"),
+        &ops(
+            "- name: a\n  command: [x]\n  output:\n  - name: r\n    type: stream\n    path: /o\n    shape: [2]\n",
+        ),
         r#"output "r": shape must not be given"#,
     );
 }
@@ -268,11 +289,15 @@ fn strings_and_primitives_take_no_element_type_shape_or_path() {
         "- name: a\n  command: [x]\n  output:\n  - name: s\n    type: string\n  - name: n\n    type: f32\n  - name: m\n    type: uint64\n",
     ));
     check(
-        &ops("- name: a\n  command: [x]\n  output:\n  - name: s\n    type: string\n    element-type: uint8\n"),
+        &ops(
+            "- name: a\n  command: [x]\n  output:\n  - name: s\n    type: string\n    element-type: uint8\n",
+        ),
         r#"output "s": element-type must not be given: a string is always uint8"#,
     );
     check(
-        &ops("- name: a\n  command: [x]\n  output:\n  - name: s\n    type: string\n    shape: [-1]\n"),
+        &ops(
+            "- name: a\n  command: [x]\n  output:\n  - name: s\n    type: string\n    shape: [-1]\n",
+        ),
         r#"output "s": shape must not be given"#,
     );
     check(
@@ -322,7 +347,9 @@ fn every_primitive_spelling_is_a_type_and_nothing_else_is() {
 #[test]
 fn from_appears_only_on_inputs() {
     check(
-        &ops("- name: a\n  command: [x]\n- name: b\n  command: [x]\n  output:\n  - name: s\n    from: a\n    type: string\n"),
+        &ops(
+            "- name: a\n  command: [x]\n- name: b\n  command: [x]\n  output:\n  - name: s\n    from: a\n    type: string\n",
+        ),
         r#"operator "b", output "s": from must not be given: only inputs"#,
     );
 }
@@ -354,7 +381,8 @@ fn from_must_name_an_operator_of_the_pipeline() {
 
 #[test]
 fn from_must_name_an_operator_with_an_output_of_the_input_name() {
-    let yaml = linked(INT16_256, INT16_256).replace("  input:\n  - name: v", "  input:\n  - name: volume");
+    let yaml =
+        linked(INT16_256, INT16_256).replace("  input:\n  - name: v", "  input:\n  - name: volume");
     check(
         &yaml,
         r#"pipeline.yaml: operator "b", input "volume": from names operator "a", which has no output "volume""#,
@@ -393,7 +421,10 @@ fn from_must_match_the_upstream_element_type() {
 #[test]
 fn from_must_match_the_upstream_shape_as_declared() {
     check(
-        &linked(INT16_256, &INT16_256.replace("[256, 512, 512]", "[256, 512]")),
+        &linked(
+            INT16_256,
+            &INT16_256.replace("[256, 512, 512]", "[256, 512]"),
+        ),
         "shape differs from output \"v\" of operator \"a\": the input declares int16[256,512], the output int16[256,512,512]",
     );
     let dynamic = |d: &str| format!("    type: array\n    element-type: u8\n    shape: [{d}, 4]");
@@ -409,7 +440,9 @@ fn only_streams_come_from_the_payload() {
         ("    type: f64", "f64"),
     ] {
         check(
-            &ops(&format!("- name: a\n  command: [x]\n  input:\n  - name: v\n{decl}\n")),
+            &ops(&format!(
+                "- name: a\n  command: [x]\n  input:\n  - name: v\n{decl}\n"
+            )),
             &format!(
                 r#"operator "a", input "v": from is required for type {type_name}: only stream inputs can come from the job's payload"#
             ),
@@ -424,14 +457,17 @@ fn only_streams_come_from_the_payload() {
 #[test]
 fn an_operator_cannot_read_from_itself() {
     check(
-        &ops("- name: a\n  command: [x]\n  input:\n  - name: s\n    from: A\n    type: string\n  output:\n  - name: s\n    type: string\n"),
+        &ops(
+            "- name: a\n  command: [x]\n  input:\n  - name: s\n    from: A\n    type: string\n  output:\n  - name: s\n    type: string\n",
+        ),
         r#"operator "a", input "s": from names the operator itself"#,
     );
 }
 
 #[test]
 fn cycles_are_reported_with_their_operators() {
-    let string_in = |from: &str| format!("  input:\n  - name: s\n    from: {from}\n    type: string\n");
+    let string_in =
+        |from: &str| format!("  input:\n  - name: s\n    from: {from}\n    type: string\n");
     let out = "  output:\n  - name: s\n    type: string\n";
     let yaml = ops(&format!(
         "- name: a\n  command: [x]\n{}{out}- name: b\n  command: [x]\n{}{out}- name: c\n  command: [x]\n{}{out}- name: d\n  command: [x]\n{}",
@@ -459,9 +495,17 @@ fn cycles_are_reported_with_their_operators() {
 #[test]
 fn two_separate_cycles_are_both_reported() {
     let node = |name: &str, from: &str| {
-        format!("- name: {name}\n  command: [x]\n  input:\n  - name: s\n    from: {from}\n    type: string\n  output:\n  - name: s\n    type: string\n")
+        format!(
+            "- name: {name}\n  command: [x]\n  input:\n  - name: s\n    from: {from}\n    type: string\n  output:\n  - name: s\n    type: string\n"
+        )
     };
-    let yaml = ops(&[node("a", "b"), node("b", "a"), node("c", "d"), node("d", "c")].concat());
+    let yaml = ops(&[
+        node("a", "b"),
+        node("b", "a"),
+        node("c", "d"),
+        node("d", "c"),
+    ]
+    .concat());
     let e = check(&yaml, r#"cycle: "a" -> "b" -> "a""#);
     assert!(e.to_string().contains(r#"cycle: "c" -> "d" -> "c""#), "{e}");
 }
@@ -475,8 +519,12 @@ fn orchestrator_argo_is_refused_for_typed_pipelines_only() {
         &format!("api-version: 0.5.0\nname: p\norchestrator: Argo\noperators:\n{typed}"),
         r#"pipeline.yaml: orchestrator Argo cannot run typed pipelines (operator "a" has output "s" of type string)"#,
     );
-    ok(&format!("api-version: 0.5.0\nname: p\norchestrator: Clara\noperators:\n{typed}"));
-    ok("api-version: 0.4.0\nname: p\norchestrator: Argo\noperators:\n- name: a\n  command: [x]\n  output:\n  - name: o\n    path: /out\n");
+    ok(&format!(
+        "api-version: 0.5.0\nname: p\norchestrator: Clara\noperators:\n{typed}"
+    ));
+    ok(
+        "api-version: 0.4.0\nname: p\norchestrator: Argo\noperators:\n- name: a\n  command: [x]\n  output:\n  - name: o\n    path: /out\n",
+    );
     check(
         &format!("api-version: 0.5.0\nname: p\norchestrator: Kubeflow\noperators:\n{typed}"),
         r#"orchestrator "Kubeflow" is unknown"#,
@@ -498,7 +546,10 @@ fn api_version_0_4_0_accepts_path_only_pipelines_but_no_typed_entries() {
 
 #[test]
 fn api_version_is_required_and_is_a_version() {
-    check("name: p\noperators:\n- name: a\n  command: [x]\n", "api-version is required");
+    check(
+        "name: p\noperators:\n- name: a\n  command: [x]\n",
+        "api-version is required",
+    );
     check(
         "api-version: five\nname: p\noperators:\n- name: a\n  command: [x]\n",
         r#"api-version "five" is not a version"#,
@@ -513,7 +564,10 @@ fn api_version_is_required_and_is_a_version() {
 #[test]
 fn a_pipeline_needs_operators() {
     check("api-version: 0.5.0\nname: p\n", "operators is required");
-    check("api-version: 0.5.0\nname: p\noperators: []\n", "operators is required");
+    check(
+        "api-version: 0.5.0\nname: p\noperators: []\n",
+        "operators is required",
+    );
 }
 
 #[test]
@@ -522,7 +576,10 @@ fn timeout_defaults_to_600_seconds_and_must_be_positive() {
     assert_eq!(ok(&ops(one)).timeout().as_secs(), 600);
     let with = |t: &str| format!("api-version: 0.5.0\nname: p\ntimeout: {t}\noperators:\n{one}");
     assert_eq!(ok(&with("30")).timeout().as_secs(), 30);
-    check(&with("0"), "pipeline.yaml: timeout must be at least 1 second");
+    check(
+        &with("0"),
+        "pipeline.yaml: timeout must be at least 1 second",
+    );
     check_syntax(&with("-5"), "timeout");
 }
 
@@ -531,14 +588,23 @@ fn timeout_defaults_to_600_seconds_and_must_be_positive() {
 #[test]
 fn an_operator_needs_a_command() {
     let p = ok(&ops("- name: a\n  command: [python3, -m, op, --fast]\n"));
-    assert_eq!(p.operators()[0].command(), ["python3", "-m", "op", "--fast"]);
+    assert_eq!(
+        p.operators()[0].command(),
+        ["python3", "-m", "op", "--fast"]
+    );
     check(&ops("- name: a\n"), r#"operator "a": command is required"#);
     check(
         &ops("- name: a\n  container:\n    image: example/reader\n    tag: 0.1.0\n"),
         "command is required: fastio does not run containers",
     );
-    check(&ops("- name: a\n  command: []\n"), "command must start with a program: the list is empty");
-    check(&ops("- name: a\n  command: ['', x]\n"), "the program is an empty string");
+    check(
+        &ops("- name: a\n  command: []\n"),
+        "command must start with a program: the list is empty",
+    );
+    check(
+        &ops("- name: a\n  command: ['', x]\n"),
+        "the program is an empty string",
+    );
     check_syntax(&ops("- name: a\n  command: run-me\n"), "command");
 }
 
@@ -559,7 +625,12 @@ fn variables_accept_numbers_and_booleans_as_text() {
     let got: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     assert_eq!(
         got,
-        [("CLARA_TRACE", "2"), ("DEBUG", "true"), ("MODE", "fast"), ("RATIO", "0.5")]
+        [
+            ("CLARA_TRACE", "2"),
+            ("DEBUG", "true"),
+            ("MODE", "fast"),
+            ("RATIO", "0.5")
+        ]
     );
     check(
         &ops("- name: a\n  command: [x]\n  variables:\n    'A=B': 1\n"),
@@ -584,10 +655,15 @@ fn unknown_fields_are_refused_by_name_with_their_line() {
     };
     assert_eq!((line, column), (Some(6), Some(3)));
     check_syntax(
-        &ops("- name: a\n  command: [x]\n  output:\n  - name: v\n    type: string\n    fastio: true\n"),
+        &ops(
+            "- name: a\n  command: [x]\n  output:\n  - name: v\n    type: string\n    fastio: true\n",
+        ),
         "operators[0].output[0]: unknown field `fastio`",
     );
-    check_syntax("api-version: 0.5.0\nname: p\nservices: []\n", "unknown field `services`");
+    check_syntax(
+        "api-version: 0.5.0\nname: p\nservices: []\n",
+        "unknown field `services`",
+    );
 }
 
 #[test]
@@ -610,5 +686,9 @@ fn every_problem_is_listed_in_definition_order() {
     );
     let fields: Vec<&str> = e.problems().iter().map(|p| p.field()).collect();
     assert_eq!(fields, ["name", "shape", "command", "path"], "{e}");
-    assert_eq!(e.to_string().lines().count(), 4, "one line per problem:\n{e}");
+    assert_eq!(
+        e.to_string().lines().count(),
+        4,
+        "one line per problem:\n{e}"
+    );
 }
