@@ -155,13 +155,20 @@ impl fmt::Display for Location {
             }
         }
         if let Some(entry) = &self.entry {
-            let word = entry.direction.word();
-            match &entry.name {
-                Some(name) => write!(f, ", {word} {name:?}")?,
-                None => write!(f, ", {word}[{}]", entry.index)?,
-            }
+            write!(f, ", {entry}")?;
         }
         Ok(())
+    }
+}
+
+/// `input "volume"`, or `input[0]` when unnamed.
+impl fmt::Display for EntryLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let word = self.direction.word();
+        match &self.name {
+            Some(name) => write!(f, "{word} {name:?}"),
+            None => write!(f, "{word}[{}]", self.index),
+        }
     }
 }
 
@@ -320,14 +327,12 @@ pub enum ProblemKind {
         path: String,
     },
     /// Two stream entries of one operator share a `path`.
-    #[error("path {path:?} is already the path of {direction} {other} of this operator", direction = direction.word())]
+    #[error("path {path:?} is already the path of {first} of this operator")]
     DuplicatePath {
         /// The path.
         path: String,
-        /// Direction of the entry that has it first.
-        direction: Direction,
-        /// That entry's name, or `[index]` when unnamed.
-        other: String,
+        /// The entry that has it first.
+        first: EntryLocation,
     },
     /// An input's `from` names its own operator.
     #[error("from names the operator itself; an operator cannot read its own output")]

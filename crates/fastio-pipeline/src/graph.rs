@@ -54,17 +54,17 @@ pub(crate) fn topological_order(
         }
         seen
     };
-    let reachable: Vec<BTreeSet<usize>> = (0..n).map(reach).collect();
+    let reachable: BTreeMap<usize, BTreeSet<usize>> = left.iter().map(|&i| (i, reach(i))).collect();
     let mut done = BTreeSet::new();
     let mut cycles = Vec::new();
     for &start in &left {
-        if done.contains(&start) || !reachable[start].contains(&start) {
+        if done.contains(&start) || !reachable[&start].contains(&start) {
             continue;
         }
         let group: BTreeSet<usize> = left
             .iter()
             .copied()
-            .filter(|&o| reachable[start].contains(&o) && reachable[o].contains(&start))
+            .filter(|&o| reachable[&start].contains(&o) && reachable[&o].contains(&start))
             .collect();
         done.extend(group.iter().copied());
         cycles.push(shortest_cycle(start, &group, &successors));

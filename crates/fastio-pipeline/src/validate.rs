@@ -1,6 +1,6 @@
 //! From the definition as written to a [`Pipeline`], collecting every broken rule.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -46,25 +46,19 @@ impl Checker<'_> {
         operator: Option<&OperatorLocation>,
         entry: Option<&EntryLocation>,
     ) -> bool {
-        match validate_name(name) {
-            Ok(()) => true,
-            Err(MetaError::InvalidName { reason, .. }) => {
-                let kind = ProblemKind::InvalidName {
-                    name: name.to_owned(),
-                    reason,
-                };
-                self.report(operator, entry, kind);
-                false
-            }
-            Err(other) => {
-                let kind = ProblemKind::InvalidName {
-                    name: name.to_owned(),
-                    reason: other.to_string(),
-                };
-                self.report(operator, entry, kind);
-                false
-            }
-        }
+        let Err(error) = validate_name(name) else {
+            return true;
+        };
+        let reason = match error {
+            MetaError::InvalidName { reason, .. } => reason,
+            other => other.to_string(),
+        };
+        let kind = ProblemKind::InvalidName {
+            name: name.to_owned(),
+            reason,
+        };
+        self.report(operator, entry, kind);
+        false
     }
 }
 
@@ -81,7 +75,7 @@ struct PartialOperator {
     location: OperatorLocation,
     description: Option<String>,
     command: Vec<String>,
-    variables: std::collections::BTreeMap<String, String>,
+    variables: BTreeMap<String, String>,
     inputs: Vec<PartialEntry>,
     outputs: Vec<PartialEntry>,
 }
@@ -351,7 +345,7 @@ fn check_operator(
         }
     };
 
-    let mut variables = std::collections::BTreeMap::new();
+    let mut variables = BTreeMap::new();
     for (key, value) in raw.variables {
         let reason = if key.is_empty() {
             Some("the name is empty")
@@ -371,7 +365,8 @@ fn check_operator(
     }
 
     let own_name = raw.name.as_deref();
-    let mut paths: HashMap<String, (Direction, String)> = HashMap::new();
+    // Stream paths of this operator, inputs and outputs together, with the entry that has it.
+    let mut paths: HashMap<PathBuf, EntryLocation> = HashMap::new();
     let mut entries = |c: &mut Checker<'_>, direction: Direction, list: Vec<RawEntry>| {
         let mut names: HashMap<String, String> = HashMap::new();
         let mut unnamed = 0;
@@ -390,23 +385,17 @@ fn check_operator(
                     own_name,
                 );
                 if let Some(EntryKind::Stream { path, .. }) = &entry.kind {
-                    let key = path.display().to_string();
-                    let label = match &entry.name {
-                        Some(name) => format!("{name:?}"),
-                        None => format!("[{index}]"),
-                    };
-                    match paths.get(&key) {
-                        Some((first_dir, first)) => c.report(
+                    match paths.get(path) {
+                        Some(first) => c.report(
                             Some(&location),
                             Some(&entry.location),
                             ProblemKind::DuplicatePath {
-                                path: key,
-                                direction: *first_dir,
-                                other: first.clone(),
+                                path: path.display().to_string(),
+                                first: first.clone(),
                             },
                         ),
                         None => {
-                            paths.insert(key, (direction, label));
+                            paths.insert(path.clone(), entry.location.clone());
                         }
                     }
                 }

@@ -328,3 +328,26 @@ operators:
 "#
     );
 }
+
+#[test]
+fn damaged_definitions_give_errors_never_panics() {
+    // Every definition the demo becomes with one line removed, or cut short at one line,
+    // either validates or is refused with an error: nothing panics.
+    let yaml = demo_yaml();
+    let lines: Vec<&str> = yaml.lines().collect();
+    let mut refused = 0;
+    for i in 0..lines.len() {
+        let mut without = lines.clone();
+        without.remove(i);
+        let cut = &lines[..i];
+        for text in [without.join("\n"), cut.join("\n")] {
+            if Pipeline::from_yaml_str(&text, "demo").is_err() {
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        refused > lines.len(),
+        "most damaged definitions are refused"
+    );
+}

@@ -268,7 +268,7 @@ fn streams_of_one_operator_do_not_share_a_path() {
         &ops(
             "- name: a\n  command: [x]\n  input:\n  - path: /data\n  output:\n  - name: r\n    path: /data\n",
         ),
-        r#"output "r": path "/data" is already the path of input [0]"#,
+        r#"output "r": path "/data" is already the path of input[0] of this operator"#,
     );
     ok(&ops(
         "- name: a\n  command: [x]\n  output:\n  - name: r\n    path: /data\n- name: b\n  command: [x]\n  output:\n  - name: r\n    path: /data\n",
