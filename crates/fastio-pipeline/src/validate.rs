@@ -161,47 +161,38 @@ pub(crate) fn validate(raw: RawPipeline, origin: &str) -> Result<Pipeline, Defin
     let too_old_for_typed = api_version
         .is_some_and(|v| v < TYPED_SINCE)
         .then_some(api_text.as_str());
-    let mut first_typed: Option<(String, Direction, String, String)> = None;
     let mut seen_operators: HashMap<String, String> = HashMap::new();
-    let mut operators = Vec::with_capacity(raw_operators.len());
-    for (index, raw_op) in raw_operators.into_iter().enumerate() {
-        let op = check_operator(
-            &mut c,
-            index,
-            raw_op,
-            &mut seen_operators,
-            too_old_for_typed,
-        );
-        if first_typed.is_none()
-            && let Some(op_name) = &op.location.name
-        {
-            first_typed =
-                op.inputs
-                    .iter()
-                    .chain(&op.outputs)
-                    .find_map(|e| match (&e.kind, &e.name) {
-                        (Some(kind), Some(name)) if kind.is_shared_memory() => Some((
-                            op_name.clone(),
-                            e.location.direction,
-                            name.clone(),
-                            kind.type_name().to_owned(),
-                        )),
-                        _ => None,
-                    });
+    let operators: Vec<PartialOperator> = raw_operators
+        .into_iter()
+        .enumerate()
+        .map(|(index, raw_op)| {
+            check_operator(
+                &mut c,
+                index,
+                raw_op,
+                &mut seen_operators,
+                too_old_for_typed,
+            )
+        })
+        .collect();
+
+    if argo {
+        // Reported once, naming the first typed entry, rather than once per entry.
+        let first_typed = operators.iter().find_map(|op| {
+            let operator = op.location.name.as_ref()?;
+            op.inputs.iter().chain(&op.outputs).find_map(|e| {
+                let kind = e.kind.as_ref().filter(|k| k.is_shared_memory())?;
+                Some(ProblemKind::ArgoWithTypedEntries {
+                    operator: operator.clone(),
+                    direction: e.location.direction,
+                    entry: e.name.clone()?,
+                    type_name: kind.type_name().to_owned(),
+                })
+            })
+        });
+        if let Some(kind) = first_typed {
+            c.report(None, None, kind);
         }
-        operators.push(op);
-    }
-    if argo && let Some((operator, direction, entry, type_name)) = first_typed {
-        c.report(
-            None,
-            None,
-            ProblemKind::ArgoWithTypedEntries {
-                operator,
-                direction,
-                entry,
-                type_name,
-            },
-        );
     }
 
     let links = check_links(&mut c, &operators);
