@@ -1,0 +1,130 @@
+//! The definition as written: serde structures that mirror the YAML/JSON text.
+//!
+//! Nearly every field is optional here so that a missing one is reported by validation, with
+//! the operator and entry it belongs to, together with every other problem, instead of by the
+//! parser, which stops at the first. Unknown fields are refused by the parser (with the
+//! line and column), except Clara's fields that fastio accepts and ignores.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, IgnoredAny, Visitor};
+use serde::{Deserialize, Deserializer};
+
+use crate::error::{DefinitionError, Format};
+
+/// A whole definition.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct RawPipeline {
+    pub api_version: Option<Scalar>,
+    pub name: Option<String>,
+    pub orchestrator: Option<String>,
+    /// Clara's registry credentials; fastio starts no containers, so they are ignored.
+    #[allow(dead_code)]
+    pub pull_secrets: Option<IgnoredAny>,
+    /// Seconds the whole job may run.
+    pub timeout: Option<u64>,
+    pub operators: Option<Vec<RawOperator>>,
+}
+
+/// One operator.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct RawOperator {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub command: Option<Vec<String>>,
+    /// Clara's container image; fastio runs `command` instead.
+    pub container: Option<IgnoredAny>,
+    /// Clara's resource requests (GPUs, memory); ignored.
+    #[allow(dead_code)]
+    pub requests: Option<IgnoredAny>,
+    #[serde(default)]
+    pub variables: BTreeMap<String, Scalar>,
+    #[serde(default)]
+    pub input: Vec<RawEntry>,
+    #[serde(default)]
+    pub output: Vec<RawEntry>,
+}
+
+/// One item of an operator's `input` or `output` list.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct RawEntry {
+    pub name: Option<String>,
+    pub from: Option<String>,
+    pub path: Option<String>,
+    #[serde(rename = "type")]
+    pub type_name: Option<String>,
+    pub element_type: Option<String>,
+    pub shape: Option<Vec<i64>>,
+}
+
+/// A scalar written as a string, number or boolean, kept as text: `CLARA_TRACE: 2` and
+/// `api-version: 0.5` read the same as their quoted forms.
+#[derive(Debug)]
+pub(crate) struct Scalar(pub String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ScalarVisitor;
+        impl Visitor<'_> for ScalarVisitor {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_owned()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+                Ok(Scalar(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(ScalarVisitor)
+    }
+}
+
+/// Parses the text in `format`; `origin` labels error messages.
+pub(crate) fn parse(
+    text: &str,
+    origin: &str,
+    format: Format,
+) -> Result<RawPipeline, DefinitionError> {
+    let syntax =
+        |message: String, line: Option<usize>, column: Option<usize>| DefinitionError::Syntax {
+            origin: origin.to_owned(),
+            format,
+            message,
+            line,
+            column,
+        };
+    match format {
+        Format::Yaml => serde_yaml_ng::from_str(text).map_err(|e| {
+            let location = e.location();
+            syntax(
+                e.to_string(),
+                location.as_ref().map(|l| l.line()),
+                location.as_ref().map(|l| l.column()),
+            )
+        }),
+        Format::Json => serde_json::from_str(text).map_err(|e| {
+            // serde_json reports line 0 for errors that have no position.
+            let known = e.line() > 0;
+            syntax(
+                e.to_string(),
+                known.then_some(e.line()),
+                known.then_some(e.column()),
+            )
+        }),
+    }
+}

@@ -1,0 +1,883 @@
+//! From the definition as written to a [`Pipeline`], collecting every broken rule.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fastio_meta::{DynamicShape, ElementType, MetaError, validate_name};
+
+use crate::error::{
+    DefinitionError, Direction, EntryLocation, Location, OperatorLocation, Problem, ProblemKind,
+};
+use crate::graph;
+use crate::model::{DEFAULT_TIMEOUT, Entry, EntryKind, EntryRef, Link, Operator, Pipeline};
+use crate::raw::{RawEntry, RawOperator, RawPipeline};
+
+/// The first `api-version` of typed pipelines (array, string and primitive entries).
+const TYPED_SINCE: (u32, u32, u32) = (0, 5, 0);
+
+/// Collects problems, each with its location.
+struct Checker<'a> {
+    origin: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn report(
+        &mut self,
+        operator: Option<&OperatorLocation>,
+        entry: Option<&EntryLocation>,
+        kind: ProblemKind,
+    ) {
+        self.problems.push(Problem {
+            location: Location {
+                origin: self.origin.to_owned(),
+                operator: operator.cloned(),
+                entry: entry.cloned(),
+            },
+            kind,
+        });
+    }
+
+    /// Checks a name against Clara's rule; reports and returns false when it breaks it.
+    fn name(
+        &mut self,
+        name: &str,
+        operator: Option<&OperatorLocation>,
+        entry: Option<&EntryLocation>,
+    ) -> bool {
+        let Err(error) = validate_name(name) else {
+            return true;
+        };
+        let reason = match error {
+            MetaError::InvalidName { reason, .. } => reason,
+            other => other.to_string(),
+        };
+        let kind = ProblemKind::InvalidName {
+            name: name.to_owned(),
+            reason,
+        };
+        self.report(operator, entry, kind);
+        false
+    }
+}
+
+/// An entry as far as it could be checked alone.
+struct PartialEntry {
+    location: EntryLocation,
+    name: Option<String>,
+    from: Option<String>,
+    kind: Option<EntryKind>,
+}
+
+/// An operator as far as it could be checked alone.
+struct PartialOperator {
+    location: OperatorLocation,
+    description: Option<String>,
+    command: Vec<String>,
+    variables: BTreeMap<String, String>,
+    inputs: Vec<PartialEntry>,
+    outputs: Vec<PartialEntry>,
+}
+
+/// Checks every rule and builds the pipeline, or lists every problem found.
+pub(crate) fn validate(raw: RawPipeline, origin: &str) -> Result<Pipeline, DefinitionError> {
+    let mut c = Checker {
+        origin,
+        problems: Vec::new(),
+    };
+
+    let api_version = match &raw.api_version {
+        None => {
+            c.report(
+                None,
+                None,
+                ProblemKind::Missing {
+                    field: "api-version",
+                    reason: "it says which version of the definition format the file uses, e.g. 0.5.0",
+                },
+            );
+            None
+        }
+        Some(text) => {
+            let parsed = parse_version(&text.0);
+            if parsed.is_none() {
+                c.report(
+                    None,
+                    None,
+                    ProblemKind::BadApiVersion {
+                        text: text.0.clone(),
+                    },
+                );
+            }
+            parsed
+        }
+    };
+    let api_text = raw.api_version.map(|s| s.0).unwrap_or_default();
+
+    match &raw.name {
+        None => c.report(
+            None,
+            None,
+            ProblemKind::Missing {
+                field: "name",
+                reason: "every pipeline has a name",
+            },
+        ),
+        Some(name) => {
+            c.name(name, None, None);
+        }
+    }
+    let name = raw.name.unwrap_or_default();
+
+    let mut argo = false;
+    if let Some(text) = &raw.orchestrator {
+        if text.eq_ignore_ascii_case("argo") {
+            argo = true;
+        } else if !text.eq_ignore_ascii_case("clara") {
+            c.report(
+                None,
+                None,
+                ProblemKind::UnknownOrchestrator { text: text.clone() },
+            );
+        }
+    }
+
+    let timeout = match raw.timeout {
+        Some(0) => {
+            c.report(None, None, ProblemKind::ZeroTimeout);
+            DEFAULT_TIMEOUT
+        }
+        Some(seconds) => Duration::from_secs(seconds),
+        None => DEFAULT_TIMEOUT,
+    };
+
+    let raw_operators = raw.operators.unwrap_or_default();
+    if raw_operators.is_empty() {
+        c.report(None, None, ProblemKind::NoOperators);
+    }
+
+    // The declared version when it predates typed entries.
+    let too_old_for_typed = api_version
+        .is_some_and(|v| v < TYPED_SINCE)
+        .then_some(api_text.as_str());
+    let mut seen_operators: HashMap<String, String> = HashMap::new();
+    let operators: Vec<PartialOperator> = raw_operators
+        .into_iter()
+        .enumerate()
+        .map(|(index, raw_op)| {
+            check_operator(
+                &mut c,
+                index,
+                raw_op,
+                &mut seen_operators,
+                too_old_for_typed,
+            )
+        })
+        .collect();
+
+    if argo {
+        // Reported once, naming the first typed entry, rather than once per entry.
+        let first_typed = operators.iter().find_map(|op| {
+            let operator = op.location.name.as_ref()?;
+            op.inputs.iter().chain(&op.outputs).find_map(|e| {
+                let kind = e.kind.as_ref().filter(|k| k.is_shared_memory())?;
+                Some(ProblemKind::ArgoWithTypedEntries {
+                    operator: operator.clone(),
+                    direction: e.location.direction,
+                    entry: e.name.clone()?,
+                    type_name: kind.type_name().to_owned(),
+                })
+            })
+        });
+        if let Some(kind) = first_typed {
+            c.report(None, None, kind);
+        }
+    }
+
+    let links = check_links(&mut c, &operators);
+
+    let edges: Vec<(usize, usize)> = links
+        .iter()
+        .map(|l| (l.output.operator, l.input.operator))
+        .collect();
+    let order = match graph::topological_order(operators.len(), &edges) {
+        Ok(order) => order,
+        Err(cycles) => {
+            for cycle in cycles {
+                let names = cycle
+                    .iter()
+                    .map(|&i| operators[i].location.name.clone().unwrap_or_default())
+                    .collect();
+                let location = operators[cycle[0]].location.clone();
+                c.report(
+                    Some(&location),
+                    None,
+                    ProblemKind::Cycle { operators: names },
+                );
+            }
+            Vec::new()
+        }
+    };
+
+    if !c.problems.is_empty() {
+        return Err(DefinitionError::Invalid {
+            origin: origin.to_owned(),
+            problems: c.problems,
+        });
+    }
+    Ok(assemble(
+        origin, api_text, name, timeout, operators, links, &order,
+    ))
+}
+
+/// `major.minor` or `major.minor.patch`, each a number.
+fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    let parts = text
+        .trim()
+        .split('.')
+        .map(|p| p.parse::<u32>().ok())
+        .collect::<Option<Vec<_>>>()?;
+    match parts[..] {
+        [major, minor] => Some((major, minor, 0)),
+        [major, minor, patch] => Some((major, minor, patch)),
+        _ => None,
+    }
+}
+
+/// Checks what can be checked of one operator alone. `too_old_for_typed` is the pipeline's
+/// version when it predates typed entries.
+fn check_operator(
+    c: &mut Checker<'_>,
+    index: usize,
+    raw: RawOperator,
+    seen: &mut HashMap<String, String>,
+    too_old_for_typed: Option<&str>,
+) -> PartialOperator {
+    let location = OperatorLocation {
+        index,
+        name: raw.name.clone(),
+    };
+    let at = Some(&location);
+    match &raw.name {
+        // Without a name, the location shows the operator's position.
+        None => c.report(
+            at,
+            None,
+            ProblemKind::Missing {
+                field: "name",
+                reason: "every operator has a name",
+            },
+        ),
+        Some(name) => {
+            if c.name(name, at, None) {
+                match seen.get(&name.to_ascii_lowercase()) {
+                    Some(first) => c.report(
+                        at,
+                        None,
+                        ProblemKind::DuplicateOperator {
+                            name: name.clone(),
+                            first: first.clone(),
+                        },
+                    ),
+                    None => {
+                        seen.insert(name.to_ascii_lowercase(), name.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    let command = match raw.command {
+        None => {
+            let reason = if raw.container.is_some() {
+                "fastio does not run containers; give the program and arguments that start the operator, as a list of strings"
+            } else {
+                "give the program and arguments that start the operator, as a list of strings"
+            };
+            c.report(
+                at,
+                None,
+                ProblemKind::Missing {
+                    field: "command",
+                    reason,
+                },
+            );
+            Vec::new()
+        }
+        Some(command) => {
+            match command.first() {
+                None => c.report(
+                    at,
+                    None,
+                    ProblemKind::EmptyCommand {
+                        reason: "the list is empty",
+                    },
+                ),
+                Some(program) if program.is_empty() => c.report(
+                    at,
+                    None,
+                    ProblemKind::EmptyCommand {
+                        reason: "the program is an empty string",
+                    },
+                ),
+                Some(_) => {}
+            }
+            if command.iter().any(|a| a.contains('\0')) {
+                c.report(
+                    at,
+                    None,
+                    ProblemKind::EmptyCommand {
+                        reason: "an argument contains a NUL byte",
+                    },
+                );
+            }
+            command
+        }
+    };
+
+    let mut variables = BTreeMap::new();
+    for (key, value) in raw.variables {
+        let reason = if key.is_empty() {
+            Some("the name is empty")
+        } else if key.contains('=') {
+            Some("the name contains '='")
+        } else if key.contains('\0') || value.0.contains('\0') {
+            Some("it contains a NUL byte")
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => c.report(at, None, ProblemKind::BadVariable { key, reason }),
+            None => {
+                variables.insert(key, value.0);
+            }
+        }
+    }
+
+    let own_name = raw.name.as_deref();
+    // Stream paths of this operator, inputs and outputs together, with the entry that has it.
+    let mut paths: HashMap<PathBuf, EntryLocation> = HashMap::new();
+    let mut entries = |c: &mut Checker<'_>, direction: Direction, list: Vec<RawEntry>| {
+        let mut names: HashMap<String, String> = HashMap::new();
+        let mut unnamed = 0;
+        list.into_iter()
+            .enumerate()
+            .map(|(index, raw)| {
+                let entry = check_entry(
+                    c,
+                    &location,
+                    direction,
+                    index,
+                    raw,
+                    &mut names,
+                    &mut unnamed,
+                    too_old_for_typed,
+                    own_name,
+                );
+                if let Some(EntryKind::Stream { path, .. }) = &entry.kind {
+                    match paths.get(path) {
+                        Some(first) => c.report(
+                            Some(&location),
+                            Some(&entry.location),
+                            ProblemKind::DuplicatePath {
+                                path: path.display().to_string(),
+                                first: first.clone(),
+                            },
+                        ),
+                        None => {
+                            paths.insert(path.clone(), entry.location.clone());
+                        }
+                    }
+                }
+                entry
+            })
+            .collect::<Vec<_>>()
+    };
+    let inputs = entries(c, Direction::Input, raw.input);
+    let outputs = entries(c, Direction::Output, raw.output);
+
+    PartialOperator {
+        description: raw.description,
+        location,
+        command,
+        variables,
+        inputs,
+        outputs,
+    }
+}
+
+/// Checks one entry alone: its name, its fields for its type, and its `from` where that needs
+/// no other operator.
+#[allow(clippy::too_many_arguments)]
+fn check_entry(
+    c: &mut Checker<'_>,
+    operator: &OperatorLocation,
+    direction: Direction,
+    index: usize,
+    raw: RawEntry,
+    names: &mut HashMap<String, String>,
+    unnamed: &mut usize,
+    too_old_for_typed: Option<&str>,
+    own_operator: Option<&str>,
+) -> PartialEntry {
+    let location = EntryLocation {
+        direction,
+        index,
+        name: raw.name.clone(),
+    };
+    let op = Some(operator);
+    let at = Some(&location);
+
+    match (&raw.name, direction) {
+        (Some(name), _) => {
+            if c.name(name, op, at) {
+                match names.get(&name.to_ascii_lowercase()) {
+                    Some(first) => c.report(
+                        op,
+                        at,
+                        ProblemKind::DuplicateEntry {
+                            direction,
+                            name: name.clone(),
+                            first: first.clone(),
+                        },
+                    ),
+                    None => {
+                        names.insert(name.to_ascii_lowercase(), name.clone());
+                    }
+                }
+            }
+        }
+        (None, Direction::Output) => c.report(
+            op,
+            at,
+            ProblemKind::Missing {
+                field: "name",
+                reason: "every output is named, and inputs read it by that name",
+            },
+        ),
+        (None, Direction::Input) if raw.from.is_some() => c.report(
+            op,
+            at,
+            ProblemKind::Missing {
+                field: "name",
+                reason: "an input with from takes the name of the upstream output it reads",
+            },
+        ),
+        (None, Direction::Input) => {
+            *unnamed += 1;
+            if *unnamed > 1 {
+                c.report(op, at, ProblemKind::SecondUnnamedInput);
+            }
+        }
+    }
+
+    let kind = check_kind(c, op, at, &raw);
+
+    if let (Some(kind), Some(version)) = (&kind, too_old_for_typed)
+        && kind.is_shared_memory()
+    {
+        c.report(
+            op,
+            at,
+            ProblemKind::TypedNeedsNewerVersion {
+                type_name: kind.type_name().to_owned(),
+                version: version.to_owned(),
+            },
+        );
+    }
+
+    match (direction, &raw.from) {
+        (Direction::Output, Some(_)) => c.report(
+            op,
+            at,
+            ProblemKind::Forbidden {
+                field: "from",
+                reason: "only inputs read from an upstream operator",
+            },
+        ),
+        (Direction::Input, Some(from))
+            if own_operator.is_some_and(|own| own.eq_ignore_ascii_case(from)) =>
+        {
+            c.report(op, at, ProblemKind::SelfReference)
+        }
+        (Direction::Input, None) => {
+            if let Some(kind) = &kind
+                && kind.is_shared_memory()
+            {
+                c.report(
+                    op,
+                    at,
+                    ProblemKind::NoProducer {
+                        type_name: kind.type_name().to_owned(),
+                    },
+                );
+            }
+        }
+        _ => {}
+    }
+
+    PartialEntry {
+        location,
+        name: raw.name,
+        // An output's `from` was reported above; keep only inputs' for linking.
+        from: raw.from.filter(|_| direction == Direction::Input),
+        kind,
+    }
+}
+
+/// The primitive spellings accepted as a `type`: Clara's long and short names, exactly.
+fn primitive_type(text: &str) -> Option<ElementType> {
+    ElementType::ALL
+        .into_iter()
+        .find(|t| t.name() == text || t.short_name() == text)
+}
+
+/// Checks an entry's type and the fields its type requires or forbids.
+fn check_kind(
+    c: &mut Checker<'_>,
+    op: Option<&OperatorLocation>,
+    at: Option<&EntryLocation>,
+    raw: &RawEntry,
+) -> Option<EntryKind> {
+    let type_name = raw.type_name.as_deref().unwrap_or("stream");
+    let forbid = |c: &mut Checker<'_>, present: bool, field: &'static str, reason: &'static str| {
+        if present {
+            c.report(op, at, ProblemKind::Forbidden { field, reason });
+        }
+    };
+    match type_name {
+        "stream" => {
+            forbid(
+                c,
+                raw.shape.is_some(),
+                "shape",
+                "a stream is files on disk, which have no shape",
+            );
+            let path = match &raw.path {
+                None => {
+                    c.report(
+                        op,
+                        at,
+                        ProblemKind::Missing {
+                            field: "path",
+                            reason: "a stream is files on disk, at a fully qualified path",
+                        },
+                    );
+                    None
+                }
+                Some(path) if !path.starts_with('/') => {
+                    c.report(op, at, ProblemKind::RelativePath { path: path.clone() });
+                    None
+                }
+                Some(path) => Some(PathBuf::from(path)),
+            };
+            let kind = EntryKind::Stream {
+                element_type: raw.element_type.clone(),
+                path: path?,
+            };
+            raw.shape.is_none().then_some(kind)
+        }
+        "array" => {
+            forbid(
+                c,
+                raw.path.is_some(),
+                "path",
+                "an array lives in shared memory, not on disk",
+            );
+            let element_type = match &raw.element_type {
+                None => {
+                    c.report(
+                        op,
+                        at,
+                        ProblemKind::Missing {
+                            field: "element-type",
+                            reason: "an array needs the type of its elements (uint8..float64)",
+                        },
+                    );
+                    None
+                }
+                Some(text) => match ElementType::parse(text) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        c.report(
+                            op,
+                            at,
+                            ProblemKind::BadElementType {
+                                text: text.clone(),
+                                reason: e.to_string(),
+                            },
+                        );
+                        None
+                    }
+                },
+            };
+            let shape = match &raw.shape {
+                None => {
+                    c.report(
+                        op,
+                        at,
+                        ProblemKind::Missing {
+                            field: "shape",
+                            reason: "an array needs its dimensions (-1 or 0 for one fixed at run time)",
+                        },
+                    );
+                    None
+                }
+                Some(dims) => match DynamicShape::new(dims.clone()) {
+                    Ok(shape) => Some(shape),
+                    Err(e) => {
+                        c.report(
+                            op,
+                            at,
+                            ProblemKind::BadShape {
+                                shape: dims.clone(),
+                                reason: e.to_string(),
+                            },
+                        );
+                        None
+                    }
+                },
+            };
+            let kind = EntryKind::Array {
+                element_type: element_type?,
+                shape: shape?,
+            };
+            raw.path.is_none().then_some(kind)
+        }
+        other => {
+            let kind = match other {
+                "string" => EntryKind::String,
+                _ => match primitive_type(other) {
+                    Some(t) => EntryKind::Primitive(t),
+                    None => {
+                        c.report(
+                            op,
+                            at,
+                            ProblemKind::UnknownType {
+                                text: other.to_owned(),
+                            },
+                        );
+                        return None;
+                    }
+                },
+            };
+            let (element_reason, shape_reason) = match kind {
+                EntryKind::String => (
+                    "a string is always uint8",
+                    "a string's shape is always [-1], fixed at run time",
+                ),
+                _ => (
+                    "a primitive's type is its element type",
+                    "a primitive is always one value, shape [1]",
+                ),
+            };
+            let extra = [
+                (raw.element_type.is_some(), "element-type", element_reason),
+                (raw.shape.is_some(), "shape", shape_reason),
+                (
+                    raw.path.is_some(),
+                    "path",
+                    "it lives in shared memory, not on disk",
+                ),
+            ];
+            let mut clean = true;
+            for (present, field, reason) in extra {
+                forbid(c, present, field, reason);
+                clean &= !present;
+            }
+            clean.then_some(kind)
+        }
+    }
+}
+
+/// Resolves every input's `from` to an upstream output of the same declaration. Returns the
+/// links that resolved, in definition positions.
+fn check_links(c: &mut Checker<'_>, operators: &[PartialOperator]) -> Vec<Link> {
+    let mut links = Vec::new();
+    for (consumer, op) in operators.iter().enumerate() {
+        for (input_index, input) in op.inputs.iter().enumerate() {
+            let (Some(from), Some(name)) = (&input.from, &input.name) else {
+                continue;
+            };
+            let is_self = op
+                .location
+                .name
+                .as_deref()
+                .is_some_and(|own| own.eq_ignore_ascii_case(from));
+            if is_self {
+                continue; // Reported with the entry.
+            }
+            let report = |c: &mut Checker<'_>, kind| {
+                c.report(Some(&op.location), Some(&input.location), kind)
+            };
+            let Some(producer) = operators.iter().position(|p| {
+                p.location
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(from))
+            }) else {
+                report(c, ProblemKind::UnknownOperator { from: from.clone() });
+                continue;
+            };
+            let upstream = &operators[producer];
+            let Some(output_index) = upstream.outputs.iter().position(|o| {
+                o.name
+                    .as_deref()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
+            }) else {
+                report(
+                    c,
+                    ProblemKind::NoSuchOutput {
+                        from: from.clone(),
+                        name: name.clone(),
+                    },
+                );
+                continue;
+            };
+            let output = &upstream.outputs[output_index];
+            // Entries that are themselves invalid were reported already; comparing them would
+            // only repeat that.
+            let (Some(input_kind), Some(output_kind)) = (&input.kind, &output.kind) else {
+                continue;
+            };
+            if let Some(field) = first_difference(input_kind, output_kind) {
+                report(
+                    c,
+                    ProblemKind::Mismatch {
+                        field,
+                        from: upstream.location.name.clone().unwrap_or_default(),
+                        output: output.name.clone().unwrap_or_default(),
+                        input: input_kind.to_string(),
+                        upstream: output_kind.to_string(),
+                    },
+                );
+                continue;
+            }
+            links.push(Link {
+                output: EntryRef {
+                    operator: producer,
+                    entry: output_index,
+                },
+                input: EntryRef {
+                    operator: consumer,
+                    entry: input_index,
+                },
+            });
+        }
+    }
+    links
+}
+
+/// The first field in which an input's declaration differs from the output it reads: `type`,
+/// then `element-type`, then `shape` (compared as declared, so `-1` and `0` differ). A stream's
+/// path is its own on each side and is not compared.
+fn first_difference(input: &EntryKind, output: &EntryKind) -> Option<&'static str> {
+    match (input, output) {
+        (
+            EntryKind::Stream {
+                element_type: a, ..
+            },
+            EntryKind::Stream {
+                element_type: b, ..
+            },
+        ) => (a != b).then_some("element-type"),
+        (
+            EntryKind::Array {
+                element_type: a,
+                shape: sa,
+            },
+            EntryKind::Array {
+                element_type: b,
+                shape: sb,
+            },
+        ) => {
+            if a != b {
+                Some("element-type")
+            } else if sa.declared() != sb.declared() {
+                Some("shape")
+            } else {
+                None
+            }
+        }
+        (EntryKind::String, EntryKind::String) => None,
+        (EntryKind::Primitive(a), EntryKind::Primitive(b)) if a == b => None,
+        _ => Some("type"),
+    }
+}
+
+/// Builds the pipeline from checked parts, operators in `order`.
+fn assemble(
+    origin: &str,
+    api_version: String,
+    name: String,
+    timeout: Duration,
+    operators: Vec<PartialOperator>,
+    links: Vec<Link>,
+    order: &[usize],
+) -> Pipeline {
+    // new_position[definition index] = position in dependency order.
+    let mut new_position = vec![0; order.len()];
+    for (position, &index) in order.iter().enumerate() {
+        new_position[index] = position;
+    }
+    let finish = |entries: Vec<PartialEntry>| {
+        entries
+            .into_iter()
+            .map(|e| Entry {
+                name: e.name.unwrap_or_default(),
+                from: None,
+                kind: e.kind.expect("validated"),
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut slots: Vec<Option<Operator>> = operators
+        .into_iter()
+        .map(|op| {
+            Some(Operator {
+                name: op.location.name.expect("validated"),
+                description: op.description,
+                command: op.command,
+                variables: op.variables,
+                inputs: finish(op.inputs),
+                outputs: finish(op.outputs),
+            })
+        })
+        .collect();
+    let mut links: Vec<Link> = links
+        .into_iter()
+        .map(|l| Link {
+            output: EntryRef {
+                operator: new_position[l.output.operator],
+                entry: l.output.entry,
+            },
+            input: EntryRef {
+                operator: new_position[l.input.operator],
+                entry: l.input.entry,
+            },
+        })
+        .collect();
+    links.sort_by_key(|l| (l.input, l.output));
+    // Spell each `from` as the upstream operator's own name.
+    for link in &links {
+        let producer = slots[order[link.output.operator]]
+            .as_ref()
+            .expect("present")
+            .name
+            .clone();
+        let consumer = slots[order[link.input.operator]].as_mut().expect("present");
+        consumer.inputs[link.input.entry].from = Some(producer);
+    }
+    let operators = order
+        .iter()
+        .map(|&i| slots[i].take().expect("each index once"))
+        .collect();
+    Pipeline {
+        origin: origin.to_owned(),
+        api_version,
+        name,
+        timeout,
+        operators,
+        links,
+    }
+}
