@@ -55,9 +55,22 @@ fn has_nextest() -> bool {
 
 fn test() -> anyhow::Result<()> {
     run("cargo", &["fmt", "--all", "--check"])?;
-    run("cargo", &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    run(
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
     if has_nextest() {
-        run("cargo", &["nextest", "run", "--workspace", "--no-fail-fast"])?;
+        run(
+            "cargo",
+            &["nextest", "run", "--workspace", "--no-fail-fast"],
+        )?;
         run("cargo", &["test", "--workspace", "--doc"])?;
     } else {
         run("cargo", &["test", "--workspace", "--no-fail-fast"])?;
@@ -67,7 +80,18 @@ fn test() -> anyhow::Result<()> {
 }
 
 fn demo() -> anyhow::Result<()> {
-    run("cargo", &["build", "--release", "--quiet", "-p", "fastio", "--bins", "--examples"])?;
+    run(
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "fastio",
+            "--bins",
+            "--examples",
+        ],
+    )?;
     let bin = Path::new("target/release");
     eprintln!("\nStarting `fastio serve`, then two processes that share a volume through it.\n");
     let mut server = Command::new(bin.join("fastio"))

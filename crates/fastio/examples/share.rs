@@ -37,7 +37,8 @@ fn produce(ctx: &Context) -> anyhow::Result<()> {
     for z in 0..DIMS[0] {
         for (i, v) in slice.iter_mut().enumerate() {
             let (y, x) = ((i / DIMS[2]) as f32, (i % DIMS[2]) as f32);
-            let r = ((z as f32 / d - 0.5).powi(2) + (y / h - 0.5).powi(2) + (x / w - 0.5).powi(2)).sqrt();
+            let r = ((z as f32 / d - 0.5).powi(2) + (y / h - 0.5).powi(2) + (x / w - 0.5).powi(2))
+                .sqrt();
             *v = if r < 0.35 { 300 } else { -1000 };
         }
         volume.write_bytes(z * slice.len() * 2, fastio::meta::as_bytes(&slice))?;
@@ -47,7 +48,7 @@ fn produce(ctx: &Context) -> anyhow::Result<()> {
         "producer (pid {}): published ct-volume, int16 {:?} ({} MiB) in {:.0} ms",
         std::process::id(),
         DIMS,
-        count * 2 >> 20,
+        (count * 2) >> 20,
         start.elapsed().as_secs_f64() * 1e3
     );
     volume.release()?;
@@ -72,6 +73,9 @@ fn consume(ctx: &Context) -> anyhow::Result<()> {
         100.0 * tissue as f64 / values.len() as f64
     );
     volume.free()?;
-    println!("consumer: freed ct-volume; the context now holds {:?}", ctx.stats()?);
+    println!(
+        "consumer: freed ct-volume; the context now holds {:?}",
+        ctx.stats()?
+    );
     Ok(())
 }

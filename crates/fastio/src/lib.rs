@@ -4,7 +4,8 @@
 //! This facade re-exports the layers below it:
 //! - [`shm`]: raw segments (memfds, seals, mappings, descriptor passing);
 //! - [`meta`]: element types, shapes, names;
-//! - [`context`]: the Fast I/O context, its allocations, its server and clients.
+//! - [`context`]: the Fast I/O context, its allocations, its server and clients;
+//! - [`pipeline`]: pipeline definitions (YAML/JSON), their validation and graph.
 //!
 //! ```
 //! use fastio::{Context, ElementType};
@@ -20,6 +21,7 @@
 
 pub use fastio_context as context;
 pub use fastio_meta as meta;
+pub use fastio_pipeline as pipeline;
 pub use fastio_shm as shm;
 
 pub use fastio_context::{

@@ -31,9 +31,26 @@ enum Command {
     },
     /// Print the accounting of the context named by FASTIO_CONTEXT, as JSON.
     Stats,
+    /// Check a pipeline definition (YAML, or JSON by extension) and list every problem.
+    Validate {
+        /// The pipeline definition file.
+        pipeline: std::path::PathBuf,
+    },
+    /// Print a pipeline's operator graph as Graphviz dot (entry types and shapes on edges).
+    Graph {
+        /// The pipeline definition file.
+        pipeline: std::path::PathBuf,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("FASTIO_LOG"))
         .with_writer(std::io::stderr)
@@ -43,12 +60,39 @@ fn main() -> anyhow::Result<()> {
             pool_mib,
             until_stdin_closes,
         } => serve(pool_mib, until_stdin_closes),
+        Command::Validate { pipeline } => {
+            let p = load(&pipeline)?;
+            println!(
+                "{}: pipeline {:?} is valid: {} operators, in order: {}",
+                pipeline.display(),
+                p.name(),
+                p.operators().len(),
+                p.operators()
+                    .iter()
+                    .map(|o| o.name())
+                    .collect::<Vec<_>>()
+                    .join(" -> ")
+            );
+            Ok(())
+        }
+        Command::Graph { pipeline } => {
+            print!("{}", load(&pipeline)?.to_dot());
+            Ok(())
+        }
         Command::Stats => {
             let ctx = Context::from_env()?;
             println!("{}", serde_json::to_string_pretty(&ctx.stats()?)?);
             Ok(())
         }
     }
+}
+
+/// Loads a pipeline; on failure prints every problem, one per line, and fails.
+fn load(path: &std::path::Path) -> anyhow::Result<fastio::pipeline::Pipeline> {
+    fastio::pipeline::Pipeline::from_path(path).map_err(|e| {
+        eprintln!("{e}");
+        anyhow::anyhow!("{} is not a valid pipeline definition", path.display())
+    })
 }
 
 fn serve(pool_mib: u64, until_stdin_closes: bool) -> anyhow::Result<()> {

@@ -1,0 +1,100 @@
+//! The `fastio` command, run as a real process.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+const FASTIO: &str = env!("CARGO_BIN_EXE_fastio");
+
+#[test]
+fn serve_prints_an_address_that_clients_join() {
+    let mut server = Command::new(FASTIO)
+        .args(["serve", "--until-stdin-closes", "--pool-mib", "0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let address = line.trim().strip_prefix("FASTIO_CONTEXT=").unwrap();
+    let ctx = fastio::Context::connect(address).unwrap();
+    ctx.publish_slice(&[1.5f64, 2.5], &[2], "pair").unwrap();
+    assert_eq!(
+        ctx.get("pair").unwrap().to_vec::<f64>().unwrap(),
+        vec![1.5, 2.5]
+    );
+
+    let stats = Command::new(FASTIO)
+        .arg("stats")
+        .env(fastio::CONTEXT_ENV, address)
+        .output()
+        .unwrap();
+    assert!(stats.status.success());
+    let stats: fastio::Stats = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(stats.publications, 1);
+
+    drop(server.stdin.take());
+    assert!(server.wait().unwrap().success());
+    assert!(
+        ctx.stats().is_err(),
+        "the server is gone once its stdin closes"
+    );
+}
+
+#[test]
+fn validate_accepts_the_demo_and_lists_every_problem_of_a_bad_definition() {
+    let demo = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/demo/pipeline.yaml"
+    );
+    let ok = Command::new(FASTIO)
+        .args(["validate", demo])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "api-version: 0.5.0\nname: x\noperators:\n- name: a\n  command: [a]\n  output:\n  - name: v\n    type: array\n    path: /x\n",
+    )
+    .unwrap();
+    let out = Command::new(FASTIO)
+        .arg("validate")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "path must not be given",
+        "element-type is required",
+        "shape is required",
+    ] {
+        assert!(err.contains(expected), "{err}");
+    }
+    assert!(err.contains("operator \"a\", output \"v\""), "{err}");
+}
+
+#[test]
+fn graph_prints_dot_with_types_on_the_edges() {
+    let demo = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/demo/pipeline.yaml"
+    );
+    let out = Command::new(FASTIO).args(["graph", demo]).output().unwrap();
+    assert!(out.status.success());
+    let dot = String::from_utf8(out.stdout).unwrap();
+    assert!(dot.starts_with("digraph"));
+    assert!(
+        dot.contains("\"generate\" -> \"threshold\" [label=\"volume: int16[256,512,512]\"]"),
+        "{dot}"
+    );
+}
