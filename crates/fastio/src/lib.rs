@@ -29,3 +29,8 @@ pub use fastio_context::{
     RequestError, Server, ServerConfig, Stats,
 };
 pub use fastio_meta::{DynamicShape, Element, ElementType, MetaError, Shape, TypedShape};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
