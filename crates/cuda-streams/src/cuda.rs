@@ -300,3 +300,138 @@ impl Backend for CudaBackend {
         })
     }
 }
+
+/// One pinned, device-mapped host word that GPU streams can wait on and write to
+/// (`cuStreamWaitValue32` / `cuStreamWriteValue32`): a way to gate and observe stream order
+/// without compiling a kernel. Test and benchmark support; see [`crate::testing`].
+pub struct HostWord {
+    driver: crate::driver::Driver,
+    host: *mut c_void,
+    dptr: sys::CUdeviceptr,
+}
+
+// SAFETY: the word is owned by this value; access goes through atomics, and the driver calls
+// take no thread-affine state (each binds its context first).
+unsafe impl Send for HostWord {}
+// SAFETY: as above; `get`/`set` are atomic operations on the pinned word.
+unsafe impl Sync for HostWord {}
+
+impl std::fmt::Debug for HostWord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostWord")
+            .field("value", &self.get())
+            .finish()
+    }
+}
+
+/// `CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP`: visible to every context.
+const HOST_ALLOC_FLAGS: u32 = 0x1 | 0x2;
+
+impl HostWord {
+    /// Allocates the word (initially 0), visible to every device.
+    ///
+    /// # Errors
+    /// A driver error.
+    pub fn new(driver: &crate::driver::Driver) -> Result<HostWord, CudaError> {
+        guarded("cuMemHostAlloc", || {
+            driver.set_current(0)?;
+            let mut host: *mut c_void = std::ptr::null_mut();
+            // SAFETY: valid out-pointer; 64 bytes keeps the word alone in its cache line.
+            check("cuMemHostAlloc", unsafe {
+                sys::cuMemHostAlloc(&mut host, 64, HOST_ALLOC_FLAGS)
+            })?;
+            // SAFETY: `host` points to 64 writable bytes that we own.
+            unsafe { std::ptr::write_bytes(host.cast::<u8>(), 0, 64) };
+            let mut dptr: sys::CUdeviceptr = 0;
+            // SAFETY: `host` was allocated with DEVICEMAP; valid out-pointer.
+            let r = unsafe { sys::cuMemHostGetDevicePointer_v2(&mut dptr, host, 0) };
+            if let Err(e) = check("cuMemHostGetDevicePointer", r) {
+                // SAFETY: allocated above, freed once.
+                let _ = unsafe { sys::cuMemFreeHost(host) };
+                return Err(e);
+            }
+            Ok(HostWord {
+                driver: driver.clone(),
+                host,
+                dptr,
+            })
+        })
+    }
+
+    fn atomic(&self) -> &std::sync::atomic::AtomicU32 {
+        // SAFETY: `host` is 4-byte aligned pinned memory that lives as long as `self`; the GPU
+        // writes it with 32-bit stores, which the atomic view tolerates.
+        unsafe { &*self.host.cast::<std::sync::atomic::AtomicU32>() }
+    }
+
+    /// Reads the word from the host.
+    pub fn get(&self) -> u32 {
+        self.atomic().load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Writes the word from the host (opens a gate).
+    pub fn set(&self, value: u32) {
+        self.atomic()
+            .store(value, std::sync::atomic::Ordering::Release);
+    }
+
+    fn stream_of(stream: Option<&crate::pool::Stream>) -> sys::CUstream {
+        stream.map_or(std::ptr::null_mut(), |s| s.as_raw() as sys::CUstream)
+    }
+
+    /// Enqueues on `stream` (`None`: the legacy default stream of `device`) a wait until the
+    /// word is at least `value`.
+    ///
+    /// # Errors
+    /// A driver error.
+    pub fn gpu_wait_geq(
+        &self,
+        stream: Option<&crate::pool::Stream>,
+        device: i32,
+        value: u32,
+    ) -> Result<(), CudaError> {
+        guarded("cuStreamWaitValue32", || {
+            self.driver
+                .set_current(stream.map_or(device, |s| s.device()))?;
+            // SAFETY: live stream (or NULL) and a device-mapped address of a live word.
+            check("cuStreamWaitValue32", unsafe {
+                sys::cuStreamWaitValue32_v2(Self::stream_of(stream), self.dptr, value, 0)
+            })
+        })
+    }
+
+    /// Enqueues on `stream` (`None`: the legacy default stream of `device`) a write of `value`.
+    ///
+    /// # Errors
+    /// A driver error.
+    pub fn gpu_write(
+        &self,
+        stream: Option<&crate::pool::Stream>,
+        device: i32,
+        value: u32,
+    ) -> Result<(), CudaError> {
+        guarded("cuStreamWriteValue32", || {
+            self.driver
+                .set_current(stream.map_or(device, |s| s.device()))?;
+            // SAFETY: live stream (or NULL) and a device-mapped address of a live word.
+            check("cuStreamWriteValue32", unsafe {
+                sys::cuStreamWriteValue32_v2(Self::stream_of(stream), self.dptr, value, 0)
+            })
+        })
+    }
+}
+
+impl Drop for HostWord {
+    fn drop(&mut self) {
+        // Work still queued may target the word: let the gate open and the devices drain first.
+        self.set(u32::MAX);
+        let _ = guarded("cuMemFreeHost", || {
+            self.driver.set_current(0)?;
+            // SAFETY: no arguments; drains device 0's context so that no queued memop there
+            // touches the word after it is freed (callers drain other devices themselves).
+            check("cuCtxSynchronize", unsafe { sys::cuCtxSynchronize() })?;
+            // SAFETY: allocated in `new`, freed once.
+            check("cuMemFreeHost", unsafe { sys::cuMemFreeHost(self.host) })
+        });
+    }
+}

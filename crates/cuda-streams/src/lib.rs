@@ -26,6 +26,8 @@ mod message;
 mod operator;
 mod pool;
 
+pub mod testing;
+
 #[cfg(test)]
 mod tests;
 
