@@ -120,7 +120,7 @@ extern "C" fn host_fn_trampoline(data: *mut c_void) {
     // driver calls this function exactly once per successful `cuLaunchHostFunc`.
     let f: Box<HostFn> = unsafe { Box::from_raw(data.cast::<HostFn>()) };
     // A panic must not unwind into the driver's thread.
-    let _ = catch_unwind(AssertUnwindSafe(move || f()));
+    let _ = catch_unwind(AssertUnwindSafe(f));
 }
 
 impl Backend for CudaBackend {

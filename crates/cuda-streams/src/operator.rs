@@ -284,10 +284,8 @@ impl OperatorContext {
                 self.backend = Some(s.backend().clone());
             }
         }
-        if self.backend.is_none() {
-            if let Some(e) = events.first() {
-                self.backend = Some(e.backend_arc());
-            }
+        if let (None, Some(e)) = (&self.backend, events.first()) {
+            self.backend = Some(e.backend_arc());
         }
         let rec = self.received.entry(key).or_default();
         rec.streams.push(stream);
