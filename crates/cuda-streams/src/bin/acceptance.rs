@@ -789,7 +789,7 @@ fn s26(d: &Driver) -> R {
         status.success() && rest.contains("ORDERED"),
         "child: {first} {rest} ({status})"
     );
-    Ok(format!("child {} | {}", first, rest.trim()))
+    Ok(format!("child {}; {}", first, rest.trim()))
 }
 
 /// The consumer process: imports the event, makes its stream wait, shows it is held, then ordered.
