@@ -739,3 +739,17 @@ fn ipc_event_refuses_a_stream_of_another_device() {
         })
     );
 }
+
+#[test]
+fn handles_cross_threads() {
+    fn send<T: Send>() {}
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<StreamPool>();
+    send_sync::<Stream>();
+    send_sync::<Driver>();
+    send_sync::<InterprocessEvent>();
+    send_sync::<MessageQueue<u32>>();
+    send::<OperatorContext>();
+    send::<StreamCondition>();
+    send::<Message<u32>>();
+}
