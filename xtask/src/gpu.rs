@@ -1,0 +1,109 @@
+//! `cargo xtask gpu-test` and `cargo xtask gpu-bench`: build the stripped GPU bundle of the
+//! `cuda-streams` crate, and run it when this machine has a GPU.
+//!
+//! The bundle is one release binary, `cuda-streams-acceptance`, statically free of CUDA (the
+//! driver is loaded at run time), so it runs on a GPU machine without a Rust toolchain:
+//! `./bundle/cuda-streams-acceptance test|bench|all [--out DIR]`.
+//!
+//! Options: `--dest DIR` (default: `bundle/` at the workspace root, which git ignores) and
+//! `--run` (also run it here; needs a CUDA driver).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+const BIN: &str = "cuda-streams-acceptance";
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+struct Options {
+    dest: PathBuf,
+    run: bool,
+}
+
+fn parse(args: &[String]) -> Result<Options> {
+    let mut o = Options {
+        dest: workspace_root().join("bundle"),
+        run: false,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--dest" => o.dest = PathBuf::from(it.next().context("--dest needs a directory")?),
+            "--run" => o.run = true,
+            other => bail!("unknown option {other:?} (expected --dest DIR, --run)"),
+        }
+    }
+    Ok(o)
+}
+
+/// Builds the release, stripped acceptance binary and copies it to `dest`.
+fn build_bundle(dest: &Path) -> Result<PathBuf> {
+    let root = workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "--release", "-p", "cuda-streams", "--bin", BIN])
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build of {BIN} failed ({status})");
+    }
+    let target_dir =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let built = target_dir.join("release").join(BIN);
+    std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+    let out = dest.join(BIN);
+    std::fs::copy(&built, &out)
+        .with_context(|| format!("copying {} to {}", built.display(), out.display()))?;
+    let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "bundle: {} ({:.1} MiB, release profile: stripped)",
+        out.display(),
+        size as f64 / 1048576.0
+    );
+    Ok(out)
+}
+
+fn run_or_explain(bin: &Path, mode: &str, run: bool) -> Result<()> {
+    if run {
+        let status = Command::new(bin)
+            .arg(mode)
+            .status()
+            .with_context(|| format!("running {}", bin.display()))?;
+        if !status.success() {
+            bail!("{BIN} {mode} failed ({status})");
+        }
+    } else {
+        println!("run it on the GPU machine: ./bundle/{BIN} {mode} --out \"$OUT\"");
+    }
+    Ok(())
+}
+
+/// `cargo xtask gpu-test [--dest DIR] [--run]`: builds the bundle; with `--run`, runs the 25
+/// acceptance scenarios and the two-process event test here and prints the pass/fail table.
+///
+/// # Errors
+/// A failed build, copy or run.
+pub fn gpu_test(args: &[String]) -> Result<()> {
+    let o = parse(args)?;
+    let bin = build_bundle(&o.dest)?;
+    run_or_explain(&bin, "test", o.run)
+}
+
+/// `cargo xtask gpu-bench [--dest DIR] [--run]`: builds the bundle; with `--run`, runs the
+/// benchmarks here (pool vs create/destroy, receive_cuda_stream vs bare event record + wait,
+/// condition vs bare host function). Results go to docs/cuda-streams.md by hand.
+///
+/// # Errors
+/// A failed build, copy or run.
+pub fn gpu_bench(args: &[String]) -> Result<()> {
+    let o = parse(args)?;
+    let bin = build_bundle(&o.dest)?;
+    run_or_explain(&bin, "bench", o.run)
+}
