@@ -105,7 +105,15 @@ fn bench_create_fill(c: &mut Criterion) -> anyhow::Result<()> {
     };
     let mut group = c.benchmark_group("create_fill_256MiB");
     slow_group(&mut group);
-    for (id, pool_bytes) in [("fresh_segment", 0), ("warm_segment", GIB as u64)] {
+    let populate = CreateOptions {
+        prefault: Prefault::Populate,
+        ..options
+    };
+    for (id, pool_bytes, options) in [
+        ("fresh_segment", 0, options),
+        ("warm_segment", GIB as u64, options),
+        ("warm_segment_populate", GIB as u64, populate),
+    ] {
         // In-process contexts: this case is about memory, not about sockets.
         let ctx = Context::in_process_with_pool(pool_bytes);
         group.bench_function(id, |b| {
@@ -148,18 +156,24 @@ fn bench_handover(c: &mut Criterion, server: &Server, helper: &Helper) -> anyhow
     let mut group = c.benchmark_group("handover_256MiB");
     slow_group(&mut group);
     let mut serial = 0u64;
-    group.bench_function("fastio", |b| {
-        b.iter(|| {
-            serial += 1;
-            let name = format!("bench-handover-{serial}");
-            let mut alloc = ctx.create_with(PAYLOAD, options).expect("create");
-            alloc.write_bytes(0, &source).expect("fill");
-            alloc.publish(&name).expect("publish");
-            let sum = helper.call(&format!("read {name}")).expect("read");
-            alloc.free().expect("free");
-            black_box(sum);
-        })
-    });
+    let populate = CreateOptions {
+        prefault: Prefault::Populate,
+        ..options
+    };
+    for (id, options) in [("fastio", options), ("fastio_populate", populate)] {
+        group.bench_function(id, |b| {
+            b.iter(|| {
+                serial += 1;
+                let name = format!("bench-handover-{serial}");
+                let mut alloc = ctx.create_with(PAYLOAD, options).expect("create");
+                alloc.write_bytes(0, &source).expect("fill");
+                alloc.publish(&name).expect("publish");
+                let sum = helper.call(&format!("read {name}")).expect("read");
+                alloc.free().expect("free");
+                black_box(sum);
+            })
+        });
+    }
     for (id, path) in [("file_dev_shm", &shm_path), ("file_target", &disk_path)] {
         // Created and sized once; each iteration overwrites it in place (no fsync).
         let file = OpenOptions::new()

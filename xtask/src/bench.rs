@@ -59,6 +59,11 @@ const GROUPS: &[(&str, &str, &[Case])] = &[
             },
             Case {
                 group: "create_fill_256MiB",
+                id: "warm_segment_populate",
+                label: "same, mapping prefaulted (`Prefault::Populate`)",
+            },
+            Case {
+                group: "create_fill_256MiB",
                 id: "fresh_segment",
                 label: "fastio create + fill, fresh segment (pool off)",
             },
@@ -75,6 +80,11 @@ const GROUPS: &[(&str, &str, &[Case])] = &[
             },
             Case {
                 group: "handover_256MiB",
+                id: "fastio_populate",
+                label: "same, writer's mapping prefaulted (`Prefault::Populate`)",
+            },
+            Case {
+                group: "handover_256MiB",
                 id: "file_dev_shm",
                 label: "file in /dev/shm: write; reader opens and reads all",
             },
@@ -87,8 +97,11 @@ const GROUPS: &[(&str, &str, &[Case])] = &[
     ),
 ];
 
-/// Headline ratios: numerator and denominator as (group, id).
-const RATIOS: &[(&str, (&str, &str), (&str, &str))] = &[
+/// A case as criterion names it: (group, id).
+type CaseId = (&'static str, &'static str);
+
+/// Headline ratios: label, numerator, denominator.
+const RATIOS: &[(&str, CaseId, CaseId)] = &[
     (
         "get 1 GiB / get 1 MiB (should be ~1: no growth with size)",
         ("get", "fastio_get_1GiB"),
@@ -108,6 +121,16 @@ const RATIOS: &[(&str, (&str, &str), (&str, &str))] = &[
         "create+fill warm / memcpy",
         ("create_fill_256MiB", "warm_segment"),
         ("create_fill_256MiB", "memcpy_touched"),
+    ),
+    (
+        "create+fill warm, prefaulted / memcpy",
+        ("create_fill_256MiB", "warm_segment_populate"),
+        ("create_fill_256MiB", "memcpy_touched"),
+    ),
+    (
+        "handover: fastio prefaulted / fastio lazy",
+        ("handover_256MiB", "fastio_populate"),
+        ("handover_256MiB", "fastio"),
     ),
     (
         "handover: file in /dev/shm / fastio",
