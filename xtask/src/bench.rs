@@ -9,6 +9,7 @@ use std::process::Command;
 use anyhow::{Context as _, bail, ensure};
 
 const DOC: &str = "docs/benchmarks.md";
+const SVG: &str = "docs/benchmarks.svg";
 const START: &str = "<!-- bench-table:start (written by `cargo xtask bench`) -->";
 const END: &str = "<!-- bench-table:end -->";
 
@@ -170,8 +171,9 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
     ensure!(start < end, "{}: markers out of order", doc_path.display());
     let updated = format!("{}{START}\n{table}{}", &doc[..start], &doc[end..]);
     std::fs::write(&doc_path, updated)?;
+    std::fs::write(root.join(SVG), chart(&criterion)?)?;
     print!("{table}");
-    println!("(written to {DOC})");
+    println!("(written to {DOC} and {SVG})");
     Ok(())
 }
 
@@ -271,4 +273,51 @@ fn machine() -> String {
         .map(|d| d.trim().to_owned())
         .unwrap_or_else(|| "unknown date".into());
     format!("Run of {date} on {cpus} CPUs ({model}), Linux {kernel}.")
+}
+
+/// A horizontal bar chart of the medians, each group scaled to its slowest case.
+fn chart(criterion: &Path) -> anyhow::Result<String> {
+    const ROW: usize = 22;
+    const LABEL_W: usize = 430;
+    const BAR_W: f64 = 330.0;
+    let rows: usize = GROUPS.iter().map(|(_, _, cases)| cases.len() + 1).sum();
+    let height = rows * ROW + 10;
+    let width = LABEL_W + BAR_W as usize + 90;
+    let mut svg = String::new();
+    writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
+    )?;
+    writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#)?;
+    let mut y = 0;
+    for (title, _, cases) in GROUPS {
+        y += ROW;
+        writeln!(
+            svg,
+            r#"<text x="4" y="{}" font-weight="bold">{title} (median)</text>"#,
+            y - 6
+        )?;
+        let medians = cases
+            .iter()
+            .map(|c| estimate(criterion, c.group, c.id).map(|e| e.median))
+            .collect::<anyhow::Result<Vec<f64>>>()?;
+        let max = medians.iter().copied().fold(f64::MIN_POSITIVE, f64::max);
+        for (case, median) in cases.iter().zip(medians) {
+            y += ROW;
+            let w = (median / max * BAR_W).max(1.0);
+            let label = case.label.replace('`', "");
+            writeln!(
+                svg,
+                r##"<text x="14" y="{}">{label}</text><rect x="{LABEL_W}" y="{}" width="{w:.1}" height="{}" fill="#4a7ab5"/><text x="{:.1}" y="{}">{}</text>"##,
+                y - 6,
+                y - ROW + 4,
+                ROW - 6,
+                LABEL_W as f64 + w + 4.0,
+                y - 6,
+                duration(median)
+            )?;
+        }
+    }
+    writeln!(svg, "</svg>")?;
+    Ok(svg)
 }
