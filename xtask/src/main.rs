@@ -3,8 +3,10 @@
 //! - `test`: the whole test run (what the README and CI run): formatting, clippy with
 //!   warnings as errors, every test of the workspace, doctests;
 //! - `demo`: the demo: two processes share a volume through a `fastio serve` context;
+//! - `bench`: the criterion benchmarks; writes the table into docs/benchmarks.md;
 //! - `gpu-test` / `gpu-bench`: build the stripped cuda-streams bundle for the GPU machine.
 
+mod bench;
 mod gpu;
 
 use std::io::{BufRead, BufReader};
@@ -20,10 +22,11 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("demo") => demo(),
+        Some("bench") => bench::bench(&args[1..]),
         Some("gpu-test") => gpu::gpu_test(&args[1..]),
         Some("gpu-bench") => gpu::gpu_bench(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <test|demo|gpu-test|gpu-bench>");
+            eprintln!("usage: cargo xtask <test|demo|bench|gpu-test|gpu-bench>");
             bail!("unknown or missing command")
         }
     }
