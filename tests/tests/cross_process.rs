@@ -48,15 +48,12 @@ fn concurrent_publishers_of_one_name_have_exactly_one_winner_per_round() {
     let b = Probe::spawn(PROBE, Some(&addr), &["race", "race", &ROUNDS.to_string()]).unwrap();
     let (a, b) = (a.rest().unwrap(), b.rest().unwrap());
     assert_eq!((a.len(), b.len()), (ROUNDS, ROUNDS));
-    let mut wins = [0usize; 2];
     for (i, (la, lb)) in a.iter().zip(&b).enumerate() {
         let (wa, wb) = (la == &format!("{i} won"), lb == &format!("{i} won"));
         assert!(wa ^ wb, "round {i}: {la:?} / {lb:?}");
         let loser = if wa { lb } else { la };
         assert!(loser.contains("already published"), "{loser}");
-        wins[usize::from(wb)] += 1;
     }
-    assert_eq!(wins[0] + wins[1], ROUNDS);
     assert_eq!(stats(&addr).publications, ROUNDS);
 }
 

@@ -174,7 +174,7 @@ impl Registry {
             return Err(RequestError::Deleted { id: id.0 });
         }
         if let Some(t) = &typed {
-            let need = t.shape.byte_size(t.element_type).unwrap_or(usize::MAX);
+            let need = t.byte_size();
             if need > resource.size {
                 return Err(RequestError::MetadataTooLarge {
                     needed: need,
