@@ -1,13 +1,15 @@
 //! Project automation, reached as `cargo xtask <command>`:
 //!
 //! - `test`: the whole test run (what the README and CI run): formatting, clippy with
-//!   warnings as errors, every test of the workspace, doctests;
+//!   warnings as errors, every test of the workspace, doctests, then the Python module
+//!   built into `.venv` and its pytest suite;
 //! - `demo`: the demo: two processes share a volume through a `fastio serve` context;
 //! - `bench`: the criterion benchmarks; writes the table into docs/benchmarks.md;
 //! - `gpu-test` / `gpu-bench`: build the stripped cuda-streams bundle for the GPU machine.
 
 mod bench;
 mod gpu;
+mod python;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -41,9 +43,15 @@ fn workspace_root() -> PathBuf {
 
 /// Runs a command, echoing it, and fails if it fails.
 fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    run_with_env(program, args, &[])
+}
+
+/// [`run`] with extra environment variables.
+fn run_with_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
     eprintln!("\n$ {program} {}", args.join(" "));
     let status = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .status()
         .with_context(|| format!("starting {program}"))?;
     if !status.success() {
@@ -83,6 +91,7 @@ fn test() -> anyhow::Result<()> {
     } else {
         run("cargo", &["test", "--workspace", "--no-fail-fast"])?;
     }
+    python::test()?;
     eprintln!("\nall checks and tests passed");
     Ok(())
 }
