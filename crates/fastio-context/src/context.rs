@@ -9,7 +9,7 @@ use fastio_shm::{Access, Mapping, Prefault, Segment};
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
 use crate::ContextError;
-use crate::job::{Phase, ReclaimedHandle, StageInfo};
+use crate::job::{Job, Phase, ReclaimedHandle, StageInfo};
 use crate::protocol::{AccessMode, EventHandle, Request, ResourceId, Response, Stats};
 use crate::registry::{DEFAULT_POOL_BYTES, Registry};
 use crate::server::CONTEXT_ENV;
@@ -53,6 +53,18 @@ impl Context {
     /// A private context in this process whose warm pool keeps at most `pool_bytes`.
     pub fn in_process_with_pool(pool_bytes: u64) -> Self {
         Self::over_shared(Shared::new(Registry::new(pool_bytes), None), None)
+    }
+
+    /// A private context in this process that hosts `job` and acts as its stage `stage`:
+    /// how an operator runs alone, without a driver. The job's entries are set up as the
+    /// driver would (pre-allocated ones exist, zeroed).
+    pub fn in_process_job(job: Arc<Job>, stage: usize) -> Result<Self, ContextError> {
+        let mut registry = Registry::new(DEFAULT_POOL_BYTES);
+        registry.define_entries(&job.plan().entries)?;
+        Ok(Self::over_shared(
+            Shared::new(registry, Some(job)),
+            Some(stage),
+        ))
     }
 
     pub(crate) fn over_shared(shared: Arc<Shared>, stage: Option<usize>) -> Self {
