@@ -101,18 +101,8 @@ impl FastIOAllocation {
     /// An export of the memory, typed and shaped by the local metadata (untyped: bytes).
     pub(crate) fn view(&self) -> PyResult<View> {
         let handle = self.handle()?;
-        let (ptr, readonly, et, dims) = handle.with(|a| {
-            let (et, dims) = match a.typed_shape() {
-                Some(t) => (Some(t.element_type), t.shape.dims().to_vec()),
-                None => (None, vec![a.size()]),
-            };
-            Ok((a.as_ptr(), a.access() == Access::ReadOnly, et, dims))
-        })?;
-        let (itemsize, format) = match et {
-            Some(et) => (et.size(), dtype::buffer_format(et)),
-            None => (1, c"B"),
-        };
-        Ok(View::new(handle, ptr, readonly, itemsize, format, &dims))
+        let keep: buffer::Keeper = handle.clone();
+        handle.with(|a| Ok(View::of(keep, a, false)))
     }
 
     /// A zero-copy numpy array over the memory.

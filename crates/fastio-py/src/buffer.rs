@@ -3,6 +3,7 @@
 //!
 //! All `unsafe` of the crate is here: filling a `Py_buffer` for a consumer.
 
+use std::any::Any;
 use std::ffi::{CStr, c_int, c_void};
 use std::sync::Arc;
 
@@ -10,7 +11,12 @@ use pyo3::exceptions::PyBufferError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 
-use crate::allocation::Handle;
+use fastio_context::{Access, Allocation};
+
+use crate::dtype;
+
+/// Whatever keeps a mapping alive: an allocation's or an entry's shared handle.
+pub(crate) type Keeper = Arc<dyn Any + Send + Sync>;
 
 /// An export of one allocation's memory, fixed at the time it was made: pointer, length,
 /// access, element format and shape. Holding it keeps the handle, and so the mapping,
@@ -18,7 +24,7 @@ use crate::allocation::Handle;
 #[pyclass(frozen, module = "fastio", name = "View")]
 pub struct View {
     // Keeps the mapping (and the context's handle) alive while the export lives.
-    _handle: Arc<Handle>,
+    _keep: Keeper,
     ptr: usize,
     len: usize,
     readonly: bool,
@@ -29,9 +35,25 @@ pub struct View {
 }
 
 impl View {
-    /// An export of `len` bytes at `ptr`, which lie in the mapping `handle` keeps.
-    pub(crate) fn new(
-        handle: Arc<Handle>,
+    /// An export of `allocation`'s memory, typed and shaped by its local metadata (as
+    /// bytes when it has none); read-only when the handle is or when `read_only`.
+    /// `keep` must own `allocation`, so that the mapping lives as long as the view.
+    pub(crate) fn of(keep: Keeper, allocation: &Allocation, read_only: bool) -> Self {
+        let (itemsize, format, dims) = match allocation.typed_shape() {
+            Some(t) => (
+                t.element_type.size(),
+                dtype::buffer_format(t.element_type),
+                t.shape.dims().to_vec(),
+            ),
+            None => (1, c"B", vec![allocation.size()]),
+        };
+        let readonly = read_only || allocation.access() == Access::ReadOnly;
+        Self::new(keep, allocation.as_ptr(), readonly, itemsize, format, &dims)
+    }
+
+    /// An export of `len` bytes at `ptr`, which lie in the mapping `keep` keeps.
+    fn new(
+        keep: Keeper,
         ptr: *const u8,
         readonly: bool,
         itemsize: usize,
@@ -47,7 +69,7 @@ impl View {
             step *= dim as ffi::Py_ssize_t;
         }
         Self {
-            _handle: handle,
+            _keep: keep,
             ptr: ptr as usize,
             len: dims.iter().product::<usize>() * itemsize,
             readonly,

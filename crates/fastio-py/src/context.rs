@@ -22,6 +22,13 @@ pub struct FastIOContext {
     context: Context,
 }
 
+impl FastIOContext {
+    /// Wraps a context the operator API made.
+    pub(crate) fn wrap(context: Context) -> Self {
+        Self { context }
+    }
+}
+
 #[pymethods]
 impl FastIOContext {
     /// A private in-process context; `pool_bytes` bounds its pool of warm segments

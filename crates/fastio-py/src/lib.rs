@@ -18,6 +18,7 @@ mod allocation;
 mod buffer;
 mod context;
 mod dtype;
+mod operator;
 
 use pyo3::prelude::*;
 
@@ -52,6 +53,11 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<context::ContextServer>()?;
     m.add_class::<allocation::FastIOAllocation>()?;
     m.add_class::<buffer::View>()?;
+    m.add_class::<operator::Driver>()?;
+    m.add_class::<operator::Payload>()?;
+    m.add_class::<operator::PayloadEntry>()?;
+    m.add_class::<operator::PayloadCollection>()?;
+    m.add_class::<operator::FastIOEntry>()?;
     m.add_function(wrap_pyfunction!(context::serve, m)?)?;
     m.add("CONTEXT_ENV", fastio_context::CONTEXT_ENV)?;
     Ok(())

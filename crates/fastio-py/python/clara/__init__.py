@@ -1,9 +1,30 @@
 """Compatibility module for operators written against NVIDIA Clara's Python client.
 
-``from clara import FastIOContext, FastIOAllocation, IOAccess, Error`` gives fastio's
-classes under Clara's names. ``Driver`` and ``Payload`` come with fastio's pipeline driver.
+``from clara import Driver, Payload, Error`` and the Fast I/O classes work unchanged: an
+operator written for Clara runs under ``fastio run``. These are fastio's own classes under
+Clara's names.
 """
 
-from fastio import Error, FastIOAllocation, FastIOContext, IOAccess
+from fastio import (
+    Driver,
+    Error,
+    FastIOAllocation,
+    FastIOContext,
+    FastIOEntry,
+    IOAccess,
+    Payload,
+    PayloadCollection,
+    PayloadEntry,
+)
 
-__all__ = ["Error", "FastIOAllocation", "FastIOContext", "IOAccess"]
+__all__ = [
+    "Driver",
+    "Error",
+    "FastIOAllocation",
+    "FastIOContext",
+    "FastIOEntry",
+    "IOAccess",
+    "Payload",
+    "PayloadCollection",
+    "PayloadEntry",
+]

@@ -10,16 +10,33 @@ by name; any process of the job gets it by name and maps the same memory::
     view = a.as_numpy()                       # zero-copy, read-only
     assert view.dtype == np.float16 and view.shape == (3, 4)
 
+An operator of a pipeline run by ``fastio run`` uses Clara's classes (also importable as
+``from clara import Driver, Payload, Error``)::
+
+    def execute(driver, payload):
+        volume = payload.fastio_input_entries["volume"].get_numpy()   # read-only, zero-copy
+        mask = payload.fastio_output_entries["mask"].as_numpy()      # writable, zero-copy
+        np.greater(volume, 300, out=mask, casting="unsafe")
+
+    driver = fastio.Driver(execute_handler=execute)
+    driver.start()
+    driver.wait_for_completion()
+
 Every failure raises :class:`fastio.Error` with a message saying what went wrong.
 """
 
 from fastio._native import (
     CONTEXT_ENV,
     ContextServer,
+    Driver,
     Error,
     FastIOAllocation,
     FastIOContext,
+    FastIOEntry,
     IOAccess,
+    Payload,
+    PayloadCollection,
+    PayloadEntry,
     View,
     serve,
 )
@@ -27,10 +44,15 @@ from fastio._native import (
 __all__ = [
     "CONTEXT_ENV",
     "ContextServer",
+    "Driver",
     "Error",
     "FastIOAllocation",
     "FastIOContext",
+    "FastIOEntry",
     "IOAccess",
+    "Payload",
+    "PayloadCollection",
+    "PayloadEntry",
     "View",
     "serve",
 ]
