@@ -25,8 +25,8 @@ mod sys;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -261,30 +261,29 @@ pub fn run_job(
     }
     drop(events);
 
-    let mut failure: Option<(String, String)> = operators
-        .iter()
-        .find_map(|o| match &o.state {
-            OperatorState::Failed(why) => Some((o.name.clone(), why.clone())),
-            _ => None,
-        });
+    let mut failure: Option<(String, String)> = operators.iter().find_map(|o| match &o.state {
+        OperatorState::Failed(why) => Some((o.name.clone(), why.clone())),
+        _ => None,
+    });
     let mut stop_sent: Option<Instant> = None;
     let mut last_progress = Instant::now() - Duration::from_secs(1);
     let deadline = start + timeout;
     loop {
-        if let Some((name, why)) = &failure {
-            if stop_sent.is_none() {
-                job.abort(&format!("operator {name} failed: {why}"));
-                stop_sent = Some(Instant::now());
-                for op in operators.iter().filter(|o| !o.state.is_final()) {
-                    signal(op, rustix::process::Signal::TERM);
-                }
+        if let (Some((name, why)), None) = (&failure, stop_sent) {
+            job.abort(&format!("operator {name} failed: {why}"));
+            stop_sent = Some(Instant::now());
+            // An operator that reported its own failure is finishing its cleanup: it
+            // gets the grace period before SIGKILL, the others SIGTERM now.
+            for op in operators
+                .iter()
+                .filter(|o| !o.state.is_final() && o.phase_failure.is_none())
+            {
+                signal(op, rustix::process::Signal::TERM);
             }
         }
-        if let Some(sent) = stop_sent {
-            if sent.elapsed() >= options.grace {
-                for op in operators.iter().filter(|o| !o.state.is_final()) {
-                    signal(op, rustix::process::Signal::KILL);
-                }
+        if stop_sent.is_some_and(|s| s.elapsed() >= options.grace) {
+            for op in operators.iter().filter(|o| !o.state.is_final()) {
+                signal(op, rustix::process::Signal::KILL);
             }
         }
         if operators.iter().all(|o| o.state.is_final()) {
@@ -341,7 +340,7 @@ pub fn run_job(
         failure,
         start.elapsed(),
     );
-    drop(server);
+    server.close();
     Ok(report)
 }
 
@@ -417,9 +416,9 @@ fn handle(
             let outcome = match (ended, &op.phase_failure) {
                 (_, Some(why)) => Err(why.clone()),
                 (Err(why), None) => Err(why),
-                (Ok(()), None) if !op.joined => Err(
-                    "exited without joining the job (is the command a fastio operator?)".into(),
-                ),
+                (Ok(()), None) if !op.joined => {
+                    Err("exited without joining the job (is the command a fastio operator?)".into())
+                }
                 (Ok(()), None) if !op.cleaned_up => {
                     Err("exited before finishing its life-cycle".into())
                 }
@@ -446,10 +445,29 @@ fn describe_exit(status: ExitStatus) -> Result<(), String> {
         return Ok(());
     }
     if let Some(signal) = status.signal() {
-        let name = rustix::process::Signal::from_named_raw(signal)
-            .map(|s| format!("{s:?}"))
-            .unwrap_or_else(|| signal.to_string());
-        return Err(format!("killed by signal {signal} ({name})"));
+        const NAMES: [(i32, &str); 12] = [
+            (1, "SIGHUP"),
+            (2, "SIGINT"),
+            (3, "SIGQUIT"),
+            (4, "SIGILL"),
+            (6, "SIGABRT"),
+            (7, "SIGBUS"),
+            (8, "SIGFPE"),
+            (9, "SIGKILL"),
+            (11, "SIGSEGV"),
+            (13, "SIGPIPE"),
+            (14, "SIGALRM"),
+            (15, "SIGTERM"),
+        ];
+        let core = if status.core_dumped() {
+            ", core dumped"
+        } else {
+            ""
+        };
+        return Err(match NAMES.iter().find(|(n, _)| *n == signal) {
+            Some((_, name)) => format!("killed by signal {signal} ({name}{core})"),
+            None => format!("killed by signal {signal}{core}"),
+        });
     }
     Err(format!(
         "exited with status {}",
@@ -521,7 +539,10 @@ fn spawn(
     command
         .args(&argv[1..])
         .envs(definition.variables())
-        .env(CONTEXT_ENV, format!("fd:{}", std::os::fd::AsRawFd::as_raw_fd(&socket)))
+        .env(
+            CONTEXT_ENV,
+            format!("fd:{}", std::os::fd::AsRawFd::as_raw_fd(&socket)),
+        )
         .env(INPUT_PATHS_ENV, format_paths(&stage.inputs))
         .env(OUTPUT_PATHS_ENV, format_paths(&stage.outputs))
         .env("FASTIO_JOB_ID", &plan.job_id)
@@ -538,15 +559,23 @@ fn spawn(
     // Our copy of the child's end closes here: the connection lives in the child alone,
     // so it closes when the child dies.
     drop(socket);
-    let stdout = child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>);
-    let stderr = child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>);
+    let stdout = child
+        .stdout
+        .take()
+        .map(|s| Box::new(s) as Box<dyn Read + Send>);
+    let stderr = child
+        .stderr
+        .take()
+        .map(|s| Box::new(s) as Box<dyn Read + Send>);
     if let Some(out) = stdout {
         operator.readers.push(read_lines(out, None, &operator.name));
     }
     if let Some(err) = stderr {
-        operator
-            .readers
-            .push(read_lines(err, Some(operator.stderr.clone()), &operator.name));
+        operator.readers.push(read_lines(
+            err,
+            Some(operator.stderr.clone()),
+            &operator.name,
+        ));
     }
     Ok(child)
 }
@@ -573,4 +602,3 @@ fn read_lines(
         }
     })
 }
-
