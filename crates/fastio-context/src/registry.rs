@@ -135,16 +135,18 @@ impl Registry {
     /// Drops every handle `conn` holds and says what they were (the end of an operator's
     /// execute: Clara's references must not outlive it).
     pub fn reclaim(&mut self, conn: ConnectionId) -> Vec<ReclaimedHandle> {
-        let held = self.held_by(conn);
-        self.disconnect(conn);
-        self.connections.insert(conn, HashMap::new());
-        held.into_iter()
+        let held: Vec<ReclaimedHandle> = self
+            .held_by(conn)
+            .into_iter()
             .map(|(id, count)| ReclaimedHandle {
                 id,
                 count,
                 size: self.resources.get(&id).map_or(0, |r| r.size),
             })
-            .collect()
+            .collect();
+        self.disconnect(conn);
+        self.connections.insert(conn, HashMap::new());
+        held
     }
 
     /// A new private resource of `size` bytes, held once by `conn`.
