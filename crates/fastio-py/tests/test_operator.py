@@ -269,3 +269,20 @@ def test_standalone_operator_runs_its_handlers(tmp_path, monkeypatch):
     assert seen == [(True, 0), "C"]
     with pytest.raises(fastio.Error, match="already started"):
         d.start()
+
+
+def test_demo_with_a_numpy_threshold_step_reports_what_the_rust_demo_reports(tmp_path):
+    # The demo pipeline, once with the Rust threshold step and once with
+    # examples/demo/threshold.py (numpy, computing in place into its output entry).
+    fastio = fastio_command()
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    reports = []
+    for name, definition in (("demo", "pipeline.yaml"), ("demo-python", "pipeline-python.yaml")):
+        result = subprocess.run(
+            [fastio, "run", "-q", "--output", str(tmp_path), f"examples/demo/{definition}"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        reports.append((tmp_path / name / "write-report" / "report" / "report.txt").read_text())
+    assert "voxels above the threshold" in reports[0]
+    assert reports[1] == reports[0]
