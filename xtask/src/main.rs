@@ -4,7 +4,9 @@
 //!   warnings as errors, every test of the workspace, doctests, then the Python module
 //!   built into `.venv` and its pytest suite;
 //! - `demo`: the demo: two processes share a volume through a `fastio serve` context;
-//! - `bench`: the criterion benchmarks; writes the table into docs/benchmarks.md;
+//! - `bench`: the criterion benchmarks, then the Python benchmark (`bench-python` alone:
+//!   fastio against multiprocessing.shared_memory and np.save/np.load); both write their
+//!   tables into docs/benchmarks.md;
 //! - `gpu-test` / `gpu-bench`: build the stripped cuda-streams bundle for the GPU machine.
 
 mod bench;
@@ -24,11 +26,12 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("demo") => demo(),
-        Some("bench") => bench::bench(&args[1..]),
+        Some("bench") => bench::bench(&args[1..]).and_then(|()| python::bench(&[])),
+        Some("bench-python") => python::bench(&args[1..]),
         Some("gpu-test") => gpu::gpu_test(&args[1..]),
         Some("gpu-bench") => gpu::gpu_bench(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <test|demo|bench|gpu-test|gpu-bench>");
+            eprintln!("usage: cargo xtask <test|demo|bench|bench-python|gpu-test|gpu-bench>");
             bail!("unknown or missing command")
         }
     }
