@@ -2,14 +2,15 @@
 //!
 //! - `test`: the whole test run (what the README and CI run): formatting, clippy with
 //!   warnings as errors, every test of the workspace, doctests;
-//! - `demo`: the demo: two processes share a volume through a `fastio serve` context;
-//! - `bench`: the criterion benchmarks; writes the table into docs/benchmarks.md;
+//! - `demo`: runs the demo pipeline (examples/demo/pipeline.yaml) with `fastio run`;
+//! - `bench`: the criterion benchmarks and the pipeline benchmark; writes their tables into
+//!   docs/benchmarks.md (`bench-pipeline`: only the demo pipeline, shared memory vs files);
 //! - `gpu-test` / `gpu-bench`: build the stripped cuda-streams bundle for the GPU machine.
 
 mod bench;
 mod gpu;
+mod pipeline_bench;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -22,11 +23,15 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("demo") => demo(),
-        Some("bench") => bench::bench(&args[1..]),
+        Some("bench") => {
+            bench::bench(&args[1..])?;
+            pipeline_bench::bench_pipeline()
+        }
+        Some("bench-pipeline") => pipeline_bench::bench_pipeline(),
         Some("gpu-test") => gpu::gpu_test(&args[1..]),
         Some("gpu-bench") => gpu::gpu_bench(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <test|demo|bench|gpu-test|gpu-bench>");
+            eprintln!("usage: cargo xtask <test|demo|bench|bench-pipeline|gpu-test|gpu-bench>");
             bail!("unknown or missing command")
         }
     }
@@ -90,44 +95,20 @@ fn test() -> anyhow::Result<()> {
 fn demo() -> anyhow::Result<()> {
     run(
         "cargo",
-        &[
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "fastio",
-            "--bins",
-            "--examples",
-        ],
+        &["build", "--release", "--quiet", "-p", "fastio", "--bins"],
     )?;
-    let bin = Path::new("target/release");
-    eprintln!("\nStarting `fastio serve`, then two processes that share a volume through it.\n");
-    let mut server = Command::new(bin.join("fastio"))
-        .args(["serve", "--until-stdin-closes"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting fastio serve")?;
-    let mut first = String::new();
-    BufReader::new(server.stdout.take().context("no stdout")?).read_line(&mut first)?;
-    let address = first
-        .trim()
-        .strip_prefix("FASTIO_CONTEXT=")
-        .with_context(|| format!("unexpected first line from fastio serve: {first:?}"))?
-        .to_owned();
-    let result = ["produce", "consume"].iter().try_for_each(|role| {
-        let status = Command::new(bin.join("examples/share"))
-            .arg(role)
-            .env("FASTIO_CONTEXT", &address)
-            .status()?;
-        if !status.success() {
-            bail!("share {role} failed with {status}");
-        }
-        Ok(())
-    });
-    drop(server.stdin.take());
-    server.wait()?;
-    result?;
-    eprintln!("\nThe server has exited; its memory went with it, and it left no file behind.");
+    eprintln!(
+        "\nRunning examples/demo/pipeline.yaml: four operator processes pass a 128 MiB CT-like \
+         volume, its mask and a summary through shared memory; the last writes a report.\n"
+    );
+    let status = Command::new("target/release/fastio")
+        .args(["run", "examples/demo/pipeline.yaml"])
+        .status()
+        .context("cannot start target/release/fastio")?;
+    if !status.success() {
+        bail!("the demo pipeline failed: {status}");
+    }
+    let report = Path::new("fastio-output/demo/write-report/report/report.txt");
+    println!("\n{}:\n{}", report.display(), std::fs::read_to_string(report)?);
     Ok(())
 }
