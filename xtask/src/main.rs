@@ -109,6 +109,10 @@ fn demo() -> anyhow::Result<()> {
         bail!("the demo pipeline failed: {status}");
     }
     let report = Path::new("fastio-output/demo/write-report/report/report.txt");
-    println!("\n{}:\n{}", report.display(), std::fs::read_to_string(report)?);
+    println!(
+        "\n{}:\n{}",
+        report.display(),
+        std::fs::read_to_string(report)?
+    );
     Ok(())
 }

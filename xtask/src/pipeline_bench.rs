@@ -41,7 +41,13 @@ const VARIANTS: [Variant; 3] = [
 fn run_once(variant: &Variant) -> anyhow::Result<Duration> {
     let start = Instant::now();
     let out = Command::new("target/release/fastio")
-        .args(["run", "--quiet", variant.pipeline, "--output", variant.output])
+        .args([
+            "run",
+            "--quiet",
+            variant.pipeline,
+            "--output",
+            variant.output,
+        ])
         .output()
         .context("cannot start target/release/fastio")?;
     let elapsed = start.elapsed();
@@ -78,9 +84,8 @@ pub fn bench_pipeline() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all("/dev/shm/fastio-bench-pipeline");
     let medians: Vec<Duration> = times.into_iter().map(median).collect();
     let base = medians[0].as_secs_f64();
-    let mut table = String::from(
-        "| variant | median of 7 runs | time / fastio's |\n|---|---:|---:|\n",
-    );
+    let mut table =
+        String::from("| variant | median of 7 runs | time / fastio's |\n|---|---:|---:|\n");
     for (variant, m) in VARIANTS.iter().zip(&medians) {
         table.push_str(&format!(
             "| {} | {:.0} ms | {:.2}x |\n",
