@@ -5,8 +5,11 @@
 //! - `demo`: the demo: two processes share a volume through a `fastio serve` context;
 //! - `bench`: the criterion benchmarks; writes the table into docs/benchmarks.md;
 //! - `gpu-test` / `gpu-bench`: build the stripped cuda-streams bundle for the GPU machine.
+//! - `codegen [--check]`: the C header of fastio-ffi, generated with cbindgen;
+//! - `clib`: libfastio.so / libfastio.a and the drop-in name libnvclara.so.
 
 mod bench;
+mod capi;
 mod gpu;
 
 use std::io::{BufRead, BufReader};
@@ -25,8 +28,10 @@ fn main() -> anyhow::Result<()> {
         Some("bench") => bench::bench(&args[1..]),
         Some("gpu-test") => gpu::gpu_test(&args[1..]),
         Some("gpu-bench") => gpu::gpu_bench(&args[1..]),
+        Some("codegen") => capi::codegen(&root, &args[1..]),
+        Some("clib") => capi::clib(&root).map(drop),
         _ => {
-            eprintln!("usage: cargo xtask <test|demo|bench|gpu-test|gpu-bench>");
+            eprintln!("usage: cargo xtask <test|demo|bench|gpu-test|gpu-bench|codegen|clib>");
             bail!("unknown or missing command")
         }
     }
