@@ -15,7 +15,7 @@ use crate::types::*;
 
 /// What C's `nvidia_clara_fastio_alloc*` stands for.
 pub(crate) struct AllocState {
-    // `None` once released or freed by a thread that raced a user of the same handle.
+    // `None` once released or freed (seen only by a thread that raced the release).
     allocation: Option<Allocation>,
     // The context handle it came from: writer exclusivity is tracked per context.
     context: u64,
@@ -52,20 +52,36 @@ fn hand_out(
     unsafe { write_out(alloc_out, handle, "alloc_out") }
 }
 
-/// Runs `f` on the live allocation behind `alloc`.
+/// A live handle, as the body of a function sees it.
+struct Live<'a> {
+    allocation: &'a mut Allocation,
+    mapped: &'a mut Option<Access>,
+    context: u64,
+    token: u64,
+}
+
+/// Runs `f` on the live allocation behind `alloc`, holding its lock.
 fn with_alloc<R>(
     alloc: *const nvidia_clara_fastio_alloc,
-    f: impl FnOnce(&mut AllocState, &mut Allocation, u64) -> Result<R, Error>,
+    f: impl FnOnce(Live<'_>) -> Result<R, Error>,
 ) -> Result<R, Error> {
     let (entry, token) = ALLOCS.get(alloc)?;
     let mut state = lock(&entry);
-    let mut allocation = state
-        .allocation
-        .take()
+    let AllocState {
+        allocation,
+        context,
+        mapped,
+    } = &mut *state;
+    // A release on another thread may have won the race for this handle.
+    let allocation = allocation
+        .as_mut()
         .ok_or_else(|| Error::new(NVIDIA_CLARA_RESULT_INVALID_HANDLE, "`alloc` was released"))?;
-    let out = f(&mut state, &mut allocation, token);
-    state.allocation = Some(allocation);
-    out
+    f(Live {
+        allocation,
+        mapped,
+        context: *context,
+        token,
+    })
 }
 
 fn access_arg(access: nvidia_clara_fastio_access) -> Result<AccessMode, Error> {
@@ -124,13 +140,13 @@ pub unsafe extern "C" fn nvidia_clara_fastio__publish(
         // SAFETY: NULL or NUL-terminated by the C caller's contract.
         let name = unsafe { str_arg(name, "name") }?;
         let (_, context_token) = context_of(context)?;
-        with_alloc(alloc, |state, allocation, _| {
-            if state.context != context_token {
+        with_alloc(alloc, |live| {
+            if live.context != context_token {
                 return Err(Error::invalid(
                     "`alloc` belongs to another context than `context`",
                 ));
             }
-            Ok(allocation.publish(name)?)
+            Ok(live.allocation.publish(name)?)
         })
     })
 }
@@ -259,8 +275,10 @@ pub unsafe extern "C" fn nvidia_clara_fastio__set_type_and_dimensions(
         }
         // SAFETY: NULL or readable for `dimension_count` values by the C caller's contract.
         let dims = unsafe { slice_arg(dimensions, dimension_count, "dimensions") }?;
-        with_alloc(alloc, |_, allocation, _| {
-            Ok(allocation.set_type_and_dimensions(element_type, &dims)?)
+        with_alloc(alloc, |live| {
+            Ok(live
+                .allocation
+                .set_type_and_dimensions(element_type, &dims)?)
         })
     })
 }
@@ -285,8 +303,8 @@ pub unsafe extern "C" fn nvidia_clara_fastio__get_type_and_dimensions(
 ) -> result {
     guard("nvidia_clara_fastio__get_type_and_dimensions", || {
         non_null(dimension_count_out, "dimension_count_out")?;
-        let typed = with_alloc(alloc, |_, allocation, _| {
-            allocation.typed_shape().cloned().ok_or_else(|| {
+        let typed = with_alloc(alloc, |live| {
+            live.allocation.typed_shape().cloned().ok_or_else(|| {
                 Error::new(
                     NVIDIA_CLARA_RESULT_NOT_FOUND,
                     "the allocation has no type and dimensions; set them with \
@@ -329,7 +347,7 @@ pub unsafe extern "C" fn nvidia_clara_fastio__size(
 ) -> result {
     guard("nvidia_clara_fastio__size", || {
         non_null(size_out, "size_out")?;
-        let size = with_alloc(alloc, |_, allocation, _| Ok(allocation.size()))?;
+        let size = with_alloc(alloc, |live| Ok(live.allocation.size()))?;
         // SAFETY: checked non-NULL; writable by the C caller's contract.
         unsafe { write_out(size_out, size, "size_out") }
     })
@@ -347,7 +365,7 @@ pub unsafe extern "C" fn nvidia_clara_fastio__access(
 ) -> result {
     guard("nvidia_clara_fastio__access", || {
         non_null(access_out, "access_out")?;
-        let access = with_alloc(alloc, |_, allocation, _| Ok(allocation.access()))?;
+        let access = with_alloc(alloc, |live| Ok(live.allocation.access()))?;
         // SAFETY: checked non-NULL; writable by the C caller's contract.
         unsafe { write_out(access_out, access_code(access), "access_out") }
     })
@@ -379,8 +397,14 @@ pub unsafe extern "C" fn nvidia_clara_fastio__map(
     guard("nvidia_clara_fastio__map", || {
         non_null(data_out, "data_out")?;
         let access = access_arg(access)?;
-        let data = with_alloc(alloc, |state, allocation, token| {
-            if let Some(mapped) = state.mapped {
+        let data = with_alloc(alloc, |live| {
+            let Live {
+                allocation,
+                mapped,
+                context,
+                token,
+            } = live;
+            if let Some(mapped) = *mapped {
                 return Err(Error::new(
                     NVIDIA_CLARA_RESULT_BUSY,
                     format!(
@@ -395,7 +419,7 @@ pub unsafe extern "C" fn nvidia_clara_fastio__map(
             }
             match access {
                 AccessMode::ReadOnly => {
-                    state.mapped = Some(Access::ReadOnly);
+                    *mapped = Some(Access::ReadOnly);
                     Ok(allocation.as_ptr().cast_mut())
                 }
                 AccessMode::ReadWrite => {
@@ -406,7 +430,7 @@ pub unsafe extern "C" fn nvidia_clara_fastio__map(
                         )
                     })?;
                     let mut writers = lock(&WRITERS);
-                    let key = (state.context, allocation.id());
+                    let key = (context, allocation.id());
                     if let Some(other) = writers.get(&key) {
                         return Err(Error::new(
                             NVIDIA_CLARA_RESULT_BUSY,
@@ -418,7 +442,7 @@ pub unsafe extern "C" fn nvidia_clara_fastio__map(
                         ));
                     }
                     writers.insert(key, token);
-                    state.mapped = Some(Access::ReadWrite);
+                    *mapped = Some(Access::ReadWrite);
                     Ok(data)
                 }
             }
@@ -435,10 +459,10 @@ pub unsafe extern "C" fn nvidia_clara_fastio__map(
 #[unsafe(no_mangle)]
 pub extern "C" fn nvidia_clara_fastio__unmap(alloc: *mut nvidia_clara_fastio_alloc) -> result {
     guard("nvidia_clara_fastio__unmap", || {
-        with_alloc(alloc, |state, allocation, _| match state.mapped.take() {
+        with_alloc(alloc, |live| match live.mapped.take() {
             None => Err(Error::invalid("the handle is not mapped")),
             Some(Access::ReadWrite) => {
-                lock(&WRITERS).remove(&(state.context, allocation.id()));
+                lock(&WRITERS).remove(&(live.context, live.allocation.id()));
                 Ok(())
             }
             Some(Access::ReadOnly) => Ok(()),
