@@ -17,8 +17,9 @@ fn layer(package: &str) -> Option<u32> {
         "cuda-streams" => 1,
         "fastio-context" => 2,
         "fastio-pipeline" => 3,
-        "fastio-ffi" | "fastio-py" => 4,
-        "fastio" => 5,
+        "fastio-operator" | "fastio-driver" => 4,
+        "fastio-ffi" | "fastio-py" => 5,
+        "fastio" => 6,
         "fastio-tests" | "fastio-benches" | "xtask" => 9,
         _ => return None,
     })

@@ -2,17 +2,18 @@
 
 use std::fmt;
 use std::os::fd::OwnedFd;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use fastio_meta::{Element, ElementType, Shape, TypedShape};
 use fastio_shm::{Access, Mapping, Prefault, Segment};
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
 use crate::ContextError;
-use crate::protocol::{AccessMode, Request, ResourceId, Response, Stats};
+use crate::job::{Job, Phase, ReclaimedHandle, StageInfo};
+use crate::protocol::{AccessMode, EventHandle, Request, ResourceId, Response, Stats};
 use crate::registry::{DEFAULT_POOL_BYTES, Registry};
 use crate::server::CONTEXT_ENV;
-use crate::transport::{LocalTransport, SocketTransport, Transport};
+use crate::transport::{LocalTransport, Shared, SocketTransport, Transport};
 
 /// How [`Context::create_with`] prepares a new allocation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,12 +52,24 @@ impl Context {
 
     /// A private context in this process whose warm pool keeps at most `pool_bytes`.
     pub fn in_process_with_pool(pool_bytes: u64) -> Self {
-        Self::over_registry(Arc::new(Mutex::new(Registry::new(pool_bytes))))
+        Self::over_shared(Shared::new(Registry::new(pool_bytes), None), None)
     }
 
-    pub(crate) fn over_registry(registry: Arc<Mutex<Registry>>) -> Self {
+    /// A private context in this process that hosts `job` and acts as its stage `stage`:
+    /// how an operator runs alone, without a driver. The job's entries are set up as the
+    /// driver would (pre-allocated ones exist, zeroed).
+    pub fn in_process_job(job: Arc<Job>, stage: usize) -> Result<Self, ContextError> {
+        let mut registry = Registry::new(DEFAULT_POOL_BYTES);
+        registry.define_entries(&job.plan().entries)?;
+        Ok(Self::over_shared(
+            Shared::new(registry, Some(job)),
+            Some(stage),
+        ))
+    }
+
+    pub(crate) fn over_shared(shared: Arc<Shared>, stage: Option<usize>) -> Self {
         Self {
-            transport: Arc::new(LocalTransport::new(registry)),
+            transport: Arc::new(LocalTransport::new(shared, stage)),
         }
     }
 
@@ -107,14 +120,17 @@ impl Context {
         }
     }
 
-    fn call(&self, request: Request) -> Result<(Response, Option<Segment>), ContextError> {
+    pub(crate) fn call(
+        &self,
+        request: Request,
+    ) -> Result<(Response, Option<Segment>), ContextError> {
         match self.transport.call(&request)? {
             (Response::Refused(e), _) => Err(e.into()),
             answer => Ok(answer),
         }
     }
 
-    fn handle(
+    pub(crate) fn handle(
         &self,
         request: Request,
         access: Access,
@@ -127,6 +143,7 @@ impl Context {
                 size,
                 typed,
                 recycled,
+                event,
             },
             Some(segment),
         ) = (response, segment)
@@ -147,6 +164,7 @@ impl Context {
                 size,
                 typed,
                 access,
+                event,
                 live: true,
             }),
             Err(e) => {
@@ -230,6 +248,39 @@ impl Context {
             ))),
         }
     }
+
+    // The job life-cycle, as the operator API drives it.
+
+    /// Joins the job as the operator this connection was made for, and learns its
+    /// entries. Refused with [`RequestError::NotInJob`](crate::RequestError::NotInJob)
+    /// outside a job.
+    pub fn join(&self) -> Result<StageInfo, ContextError> {
+        match self.call(Request::Join)? {
+            (Response::Joined(info), _) => Ok(*info),
+            (other, _) => Err(ContextError::Protocol(format!(
+                "expected the stage, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Blocks until every upstream operator has finished execute; fails with
+    /// [`RequestError::JobAborted`](crate::RequestError::JobAborted) if the job fails first.
+    pub fn await_inputs(&self) -> Result<(), ContextError> {
+        self.call(Request::AwaitInputs).map(drop)
+    }
+
+    /// Reports the end of a phase. After execute, the handles this connection still held
+    /// are dropped by the context and returned (Clara: none should remain).
+    pub fn finished(
+        &self,
+        phase: Phase,
+        failure: Option<String>,
+    ) -> Result<Vec<ReclaimedHandle>, ContextError> {
+        match self.call(Request::Finished { phase, failure })? {
+            (Response::Reclaimed { handles }, _) => Ok(handles),
+            (_, _) => Ok(Vec::new()),
+        }
+    }
 }
 
 /// A handle to a Fast I/O memory resource, with its own local metadata.
@@ -252,6 +303,7 @@ pub struct Allocation {
     size: usize,
     typed: Option<TypedShape>,
     access: Access,
+    event: Option<EventHandle>,
     // False once released or freed (only `Drop` then sees the handle).
     live: bool,
 }
@@ -328,13 +380,31 @@ impl Allocation {
     /// Publishes the resource under `name` with a copy of this handle's current metadata.
     /// The handle stays valid and must still be released.
     pub fn publish(&self, name: &str) -> Result<(), ContextError> {
+        self.publish_inner(name, None)
+    }
+
+    /// [`Allocation::publish`], with an interprocess CUDA event that the producer recorded
+    /// on the stream that wrote the data: a consumer's `get` receives it (see
+    /// [`Allocation::event`]) and makes its own stream wait on it, so GPU work is ordered
+    /// across processes without blocking a host thread.
+    pub fn publish_with_event(&self, name: &str, event: EventHandle) -> Result<(), ContextError> {
+        self.publish_inner(name, Some(event))
+    }
+
+    fn publish_inner(&self, name: &str, event: Option<EventHandle>) -> Result<(), ContextError> {
         self.context
             .call(Request::Publish {
                 id: self.id,
                 name: name.to_owned(),
                 typed: self.typed.clone(),
+                event,
             })
             .map(drop)
+    }
+
+    /// The interprocess CUDA event the publication this handle was got from carries, if any.
+    pub fn event(&self) -> Option<EventHandle> {
+        self.event
     }
 
     /// Drops this handle. The memory stays for other handles and for its publications.

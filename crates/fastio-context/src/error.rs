@@ -63,6 +63,41 @@ pub enum RequestError {
         /// Bytes the allocation has.
         size: usize,
     },
+    /// The request needs a job, and this connection is not an operator of one.
+    #[error("this client is not an operator of a pipeline job")]
+    NotInJob,
+    /// The job failed before this operator's inputs were ready.
+    #[error("the job was aborted: {reason}")]
+    JobAborted {
+        /// Why the job failed.
+        reason: String,
+    },
+    /// No FastIO entry has this id.
+    #[error("no FastIO entry #{id} in this job")]
+    UnknownEntry {
+        /// The entry.
+        id: u32,
+    },
+    /// The operator may not access the entry this way.
+    #[error("{message}")]
+    EntryAccess {
+        /// Which entry and why.
+        message: String,
+    },
+    /// The entry has no allocation yet (a dynamic entry whose producer has not set its shape).
+    #[error(
+        "FastIO entry {name:?} has no allocation yet: its producer has not fixed its dynamic dimensions"
+    )]
+    EntryNotAllocated {
+        /// The entry.
+        name: String,
+    },
+    /// The dimensions do not fit the entry's declaration.
+    #[error("{message}")]
+    EntryShape {
+        /// What does not fit.
+        message: String,
+    },
     /// The server could not carry out an operating-system call.
     #[error("the context server failed: {message}")]
     Internal {

@@ -31,7 +31,9 @@
 #![deny(unsafe_code)]
 
 mod context;
+mod entry;
 mod error;
+pub mod job;
 pub mod protocol;
 pub mod registry;
 pub mod server;
@@ -40,7 +42,8 @@ mod sys;
 mod transport;
 
 pub use context::{Allocation, Context, CreateOptions};
+pub use entry::FastIoEntry;
 pub use error::{ContextError, RequestError};
 pub use fastio_shm::{Access, Prefault};
-pub use protocol::{AccessMode, ResourceId, Stats};
+pub use protocol::{AccessMode, EventHandle, ResourceId, Stats};
 pub use server::{CONTEXT_ENV, Server, ServerConfig};

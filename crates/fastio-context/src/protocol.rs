@@ -10,9 +10,61 @@ use fastio_meta::TypedShape;
 use serde::{Deserialize, Serialize};
 
 use crate::RequestError;
+use crate::job::{EntryId, Phase, ReclaimedHandle, StageInfo};
 
 /// Version of this protocol; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Bytes in an interprocess CUDA event handle (`CUipcEventHandle`).
+pub const EVENT_HANDLE_LEN: usize = 64;
+
+/// An interprocess CUDA event handle attached to a publication: the producer recorded the
+/// event on the stream that wrote the data, and a consumer makes its own stream wait on it
+/// (cuda-streams' `InterprocessEvent`). The context only carries the bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EventHandle(pub [u8; EVENT_HANDLE_LEN]);
+
+impl std::fmt::Debug for EventHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EventHandle({})", self.to_hex())
+    }
+}
+
+impl EventHandle {
+    fn to_hex(self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    fn from_hex(text: &str) -> Option<Self> {
+        if text.len() != 2 * EVENT_HANDLE_LEN || !text.is_ascii() {
+            return None;
+        }
+        let mut bytes = [0u8; EVENT_HANDLE_LEN];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Self(bytes))
+    }
+}
+
+// Hex on the wire keeps the JSON readable and the length checked.
+impl Serialize for EventHandle {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventHandle {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::from_hex(&text).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "an event handle is {EVENT_HANDLE_LEN} bytes in hex ({} digits)",
+                2 * EVENT_HANDLE_LEN
+            ))
+        })
+    }
+}
 
 /// Identifies a shared memory resource within one context.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -55,6 +107,9 @@ pub enum Request {
         name: String,
         /// Type and shape, if the allocation was typed.
         typed: Option<TypedShape>,
+        /// An interprocess CUDA event recorded after the data was written, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        event: Option<EventHandle>,
     },
     /// A new handle to a published resource; the response carries its descriptor.
     Get {
@@ -75,6 +130,36 @@ pub enum Request {
     },
     /// The context's accounting.
     Stats,
+    /// An operator joins its job: the answer is [`Response::Joined`]. Only connections the
+    /// driver made for an operator may join.
+    Join,
+    /// Blocks until every upstream operator has finished execute; refused with
+    /// [`RequestError::JobAborted`] when the job fails first.
+    AwaitInputs,
+    /// The operator finished a phase of its life-cycle; `failure` says why it failed.
+    /// After execute, the handles the operator still holds are reclaimed and listed in
+    /// [`Response::Reclaimed`].
+    Finished {
+        /// The phase.
+        phase: Phase,
+        /// Why the phase failed, or `None` when it succeeded.
+        failure: Option<String>,
+    },
+    /// A handle to the allocation behind a FastIO entry.
+    OpenEntry {
+        /// The entry.
+        entry: EntryId,
+        /// The access wanted: read-write only for the operator that produces the entry.
+        access: AccessMode,
+    },
+    /// Allocates a dynamic entry with its final dimensions (the producer only); an earlier
+    /// allocation of the entry is replaced.
+    AllocateEntry {
+        /// The entry.
+        entry: EntryId,
+        /// Every dimension, positive, agreeing with the declaration where it is fixed.
+        dims: Vec<usize>,
+    },
 }
 
 /// What the context answers.
@@ -98,6 +183,16 @@ pub enum Response {
         typed: Option<TypedShape>,
         /// The segment was used before and holds old bytes until zeroed.
         recycled: bool,
+        /// The publication's interprocess CUDA event, if it has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        event: Option<EventHandle>,
+    },
+    /// Answer to `Join`: who the operator is and what it reads and writes.
+    Joined(Box<StageInfo>),
+    /// Answer to `Finished` for execute: the handles that were still held.
+    Reclaimed {
+        /// One item per resource, with the number of handles dropped.
+        handles: Vec<ReclaimedHandle>,
     },
     /// Answer to `Stats`.
     Stats(Stats),

@@ -8,11 +8,12 @@
 
 use std::collections::HashMap;
 
-use fastio_meta::{TypedShape, validate_name};
+use fastio_meta::{Shape, TypedShape, validate_name};
 use fastio_shm::{Segment, SegmentBuilder};
 
 use crate::RequestError;
-use crate::protocol::{AccessMode, ResourceId, Stats};
+use crate::job::{EntryId, EntryPlan, ReclaimedHandle};
+use crate::protocol::{AccessMode, EventHandle, ResourceId, Stats};
 
 /// Identifies a connection (a client, or an in-process context) to the registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -26,7 +27,8 @@ struct Resource {
     segment: Segment,
     size: usize,
     deleted: bool,
-    names: usize,
+    // Live publications and FastIO entries bound to it: each keeps it alive.
+    pins: usize,
     handles: u64,
 }
 
@@ -35,8 +37,16 @@ enum NameState {
     Live {
         id: ResourceId,
         typed: Option<TypedShape>,
+        event: Option<EventHandle>,
     },
     Freed,
+}
+
+/// A FastIO entry's memory: none yet, or a resource with the entry's concrete shape.
+#[derive(Debug)]
+struct EntrySlot {
+    plan: EntryPlan,
+    bound: Option<(ResourceId, TypedShape)>,
 }
 
 /// A handle handed out: the descriptor to pass on and what the client needs to know.
@@ -50,6 +60,8 @@ pub struct Grant {
     pub typed: Option<TypedShape>,
     /// Whether the segment was recycled and holds old bytes.
     pub recycled: bool,
+    /// The publication's interprocess CUDA event, if any.
+    pub event: Option<EventHandle>,
     /// A descriptor for the client (read-only when the access asked was read-only).
     pub segment: Segment,
 }
@@ -59,6 +71,7 @@ pub struct Grant {
 pub struct Registry {
     resources: HashMap<ResourceId, Resource>,
     names: HashMap<String, NameState>,
+    entries: Vec<EntrySlot>,
     connections: HashMap<ConnectionId, HashMap<ResourceId, u64>>,
     pool: Vec<Segment>,
     pool_bytes: u64,
@@ -75,6 +88,7 @@ impl Registry {
         Self {
             resources: HashMap::new(),
             names: HashMap::new(),
+            entries: Vec::new(),
             connections: HashMap::new(),
             pool: Vec::new(),
             pool_bytes: 0,
@@ -118,8 +132,30 @@ impl Registry {
         held
     }
 
+    /// Drops every handle `conn` holds and says what they were (the end of an operator's
+    /// execute: Clara's references must not outlive it).
+    pub fn reclaim(&mut self, conn: ConnectionId) -> Vec<ReclaimedHandle> {
+        let held = self.held_by(conn);
+        self.disconnect(conn);
+        self.connections.insert(conn, HashMap::new());
+        held.into_iter()
+            .map(|(id, count)| ReclaimedHandle {
+                id,
+                count,
+                size: self.resources.get(&id).map_or(0, |r| r.size),
+            })
+            .collect()
+    }
+
     /// A new private resource of `size` bytes, held once by `conn`.
     pub fn create(&mut self, conn: ConnectionId, size: usize) -> Result<Grant, RequestError> {
+        let grant = self.new_resource(size)?;
+        self.add_handle(conn, grant.id);
+        Ok(grant)
+    }
+
+    /// A new resource held by nobody (its caller pins it at once).
+    fn new_resource(&mut self, size: usize) -> Result<Grant, RequestError> {
         if size == 0 {
             return Err(RequestError::ZeroSize);
         }
@@ -143,16 +179,16 @@ impl Registry {
                 segment,
                 size,
                 deleted: false,
-                names: 0,
+                pins: 0,
                 handles: 0,
             },
         );
-        self.add_handle(conn, id);
         Ok(Grant {
             id,
             size,
             typed: None,
             recycled,
+            event: None,
             segment: client_copy,
         })
     }
@@ -164,6 +200,7 @@ impl Registry {
         id: ResourceId,
         name: &str,
         typed: Option<TypedShape>,
+        event: Option<EventHandle>,
     ) -> Result<(), RequestError> {
         validate_name(name).map_err(|e| RequestError::InvalidName {
             message: e.to_string(),
@@ -196,9 +233,9 @@ impl Registry {
             None => {}
         }
         self.names
-            .insert(name.to_owned(), NameState::Live { id, typed });
+            .insert(name.to_owned(), NameState::Live { id, typed, event });
         if let Some(resource) = self.resources.get_mut(&id) {
-            resource.names += 1;
+            resource.pins += 1;
         }
         Ok(())
     }
@@ -210,8 +247,8 @@ impl Registry {
         name: &str,
         access: AccessMode,
     ) -> Result<Grant, RequestError> {
-        let (id, typed) = match self.names.get(name) {
-            Some(NameState::Live { id, typed }) => (*id, typed.clone()),
+        let (id, typed, event) = match self.names.get(name) {
+            Some(NameState::Live { id, typed, event }) => (*id, typed.clone(), *event),
             Some(NameState::Freed) => {
                 return Err(RequestError::NameFreed {
                     name: name.to_owned(),
@@ -223,6 +260,19 @@ impl Registry {
                 });
             }
         };
+        let mut grant = self.grant(conn, id, access, typed)?;
+        grant.event = event;
+        Ok(grant)
+    }
+
+    /// A new handle to resource `id` for `conn`.
+    fn grant(
+        &mut self,
+        conn: ConnectionId,
+        id: ResourceId,
+        access: AccessMode,
+        typed: Option<TypedShape>,
+    ) -> Result<Grant, RequestError> {
         let resource = &self.resources[&id];
         let segment = match access {
             AccessMode::ReadOnly => resource.segment.read_only(),
@@ -236,8 +286,129 @@ impl Registry {
             size,
             typed,
             recycled: false,
+            event: None,
             segment,
         })
+    }
+
+    /// Sets up a job's FastIO entries, allocating (zeroed) those whose shape is fully
+    /// known. Entry `i` of `plans` becomes `EntryId(i)`.
+    pub fn define_entries(&mut self, plans: &[EntryPlan]) -> Result<(), RequestError> {
+        for plan in plans {
+            self.entries.push(EntrySlot {
+                plan: plan.clone(),
+                bound: None,
+            });
+            if plan.is_preallocated() {
+                let dims: Vec<usize> = plan.declared.iter().map(|&d| d as usize).collect();
+                let index = self.entries.len() - 1;
+                self.bind_entry(index, &dims)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn entry_slot(&self, entry: EntryId) -> Result<&EntrySlot, RequestError> {
+        self.entries
+            .get(entry.0 as usize)
+            .ok_or(RequestError::UnknownEntry { id: entry.0 })
+    }
+
+    /// Whether the entry has memory now, and its bytes.
+    pub fn entry_bytes(&self, entry: EntryId) -> Option<usize> {
+        let slot = self.entries.get(entry.0 as usize)?;
+        slot.bound.as_ref().map(|(_, typed)| typed.byte_size())
+    }
+
+    /// A handle to the memory behind `entry`.
+    pub fn open_entry(
+        &mut self,
+        conn: ConnectionId,
+        entry: EntryId,
+        access: AccessMode,
+    ) -> Result<Grant, RequestError> {
+        let slot = self.entry_slot(entry)?;
+        let Some((id, typed)) = slot.bound.clone() else {
+            return Err(RequestError::EntryNotAllocated {
+                name: slot.plan.name.clone(),
+            });
+        };
+        self.grant(conn, id, access, Some(typed))
+    }
+
+    /// Gives a dynamic entry memory for `dims` and a read-write handle to it. An earlier
+    /// allocation of the entry is unbound (it lives on while handles to it remain).
+    pub fn allocate_entry(
+        &mut self,
+        conn: ConnectionId,
+        entry: EntryId,
+        dims: &[usize],
+    ) -> Result<Grant, RequestError> {
+        let slot = self.entry_slot(entry)?;
+        let plan = &slot.plan;
+        if plan.is_preallocated() {
+            return Err(RequestError::EntryShape {
+                message: format!(
+                    "FastIO entry {:?} was pre-allocated with its declared shape; it cannot be allocated again",
+                    plan.name
+                ),
+            });
+        }
+        let fits = dims.len() == plan.declared.len()
+            && dims
+                .iter()
+                .zip(&plan.declared)
+                .all(|(&d, &declared)| d > 0 && (declared <= 0 || d as i64 == declared));
+        if !fits {
+            return Err(RequestError::EntryShape {
+                message: format!(
+                    "dimensions {dims:?} do not fit FastIO entry {:?} declared as {:?}: every dimension must be positive and equal the declaration where it is not dynamic",
+                    plan.name, plan.declared
+                ),
+            });
+        }
+        let index = entry.0 as usize;
+        let (id, typed) = self.bind_entry(index, dims)?;
+        self.grant(conn, id, AccessMode::ReadWrite, Some(typed))
+    }
+
+    /// Gives entry `index` a fresh resource of `dims`, unpinning its previous one.
+    fn bind_entry(
+        &mut self,
+        index: usize,
+        dims: &[usize],
+    ) -> Result<(ResourceId, TypedShape), RequestError> {
+        let element_type = self.entries[index].plan.element_type;
+        let shape_error = |e: fastio_meta::MetaError| RequestError::EntryShape {
+            message: e.to_string(),
+        };
+        let typed = TypedShape::new(
+            element_type,
+            Shape::new(dims.to_vec()).map_err(shape_error)?,
+        )
+        .map_err(shape_error)?;
+        let grant = self.new_resource(typed.byte_size())?;
+        if grant.recycled {
+            // Entries start zeroed, as fresh segments are.
+            let mapping = fastio_shm::Mapping::new(
+                &grant.segment,
+                fastio_shm::Access::ReadWrite,
+                fastio_shm::Prefault::Lazy,
+            )
+            .map_err(RequestError::from_segment)?;
+            mapping.zero().map_err(RequestError::from_segment)?;
+        }
+        if let Some(resource) = self.resources.get_mut(&grant.id) {
+            resource.pins += 1;
+        }
+        let previous = self.entries[index].bound.replace((grant.id, typed.clone()));
+        if let Some((old, _)) = previous {
+            if let Some(resource) = self.resources.get_mut(&old) {
+                resource.pins -= 1;
+            }
+            self.reclaim_if_dead(old);
+        }
+        Ok((grant.id, typed))
     }
 
     /// Drops one handle `conn` holds.
@@ -264,7 +435,6 @@ impl Registry {
         self.check_held(conn, id)?;
         let resource = self.resources.get_mut(&id).expect("held resources exist");
         resource.deleted = true;
-        resource.names = 0;
         for state in self.names.values_mut() {
             if matches!(state, NameState::Live { id: live, .. } if *live == id) {
                 *state = NameState::Freed;
@@ -325,7 +495,7 @@ impl Registry {
         let dead = self
             .resources
             .get(&id)
-            .is_some_and(|r| r.handles == 0 && (r.deleted || r.names == 0));
+            .is_some_and(|r| r.handles == 0 && (r.deleted || r.pins == 0));
         if !dead {
             return;
         }
@@ -380,7 +550,7 @@ mod tests {
         let mut r = Registry::new(0);
         let (a, b) = (r.connect(), r.connect());
         let g = r.create(a, 100).unwrap();
-        r.publish(a, g.id, "buf", None).unwrap();
+        r.publish(a, g.id, "buf", None, None).unwrap();
         r.release(a, g.id).unwrap();
         assert_eq!(r.stats().resources, 1, "publication keeps it");
         let h = r.get(b, "buf", AccessMode::ReadOnly).unwrap();
@@ -398,7 +568,7 @@ mod tests {
         let mut r = Registry::new(0);
         let (a, b) = (r.connect(), r.connect());
         let g = r.create(a, 100).unwrap();
-        r.publish(a, g.id, "x", None).unwrap();
+        r.publish(a, g.id, "x", None, None).unwrap();
         let h = r.get(b, "x", AccessMode::ReadWrite).unwrap();
         r.free(a, g.id).unwrap();
         assert_eq!(r.stats().resources, 1, "b still holds it");
@@ -412,12 +582,12 @@ mod tests {
         let mut r = Registry::new(0);
         let c = r.connect();
         let g = r.create(c, 10).unwrap();
-        r.publish(c, g.id, "n", None).unwrap();
+        r.publish(c, g.id, "n", None, None).unwrap();
         assert!(matches!(
-            r.publish(c, g.id, "n", None),
+            r.publish(c, g.id, "n", None, None),
             Err(RequestError::AlreadyPublished { .. })
         ));
-        r.publish(c, g.id, "n2", typed(&[2, 5])).unwrap();
+        r.publish(c, g.id, "n2", typed(&[2, 5]), None).unwrap();
         assert_eq!(r.stats().publications, 2);
     }
 
@@ -427,7 +597,7 @@ mod tests {
         let (a, b) = (r.connect(), r.connect());
         let g = r.create(a, 10).unwrap();
         assert!(matches!(
-            r.publish(b, g.id, "n", None),
+            r.publish(b, g.id, "n", None, None),
             Err(RequestError::NotHeld { .. })
         ));
         assert!(matches!(
@@ -448,7 +618,7 @@ mod tests {
         let c = r.connect();
         let g = r.create(c, 10).unwrap();
         assert!(matches!(
-            r.publish(c, g.id, "n", typed(&[11])),
+            r.publish(c, g.id, "n", typed(&[11]), None),
             Err(RequestError::MetadataTooLarge {
                 needed: 11,
                 size: 10
@@ -461,7 +631,7 @@ mod tests {
         let mut r = Registry::new(0);
         let (a, b) = (r.connect(), r.connect());
         let g = r.create(a, 10).unwrap();
-        r.publish(a, g.id, "n", None).unwrap();
+        r.publish(a, g.id, "n", None, None).unwrap();
         r.get(b, "n", AccessMode::ReadOnly).unwrap();
         r.get(b, "n", AccessMode::ReadOnly).unwrap();
         r.create(b, 20).unwrap();

@@ -8,16 +8,17 @@
 //! connection's handles are dropped.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 
 use fastio_shm::TransferError;
 use fastio_shm::transfer::{recv_message, send_message, seqpacket_pair};
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
-use crate::protocol::{Request, Response};
+use crate::job::Job;
+use crate::protocol::{Request, Response, Stats};
 use crate::registry::{DEFAULT_POOL_BYTES, Registry};
-use crate::transport::{dispatch, lock};
+use crate::transport::{Peer, Shared, dispatch};
 use crate::{Context, ContextError, RequestError};
 
 /// The environment variable through which clients find their context.
@@ -44,7 +45,7 @@ impl Default for ServerConfig {
 /// already open keep being served until they close.
 #[derive(Debug)]
 pub struct Server {
-    registry: Arc<Mutex<Registry>>,
+    shared: Arc<Shared>,
     address: String,
     listener: Arc<OwnedFd>,
 }
@@ -52,7 +53,19 @@ pub struct Server {
 impl Server {
     /// Starts a server on a fresh abstract socket address.
     pub fn start(config: ServerConfig) -> Result<Self, ContextError> {
-        let registry = Arc::new(Mutex::new(Registry::new(config.pool_bytes)));
+        Self::listen(Shared::new(Registry::new(config.pool_bytes), None))
+    }
+
+    /// Starts the context server of a pipeline job: the job's FastIO entries whose shape
+    /// is fully known are allocated now, before any operator starts. Operators join over
+    /// sockets from [`Server::operator_socket`].
+    pub fn start_job(config: ServerConfig, job: Arc<Job>) -> Result<Self, ContextError> {
+        let mut registry = Registry::new(config.pool_bytes);
+        registry.define_entries(&job.plan().entries)?;
+        Self::listen(Shared::new(registry, Some(job)))
+    }
+
+    fn listen(shared: Arc<Shared>) -> Result<Self, ContextError> {
         let name = random_name()?;
         let address = format!("@{name}");
         let io = |what: &str, e: rustix::io::Errno| ContextError::Connect {
@@ -72,13 +85,13 @@ impl Server {
         rustix::net::listen(&listener, 128).map_err(|e| io("listen", e))?;
         let listener = Arc::new(listener);
         let server = Self {
-            registry: registry.clone(),
+            shared: shared.clone(),
             address,
             listener: listener.clone(),
         };
         thread::Builder::new()
             .name("fastio-accept".into())
-            .spawn(move || accept_loop(&listener, &registry))
+            .spawn(move || accept_loop(&listener, &shared))
             .map_err(|e| ContextError::Connect {
                 address: server.address.clone(),
                 reason: format!("cannot start the accept thread: {e}"),
@@ -93,23 +106,50 @@ impl Server {
 
     /// A context in this process that shares this server's registry.
     pub fn local_context(&self) -> Context {
-        Context::over_registry(self.registry.clone())
+        Context::over_shared(self.shared.clone(), None)
+    }
+
+    /// A context in this process that acts as stage `stage` of the job (used to run an
+    /// operator in the driver's own process, and by tests).
+    pub fn local_operator_context(&self, stage: usize) -> Context {
+        Context::over_shared(self.shared.clone(), Some(stage))
     }
 
     /// A connected socket for a client process (pass it down and set
     /// `FASTIO_CONTEXT=fd:N`); the server end is served by a new thread.
     pub fn client_socket(&self) -> Result<OwnedFd, ContextError> {
+        self.socket_for(None)
+    }
+
+    /// A connected socket for the process of stage `stage` of the job: requests on it act
+    /// as that operator (join, life-cycle, its entries). The stage is fixed here, by the
+    /// driver, never claimed by the client.
+    pub fn operator_socket(&self, stage: usize) -> Result<OwnedFd, ContextError> {
+        self.socket_for(Some(stage))
+    }
+
+    fn socket_for(&self, stage: Option<usize>) -> Result<OwnedFd, ContextError> {
         let (ours, theirs) = seqpacket_pair().map_err(|e| ContextError::Connect {
             address: self.address.clone(),
             reason: e.to_string(),
         })?;
-        spawn_connection(ours, self.registry.clone());
+        spawn_connection(ours, self.shared.clone(), stage);
         Ok(theirs)
     }
 
-    /// The server's registry, for the pipeline driver.
-    pub fn registry(&self) -> &Arc<Mutex<Registry>> {
-        &self.registry
+    /// The context's accounting.
+    pub fn stats(&self) -> Stats {
+        self.shared.registry().stats()
+    }
+
+    /// Bytes of the memory behind FastIO entry `entry` now, or `None` while it has none.
+    pub fn entry_bytes(&self, entry: crate::job::EntryId) -> Option<usize> {
+        self.shared.registry().entry_bytes(entry)
+    }
+
+    /// The job this server hosts, if any.
+    pub fn job(&self) -> Option<&Arc<Job>> {
+        self.shared.job.as_ref()
     }
 }
 
@@ -132,7 +172,7 @@ fn random_name() -> Result<String, ContextError> {
     Ok(format!("fastio-{}-{hex}", std::process::id()))
 }
 
-fn accept_loop(listener: &OwnedFd, registry: &Arc<Mutex<Registry>>) {
+fn accept_loop(listener: &OwnedFd, shared: &Arc<Shared>) {
     let me = rustix::process::getuid();
     loop {
         let socket = match rustix::net::accept_with(listener, SocketFlags::CLOEXEC) {
@@ -144,7 +184,7 @@ fn accept_loop(listener: &OwnedFd, registry: &Arc<Mutex<Registry>>) {
             }
         };
         match rustix::net::sockopt::socket_peercred(&socket) {
-            Ok(cred) if cred.uid == me => spawn_connection(socket, registry.clone()),
+            Ok(cred) if cred.uid == me => spawn_connection(socket, shared.clone(), None),
             Ok(cred) => tracing::warn!(
                 "refused a client of uid {} (pid {}): only uid {} may join",
                 cred.uid.as_raw(),
@@ -156,18 +196,22 @@ fn accept_loop(listener: &OwnedFd, registry: &Arc<Mutex<Registry>>) {
     }
 }
 
-fn spawn_connection(socket: OwnedFd, registry: Arc<Mutex<Registry>>) {
+fn spawn_connection(socket: OwnedFd, shared: Arc<Shared>, stage: Option<usize>) {
     let spawned = thread::Builder::new()
         .name("fastio-conn".into())
-        .spawn(move || serve_connection(socket, &registry));
+        .spawn(move || serve_connection(socket, &shared, stage));
     if let Err(e) = spawned {
         tracing::error!("cannot start a connection thread: {e}");
     }
 }
 
 /// Serves one connection until it closes, then drops its handles.
-fn serve_connection(socket: OwnedFd, registry: &Mutex<Registry>) {
-    let conn = lock(registry).connect();
+fn serve_connection(socket: OwnedFd, shared: &Shared, stage: Option<usize>) {
+    let peer = Peer {
+        conn: shared.registry().connect(),
+        stage,
+    };
+    let conn = peer.conn;
     loop {
         let received = match recv_message(socket.as_fd()) {
             Ok(received) => received,
@@ -180,7 +224,7 @@ fn serve_connection(socket: OwnedFd, registry: &Mutex<Registry>) {
         // Descriptors from a client are never expected; they are closed here.
         drop(received.fds);
         let (response, segment) = match serde_json::from_slice::<Request>(&received.body) {
-            Ok(request) => dispatch(registry, conn, request),
+            Ok(request) => dispatch(shared, peer, request),
             Err(e) => (
                 Response::Refused(RequestError::BadRequest {
                     message: e.to_string(),
@@ -200,5 +244,5 @@ fn serve_connection(socket: OwnedFd, registry: &Mutex<Registry>) {
             break;
         }
     }
-    lock(registry).disconnect(conn);
+    shared.registry().disconnect(conn);
 }

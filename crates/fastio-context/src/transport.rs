@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use fastio_shm::Segment;
 use fastio_shm::transfer::{recv_message, send_message};
 
-use crate::ContextError;
-use crate::protocol::{PROTOCOL_VERSION, Request, Response};
+use crate::job::{EntryId, Job, Phase};
+use crate::protocol::{AccessMode, PROTOCOL_VERSION, Request, Response};
 use crate::registry::{ConnectionId, Registry};
+use crate::{ContextError, RequestError};
 
 /// One request/response exchange with the registry.
 pub(crate) trait Transport: Send + Sync + fmt::Debug {
@@ -25,30 +26,60 @@ pub(crate) fn lock(registry: &Mutex<Registry>) -> MutexGuard<'_, Registry> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Carries out one request against the registry: the single dispatch that the server and
-/// the in-process context share.
+/// What a context serves: its registry and, in a pipeline job, the job.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) registry: Mutex<Registry>,
+    pub(crate) job: Option<Arc<Job>>,
+}
+
+impl Shared {
+    pub(crate) fn new(registry: Registry, job: Option<Arc<Job>>) -> Arc<Self> {
+        Arc::new(Self {
+            registry: Mutex::new(registry),
+            job,
+        })
+    }
+
+    pub(crate) fn registry(&self) -> MutexGuard<'_, Registry> {
+        lock(&self.registry)
+    }
+}
+
+/// Who is on the other end of a connection: its registry id, and the job stage it runs
+/// (set by the driver when it made the connection for an operator).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Peer {
+    pub(crate) conn: ConnectionId,
+    pub(crate) stage: Option<usize>,
+}
+
+/// Carries out one request: the single dispatch that the server and the in-process
+/// context share. Only `AwaitInputs` blocks, and it holds no lock while it waits.
 pub(crate) fn dispatch(
-    registry: &Mutex<Registry>,
-    conn: ConnectionId,
+    shared: &Shared,
+    peer: Peer,
     request: Request,
 ) -> (Response, Option<Segment>) {
-    let mut registry = lock(registry);
-    let grant = |g: Result<crate::registry::Grant, crate::RequestError>| match g {
+    let refused = |e: RequestError| (Response::Refused(e), None);
+    let grant = |g: Result<crate::registry::Grant, RequestError>| match g {
         Ok(g) => (
             Response::Handle {
                 id: g.id,
                 size: g.size,
                 typed: g.typed,
                 recycled: g.recycled,
+                event: g.event,
             },
             Some(g.segment),
         ),
-        Err(e) => (Response::Refused(e), None),
+        Err(e) => refused(e),
     };
-    let done = |r: Result<(), crate::RequestError>| match r {
+    let done = |r: Result<(), RequestError>| match r {
         Ok(()) => (Response::Done, None),
-        Err(e) => (Response::Refused(e), None),
+        Err(e) => refused(e),
     };
+    let conn = peer.conn;
     match request {
         Request::Hello { version } if version == PROTOCOL_VERSION => (
             Response::Welcome {
@@ -56,51 +87,125 @@ pub(crate) fn dispatch(
             },
             None,
         ),
-        Request::Hello { version } => (
-            Response::Refused(crate::RequestError::BadRequest {
-                message: format!(
-                    "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"
-                ),
-            }),
-            None,
+        Request::Hello { version } => refused(RequestError::BadRequest {
+            message: format!(
+                "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"
+            ),
+        }),
+        Request::Create { size } => grant(shared.registry().create(conn, size)),
+        Request::Publish {
+            id,
+            name,
+            typed,
+            event,
+        } => done(shared.registry().publish(conn, id, &name, typed, event)),
+        Request::Get { name, access } => grant(shared.registry().get(conn, &name, access)),
+        Request::Release { id } => done(shared.registry().release(conn, id)),
+        Request::Free { id } => done(shared.registry().free(conn, id)),
+        Request::Stats => (Response::Stats(shared.registry().stats()), None),
+        Request::Join => match job_stage(shared, peer) {
+            Ok((job, stage)) => match job.join(stage) {
+                Ok(info) => (Response::Joined(Box::new(info)), None),
+                Err(e) => refused(e),
+            },
+            Err(e) => refused(e),
+        },
+        Request::AwaitInputs => done(job_stage(shared, peer).and_then(|(j, s)| j.await_inputs(s))),
+        Request::Finished { phase, failure } => match job_stage(shared, peer) {
+            Ok((job, stage)) => {
+                let reclaimed = if phase == Phase::Execute {
+                    shared.registry().reclaim(conn)
+                } else {
+                    Vec::new()
+                };
+                job.reclaimed(stage, reclaimed.clone());
+                job.finished(stage, phase, failure);
+                if phase == Phase::Execute {
+                    (Response::Reclaimed { handles: reclaimed }, None)
+                } else {
+                    (Response::Done, None)
+                }
+            }
+            Err(e) => refused(e),
+        },
+        Request::OpenEntry { entry, access } => grant(
+            entry_access(shared, peer, entry, access)
+                .and_then(|()| shared.registry().open_entry(conn, entry, access)),
         ),
-        Request::Create { size } => grant(registry.create(conn, size)),
-        Request::Publish { id, name, typed } => done(registry.publish(conn, id, &name, typed)),
-        Request::Get { name, access } => grant(registry.get(conn, &name, access)),
-        Request::Release { id } => done(registry.release(conn, id)),
-        Request::Free { id } => done(registry.free(conn, id)),
-        Request::Stats => (Response::Stats(registry.stats()), None),
+        Request::AllocateEntry { entry, dims } => grant(
+            entry_access(shared, peer, entry, AccessMode::ReadWrite)
+                .and_then(|()| shared.registry().allocate_entry(conn, entry, &dims)),
+        ),
+    }
+}
+
+fn job_stage(shared: &Shared, peer: Peer) -> Result<(&Job, usize), RequestError> {
+    match (&shared.job, peer.stage) {
+        (Some(job), Some(stage)) => Ok((job, stage)),
+        _ => Err(RequestError::NotInJob),
+    }
+}
+
+/// Whether `peer` may have `access` to `entry`: read-write only for its producer.
+fn entry_access(
+    shared: &Shared,
+    peer: Peer,
+    entry: EntryId,
+    access: AccessMode,
+) -> Result<(), RequestError> {
+    let (job, stage) = job_stage(shared, peer)?;
+    let plan = job.plan();
+    let name = &plan
+        .entries
+        .get(entry.0 as usize)
+        .ok_or(RequestError::UnknownEntry { id: entry.0 })?
+        .name;
+    match (plan.access(stage, entry), access) {
+        (Some(AccessMode::ReadWrite), _) | (Some(AccessMode::ReadOnly), AccessMode::ReadOnly) => {
+            Ok(())
+        }
+        (Some(AccessMode::ReadOnly), AccessMode::ReadWrite) => Err(RequestError::EntryAccess {
+            message: format!("FastIO entry {name:?} is an input of this operator: it is read-only"),
+        }),
+        (None, _) => Err(RequestError::EntryAccess {
+            message: format!(
+                "FastIO entry {name:?} is neither an input nor an output of this operator"
+            ),
+        }),
     }
 }
 
 /// The in-process transport: a connection to a registry in this process.
 pub(crate) struct LocalTransport {
-    registry: Arc<Mutex<Registry>>,
-    conn: ConnectionId,
+    shared: Arc<Shared>,
+    peer: Peer,
 }
 
 impl LocalTransport {
-    pub(crate) fn new(registry: Arc<Mutex<Registry>>) -> Self {
-        let conn = lock(&registry).connect();
-        Self { registry, conn }
+    pub(crate) fn new(shared: Arc<Shared>, stage: Option<usize>) -> Self {
+        let conn = shared.registry().connect();
+        Self {
+            shared,
+            peer: Peer { conn, stage },
+        }
     }
 }
 
 impl fmt::Debug for LocalTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "LocalTransport({:?})", self.conn)
+        write!(f, "LocalTransport({:?})", self.peer)
     }
 }
 
 impl Transport for LocalTransport {
     fn call(&self, request: &Request) -> Result<(Response, Option<Segment>), ContextError> {
-        Ok(dispatch(&self.registry, self.conn, request.clone()))
+        Ok(dispatch(&self.shared, self.peer, request.clone()))
     }
 }
 
 impl Drop for LocalTransport {
     fn drop(&mut self) {
-        lock(&self.registry).disconnect(self.conn);
+        self.shared.registry().disconnect(self.peer.conn);
     }
 }
 

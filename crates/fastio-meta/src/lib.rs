@@ -6,10 +6,12 @@
 
 #![forbid(unsafe_code)]
 
+mod convert;
 mod element;
 mod name;
 mod shape;
 
+pub use convert::convert;
 pub use element::{Element, ElementType, as_bytes, as_bytes_mut};
 pub use name::{MAX_NAME_LEN, validate_name};
 pub use shape::{DynamicShape, MAX_DIMENSIONS, Shape, TypedShape};
@@ -90,6 +92,14 @@ pub enum MetaError {
         index: usize,
         /// The value.
         value: i64,
+    },
+    /// A byte buffer is not a whole number of elements.
+    #[error("{len} bytes are not a whole number of {element_type} elements")]
+    RaggedBuffer {
+        /// Bytes given.
+        len: usize,
+        /// The element type.
+        element_type: ElementType,
     },
     /// A name breaks the naming rule.
     #[error("invalid name {name:?}: {reason}")]

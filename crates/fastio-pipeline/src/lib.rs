@@ -131,6 +131,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod plan;
 mod error;
 mod graph;
 mod model;

@@ -5,7 +5,9 @@
 //! - [`shm`]: raw segments (memfds, seals, mappings, descriptor passing);
 //! - [`meta`]: element types, shapes, names;
 //! - [`context`]: the Fast I/O context, its allocations, its server and clients;
-//! - [`pipeline`]: pipeline definitions (YAML/JSON), their validation and graph.
+//! - [`pipeline`]: pipeline definitions (YAML/JSON), their validation and graph;
+//! - [`operator`]: the operator side of a job (life-cycle callbacks, payload, FastIO entries);
+//! - [`driver`]: the pipeline driver behind `fastio run`.
 //!
 //! ```
 //! use fastio::{Context, ElementType};
@@ -20,14 +22,17 @@
 #![forbid(unsafe_code)]
 
 pub use fastio_context as context;
+pub use fastio_driver as driver;
+pub use fastio_operator as operator;
 pub use fastio_meta as meta;
 pub use fastio_pipeline as pipeline;
 pub use fastio_shm as shm;
 
 pub use fastio_context::{
-    Access, AccessMode, Allocation, CONTEXT_ENV, Context, ContextError, CreateOptions, Prefault,
-    RequestError, Server, ServerConfig, Stats,
+    Access, AccessMode, Allocation, CONTEXT_ENV, Context, ContextError, CreateOptions, FastIoEntry,
+    Prefault, RequestError, Server, ServerConfig, Stats,
 };
+pub use fastio_operator::{Callbacks, Driver, Lifecycle, OperatorError, Payload};
 pub use fastio_meta::{DynamicShape, Element, ElementType, MetaError, Shape, TypedShape};
 
 /// The README's examples, compiled and run as doctests.

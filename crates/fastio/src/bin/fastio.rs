@@ -31,6 +31,27 @@ enum Command {
     },
     /// Print the accounting of the context named by FASTIO_CONTEXT, as JSON.
     Stats,
+    /// Run one job of a pipeline: start its operators, drive their life-cycle, report.
+    ///
+    /// Shows each operator's state and time while the job runs, then a summary: each
+    /// operator's outcome and times, each entry's bytes and how it travelled. Exits
+    /// non-zero when the job fails.
+    Run {
+        /// The pipeline definition file.
+        pipeline: std::path::PathBuf,
+        /// Parent of the operators' stream output directories.
+        #[arg(long, default_value = "fastio-output")]
+        output: std::path::PathBuf,
+        /// The job's payload directory (stream inputs without `from`).
+        #[arg(long)]
+        payload: Option<std::path::PathBuf>,
+        /// Time limit in seconds (default: the definition's `timeout`, else 600).
+        #[arg(long)]
+        timeout: Option<f64>,
+        /// Print only the summary.
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// Check a pipeline definition (YAML, or JSON by extension) and list every problem.
     Validate {
         /// The pipeline definition file.
@@ -60,6 +81,13 @@ fn run() -> anyhow::Result<()> {
             pool_mib,
             until_stdin_closes,
         } => serve(pool_mib, until_stdin_closes),
+        Command::Run {
+            pipeline,
+            output,
+            payload,
+            timeout,
+            quiet,
+        } => run_pipeline(&pipeline, output, payload, timeout, quiet),
         Command::Validate { pipeline } => {
             let p = load(&pipeline)?;
             println!(
@@ -115,5 +143,109 @@ fn serve(pool_mib: u64, until_stdin_closes: bool) -> anyhow::Result<()> {
     }
     loop {
         std::thread::park();
+    }
+}
+
+fn run_pipeline(
+    path: &std::path::Path,
+    output: std::path::PathBuf,
+    payload: Option<std::path::PathBuf>,
+    timeout: Option<f64>,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    use fastio::driver::{JobOptions, run_job};
+    let pipeline = load(path)?;
+    let mut options = JobOptions::for_pipeline(&pipeline);
+    options.output_root = output.join(pipeline.name());
+    options.payload = payload;
+    if let Some(seconds) = timeout {
+        options.timeout = Some(
+            std::time::Duration::try_from_secs_f64(seconds)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .context("--timeout must be a positive number of seconds")?,
+        );
+    }
+    // Operator programs built beside this one are found first.
+    if let Some(dir) = std::env::current_exe()?.parent() {
+        options.program_dirs.push(dir.to_owned());
+    }
+    let mut display = progress::Display::new(quiet);
+    let report = run_job(&pipeline, &options, &mut |p| display.show(p))?;
+    display.finish();
+    print!("{}", report.render());
+    if !report.succeeded() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+mod progress {
+    //! Live progress on stderr: redrawn in place on a terminal, one line per change
+    //! otherwise.
+
+    use std::io::{IsTerminal, Write};
+
+    use fastio::driver::{OperatorState, Progress};
+
+    pub struct Display {
+        quiet: bool,
+        terminal: bool,
+        drawn: usize,
+        last: Vec<OperatorState>,
+    }
+
+    impl Display {
+        pub fn new(quiet: bool) -> Self {
+            Self {
+                quiet,
+                terminal: std::io::stderr().is_terminal(),
+                drawn: 0,
+                last: Vec::new(),
+            }
+        }
+
+        pub fn show(&mut self, progress: &Progress) {
+            if self.quiet {
+                return;
+            }
+            let mut err = std::io::stderr().lock();
+            let width = progress
+                .operators
+                .iter()
+                .map(|(n, _, _)| n.len())
+                .max()
+                .unwrap_or(8);
+            if self.terminal {
+                if self.drawn > 0 {
+                    let _ = write!(err, "\x1b[{}A", self.drawn);
+                }
+                for (name, state, time) in &progress.operators {
+                    let _ = writeln!(
+                        err,
+                        "\x1b[2K  {name:width$}  {:>8.2} s  {state}",
+                        time.as_secs_f64()
+                    );
+                }
+                self.drawn = progress.operators.len();
+            } else {
+                for (i, (name, state, _)) in progress.operators.iter().enumerate() {
+                    if self.last.get(i) != Some(state) {
+                        let _ = writeln!(
+                            err,
+                            "[{:>8.3} s] {name:width$}  {state}",
+                            progress.elapsed.as_secs_f64()
+                        );
+                    }
+                }
+            }
+            self.last = progress.operators.iter().map(|(_, s, _)| s.clone()).collect();
+        }
+
+        pub fn finish(&mut self) {
+            if !self.quiet && self.terminal {
+                let _ = writeln!(std::io::stderr());
+            }
+        }
     }
 }

@@ -1,0 +1,447 @@
+//! A pipeline job as the context sees it: its operators ("stages"), their FastIO entries,
+//! and the life-cycle each operator goes through (Clara's prepare, execute, cleanup).
+//!
+//! The driver describes the job with a [`JobPlan`] and hosts it in its context server
+//! ([`crate::Server::start_job`]); each operator process joins over its own connection and
+//! learns its [`StageInfo`]. A stage executes only once every upstream stage has finished
+//! execute ([`crate::protocol::Request::AwaitInputs`]); the driver watches progress through
+//! the [`JobEvent`]s it is notified of and aborts the job when something fails.
+//!
+//! Architecture Invariant: the job state lives in [`Job`] and nowhere else; the registry
+//! holds the entries' memory, the job holds who may run when.
+
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Instant;
+
+use fastio_meta::ElementType;
+use serde::{Deserialize, Serialize};
+
+use crate::RequestError;
+use crate::protocol::{AccessMode, ResourceId};
+
+/// Identifies a FastIO entry within its job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EntryId(pub u32);
+
+/// A phase of an operator's life-cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Runs once at start, before the stage's inputs are ready.
+    Prepare,
+    /// Runs once every upstream stage has finished execute.
+    Execute,
+    /// Runs once after execute.
+    Cleanup,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Prepare => "prepare",
+            Phase::Execute => "execute",
+            Phase::Cleanup => "cleanup",
+        })
+    }
+}
+
+/// A disk (`stream`) input or output of an operator: a directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathEntry {
+    /// The entry's name in the pipeline definition (may be empty).
+    pub name: String,
+    /// The directory, absolute.
+    pub path: String,
+}
+
+/// A FastIO (shared memory) entry as one operator sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryInfo {
+    /// The entry.
+    pub id: EntryId,
+    /// Its name in the pipeline definition.
+    pub name: String,
+    /// Element type (`string` is `u8`).
+    pub element_type: ElementType,
+    /// The shape as declared, `-1` or `0` marking dynamic dimensions.
+    pub declared: Vec<i64>,
+    /// The driver allocated it before any operator started.
+    pub preallocated: bool,
+    /// ReadWrite for the operator that produces it, ReadOnly for those that read it.
+    pub access: AccessMode,
+}
+
+/// What an operator learns when it joins its job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageInfo {
+    /// The job's identifier (a UUID in its hyphenated form).
+    pub job_id: String,
+    /// The job's name (the pipeline's name).
+    pub job_name: String,
+    /// This operator's name.
+    pub stage_name: String,
+    /// Disk inputs.
+    pub inputs: Vec<PathEntry>,
+    /// Disk outputs.
+    pub outputs: Vec<PathEntry>,
+    /// Shared memory inputs (read-only).
+    pub fastio_inputs: Vec<EntryInfo>,
+    /// Shared memory outputs (read-write).
+    pub fastio_outputs: Vec<EntryInfo>,
+}
+
+/// One operator of a job, as the driver plans it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StagePlan {
+    /// The operator's name.
+    pub name: String,
+    /// Indices of the stages whose execute must finish before this one's starts.
+    pub upstream: Vec<usize>,
+    /// Disk inputs.
+    pub inputs: Vec<PathEntry>,
+    /// Disk outputs.
+    pub outputs: Vec<PathEntry>,
+    /// Shared memory entries this stage reads.
+    pub fastio_inputs: Vec<EntryId>,
+    /// Shared memory entries this stage writes.
+    pub fastio_outputs: Vec<EntryId>,
+}
+
+/// One shared memory entry of a job: an operator's output, read by the operators that
+/// name it in `from`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryPlan {
+    /// The entry's name.
+    pub name: String,
+    /// The stage that writes it; `None` when nothing in this job writes it (an operator
+    /// running alone reads zeroes from pre-allocated inputs).
+    pub producer: Option<usize>,
+    /// Element type.
+    pub element_type: ElementType,
+    /// Declared shape, `-1` or `0` marking dynamic dimensions.
+    pub declared: Vec<i64>,
+}
+
+impl EntryPlan {
+    /// Every dimension is known, so the driver allocates it up front.
+    pub fn is_preallocated(&self) -> bool {
+        self.declared.iter().all(|&d| d > 0)
+    }
+}
+
+/// A whole job: its identity, stages and entries. Entry `i` is `EntryId(i)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobPlan {
+    /// The job's identifier.
+    pub job_id: String,
+    /// The job's name.
+    pub job_name: String,
+    /// The operators.
+    pub stages: Vec<StagePlan>,
+    /// The shared memory entries.
+    pub entries: Vec<EntryPlan>,
+}
+
+impl JobPlan {
+    /// What stage `stage` learns when it joins.
+    pub fn stage_info(&self, stage: usize) -> StageInfo {
+        let plan = &self.stages[stage];
+        let info = |id: &EntryId, access| {
+            let entry = &self.entries[id.0 as usize];
+            EntryInfo {
+                id: *id,
+                name: entry.name.clone(),
+                element_type: entry.element_type,
+                declared: entry.declared.clone(),
+                preallocated: entry.is_preallocated(),
+                access,
+            }
+        };
+        StageInfo {
+            job_id: self.job_id.clone(),
+            job_name: self.job_name.clone(),
+            stage_name: plan.name.clone(),
+            inputs: plan.inputs.clone(),
+            outputs: plan.outputs.clone(),
+            fastio_inputs: plan
+                .fastio_inputs
+                .iter()
+                .map(|id| info(id, AccessMode::ReadOnly))
+                .collect(),
+            fastio_outputs: plan
+                .fastio_outputs
+                .iter()
+                .map(|id| info(id, AccessMode::ReadWrite))
+                .collect(),
+        }
+    }
+
+    /// The access `stage` has to `entry`: ReadWrite for its producer, ReadOnly for its
+    /// readers, none for anyone else.
+    pub fn access(&self, stage: usize, entry: EntryId) -> Option<AccessMode> {
+        let plan = self.stages.get(stage)?;
+        if plan.fastio_outputs.contains(&entry) {
+            Some(AccessMode::ReadWrite)
+        } else if plan.fastio_inputs.contains(&entry) {
+            Some(AccessMode::ReadOnly)
+        } else {
+            None
+        }
+    }
+}
+
+/// A handle an operator still held when its execute returned, reclaimed by the context
+/// (Clara: every reference must be released or freed before execute returns).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReclaimedHandle {
+    /// The resource.
+    pub id: ResourceId,
+    /// Handles dropped.
+    pub count: u64,
+    /// Size of the resource in bytes.
+    pub size: usize,
+}
+
+/// Something that happened to a stage, as the driver is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobEventKind {
+    /// The operator process joined and runs prepare.
+    Joined,
+    /// A phase ended; `failure` says why it failed.
+    Finished {
+        /// The phase.
+        phase: Phase,
+        /// Why it failed, if it did.
+        failure: Option<String>,
+    },
+    /// Every upstream stage finished execute; this one executes now.
+    Executing,
+    /// Handles still held at the end of execute were reclaimed.
+    Reclaimed(Vec<ReclaimedHandle>),
+}
+
+/// A stage's event, stamped with when it happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobEvent {
+    /// Index of the stage.
+    pub stage: usize,
+    /// What happened.
+    pub kind: JobEventKind,
+    /// When.
+    pub at: Instant,
+}
+
+#[derive(Debug, Default)]
+struct StageProgress {
+    joined: bool,
+    executed: Option<bool>,
+}
+
+#[derive(Debug)]
+struct JobState {
+    stages: Vec<StageProgress>,
+    aborted: Option<String>,
+}
+
+type Notify = Box<dyn Fn(JobEvent) + Send + Sync>;
+
+/// A running job: its plan and who has done what.
+pub struct Job {
+    plan: JobPlan,
+    state: Mutex<JobState>,
+    changed: Condvar,
+    notify: Notify,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("plan", &self.plan)
+            .field("state", &*self.lock())
+            .finish()
+    }
+}
+
+impl Job {
+    /// A job whose events go to `notify` (called on the connection's thread; keep it short,
+    /// e.g. a channel send).
+    pub fn new(plan: JobPlan, notify: impl Fn(JobEvent) + Send + Sync + 'static) -> Self {
+        let stages = plan
+            .stages
+            .iter()
+            .map(|_| StageProgress::default())
+            .collect();
+        Self {
+            plan,
+            state: Mutex::new(JobState {
+                stages,
+                aborted: None,
+            }),
+            changed: Condvar::new(),
+            notify: Box::new(notify),
+        }
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> &JobPlan {
+        &self.plan
+    }
+
+    fn lock(&self) -> MutexGuard<'_, JobState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn emit(&self, stage: usize, kind: JobEventKind) {
+        (self.notify)(JobEvent {
+            stage,
+            kind,
+            at: Instant::now(),
+        });
+    }
+
+    /// Stage `stage` joins; it may join once.
+    pub fn join(&self, stage: usize) -> Result<StageInfo, RequestError> {
+        {
+            let mut state = self.lock();
+            let progress = state.stages.get_mut(stage).ok_or(RequestError::NotInJob)?;
+            if std::mem::replace(&mut progress.joined, true) {
+                return Err(RequestError::BadRequest {
+                    message: "this operator has already joined the job".into(),
+                });
+            }
+        }
+        self.emit(stage, JobEventKind::Joined);
+        Ok(self.plan.stage_info(stage))
+    }
+
+    /// Blocks until every upstream stage of `stage` has executed successfully, or the job
+    /// is aborted.
+    pub fn await_inputs(&self, stage: usize) -> Result<(), RequestError> {
+        let upstream = &self
+            .plan
+            .stages
+            .get(stage)
+            .ok_or(RequestError::NotInJob)?
+            .upstream;
+        let mut state = self.lock();
+        loop {
+            if let Some(reason) = &state.aborted {
+                return Err(RequestError::JobAborted {
+                    reason: reason.clone(),
+                });
+            }
+            if upstream
+                .iter()
+                .all(|&u| state.stages[u].executed == Some(true))
+            {
+                break;
+            }
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        drop(state);
+        self.emit(stage, JobEventKind::Executing);
+        Ok(())
+    }
+
+    /// Stage `stage` finished `phase`.
+    pub fn finished(&self, stage: usize, phase: Phase, failure: Option<String>) {
+        if phase == Phase::Execute {
+            if let Some(progress) = self.lock().stages.get_mut(stage) {
+                progress.executed = Some(failure.is_none());
+            }
+            self.changed.notify_all();
+        }
+        self.emit(stage, JobEventKind::Finished { phase, failure });
+    }
+
+    /// Reports handles reclaimed from `stage` at the end of its execute.
+    pub fn reclaimed(&self, stage: usize, handles: Vec<ReclaimedHandle>) {
+        if !handles.is_empty() {
+            self.emit(stage, JobEventKind::Reclaimed(handles));
+        }
+    }
+
+    /// Fails the job: stages waiting for their inputs, and any that ask later, are refused
+    /// with `reason`. The first reason stays.
+    pub fn abort(&self, reason: &str) {
+        self.lock().aborted.get_or_insert_with(|| reason.to_owned());
+        self.changed.notify_all();
+    }
+
+    /// Why the job was aborted, if it was.
+    pub fn aborted(&self) -> Option<String> {
+        self.lock().aborted.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    fn chain() -> JobPlan {
+        let stage = |name: &str, upstream: Vec<usize>| StagePlan {
+            name: name.into(),
+            upstream,
+            inputs: vec![],
+            outputs: vec![],
+            fastio_inputs: vec![],
+            fastio_outputs: vec![],
+        };
+        JobPlan {
+            job_id: "j".into(),
+            job_name: "chain".into(),
+            stages: vec![stage("a", vec![]), stage("b", vec![0])],
+            entries: vec![],
+        }
+    }
+
+    #[test]
+    fn a_stage_waits_for_its_upstream_execute() {
+        let (tx, rx) = mpsc::channel();
+        let job = Arc::new(Job::new(chain(), move |e| tx.send(e).unwrap()));
+        job.join(1).unwrap();
+        let waiter = {
+            let job = job.clone();
+            std::thread::spawn(move || job.await_inputs(1))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!waiter.is_finished(), "b must wait for a");
+        job.finished(0, Phase::Execute, None);
+        waiter.join().unwrap().unwrap();
+        let kinds: Vec<_> = rx.try_iter().map(|e| (e.stage, e.kind)).collect();
+        assert!(kinds.contains(&(1, JobEventKind::Executing)));
+    }
+
+    #[test]
+    fn abort_releases_waiters_with_the_reason() {
+        let job = Arc::new(Job::new(chain(), |_| {}));
+        let waiter = {
+            let job = job.clone();
+            std::thread::spawn(move || job.await_inputs(1))
+        };
+        job.finished(0, Phase::Execute, Some("boom".into()));
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(
+            !waiter.is_finished(),
+            "a failed execute alone does not abort"
+        );
+        job.abort("a failed");
+        assert_eq!(
+            waiter.join().unwrap(),
+            Err(RequestError::JobAborted {
+                reason: "a failed".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_stage_joins_once() {
+        let job = Job::new(chain(), |_| {});
+        assert_eq!(job.join(0).unwrap().stage_name, "a");
+        assert!(job.join(0).is_err());
+        assert_eq!(job.join(7), Err(RequestError::NotInJob));
+    }
+}

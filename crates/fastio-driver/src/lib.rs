@@ -1,0 +1,576 @@
+//! The pipeline driver: runs one job of a pipeline definition.
+//!
+//! [`run_job`] hosts the job's context server (the Clara "pod manager"), which allocates
+//! every FastIO entry whose shape is fully known before any operator starts; creates the
+//! `stream` directories; starts every operator process at once, each with its own context
+//! connection (`FASTIO_CONTEXT=fd:N`), Clara's `NVIDIA_CLARA_INPUTPATHS` /
+//! `NVIDIA_CLARA_OUTPUTPATHS`, and its `variables`; and follows each through prepare,
+//! execute (once all its upstream operators have finished execute) and cleanup.
+//!
+//! Failure: the first operator that reports a failed phase, exits without finishing its
+//! life-cycle, exits non-zero, or is killed, fails the job, as does the job's time limit.
+//! Operators waiting for their inputs are told the job was aborted and never execute;
+//! the others are sent SIGTERM, then SIGKILL after a grace period. Every operator runs in
+//! its own process group, which is what the signals go to, and dies with the driver
+//! (`PR_SET_PDEATHSIG`): nothing outlives the job, even when the driver is killed.
+//!
+//! Architecture Invariant: the driver owns the operator processes and nothing else; job
+//! state lives in the context's [`Job`], memory in the context's registry.
+
+#![deny(unsafe_code)]
+
+mod report;
+#[allow(unsafe_code)]
+mod sys;
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use fastio_context::job::{Job, JobEvent, JobEventKind, JobPlan, Phase, ReclaimedHandle};
+use fastio_context::{CONTEXT_ENV, Server, ServerConfig};
+use fastio_operator::{INPUT_PATHS_ENV, OUTPUT_PATHS_ENV, format_paths};
+use fastio_pipeline::Pipeline;
+use fastio_pipeline::plan::{DiskLayout, job_plan};
+
+pub use report::{EntryReport, JobReport, Medium, OperatorReport};
+
+/// Lines of each operator's stderr (and stdout) kept for the report.
+pub const TAIL_LINES: usize = 20;
+
+/// How to run a job.
+#[derive(Clone, Debug)]
+pub struct JobOptions {
+    /// Parent of the `stream` output directories (`<root>/<operator>/<output>`); each is
+    /// emptied at the start of the job.
+    pub output_root: PathBuf,
+    /// The job's payload directory, read by `stream` inputs without `from`.
+    pub payload: Option<PathBuf>,
+    /// Overrides the definition's time limit.
+    pub timeout: Option<Duration>,
+    /// How long a stopped operator gets between SIGTERM and SIGKILL.
+    pub grace: Duration,
+    /// The context's warm segment pool bound, in bytes.
+    pub pool_bytes: u64,
+    /// Directories searched first for operator programs named without a `/` (the
+    /// `fastio` command puts its own directory here, so that programs built beside it
+    /// are found).
+    pub program_dirs: Vec<PathBuf>,
+}
+
+impl JobOptions {
+    /// Defaults: outputs under `fastio-output/<pipeline name>`, the definition's time
+    /// limit, a 2 s grace period, the default pool.
+    pub fn for_pipeline(pipeline: &Pipeline) -> Self {
+        Self {
+            output_root: PathBuf::from("fastio-output").join(pipeline.name()),
+            payload: None,
+            timeout: None,
+            grace: Duration::from_secs(2),
+            pool_bytes: ServerConfig::default().pool_bytes,
+            program_dirs: Vec::new(),
+        }
+    }
+}
+
+/// What stops a job from starting at all (a job that starts and fails is a
+/// [`JobReport`] with a failure, not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// The context server could not start or allocate the pre-allocated entries.
+    #[error("cannot set up the job's context: {0}")]
+    Context(#[from] fastio_context::ContextError),
+    /// A directory could not be prepared.
+    #[error("cannot prepare {path}: {source}")]
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Where an operator is in its life-cycle, as the driver sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OperatorState {
+    /// The process is starting; it has not joined the job yet.
+    Starting,
+    /// Running prepare.
+    Preparing,
+    /// Prepared; waiting for upstream operators to finish execute.
+    Waiting,
+    /// Running execute.
+    Executing,
+    /// Running cleanup.
+    CleaningUp,
+    /// Cleanup done; the process is exiting.
+    Exiting,
+    /// Finished successfully.
+    Succeeded,
+    /// Failed: why.
+    Failed(String),
+    /// Stopped because the job failed elsewhere.
+    Stopped(String),
+}
+
+impl OperatorState {
+    /// The process is done, one way or another.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            OperatorState::Succeeded | OperatorState::Failed(_) | OperatorState::Stopped(_)
+        )
+    }
+}
+
+impl std::fmt::Display for OperatorState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OperatorState::Starting => f.write_str("starting"),
+            OperatorState::Preparing => f.write_str("preparing"),
+            OperatorState::Waiting => f.write_str("waiting for inputs"),
+            OperatorState::Executing => f.write_str("executing"),
+            OperatorState::CleaningUp => f.write_str("cleaning up"),
+            OperatorState::Exiting => f.write_str("exiting"),
+            OperatorState::Succeeded => f.write_str("done"),
+            OperatorState::Failed(why) => write!(f, "FAILED: {why}"),
+            OperatorState::Stopped(why) => write!(f, "stopped: {why}"),
+        }
+    }
+}
+
+/// A snapshot of the job, for progress displays.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    /// Time since the job started.
+    pub elapsed: Duration,
+    /// Each operator, in dependency order: name, state, time in that state so far.
+    pub operators: Vec<(String, OperatorState, Duration)>,
+}
+
+/// Lines kept from an operator's output.
+type Tail = Arc<Mutex<VecDeque<String>>>;
+
+struct Operator {
+    name: String,
+    state: OperatorState,
+    state_since: Instant,
+    pid: Option<i32>,
+    started: Instant,
+    ended: Option<Instant>,
+    execute_started: Option<Instant>,
+    execute_ended: Option<Instant>,
+    cleaned_up: bool,
+    joined: bool,
+    phase_failure: Option<String>,
+    exit: Option<String>,
+    reclaimed: Vec<ReclaimedHandle>,
+    stderr: Tail,
+    readers: Vec<thread::JoinHandle<()>>,
+}
+
+impl Operator {
+    fn set(&mut self, state: OperatorState) {
+        if self.state != state {
+            self.state = state;
+            self.state_since = Instant::now();
+        }
+    }
+}
+
+enum Event {
+    Job(JobEvent),
+    Exited(usize, std::io::Result<ExitStatus>),
+}
+
+/// Runs one job of `pipeline` to the end. `progress` is called at every change of an
+/// operator's state and about every 200 ms.
+pub fn run_job(
+    pipeline: &Pipeline,
+    options: &JobOptions,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<JobReport, DriverError> {
+    let job_id = fastio_operator::new_job_id();
+    let layout = DiskLayout {
+        output_root: options.output_root.clone(),
+        payload: options
+            .payload
+            .clone()
+            .unwrap_or_else(|| options.output_root.join("payload")),
+    };
+    let plan = job_plan(pipeline, &job_id, &layout);
+    prepare_directories(&plan)?;
+
+    let (events, inbox) = mpsc::channel();
+    let job_events = Mutex::new(events.clone());
+    let job = Arc::new(Job::new(plan.clone(), move |e| {
+        let _ = job_events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(Event::Job(e));
+    }));
+    let server = Server::start_job(
+        ServerConfig {
+            pool_bytes: options.pool_bytes,
+        },
+        job.clone(),
+    )?;
+
+    let start = Instant::now();
+    let timeout = options.timeout.unwrap_or_else(|| pipeline.timeout());
+    let mut operators = Vec::new();
+    for (index, op) in pipeline.operators().iter().enumerate() {
+        let mut operator = Operator {
+            name: op.name().to_owned(),
+            state: OperatorState::Starting,
+            state_since: start,
+            pid: None,
+            started: Instant::now(),
+            ended: None,
+            execute_started: None,
+            execute_ended: None,
+            cleaned_up: false,
+            joined: false,
+            phase_failure: None,
+            exit: None,
+            reclaimed: Vec::new(),
+            stderr: Tail::default(),
+            readers: Vec::new(),
+        };
+        match spawn(pipeline, options, &plan, &server, index, &mut operator) {
+            Ok(child) => {
+                operator.pid = Some(child.id() as i32);
+                let events = events.clone();
+                let mut child = child;
+                thread::spawn(move || {
+                    let _ = events.send(Event::Exited(index, child.wait()));
+                });
+            }
+            Err(e) => {
+                operator.ended = Some(Instant::now());
+                operator.set(OperatorState::Failed(format!("could not start: {e}")));
+            }
+        }
+        operators.push(operator);
+    }
+    drop(events);
+
+    let mut failure: Option<(String, String)> = operators
+        .iter()
+        .find_map(|o| match &o.state {
+            OperatorState::Failed(why) => Some((o.name.clone(), why.clone())),
+            _ => None,
+        });
+    let mut stop_sent: Option<Instant> = None;
+    let mut last_progress = Instant::now() - Duration::from_secs(1);
+    let deadline = start + timeout;
+    loop {
+        if let Some((name, why)) = &failure {
+            if stop_sent.is_none() {
+                job.abort(&format!("operator {name} failed: {why}"));
+                stop_sent = Some(Instant::now());
+                for op in operators.iter().filter(|o| !o.state.is_final()) {
+                    signal(op, rustix::process::Signal::TERM);
+                }
+            }
+        }
+        if let Some(sent) = stop_sent {
+            if sent.elapsed() >= options.grace {
+                for op in operators.iter().filter(|o| !o.state.is_final()) {
+                    signal(op, rustix::process::Signal::KILL);
+                }
+            }
+        }
+        if operators.iter().all(|o| o.state.is_final()) {
+            break;
+        }
+        let now = Instant::now();
+        if now >= deadline && failure.is_none() {
+            let limit = report::seconds(timeout);
+            let running = operators
+                .iter_mut()
+                .filter(|o| !o.state.is_final())
+                .map(|o| {
+                    o.phase_failure = Some(format!(
+                        "still {} when the job's time limit ({limit}) was reached",
+                        o.state
+                    ));
+                    o.name.clone()
+                })
+                .collect::<Vec<_>>();
+            failure = Some((
+                running.join(", "),
+                format!("overran the job's time limit of {limit}"),
+            ));
+            continue;
+        }
+        let changed = match inbox.recv_timeout(Duration::from_millis(100)) {
+            Ok(event) => {
+                handle(event, &mut operators, &mut failure, stop_sent.is_some());
+                true
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => {
+                // Only the server's job still holds a sender; every waiter thread ended.
+                false
+            }
+        };
+        if changed || last_progress.elapsed() >= Duration::from_millis(200) {
+            progress(&snapshot(&operators, start));
+            last_progress = Instant::now();
+        }
+    }
+    progress(&snapshot(&operators, start));
+    for op in &mut operators {
+        for reader in op.readers.drain(..) {
+            let _ = reader.join();
+        }
+    }
+    let report = report::build(
+        pipeline,
+        &plan,
+        &server,
+        &layout,
+        &operators,
+        failure,
+        start.elapsed(),
+    );
+    drop(server);
+    Ok(report)
+}
+
+fn snapshot(operators: &[Operator], start: Instant) -> Progress {
+    Progress {
+        elapsed: start.elapsed(),
+        operators: operators
+            .iter()
+            .map(|o| {
+                let since = match o.ended {
+                    Some(end) if o.state.is_final() => end.duration_since(o.started),
+                    _ => o.state_since.elapsed(),
+                };
+                (o.name.clone(), o.state.clone(), since)
+            })
+            .collect(),
+    }
+}
+
+fn handle(
+    event: Event,
+    operators: &mut [Operator],
+    failure: &mut Option<(String, String)>,
+    stopping: bool,
+) {
+    let mut fail = |name: &str, why: String| {
+        failure.get_or_insert_with(|| (name.to_owned(), why));
+    };
+    match event {
+        Event::Job(JobEvent { stage, kind, at }) => {
+            let op = &mut operators[stage];
+            match kind {
+                JobEventKind::Joined => {
+                    op.joined = true;
+                    op.set(OperatorState::Preparing);
+                }
+                JobEventKind::Executing => {
+                    op.execute_started = Some(at);
+                    op.set(OperatorState::Executing);
+                }
+                JobEventKind::Reclaimed(handles) => op.reclaimed.extend(handles),
+                JobEventKind::Finished { phase, failure } => {
+                    if let Some(why) = failure {
+                        let why = format!("{phase} failed: {why}");
+                        op.phase_failure.get_or_insert_with(|| why.clone());
+                        fail(&op.name, why);
+                    }
+                    match phase {
+                        Phase::Prepare => op.set(OperatorState::Waiting),
+                        Phase::Execute => {
+                            op.execute_ended = Some(at);
+                            op.set(OperatorState::CleaningUp);
+                        }
+                        Phase::Cleanup => {
+                            op.cleaned_up = true;
+                            op.set(OperatorState::Exiting);
+                        }
+                    }
+                }
+            }
+        }
+        Event::Exited(stage, status) => {
+            let op = &mut operators[stage];
+            op.ended = Some(Instant::now());
+            let ended = match status {
+                Ok(status) => describe_exit(status),
+                Err(e) => Err(format!("could not be waited for: {e}")),
+            };
+            op.exit = Some(match &ended {
+                Ok(()) => "exit status 0".to_owned(),
+                Err(why) => why.clone(),
+            });
+            let outcome = match (ended, &op.phase_failure) {
+                (_, Some(why)) => Err(why.clone()),
+                (Err(why), None) => Err(why),
+                (Ok(()), None) if !op.joined => Err(
+                    "exited without joining the job (is the command a fastio operator?)".into(),
+                ),
+                (Ok(()), None) if !op.cleaned_up => {
+                    Err("exited before finishing its life-cycle".into())
+                }
+                (Ok(()), None) => Ok(()),
+            };
+            match outcome {
+                Ok(()) => op.set(OperatorState::Succeeded),
+                // Stopped by the driver for another operator's failure.
+                Err(why) if stopping && op.phase_failure.is_none() => {
+                    op.set(OperatorState::Stopped(why));
+                }
+                Err(why) => {
+                    fail(&op.name, why.clone());
+                    op.set(OperatorState::Failed(why));
+                }
+            }
+        }
+    }
+}
+
+fn describe_exit(status: ExitStatus) -> Result<(), String> {
+    use std::os::unix::process::ExitStatusExt;
+    if status.success() {
+        return Ok(());
+    }
+    if let Some(signal) = status.signal() {
+        let name = rustix::process::Signal::from_named_raw(signal)
+            .map(|s| format!("{s:?}"))
+            .unwrap_or_else(|| signal.to_string());
+        return Err(format!("killed by signal {signal} ({name})"));
+    }
+    Err(format!(
+        "exited with status {}",
+        status.code().unwrap_or(-1)
+    ))
+}
+
+fn signal(op: &Operator, signal: rustix::process::Signal) {
+    if let Some(pid) = op.pid.and_then(rustix::process::Pid::from_raw) {
+        // The process group, so that the operator's own children go too.
+        let _ = rustix::process::kill_process_group(pid, signal);
+    }
+}
+
+fn prepare_directories(plan: &JobPlan) -> Result<(), DriverError> {
+    let dir_error = |path: &Path, source| DriverError::Directory {
+        path: path.to_owned(),
+        source,
+    };
+    for stage in &plan.stages {
+        for out in &stage.outputs {
+            let path = Path::new(&out.path);
+            match std::fs::remove_dir_all(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(dir_error(path, e)),
+            }
+            std::fs::create_dir_all(path).map_err(|e| dir_error(path, e))?;
+        }
+        for input in &stage.inputs {
+            let path = Path::new(&input.path);
+            std::fs::create_dir_all(path).map_err(|e| dir_error(path, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Finds an operator's program: a path with `/` is relative to the definition's folder;
+/// a bare name is looked up in `program_dirs`, then in `PATH` (by the operating system).
+fn resolve_program(pipeline: &Pipeline, options: &JobOptions, program: &str) -> PathBuf {
+    if program.contains('/') {
+        let base = Path::new(pipeline.origin())
+            .parent()
+            .unwrap_or(Path::new("."));
+        return base.join(program);
+    }
+    options
+        .program_dirs
+        .iter()
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(program))
+}
+
+fn spawn(
+    pipeline: &Pipeline,
+    options: &JobOptions,
+    plan: &JobPlan,
+    server: &Server,
+    index: usize,
+    operator: &mut Operator,
+) -> Result<Child, String> {
+    let definition = &pipeline.operators()[index];
+    let stage = &plan.stages[index];
+    let argv = definition.command();
+    let program = resolve_program(pipeline, options, &argv[0]);
+    let socket = server.operator_socket(index).map_err(|e| e.to_string())?;
+    let mut command = Command::new(&program);
+    command
+        .args(&argv[1..])
+        .envs(definition.variables())
+        .env(CONTEXT_ENV, format!("fd:{}", std::os::fd::AsRawFd::as_raw_fd(&socket)))
+        .env(INPUT_PATHS_ENV, format_paths(&stage.inputs))
+        .env(OUTPUT_PATHS_ENV, format_paths(&stage.outputs))
+        .env("FASTIO_JOB_ID", &plan.job_id)
+        .env(fastio_operator::STAGE_ENV, &stage.name)
+        .env_remove(fastio_operator::PIPELINE_ENV)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    sys::hand_down(&mut command, &socket);
+    let mut child = command
+        .spawn()
+        .map_err(|e| format!("{}: {e}", program.display()))?;
+    // Our copy of the child's end closes here: the connection lives in the child alone,
+    // so it closes when the child dies.
+    drop(socket);
+    let stdout = child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>);
+    let stderr = child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>);
+    if let Some(out) = stdout {
+        operator.readers.push(read_lines(out, None, &operator.name));
+    }
+    if let Some(err) = stderr {
+        operator
+            .readers
+            .push(read_lines(err, Some(operator.stderr.clone()), &operator.name));
+    }
+    Ok(child)
+}
+
+/// Reads an operator's output line by line: stderr lines are kept (the last
+/// [`TAIL_LINES`]) and traced, stdout lines are traced.
+fn read_lines(
+    stream: Box<dyn Read + Send>,
+    tail: Option<Tail>,
+    name: &str,
+) -> thread::JoinHandle<()> {
+    let name = name.to_owned();
+    thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            tracing::debug!(operator = %name, "{line}");
+            if let Some(tail) = &tail {
+                let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+                if tail.len() == TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+        }
+    })
+}
+
