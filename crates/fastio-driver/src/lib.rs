@@ -25,8 +25,8 @@ mod sys;
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -261,12 +261,10 @@ pub fn run_job(
     }
     drop(events);
 
-    let mut failure: Option<(String, String)> = operators
-        .iter()
-        .find_map(|o| match &o.state {
-            OperatorState::Failed(why) => Some((o.name.clone(), why.clone())),
-            _ => None,
-        });
+    let mut failure: Option<(String, String)> = operators.iter().find_map(|o| match &o.state {
+        OperatorState::Failed(why) => Some((o.name.clone(), why.clone())),
+        _ => None,
+    });
     let mut stop_sent: Option<Instant> = None;
     let mut last_progress = Instant::now() - Duration::from_secs(1);
     let deadline = start + timeout;
@@ -417,9 +415,9 @@ fn handle(
             let outcome = match (ended, &op.phase_failure) {
                 (_, Some(why)) => Err(why.clone()),
                 (Err(why), None) => Err(why),
-                (Ok(()), None) if !op.joined => Err(
-                    "exited without joining the job (is the command a fastio operator?)".into(),
-                ),
+                (Ok(()), None) if !op.joined => {
+                    Err("exited without joining the job (is the command a fastio operator?)".into())
+                }
                 (Ok(()), None) if !op.cleaned_up => {
                     Err("exited before finishing its life-cycle".into())
                 }
@@ -521,7 +519,10 @@ fn spawn(
     command
         .args(&argv[1..])
         .envs(definition.variables())
-        .env(CONTEXT_ENV, format!("fd:{}", std::os::fd::AsRawFd::as_raw_fd(&socket)))
+        .env(
+            CONTEXT_ENV,
+            format!("fd:{}", std::os::fd::AsRawFd::as_raw_fd(&socket)),
+        )
         .env(INPUT_PATHS_ENV, format_paths(&stage.inputs))
         .env(OUTPUT_PATHS_ENV, format_paths(&stage.outputs))
         .env("FASTIO_JOB_ID", &plan.job_id)
@@ -538,15 +539,23 @@ fn spawn(
     // Our copy of the child's end closes here: the connection lives in the child alone,
     // so it closes when the child dies.
     drop(socket);
-    let stdout = child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>);
-    let stderr = child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>);
+    let stdout = child
+        .stdout
+        .take()
+        .map(|s| Box::new(s) as Box<dyn Read + Send>);
+    let stderr = child
+        .stderr
+        .take()
+        .map(|s| Box::new(s) as Box<dyn Read + Send>);
     if let Some(out) = stdout {
         operator.readers.push(read_lines(out, None, &operator.name));
     }
     if let Some(err) = stderr {
-        operator
-            .readers
-            .push(read_lines(err, Some(operator.stderr.clone()), &operator.name));
+        operator.readers.push(read_lines(
+            err,
+            Some(operator.stderr.clone()),
+            &operator.name,
+        ));
     }
     Ok(child)
 }
@@ -573,4 +582,3 @@ fn read_lines(
         }
     })
 }
-

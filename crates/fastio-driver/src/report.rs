@@ -91,7 +91,12 @@ impl JobReport {
     /// The summary `fastio run` prints.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let name_width = self.operators.iter().map(|o| o.name.len()).max().unwrap_or(8);
+        let name_width = self
+            .operators
+            .iter()
+            .map(|o| o.name.len())
+            .max()
+            .unwrap_or(8);
         let _ = writeln!(out, "operators:");
         for op in &self.operators {
             let execute = op
@@ -138,7 +143,12 @@ impl JobReport {
         }
         match &self.failure {
             None => {
-                let _ = writeln!(out, "job {} succeeded in {}", self.job_id, seconds(self.elapsed));
+                let _ = writeln!(
+                    out,
+                    "job {} succeeded in {}",
+                    self.job_id,
+                    seconds(self.elapsed)
+                );
             }
             Some((who, why)) => {
                 let _ = writeln!(

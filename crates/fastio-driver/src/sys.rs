@@ -16,9 +16,7 @@ pub(crate) fn hand_down(command: &mut Command, socket: &OwnedFd) {
         command.pre_exec(move || {
             let fd = BorrowedFd::borrow_raw(raw);
             rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
-            rustix::process::set_parent_process_death_signal(Some(
-                rustix::process::Signal::KILL,
-            ))?;
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
             // The driver may have died before the line above took effect.
             if rustix::process::getppid() != Some(parent) {
                 return Err(std::io::Error::other("the driver is gone"));

@@ -55,6 +55,14 @@
 #define NVIDIA_CLARA_FASTIO_MAX_DIMENSIONS 64
 
 /*
+ An instance of the Clara Pipeline Driver in this operator process: joins the job
+ (through `FASTIO_CONTEXT`, set by `fastio run`) or runs the operator alone.
+
+ Opaque; a token like the other handles.
+ */
+typedef struct nvidia_clara_cpd nvidia_clara_cpd;
+
+/*
  A handle (local reference) to a Fast I/O memory resource, with its own metadata.
 
  Opaque. The pointer is a token: the library never dereferences it, and a released
@@ -70,6 +78,31 @@ typedef struct nvidia_clara_fastio_alloc nvidia_clara_fastio_alloc;
  token is never handed out again, so a stale pointer is always reported.
  */
 typedef struct nvidia_clara_fastio_context nvidia_clara_fastio_context;
+
+/*
+ A FastIO entry: typed shared memory declared in the pipeline definition, an input
+ (read-only) or an output (read-write). Valid only during the execute callback; never
+ free it.
+
+ Opaque; a token like the other handles.
+ */
+typedef struct nvidia_clara_fastio_entry nvidia_clara_fastio_entry;
+
+/*
+ What the execute callback works with: disk entries, the Fast I/O context and FastIO
+ entries. Valid only during the execute callback; never free it.
+
+ Opaque; a token like the other handles.
+ */
+typedef struct nvidia_clara_payload nvidia_clara_payload;
+
+/*
+ A disk input or output of the payload: a name (possibly empty) and a directory.
+ Valid only during the execute callback; never free it.
+
+ Opaque; a token like the other handles.
+ */
+typedef struct nvidia_clara_payload_entry nvidia_clara_payload_entry;
 
 /*
  Return type of every function: zero on success, non-zero on failure (Clara's
@@ -91,6 +124,32 @@ typedef int32_t nvidia_clara_fastio_access;
  reported error instead of undefined behaviour inside the library.
  */
 typedef int32_t nvidia_clara_element_type;
+
+/*
+ Told of each life-cycle event: `code` 0 with a message such as "prepare succeeded",
+ or a non-zero NVIDIA_CLARA_RESULT_* code with what went wrong (a failed phase, handles
+ left unreleased at the end of execute). The message is valid during the call only.
+ */
+typedef void (*nvidia_clara_cpd_notification_callback)(nvidia_clara_cpd *cpd,
+                                                       int code,
+                                                       const char *message);
+
+/*
+ Called once, before the operator's inputs are ready. Return 0 on success.
+ */
+typedef result (*nvidia_clara_cpd_prepare_callback)(nvidia_clara_cpd *cpd);
+
+/*
+ Called once every upstream operator has finished execute, with the payload. Return 0
+ on success; non-zero fails the job (cleanup still runs).
+ */
+typedef result (*nvidia_clara_cpd_execute_callback)(nvidia_clara_cpd *cpd,
+                                                    nvidia_clara_payload *payload);
+
+/*
+ Called once at the end, also after a failure. Return 0 on success.
+ */
+typedef result (*nvidia_clara_cpd_cleanup_callback)(nvidia_clara_cpd *cpd);
 
 /*
  Success.
@@ -397,6 +456,325 @@ result nvidia_clara_fastio_context__connect(const char *address,
  a context from `nvidia_clara_payload__fastio_context`. fastio extension.
  */
 result nvidia_clara_fastio_context__release(nvidia_clara_fastio_context *context);
+
+/*
+ Creates a driver instance: joins the job this process was started for by `fastio run`
+ (`FASTIO_CONTEXT`), or, without one, sets up a standalone run (a private context;
+ `FASTIO_PIPELINE` + `FASTIO_STAGE` give it an operator's FastIO entries,
+ `NVIDIA_CLARA_INPUTPATHS` / `_OUTPUTPATHS` its disk entries). `notification_callback`
+ may be NULL (no notifications); `application_data` is handed back by
+ `nvidia_clara_cpd__application_data`. Release it with `nvidia_clara_cpd__release`.
+ [signature found in Clara's documentation]
+
+ # Safety
+ `cpd_out` is NULL or valid for writing one pointer; `notification_callback` is NULL
+ or a function of its type, callable from another thread.
+ */
+result nvidia_clara_cpd__create(nvidia_clara_cpd_notification_callback notification_callback,
+                                void *application_data,
+                                nvidia_clara_cpd **cpd_out);
+
+/*
+ Writes the `application_data` given to `nvidia_clara_cpd__create` to `*data_out`.
+ [inferred; Clara's Python and .NET APIs have this property]
+
+ # Safety
+ `data_out` is NULL or valid for writing one pointer.
+ */
+result nvidia_clara_cpd__application_data(nvidia_clara_cpd *cpd,
+                                          void **data_out);
+
+/*
+ The job's identifier (a UUID), with the buffer protocol of
+ `nvidia_clara_payload_entry__name`. [fastio extension; Clara's "query" call is not
+ documented]
+
+ # Safety
+ `buffer` is NULL or valid for `buffer_size` bytes; `len_out` is NULL or valid for one
+ write.
+ */
+result nvidia_clara_cpd__job_id(nvidia_clara_cpd *cpd,
+                                char *buffer,
+                                int buffer_size,
+                                size_t *len_out);
+
+/*
+ The job's name (the pipeline's), with the buffer protocol of
+ `nvidia_clara_payload_entry__name`. [fastio extension]
+
+ # Safety
+ As `nvidia_clara_cpd__job_id`.
+ */
+result nvidia_clara_cpd__job_name(nvidia_clara_cpd *cpd,
+                                  char *buffer,
+                                  int buffer_size,
+                                  size_t *len_out);
+
+/*
+ This operator's name in the pipeline definition, with the buffer protocol of
+ `nvidia_clara_payload_entry__name`. [fastio extension]
+
+ # Safety
+ As `nvidia_clara_cpd__job_id`.
+ */
+result nvidia_clara_cpd__stage_name(nvidia_clara_cpd *cpd,
+                                    char *buffer,
+                                    int buffer_size,
+                                    size_t *len_out);
+
+/*
+ Starts the life-cycle on a thread of the library and returns at once: prepare, then
+ (once every upstream operator has finished execute) execute, then cleanup, which runs
+ also after a failure. A NULL callback skips its event. Each callback runs on that
+ thread; a non-zero return fails the phase, and the job. Fails if the life-cycle was
+ started before. [name found; signature inferred]
+
+ # Safety
+ Each callback is NULL or a function of its type, callable from another thread.
+ */
+result nvidia_clara_cpd__start(nvidia_clara_cpd *cpd,
+                               nvidia_clara_cpd_prepare_callback prepare,
+                               nvidia_clara_cpd_execute_callback execute,
+                               nvidia_clara_cpd_cleanup_callback cleanup);
+
+/*
+ Blocks until the life-cycle has finished, and returns 0 if every phase succeeded;
+ otherwise non-zero, with the first failure as the message. Calling it again returns
+ the same outcome. Fails if the life-cycle was not started, or when called from a
+ callback. [name found; signature inferred]
+ */
+result nvidia_clara_cpd__wait_for_completion(nvidia_clara_cpd *cpd);
+
+/*
+ Releases the driver instance; if its life-cycle is still running, waits for it first.
+ Releasing it twice fails. [name found; signature inferred]
+ */
+result nvidia_clara_cpd__release(nvidia_clara_cpd *cpd);
+
+/*
+ Writes to `*entries_out` a NULL-terminated array of the payload's disk inputs, as
+ declared in the pipeline definition. The array and its entries belong to the payload:
+ never free them; they are valid until execute returns, and a second call gives the
+ same array. [signature found in Clara's documentation]
+
+ # Safety
+ `entries_out` is NULL or valid for writing one pointer.
+ */
+result nvidia_clara_payload__input_entries(nvidia_clara_payload *payload,
+                                           nvidia_clara_payload_entry ***entries_out);
+
+/*
+ As `nvidia_clara_payload__input_entries`, for the disk outputs. [inferred by symmetry]
+
+ # Safety
+ `entries_out` is NULL or valid for writing one pointer.
+ */
+result nvidia_clara_payload__output_entries(nvidia_clara_payload *payload,
+                                            nvidia_clara_payload_entry ***entries_out);
+
+/*
+ As `nvidia_clara_payload__input_entries`, for the FastIO inputs (read-only).
+ [inferred; name chosen by fastio]
+
+ # Safety
+ `entries_out` is NULL or valid for writing one pointer.
+ */
+result nvidia_clara_payload__fastio_input_entries(nvidia_clara_payload *payload,
+                                                  nvidia_clara_fastio_entry ***entries_out);
+
+/*
+ As `nvidia_clara_payload__input_entries`, for the FastIO outputs (read-write).
+ [inferred; name chosen by fastio]
+
+ # Safety
+ `entries_out` is NULL or valid for writing one pointer.
+ */
+result nvidia_clara_payload__fastio_output_entries(nvidia_clara_payload *payload,
+                                                   nvidia_clara_fastio_entry ***entries_out);
+
+/*
+ Writes the job's Fast I/O context to `*context_out`. It belongs to the payload: never
+ release it (that fails), and do not keep it beyond execute. Allocation handles got
+ through it and not released when execute returns become invalid and are reclaimed by
+ the job, which reports them. [seed 000; signature inferred]
+
+ # Safety
+ `context_out` is NULL or valid for writing one pointer.
+ */
+result nvidia_clara_payload__fastio_context(nvidia_clara_payload *payload,
+                                            nvidia_clara_fastio_context **context_out);
+
+/*
+ The entry's name: at most one entry of the inputs, and one of the outputs, has an
+ empty name. Clara's buffer protocol: `*len_out` always receives the length including
+ the trailing NUL; if `buffer` is NULL or `buffer_size` is smaller, the call fails
+ (NVIDIA_CLARA_RESULT_BUFFER_TOO_SMALL) and writes nothing to `buffer`.
+ [signature found in Clara's documentation, with `int buffer_size` as its code shows]
+
+ # Safety
+ `buffer` is NULL or valid for `buffer_size` bytes; `len_out` is NULL or valid for one
+ write.
+ */
+result nvidia_clara_payload_entry__name(nvidia_clara_payload_entry *entry,
+                                        char *buffer,
+                                        int buffer_size,
+                                        size_t *len_out);
+
+/*
+ The entry's directory (absolute), with the buffer protocol of
+ `nvidia_clara_payload_entry__name`. [inferred; the .NET `Path` property is documented]
+
+ # Safety
+ As `nvidia_clara_payload_entry__name`.
+ */
+result nvidia_clara_payload_entry__path(nvidia_clara_payload_entry *entry,
+                                        char *buffer,
+                                        int buffer_size,
+                                        size_t *len_out);
+
+/*
+ The entry's name in the pipeline definition, with the buffer protocol of
+ `nvidia_clara_payload_entry__name`. [section found; signature inferred]
+
+ # Safety
+ `buffer` is NULL or valid for `buffer_size` bytes; `len_out` is NULL or valid for one
+ write.
+ */
+result nvidia_clara_fastio_entry__name(nvidia_clara_fastio_entry *entry,
+                                       char *buffer,
+                                       int buffer_size,
+                                       size_t *len_out);
+
+/*
+ The current shape: the declaration, with dynamic dimensions as set so far (an unset
+ one reads as its marker, -1 or 0). `*count_out` always receives the number of
+ dimensions; the call fails with NVIDIA_CLARA_RESULT_BUFFER_TOO_SMALL when
+ `dimensions_out` holds fewer (`capacity`). [section found; signature inferred]
+
+ # Safety
+ `dimensions_out` is NULL or valid for `capacity` writes; `count_out` is NULL or valid
+ for one write.
+ */
+result nvidia_clara_fastio_entry__shape(nvidia_clara_fastio_entry *entry,
+                                        int64_t *dimensions_out,
+                                        size_t capacity,
+                                        size_t *count_out);
+
+/*
+ Writes the element type (`string` entries are NVIDIA_CLARA_ELEMENT_TYPE_UINT8).
+ [section found; signature inferred]
+
+ # Safety
+ `element_type_out` is NULL or valid for one write.
+ */
+result nvidia_clara_fastio_entry__element_type(nvidia_clara_fastio_entry *entry,
+                                               nvidia_clara_element_type *element_type_out);
+
+/*
+ Writes the size of the entry's memory in bytes; fails (NVIDIA_CLARA_RESULT_NOT_FOUND)
+ while it has none. [section found; signature inferred]
+
+ # Safety
+ `size_out` is NULL or valid for one write.
+ */
+result nvidia_clara_fastio_entry__size(nvidia_clara_fastio_entry *entry,
+                                       size_t *size_out);
+
+/*
+ Writes the indices of the dynamic dimensions (the same before and after updates), with
+ the count protocol of `nvidia_clara_fastio_entry__shape`. [section found; signature
+ inferred]
+
+ # Safety
+ `indices_out` is NULL or valid for `capacity` writes; `count_out` is NULL or valid for
+ one write.
+ */
+result nvidia_clara_fastio_entry__dynamic_indices(nvidia_clara_fastio_entry *entry,
+                                                  size_t *indices_out,
+                                                  size_t capacity,
+                                                  size_t *count_out);
+
+/*
+ Writes 1 if some dimension was declared -1 or 0, else 0. [section found; signature
+ inferred]
+
+ # Safety
+ `flag_out` is NULL or valid for one write.
+ */
+result nvidia_clara_fastio_entry__is_dynamic(nvidia_clara_fastio_entry *entry,
+                                             int *flag_out);
+
+/*
+ Writes 1 if the entry has memory now, else 0. [section found; signature inferred]
+
+ # Safety
+ `flag_out` is NULL or valid for one write.
+ */
+result nvidia_clara_fastio_entry__is_allocated(nvidia_clara_fastio_entry *entry,
+                                               int *flag_out);
+
+/*
+ Writes 1 if the driver allocated the entry before the job's operators started (its
+ declared shape is fully positive), else 0. [fastio extension; Python's
+ `is_preallocated`]
+
+ # Safety
+ `flag_out` is NULL or valid for one write.
+ */
+result nvidia_clara_fastio_entry__is_preallocated(nvidia_clara_fastio_entry *entry,
+                                                  int *flag_out);
+
+/*
+ Writes the entry's access: READ_WRITE for outputs, READ_ONLY for inputs.
+ [section found; signature inferred]
+
+ # Safety
+ `access_out` is NULL or valid for one write.
+ */
+result nvidia_clara_fastio_entry__access(nvidia_clara_fastio_entry *entry,
+                                         nvidia_clara_fastio_access *access_out);
+
+/*
+ Sets dynamic dimensions: `values[k]` (at least 1) at index `dimension_indices[k]`, for
+ k below `count`. Indices of non-dynamic dimensions are left as declared, without an
+ error (seed 002). Once every dimension is positive the entry gets memory of that
+ shape, replacing what it had. Fails, changing nothing, on an input
+ (NVIDIA_CLARA_RESULT_READ_ONLY), a pre-allocated entry, an index out of range, a value
+ below 1, or while the entry is mapped (NVIDIA_CLARA_RESULT_BUSY). [section found;
+ signature inferred]
+
+ # Safety
+ `dimension_indices` and `values` are NULL or valid for `count` reads each.
+ */
+result nvidia_clara_fastio_entry__update_shape(nvidia_clara_fastio_entry *entry,
+                                               const size_t *dimension_indices,
+                                               const int64_t *values,
+                                               size_t count);
+
+/*
+ Gives the entry memory of its current shape. Fails on an input, a pre-allocated entry,
+ an entry with a dynamic dimension still unset, or while it is mapped.
+ [section found; signature inferred]
+ */
+result nvidia_clara_fastio_entry__allocate(nvidia_clara_fastio_entry *entry);
+
+/*
+ Maps the entry's memory and writes its address to `*data_out`: writable for outputs;
+ for inputs read-only, enforced by the MMU (a write faults). Fails while the entry has
+ no memory, or is mapped already. The address is valid until unmap or the end of
+ execute. [section found; signature inferred]
+
+ # Safety
+ `data_out` is NULL or valid for writing one pointer.
+ */
+result nvidia_clara_fastio_entry__map(nvidia_clara_fastio_entry *entry,
+                                      void **data_out);
+
+/*
+ Ends the mapping made by `nvidia_clara_fastio_entry__map`; fails if the entry is not
+ mapped. [section found; signature inferred]
+ */
+result nvidia_clara_fastio_entry__unmap(nvidia_clara_fastio_entry *entry);
 
 /*
  The message of the calling thread's last failure, as a NUL-terminated string; `""` if

@@ -33,7 +33,7 @@ static WRITERS: LazyLock<Mutex<HashMap<(u64, ResourceId), u64>>> =
 
 fn context_of(context: *const nvidia_clara_fastio_context) -> Result<(Context, u64), Error> {
     let (entry, token) = CONTEXTS.get(context)?;
-    let context = lock(&entry).clone();
+    let context = lock(&entry).context.clone();
     Ok((context, token))
 }
 
@@ -204,6 +204,24 @@ unsafe fn get(
     let name = unsafe { str_arg(name, "name") }?;
     let (context, token) = context_of(context)?;
     hand_out(context.get_with(name, access)?, token, alloc_out)
+}
+
+/// Takes every allocation handle obtained through context handle `context` out of the
+/// table (they become invalid for C) and returns their allocations, to be dropped by the
+/// caller when it is right to.
+pub(crate) fn retire_context_allocations(context: u64) -> Vec<Allocation> {
+    ALLOCS
+        .remove_where(|state| state.context == context)
+        .into_iter()
+        .filter_map(|entry| {
+            let mut state = lock(&entry);
+            let allocation = state.allocation.take()?;
+            if state.mapped.take() == Some(Access::ReadWrite) {
+                lock(&WRITERS).remove(&(context, allocation.id()));
+            }
+            Some(allocation)
+        })
+        .collect()
 }
 
 fn give_up(alloc: *mut nvidia_clara_fastio_alloc, free: bool) -> Result<(), Error> {

@@ -7,19 +7,29 @@ use std::sync::LazyLock;
 use fastio_context::Context;
 
 use crate::error::{Error, guard};
-use crate::handles::Table;
+use crate::handles::{Table, lock};
 use crate::ptr::{non_null, str_arg, write_out};
 use crate::types::*;
 
+/// What C's `nvidia_clara_fastio_context*` stands for.
+pub(crate) struct ContextState {
+    pub(crate) context: Context,
+    /// It came from a payload, which owns it: C may not release it.
+    pub(crate) borrowed: bool,
+}
+
 /// The live context handles.
-pub(crate) static CONTEXTS: LazyLock<Table<Context>> =
+pub(crate) static CONTEXTS: LazyLock<Table<ContextState>> =
     LazyLock::new(|| Table::new("nvidia_clara_fastio_context"));
 
 fn hand_out(
     context: Context,
     context_out: *mut *mut nvidia_clara_fastio_context,
 ) -> Result<(), Error> {
-    let (handle, _) = CONTEXTS.insert(context);
+    let (handle, _) = CONTEXTS.insert(ContextState {
+        context,
+        borrowed: false,
+    });
     // SAFETY: `context_out` was checked non-NULL by the caller of this function and is
     // writable by the C caller's contract.
     unsafe { write_out(context_out, handle, "context_out") }
@@ -79,6 +89,12 @@ pub extern "C" fn nvidia_clara_fastio_context__release(
     context: *mut nvidia_clara_fastio_context,
 ) -> result {
     guard("nvidia_clara_fastio_context__release", || {
+        let (state, _) = CONTEXTS.get(context)?;
+        if lock(&state).borrowed {
+            return Err(Error::invalid(
+                "this context belongs to the payload; it must not be released",
+            ));
+        }
         CONTEXTS.remove(context).map(drop)
     })
 }

@@ -44,6 +44,11 @@ impl From<ContextError> for Error {
                 | RequestError::ZeroSize
                 | RequestError::MetadataTooLarge { .. } => NVIDIA_CLARA_RESULT_INVALID_ARGUMENT,
                 RequestError::NotHeld { .. } => NVIDIA_CLARA_RESULT_INVALID_HANDLE,
+                RequestError::EntryNotAllocated { .. } | RequestError::UnknownEntry { .. } => {
+                    NVIDIA_CLARA_RESULT_NOT_FOUND
+                }
+                RequestError::EntryShape { .. } => NVIDIA_CLARA_RESULT_INVALID_ARGUMENT,
+                RequestError::EntryAccess { .. } => NVIDIA_CLARA_RESULT_READ_ONLY,
                 _ => NVIDIA_CLARA_RESULT_FAILED,
             },
             ContextError::Meta(_) => NVIDIA_CLARA_RESULT_INVALID_ARGUMENT,

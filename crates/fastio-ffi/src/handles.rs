@@ -43,8 +43,7 @@ impl<T> Table<T> {
     pub(crate) fn insert<P>(&self, value: T) -> (*mut P, u64) {
         let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
         lock(&self.live).insert(token, Arc::new(Mutex::new(value)));
-        let address = usize::try_from(token).expect("64-bit targets") << SHIFT;
-        (std::ptr::without_provenance_mut(address), token)
+        (pointer(token), token)
     }
 
     fn token<P>(&self, handle: *const P) -> Result<u64, Error> {
@@ -82,4 +81,29 @@ impl<T> Table<T> {
         let found = lock(&self.live).remove(&token);
         found.map(|v| (v, token)).ok_or_else(|| self.not_live())
     }
+
+    /// Takes the handle with `token` out of the table, if it is live.
+    pub(crate) fn remove_token(&self, token: u64) -> Option<Arc<Mutex<T>>> {
+        lock(&self.live).remove(&token)
+    }
+
+    /// Takes every handle whose object satisfies `pred` out of the table.
+    pub(crate) fn remove_where(&self, pred: impl Fn(&T) -> bool) -> Vec<Arc<Mutex<T>>> {
+        // Snapshot first: objects are locked without the table's lock held, the order
+        // every other path uses.
+        let all: Vec<(u64, Arc<Mutex<T>>)> = lock(&self.live)
+            .iter()
+            .map(|(t, v)| (*t, v.clone()))
+            .collect();
+        all.into_iter()
+            .filter(|(_, v)| pred(&lock(v)))
+            .filter_map(|(token, _)| self.remove_token(token))
+            .collect()
+    }
+}
+
+/// The handle pointer of `token`.
+pub(crate) fn pointer<P>(token: u64) -> *mut P {
+    let address = usize::try_from(token).expect("64-bit targets") << SHIFT;
+    std::ptr::without_provenance_mut(address)
 }

@@ -18,6 +18,8 @@
 
 mod alloc;
 mod context;
+mod cpd;
+mod entry;
 mod error;
 mod handles;
 mod ptr;
@@ -25,5 +27,7 @@ mod types;
 
 pub use alloc::*;
 pub use context::*;
+pub use cpd::*;
+pub use entry::*;
 pub use error::nvidia_clara_last_error_message;
 pub use types::*;

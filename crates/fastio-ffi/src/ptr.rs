@@ -92,3 +92,41 @@ pub(crate) unsafe fn write_slice<T: Copy>(
     }
     Ok(())
 }
+
+/// Clara's buffer protocol for strings: the length with the trailing NUL always goes to
+/// `*len_out`; the call fails with NVIDIA_CLARA_RESULT_BUFFER_TOO_SMALL, writing nothing
+/// to `buffer`, when `buffer` is NULL or holds fewer bytes than that.
+///
+/// # Safety
+/// `buffer` is NULL or valid for writes of `buffer_size` bytes; `len_out` is NULL or
+/// valid for one write.
+pub(crate) unsafe fn write_string(
+    text: &str,
+    buffer: *mut c_char,
+    buffer_size: std::ffi::c_int,
+    len_out: *mut usize,
+) -> Result<(), Error> {
+    non_null(len_out, "len_out")?;
+    if text.contains('\0') {
+        return Err(Error::invalid("the string contains a NUL byte"));
+    }
+    let needed = text.len() + 1;
+    // SAFETY: not NULL (checked above) and writable by the caller's contract.
+    unsafe { write_out(len_out, needed, "len_out") }?;
+    let capacity = usize::try_from(buffer_size).unwrap_or(0);
+    if buffer.is_null() || capacity < needed {
+        return Err(Error::new(
+            crate::types::NVIDIA_CLARA_RESULT_BUFFER_TOO_SMALL,
+            format!(
+                "the buffer holds {capacity} bytes; {needed} are needed (written to `len_out`)"
+            ),
+        ));
+    }
+    // SAFETY: `buffer` is not NULL and holds `capacity >= needed` writable bytes by the
+    // caller's contract; the source is a distinct Rust string.
+    unsafe {
+        std::ptr::copy_nonoverlapping(text.as_ptr(), buffer.cast::<u8>(), text.len());
+        buffer.add(text.len()).write(0);
+    }
+    Ok(())
+}

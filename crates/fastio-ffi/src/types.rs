@@ -92,3 +92,61 @@ pub struct nvidia_clara_fastio_context {
 pub struct nvidia_clara_fastio_alloc {
     _opaque: [u8; 0],
 }
+
+/// An instance of the Clara Pipeline Driver in this operator process: joins the job
+/// (through `FASTIO_CONTEXT`, set by `fastio run`) or runs the operator alone.
+///
+/// Opaque; a token like the other handles.
+pub struct nvidia_clara_cpd {
+    _opaque: [u8; 0],
+}
+
+/// What the execute callback works with: disk entries, the Fast I/O context and FastIO
+/// entries. Valid only during the execute callback; never free it.
+///
+/// Opaque; a token like the other handles.
+pub struct nvidia_clara_payload {
+    _opaque: [u8; 0],
+}
+
+/// A disk input or output of the payload: a name (possibly empty) and a directory.
+/// Valid only during the execute callback; never free it.
+///
+/// Opaque; a token like the other handles.
+pub struct nvidia_clara_payload_entry {
+    _opaque: [u8; 0],
+}
+
+/// A FastIO entry: typed shared memory declared in the pipeline definition, an input
+/// (read-only) or an output (read-write). Valid only during the execute callback; never
+/// free it.
+///
+/// Opaque; a token like the other handles.
+pub struct nvidia_clara_fastio_entry {
+    _opaque: [u8; 0],
+}
+
+/// Called once, before the operator's inputs are ready. Return 0 on success.
+pub type nvidia_clara_cpd_prepare_callback =
+    Option<unsafe extern "C" fn(cpd: *mut nvidia_clara_cpd) -> result>;
+
+/// Called once every upstream operator has finished execute, with the payload. Return 0
+/// on success; non-zero fails the job (cleanup still runs).
+pub type nvidia_clara_cpd_execute_callback = Option<
+    unsafe extern "C" fn(cpd: *mut nvidia_clara_cpd, payload: *mut nvidia_clara_payload) -> result,
+>;
+
+/// Called once at the end, also after a failure. Return 0 on success.
+pub type nvidia_clara_cpd_cleanup_callback =
+    Option<unsafe extern "C" fn(cpd: *mut nvidia_clara_cpd) -> result>;
+
+/// Told of each life-cycle event: `code` 0 with a message such as "prepare succeeded",
+/// or a non-zero NVIDIA_CLARA_RESULT_* code with what went wrong (a failed phase, handles
+/// left unreleased at the end of execute). The message is valid during the call only.
+pub type nvidia_clara_cpd_notification_callback = Option<
+    unsafe extern "C" fn(
+        cpd: *mut nvidia_clara_cpd,
+        code: std::ffi::c_int,
+        message: *const std::ffi::c_char,
+    ),
+>;

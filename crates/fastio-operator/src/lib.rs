@@ -37,8 +37,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use fastio_context::job::{Job, JobPlan, Phase, ReclaimedHandle, StageInfo, StagePlan};
 pub use fastio_context::job::PathEntry;
+use fastio_context::job::{Job, JobPlan, Phase, ReclaimedHandle, StageInfo, StagePlan};
 pub use fastio_context::{AccessMode, Context, ContextError, FastIoEntry, RequestError};
 use fastio_pipeline::Pipeline;
 use fastio_pipeline::plan::{DiskLayout, job_plan};
@@ -406,7 +406,11 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 fn program_name() -> String {
     std::env::args()
         .next()
-        .and_then(|a| Path::new(&a).file_name().map(|n| n.to_string_lossy().into_owned()))
+        .and_then(|a| {
+            Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
         .unwrap_or_else(|| "operator".into())
 }
 

@@ -131,10 +131,10 @@
 
 #![forbid(unsafe_code)]
 
-pub mod plan;
 mod error;
 mod graph;
 mod model;
+pub mod plan;
 mod raw;
 mod validate;
 

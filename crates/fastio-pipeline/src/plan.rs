@@ -44,7 +44,10 @@ pub fn job_plan(pipeline: &Pipeline, job_id: &str, layout: &DiskLayout) -> JobPl
     for (index, op) in operators.iter().enumerate() {
         for output in op.outputs() {
             if let Some(plan) = entry_plan(output.name(), output.kind(), Some(index)) {
-                produced.push(((index, output.name().to_owned()), EntryId(entries.len() as u32)));
+                produced.push((
+                    (index, output.name().to_owned()),
+                    EntryId(entries.len() as u32),
+                ));
                 entries.push(plan);
             }
         }
@@ -153,16 +156,28 @@ mod tests {
         let names: Vec<_> = plan.entries.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(
             names,
-            ["volume", "mask", "foreground-slices", "summary", "voxel-count"]
+            [
+                "volume",
+                "mask",
+                "foreground-slices",
+                "summary",
+                "voxel-count"
+            ]
         );
         let summary = &plan.entries[3];
-        assert_eq!((summary.element_type, &summary.declared[..]), (ElementType::U8, &[-1][..]));
+        assert_eq!(
+            (summary.element_type, &summary.declared[..]),
+            (ElementType::U8, &[-1][..])
+        );
         assert_eq!(plan.entries[4].declared, [1]);
         let threshold = &plan.stages[1];
         assert_eq!(threshold.upstream, [0]);
         assert_eq!(threshold.fastio_inputs, [EntryId(0)]);
         assert_eq!(threshold.fastio_outputs, [EntryId(1), EntryId(2)]);
-        assert_eq!(plan.access(2, EntryId(1)), Some(fastio_context::AccessMode::ReadOnly));
+        assert_eq!(
+            plan.access(2, EntryId(1)),
+            Some(fastio_context::AccessMode::ReadOnly)
+        );
         assert_eq!(plan.access(0, EntryId(1)), None);
         let report = &plan.stages[3].outputs[0];
         assert_eq!(report.path, "/out/write-report/report");

@@ -23,8 +23,8 @@
 
 pub use fastio_context as context;
 pub use fastio_driver as driver;
-pub use fastio_operator as operator;
 pub use fastio_meta as meta;
+pub use fastio_operator as operator;
 pub use fastio_pipeline as pipeline;
 pub use fastio_shm as shm;
 
@@ -32,8 +32,8 @@ pub use fastio_context::{
     Access, AccessMode, Allocation, CONTEXT_ENV, Context, ContextError, CreateOptions, FastIoEntry,
     Prefault, RequestError, Server, ServerConfig, Stats,
 };
-pub use fastio_operator::{Callbacks, Driver, Lifecycle, OperatorError, Payload};
 pub use fastio_meta::{DynamicShape, Element, ElementType, MetaError, Shape, TypedShape};
+pub use fastio_operator::{Callbacks, Driver, Lifecycle, OperatorError, Payload};
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -83,7 +83,9 @@ fn input<'p, T: Element>(
     // SAFETY: inputs are complete once their producer's execute has finished, which is
     // when this operator's execute runs; nobody writes them any more.
     let view = unsafe { entry.view::<T>()? };
-    Ok(Cow::Borrowed(view.to_slice().ok_or("input not contiguous")?))
+    Ok(Cow::Borrowed(
+        view.to_slice().ok_or("input not contiguous")?,
+    ))
 }
 
 /// Writes output `name` of `len` elements with `fill`: straight into shared memory (the
@@ -98,8 +100,13 @@ fn output<T: Element>(
     if files {
         let mut data = vec![T::zeroed(); len];
         fill(&mut data);
-        let path = payload.output_path(name).ok_or(format!("no output {name}"))?;
-        std::fs::write(path.join(format!("{name}.raw")), fastio::meta::as_bytes(&data))?;
+        let path = payload
+            .output_path(name)
+            .ok_or(format!("no output {name}"))?;
+        std::fs::write(
+            path.join(format!("{name}.raw")),
+            fastio::meta::as_bytes(&data),
+        )?;
         return Ok(());
     }
     let entry = payload.fastio_output(name)?;
@@ -139,7 +146,9 @@ fn threshold(payload: &mut Payload<'_>, files: bool) -> Result<(), CallbackError
     };
     if files {
         let volume = input::<i16>(payload, "volume", true)?.into_owned();
-        output::<u8>(payload, "mask", volume.len(), true, |mask| mark(&volume, mask))?;
+        output::<u8>(payload, "mask", volume.len(), true, |mask| {
+            mark(&volume, mask)
+        })?;
     } else {
         // Zero-copy both ways: read the producer's pages, write the mask in place.
         let (volume, mask) = payload.fastio_input_output("volume", "mask")?;

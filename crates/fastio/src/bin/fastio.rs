@@ -239,7 +239,11 @@ mod progress {
                     }
                 }
             }
-            self.last = progress.operators.iter().map(|(_, s, _)| s.clone()).collect();
+            self.last = progress
+                .operators
+                .iter()
+                .map(|(_, s, _)| s.clone())
+                .collect();
         }
 
         pub fn finish(&mut self) {
