@@ -6,8 +6,11 @@
 //! - `bench`: the criterion benchmarks and the pipeline benchmark; writes their tables into
 //!   docs/benchmarks.md (`bench-pipeline`: only the demo pipeline, shared memory vs files);
 //! - `gpu-test` / `gpu-bench`: build the stripped cuda-streams bundle for the GPU machine.
+//! - `codegen [--check]`: the C header of fastio-ffi, generated with cbindgen;
+//! - `clib`: libfastio.so / libfastio.a and the drop-in name libnvclara.so.
 
 mod bench;
+mod capi;
 mod gpu;
 mod pipeline_bench;
 
@@ -30,8 +33,12 @@ fn main() -> anyhow::Result<()> {
         Some("bench-pipeline") => pipeline_bench::bench_pipeline(),
         Some("gpu-test") => gpu::gpu_test(&args[1..]),
         Some("gpu-bench") => gpu::gpu_bench(&args[1..]),
+        Some("codegen") => capi::codegen(&root, &args[1..]),
+        Some("clib") => capi::clib(&root).map(drop),
         _ => {
-            eprintln!("usage: cargo xtask <test|demo|bench|bench-pipeline|gpu-test|gpu-bench>");
+            eprintln!(
+                "usage: cargo xtask <test|demo|bench|bench-pipeline|gpu-test|gpu-bench|codegen|clib>"
+            );
             bail!("unknown or missing command")
         }
     }
