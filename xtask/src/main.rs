@@ -1,7 +1,8 @@
 //! Project automation, reached as `cargo xtask <command>`:
 //!
 //! - `test`: the whole test run (what the README and CI run): formatting, clippy with
-//!   warnings as errors, every test of the workspace, doctests;
+//!   warnings as errors, every test of the workspace, doctests, then the Python module
+//!   built into `.venv` and its pytest suite;
 //! - `demo`: runs the demo pipeline (examples/demo/pipeline.yaml) with `fastio run`;
 //! - `bench`: the criterion benchmarks and the pipeline benchmark; writes their tables into
 //!   docs/benchmarks.md (`bench-pipeline`: only the demo pipeline, shared memory vs files);
@@ -13,6 +14,7 @@ mod bench;
 mod capi;
 mod gpu;
 mod pipeline_bench;
+mod python;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -53,9 +55,15 @@ fn workspace_root() -> PathBuf {
 
 /// Runs a command, echoing it, and fails if it fails.
 fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    run_with_env(program, args, &[])
+}
+
+/// [`run`] with extra environment variables.
+fn run_with_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
     eprintln!("\n$ {program} {}", args.join(" "));
     let status = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .status()
         .with_context(|| format!("starting {program}"))?;
     if !status.success() {
@@ -95,6 +103,7 @@ fn test() -> anyhow::Result<()> {
     } else {
         run("cargo", &["test", "--workspace", "--no-fail-fast"])?;
     }
+    python::test()?;
     eprintln!("\nall checks and tests passed");
     Ok(())
 }
