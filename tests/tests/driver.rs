@@ -460,3 +460,40 @@ fn disk_entries_reach_readers_through_clara_path_variables() {
     assert_eq!(done.bytes, Some("hello from writer".len() as u64));
     assert_eq!(done.medium, fastio::driver::Medium::Disk);
 }
+
+#[test]
+fn an_operator_runs_alone_with_its_entries_from_the_definition() {
+    let job = Job::new();
+    let yaml = typed_pipeline(-1).replace("$LOG", &job.log_path().display().to_string());
+    let path = job.dir.path().join("pipeline.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fastio-test-op"))
+        .env_remove(fastio::CONTEXT_ENV)
+        .env("FASTIO_PIPELINE", &path)
+        .env("FASTIO_STAGE", "produce")
+        .env("EXECUTE", "produce")
+        .env("SHAPE", "9,5,9,7")
+        .env("LOG", job.log_path())
+        .current_dir(job.dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Alone, it did not wait for anyone, and its dynamic output took the shape it set.
+    assert!(job.at("produce", "execute end").is_some());
+    assert!(job.at("produce", "shape cube [3, 5, 224, 7]").is_some(), "{:?}", job.log());
+
+    // An input of an operator run alone is pre-allocated and reads as zeroes: the check
+    // of the producer's values fails, cleanly.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fastio-test-op"))
+        .env_remove(fastio::CONTEXT_ENV)
+        .env("FASTIO_PIPELINE", &path)
+        .env("FASTIO_STAGE", "check")
+        .env("EXECUTE", "check")
+        .env("SHAPE_grid", "3,224,224")
+        .current_dir(job.dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("grid: values differ"), "{stderr}");
+}
