@@ -221,7 +221,7 @@ fn a_write_to_an_input_faults() {
 }
 
 #[test]
-fn an_input_entry_refuses_writes_and_keeps_its_data() {
+fn an_input_entry_refuses_writes_keeps_its_data_and_carries_the_producers_event() {
     use fastio::context::job::{EntryId, EntryPlan, Job as JobState, JobPlan, StagePlan};
     let stage = |name: &str, inputs: Vec<EntryId>, outputs: Vec<EntryId>| StagePlan {
         name: name.into(),
@@ -252,8 +252,18 @@ fn an_input_entry_refuses_writes_and_keeps_its_data() {
     let info = writer.stage_info().fastio_outputs[0].clone();
     let mut out = fastio::FastIoEntry::open(writer.context(), info).unwrap();
     out.set_values(&[1u16, 2, 3, 4, 5, 6]).unwrap();
+    out.set_event(fastio::EventHandle([7; 64])).unwrap();
     let info = reader.stage_info().fastio_inputs[0].clone();
     let mut input = fastio::FastIoEntry::open(reader.context(), info).unwrap();
+    assert_eq!(
+        input.event(),
+        Some(fastio::EventHandle([7; 64])),
+        "the entry carries its event"
+    );
+    assert!(
+        input.set_event(fastio::EventHandle([8; 64])).is_err(),
+        "readers cannot set it"
+    );
     assert_eq!(input.access(), fastio::AccessMode::ReadOnly);
     let refused = input.set_values(&[9u16; 6]).unwrap_err().to_string();
     assert!(refused.contains("read-only"), "{refused}");
@@ -477,10 +487,18 @@ fn an_operator_runs_alone_with_its_entries_from_the_definition() {
         .current_dir(job.dir.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Alone, it did not wait for anyone, and its dynamic output took the shape it set.
     assert!(job.at("produce", "execute end").is_some());
-    assert!(job.at("produce", "shape cube [3, 5, 224, 7]").is_some(), "{:?}", job.log());
+    assert!(
+        job.at("produce", "shape cube [3, 5, 224, 7]").is_some(),
+        "{:?}",
+        job.log()
+    );
 
     // An input of an operator run alone is pre-allocated and reads as zeroes: the check
     // of the producer's values fails, cleanly.
