@@ -221,7 +221,7 @@ fn a_write_to_an_input_faults() {
 }
 
 #[test]
-fn an_input_entry_refuses_writes_and_keeps_its_data() {
+fn an_input_entry_refuses_writes_keeps_its_data_and_carries_the_producers_event() {
     use fastio::context::job::{EntryId, EntryPlan, Job as JobState, JobPlan, StagePlan};
     let stage = |name: &str, inputs: Vec<EntryId>, outputs: Vec<EntryId>| StagePlan {
         name: name.into(),
@@ -252,8 +252,18 @@ fn an_input_entry_refuses_writes_and_keeps_its_data() {
     let info = writer.stage_info().fastio_outputs[0].clone();
     let mut out = fastio::FastIoEntry::open(writer.context(), info).unwrap();
     out.set_values(&[1u16, 2, 3, 4, 5, 6]).unwrap();
+    out.set_event(fastio::EventHandle([7; 64])).unwrap();
     let info = reader.stage_info().fastio_inputs[0].clone();
     let mut input = fastio::FastIoEntry::open(reader.context(), info).unwrap();
+    assert_eq!(
+        input.event(),
+        Some(fastio::EventHandle([7; 64])),
+        "the entry carries its event"
+    );
+    assert!(
+        input.set_event(fastio::EventHandle([8; 64])).is_err(),
+        "readers cannot set it"
+    );
     assert_eq!(input.access(), fastio::AccessMode::ReadOnly);
     let refused = input.set_values(&[9u16; 6]).unwrap_err().to_string();
     assert!(refused.contains("read-only"), "{refused}");
@@ -459,4 +469,49 @@ fn disk_entries_reach_readers_through_clara_path_variables() {
     let done = report.entries.iter().find(|e| e.name == "done").unwrap();
     assert_eq!(done.bytes, Some("hello from writer".len() as u64));
     assert_eq!(done.medium, fastio::driver::Medium::Disk);
+}
+
+#[test]
+fn an_operator_runs_alone_with_its_entries_from_the_definition() {
+    let job = Job::new();
+    let yaml = typed_pipeline(-1).replace("$LOG", &job.log_path().display().to_string());
+    let path = job.dir.path().join("pipeline.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fastio-test-op"))
+        .env_remove(fastio::CONTEXT_ENV)
+        .env("FASTIO_PIPELINE", &path)
+        .env("FASTIO_STAGE", "produce")
+        .env("EXECUTE", "produce")
+        .env("SHAPE", "9,5,9,7")
+        .env("LOG", job.log_path())
+        .current_dir(job.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Alone, it did not wait for anyone, and its dynamic output took the shape it set.
+    assert!(job.at("produce", "execute end").is_some());
+    assert!(
+        job.at("produce", "shape cube [3, 5, 224, 7]").is_some(),
+        "{:?}",
+        job.log()
+    );
+
+    // An input of an operator run alone is pre-allocated and reads as zeroes: the check
+    // of the producer's values fails, cleanly.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fastio-test-op"))
+        .env_remove(fastio::CONTEXT_ENV)
+        .env("FASTIO_PIPELINE", &path)
+        .env("FASTIO_STAGE", "check")
+        .env("EXECUTE", "check")
+        .env("SHAPE_grid", "3,224,224")
+        .current_dir(job.dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("grid: values differ"), "{stderr}");
 }

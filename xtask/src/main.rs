@@ -3,17 +3,21 @@
 //! - `test`: the whole test run (what the README and CI run): formatting, clippy with
 //!   warnings as errors, every test of the workspace, doctests, then the Python module
 //!   built into `.venv` and its pytest suite;
-//! - `demo`: the demo: two processes share a volume through a `fastio serve` context;
-//! - `bench`: the criterion benchmarks, then the Python benchmark (`bench-python` alone:
-//!   fastio against multiprocessing.shared_memory and np.save/np.load); both write their
-//!   tables into docs/benchmarks.md;
+//! - `demo`: runs the demo pipeline (examples/demo/pipeline.yaml) with `fastio run`;
+//! - `bench`: the criterion benchmarks, the pipeline benchmark and the Python benchmark;
+//!   writes their tables into docs/benchmarks.md (`bench-pipeline`: only the demo
+//!   pipeline, shared memory vs files; `bench-python`: only fastio's Python module against
+//!   multiprocessing.shared_memory and np.save/np.load);
 //! - `gpu-test` / `gpu-bench`: build the stripped cuda-streams bundle for the GPU machine.
+//! - `codegen [--check]`: the C header of fastio-ffi, generated with cbindgen;
+//! - `clib`: libfastio.so / libfastio.a and the drop-in name libnvclara.so.
 
 mod bench;
+mod capi;
 mod gpu;
+mod pipeline_bench;
 mod python;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -26,12 +30,21 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("demo") => demo(),
-        Some("bench") => bench::bench(&args[1..]).and_then(|()| python::bench(&[])),
+        Some("bench") => {
+            bench::bench(&args[1..])?;
+            pipeline_bench::bench_pipeline()?;
+            python::bench(&[])
+        }
+        Some("bench-pipeline") => pipeline_bench::bench_pipeline(),
         Some("bench-python") => python::bench(&args[1..]),
         Some("gpu-test") => gpu::gpu_test(&args[1..]),
         Some("gpu-bench") => gpu::gpu_bench(&args[1..]),
+        Some("codegen") => capi::codegen(&root, &args[1..]),
+        Some("clib") => capi::clib(&root).map(drop),
         _ => {
-            eprintln!("usage: cargo xtask <test|demo|bench|bench-python|gpu-test|gpu-bench>");
+            eprintln!(
+                "usage: cargo xtask <test|demo|bench|bench-pipeline|bench-python|gpu-test|gpu-bench|codegen|clib>"
+            );
             bail!("unknown or missing command")
         }
     }
@@ -102,44 +115,24 @@ fn test() -> anyhow::Result<()> {
 fn demo() -> anyhow::Result<()> {
     run(
         "cargo",
-        &[
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "fastio",
-            "--bins",
-            "--examples",
-        ],
+        &["build", "--release", "--quiet", "-p", "fastio", "--bins"],
     )?;
-    let bin = Path::new("target/release");
-    eprintln!("\nStarting `fastio serve`, then two processes that share a volume through it.\n");
-    let mut server = Command::new(bin.join("fastio"))
-        .args(["serve", "--until-stdin-closes"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting fastio serve")?;
-    let mut first = String::new();
-    BufReader::new(server.stdout.take().context("no stdout")?).read_line(&mut first)?;
-    let address = first
-        .trim()
-        .strip_prefix("FASTIO_CONTEXT=")
-        .with_context(|| format!("unexpected first line from fastio serve: {first:?}"))?
-        .to_owned();
-    let result = ["produce", "consume"].iter().try_for_each(|role| {
-        let status = Command::new(bin.join("examples/share"))
-            .arg(role)
-            .env("FASTIO_CONTEXT", &address)
-            .status()?;
-        if !status.success() {
-            bail!("share {role} failed with {status}");
-        }
-        Ok(())
-    });
-    drop(server.stdin.take());
-    server.wait()?;
-    result?;
-    eprintln!("\nThe server has exited; its memory went with it, and it left no file behind.");
+    eprintln!(
+        "\nRunning examples/demo/pipeline.yaml: four operator processes pass a 128 MiB CT-like \
+         volume, its mask and a summary through shared memory; the last writes a report.\n"
+    );
+    let status = Command::new("target/release/fastio")
+        .args(["run", "examples/demo/pipeline.yaml"])
+        .status()
+        .context("cannot start target/release/fastio")?;
+    if !status.success() {
+        bail!("the demo pipeline failed: {status}");
+    }
+    let report = Path::new("fastio-output/demo/write-report/report/report.txt");
+    println!(
+        "\n{}:\n{}",
+        report.display(),
+        std::fs::read_to_string(report)?
+    );
     Ok(())
 }

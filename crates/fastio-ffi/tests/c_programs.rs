@@ -1,0 +1,331 @@
+//! Real C programs, compiled with the system compiler against the committed header and
+//! the library this build made, then run: alone, as two processes sharing a context
+//! server, linked through the drop-in name, statically, and under AddressSanitizer.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use fastio_context::{Context, Server, ServerConfig};
+use fastio_meta::ElementType;
+use tempfile::TempDir;
+
+fn crate_dir() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The directory holding libfastio.so and libfastio.a of this build, built fresh.
+///
+/// Cargo does not build a cdylib-only library before its integration tests (they cannot
+/// link to it), so the test asks Cargo for it, in the target directory and profile of
+/// this test binary (target/<profile>/deps/<test>). Up to date, this takes a moment.
+fn lib_dir() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().unwrap();
+            let profile_dir = exe.parent().and_then(Path::parent).unwrap();
+            let target_dir = profile_dir.parent().unwrap();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "--quiet", "-p", "fastio-ffi", "--lib"])
+                .env("CARGO_TARGET_DIR", target_dir)
+                .current_dir(crate_dir());
+            if profile_dir.file_name().is_some_and(|p| p == "release") {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().unwrap();
+            assert!(status.success(), "{cmd:?} failed");
+            assert!(profile_dir.join("libfastio.so").exists());
+            profile_dir.to_path_buf()
+        })
+        .clone()
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Lang {
+    C11,
+    Cxx17,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Link {
+    /// -lfastio against libfastio.so.
+    Shared,
+    /// -lnvclara through a libnvclara.so symlink: Clara's link flag.
+    DropIn,
+    /// libfastio.a and the system libraries Rust's standard library needs.
+    Static,
+}
+
+struct Build {
+    source: &'static str,
+    lang: Lang,
+    link: Link,
+    asan: bool,
+    extra: &'static [&'static str],
+}
+
+impl Build {
+    fn c(source: &'static str) -> Self {
+        Self {
+            source,
+            lang: Lang::C11,
+            link: Link::Shared,
+            asan: false,
+            extra: &[],
+        }
+    }
+
+    /// Compiles with warnings as errors; returns the program (in `dir`).
+    fn compile(&self, dir: &Path) -> PathBuf {
+        let lib = lib_dir();
+        let exe = dir.join(self.source.trim_end_matches(".c"));
+        let (compiler, std) = match self.lang {
+            Lang::C11 => ("gcc", "-std=c11"),
+            Lang::Cxx17 => ("g++", "-std=c++17"),
+        };
+        let mut cmd = Command::new(compiler);
+        cmd.args([std, "-Wall", "-Wextra", "-Werror", "-pedantic", "-g"])
+            .arg("-D_DEFAULT_SOURCE")
+            .arg("-I")
+            .arg(crate_dir().join("include"))
+            .arg("-I")
+            .arg(crate_dir().join("tests/c"));
+        if self.asan {
+            cmd.args(["-fsanitize=address", "-fno-omit-frame-pointer"]);
+        }
+        if self.lang == Lang::Cxx17 {
+            cmd.args(["-x", "c++"]);
+        }
+        cmd.arg(crate_dir().join("tests/c").join(self.source));
+        if self.lang == Lang::Cxx17 {
+            cmd.args(["-x", "none"]);
+        }
+        cmd.arg("-o").arg(&exe).args(self.extra);
+        match self.link {
+            Link::Shared => {
+                cmd.arg("-L").arg(&lib).arg("-lfastio");
+                cmd.arg(format!("-Wl,-rpath,{}", lib.display()));
+            }
+            Link::DropIn => {
+                std::os::unix::fs::symlink(lib.join("libfastio.so"), dir.join("libnvclara.so"))
+                    .unwrap();
+                cmd.arg("-L").arg(dir).arg("-lnvclara");
+                cmd.arg(format!("-Wl,-rpath,{}", dir.display()));
+            }
+            Link::Static => {
+                cmd.arg(lib.join("libfastio.a"));
+                cmd.args([
+                    "-lgcc_s",
+                    "-lutil",
+                    "-lrt",
+                    "-lpthread",
+                    "-lm",
+                    "-ldl",
+                    "-lc",
+                ]);
+            }
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{:?} failed:\n{}",
+            cmd,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        exe
+    }
+}
+
+/// Runs `exe` with `args` and `env`, and fails the test unless it exits 0.
+fn run(exe: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let out = Command::new(exe)
+        .args(args)
+        .env_remove("FASTIO_CONTEXT")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} {args:?} exited with {}\nstdout:\n{}\nstderr:\n{}",
+        exe.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn compile_and_run(build: Build) -> String {
+    let dir = TempDir::new().unwrap();
+    let exe = build.compile(dir.path());
+    let out = run(&exe, &[], &[]);
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn publish_get_round_trip_in_c11() {
+    assert!(compile_and_run(Build::c("roundtrip.c")).contains("roundtrip ok"));
+}
+
+#[test]
+fn publish_get_round_trip_in_cxx17() {
+    let build = Build {
+        lang: Lang::Cxx17,
+        ..Build::c("roundtrip.c")
+    };
+    assert!(compile_and_run(build).contains("roundtrip ok"));
+}
+
+#[test]
+fn every_bad_input_fails_with_a_message_and_corrupts_nothing() {
+    assert!(compile_and_run(Build::c("bad_inputs.c")).contains("bad inputs ok"));
+}
+
+#[test]
+fn one_writer_at_a_time_and_read_only_handles_fault_on_write() {
+    assert!(compile_and_run(Build::c("mapping.c")).contains("mapping ok"));
+}
+
+#[test]
+fn last_error_message_is_per_thread() {
+    let build = Build {
+        extra: &["-pthread"],
+        ..Build::c("threads.c")
+    };
+    assert!(compile_and_run(build).contains("threads ok"));
+}
+
+#[test]
+fn clara_operator_builds_with_clara_h_and_lnvclara_in_c_and_cxx() {
+    for lang in [Lang::C11, Lang::Cxx17] {
+        let build = Build {
+            lang,
+            link: Link::DropIn,
+            ..Build::c("drop_in.c")
+        };
+        let out = compile_and_run(build);
+        assert!(out.contains("drop-in ok"), "{out}");
+        assert!(out.contains("\"volume\" was freed"), "{out}");
+    }
+}
+
+#[test]
+fn static_library_links_and_runs() {
+    let build = Build {
+        link: Link::Static,
+        ..Build::c("roundtrip.c")
+    };
+    assert!(compile_and_run(build).contains("roundtrip ok"));
+}
+
+#[test]
+fn c_programs_are_clean_under_address_sanitizer() {
+    for (source, extra) in [
+        ("roundtrip.c", &[][..]),
+        ("bad_inputs.c", &[][..]),
+        ("threads.c", &["-pthread"][..]),
+    ] {
+        let build = Build {
+            asan: true,
+            extra,
+            ..Build::c(source)
+        };
+        let dir = TempDir::new().unwrap();
+        let exe = build.compile(dir.path());
+        let out = run(
+            &exe,
+            &[],
+            &[("ASAN_OPTIONS", "detect_leaks=1:halt_on_error=1")],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("AddressSanitizer"), "{source}: {stderr}");
+    }
+}
+
+/// A context server in this process, as `fastio serve` would run it.
+fn server() -> Server {
+    Server::start(ServerConfig::default()).unwrap()
+}
+
+#[test]
+fn one_c_process_publishes_and_another_gets_through_the_server() {
+    let server = server();
+    let env = [("FASTIO_CONTEXT", server.address())];
+    let dir = TempDir::new().unwrap();
+    let exe = Build::c("two_process.c").compile(dir.path());
+    run(&exe, &["produce"], &env);
+    // The producer's process is gone; the publication keeps the memory.
+    let rust = Context::connect(server.address()).unwrap();
+    let grid = rust.get("grid").unwrap();
+    assert_eq!(grid.dimensions(), Some(&[3, 4][..]));
+    assert_eq!(
+        grid.to_vec::<f32>().unwrap(),
+        (0..12).map(|i| i as f32).collect::<Vec<_>>()
+    );
+    grid.release().unwrap();
+    run(&exe, &["consume"], &env);
+    run(&exe, &["after-free"], &env);
+    assert!(rust.get("grid").is_err());
+}
+
+/// Byte `i` of the test array of element type `code` (tests/c/element_types.c has the
+/// same function).
+fn pattern(code: u32, i: usize) -> u8 {
+    ((i * 31 + code as usize * 7 + 3) & 0xff) as u8
+}
+
+#[test]
+fn all_eleven_element_types_cross_between_c_and_rust_bit_exactly() {
+    let server = server();
+    let env = [("FASTIO_CONTEXT", server.address())];
+    let rust = Context::connect(server.address()).unwrap();
+    for t in ElementType::ALL {
+        let bytes: Vec<u8> = (0..6 * t.size()).map(|i| pattern(t.code(), i)).collect();
+        let mut a = rust.create(bytes.len()).unwrap();
+        a.set_type_and_dimensions(t, &[2, 3]).unwrap();
+        a.write_bytes(0, &bytes).unwrap();
+        a.publish(&format!("r_{}", t.name())).unwrap();
+        a.release().unwrap();
+    }
+    let dir = TempDir::new().unwrap();
+    let exe = Build::c("element_types.c").compile(dir.path());
+    run(&exe, &["produce"], &env);
+    run(&exe, &["consume"], &env);
+    for t in ElementType::ALL {
+        let a = rust.get(&format!("c_{}", t.name())).unwrap();
+        assert_eq!(a.element_type(), Some(t));
+        assert_eq!(a.dimensions(), Some(&[2, 3][..]));
+        assert_eq!(a.size(), 6 * t.size());
+        let expected: Vec<u8> = (0..6 * t.size()).map(|i| pattern(t.code(), i)).collect();
+        assert_eq!(a.read_bytes(0, a.size()).unwrap(), expected, "{t}");
+        a.release().unwrap();
+    }
+    assert_eq!(ElementType::F16.size() * 6, 12);
+}
+
+#[test]
+fn handles_of_a_c_process_that_exits_without_releasing_are_reclaimed() {
+    let server = server();
+    let env = [("FASTIO_CONTEXT", server.address())];
+    let dir = TempDir::new().unwrap();
+    let exe = Build::c("leak.c").compile(dir.path());
+    run(&exe, &[], &env);
+    let observer = server.local_context();
+    // The server notices the closed connection on its own thread; wait for it (bounded).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stats = loop {
+        let stats = observer.stats().unwrap();
+        if stats.handles == 0 || Instant::now() > deadline {
+            break stats;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(stats.handles, 0, "{stats:?}");
+    // Only the published allocation remains, held by its publication.
+    assert_eq!(stats.resources, 1, "{stats:?}");
+    assert_eq!(stats.live_bytes, 1 << 20, "{stats:?}");
+    assert_eq!(stats.publications, 1, "{stats:?}");
+}
