@@ -70,14 +70,22 @@ impl FastIOContext {
     /// A new handle to the allocation published as `name`, with a copy of the published
     /// metadata. Read-write by default, as in Clara; `access=IOAccess.ReadOnly` maps it
     /// read-only (its numpy views are not writeable, and writes fault).
-    #[pyo3(signature = (name, access = IOAccess::ReadWrite))]
+    #[pyo3(signature = (name, access = None))]
     fn get(
         &self,
         py: Python<'_>,
         name: &Bound<'_, PyAny>,
-        access: IOAccess,
+        access: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<FastIOAllocation> {
         let name = str_arg(name, "name")?;
+        let access = match access {
+            None => IOAccess::ReadWrite,
+            Some(a) => a.extract::<IOAccess>().map_err(|_| {
+                error(format!(
+                    "access must be IOAccess.ReadOnly or IOAccess.ReadWrite, not {a}"
+                ))
+            })?,
+        };
         let mode = match access {
             IOAccess::ReadOnly => AccessMode::ReadOnly,
             IOAccess::ReadWrite => AccessMode::ReadWrite,
