@@ -285,6 +285,26 @@ impl FastIOEntry {
         unsafe { buffer::fill(&owner, view, flags) }
     }
 
+    /// numpy's array interface (version 3), as for `FastIOAllocation`: `data` is a `View`
+    /// that keeps the memory mapped (writable for outputs).
+    #[getter]
+    fn __array_interface__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let view = Bound::new(py, self.view(false)?)?;
+        let (et, dims) = self.with(|e| {
+            let dims = e
+                .allocation()
+                .and_then(|a| a.dimensions().map(<[usize]>::to_vec))
+                .unwrap_or_default();
+            Ok((e.element_type(), dims))
+        })?;
+        let d = PyDict::new(py);
+        d.set_item("version", 3)?;
+        d.set_item("shape", PyTuple::new(py, dims)?)?;
+        d.set_item("typestr", et.numpy_dtype())?;
+        d.set_item("data", view)?;
+        Ok(d)
+    }
+
     fn __repr__(&self) -> String {
         match self.with(|e| Ok(format!("{e:?}"))) {
             Ok(text) => format!("<fastio.FastIOEntry {text}>"),

@@ -333,6 +333,12 @@ def execute(driver, payload):
     assert grid.get_numpy()[1, 2] == 7
     assert not grid.get_numpy().flags.writeable
     m.release()
+    class Holder:
+        __array_interface__ = grid.__array_interface__
+    via_interface = np.asarray(Holder())
+    assert via_interface.dtype == np.uint16 and via_interface.shape == (2, 3)
+    assert via_interface.flags.writeable and via_interface[1, 2] == 7
+    del via_interface, Holder
     try:
         grid.set_values(np.zeros(5))
         raise AssertionError("a wrong element count must raise")
