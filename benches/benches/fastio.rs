@@ -160,7 +160,11 @@ fn bench_handover(c: &mut Criterion, server: &Server, helper: &Helper) -> anyhow
         prefault: Prefault::Populate,
         ..options
     };
-    for (id, options) in [("fastio", options), ("fastio_populate", populate)] {
+    for (id, options, read) in [
+        ("fastio", options, "read"),
+        ("fastio_populate", populate, "read"),
+        ("fastio_populate_both", populate, "read-populate"),
+    ] {
         group.bench_function(id, |b| {
             b.iter(|| {
                 serial += 1;
@@ -168,7 +172,7 @@ fn bench_handover(c: &mut Criterion, server: &Server, helper: &Helper) -> anyhow
                 let mut alloc = ctx.create_with(PAYLOAD, options).expect("create");
                 alloc.write_bytes(0, &source).expect("fill");
                 alloc.publish(&name).expect("publish");
-                let sum = helper.call(&format!("read {name}")).expect("read");
+                let sum = helper.call(&format!("{read} {name}")).expect("read");
                 alloc.free().expect("free");
                 black_box(sum);
             })
@@ -286,8 +290,13 @@ fn helper() -> anyhow::Result<()> {
                 .map(|()| "ok".to_owned())
                 .map_err(anyhow::Error::from),
             ["get", name, iters] => connected(&ctx).and_then(|ctx| timed_gets(ctx, name, iters)),
-            ["read", name] => connected(&ctx).and_then(|ctx| {
-                let alloc = ctx.get_with(name, AccessMode::ReadOnly)?;
+            ["read" | "read-populate", name] => connected(&ctx).and_then(|ctx| {
+                let prefault = if words[0] == "read" {
+                    Prefault::Lazy
+                } else {
+                    Prefault::Populate
+                };
+                let alloc = ctx.get_with_options(name, AccessMode::ReadOnly, prefault)?;
                 let sum = read_allocation(&alloc, &mut buffer);
                 alloc.release()?;
                 Ok(sum.to_string())

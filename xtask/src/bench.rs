@@ -86,6 +86,11 @@ const GROUPS: &[(&str, &str, &[Case])] = &[
             },
             Case {
                 group: "handover_256MiB",
+                id: "fastio_populate_both",
+                label: "same, reader's mapping prefaulted too (`get_with_options`)",
+            },
+            Case {
+                group: "handover_256MiB",
                 id: "file_dev_shm",
                 label: "file in /dev/shm: write; reader opens and reads all",
             },

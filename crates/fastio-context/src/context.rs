@@ -199,6 +199,18 @@ impl Context {
     /// A new handle with the given access. A read-only handle's descriptor and mapping
     /// are read-only: writes through it fault.
     pub fn get_with(&self, name: &str, access: AccessMode) -> Result<Allocation, ContextError> {
+        self.get_with_options(name, access, Prefault::Lazy)
+    }
+
+    /// [`Context::get_with`], choosing whether to map every page now
+    /// ([`Prefault::Populate`]: one call instead of a fault per 4 KiB page, for a reader
+    /// that will touch all of it) or at first touch.
+    pub fn get_with_options(
+        &self,
+        name: &str,
+        access: AccessMode,
+        prefault: Prefault,
+    ) -> Result<Allocation, ContextError> {
         let local = match access {
             AccessMode::ReadOnly => Access::ReadOnly,
             AccessMode::ReadWrite => Access::ReadWrite,
@@ -211,7 +223,7 @@ impl Context {
             local,
             CreateOptions {
                 zeroed: false,
-                prefault: Prefault::Lazy,
+                prefault,
             },
         )
     }
