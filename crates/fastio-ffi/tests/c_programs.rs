@@ -8,7 +8,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use fastio_context::{Context, Server, ServerConfig};
+use fastio_driver::{JobOptions, run_job};
 use fastio_meta::ElementType;
+use fastio_pipeline::Pipeline;
 use tempfile::TempDir;
 
 fn crate_dir() -> &'static Path {
@@ -139,11 +141,27 @@ impl Build {
     }
 }
 
-/// Runs `exe` with `args` and `env`, and fails the test unless it exits 0.
+/// Variables that would change how a C program joins a job; the tests set them
+/// explicitly.
+const JOB_VARIABLES: [&str; 6] = [
+    "FASTIO_CONTEXT",
+    "FASTIO_PIPELINE",
+    "FASTIO_STAGE",
+    "NVIDIA_CLARA_INPUTPATHS",
+    "NVIDIA_CLARA_OUTPUTPATHS",
+    "NVIDIA_CLARA_NOSYNCLOCK",
+];
+
+/// Runs `exe` (in its own directory) with `args` and `env`, and fails the test unless it
+/// exits 0.
 fn run(exe: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let out = Command::new(exe)
+    let mut cmd = Command::new(exe);
+    for var in JOB_VARIABLES {
+        cmd.env_remove(var);
+    }
+    let out = cmd
         .args(args)
-        .env_remove("FASTIO_CONTEXT")
+        .current_dir(exe.parent().unwrap())
         .envs(env.iter().copied())
         .output()
         .unwrap();
@@ -227,6 +245,7 @@ fn c_programs_are_clean_under_address_sanitizer() {
         ("roundtrip.c", &[][..]),
         ("bad_inputs.c", &[][..]),
         ("threads.c", &["-pthread"][..]),
+        ("lifecycle.c", &[][..]),
     ] {
         let build = Build {
             asan: true,
@@ -328,4 +347,122 @@ fn handles_of_a_c_process_that_exits_without_releasing_are_reclaimed() {
     assert_eq!(stats.resources, 1, "{stats:?}");
     assert_eq!(stats.live_bytes, 1 << 20, "{stats:?}");
     assert_eq!(stats.publications, 1, "{stats:?}");
+}
+
+#[test]
+fn life_cycle_runs_prepare_execute_cleanup_in_order_and_takes_back_the_payload() {
+    assert!(compile_and_run(Build::c("lifecycle.c")).contains("lifecycle ok"));
+}
+
+#[test]
+fn payload_entries_follow_clara_path_variables_and_the_name_buffer_protocol() {
+    let dir = TempDir::new().unwrap();
+    let exe = Build::c("payload_entries.c").compile(dir.path());
+    let root = dir.path().to_str().unwrap();
+    let inputs = format!("dicom:{root}/in;:{root}/in2");
+    let outputs = format!("report:{root}/out");
+    let out = run(
+        &exe,
+        &[root],
+        &[
+            ("NVIDIA_CLARA_INPUTPATHS", &inputs),
+            ("NVIDIA_CLARA_OUTPUTPATHS", &outputs),
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("payload entries ok"));
+    // A standalone run creates its output directories.
+    assert!(dir.path().join("out").is_dir());
+}
+
+/// A typed pipeline of two runs of tests/c/entries_op.c.
+fn entries_pipeline(exe: &Path, producer_args: &str) -> String {
+    let exe = exe.display();
+    format!(
+        r#"api-version: 0.5.0
+orchestrator: Clara
+name: c-entries
+timeout: 60
+operators:
+- name: producer
+  command: ["{exe}", "producer"{producer_args}]
+  output:
+  - name: grid
+    type: array
+    element-type: float32
+    shape: [3, 4]
+  - name: slices
+    type: array
+    element-type: int32
+    shape: [3, -1]
+  - name: note
+    type: string
+- name: consumer
+  command: ["{exe}", "consumer"]
+  input:
+  - name: grid
+    from: producer
+    type: array
+    element-type: float32
+    shape: [3, 4]
+  - name: slices
+    from: producer
+    type: array
+    element-type: int32
+    shape: [3, -1]
+  - name: note
+    from: producer
+    type: string
+"#
+    )
+}
+
+#[test]
+fn fastio_entries_of_a_standalone_c_operator_behave_as_declared() {
+    for asan in [false, true] {
+        let dir = TempDir::new().unwrap();
+        let exe = Build {
+            asan,
+            ..Build::c("entries_op.c")
+        }
+        .compile(dir.path());
+        let definition = dir.path().join("pipeline.yaml");
+        std::fs::write(&definition, entries_pipeline(&exe, "")).unwrap();
+        let definition = definition.to_str().unwrap();
+        for (role, stage) in [("producer", "producer"), ("consumer-alone", "consumer")] {
+            let out = run(
+                &exe,
+                &[role],
+                &[("FASTIO_PIPELINE", definition), ("FASTIO_STAGE", stage)],
+            );
+            assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{role} ok")));
+            assert!(!String::from_utf8_lossy(&out.stderr).contains("AddressSanitizer"));
+        }
+    }
+}
+
+#[test]
+fn c_operators_share_entries_and_context_allocations_in_a_job() {
+    let dir = TempDir::new().unwrap();
+    let exe = Build::c("entries_op.c").compile(dir.path());
+    let text = entries_pipeline(&exe, r#", "leak""#);
+    let pipeline = Pipeline::from_yaml_str(&text, "pipeline.yaml").unwrap();
+    let mut options = JobOptions::for_pipeline(&pipeline);
+    options.output_root = dir.path().join("output");
+    let report = run_job(&pipeline, &options, &mut |_| {}).unwrap();
+    assert!(report.succeeded(), "{}", report.render());
+    let producer = &report.operators[0];
+    // Case 10: the allocation the producer left unreleased was reclaimed and reported,
+    // by the job and by the operator's notification.
+    assert_eq!(producer.reclaimed.len(), 1, "{}", report.render());
+    assert_eq!(producer.reclaimed[0].count, 1);
+    let stderr = producer.stderr_tail.join("\n");
+    assert!(
+        stderr.contains("without releasing 1 Fast I/O allocation handle(s)"),
+        "{stderr}"
+    );
+    assert!(
+        report.operators[1].reclaimed.is_empty(),
+        "{}",
+        report.render()
+    );
 }
