@@ -105,6 +105,8 @@ fn demo() -> anyhow::Result<()> {
             "--examples",
         ],
     )?;
+    // The C operators of the demo pipeline, with libfastio.so as libnvclara.so.
+    capi::clib(&workspace_root())?;
     let bin = Path::new("target/release");
     eprintln!("\nStarting `fastio serve`, then two processes that share a volume through it.\n");
     let mut server = Command::new(bin.join("fastio"))
@@ -134,5 +136,10 @@ fn demo() -> anyhow::Result<()> {
     server.wait()?;
     result?;
     eprintln!("\nThe server has exited; its memory went with it, and it left no file behind.");
+    eprintln!("\nNow the demo pipeline, whose last operator is written in C:\n");
+    run(
+        &bin.join("fastio").to_string_lossy(),
+        &["run", "examples/demo/pipeline.yaml"],
+    )?;
     Ok(())
 }

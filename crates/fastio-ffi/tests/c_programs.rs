@@ -83,7 +83,12 @@ impl Build {
     /// Compiles with warnings as errors; returns the program (in `dir`).
     fn compile(&self, dir: &Path) -> PathBuf {
         let lib = lib_dir();
-        let exe = dir.join(self.source.trim_end_matches(".c"));
+        let source = if self.source.starts_with("examples/") {
+            crate_dir().join("../..").join(self.source)
+        } else {
+            crate_dir().join("tests/c").join(self.source)
+        };
+        let exe = dir.join(Path::new(self.source).file_stem().unwrap());
         let (compiler, std) = match self.lang {
             Lang::C11 => ("gcc", "-std=c11"),
             Lang::Cxx17 => ("g++", "-std=c++17"),
@@ -101,7 +106,7 @@ impl Build {
         if self.lang == Lang::Cxx17 {
             cmd.args(["-x", "c++"]);
         }
-        cmd.arg(crate_dir().join("tests/c").join(self.source));
+        cmd.arg(source);
         if self.lang == Lang::Cxx17 {
             cmd.args(["-x", "none"]);
         }
@@ -465,4 +470,33 @@ fn c_operators_share_entries_and_context_allocations_in_a_job() {
         "{}",
         report.render()
     );
+}
+
+#[test]
+fn example_c_operator_runs_standalone_cleanly_under_address_sanitizer() {
+    let dir = TempDir::new().unwrap();
+    let exe = Build {
+        asan: true,
+        link: Link::DropIn,
+        ..Build::c("examples/c/voxel_report.c")
+    }
+    .compile(dir.path());
+    let demo = crate_dir().join("../../examples/demo/pipeline.yaml");
+    let outputs = format!("voxel-report:{}", dir.path().display());
+    let out = run(
+        &exe,
+        &[],
+        &[
+            ("FASTIO_PIPELINE", demo.to_str().unwrap()),
+            ("FASTIO_STAGE", "voxel-report"),
+            ("NVIDIA_CLARA_OUTPUTPATHS", &outputs),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Alone, the pre-allocated count reads as zero and the dynamic list was never made.
+    assert!(stdout.contains("voxels above the threshold: 0"), "{stdout}");
+    assert!(stdout.contains("slices with foreground: 0"), "{stdout}");
+    let report = std::fs::read_to_string(dir.path().join("voxel-report.txt")).unwrap();
+    assert_eq!(report, stdout);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("AddressSanitizer"));
 }
