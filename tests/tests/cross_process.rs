@@ -138,7 +138,9 @@ fn released_or_foreign_handles_are_refused_by_the_server() {
     };
     let json = |r: &Request| serde_json::to_vec(r).unwrap();
     assert!(matches!(
-        ask(&json(&Request::Hello { version: 1 })),
+        ask(&json(&Request::Hello {
+            version: fastio::context::protocol::PROTOCOL_VERSION
+        })),
         Response::Welcome { .. }
     ));
     let Response::Handle { id, .. } = ask(&json(&Request::Create { size: 64 })) else {
@@ -153,6 +155,7 @@ fn released_or_foreign_handles_are_refused_by_the_server() {
             id,
             name: "x".into(),
             typed: None,
+            event: None,
         },
     ] {
         assert_eq!(

@@ -1,9 +1,11 @@
 //! Project automation, reached as `cargo xtask <command>`:
 //!
 //! - `test`: the whole test run (what the README and CI run): formatting, clippy with
-//!   warnings as errors, every test of the workspace, doctests;
-//! - `demo`: the demo: two processes share a volume through a `fastio serve` context;
-//! - `bench`: the criterion benchmarks; writes the table into docs/benchmarks.md;
+//!   warnings as errors, every test of the workspace, doctests, then the Python module
+//!   built into `.venv` and its pytest suite;
+//! - `demo`: runs the demo pipeline (examples/demo/pipeline.yaml) with `fastio run`;
+//! - `bench`: the criterion benchmarks and the pipeline benchmark; writes their tables into
+//!   docs/benchmarks.md (`bench-pipeline`: only the demo pipeline, shared memory vs files);
 //! - `gpu-test` / `gpu-bench`: build the stripped cuda-streams bundle for the GPU machine.
 //! - `codegen [--check]`: the C header of fastio-ffi, generated with cbindgen;
 //! - `clib`: libfastio.so / libfastio.a and the drop-in name libnvclara.so.
@@ -11,8 +13,9 @@
 mod bench;
 mod capi;
 mod gpu;
+mod pipeline_bench;
+mod python;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -25,13 +28,19 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("demo") => demo(),
-        Some("bench") => bench::bench(&args[1..]),
+        Some("bench") => {
+            bench::bench(&args[1..])?;
+            pipeline_bench::bench_pipeline()
+        }
+        Some("bench-pipeline") => pipeline_bench::bench_pipeline(),
         Some("gpu-test") => gpu::gpu_test(&args[1..]),
         Some("gpu-bench") => gpu::gpu_bench(&args[1..]),
         Some("codegen") => capi::codegen(&root, &args[1..]),
         Some("clib") => capi::clib(&root).map(drop),
         _ => {
-            eprintln!("usage: cargo xtask <test|demo|bench|gpu-test|gpu-bench|codegen|clib>");
+            eprintln!(
+                "usage: cargo xtask <test|demo|bench|bench-pipeline|gpu-test|gpu-bench|codegen|clib>"
+            );
             bail!("unknown or missing command")
         }
     }
@@ -46,9 +55,15 @@ fn workspace_root() -> PathBuf {
 
 /// Runs a command, echoing it, and fails if it fails.
 fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    run_with_env(program, args, &[])
+}
+
+/// [`run`] with extra environment variables.
+fn run_with_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
     eprintln!("\n$ {program} {}", args.join(" "));
     let status = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .status()
         .with_context(|| format!("starting {program}"))?;
     if !status.success() {
@@ -88,6 +103,7 @@ fn test() -> anyhow::Result<()> {
     } else {
         run("cargo", &["test", "--workspace", "--no-fail-fast"])?;
     }
+    python::test()?;
     eprintln!("\nall checks and tests passed");
     Ok(())
 }
@@ -95,51 +111,27 @@ fn test() -> anyhow::Result<()> {
 fn demo() -> anyhow::Result<()> {
     run(
         "cargo",
-        &[
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "fastio",
-            "--bins",
-            "--examples",
-        ],
+        &["build", "--release", "--quiet", "-p", "fastio", "--bins"],
     )?;
-    // The C operators of the demo pipeline, with libfastio.so as libnvclara.so.
+    // The C operator of the demo pipeline (examples/c), with libfastio.so as libnvclara.so.
     capi::clib(&workspace_root())?;
-    let bin = Path::new("target/release");
-    eprintln!("\nStarting `fastio serve`, then two processes that share a volume through it.\n");
-    let mut server = Command::new(bin.join("fastio"))
-        .args(["serve", "--until-stdin-closes"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting fastio serve")?;
-    let mut first = String::new();
-    BufReader::new(server.stdout.take().context("no stdout")?).read_line(&mut first)?;
-    let address = first
-        .trim()
-        .strip_prefix("FASTIO_CONTEXT=")
-        .with_context(|| format!("unexpected first line from fastio serve: {first:?}"))?
-        .to_owned();
-    let result = ["produce", "consume"].iter().try_for_each(|role| {
-        let status = Command::new(bin.join("examples/share"))
-            .arg(role)
-            .env("FASTIO_CONTEXT", &address)
-            .status()?;
-        if !status.success() {
-            bail!("share {role} failed with {status}");
-        }
-        Ok(())
-    });
-    drop(server.stdin.take());
-    server.wait()?;
-    result?;
-    eprintln!("\nThe server has exited; its memory went with it, and it left no file behind.");
-    eprintln!("\nNow the demo pipeline, whose last operator is written in C:\n");
-    run(
-        &bin.join("fastio").to_string_lossy(),
-        &["run", "examples/demo/pipeline.yaml"],
-    )?;
+    eprintln!(
+        "\nRunning examples/demo/pipeline.yaml: five operator processes (the last written in C) \
+         pass a 128 MiB CT-like volume, its mask and a summary through shared memory; two \
+         write reports.\n"
+    );
+    let status = Command::new("target/release/fastio")
+        .args(["run", "examples/demo/pipeline.yaml"])
+        .status()
+        .context("cannot start target/release/fastio")?;
+    if !status.success() {
+        bail!("the demo pipeline failed: {status}");
+    }
+    for report in [
+        "fastio-output/demo/write-report/report/report.txt",
+        "fastio-output/demo/voxel-report/voxel-report/voxel-report.txt",
+    ] {
+        println!("\n{report}:\n{}", std::fs::read_to_string(report)?);
+    }
     Ok(())
 }

@@ -208,6 +208,28 @@ impl FastIoEntry {
         Ok(())
     }
 
+    /// Attaches an interprocess CUDA event, recorded on the stream that wrote this output,
+    /// to its current memory: an operator that reads the entry gets it from
+    /// [`FastIoEntry::event`] and makes its own stream wait on it (cuda-streams'
+    /// `InterprocessEvent`), so GPU work is ordered across processes without the host
+    /// waiting. Outputs only, once allocated; a new allocation drops the event.
+    pub fn set_event(&mut self, event: crate::EventHandle) -> Result<(), ContextError> {
+        self.check_writable("attach an event to")?;
+        self.allocated()?;
+        self.context
+            .call(Request::SetEntryEvent {
+                entry: self.info.id,
+                event,
+            })
+            .map(drop)
+    }
+
+    /// The interprocess CUDA event the producer attached, as this operator opened the
+    /// entry (inputs: at the start of execute).
+    pub fn event(&self) -> Option<crate::EventHandle> {
+        self.allocation.as_ref().and_then(Allocation::event)
+    }
+
     /// The allocation behind the entry, once it has one.
     pub fn allocation(&self) -> Option<&Allocation> {
         self.allocation.as_ref()

@@ -152,6 +152,14 @@ pub enum Request {
         /// The access wanted: read-write only for the operator that produces the entry.
         access: AccessMode,
     },
+    /// Attaches an interprocess CUDA event to an entry's current memory (its producer
+    /// only): readers that open the entry receive it.
+    SetEntryEvent {
+        /// The entry.
+        entry: EntryId,
+        /// The event, recorded on the stream that wrote the entry.
+        event: EventHandle,
+    },
     /// Allocates a dynamic entry with its final dimensions (the producer only); an earlier
     /// allocation of the entry is replaced.
     AllocateEntry {

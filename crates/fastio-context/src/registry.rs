@@ -47,6 +47,8 @@ enum NameState {
 struct EntrySlot {
     plan: EntryPlan,
     bound: Option<(ResourceId, TypedShape)>,
+    // The interprocess CUDA event of the current memory, set by the producer.
+    event: Option<EventHandle>,
 }
 
 /// A handle handed out: the descriptor to pass on and what the client needs to know.
@@ -135,16 +137,18 @@ impl Registry {
     /// Drops every handle `conn` holds and says what they were (the end of an operator's
     /// execute: Clara's references must not outlive it).
     pub fn reclaim(&mut self, conn: ConnectionId) -> Vec<ReclaimedHandle> {
-        let held = self.held_by(conn);
-        self.disconnect(conn);
-        self.connections.insert(conn, HashMap::new());
-        held.into_iter()
+        let held: Vec<ReclaimedHandle> = self
+            .held_by(conn)
+            .into_iter()
             .map(|(id, count)| ReclaimedHandle {
                 id,
                 count,
                 size: self.resources.get(&id).map_or(0, |r| r.size),
             })
-            .collect()
+            .collect();
+        self.disconnect(conn);
+        self.connections.insert(conn, HashMap::new());
+        held
     }
 
     /// A new private resource of `size` bytes, held once by `conn`.
@@ -298,6 +302,7 @@ impl Registry {
             self.entries.push(EntrySlot {
                 plan: plan.clone(),
                 bound: None,
+                event: None,
             });
             if plan.is_preallocated() {
                 let dims: Vec<usize> = plan.declared.iter().map(|&d| d as usize).collect();
@@ -333,7 +338,29 @@ impl Registry {
                 name: slot.plan.name.clone(),
             });
         };
-        self.grant(conn, id, access, Some(typed))
+        let event = slot.event;
+        let mut grant = self.grant(conn, id, access, Some(typed))?;
+        grant.event = event;
+        Ok(grant)
+    }
+
+    /// Attaches `event` to the entry's current memory.
+    pub fn set_entry_event(
+        &mut self,
+        entry: EntryId,
+        event: EventHandle,
+    ) -> Result<(), RequestError> {
+        let slot = self
+            .entries
+            .get_mut(entry.0 as usize)
+            .ok_or(RequestError::UnknownEntry { id: entry.0 })?;
+        if slot.bound.is_none() {
+            return Err(RequestError::EntryNotAllocated {
+                name: slot.plan.name.clone(),
+            });
+        }
+        slot.event = Some(event);
+        Ok(())
     }
 
     /// Gives a dynamic entry memory for `dims` and a read-write handle to it. An earlier

@@ -147,6 +147,13 @@ impl Server {
         self.shared.registry().entry_bytes(entry)
     }
 
+    /// Stops the server and drops every segment it holds now (resources, publications,
+    /// entries, the warm pool), rather than when the last connection thread ends. For the
+    /// end of a job, once its operators are gone; mappings clients still have stay valid.
+    pub fn close(self) {
+        *self.shared.registry() = Registry::new(0);
+    }
+
     /// The job this server hosts, if any.
     pub fn job(&self) -> Option<&Arc<Job>> {
         self.shared.job.as_ref()

@@ -132,6 +132,10 @@ pub(crate) fn dispatch(
             entry_access(shared, peer, entry, access)
                 .and_then(|()| shared.registry().open_entry(conn, entry, access)),
         ),
+        Request::SetEntryEvent { entry, event } => done(
+            entry_access(shared, peer, entry, AccessMode::ReadWrite)
+                .and_then(|()| shared.registry().set_entry_event(entry, event)),
+        ),
         Request::AllocateEntry { entry, dims } => grant(
             entry_access(shared, peer, entry, AccessMode::ReadWrite)
                 .and_then(|()| shared.registry().allocate_entry(conn, entry, &dims)),

@@ -269,20 +269,21 @@ pub fn run_job(
     let mut last_progress = Instant::now() - Duration::from_secs(1);
     let deadline = start + timeout;
     loop {
-        if let Some((name, why)) = &failure {
-            if stop_sent.is_none() {
-                job.abort(&format!("operator {name} failed: {why}"));
-                stop_sent = Some(Instant::now());
-                for op in operators.iter().filter(|o| !o.state.is_final()) {
-                    signal(op, rustix::process::Signal::TERM);
-                }
+        if let (Some((name, why)), None) = (&failure, stop_sent) {
+            job.abort(&format!("operator {name} failed: {why}"));
+            stop_sent = Some(Instant::now());
+            // An operator that reported its own failure is finishing its cleanup: it
+            // gets the grace period before SIGKILL, the others SIGTERM now.
+            for op in operators
+                .iter()
+                .filter(|o| !o.state.is_final() && o.phase_failure.is_none())
+            {
+                signal(op, rustix::process::Signal::TERM);
             }
         }
-        if let Some(sent) = stop_sent {
-            if sent.elapsed() >= options.grace {
-                for op in operators.iter().filter(|o| !o.state.is_final()) {
-                    signal(op, rustix::process::Signal::KILL);
-                }
+        if stop_sent.is_some_and(|s| s.elapsed() >= options.grace) {
+            for op in operators.iter().filter(|o| !o.state.is_final()) {
+                signal(op, rustix::process::Signal::KILL);
             }
         }
         if operators.iter().all(|o| o.state.is_final()) {
@@ -339,7 +340,7 @@ pub fn run_job(
         failure,
         start.elapsed(),
     );
-    drop(server);
+    server.close();
     Ok(report)
 }
 
@@ -444,10 +445,29 @@ fn describe_exit(status: ExitStatus) -> Result<(), String> {
         return Ok(());
     }
     if let Some(signal) = status.signal() {
-        let name = rustix::process::Signal::from_named_raw(signal)
-            .map(|s| format!("{s:?}"))
-            .unwrap_or_else(|| signal.to_string());
-        return Err(format!("killed by signal {signal} ({name})"));
+        const NAMES: [(i32, &str); 12] = [
+            (1, "SIGHUP"),
+            (2, "SIGINT"),
+            (3, "SIGQUIT"),
+            (4, "SIGILL"),
+            (6, "SIGABRT"),
+            (7, "SIGBUS"),
+            (8, "SIGFPE"),
+            (9, "SIGKILL"),
+            (11, "SIGSEGV"),
+            (13, "SIGPIPE"),
+            (14, "SIGALRM"),
+            (15, "SIGTERM"),
+        ];
+        let core = if status.core_dumped() {
+            ", core dumped"
+        } else {
+            ""
+        };
+        return Err(match NAMES.iter().find(|(n, _)| *n == signal) {
+            Some((_, name)) => format!("killed by signal {signal} ({name}{core})"),
+            None => format!("killed by signal {signal}{core}"),
+        });
     }
     Err(format!(
         "exited with status {}",

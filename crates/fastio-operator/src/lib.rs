@@ -340,7 +340,7 @@ impl Driver {
                 })
             // The payload's entries are unmapped and released here, before the report.
         });
-        let failure = result.as_ref().err().map(ToString::to_string);
+        let failure = result.as_ref().err().map(failure_message);
         let reclaimed = self.context.finished(Phase::Execute, failure)?;
         if !reclaimed.is_empty() {
             tracing::warn!(
@@ -377,9 +377,18 @@ impl Driver {
             phase,
             message: error_chain(e.as_ref()),
         });
-        let failure = result.as_ref().err().map(ToString::to_string);
+        let failure = result.as_ref().err().map(failure_message);
         self.context.finished(phase, failure)?;
         result
+    }
+}
+
+/// What the job is told of a failed phase: the callback's own message (the phase is
+/// reported alongside).
+fn failure_message(e: &OperatorError) -> String {
+    match e {
+        OperatorError::Phase { message, .. } => message.clone(),
+        other => other.to_string(),
     }
 }
 

@@ -64,10 +64,8 @@ pub fn job_plan(pipeline: &Pipeline, job_id: &str, layout: &DiskLayout) -> JobPl
         };
         for input in op.inputs() {
             let source = input.from().and_then(|from| pipeline.position(from));
-            if let Some(u) = source {
-                if !stage.upstream.contains(&u) {
-                    stage.upstream.push(u);
-                }
+            if let Some(u) = source.filter(|u| !stage.upstream.contains(u)) {
+                stage.upstream.push(u);
             }
             match (input.kind(), source) {
                 (EntryKind::Stream { .. }, Some(u)) => stage.inputs.push(PathEntry {

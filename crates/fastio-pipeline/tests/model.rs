@@ -29,7 +29,13 @@ fn the_demo_pipeline_validates() {
     let order: Vec<&str> = p.operators().iter().map(|o| o.name()).collect();
     assert_eq!(
         order,
-        ["generate", "threshold", "summarize", "write-report"]
+        [
+            "generate",
+            "threshold",
+            "summarize",
+            "write-report",
+            "voxel-report"
+        ]
     );
     let generate = p.operator("generate").unwrap();
     assert_eq!(generate.command(), ["fastio-demo-op", "generate"]);

@@ -29,8 +29,8 @@ pub use fastio_pipeline as pipeline;
 pub use fastio_shm as shm;
 
 pub use fastio_context::{
-    Access, AccessMode, Allocation, CONTEXT_ENV, Context, ContextError, CreateOptions, FastIoEntry,
-    Prefault, RequestError, Server, ServerConfig, Stats,
+    Access, AccessMode, Allocation, CONTEXT_ENV, Context, ContextError, CreateOptions, EventHandle,
+    FastIoEntry, Prefault, RequestError, Server, ServerConfig, Stats,
 };
 pub use fastio_meta::{DynamicShape, Element, ElementType, MetaError, Shape, TypedShape};
 pub use fastio_operator::{Callbacks, Driver, Lifecycle, OperatorError, Payload};

@@ -98,3 +98,62 @@ fn graph_prints_dot_with_types_on_the_edges() {
         "{dot}"
     );
 }
+
+/// The demo pipeline with a 4-slice volume (quick in a debug build), its last operator
+/// running `step`.
+fn small_pipeline(dir: &std::path::Path, step: &str) -> std::path::PathBuf {
+    let demo = include_str!("../../../examples/demo/pipeline.yaml");
+    let path = dir.join("pipeline.yaml");
+    let text = demo
+        .replace("[256, 512, 512]", "[4, 512, 512]")
+        .replace("\"write-report\"]", &format!("\"{step}\"]"));
+    assert_ne!(text, demo);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn run_executes_a_pipeline_and_summarises_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(FASTIO)
+        .arg("run")
+        .arg(small_pipeline(dir.path(), "write-report"))
+        .arg("--output")
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("succeeded"), "{stdout}");
+    assert!(stdout.contains("generate.volume"), "{stdout}");
+    assert!(stdout.contains("2.0 MiB  shared memory"), "{stdout}");
+    let report =
+        std::fs::read_to_string(dir.path().join("out/demo/write-report/report/report.txt"))
+            .unwrap();
+    assert!(report.contains("voxel count: "), "{report}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("executing"),
+        "progress shows states: {stderr}"
+    );
+}
+
+#[test]
+fn run_exits_non_zero_with_a_report_naming_the_failed_operator() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(FASTIO)
+        .arg("run")
+        .arg(small_pipeline(dir.path(), "no-such-step"))
+        .arg("--output")
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAILED"), "{stdout}");
+    assert!(stdout.contains("write-report"), "{stdout}");
+    assert!(
+        stdout.contains("unknown step"),
+        "stderr tail shown: {stdout}"
+    );
+}

@@ -45,12 +45,12 @@ fn run(step: &str, files: bool) -> Result<(), Box<dyn std::error::Error>> {
 
 /// Hounsfield units of a synthetic CT: air outside an elliptic body of soft tissue, a
 /// spine of bone in the middle slices, and a bright lesion.
-fn phantom(z: usize, y: usize, x: usize) -> i16 {
-    let (fy, fx) = (y as f32 / ROWS as f32 - 0.5, x as f32 / COLS as f32 - 0.5);
+fn phantom([depth, rows, cols]: [usize; 3], z: usize, y: usize, x: usize) -> i16 {
+    let (fy, fx) = (y as f32 / rows as f32 - 0.5, x as f32 / cols as f32 - 0.5);
     if (fy / 0.35).powi(2) + (fx / 0.45).powi(2) > 1.0 {
         return -1000;
     }
-    let fz = z as f32 / DEPTH as f32 - 0.6;
+    let fz = z as f32 / depth as f32 - 0.6;
     let (sy, sx) = (fy - 0.2, fx);
     if sy * sy + sx * sx < 0.004 && fz.abs() < 0.3 {
         return 700;
@@ -122,11 +122,31 @@ fn output<T: Element>(
     Ok(())
 }
 
+/// The volume's dimensions: as declared in the pipeline (shared memory), or the demo's.
+fn volume_dims(
+    payload: &mut Payload<'_>,
+    name: &str,
+    files: bool,
+) -> Result<[usize; 3], CallbackError> {
+    if files {
+        return Ok([DEPTH, ROWS, COLS]);
+    }
+    let shape = payload
+        .fastio_output(name)
+        .map(|e| e.shape().to_vec())
+        .or_else(|_| payload.fastio_input(name).map(|e| e.shape().to_vec()))?;
+    let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+    Ok(dims
+        .try_into()
+        .map_err(|_| format!("{name} is not three-dimensional"))?)
+}
+
 fn generate(payload: &mut Payload<'_>, files: bool) -> Result<(), CallbackError> {
-    output::<i16>(payload, "volume", DEPTH * ROWS * COLS, files, |volume| {
+    let dims @ [depth, rows, cols] = volume_dims(payload, "volume", files)?;
+    output::<i16>(payload, "volume", depth * rows * cols, files, |volume| {
         for (i, v) in volume.iter_mut().enumerate() {
-            let (z, y, x) = (i / (ROWS * COLS), (i / COLS) % ROWS, i % COLS);
-            *v = phantom(z, y, x);
+            let (z, y, x) = (i / (rows * cols), (i / cols) % rows, i % cols);
+            *v = phantom(dims, z, y, x);
         }
     })
 }
@@ -137,11 +157,12 @@ fn threshold(payload: &mut Payload<'_>, files: bool) -> Result<(), CallbackError
         .map(|t| t.parse())
         .transpose()?
         .unwrap_or(300);
-    let mut found = vec![false; DEPTH];
+    let [depth, rows, cols] = volume_dims(payload, "volume", files)?;
+    let mut found = vec![false; depth];
     let mut mark = |volume: &[i16], mask: &mut [u8]| {
         for (i, (m, v)) in mask.iter_mut().zip(volume).enumerate() {
             *m = u8::from(*v > level);
-            found[i / (ROWS * COLS)] |= *v > level;
+            found[i / (rows * cols)] |= *v > level;
         }
     };
     if files {

@@ -1,0 +1,58 @@
+"""fastio: zero-copy shared-memory arrays between the processes of a pipeline job.
+
+A reimplementation of NVIDIA Clara's Fast I/O. Create an allocation, type it, publish it
+by name; any process of the job gets it by name and maps the same memory::
+
+    import numpy as np, fastio
+    ctx = fastio.FastIOContext()              # or FastIOContext.from_env() in a job
+    ctx.publish_array(np.arange(12, dtype=np.float16).reshape(3, 4), "h")
+    a = ctx.get("h", fastio.IOAccess.ReadOnly)
+    view = a.as_numpy()                       # zero-copy, read-only
+    assert view.dtype == np.float16 and view.shape == (3, 4)
+
+An operator of a pipeline run by ``fastio run`` uses Clara's classes (also importable as
+``from clara import Driver, Payload, Error``)::
+
+    def execute(driver, payload):
+        volume = payload.fastio_input_entries["volume"].get_numpy()   # read-only, zero-copy
+        mask = payload.fastio_output_entries["mask"].as_numpy()      # writable, zero-copy
+        np.greater(volume, 300, out=mask, casting="unsafe")
+
+    driver = fastio.Driver(execute_handler=execute)
+    driver.start()
+    driver.wait_for_completion()
+
+Every failure raises :class:`fastio.Error` with a message saying what went wrong.
+"""
+
+from fastio._native import (
+    CONTEXT_ENV,
+    ContextServer,
+    Driver,
+    Error,
+    FastIOAllocation,
+    FastIOContext,
+    FastIOEntry,
+    IOAccess,
+    Payload,
+    PayloadCollection,
+    PayloadEntry,
+    View,
+    serve,
+)
+
+__all__ = [
+    "CONTEXT_ENV",
+    "ContextServer",
+    "Driver",
+    "Error",
+    "FastIOAllocation",
+    "FastIOContext",
+    "FastIOEntry",
+    "IOAccess",
+    "Payload",
+    "PayloadCollection",
+    "PayloadEntry",
+    "View",
+    "serve",
+]

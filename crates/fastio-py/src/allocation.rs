@@ -1,0 +1,413 @@
+//! `FastIOAllocation`: a handle to a Fast I/O memory resource.
+
+use std::ffi::c_int;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use fastio_context::{Access, Allocation};
+use fastio_meta::ElementType;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyTuple};
+
+use crate::buffer::{self, View};
+use crate::{IOAccess, dtype, error};
+
+/// The Rust handle, shared by a `FastIOAllocation` and every export made from it. When
+/// the last of them goes, the handle is released (or freed, if `free()` was called).
+pub(crate) struct Handle {
+    allocation: Mutex<Option<Allocation>>,
+    free_on_drop: AtomicBool,
+}
+
+impl Handle {
+    fn lock(&self) -> MutexGuard<'_, Option<Allocation>> {
+        // A panic while holding the lock cannot leave an Allocation half-changed (its
+        // methods change it only on success), so a poisoned lock is safe to reuse.
+        self.allocation.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the live allocation.
+    fn with<T>(&self, f: impl FnOnce(&mut Allocation) -> PyResult<T>) -> PyResult<T> {
+        match self.lock().as_mut() {
+            Some(a) => f(a),
+            None => Err(error("this allocation was released")),
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let slot = self.allocation.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(allocation) = slot.take() {
+            // Nobody is left to report a failure to (the context may be gone).
+            let _ = if *self.free_on_drop.get_mut() {
+                allocation.free()
+            } else {
+                allocation.release()
+            };
+        }
+    }
+}
+
+enum State {
+    Live(Arc<Handle>),
+    Released,
+    Freed,
+}
+
+/// A handle to a Fast I/O memory resource, with its own local metadata (element type and
+/// dimensions).
+///
+/// Made by `FastIOContext.create(size)` or `FastIOContext.get(name)`. Deleting the last
+/// Python reference releases the handle. Numpy views (`as_numpy()`, `numpy.asarray(a)`,
+/// `memoryview(a)`) share the memory without copying; they are writable when the handle
+/// may write and read-only otherwise. A view keeps the memory mapped: after `release()` or
+/// `free()` this object is unusable at once, but the context is told only when the last
+/// view is gone, so a view never points at memory that was unmapped or handed to someone
+/// else.
+#[pyclass(frozen, module = "fastio")]
+pub struct FastIOAllocation {
+    state: Mutex<State>,
+}
+
+impl FastIOAllocation {
+    pub(crate) fn new(allocation: Allocation) -> Self {
+        Self {
+            state: Mutex::new(State::Live(Arc::new(Handle {
+                allocation: Mutex::new(Some(allocation)),
+                free_on_drop: AtomicBool::new(false),
+            }))),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn handle(&self) -> PyResult<Arc<Handle>> {
+        match &*self.state() {
+            State::Live(h) => Ok(h.clone()),
+            State::Released => Err(error(
+                "this allocation was released; get it again by name to use it",
+            )),
+            State::Freed => Err(error("this allocation was freed")),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Allocation) -> PyResult<T>) -> PyResult<T> {
+        self.handle()?.with(f)
+    }
+
+    /// An export of the memory, typed and shaped by the local metadata (untyped: bytes).
+    pub(crate) fn view(&self) -> PyResult<View> {
+        let handle = self.handle()?;
+        let keep: buffer::Keeper = handle.clone();
+        handle.with(|a| Ok(View::of(keep, a, false)))
+    }
+
+    /// A zero-copy numpy array over the memory.
+    pub(crate) fn numpy<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let view = Bound::new(py, self.view()?)?;
+        py.import("numpy")?.call_method1("asarray", (view,))
+    }
+
+    fn give_up(&self, py: Python<'_>, free: bool) -> PyResult<()> {
+        let handle = {
+            let mut state = self.state();
+            match &*state {
+                State::Live(_) => {}
+                State::Released => return Err(error("this allocation was already released")),
+                State::Freed => return Err(error("this allocation was already freed")),
+            }
+            let next = if free { State::Freed } else { State::Released };
+            match std::mem::replace(&mut *state, next) {
+                State::Live(h) => h,
+                _ => unreachable!("checked above"),
+            }
+        };
+        match Arc::try_unwrap(handle) {
+            // No export is left: tell the context now, and report what it says.
+            Ok(handle) => {
+                let Some(allocation) = handle.lock().take() else {
+                    return Ok(());
+                };
+                py.detach(|| {
+                    if free {
+                        allocation.free()
+                    } else {
+                        allocation.release()
+                    }
+                })
+                .map_err(error)
+            }
+            // Views still map the memory; the last of them gives the handle up.
+            Err(shared) => {
+                if free {
+                    shared.free_on_drop.store(true, Ordering::SeqCst);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Reads a Python int as a count, raising `fastio.Error` for anything else.
+pub(crate) fn count_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<usize> {
+    let value: i128 = obj
+        .extract()
+        .map_err(|_| error(format!("{what} must be an int, not {}", type_name(obj))))?;
+    usize::try_from(value).map_err(|_| error(format!("{what} must be >= 0, got {value}")))
+}
+
+/// Reads a Python str, raising `fastio.Error` for anything else.
+pub(crate) fn str_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<String> {
+    obj.extract()
+        .map_err(|_| error(format!("{what} must be a str, not {}", type_name(obj))))
+}
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+#[pymethods]
+impl FastIOAllocation {
+    /// Size of the allocation in bytes.
+    #[getter]
+    fn size(&self) -> PyResult<usize> {
+        self.with(|a| Ok(a.size()))
+    }
+
+    /// The context's id of the memory resource (equal for handles of the same memory).
+    #[getter]
+    fn id(&self) -> PyResult<u64> {
+        self.with(|a| Ok(a.id().0))
+    }
+
+    /// How this handle may touch the memory.
+    #[getter]
+    fn access(&self) -> PyResult<IOAccess> {
+        self.with(|a| {
+            Ok(match a.access() {
+                Access::ReadOnly => IOAccess::ReadOnly,
+                Access::ReadWrite => IOAccess::ReadWrite,
+            })
+        })
+    }
+
+    /// The local element type as a `numpy.dtype`, or None before it is set.
+    #[getter]
+    fn element_type<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let et = self.with(|a| Ok(a.element_type()))?;
+        et.map(|et| dtype::to_numpy(py, et)).transpose()
+    }
+
+    /// The local dimensions as a tuple, or None before they are set.
+    #[getter]
+    fn shape<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let dims = self.with(|a| Ok(a.dimensions().map(<[usize]>::to_vec)))?;
+        dims.map(|d| PyTuple::new(py, d)).transpose()
+    }
+
+    /// Same as `shape` (Clara's C API calls them dimensions).
+    #[getter]
+    fn dimensions<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        self.shape(py)
+    }
+
+    /// True until `release()` or `free()`.
+    #[getter]
+    fn is_live(&self) -> bool {
+        matches!(&*self.state(), State::Live(_))
+    }
+
+    /// Sets this handle's local element type and dimensions. `element_type` is a numpy
+    /// dtype or type (`numpy.float16`) or a name (`"float16"`, `"f16"`). Raises
+    /// `fastio.Error`, changing nothing, when they need more bytes than the allocation
+    /// has or are malformed.
+    fn set_type_and_dimensions(
+        &self,
+        element_type: &Bound<'_, PyAny>,
+        dimensions: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let et = dtype::from_python(element_type)?;
+        let dims = dims_arg(dimensions)?;
+        self.with(|a| a.set_type_and_dimensions(et, &dims).map_err(error))
+    }
+
+    /// Publishes the memory under `name` with a copy of this handle's metadata. The
+    /// handle stays valid.
+    fn publish(&self, py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<()> {
+        let name = str_arg(name, "name")?;
+        self.with(|a| py.detach(|| a.publish(&name)).map_err(error))
+    }
+
+    /// Drops this handle; the memory stays for other handles and publications. Using
+    /// this object afterwards raises `fastio.Error`.
+    fn release(&self, py: Python<'_>) -> PyResult<()> {
+        self.give_up(py, false)
+    }
+
+    /// Marks the memory deleted, so that later gets of its names fail, and drops this
+    /// handle. Other handles (and views of this one) stay valid until released.
+    fn free(&self, py: Python<'_>) -> PyResult<()> {
+        self.give_up(py, true)
+    }
+
+    /// A zero-copy numpy array over the memory, with the local element type and shape
+    /// (a flat uint8 array before they are set). Writable when this handle may write.
+    fn as_numpy<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.numpy(py)
+    }
+
+    /// Same as `as_numpy()` (the name Clara's FastIO entries use).
+    fn get_numpy<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.numpy(py)
+    }
+
+    /// A copy of the typed contents (or of every byte, when untyped) as bytes.
+    fn get_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let data = self.with(|a| {
+            let len = a.typed_shape().map_or(a.size(), |t| t.byte_size());
+            py.detach(|| a.read_bytes(0, len)).map_err(error)
+        })?;
+        Ok(PyBytes::new(py, &data))
+    }
+
+    /// Copies `values` into the memory. A numpy array (or anything `numpy.asarray`
+    /// takes, a scalar included) is converted to the local element type and must have as
+    /// many elements as the local shape; a raw buffer (bytes, bytearray, memoryview) is
+    /// copied as is, from the first byte.
+    fn set_values(&self, py: Python<'_>, values: &Bound<'_, PyAny>) -> PyResult<()> {
+        set_values(self, py, values)
+    }
+
+    /// Buffer protocol: `memoryview(a)` and `numpy.asarray(a)` share the memory.
+    ///
+    /// # Safety
+    /// Called by Python with a `Py_buffer` to fill.
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut pyo3::ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
+        let owner = Bound::new(slf.py(), slf.get().view()?)?;
+        // SAFETY: `view` comes straight from the interpreter's bf_getbuffer call.
+        unsafe { buffer::fill(&owner, view, flags) }
+    }
+
+    /// numpy's array interface (version 3); `data` is a `View` that keeps the memory
+    /// mapped for as long as the array made from it lives.
+    #[getter]
+    fn __array_interface__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let typed = self.with(|a| {
+            Ok(a.typed_shape()
+                .map(|t| (t.element_type, t.shape.dims().to_vec()))
+                .unwrap_or((ElementType::U8, vec![a.size()])))
+        })?;
+        let view = Bound::new(py, self.view()?)?;
+        let d = PyDict::new(py);
+        d.set_item("version", 3)?;
+        d.set_item("shape", PyTuple::new(py, typed.1)?)?;
+        d.set_item("typestr", typed.0.numpy_dtype())?;
+        d.set_item("data", view)?;
+        Ok(d)
+    }
+
+    /// `with ctx.get(name) as a:` releases the handle at the end of the block (unless it
+    /// was released or freed inside it).
+    fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, PyTuple>) -> PyResult<bool> {
+        if self.is_live() {
+            self.give_up(py, false)?;
+        }
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        match self.with(|a| Ok(format!("{a:?}"))) {
+            Ok(text) => format!("<fastio.FastIOAllocation {text}>"),
+            Err(_) => "<fastio.FastIOAllocation (released)>".into(),
+        }
+    }
+}
+
+/// Reads dimensions: a sequence of positive ints.
+pub(crate) fn dims_arg(obj: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
+    let items: Vec<Bound<'_, PyAny>> = obj
+        .try_iter()
+        .map_err(|_| error("dimensions must be a sequence of ints"))?
+        .collect::<PyResult<_>>()?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, d)| count_arg(d, &format!("dimension {i}")))
+        .collect()
+}
+
+/// `set_values` for anything that exposes a `FastIOAllocation`'s view.
+pub(crate) fn set_values(
+    target: &FastIOAllocation,
+    py: Python<'_>,
+    values: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let np = py.import("numpy")?;
+    let raw = values.is_instance_of::<PyBytes>()
+        || values.is_instance_of::<pyo3::types::PyByteArray>()
+        || values.is_instance_of::<pyo3::types::PyMemoryView>();
+    if raw {
+        // A buffer: copied byte for byte, no conversion (seed 002).
+        let bytes = py
+            .import("builtins")?
+            .getattr("bytes")?
+            .call1((values,))?
+            .cast_into::<PyBytes>()
+            .map_err(|e| error(e.to_string()))?;
+        let data = bytes.as_bytes();
+        return target.with(|a| {
+            let len = a.typed_shape().map_or(a.size(), |t| t.byte_size());
+            if data.len() > len {
+                return Err(error(format!(
+                    "{} bytes do not fit in the allocation's {len} bytes",
+                    data.len()
+                )));
+            }
+            py.detach(|| a.write_bytes(0, data)).map_err(error)
+        });
+    }
+    let view = target.numpy(py)?;
+    if !view
+        .getattr("flags")?
+        .getattr("writeable")?
+        .extract::<bool>()?
+    {
+        return Err(error(
+            "this allocation is read-only in this process; its values cannot be set",
+        ));
+    }
+    let array = np
+        .call_method1("asarray", (values,))
+        .map_err(|e| error(format!("cannot convert the values to an array: {e}")))?;
+    let want: usize = view.getattr("size")?.extract()?;
+    let have: usize = array.getattr("size")?.extract()?;
+    if want != have {
+        let shape = view.getattr("shape")?;
+        let given = array.getattr("shape")?;
+        return Err(error(format!(
+            "the allocation holds {want} elements (shape {shape}); got {have} (shape {given})"
+        )));
+    }
+    let array = array.call_method1("reshape", (view.getattr("shape")?,))?;
+    let kwargs = PyDict::new(py);
+    kwargs.set_item("casting", "unsafe")?;
+    np.getattr("copyto")?
+        .call((view, array), Some(&kwargs))
+        .map_err(|e| error(format!("cannot copy the values: {e}")))?;
+    Ok(())
+}

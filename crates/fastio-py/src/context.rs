@@ -1,0 +1,213 @@
+//! `FastIOContext` and `serve()`.
+
+use std::sync::Mutex;
+
+use fastio_context::{AccessMode, Context, Server, ServerConfig};
+use numpy::{PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+
+use crate::allocation::{FastIOAllocation, count_arg, str_arg};
+use crate::dtype::{self, with_element_type};
+use crate::{IOAccess, error};
+
+/// A Fast I/O context: the memory resources shared by the operators of one job.
+///
+/// `FastIOContext()` is a private context in this process (tests, notebooks,
+/// single-process pipelines); `FastIOContext.from_env()` joins the job's context named by
+/// `FASTIO_CONTEXT` (set by `fastio run`, printed by `fastio serve`);
+/// `FastIOContext.connect(address)` joins a given one. All behave the same.
+#[pyclass(frozen, module = "fastio")]
+pub struct FastIOContext {
+    context: Context,
+}
+
+impl FastIOContext {
+    /// Wraps a context the operator API made.
+    pub(crate) fn wrap(context: Context) -> Self {
+        Self { context }
+    }
+}
+
+#[pymethods]
+impl FastIOContext {
+    /// A private in-process context; `pool_bytes` bounds its pool of warm segments
+    /// (default 1 GiB, 0 disables recycling).
+    #[new]
+    #[pyo3(signature = (pool_bytes = None))]
+    fn new(pool_bytes: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let context = match pool_bytes {
+            None => Context::in_process(),
+            Some(b) => Context::in_process_with_pool(count_arg(b, "pool_bytes")? as u64),
+        };
+        Ok(Self { context })
+    }
+
+    /// Joins the context named by the `FASTIO_CONTEXT` environment variable.
+    #[staticmethod]
+    fn from_env(py: Python<'_>) -> PyResult<Self> {
+        let context = py.detach(Context::from_env).map_err(error)?;
+        Ok(Self { context })
+    }
+
+    /// Joins the context server at `address` (`@name` as printed by `fastio serve`, or
+    /// `fd:N`).
+    #[staticmethod]
+    fn connect(py: Python<'_>, address: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let address = str_arg(address, "address")?;
+        let context = py.detach(|| Context::connect(&address)).map_err(error)?;
+        Ok(Self { context })
+    }
+
+    /// Allocates `size` bytes of zeroed shared memory, reachable only through the
+    /// returned allocation until it is published.
+    fn create(&self, py: Python<'_>, size: &Bound<'_, PyAny>) -> PyResult<FastIOAllocation> {
+        let size = count_arg(size, "size")?;
+        let allocation = py.detach(|| self.context.create(size)).map_err(error)?;
+        Ok(FastIOAllocation::new(allocation))
+    }
+
+    /// A new handle to the allocation published as `name`, with a copy of the published
+    /// metadata. Read-write by default, as in Clara; `access=IOAccess.ReadOnly` maps it
+    /// read-only (its numpy views are not writeable, and writes fault).
+    #[pyo3(signature = (name, access = IOAccess::ReadWrite))]
+    fn get(
+        &self,
+        py: Python<'_>,
+        name: &Bound<'_, PyAny>,
+        access: IOAccess,
+    ) -> PyResult<FastIOAllocation> {
+        let name = str_arg(name, "name")?;
+        let mode = match access {
+            IOAccess::ReadOnly => AccessMode::ReadOnly,
+            IOAccess::ReadWrite => AccessMode::ReadWrite,
+        };
+        let allocation = py
+            .detach(|| self.context.get_with(&name, mode))
+            .map_err(error)?;
+        Ok(FastIOAllocation::new(allocation))
+    }
+
+    /// Publishes a copy of a numpy array (or anything `numpy.asarray` takes) under
+    /// `name`: allocates, sets type and dimensions from the array, copies, publishes and
+    /// releases. A 0-d array is published with shape (1,).
+    fn publish_array(
+        &self,
+        py: Python<'_>,
+        array: &Bound<'_, PyAny>,
+        name: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let name = str_arg(name, "name")?;
+        let contiguous = py
+            .import("numpy")?
+            .call_method1("ascontiguousarray", (array,))
+            .map_err(|e| error(format!("cannot convert to a numpy array: {e}")))?;
+        let untyped = contiguous
+            .cast::<PyUntypedArray>()
+            .map_err(|e| error(e.to_string()))?;
+        let et = dtype::from_numpy_dtype(untyped.dtype().as_any())?;
+        let mut shape = untyped.shape().to_vec();
+        if shape.is_empty() {
+            shape.push(1);
+        }
+        if shape.contains(&0) {
+            return Err(error(format!(
+                "cannot publish an empty array (shape {shape:?}); every dimension must be >= 1"
+            )));
+        }
+        with_element_type!(et, T => {
+            let typed = contiguous
+                .cast::<PyArrayDyn<T>>()
+                .map_err(|e| error(e.to_string()))?;
+            let data = typed.try_readonly().map_err(error)?;
+            let slice = data.as_slice().map_err(error)?;
+            py.detach(|| self.context.publish_slice(slice, &shape, &name))
+                .map_err(error)
+        })
+    }
+
+    /// The context's accounting: resources, live_bytes, pooled_segments, pooled_bytes,
+    /// publications, handles, connections, segments_created, segments_recycled.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = py.detach(|| self.context.stats()).map_err(error)?;
+        let d = PyDict::new(py);
+        d.set_item("resources", s.resources)?;
+        d.set_item("live_bytes", s.live_bytes)?;
+        d.set_item("pooled_segments", s.pooled_segments)?;
+        d.set_item("pooled_bytes", s.pooled_bytes)?;
+        d.set_item("publications", s.publications)?;
+        d.set_item("handles", s.handles)?;
+        d.set_item("connections", s.connections)?;
+        d.set_item("segments_created", s.segments_created)?;
+        d.set_item("segments_recycled", s.segments_recycled)?;
+        Ok(d)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<fastio.FastIOContext {:?}>", self.context)
+    }
+}
+
+/// A context server running in this process, as `fastio serve` runs one: other
+/// processes join it with `FastIOContext.connect(server.address)` or with
+/// `FASTIO_CONTEXT=<address>` and `FastIOContext.from_env()`.
+#[pyclass(frozen, module = "fastio")]
+pub struct ContextServer {
+    server: Mutex<Option<Server>>,
+    address: String,
+}
+
+#[pymethods]
+impl ContextServer {
+    /// The address to join (`@fastio-...`), the value for `FASTIO_CONTEXT`.
+    #[getter]
+    fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// A context in this process over the server's registry.
+    fn context(&self) -> PyResult<FastIOContext> {
+        let server = self.server.lock().unwrap_or_else(|e| e.into_inner());
+        match server.as_ref() {
+            Some(s) => Ok(FastIOContext {
+                context: s.local_context(),
+            }),
+            None => Err(error("this server was stopped")),
+        }
+    }
+
+    /// Stops accepting new clients; open connections are served until they close.
+    fn stop(&self) {
+        self.server.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, _args: &Bound<'_, PyTuple>) -> bool {
+        self.stop();
+        false
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<fastio.ContextServer {}>", self.address)
+    }
+}
+
+/// Starts a context server in this process (threads of its own) and returns it.
+/// `pool_bytes` bounds its pool of warm segments (default 1 GiB).
+#[pyfunction]
+#[pyo3(signature = (pool_bytes = None))]
+pub fn serve(pool_bytes: Option<&Bound<'_, PyAny>>) -> PyResult<ContextServer> {
+    let mut config = ServerConfig::default();
+    if let Some(b) = pool_bytes {
+        config.pool_bytes = count_arg(b, "pool_bytes")? as u64;
+    }
+    let server = Server::start(config).map_err(error)?;
+    Ok(ContextServer {
+        address: server.address().to_owned(),
+        server: Mutex::new(Some(server)),
+    })
+}

@@ -1,0 +1,64 @@
+//! The Python module `fastio` (native part `fastio._native`): Clara's Fast I/O classes
+//! over [`fastio_context`], with zero-copy numpy views of shared memory.
+//!
+//! Built into a wheel by maturin (`pip install ./crates/fastio-py`); the pure-Python
+//! packages `fastio` and `clara` in `python/` re-export these classes.
+//!
+//! API Boundary: every failure reaches Python as `fastio.Error` with the Rust error's
+//! message; nothing here panics on input from Python (locks are recovered, never
+//! unwrapped), and pyo3 turns any panic that did happen into an exception, not an abort.
+//!
+//! Architecture Invariant: a numpy array, `memoryview` or `__array_interface__` export of
+//! an allocation holds a strong reference to the handle it was made from (a `View`
+//! object is its base). `release()` and `free()` end the Python object's use of the
+//! handle at once, but the context hears of them only when the last export is gone, so
+//! no view ever points at unmapped or recycled memory.
+
+mod allocation;
+mod buffer;
+mod context;
+mod dtype;
+mod operator;
+
+use pyo3::prelude::*;
+
+pyo3::create_exception!(
+    fastio,
+    Error,
+    pyo3::exceptions::PyException,
+    "Raised by every failing Fast I/O call; the message says what went wrong."
+);
+
+/// Turns any displayable error into `fastio.Error` with its message.
+pub(crate) fn error(e: impl std::fmt::Display) -> PyErr {
+    Error::new_err(e.to_string())
+}
+
+/// How a handle may touch its memory (Clara's `IOAccess`).
+#[pyclass(eq, eq_int, frozen, from_py_object, module = "fastio")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IOAccess {
+    /// Reading only: numpy views are not writeable and the mapping is `PROT_READ`.
+    ReadOnly,
+    /// Reading and writing.
+    ReadWrite,
+}
+
+/// The native module.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("Error", m.py().get_type::<Error>())?;
+    m.add_class::<IOAccess>()?;
+    m.add_class::<context::FastIOContext>()?;
+    m.add_class::<context::ContextServer>()?;
+    m.add_class::<allocation::FastIOAllocation>()?;
+    m.add_class::<buffer::View>()?;
+    m.add_class::<operator::Driver>()?;
+    m.add_class::<operator::Payload>()?;
+    m.add_class::<operator::PayloadEntry>()?;
+    m.add_class::<operator::PayloadCollection>()?;
+    m.add_class::<operator::FastIOEntry>()?;
+    m.add_function(wrap_pyfunction!(context::serve, m)?)?;
+    m.add("CONTEXT_ENV", fastio_context::CONTEXT_ENV)?;
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! An operator whose behaviour the driver tests choose through environment variables
+//! (a pipeline's `variables`):
+//!
+//! - `LOG=<file>`: appends `<operator> <phase> <begin|end> <nanoseconds since the epoch>`
+//!   for every callback, and `<operator> pid <pid>` at start;
+//! - `EXECUTE=<what>`, what execute does (default `ok`):
+//!   `ok`; `fail` (prints `STDERR`'s text to stderr and returns an error); `exit3`;
+//!   `sleep:<seconds>`; `hold` (creates an allocation and never releases it);
+//!   `write-input:<name>` (tries the API, then writes through a raw pointer: faults);
+//!   `produce` / `check` (typed entries: see below); `paths` (disk entries).
+//!
+//! `produce` fills every output: a pre-allocated one with `index + 1` converted from f64
+//! (and checks that update_shape and allocate are refused); a dynamic one gets
+//! `update_shape(every index, SHAPE)` with `SHAPE` a comma list, then the same values.
+//! `check` verifies every input holds `index + 1` with the shape in `SHAPE_<name>`
+//! (`-` for `_`), and fails execute otherwise.
+
+use std::io::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use fastio::ElementType;
+use fastio::operator::{CallbackError, Driver, Lifecycle, Payload};
+
+fn log(what: &str) {
+    let Ok(path) = std::env::var("LOG") else {
+        return;
+    };
+    let stage = std::env::var("FASTIO_STAGE").unwrap_or_default();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    // One write per line: O_APPEND keeps concurrent writers' lines whole.
+    file.write_all(format!("{stage} {what} {nanos}\n").as_bytes())
+        .unwrap();
+}
+
+fn main() {
+    log(&format!("pid {}", std::process::id()));
+    let driver = match Driver::from_env() {
+        Ok(driver) => driver,
+        Err(e) => {
+            eprintln!("cannot join: {e}");
+            std::process::exit(2);
+        }
+    };
+    let mut lifecycle = Lifecycle::new()
+        .prepare(|_| {
+            log("prepare begin");
+            log("prepare end");
+            Ok(())
+        })
+        .execute(|_, payload| {
+            log("execute begin");
+            let result = execute(payload);
+            log("execute end");
+            result
+        })
+        .cleanup(|_| {
+            log("cleanup begin");
+            log("cleanup end");
+            Ok(())
+        });
+    if let Err(e) = driver.run(&mut lifecycle) {
+        eprintln!("{e}");
+        std::process::exit(1);
+    }
+}
+
+fn shape_var(name: &str) -> Vec<i64> {
+    std::env::var(name)
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.trim().parse().unwrap())
+        .collect()
+}
+
+fn values(count: usize) -> Vec<f64> {
+    (0..count).map(|i| (i % 100 + 1) as f64).collect()
+}
+
+fn execute(payload: &mut Payload<'_>) -> Result<(), CallbackError> {
+    let what = std::env::var("EXECUTE").unwrap_or_else(|_| "ok".into());
+    match what.split_once(':').unwrap_or((&what, "")) {
+        ("ok", _) => Ok(()),
+        ("fail", _) => {
+            eprintln!("{}", std::env::var("STDERR").unwrap_or_default());
+            Err("deliberate failure".into())
+        }
+        ("exit3", _) => std::process::exit(3),
+        ("sleep", seconds) => {
+            std::thread::sleep(std::time::Duration::from_secs_f64(seconds.parse()?));
+            Ok(())
+        }
+        ("hold", _) => {
+            let allocation = payload.fastio_context().create(4096)?;
+            std::mem::forget(allocation);
+            Ok(())
+        }
+        ("write-input", name) => write_input(payload, name),
+        ("produce", _) => produce(payload),
+        ("check", _) => check(payload),
+        ("paths", _) => paths(payload),
+        (other, _) => Err(format!("unknown EXECUTE {other:?}").into()),
+    }
+}
+
+fn produce(payload: &mut Payload<'_>) -> Result<(), CallbackError> {
+    let dynamic = shape_var("SHAPE");
+    for entry in payload.fastio_outputs() {
+        if entry.is_preallocated() {
+            if entry.update_shape(&[0], &[2]).is_ok() || entry.allocate().is_ok() {
+                return Err("a pre-allocated entry accepted a new shape".into());
+            }
+        } else {
+            if entry.is_allocated() {
+                return Err("a dynamic entry had memory before update_shape".into());
+            }
+            let rank = entry.shape().len().min(dynamic.len());
+            let indices: Vec<usize> = (0..rank).collect();
+            let shape = entry.update_shape(&indices, &dynamic[..rank])?;
+            log(&format!("shape {} {shape:?}", entry.name()));
+        }
+        let count = (entry.size_in_bytes().ok_or("not allocated")?) / entry.element_type().size();
+        entry.set_values(&values(count))?;
+    }
+    Ok(())
+}
+
+fn check(payload: &mut Payload<'_>) -> Result<(), CallbackError> {
+    for entry in payload.fastio_inputs() {
+        let var = format!("SHAPE_{}", entry.name().replace('-', "_"));
+        let expected = shape_var(&var);
+        if entry.shape() != expected.as_slice() {
+            return Err(format!(
+                "{}: shape {:?}, expected {expected:?}",
+                entry.name(),
+                entry.shape()
+            )
+            .into());
+        }
+        let bytes = entry.get_bytes()?;
+        let want = fastio::meta::convert(
+            ElementType::F64,
+            fastio::meta::as_bytes(&values(bytes.len() / entry.element_type().size())),
+            entry.element_type(),
+        )?;
+        if bytes != want {
+            return Err(format!("{}: values differ", entry.name()).into());
+        }
+        log(&format!("checked {}", entry.name()));
+    }
+    Ok(())
+}
+
+fn write_input(payload: &mut Payload<'_>, name: &str) -> Result<(), CallbackError> {
+    let entry = payload.fastio_input(name)?;
+    let allocation = entry.allocation().ok_or("input not allocated")?;
+    // The API offers inputs only by shared reference, so no safe write compiles; a raw
+    // pointer gets past the compiler, and the MMU refuses: the mapping is PROT_READ, so
+    // the store faults (SIGSEGV).
+    let ptr = allocation.as_ptr().cast_mut();
+    log("writing through a raw pointer");
+    // SAFETY: none; this deliberately writes through a read-only mapping to show that the
+    // write never lands. The process dies of SIGSEGV here.
+    unsafe { ptr.write_volatile(0xAB) };
+    Err("the write to a read-only input did not fault".into())
+}
+
+fn paths(payload: &mut Payload<'_>) -> Result<(), CallbackError> {
+    // Clara's operators read their paths from the environment: name:path.
+    let inputs = std::env::var("NVIDIA_CLARA_INPUTPATHS").unwrap_or_default();
+    let outputs = std::env::var("NVIDIA_CLARA_OUTPUTPATHS").unwrap_or_default();
+    if let Some(out) = outputs.split(':').nth(1) {
+        std::fs::write(
+            std::path::Path::new(out).join("greeting.txt"),
+            format!("hello from {}", std::env::var("FASTIO_STAGE")?),
+        )?;
+        if payload.output_entries()[0].path != out {
+            return Err("payload and environment disagree on the output path".into());
+        }
+    }
+    if let Some(input) = inputs.split(':').nth(1) {
+        let text = std::fs::read_to_string(std::path::Path::new(input).join("greeting.txt"))?;
+        log(&format!("read {}", text.replace(' ', "_")));
+    }
+    Ok(())
+}

@@ -1,0 +1,517 @@
+//! The pipeline driver with real operator processes (the `fastio-test-op` program):
+//! life-cycle order, typed and dynamic entries across processes, read-only inputs,
+//! failures (failed execute, crash, SIGKILL, time limit), leaked references, disk entries.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fastio::driver::{JobOptions, JobReport, OperatorState, run_job};
+use fastio::pipeline::Pipeline;
+
+struct Job {
+    dir: tempfile::TempDir,
+}
+
+impl Job {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("log")
+    }
+
+    /// Parses a definition whose operators all run fastio-test-op; `LOG` is filled in.
+    fn pipeline(&self, yaml: &str) -> Pipeline {
+        let yaml = yaml.replace("$LOG", &self.log_path().display().to_string());
+        let path = self.dir.path().join("pipeline.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        Pipeline::from_path(&path).unwrap()
+    }
+
+    fn options(&self, pipeline: &Pipeline) -> JobOptions {
+        let mut options = JobOptions::for_pipeline(pipeline);
+        options.output_root = self.dir.path().join("out");
+        options.grace = Duration::from_millis(500);
+        options.program_dirs = vec![
+            Path::new(env!("CARGO_BIN_EXE_fastio-test-op"))
+                .parent()
+                .unwrap()
+                .to_owned(),
+        ];
+        options
+    }
+
+    fn run(&self, yaml: &str) -> JobReport {
+        let pipeline = self.pipeline(yaml);
+        run_job(&pipeline, &self.options(&pipeline), &mut |_| {}).unwrap()
+    }
+
+    /// Log lines as (operator, rest).
+    fn log(&self) -> Vec<(String, String)> {
+        std::fs::read_to_string(self.log_path())
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let (who, rest) = l.split_once(' ').unwrap();
+                (who.to_owned(), rest.to_owned())
+            })
+            .collect()
+    }
+
+    /// When `operator` logged `what` (nanoseconds since the epoch).
+    fn at(&self, operator: &str, what: &str) -> Option<u128> {
+        self.log().into_iter().find_map(|(who, rest)| {
+            let (event, time) = rest.rsplit_once(' ')?;
+            (who == operator && event == what).then(|| time.parse().unwrap())
+        })
+    }
+}
+
+fn outcome<'a>(report: &'a JobReport, operator: &str) -> &'a OperatorState {
+    &report
+        .operators
+        .iter()
+        .find(|o| o.name == operator)
+        .unwrap()
+        .outcome
+}
+
+const HEADER: &str = "api-version: 0.5.0\nname: t\noperators:\n";
+
+fn op(name: &str, vars: &[(&str, &str)], body: &str) -> String {
+    let mut text =
+        format!("- name: {name}\n  command: [fastio-test-op]\n  variables:\n    LOG: $LOG\n");
+    for (k, v) in vars {
+        text.push_str(&format!("    {k}: \"{v}\"\n"));
+    }
+    text.push_str(body);
+    text
+}
+
+const STREAM_OUT: &str = "  output:\n  - name: done\n    type: stream\n    path: /done\n";
+
+fn stream_in(from: &str) -> String {
+    format!("  input:\n  - name: done\n    from: {from}\n    type: stream\n    path: /in\n")
+}
+
+#[test]
+fn prepare_runs_before_upstream_execute_ends_and_execute_after_it() {
+    let job = Job::new();
+    let yaml = format!(
+        "{HEADER}{}{}",
+        op("first", &[("EXECUTE", "sleep:0.5")], STREAM_OUT),
+        op("second", &[], &stream_in("first")),
+    );
+    let report = job.run(&yaml);
+    assert!(report.succeeded(), "{}", report.render());
+    let first_executed = job.at("first", "execute end").unwrap();
+    assert!(job.at("second", "prepare end").unwrap() < first_executed);
+    assert!(job.at("second", "execute begin").unwrap() > first_executed);
+    for operator in ["first", "second"] {
+        let order: Vec<String> = job
+            .log()
+            .into_iter()
+            .filter(|(who, rest)| who == operator && !rest.starts_with("pid"))
+            .map(|(_, rest)| rest.rsplit_once(' ').unwrap().0.to_owned())
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "prepare begin",
+                "prepare end",
+                "execute begin",
+                "execute end",
+                "cleanup begin",
+                "cleanup end"
+            ]
+        );
+    }
+}
+
+fn typed_pipeline(marker: i64) -> String {
+    let produce = format!(
+        "  output:\n  - name: grid\n    type: array\n    element-type: float32\n    shape: [3, 224, 224]\n  \
+         - name: cube\n    type: array\n    element-type: int16\n    shape: [3, {marker}, 224, {marker}]\n  \
+         - name: uid\n    type: string\n  - name: spacing\n    type: f16\n"
+    );
+    let check = "  input:\n  - name: grid\n    from: produce\n    type: array\n    element-type: float32\n    shape: [3, 224, 224]\n  \
+         - name: cube\n    from: produce\n    type: array\n    element-type: int16\n    shape: [3, MARK, 224, MARK]\n  \
+         - name: uid\n    from: produce\n    type: string\n  - name: spacing\n    from: produce\n    type: float16\n"
+        .replace("MARK", &marker.to_string());
+    format!(
+        "{HEADER}{}{}",
+        // Index 0 and 2 are not dynamic: their values (9, 9) are ignored; 1 and 3 become 5 and 7.
+        // The string entry has one dimension: it takes the first value, 9.
+        op(
+            "produce",
+            &[("EXECUTE", "produce"), ("SHAPE", "9,5,9,7")],
+            &produce
+        ),
+        op(
+            "check",
+            &[
+                ("EXECUTE", "check"),
+                ("SHAPE_grid", "3,224,224"),
+                ("SHAPE_cube", "3,5,224,7"),
+                ("SHAPE_uid", "9"),
+                ("SHAPE_spacing", "1"),
+            ],
+            &check
+        ),
+    )
+}
+
+#[test]
+fn dynamic_dimensions_change_only_at_their_indices_and_reach_the_reader() {
+    for marker in [-1, 0] {
+        let job = Job::new();
+        let report = job.run(&typed_pipeline(marker));
+        assert!(report.succeeded(), "marker {marker}: {}", report.render());
+        let checked: Vec<String> = job
+            .log()
+            .into_iter()
+            .filter(|(who, rest)| who == "check" && rest.starts_with("checked"))
+            .map(|(_, rest)| rest.split(' ').nth(1).unwrap().to_owned())
+            .collect();
+        assert_eq!(checked, ["grid", "cube", "uid", "spacing"]);
+        let bytes: HashMap<&str, Option<u64>> = report
+            .entries
+            .iter()
+            .map(|e| (e.name.as_str(), e.bytes))
+            .collect();
+        assert_eq!(bytes["grid"], Some(3 * 224 * 224 * 4));
+        assert_eq!(bytes["cube"], Some(3 * 5 * 224 * 7 * 2));
+        assert_eq!(bytes["uid"], Some(9));
+        assert_eq!(bytes["spacing"], Some(2));
+    }
+}
+
+const ONE_ARRAY_OUT: &str =
+    "  output:\n  - name: data\n    type: array\n    element-type: uint8\n    shape: [4096]\n";
+fn one_array_in(from: &str) -> String {
+    format!(
+        "  input:\n  - name: data\n    from: {from}\n    type: array\n    element-type: uint8\n    shape: [4096]\n"
+    )
+}
+
+#[test]
+fn a_write_to_an_input_faults() {
+    let job = Job::new();
+    let yaml = format!(
+        "{HEADER}{}{}",
+        op("source", &[("EXECUTE", "produce")], ONE_ARRAY_OUT),
+        op(
+            "vandal",
+            &[("EXECUTE", "write-input:data")],
+            &one_array_in("source")
+        ),
+    );
+    let report = job.run(&yaml);
+    assert!(!report.succeeded());
+    let OperatorState::Failed(why) = outcome(&report, "vandal") else {
+        panic!("{}", report.render());
+    };
+    assert!(why.contains("signal 11"), "{why}");
+    assert!(job.at("vandal", "writing through a raw pointer").is_some());
+    assert!(job.at("vandal", "execute end").is_none());
+}
+
+#[test]
+fn an_input_entry_refuses_writes_keeps_its_data_and_carries_the_producers_event() {
+    use fastio::context::job::{EntryId, EntryPlan, Job as JobState, JobPlan, StagePlan};
+    let stage = |name: &str, inputs: Vec<EntryId>, outputs: Vec<EntryId>| StagePlan {
+        name: name.into(),
+        upstream: vec![],
+        inputs: vec![],
+        outputs: vec![],
+        fastio_inputs: inputs,
+        fastio_outputs: outputs,
+    };
+    let plan = JobPlan {
+        job_id: "j".into(),
+        job_name: "j".into(),
+        stages: vec![
+            stage("writer", vec![], vec![EntryId(0)]),
+            stage("reader", vec![EntryId(0)], vec![]),
+        ],
+        entries: vec![EntryPlan {
+            name: "data".into(),
+            producer: Some(0),
+            element_type: fastio::ElementType::U16,
+            declared: vec![2, 3],
+        }],
+    };
+    let job = std::sync::Arc::new(JobState::new(plan, |_| {}));
+    let server = fastio::Server::start_job(Default::default(), job.clone()).unwrap();
+    let writer = fastio::Driver::join(server.local_operator_context(0)).unwrap();
+    let reader = fastio::Driver::join(server.local_operator_context(1)).unwrap();
+    let info = writer.stage_info().fastio_outputs[0].clone();
+    let mut out = fastio::FastIoEntry::open(writer.context(), info).unwrap();
+    out.set_values(&[1u16, 2, 3, 4, 5, 6]).unwrap();
+    out.set_event(fastio::EventHandle([7; 64])).unwrap();
+    let info = reader.stage_info().fastio_inputs[0].clone();
+    let mut input = fastio::FastIoEntry::open(reader.context(), info).unwrap();
+    assert_eq!(
+        input.event(),
+        Some(fastio::EventHandle([7; 64])),
+        "the entry carries its event"
+    );
+    assert!(
+        input.set_event(fastio::EventHandle([8; 64])).is_err(),
+        "readers cannot set it"
+    );
+    assert_eq!(input.access(), fastio::AccessMode::ReadOnly);
+    let refused = input.set_values(&[9u16; 6]).unwrap_err().to_string();
+    assert!(refused.contains("read-only"), "{refused}");
+    assert!(input.update_shape(&[0], &[1]).is_err());
+    // SAFETY: the call fails before any view exists (the entry is read-only).
+    assert!(unsafe { input.view_mut::<u16>() }.is_err());
+    assert_eq!(input.to_vec::<u16>().unwrap(), [1, 2, 3, 4, 5, 6]);
+}
+
+fn memfds_of_this_process() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|t| t.to_string_lossy().starts_with("/memfd:fastio"))
+        })
+        .count()
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie still has /proc/<pid>; its state letter is Z.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| !r.trim_start().starts_with('Z'))
+    })
+}
+
+#[test]
+fn sigkill_mid_execute_fails_the_job_and_leaves_nothing_behind() {
+    let job = Job::new();
+    let yaml = format!(
+        "{HEADER}{}{}{}",
+        op("victim", &[("EXECUTE", "sleep:60")], ONE_ARRAY_OUT),
+        op("after", &[], &one_array_in("victim")),
+        op("bystander", &[("EXECUTE", "sleep:60")], ""),
+    );
+    let pipeline = job.pipeline(&yaml);
+    let options = job.options(&pipeline);
+    let log = job.log_path();
+    let killer = std::thread::spawn(move || {
+        // Once the victim executes, kill it.
+        let find = |what: &str| {
+            std::fs::read_to_string(&log).ok().and_then(|text| {
+                text.lines().find_map(|l| {
+                    let rest = l.strip_prefix("victim ")?;
+                    rest.starts_with(what).then(|| rest.to_owned())
+                })
+            })
+        };
+        fastio_tests::wait_until(Duration::from_secs(30), || {
+            Ok(find("execute begin").is_some())
+        })
+        .unwrap();
+        let pid: i32 = find("pid")
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid).unwrap(),
+            rustix::process::Signal::KILL,
+        )
+        .unwrap();
+    });
+    let report = run_job(&pipeline, &options, &mut |_| {}).unwrap();
+    killer.join().unwrap();
+    let OperatorState::Failed(why) = outcome(&report, "victim") else {
+        panic!("{}", report.render());
+    };
+    assert!(why.contains("signal 9"), "{why}");
+    assert_eq!(report.failure.as_ref().unwrap().0, "victim");
+    assert!(matches!(
+        outcome(&report, "after"),
+        OperatorState::Stopped(_)
+    ));
+    assert!(matches!(
+        outcome(&report, "bystander"),
+        OperatorState::Stopped(_)
+    ));
+    assert!(
+        job.at("after", "execute begin").is_none(),
+        "downstream never executes"
+    );
+    assert!(
+        job.at("bystander", "execute end").is_none(),
+        "the bystander was stopped"
+    );
+    for (who, rest) in job.log() {
+        if let Some(pid) = rest.strip_prefix("pid ") {
+            let pid = pid.split(' ').next().unwrap();
+            assert!(
+                !alive(pid.parse().unwrap()),
+                "{who} ({pid}) outlived the job"
+            );
+        }
+    }
+    assert_eq!(
+        memfds_of_this_process(),
+        0,
+        "the job's segments outlived it"
+    );
+}
+
+#[test]
+fn the_time_limit_fails_the_job() {
+    let job = Job::new();
+    let yaml = format!(
+        "api-version: 0.5.0\nname: t\ntimeout: 1\noperators:\n{}",
+        op("slow", &[("EXECUTE", "sleep:60")], "")
+    );
+    let report = job.run(&yaml);
+    let (_, why) = report.failure.clone().unwrap();
+    assert!(why.contains("time limit"), "{why}");
+    let OperatorState::Failed(why) = outcome(&report, "slow") else {
+        panic!("{}", report.render());
+    };
+    assert!(why.contains("executing when the job's time limit"), "{why}");
+    assert!(job.at("slow", "execute end").is_none());
+}
+
+#[test]
+fn a_failed_execute_is_reported_with_its_stderr_and_cleanup_still_runs() {
+    let job = Job::new();
+    let yaml = format!(
+        "{HEADER}{}{}",
+        op(
+            "broken",
+            &[("EXECUTE", "fail"), ("STDERR", "the scanner caught fire")],
+            STREAM_OUT
+        ),
+        op("next", &[], &stream_in("broken")),
+    );
+    let report = job.run(&yaml);
+    let (who, why) = report.failure.clone().unwrap();
+    assert_eq!(who, "broken");
+    assert!(why.contains("deliberate failure"), "{why}");
+    let broken = &report.operators[0];
+    assert!(
+        broken
+            .stderr_tail
+            .iter()
+            .any(|l| l.contains("the scanner caught fire")),
+        "{:?}",
+        broken.stderr_tail
+    );
+    assert!(job.at("broken", "cleanup end").is_some());
+    assert!(job.at("next", "execute begin").is_none());
+    assert!(report.render().contains("the scanner caught fire"));
+}
+
+#[test]
+fn a_crash_and_a_non_operator_each_fail_the_job() {
+    let job = Job::new();
+    let report = job.run(&format!(
+        "{HEADER}{}",
+        op("crash", &[("EXECUTE", "exit3")], "")
+    ));
+    let OperatorState::Failed(why) = outcome(&report, "crash") else {
+        panic!("{}", report.render());
+    };
+    assert!(why.contains("status 3"), "{why}");
+
+    let report = job.run(&format!("{HEADER}- name: plain\n  command: [\"true\"]\n"));
+    let OperatorState::Failed(why) = outcome(&report, "plain") else {
+        panic!("{}", report.render());
+    };
+    assert!(why.contains("without joining"), "{why}");
+}
+
+#[test]
+fn references_held_after_execute_are_reported_and_reclaimed() {
+    let job = Job::new();
+    let report = job.run(&format!(
+        "{HEADER}{}",
+        op("leaky", &[("EXECUTE", "hold")], "")
+    ));
+    assert!(report.succeeded(), "{}", report.render());
+    let reclaimed = &report.operators[0].reclaimed;
+    assert_eq!(reclaimed.len(), 1);
+    assert_eq!((reclaimed[0].count, reclaimed[0].size), (1, 4096));
+    assert!(report.render().contains("still held after execute"));
+}
+
+#[test]
+fn disk_entries_reach_readers_through_clara_path_variables() {
+    let job = Job::new();
+    let yaml = format!(
+        "{HEADER}{}{}",
+        op("writer", &[("EXECUTE", "paths")], STREAM_OUT),
+        op("reader", &[("EXECUTE", "paths")], &stream_in("writer")),
+    );
+    let report = job.run(&yaml);
+    assert!(report.succeeded(), "{}", report.render());
+    assert!(
+        job.at("reader", "read hello_from_writer").is_some(),
+        "{:?}",
+        job.log()
+    );
+    let done = report.entries.iter().find(|e| e.name == "done").unwrap();
+    assert_eq!(done.bytes, Some("hello from writer".len() as u64));
+    assert_eq!(done.medium, fastio::driver::Medium::Disk);
+}
+
+#[test]
+fn an_operator_runs_alone_with_its_entries_from_the_definition() {
+    let job = Job::new();
+    let yaml = typed_pipeline(-1).replace("$LOG", &job.log_path().display().to_string());
+    let path = job.dir.path().join("pipeline.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fastio-test-op"))
+        .env_remove(fastio::CONTEXT_ENV)
+        .env("FASTIO_PIPELINE", &path)
+        .env("FASTIO_STAGE", "produce")
+        .env("EXECUTE", "produce")
+        .env("SHAPE", "9,5,9,7")
+        .env("LOG", job.log_path())
+        .current_dir(job.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Alone, it did not wait for anyone, and its dynamic output took the shape it set.
+    assert!(job.at("produce", "execute end").is_some());
+    assert!(
+        job.at("produce", "shape cube [3, 5, 224, 7]").is_some(),
+        "{:?}",
+        job.log()
+    );
+
+    // An input of an operator run alone is pre-allocated and reads as zeroes: the check
+    // of the producer's values fails, cleanly.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fastio-test-op"))
+        .env_remove(fastio::CONTEXT_ENV)
+        .env("FASTIO_PIPELINE", &path)
+        .env("FASTIO_STAGE", "check")
+        .env("EXECUTE", "check")
+        .env("SHAPE_grid", "3,224,224")
+        .current_dir(job.dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("grid: values differ"), "{stderr}");
+}
