@@ -110,3 +110,21 @@ pub fn c_operators(root: &Path, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     }
     Ok(programs)
 }
+
+/// The second part of `cargo xtask demo`: the demo pipeline with an operator written in C
+/// (examples/demo/pipeline-c.yaml), built by [`clib`] beside `fastio`.
+pub fn demo() -> anyhow::Result<()> {
+    let root = crate::workspace_root();
+    clib(&root)?;
+    eprintln!(
+        "\nRunning examples/demo/pipeline-c.yaml: the same pipeline, with a fifth operator \
+         written in C against clara.h and -lnvclara (examples/c/voxel_report.c).\n"
+    );
+    crate::run(
+        "target/release/fastio",
+        &["run", "examples/demo/pipeline-c.yaml"],
+    )?;
+    let report = "fastio-output/demo-c/voxel-report/voxel-report/voxel-report.txt";
+    println!("\n{report}:\n{}", std::fs::read_to_string(report)?);
+    Ok(())
+}

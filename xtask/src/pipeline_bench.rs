@@ -71,8 +71,6 @@ pub fn bench_pipeline() -> anyhow::Result<()> {
         .args(["build", "--release", "--quiet", "-p", "fastio", "--bins"])
         .status()?;
     ensure!(status.success(), "building fastio failed");
-    // The demo pipeline's C operator.
-    crate::capi::clib(&crate::workspace_root())?;
     let mut times: Vec<Vec<Duration>> = VARIANTS.iter().map(|_| Vec::new()).collect();
     for round in 0..=ROUNDS {
         for (variant, times) in VARIANTS.iter().zip(&mut times) {

@@ -500,3 +500,76 @@ fn example_c_operator_runs_standalone_cleanly_under_address_sanitizer() {
     assert_eq!(report, stdout);
     assert!(!String::from_utf8_lossy(&out.stderr).contains("AddressSanitizer"));
 }
+
+/// The directory of this build's `fastio-demo-op` (the demo pipeline's Rust operators),
+/// built on demand as the library is.
+fn demo_op_dir() -> PathBuf {
+    let dir = lib_dir();
+    let target_dir = dir.parent().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--quiet",
+        "-p",
+        "fastio",
+        "--bin",
+        "fastio-demo-op",
+    ])
+    .env("CARGO_TARGET_DIR", target_dir)
+    .current_dir(crate_dir());
+    if dir.file_name().is_some_and(|p| p == "release") {
+        cmd.arg("--release");
+    }
+    assert!(cmd.status().unwrap().success(), "{cmd:?} failed");
+    dir
+}
+
+/// The numbers of a line of `text` after `prefix`, in order.
+fn numbers_after(text: &str, prefix: &str) -> Vec<u64> {
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or("");
+    line.split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn demo_pipeline_with_the_c_example_operator_runs_as_a_job() {
+    let dir = TempDir::new().unwrap();
+    // Built as `cargo xtask clib` does: clara.h and -lnvclara, warnings as errors.
+    Build {
+        link: Link::DropIn,
+        ..Build::c("examples/c/voxel_report.c")
+    }
+    .compile(dir.path());
+    let definition = crate_dir().join("../../examples/demo/pipeline-c.yaml");
+    let pipeline = Pipeline::from_path(&definition).unwrap();
+    let mut options = JobOptions::for_pipeline(&pipeline);
+    options.output_root = dir.path().join("output");
+    options.program_dirs = vec![dir.path().to_path_buf(), demo_op_dir()];
+    let report = run_job(&pipeline, &options, &mut |_| {}).unwrap();
+    assert!(report.succeeded(), "{}", report.render());
+    let rust =
+        std::fs::read_to_string(dir.path().join("output/write-report/report/report.txt")).unwrap();
+    let c = std::fs::read_to_string(
+        dir.path()
+            .join("output/voxel-report/voxel-report/voxel-report.txt"),
+    )
+    .unwrap();
+    // The C operator read the same count and slices the Rust operators computed.
+    let count = numbers_after(&rust, "voxel count: ");
+    assert_eq!(
+        numbers_after(&c, "voxels above the threshold: "),
+        count,
+        "{c}"
+    );
+    assert!(count[0] > 0, "{rust}");
+    // "N voxels above the threshold 300 in K slices (F to L)"
+    let summary = numbers_after(&rust, "summary: ");
+    let slices = numbers_after(&c, "slices with foreground: ");
+    assert_eq!(slices, summary[summary.len() - 3..], "{rust}{c}");
+}

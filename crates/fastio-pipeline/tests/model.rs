@@ -29,13 +29,7 @@ fn the_demo_pipeline_validates() {
     let order: Vec<&str> = p.operators().iter().map(|o| o.name()).collect();
     assert_eq!(
         order,
-        [
-            "generate",
-            "threshold",
-            "summarize",
-            "write-report",
-            "voxel-report"
-        ]
+        ["generate", "threshold", "summarize", "write-report"]
     );
     let generate = p.operator("generate").unwrap();
     assert_eq!(generate.command(), ["fastio-demo-op", "generate"]);
