@@ -481,7 +481,7 @@ fn example_c_operator_runs_standalone_cleanly_under_address_sanitizer() {
         ..Build::c("examples/c/voxel_report.c")
     }
     .compile(dir.path());
-    let demo = crate_dir().join("../../examples/demo/pipeline.yaml");
+    let demo = crate_dir().join("../../examples/demo/pipeline-c.yaml");
     let outputs = format!("voxel-report:{}", dir.path().display());
     let out = run(
         &exe,
