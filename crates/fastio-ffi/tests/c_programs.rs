@@ -203,6 +203,23 @@ fn publish_get_round_trip_in_cxx17() {
 }
 
 #[test]
+fn self_contained_test_programs_also_build_and_pass_as_cxx17() {
+    for (source, extra, expected) in [
+        ("bad_inputs.c", &[][..], "bad inputs ok"),
+        ("mapping.c", &[][..], "mapping ok"),
+        ("threads.c", &["-pthread"][..], "threads ok"),
+        ("lifecycle.c", &[][..], "lifecycle ok"),
+    ] {
+        let build = Build {
+            lang: Lang::Cxx17,
+            extra,
+            ..Build::c(source)
+        };
+        assert!(compile_and_run(build).contains(expected), "{source}");
+    }
+}
+
+#[test]
 fn every_bad_input_fails_with_a_message_and_corrupts_nothing() {
     assert!(compile_and_run(Build::c("bad_inputs.c")).contains("bad inputs ok"));
 }
