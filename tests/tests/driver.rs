@@ -515,3 +515,20 @@ fn an_operator_runs_alone_with_its_entries_from_the_definition() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("grid: values differ"), "{stderr}");
 }
+
+#[test]
+fn processes_an_operator_leaves_behind_go_with_the_job() {
+    let job = Job::new();
+    let report = job.run(&format!(
+        "{HEADER}{}",
+        op("parent", &[("EXECUTE", "orphan")], "")
+    ));
+    assert!(report.succeeded(), "{}", report.render());
+    let orphan = job
+        .log()
+        .into_iter()
+        .find_map(|(_, rest)| rest.strip_prefix("orphan ").map(str::to_owned))
+        .unwrap();
+    let pid: u32 = orphan.split(' ').next().unwrap().parse().unwrap();
+    fastio_tests::wait_until(Duration::from_secs(5), || Ok(!alive(pid))).unwrap();
+}

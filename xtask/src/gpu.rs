@@ -43,6 +43,9 @@ fn parse(args: &[String]) -> Result<Options> {
 }
 
 /// Builds the release, stripped acceptance binary and copies it to `dest`.
+/// The second program of the bundle.
+const HANDOFF: &str = "fastio-gpu-handoff";
+
 fn build_bundle(dest: &Path) -> Result<PathBuf> {
     let root = workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -61,6 +64,22 @@ fn build_bundle(dest: &Path) -> Result<PathBuf> {
     let out = dest.join(BIN);
     std::fs::copy(&built, &out)
         .with_context(|| format!("copying {} to {}", built.display(), out.display()))?;
+    // The cross-process hand-off through the Fast I/O context (a publication carries an
+    // interprocess event): tests/src/bin/fastio-gpu-handoff.rs.
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .args(["build", "--release", "-p", "fastio-tests", "--bin", HANDOFF])
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build of {HANDOFF} failed ({status})");
+    }
+    std::fs::copy(target_dir.join("release").join(HANDOFF), dest.join(HANDOFF))
+        .with_context(|| format!("copying {HANDOFF}"))?;
+    println!(
+        "bundle: {} (run it alone: PASS or FAIL)",
+        dest.join(HANDOFF).display()
+    );
     let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     println!(
         "bundle: {} ({:.1} MiB, release profile: stripped)",

@@ -4,8 +4,10 @@
 //!   warnings as errors, every test of the workspace, doctests, then the Python module
 //!   built into `.venv` and its pytest suite;
 //! - `demo`: runs the demo pipeline (examples/demo/pipeline.yaml) with `fastio run`;
-//! - `bench`: the criterion benchmarks and the pipeline benchmark; writes their tables into
-//!   docs/benchmarks.md (`bench-pipeline`: only the demo pipeline, shared memory vs files);
+//! - `bench`: the criterion benchmarks, the pipeline benchmark and the Python benchmark;
+//!   writes their tables into docs/benchmarks.md (`bench-pipeline`: only the demo
+//!   pipeline, shared memory vs files; `bench-python`: only fastio's Python module against
+//!   multiprocessing.shared_memory and np.save/np.load);
 //! - `gpu-test` / `gpu-bench`: build the stripped cuda-streams bundle for the GPU machine.
 //! - `codegen [--check]`: the C header of fastio-ffi, generated with cbindgen;
 //! - `clib`: libfastio.so / libfastio.a and the drop-in name libnvclara.so.
@@ -30,16 +32,18 @@ fn main() -> anyhow::Result<()> {
         Some("demo") => demo(),
         Some("bench") => {
             bench::bench(&args[1..])?;
-            pipeline_bench::bench_pipeline()
+            pipeline_bench::bench_pipeline()?;
+            python::bench(&[])
         }
         Some("bench-pipeline") => pipeline_bench::bench_pipeline(),
+        Some("bench-python") => python::bench(&args[1..]),
         Some("gpu-test") => gpu::gpu_test(&args[1..]),
         Some("gpu-bench") => gpu::gpu_bench(&args[1..]),
         Some("codegen") => capi::codegen(&root, &args[1..]),
         Some("clib") => capi::clib(&root).map(drop),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench|bench-pipeline|gpu-test|gpu-bench|codegen|clib>"
+                "usage: cargo xtask <test|demo|bench|bench-pipeline|bench-python|gpu-test|gpu-bench|codegen|clib>"
             );
             bail!("unknown or missing command")
         }

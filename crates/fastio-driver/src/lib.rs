@@ -326,6 +326,11 @@ pub fn run_job(
         }
     }
     progress(&snapshot(&operators, start));
+    // Whatever an operator left running in its process group (a background child still
+    // holding its stdout, say) goes with the job.
+    for op in &operators {
+        signal(op, rustix::process::Signal::KILL);
+    }
     for op in &mut operators {
         for reader in op.readers.drain(..) {
             let _ = reader.join();

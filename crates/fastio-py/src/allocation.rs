@@ -4,7 +4,7 @@ use std::ffi::c_int;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use fastio_context::{Access, Allocation};
+use fastio_context::{Access, Allocation, ContextError};
 use fastio_meta::ElementType;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
@@ -26,12 +26,29 @@ impl Handle {
         self.allocation.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs `f` on the live allocation.
+    /// Runs `f` on the live allocation, holding the GIL: `f` must be quick and must not
+    /// release the GIL (see [`Handle::detached`]).
     fn with<T>(&self, f: impl FnOnce(&mut Allocation) -> PyResult<T>) -> PyResult<T> {
         match self.lock().as_mut() {
             Some(a) => f(a),
             None => Err(error("this allocation was released")),
         }
+    }
+
+    /// Runs `f` on the live allocation with the GIL released. The lock is taken after the
+    /// GIL is released and dropped before it is taken back, so no thread ever waits for
+    /// the GIL while holding the lock (which would deadlock with a thread that holds the
+    /// GIL and waits for the lock).
+    fn detached<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut Allocation) -> Result<T, ContextError> + Send,
+    ) -> PyResult<T> {
+        py.detach(|| match self.lock().as_mut() {
+            Some(a) => f(a).map_err(|e| e.to_string()),
+            None => Err("this allocation was released".to_owned()),
+        })
+        .map_err(error)
     }
 }
 
@@ -96,6 +113,14 @@ impl FastIOAllocation {
 
     fn with<T>(&self, f: impl FnOnce(&mut Allocation) -> PyResult<T>) -> PyResult<T> {
         self.handle()?.with(f)
+    }
+
+    fn detached<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut Allocation) -> Result<T, ContextError> + Send,
+    ) -> PyResult<T> {
+        self.handle()?.detached(py, f)
     }
 
     /// An export of the memory, typed and shaped by the local metadata (untyped: bytes).
@@ -241,7 +266,7 @@ impl FastIOAllocation {
     /// handle stays valid.
     fn publish(&self, py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<()> {
         let name = str_arg(name, "name")?;
-        self.with(|a| py.detach(|| a.publish(&name)).map_err(error))
+        self.detached(py, |a| a.publish(&name))
     }
 
     /// Drops this handle; the memory stays for other handles and publications. Using
@@ -269,9 +294,9 @@ impl FastIOAllocation {
 
     /// A copy of the typed contents (or of every byte, when untyped) as bytes.
     fn get_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
-        let data = self.with(|a| {
+        let data = self.detached(py, |a| {
             let len = a.typed_shape().map_or(a.size(), |t| t.byte_size());
-            py.detach(|| a.read_bytes(0, len)).map_err(error)
+            a.read_bytes(0, len)
         })?;
         Ok(PyBytes::new(py, &data))
     }
@@ -370,16 +395,14 @@ pub(crate) fn set_values(
             .cast_into::<PyBytes>()
             .map_err(|e| error(e.to_string()))?;
         let data = bytes.as_bytes();
-        return target.with(|a| {
-            let len = a.typed_shape().map_or(a.size(), |t| t.byte_size());
-            if data.len() > len {
-                return Err(error(format!(
-                    "{} bytes do not fit in the allocation's {len} bytes",
-                    data.len()
-                )));
-            }
-            py.detach(|| a.write_bytes(0, data)).map_err(error)
-        });
+        let len = target.with(|a| Ok(a.typed_shape().map_or(a.size(), |t| t.byte_size())))?;
+        if data.len() > len {
+            return Err(error(format!(
+                "{} bytes do not fit in the allocation's {len} bytes",
+                data.len()
+            )));
+        }
+        return target.detached(py, |a| a.write_bytes(0, data));
     }
     let view = target.numpy(py)?;
     if !view

@@ -2,7 +2,7 @@
 
 use std::sync::Mutex;
 
-use fastio_context::{AccessMode, Context, Server, ServerConfig};
+use fastio_context::{AccessMode, Context, CreateOptions, Prefault, Server, ServerConfig};
 use numpy::{PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
@@ -70,14 +70,22 @@ impl FastIOContext {
     /// A new handle to the allocation published as `name`, with a copy of the published
     /// metadata. Read-write by default, as in Clara; `access=IOAccess.ReadOnly` maps it
     /// read-only (its numpy views are not writeable, and writes fault).
-    #[pyo3(signature = (name, access = IOAccess::ReadWrite))]
+    #[pyo3(signature = (name, access = None))]
     fn get(
         &self,
         py: Python<'_>,
         name: &Bound<'_, PyAny>,
-        access: IOAccess,
+        access: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<FastIOAllocation> {
         let name = str_arg(name, "name")?;
+        let access = match access {
+            None => IOAccess::ReadWrite,
+            Some(a) => a.extract::<IOAccess>().map_err(|_| {
+                error(format!(
+                    "access must be IOAccess.ReadOnly or IOAccess.ReadWrite, not {a}"
+                ))
+            })?,
+        };
         let mode = match access {
             IOAccess::ReadOnly => AccessMode::ReadOnly,
             IOAccess::ReadWrite => AccessMode::ReadWrite,
@@ -121,7 +129,7 @@ impl FastIOContext {
                 .map_err(|e| error(e.to_string()))?;
             let data = typed.try_readonly().map_err(error)?;
             let slice = data.as_slice().map_err(error)?;
-            py.detach(|| self.context.publish_slice(slice, &shape, &name))
+            py.detach(|| publish_bytes(&self.context, fastio_meta::as_bytes(slice), et, &shape, &name))
                 .map_err(error)
         })
     }
@@ -146,6 +154,29 @@ impl FastIOContext {
     fn __repr__(&self) -> String {
         format!("<fastio.FastIOContext {:?}>", self.context)
     }
+}
+
+/// Clara's publish_array: create, type, copy in, publish, release. The copy target is
+/// prefaulted in one `MADV_POPULATE_WRITE` call rather than one page fault per 4 KiB page
+/// during the copy; every byte is overwritten, so a recycled segment is not zeroed first.
+fn publish_bytes(
+    context: &Context,
+    bytes: &[u8],
+    et: fastio_meta::ElementType,
+    shape: &[usize],
+    name: &str,
+) -> Result<(), fastio_context::ContextError> {
+    let mut allocation = context.create_with(
+        bytes.len(),
+        CreateOptions {
+            zeroed: false,
+            prefault: Prefault::Populate,
+        },
+    )?;
+    allocation.set_type_and_dimensions(et, shape)?;
+    allocation.write_bytes(0, bytes)?;
+    allocation.publish(name)?;
+    allocation.release()
 }
 
 /// A context server running in this process, as `fastio serve` runs one: other

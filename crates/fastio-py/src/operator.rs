@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use fastio_context::{AccessMode, FastIoEntry};
+use fastio_context::{AccessMode, ContextError, FastIoEntry};
 use fastio_operator::{CallbackError, Callbacks};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
@@ -21,6 +21,17 @@ impl EntryCell {
     fn lock(&self) -> MutexGuard<'_, FastIoEntry> {
         // FastIoEntry changes only on success, so a poisoned lock holds a whole entry.
         self.entry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` with the GIL released, taking the lock only once it is released (see
+    /// `Handle::detached` in allocation.rs: never wait for the GIL holding the lock).
+    fn detached<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut FastIoEntry) -> Result<T, ContextError> + Send,
+    ) -> PyResult<T> {
+        py.detach(|| f(&mut self.lock()).map_err(|e| e.to_string()))
+            .map_err(error)
     }
 }
 
@@ -60,8 +71,17 @@ impl FastIOEntry {
             })
     }
 
+    /// Runs `f` on the entry holding the GIL: `f` must be quick and must not release it.
     fn with<T>(&self, f: impl FnOnce(&mut FastIoEntry) -> PyResult<T>) -> PyResult<T> {
         f(&mut self.cell()?.lock())
+    }
+
+    fn detached<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut FastIoEntry) -> Result<T, ContextError> + Send,
+    ) -> PyResult<T> {
+        self.cell()?.detached(py, f)
     }
 
     /// Ends the entry's life: its handle is released now, or by the last view.
@@ -192,24 +212,19 @@ impl FastIOEntry {
                 self.name
             )));
         }
-        let shape = {
-            let mut guard = cell.lock();
-            let entry: &mut FastIoEntry = &mut guard;
-            py.detach(|| entry.update_shape(&indices, &values))
-                .map_err(error)?
-        };
+        let shape = cell.detached(py, |e| e.update_shape(&indices, &values))?;
         PyTuple::new(py, shape)
     }
 
     /// Gives a dynamic output memory of its current shape (update_shape does this by
     /// itself once every dimension is set).
     fn allocate(&self, py: Python<'_>) -> PyResult<()> {
-        self.with(|e| py.detach(|| e.allocate()).map_err(error))
+        self.detached(py, FastIoEntry::allocate)
     }
 
     /// A copy of the entry's values as bytes.
     fn get_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
-        let data = self.with(|e| py.detach(|| e.get_bytes()).map_err(error))?;
+        let data = self.detached(py, |e| e.get_bytes())?;
         Ok(PyBytes::new(py, &data))
     }
 
@@ -242,7 +257,7 @@ impl FastIOEntry {
                 .cast_into::<PyBytes>()
                 .map_err(|e| error(e.to_string()))?;
             let data = bytes.as_bytes();
-            return self.with(|e| py.detach(|| e.set_bytes(data)).map_err(error));
+            return self.detached(py, |e| e.set_bytes(data));
         }
         // Checks access and allocation with the entry's own messages.
         self.with(|e| {
@@ -268,6 +283,26 @@ impl FastIOEntry {
         let owner = Bound::new(slf.py(), slf.get().view(false)?)?;
         // SAFETY: `view` comes straight from the interpreter's bf_getbuffer call.
         unsafe { buffer::fill(&owner, view, flags) }
+    }
+
+    /// numpy's array interface (version 3), as for `FastIOAllocation`: `data` is a `View`
+    /// that keeps the memory mapped (writable for outputs).
+    #[getter]
+    fn __array_interface__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let view = Bound::new(py, self.view(false)?)?;
+        let (et, dims) = self.with(|e| {
+            let dims = e
+                .allocation()
+                .and_then(|a| a.dimensions().map(<[usize]>::to_vec))
+                .unwrap_or_default();
+            Ok((e.element_type(), dims))
+        })?;
+        let d = PyDict::new(py);
+        d.set_item("version", 3)?;
+        d.set_item("shape", PyTuple::new(py, dims)?)?;
+        d.set_item("typestr", et.numpy_dtype())?;
+        d.set_item("data", view)?;
+        Ok(d)
     }
 
     fn __repr__(&self) -> String {

@@ -93,6 +93,9 @@ CASES = {
     "set_values_bytes_too_long": (
         lambda ctx: ctx.create(8).set_values(b"123456789"), "do not fit"
     ),
+    "get_bad_access": (
+        lambda ctx: (published(ctx, "acc"), ctx.get("acc", "rw")), "IOAccess.ReadOnly"
+    ),
     "connect_bad_address": (
         lambda ctx: fastio.FastIOContext.connect("nowhere"), "@name or fd:N"
     ),

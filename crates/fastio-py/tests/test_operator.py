@@ -286,3 +286,84 @@ def test_demo_with_a_numpy_threshold_step_reports_what_the_rust_demo_reports(tmp
         reports.append((tmp_path / name / "write-report" / "report" / "report.txt").read_text())
     assert "voxels above the threshold" in reports[0]
     assert reports[1] == reports[0]
+
+
+ENTRY_RULES = """
+api-version: 0.5.0
+name: rules
+operators:
+- name: op
+  command: [PYTHON, DIR/op.py]
+  output:
+  - {name: found, type: array, element-type: int32, shape: [-1]}
+  - {name: grid, type: array, element-type: uint16, shape: [2, 3]}
+"""
+
+ENTRY_RULES_OP = """
+import numpy as np
+import fastio
+
+kept = {}
+
+def execute(driver, payload):
+    outs = payload.fastio_output_entries
+    assert "found" in outs and "nope" not in outs and len(outs) == 2
+    assert outs[-1].name == "grid" and outs.names() == ["found", "grid"]
+    for key in ("nope", 5, 2.5):
+        try:
+            outs[key]
+            raise AssertionError(f"outs[{key!r}] must raise")
+        except fastio.Error:
+            pass
+    found = payload.fastio_output("found")
+    found.update_shape([0], [4])
+    view = found.as_numpy()
+    view[:] = [1, 2, 3, 4]
+    try:
+        found.update_shape([0], [8])      # a view of the old memory is alive
+        raise AssertionError("reshaping under a live view must raise")
+    except fastio.Error as e:
+        assert "views" in str(e), e
+    del view
+    assert found.update_shape([0], [8]) == (8,)
+    grid = outs["grid"]
+    m = memoryview(grid)                  # buffer protocol: writable for an output
+    assert not m.readonly and m.format == "H" and m.shape == (2, 3)
+    m[1, 2] = 7
+    assert grid.get_numpy()[1, 2] == 7
+    assert not grid.get_numpy().flags.writeable
+    m.release()
+    class Holder:
+        __array_interface__ = grid.__array_interface__
+    via_interface = np.asarray(Holder())
+    assert via_interface.dtype == np.uint16 and via_interface.shape == (2, 3)
+    assert via_interface.flags.writeable and via_interface[1, 2] == 7
+    del via_interface, Holder
+    try:
+        grid.set_values(np.zeros(5))
+        raise AssertionError("a wrong element count must raise")
+    except fastio.Error as e:
+        assert "6 elements" in str(e), e
+    try:
+        grid.set_values(b"\\0" * 5)
+        raise AssertionError("a buffer of the wrong size must raise")
+    except fastio.Error:
+        pass
+    kept["grid"] = grid
+
+d = fastio.Driver(execute_handler=execute)
+d.start()
+d.wait_for_completion()
+try:
+    kept["grid"].shape
+    raise AssertionError("an entry must not be usable after execute")
+except fastio.Error as e:
+    assert "only during execute" in str(e), e
+open(__file__ + ".ok", "w").close()
+"""
+
+
+def test_entry_rules_views_buffers_and_lifetime(tmp_path):
+    result = run_pipeline(tmp_path, ENTRY_RULES, {"op": ENTRY_RULES_OP})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "op.py.ok").exists()  # every check in the operator passed

@@ -5,7 +5,8 @@
 //!   for every callback, and `<operator> pid <pid>` at start;
 //! - `EXECUTE=<what>`, what execute does (default `ok`):
 //!   `ok`; `fail` (prints `STDERR`'s text to stderr and returns an error); `exit3`;
-//!   `sleep:<seconds>`; `hold` (creates an allocation and never releases it);
+//!   `sleep:<seconds>`; `hold` (creates an allocation and never releases it); `orphan`
+//!   (leaves a `sleep 60` running);
 //!   `write-input:<name>` (tries the API, then writes through a raw pointer: faults);
 //!   `produce` / `check` (typed entries: see below); `paths` (disk entries).
 //!
@@ -96,6 +97,17 @@ fn execute(payload: &mut Payload<'_>) -> Result<(), CallbackError> {
         ("exit3", _) => std::process::exit(3),
         ("sleep", seconds) => {
             std::thread::sleep(std::time::Duration::from_secs_f64(seconds.parse()?));
+            Ok(())
+        }
+        ("orphan", _) => {
+            // A background process that outlives this operator (detached from its output,
+            // so nothing but the driver's clean-up ends it).
+            let child = std::process::Command::new("sleep")
+                .arg("60")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()?;
+            log(&format!("orphan {}", child.id()));
             Ok(())
         }
         ("hold", _) => {
