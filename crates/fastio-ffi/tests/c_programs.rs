@@ -203,6 +203,55 @@ fn publish_get_round_trip_in_cxx17() {
 }
 
 #[test]
+fn the_library_exports_exactly_the_functions_the_header_declares() {
+    let header = std::fs::read_to_string(crate_dir().join("include/clara_cpd.h")).unwrap();
+    let mut declared: Vec<&str> = header
+        .lines()
+        .filter(|l| l.starts_with("result nvidia_clara") || l.starts_with("const char *nvidia"))
+        .map(|l| {
+            let start = l.find("nvidia_clara").unwrap();
+            let end = l[start..].find('(').unwrap();
+            &l[start..start + end]
+        })
+        .collect();
+    declared.sort();
+    let out = Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(lib_dir().join("libfastio.so"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let symbols = String::from_utf8(out.stdout).unwrap();
+    let mut exported: Vec<&str> = symbols
+        .lines()
+        .filter(|l| l.contains(" T "))
+        .filter_map(|l| l.split_whitespace().last())
+        .collect();
+    exported.sort();
+    assert_eq!(exported, declared);
+    // Every name the seed and the issue require is among them.
+    for required in [
+        "nvidia_clara_fastio__create",
+        "nvidia_clara_fastio__publish",
+        "nvidia_clara_fastio__get",
+        "nvidia_clara_fastio__release",
+        "nvidia_clara_fastio__free",
+        "nvidia_clara_fastio__set_type_and_dimensions",
+        "nvidia_clara_payload__fastio_context",
+        "nvidia_clara_cpd__create",
+        "nvidia_clara_cpd__start",
+        "nvidia_clara_cpd__wait_for_completion",
+        "nvidia_clara_cpd__release",
+        "nvidia_clara_payload__input_entries",
+        "nvidia_clara_payload__output_entries",
+        "nvidia_clara_payload_entry__name",
+        "nvidia_clara_payload_entry__path",
+    ] {
+        assert!(declared.contains(&required), "{required}");
+    }
+}
+
+#[test]
 fn self_contained_test_programs_also_build_and_pass_as_cxx17() {
     for (source, extra, expected) in [
         ("bad_inputs.c", &[][..], "bad inputs ok"),
