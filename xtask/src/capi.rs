@@ -42,8 +42,9 @@ pub fn codegen(root: &Path, args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `cargo xtask clib`: builds libfastio.so / libfastio.a in release mode and adds the
-/// drop-in name libnvclara.so (a symlink), then prints the flags to build against them.
+/// `cargo xtask clib`: builds libfastio.so / libfastio.a in release mode, adds the
+/// drop-in name libnvclara.so (a symlink) and builds the C operators of examples/c beside
+/// them, then prints the flags to build against them.
 pub fn clib(root: &Path) -> anyhow::Result<PathBuf> {
     crate::run(
         "cargo",
@@ -55,6 +56,9 @@ pub fn clib(root: &Path) -> anyhow::Result<PathBuf> {
     std::os::unix::fs::symlink("libfastio.so", &drop_in)
         .with_context(|| format!("linking {}", drop_in.display()))?;
     let include = root.join(FFI_CRATE).join("include");
+    for program in c_operators(root, &dir)? {
+        eprintln!("built {}", program.display());
+    }
     eprintln!(
         "\nbuilt {lib}/libfastio.so, {lib}/libfastio.a and the drop-in {lib}/libnvclara.so\n\
          build a Clara operator with:\n  \
@@ -63,4 +67,64 @@ pub fn clib(root: &Path) -> anyhow::Result<PathBuf> {
         inc = include.display()
     );
     Ok(dir)
+}
+
+/// Compiles each examples/c/*.c with the system C compiler (`$CC`, else `cc`) against
+/// clara.h and libnvclara.so in `dir`, into `dir` (where `fastio run` looks for operator
+/// programs first). Warnings are errors.
+pub fn c_operators(root: &Path, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let compiler = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let include = root.join(FFI_CRATE).join("include");
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(root.join("examples/c"))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    sources.retain(|p| p.extension().is_some_and(|e| e == "c"));
+    sources.sort();
+    let mut programs = Vec::new();
+    for source in sources {
+        let stem = source.file_stem().context("a source file has a name")?;
+        let program = dir.join(stem);
+        let args: Vec<String> = [
+            "-std=c11",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pedantic",
+            "-O2",
+            "-I",
+            &include.to_string_lossy(),
+            &source.to_string_lossy(),
+            "-L",
+            &dir.to_string_lossy(),
+            "-lnvclara",
+            "-Wl,-rpath,$ORIGIN",
+            "-o",
+            &program.to_string_lossy(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        crate::run(&compiler, &args)?;
+        programs.push(program);
+    }
+    Ok(programs)
+}
+
+/// The second part of `cargo xtask demo`: the demo pipeline with an operator written in C
+/// (examples/demo/pipeline-c.yaml), built by [`clib`] beside `fastio`.
+pub fn demo() -> anyhow::Result<()> {
+    let root = crate::workspace_root();
+    clib(&root)?;
+    eprintln!(
+        "\nRunning examples/demo/pipeline-c.yaml: the same pipeline, with a fifth operator \
+         written in C against clara.h and -lnvclara (examples/c/voxel_report.c).\n"
+    );
+    crate::run(
+        "target/release/fastio",
+        &["run", "examples/demo/pipeline-c.yaml"],
+    )?;
+    let report = "fastio-output/demo-c/voxel-report/voxel-report/voxel-report.txt";
+    println!("\n{report}:\n{}", std::fs::read_to_string(report)?);
+    Ok(())
 }

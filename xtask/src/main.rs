@@ -134,5 +134,5 @@ fn demo() -> anyhow::Result<()> {
         report.display(),
         std::fs::read_to_string(report)?
     );
-    Ok(())
+    capi::demo()
 }

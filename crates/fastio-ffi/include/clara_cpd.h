@@ -10,24 +10,35 @@
  *   reported as NVIDIA_CLARA_RESULT_INTERNAL.
  * - A failing call changes nothing: output parameters are left unchanged, except the
  *   count/length outputs of the buffer protocol, which report the size needed.
- * - Handles (nvidia_clara_fastio_context*, nvidia_clara_fastio_alloc*) are opaque
- *   tokens that the library never dereferences and never reuses: NULL, double release,
+ * - Handles (every nvidia_clara_* pointer: cpd, payload, payload entry, context,
+ *   allocation, FastIO entry) are opaque tokens that the library never dereferences
+ *   and never reuses: NULL, double release,
  *   use after release or free, and a handle of the wrong kind are reported
  *   (NVIDIA_CLARA_RESULT_INVALID_HANDLE or _INVALID_ARGUMENT), never undefined behaviour.
  * - All functions are thread-safe. Calls on one handle from several threads are
  *   serialised.
  *
  * Provenance, and choices made where Clara's documentation is silent (docs/c-api.md
- * has the full list):
+ * has the full list and the reasons):
  * - [seed 000] nvidia_clara_fastio__create, __publish, __get: names and signatures as
- *   documented. __release, __free, __set_type_and_dimensions: names documented,
- *   signatures inferred.
- * - [inferred, named by fastio] __get_type_and_dimensions, __size, __map, __unmap, the
+ *   documented. __release, __free, __set_type_and_dimensions, and
+ *   nvidia_clara_payload__fastio_context: names documented, signatures inferred.
+ * - [found] nvidia_clara_cpd__create, nvidia_clara_payload__input_entries,
+ *   nvidia_clara_payload_entry__name (with `int buffer_size`, as the documented code
+ *   shows; its parameter table says size_t), the prepare callback type.
+ * - [names found, signatures inferred] nvidia_clara_cpd__start, __wait_for_completion,
+ *   __release, the execute, cleanup and notification callback types.
+ * - [inferred, named by fastio] nvidia_clara_fastio__get_type_and_dimensions, __size,
+ *   __map, __unmap; nvidia_clara_cpd__application_data;
+ *   nvidia_clara_payload__output_entries, __fastio_input_entries, __fastio_output_entries;
+ *   nvidia_clara_payload_entry__path; every nvidia_clara_fastio_entry__* function; the
  *   element-type values (Clara's documented order, uint8 = 0 to float64 = 10, the codes
  *   of fastio-meta) and the access values (read-only = 0, read-write = 1).
  * - [fastio extension] nvidia_clara_last_error_message, the NVIDIA_CLARA_RESULT_* codes,
  *   nvidia_clara_fastio_context__create_in_process / __connect / __release (a context
- *   outside a pipeline job), nvidia_clara_fastio__get_with_access and __access.
+ *   outside a pipeline job), nvidia_clara_fastio__get_with_access and __access,
+ *   nvidia_clara_cpd__job_id / __job_name / __stage_name,
+ *   nvidia_clara_fastio_entry__is_preallocated.
  * - Element type and access are int32_t typedefs with #define'd values, not C enums, so
  *   that an out-of-range value is reported instead of being undefined behaviour.
  * - map: a handle is mapped at most once at a time. A write mapping is exclusive among
@@ -37,6 +48,15 @@
  * - unmap only ends the map's bookkeeping: the pages stay mapped until the handle is
  *   released, so a map/unmap/map cycle returns the same address.
  * - A name is published once per context; after a free its names stay taken.
+ * - nvidia_clara_cpd__start runs the life-cycle on a library thread and returns at once;
+ *   the callbacks run on that thread; wait_for_completion returns the outcome. A NULL
+ *   callback skips its event.
+ * - The payload and everything reached from it (entry arrays, payload entries, FastIO
+ *   entries, the payload's context) are valid only during the execute callback.
+ *   Allocation handles got through the payload's context and still held when execute
+ *   returns become invalid; the job reclaims and reports them.
+ * - Entry arrays are NULL-terminated. The buffer protocol always writes the length with
+ *   the NUL to *len_out and fails, writing nothing, when the buffer is NULL or smaller.
  */
 
 

@@ -23,7 +23,8 @@ enum Run {
         thread: JoinHandle<Result<(), String>>,
         id: ThreadId,
     },
-    // A thread is in wait_for_completion or release, joining the life-cycle thread.
+    // A thread is in wait_for_completion or release, joining the life-cycle thread
+    // (whose id this is).
     Joining {
         id: ThreadId,
     },
@@ -236,30 +237,31 @@ fn join(state: &std::sync::Mutex<CpdState>) -> Result<Result<(), String>, Error>
     let here = std::thread::current().id();
     let thread = {
         let mut guard = lock(state);
-        match std::mem::replace(&mut guard.run, Run::Joining { id: here }) {
-            Run::Running { id, .. } | Run::Joining { id } if id == here => {
+        match &guard.run {
+            Run::Running { id, .. } | Run::Joining { id } if *id == here => {
                 return Err(Error::invalid(
                     "called from inside a life-cycle callback, which would wait for itself",
                 ));
             }
-            Run::Running { thread, .. } => thread,
-            Run::Finished(outcome) => {
-                guard.run = Run::Finished(outcome.clone());
-                return Ok(outcome);
+            Run::Finished(outcome) => return Ok(outcome.clone()),
+            Run::Created => {
+                return Err(Error::invalid(
+                    "the life-cycle was not started (nvidia_clara_cpd__start)",
+                ));
             }
-            other @ (Run::Created | Run::Joining { .. }) => {
-                let busy = matches!(other, Run::Joining { .. });
-                guard.run = other;
-                return Err(if busy {
-                    Error::new(
-                        NVIDIA_CLARA_RESULT_BUSY,
-                        "another thread is already waiting for this driver",
-                    )
-                } else {
-                    Error::invalid("the life-cycle was not started (nvidia_clara_cpd__start)")
-                });
+            Run::Joining { .. } => {
+                return Err(Error::new(
+                    NVIDIA_CLARA_RESULT_BUSY,
+                    "another thread is already waiting for this driver",
+                ));
             }
+            Run::Running { .. } => {}
         }
+        let Run::Running { thread, id } = std::mem::replace(&mut guard.run, Run::Created) else {
+            return Err(Error::invalid("the driver changed state unexpectedly"));
+        };
+        guard.run = Run::Joining { id };
+        thread
     };
     let outcome = thread
         .join()

@@ -8,7 +8,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use fastio_context::{Context, Server, ServerConfig};
+use fastio_driver::{JobOptions, run_job};
 use fastio_meta::ElementType;
+use fastio_pipeline::Pipeline;
 use tempfile::TempDir;
 
 fn crate_dir() -> &'static Path {
@@ -81,7 +83,12 @@ impl Build {
     /// Compiles with warnings as errors; returns the program (in `dir`).
     fn compile(&self, dir: &Path) -> PathBuf {
         let lib = lib_dir();
-        let exe = dir.join(self.source.trim_end_matches(".c"));
+        let source = if self.source.starts_with("examples/") {
+            crate_dir().join("../..").join(self.source)
+        } else {
+            crate_dir().join("tests/c").join(self.source)
+        };
+        let exe = dir.join(Path::new(self.source).file_stem().unwrap());
         let (compiler, std) = match self.lang {
             Lang::C11 => ("gcc", "-std=c11"),
             Lang::Cxx17 => ("g++", "-std=c++17"),
@@ -99,7 +106,7 @@ impl Build {
         if self.lang == Lang::Cxx17 {
             cmd.args(["-x", "c++"]);
         }
-        cmd.arg(crate_dir().join("tests/c").join(self.source));
+        cmd.arg(source);
         if self.lang == Lang::Cxx17 {
             cmd.args(["-x", "none"]);
         }
@@ -139,11 +146,27 @@ impl Build {
     }
 }
 
-/// Runs `exe` with `args` and `env`, and fails the test unless it exits 0.
+/// Variables that would change how a C program joins a job; the tests set them
+/// explicitly.
+const JOB_VARIABLES: [&str; 6] = [
+    "FASTIO_CONTEXT",
+    "FASTIO_PIPELINE",
+    "FASTIO_STAGE",
+    "NVIDIA_CLARA_INPUTPATHS",
+    "NVIDIA_CLARA_OUTPUTPATHS",
+    "NVIDIA_CLARA_NOSYNCLOCK",
+];
+
+/// Runs `exe` (in its own directory) with `args` and `env`, and fails the test unless it
+/// exits 0.
 fn run(exe: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let out = Command::new(exe)
+    let mut cmd = Command::new(exe);
+    for var in JOB_VARIABLES {
+        cmd.env_remove(var);
+    }
+    let out = cmd
         .args(args)
-        .env_remove("FASTIO_CONTEXT")
+        .current_dir(exe.parent().unwrap())
         .envs(env.iter().copied())
         .output()
         .unwrap();
@@ -177,6 +200,72 @@ fn publish_get_round_trip_in_cxx17() {
         ..Build::c("roundtrip.c")
     };
     assert!(compile_and_run(build).contains("roundtrip ok"));
+}
+
+#[test]
+fn the_library_exports_exactly_the_functions_the_header_declares() {
+    let header = std::fs::read_to_string(crate_dir().join("include/clara_cpd.h")).unwrap();
+    let mut declared: Vec<&str> = header
+        .lines()
+        .filter(|l| l.starts_with("result nvidia_clara") || l.starts_with("const char *nvidia"))
+        .map(|l| {
+            let start = l.find("nvidia_clara").unwrap();
+            let end = l[start..].find('(').unwrap();
+            &l[start..start + end]
+        })
+        .collect();
+    declared.sort();
+    let out = Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(lib_dir().join("libfastio.so"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let symbols = String::from_utf8(out.stdout).unwrap();
+    let mut exported: Vec<&str> = symbols
+        .lines()
+        .filter(|l| l.contains(" T "))
+        .filter_map(|l| l.split_whitespace().last())
+        .collect();
+    exported.sort();
+    assert_eq!(exported, declared);
+    // Every name the seed and the issue require is among them.
+    for required in [
+        "nvidia_clara_fastio__create",
+        "nvidia_clara_fastio__publish",
+        "nvidia_clara_fastio__get",
+        "nvidia_clara_fastio__release",
+        "nvidia_clara_fastio__free",
+        "nvidia_clara_fastio__set_type_and_dimensions",
+        "nvidia_clara_payload__fastio_context",
+        "nvidia_clara_cpd__create",
+        "nvidia_clara_cpd__start",
+        "nvidia_clara_cpd__wait_for_completion",
+        "nvidia_clara_cpd__release",
+        "nvidia_clara_payload__input_entries",
+        "nvidia_clara_payload__output_entries",
+        "nvidia_clara_payload_entry__name",
+        "nvidia_clara_payload_entry__path",
+    ] {
+        assert!(declared.contains(&required), "{required}");
+    }
+}
+
+#[test]
+fn self_contained_test_programs_also_build_and_pass_as_cxx17() {
+    for (source, extra, expected) in [
+        ("bad_inputs.c", &[][..], "bad inputs ok"),
+        ("mapping.c", &[][..], "mapping ok"),
+        ("threads.c", &["-pthread"][..], "threads ok"),
+        ("lifecycle.c", &[][..], "lifecycle ok"),
+    ] {
+        let build = Build {
+            lang: Lang::Cxx17,
+            extra,
+            ..Build::c(source)
+        };
+        assert!(compile_and_run(build).contains(expected), "{source}");
+    }
 }
 
 #[test]
@@ -227,6 +316,7 @@ fn c_programs_are_clean_under_address_sanitizer() {
         ("roundtrip.c", &[][..]),
         ("bad_inputs.c", &[][..]),
         ("threads.c", &["-pthread"][..]),
+        ("lifecycle.c", &[][..]),
     ] {
         let build = Build {
             asan: true,
@@ -328,4 +418,224 @@ fn handles_of_a_c_process_that_exits_without_releasing_are_reclaimed() {
     assert_eq!(stats.resources, 1, "{stats:?}");
     assert_eq!(stats.live_bytes, 1 << 20, "{stats:?}");
     assert_eq!(stats.publications, 1, "{stats:?}");
+}
+
+#[test]
+fn life_cycle_runs_prepare_execute_cleanup_in_order_and_takes_back_the_payload() {
+    assert!(compile_and_run(Build::c("lifecycle.c")).contains("lifecycle ok"));
+}
+
+#[test]
+fn payload_entries_follow_clara_path_variables_and_the_name_buffer_protocol() {
+    let dir = TempDir::new().unwrap();
+    let exe = Build::c("payload_entries.c").compile(dir.path());
+    let root = dir.path().to_str().unwrap();
+    let inputs = format!("dicom:{root}/in;:{root}/in2");
+    let outputs = format!("report:{root}/out");
+    let out = run(
+        &exe,
+        &[root],
+        &[
+            ("NVIDIA_CLARA_INPUTPATHS", &inputs),
+            ("NVIDIA_CLARA_OUTPUTPATHS", &outputs),
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("payload entries ok"));
+    // A standalone run creates its output directories.
+    assert!(dir.path().join("out").is_dir());
+}
+
+/// A typed pipeline of two runs of tests/c/entries_op.c.
+fn entries_pipeline(exe: &Path, producer_args: &str) -> String {
+    let exe = exe.display();
+    format!(
+        r#"api-version: 0.5.0
+orchestrator: Clara
+name: c-entries
+timeout: 60
+operators:
+- name: producer
+  command: ["{exe}", "producer"{producer_args}]
+  output:
+  - name: grid
+    type: array
+    element-type: float32
+    shape: [3, 4]
+  - name: slices
+    type: array
+    element-type: int32
+    shape: [3, -1]
+  - name: note
+    type: string
+- name: consumer
+  command: ["{exe}", "consumer"]
+  input:
+  - name: grid
+    from: producer
+    type: array
+    element-type: float32
+    shape: [3, 4]
+  - name: slices
+    from: producer
+    type: array
+    element-type: int32
+    shape: [3, -1]
+  - name: note
+    from: producer
+    type: string
+"#
+    )
+}
+
+#[test]
+fn fastio_entries_of_a_standalone_c_operator_behave_as_declared() {
+    for asan in [false, true] {
+        let dir = TempDir::new().unwrap();
+        let exe = Build {
+            asan,
+            ..Build::c("entries_op.c")
+        }
+        .compile(dir.path());
+        let definition = dir.path().join("pipeline.yaml");
+        std::fs::write(&definition, entries_pipeline(&exe, "")).unwrap();
+        let definition = definition.to_str().unwrap();
+        for (role, stage) in [("producer", "producer"), ("consumer-alone", "consumer")] {
+            let out = run(
+                &exe,
+                &[role],
+                &[("FASTIO_PIPELINE", definition), ("FASTIO_STAGE", stage)],
+            );
+            assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{role} ok")));
+            assert!(!String::from_utf8_lossy(&out.stderr).contains("AddressSanitizer"));
+        }
+    }
+}
+
+#[test]
+fn c_operators_share_entries_and_context_allocations_in_a_job() {
+    let dir = TempDir::new().unwrap();
+    let exe = Build::c("entries_op.c").compile(dir.path());
+    let text = entries_pipeline(&exe, r#", "leak""#);
+    let pipeline = Pipeline::from_yaml_str(&text, "pipeline.yaml").unwrap();
+    let mut options = JobOptions::for_pipeline(&pipeline);
+    options.output_root = dir.path().join("output");
+    let report = run_job(&pipeline, &options, &mut |_| {}).unwrap();
+    assert!(report.succeeded(), "{}", report.render());
+    let producer = &report.operators[0];
+    // Case 10: the allocation the producer left unreleased was reclaimed and reported,
+    // by the job and by the operator's notification.
+    assert_eq!(producer.reclaimed.len(), 1, "{}", report.render());
+    assert_eq!(producer.reclaimed[0].count, 1);
+    let stderr = producer.stderr_tail.join("\n");
+    assert!(
+        stderr.contains("without releasing 1 Fast I/O allocation handle(s)"),
+        "{stderr}"
+    );
+    assert!(
+        report.operators[1].reclaimed.is_empty(),
+        "{}",
+        report.render()
+    );
+}
+
+#[test]
+fn example_c_operator_runs_standalone_cleanly_under_address_sanitizer() {
+    let dir = TempDir::new().unwrap();
+    let exe = Build {
+        asan: true,
+        link: Link::DropIn,
+        ..Build::c("examples/c/voxel_report.c")
+    }
+    .compile(dir.path());
+    let demo = crate_dir().join("../../examples/demo/pipeline-c.yaml");
+    let outputs = format!("voxel-report:{}", dir.path().display());
+    let out = run(
+        &exe,
+        &[],
+        &[
+            ("FASTIO_PIPELINE", demo.to_str().unwrap()),
+            ("FASTIO_STAGE", "voxel-report"),
+            ("NVIDIA_CLARA_OUTPUTPATHS", &outputs),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Alone, the pre-allocated count reads as zero and the dynamic list was never made.
+    assert!(stdout.contains("voxels above the threshold: 0"), "{stdout}");
+    assert!(stdout.contains("slices with foreground: 0"), "{stdout}");
+    let report = std::fs::read_to_string(dir.path().join("voxel-report.txt")).unwrap();
+    assert_eq!(report, stdout);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("AddressSanitizer"));
+}
+
+/// The directory of this build's `fastio-demo-op` (the demo pipeline's Rust operators),
+/// built on demand as the library is.
+fn demo_op_dir() -> PathBuf {
+    let dir = lib_dir();
+    let target_dir = dir.parent().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--quiet",
+        "-p",
+        "fastio",
+        "--bin",
+        "fastio-demo-op",
+    ])
+    .env("CARGO_TARGET_DIR", target_dir)
+    .current_dir(crate_dir());
+    if dir.file_name().is_some_and(|p| p == "release") {
+        cmd.arg("--release");
+    }
+    assert!(cmd.status().unwrap().success(), "{cmd:?} failed");
+    dir
+}
+
+/// The numbers of a line of `text` after `prefix`, in order.
+fn numbers_after(text: &str, prefix: &str) -> Vec<u64> {
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or("");
+    line.split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn demo_pipeline_with_the_c_example_operator_runs_as_a_job() {
+    let dir = TempDir::new().unwrap();
+    // Built as `cargo xtask clib` does: clara.h and -lnvclara, warnings as errors.
+    Build {
+        link: Link::DropIn,
+        ..Build::c("examples/c/voxel_report.c")
+    }
+    .compile(dir.path());
+    let definition = crate_dir().join("../../examples/demo/pipeline-c.yaml");
+    let pipeline = Pipeline::from_path(&definition).unwrap();
+    let mut options = JobOptions::for_pipeline(&pipeline);
+    options.output_root = dir.path().join("output");
+    options.program_dirs = vec![dir.path().to_path_buf(), demo_op_dir()];
+    let report = run_job(&pipeline, &options, &mut |_| {}).unwrap();
+    assert!(report.succeeded(), "{}", report.render());
+    let rust =
+        std::fs::read_to_string(dir.path().join("output/write-report/report/report.txt")).unwrap();
+    let c = std::fs::read_to_string(
+        dir.path()
+            .join("output/voxel-report/voxel-report/voxel-report.txt"),
+    )
+    .unwrap();
+    // The C operator read the same count and slices the Rust operators computed.
+    let count = numbers_after(&rust, "voxel count: ");
+    assert_eq!(
+        numbers_after(&c, "voxels above the threshold: "),
+        count,
+        "{c}"
+    );
+    assert!(count[0] > 0, "{rust}");
+    // "N voxels above the threshold 300 in K slices (F to L)"
+    let summary = numbers_after(&rust, "summary: ");
+    let slices = numbers_after(&c, "slices with foreground: ");
+    assert_eq!(slices, summary[summary.len() - 3..], "{rust}{c}");
 }
