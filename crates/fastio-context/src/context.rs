@@ -419,6 +419,28 @@ impl Allocation {
         self.event
     }
 
+    /// Takes the resource's write mapping for this client (Clara's writer exclusivity):
+    /// fails with [`RequestError::WriterBusy`](crate::RequestError::WriterBusy) while
+    /// another client holds it. Readers are not excluded (dirty reads are allowed, as in
+    /// Clara). Given back by [`Allocation::release_write`], or when this client's last
+    /// handle to the resource goes or the client disconnects. Advisory: it orders
+    /// cooperating writers; the memory itself stays writable through this handle.
+    pub fn acquire_write(&self) -> Result<(), ContextError> {
+        if self.access == Access::ReadOnly {
+            return Err(ContextError::ReadOnly);
+        }
+        self.context
+            .call(Request::AcquireWrite { id: self.id })
+            .map(drop)
+    }
+
+    /// Gives back one [`Allocation::acquire_write`].
+    pub fn release_write(&self) -> Result<(), ContextError> {
+        self.context
+            .call(Request::ReleaseWrite { id: self.id })
+            .map(drop)
+    }
+
     /// Drops this handle. The memory stays for other handles and for its publications.
     pub fn release(mut self) -> Result<(), ContextError> {
         self.give_up(false)

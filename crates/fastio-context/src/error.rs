@@ -63,6 +63,12 @@ pub enum RequestError {
         /// Bytes the allocation has.
         size: usize,
     },
+    /// Another client holds the resource's write mapping.
+    #[error("resource #{id} is mapped for writing by another client; one writer at a time")]
+    WriterBusy {
+        /// The resource.
+        id: u64,
+    },
     /// The request needs a job, and this connection is not an operator of one.
     #[error("this client is not an operator of a pipeline job")]
     NotInJob,

@@ -130,6 +130,18 @@ pub enum Request {
     },
     /// The context's accounting.
     Stats,
+    /// Takes the resource's write mapping for this connection (Clara: one writer at a
+    /// time; readers may coexist). Refused while another connection holds it; counted,
+    /// so one connection may take it more than once.
+    AcquireWrite {
+        /// The resource, which this connection must hold.
+        id: ResourceId,
+    },
+    /// Gives back one `AcquireWrite`.
+    ReleaseWrite {
+        /// The resource.
+        id: ResourceId,
+    },
     /// An operator joins its job: the answer is [`Response::Joined`]. Only connections the
     /// driver made for an operator may join.
     Join,

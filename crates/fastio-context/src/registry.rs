@@ -30,6 +30,8 @@ struct Resource {
     // Live publications and FastIO entries bound to it: each keeps it alive.
     pins: usize,
     handles: u64,
+    // The connection holding the write mapping, and how many times it took it.
+    writer: Option<(ConnectionId, u32)>,
 }
 
 #[derive(Debug)]
@@ -118,6 +120,9 @@ impl Registry {
         for (id, count) in held {
             if let Some(resource) = self.resources.get_mut(&id) {
                 resource.handles -= count;
+                if resource.writer.is_some_and(|(w, _)| w == conn) {
+                    resource.writer = None;
+                }
             }
             self.reclaim_if_dead(id);
         }
@@ -185,6 +190,7 @@ impl Registry {
                 deleted: false,
                 pins: 0,
                 handles: 0,
+                writer: None,
             },
         );
         Ok(Grant {
@@ -449,12 +455,57 @@ impl Registry {
         *held -= 1;
         if *held == 0 {
             self.connections.get_mut(&conn).map(|m| m.remove(&id));
+            // Its last handle gone, the connection cannot be writing any more.
+            if let Some(resource) = self.resources.get_mut(&id) {
+                if resource.writer.is_some_and(|(w, _)| w == conn) {
+                    resource.writer = None;
+                }
+            }
         }
         if let Some(resource) = self.resources.get_mut(&id) {
             resource.handles -= 1;
         }
         self.reclaim_if_dead(id);
         Ok(())
+    }
+
+    /// Takes the write mapping of a resource `conn` holds: refused while another
+    /// connection has it.
+    pub fn acquire_write(
+        &mut self,
+        conn: ConnectionId,
+        id: ResourceId,
+    ) -> Result<(), RequestError> {
+        self.check_held(conn, id)?;
+        let resource = self.resources.get_mut(&id).expect("held resources exist");
+        match &mut resource.writer {
+            Some((w, count)) if *w == conn => *count += 1,
+            Some(_) => return Err(RequestError::WriterBusy { id: id.0 }),
+            None => resource.writer = Some((conn, 1)),
+        }
+        Ok(())
+    }
+
+    /// Gives back one write mapping `conn` took.
+    pub fn release_write(
+        &mut self,
+        conn: ConnectionId,
+        id: ResourceId,
+    ) -> Result<(), RequestError> {
+        self.check_held(conn, id)?;
+        let resource = self.resources.get_mut(&id).expect("held resources exist");
+        match &mut resource.writer {
+            Some((w, count)) if *w == conn => {
+                *count -= 1;
+                if *count == 0 {
+                    resource.writer = None;
+                }
+                Ok(())
+            }
+            _ => Err(RequestError::BadRequest {
+                message: format!("resource {id} is not mapped for writing by this client"),
+            }),
+        }
     }
 
     /// Marks a held resource deleted, so that its names stop resolving, and drops the handle.
@@ -686,5 +737,36 @@ mod tests {
         let big = r.create(c, 20_000).unwrap();
         r.release(c, big.id).unwrap();
         assert_eq!(r.stats().pooled_bytes, 0);
+    }
+}
+
+#[cfg(test)]
+mod writer_tests {
+    use super::*;
+
+    #[test]
+    fn one_connection_writes_at_a_time_until_it_lets_go() {
+        let mut r = Registry::new(0);
+        let (a, b) = (r.connect(), r.connect());
+        let g = r.create(a, 64).unwrap();
+        r.publish(a, g.id, "w", None, None).unwrap();
+        r.get(b, "w", AccessMode::ReadWrite).unwrap();
+        r.acquire_write(a, g.id).unwrap();
+        r.acquire_write(a, g.id).unwrap();
+        assert_eq!(
+            r.acquire_write(b, g.id),
+            Err(RequestError::WriterBusy { id: g.id.0 })
+        );
+        r.release_write(a, g.id).unwrap();
+        assert!(r.acquire_write(b, g.id).is_err(), "a still holds one");
+        r.release_write(a, g.id).unwrap();
+        r.acquire_write(b, g.id).unwrap();
+        // A writer that goes away, by release or disconnect, lets the next one in.
+        r.disconnect(b);
+        r.acquire_write(a, g.id).unwrap();
+        r.release(a, g.id).unwrap();
+        let c = r.connect();
+        r.get(c, "w", AccessMode::ReadWrite).unwrap();
+        r.acquire_write(c, g.id).unwrap();
     }
 }

@@ -103,6 +103,8 @@ pub(crate) fn dispatch(
         Request::Release { id } => done(shared.registry().release(conn, id)),
         Request::Free { id } => done(shared.registry().free(conn, id)),
         Request::Stats => (Response::Stats(shared.registry().stats()), None),
+        Request::AcquireWrite { id } => done(shared.registry().acquire_write(conn, id)),
+        Request::ReleaseWrite { id } => done(shared.registry().release_write(conn, id)),
         Request::Join => match job_stage(shared, peer) {
             Ok((job, stage)) => match job.join(stage) {
                 Ok(info) => (Response::Joined(Box::new(info)), None),

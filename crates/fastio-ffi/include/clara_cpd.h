@@ -415,9 +415,10 @@ result nvidia_clara_fastio__access(nvidia_clara_fastio_alloc *alloc,
  Maps the allocation and writes the address of its first byte to `*data_out`.
 
  - READ_WRITE fails with NVIDIA_CLARA_RESULT_READ_ONLY on a read-only handle, and with
-   NVIDIA_CLARA_RESULT_BUSY while another handle of the same context in this process
-   holds a write mapping of the same resource (Clara's writer exclusivity; readers and
-   one writer may coexist: dirty reads are allowed, as in Clara).
+   NVIDIA_CLARA_RESULT_BUSY while another handle holds a write mapping of the same
+   resource, in this process or in any other process of the context (Clara's writer
+   exclusivity, kept by the context server; readers and one writer may coexist: dirty
+   reads are allowed, as in Clara). A writer that exits, even by SIGKILL, lets go.
  - A handle is mapped at most once at a time: mapping it again before
    `nvidia_clara_fastio__unmap` fails with NVIDIA_CLARA_RESULT_BUSY.
  - On a read-only handle the memory is mapped read-only by the kernel: a write faults.

@@ -218,6 +218,7 @@ pub(crate) fn retire_context_allocations(context: u64) -> Vec<Allocation> {
             let allocation = state.allocation.take()?;
             if state.mapped.take() == Some(Access::ReadWrite) {
                 lock(&WRITERS).remove(&(context, allocation.id()));
+                let _ = allocation.release_write();
             }
             Some(allocation)
         })
@@ -235,6 +236,9 @@ fn give_up(alloc: *mut nvidia_clara_fastio_alloc, free: bool) -> Result<(), Erro
     };
     if state.mapped.take() == Some(Access::ReadWrite) {
         lock(&WRITERS).remove(&(state.context, allocation.id()));
+        // The context also lets go when the connection's last handle goes; this covers a
+        // connection that holds other handles to the same resource.
+        let _ = allocation.release_write();
     }
     if free {
         allocation.free()?;
@@ -392,9 +396,10 @@ pub unsafe extern "C" fn nvidia_clara_fastio__access(
 /// Maps the allocation and writes the address of its first byte to `*data_out`.
 ///
 /// - READ_WRITE fails with NVIDIA_CLARA_RESULT_READ_ONLY on a read-only handle, and with
-///   NVIDIA_CLARA_RESULT_BUSY while another handle of the same context in this process
-///   holds a write mapping of the same resource (Clara's writer exclusivity; readers and
-///   one writer may coexist: dirty reads are allowed, as in Clara).
+///   NVIDIA_CLARA_RESULT_BUSY while another handle holds a write mapping of the same
+///   resource, in this process or in any other process of the context (Clara's writer
+///   exclusivity, kept by the context server; readers and one writer may coexist: dirty
+///   reads are allowed, as in Clara). A writer that exits, even by SIGKILL, lets go.
 /// - A handle is mapped at most once at a time: mapping it again before
 ///   `nvidia_clara_fastio__unmap` fails with NVIDIA_CLARA_RESULT_BUSY.
 /// - On a read-only handle the memory is mapped read-only by the kernel: a write faults.
@@ -459,6 +464,9 @@ pub unsafe extern "C" fn nvidia_clara_fastio__map(
                             ),
                         ));
                     }
+                    // Other processes (other connections to the context) are excluded
+                    // by the context itself.
+                    allocation.acquire_write()?;
                     writers.insert(key, token);
                     *mapped = Some(Access::ReadWrite);
                     Ok(data)
@@ -481,7 +489,7 @@ pub extern "C" fn nvidia_clara_fastio__unmap(alloc: *mut nvidia_clara_fastio_all
             None => Err(Error::invalid("the handle is not mapped")),
             Some(Access::ReadWrite) => {
                 lock(&WRITERS).remove(&(live.context, live.allocation.id()));
-                Ok(())
+                live.allocation.release_write().map_err(Error::from)
             }
             Some(Access::ReadOnly) => Ok(()),
         })

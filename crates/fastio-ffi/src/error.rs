@@ -49,6 +49,7 @@ impl From<ContextError> for Error {
                 }
                 RequestError::EntryShape { .. } => NVIDIA_CLARA_RESULT_INVALID_ARGUMENT,
                 RequestError::EntryAccess { .. } => NVIDIA_CLARA_RESULT_READ_ONLY,
+                RequestError::WriterBusy { .. } => NVIDIA_CLARA_RESULT_BUSY,
                 _ => NVIDIA_CLARA_RESULT_FAILED,
             },
             ContextError::Meta(_) => NVIDIA_CLARA_RESULT_INVALID_ARGUMENT,

@@ -361,6 +361,59 @@ fn one_c_process_publishes_and_another_gets_through_the_server() {
     assert!(rust.get("grid").is_err());
 }
 
+#[test]
+fn one_writer_at_a_time_across_processes_until_the_writer_dies() {
+    use std::io::{BufRead, BufReader};
+    let server = server();
+    let env = [("FASTIO_CONTEXT", server.address())];
+    let rust = Context::connect(server.address()).unwrap();
+    let shared = rust.create(4096).unwrap();
+    shared.publish("shared").unwrap();
+    let dir = TempDir::new().unwrap();
+    let exe = Build::c("two_process.c").compile(dir.path());
+    let mut holder = Command::new(&exe)
+        .arg("hold-writer")
+        .envs(env.iter().copied())
+        .env_remove("NVIDIA_CLARA_NOSYNCLOCK")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "MAPPED");
+    run(&exe, &["second-busy"], &env);
+    // A Rust client of the context is excluded the same way.
+    let other = rust.get("shared").unwrap();
+    let refused = other.acquire_write().unwrap_err().to_string();
+    assert!(refused.contains("one writer at a time"), "{refused}");
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    // The writer died holding its mapping: the server let go when its socket closed.
+    wait_for(|| {
+        let ok = other.acquire_write().is_ok();
+        if ok {
+            other.release_write().unwrap();
+        }
+        ok
+    });
+    run(&exe, &["second-ok"], &env);
+}
+
+/// Polls `f` every 10 ms for up to 5 s; fails the test if it never holds.
+fn wait_for(mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "condition never held"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Byte `i` of the test array of element type `code` (tests/c/element_types.c has the
 /// same function).
 fn pattern(code: u32, i: usize) -> u8 {

@@ -3,7 +3,11 @@
  *   produce:    create 3x4 float32, fill 0..11, publish "grid", release.
  *   consume:    get "grid" twice; check type, dimensions, size, values; map one handle,
  *               free the other; the mapping stays readable until it is released.
- *   after-free: get "grid" fails ("was freed"), get "nope" fails; outputs unchanged. */
+ *   after-free: get "grid" fails ("was freed"), get "nope" fails; outputs unchanged.
+ * Writer exclusivity across processes (case 11), on a published "shared":
+ *   hold-writer:  maps it for writing, prints MAPPED, then waits on stdin (killed there);
+ *   second-busy:  a write map fails (BUSY, "one writer at a time"); a read map works;
+ *   second-ok:    a write map works. */
 #include "check.h"
 
 static nvidia_clara_fastio_context *join(void) {
@@ -72,11 +76,49 @@ static int after_free(void) {
     return 0;
 }
 
+static int hold_writer(void) {
+    nvidia_clara_fastio_context *ctx = join();
+    nvidia_clara_fastio_alloc *a = NULL;
+    CHECK_OK(nvidia_clara_fastio__get(ctx, "shared", &a));
+    void *data = NULL;
+    CHECK_OK(nvidia_clara_fastio__map(a, NVIDIA_CLARA_FASTIO_ACCESS_READ_WRITE, &data));
+    ((unsigned char *)data)[0] = 42;
+    printf("MAPPED\n");
+    fflush(stdout);
+    char line[16];
+    if (fgets(line, sizeof line, stdin) == NULL) return 0;
+    return 0;
+}
+
+static int second_writer(int expect_busy) {
+    nvidia_clara_fastio_context *ctx = join();
+    nvidia_clara_fastio_alloc *a = NULL;
+    CHECK_OK(nvidia_clara_fastio__get(ctx, "shared", &a));
+    void *data = NULL;
+    if (expect_busy) {
+        CHECK_FAILS(nvidia_clara_fastio__map(a, NVIDIA_CLARA_FASTIO_ACCESS_READ_WRITE, &data),
+                    NVIDIA_CLARA_RESULT_BUSY, "one writer at a time");
+        CHECK(data == NULL);
+        /* Readers may map beside the writer (dirty reads, as Clara allows). */
+        CHECK_OK(nvidia_clara_fastio__map(a, NVIDIA_CLARA_FASTIO_ACCESS_READ_ONLY, &data));
+        CHECK(((const unsigned char *)data)[0] == 42);
+    } else {
+        CHECK_OK(nvidia_clara_fastio__map(a, NVIDIA_CLARA_FASTIO_ACCESS_READ_WRITE, &data));
+    }
+    CHECK_OK(nvidia_clara_fastio__unmap(a));
+    CHECK_OK(nvidia_clara_fastio__release(a));
+    CHECK_OK(nvidia_clara_fastio_context__release(ctx));
+    return 0;
+}
+
 int main(int argc, char **argv) {
     CHECK(argc == 2);
     if (strcmp(argv[1], "produce") == 0) return produce();
     if (strcmp(argv[1], "consume") == 0) return consume();
     if (strcmp(argv[1], "after-free") == 0) return after_free();
+    if (strcmp(argv[1], "hold-writer") == 0) return hold_writer();
+    if (strcmp(argv[1], "second-busy") == 0) return second_writer(1);
+    if (strcmp(argv[1], "second-ok") == 0) return second_writer(0);
     fprintf(stderr, "unknown role %s\n", argv[1]);
     return 2;
 }
