@@ -456,10 +456,12 @@ impl Registry {
         if *held == 0 {
             self.connections.get_mut(&conn).map(|m| m.remove(&id));
             // Its last handle gone, the connection cannot be writing any more.
-            if let Some(resource) = self.resources.get_mut(&id) {
-                if resource.writer.is_some_and(|(w, _)| w == conn) {
-                    resource.writer = None;
-                }
+            if let Some(resource) = self
+                .resources
+                .get_mut(&id)
+                .filter(|r| r.writer.is_some_and(|(w, _)| w == conn))
+            {
+                resource.writer = None;
             }
         }
         if let Some(resource) = self.resources.get_mut(&id) {
