@@ -532,3 +532,42 @@ fn processes_an_operator_leaves_behind_go_with_the_job() {
     let pid: u32 = orphan.split(' ').next().unwrap().parse().unwrap();
     fastio_tests::wait_until(Duration::from_secs(5), || Ok(!alive(pid))).unwrap();
 }
+
+#[test]
+fn killing_the_driver_takes_its_operators_with_it() {
+    let job = Job::new();
+    let yaml = format!(
+        "{HEADER}{}{}",
+        op("long", &[("EXECUTE", "sleep:60")], ONE_ARRAY_OUT),
+        op("waiting", &[], &one_array_in("long")),
+    )
+    .replace("$LOG", &job.log_path().display().to_string());
+    let path = job.dir.path().join("pipeline.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut driver = std::process::Command::new(env!("CARGO_BIN_EXE_fastio-test-driver"))
+        .arg(&path)
+        .arg(job.dir.path().join("out"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    fastio_tests::wait_until(Duration::from_secs(30), || {
+        Ok(job.at("long", "execute begin").is_some() && job.at("waiting", "prepare end").is_some())
+    })
+    .unwrap();
+    driver.kill().unwrap(); // SIGKILL: no clean-up code of the driver runs
+    driver.wait().unwrap();
+    let pids: Vec<u32> = job
+        .log()
+        .into_iter()
+        .filter_map(|(_, rest)| {
+            rest.strip_prefix("pid ")
+                .map(|p| p.split(' ').next().unwrap().parse().unwrap())
+        })
+        .collect();
+    assert_eq!(pids.len(), 2);
+    fastio_tests::wait_until(Duration::from_secs(5), || {
+        Ok(pids.iter().all(|&p| !alive(p)))
+    })
+    .unwrap();
+    assert!(job.at("waiting", "execute begin").is_none());
+}
