@@ -117,8 +117,11 @@ impl Build {
                 cmd.arg(format!("-Wl,-rpath,{}", lib.display()));
             }
             Link::DropIn => {
-                std::os::unix::fs::symlink(lib.join("libfastio.so"), dir.join("libnvclara.so"))
-                    .unwrap();
+                // Made once per directory: several programs may be built into one.
+                let drop_in = dir.join("libnvclara.so");
+                if drop_in.symlink_metadata().is_err() {
+                    std::os::unix::fs::symlink(lib.join("libfastio.so"), drop_in).unwrap();
+                }
                 cmd.arg("-L").arg(dir).arg("-lnvclara");
                 cmd.arg(format!("-Wl,-rpath,{}", dir.display()));
             }
