@@ -1,8 +1,9 @@
 /*
  * voxel_report: a Clara pipeline operator written in C against Clara's documented API
- * (clara.h, libnvclara.so). In the demo pipeline it reads two FastIO inputs, the
- * voxel count and the list of slices with foreground, and writes a short text report
- * to its disk output.
+ * (clara.h, libnvclara.so). In the demo pipeline it reads three FastIO inputs: the
+ * voxel count and the list of slices with foreground, made by the Rust operators, and
+ * the slice range, made by the C operator slice_range (examples/c/slice_range.c). It
+ * writes a short text report to its disk output.
  *
  * Build (what `cargo xtask clib` and `cargo xtask demo` do):
  *   cc -std=c11 -Wall -Werror -I crates/fastio-ffi/include examples/c/voxel_report.c \
@@ -41,8 +42,10 @@ static result execute(nvidia_clara_cpd *cpd, nvidia_clara_payload *payload) {
     TRY(nvidia_clara_payload__fastio_input_entries(payload, &inputs));
     nvidia_clara_fastio_entry *count_entry = find(inputs, "voxel-count");
     nvidia_clara_fastio_entry *slices_entry = find(inputs, "foreground-slices");
-    if (count_entry == NULL || slices_entry == NULL) {
-        fprintf(stderr, "voxel_report: expected inputs voxel-count and foreground-slices\n");
+    nvidia_clara_fastio_entry *range_entry = find(inputs, "slice-range");
+    if (count_entry == NULL || slices_entry == NULL || range_entry == NULL) {
+        fprintf(stderr, "voxel_report: expected inputs voxel-count, foreground-slices and "
+                        "slice-range\n");
         return 1;
     }
 
@@ -69,10 +72,27 @@ static result execute(nvidia_clara_cpd *cpd, nvidia_clara_payload *payload) {
         TRY(nvidia_clara_fastio_entry__unmap(slices_entry));
     }
 
+    /* An int32[2] made by another C operator: first and last slice, or -1, -1. */
+    size_t size = 0;
+    TRY(nvidia_clara_fastio_entry__size(range_entry, &size));
+    if (size != 2 * sizeof(int32_t)) {
+        fprintf(stderr, "voxel_report: slice-range has %zu bytes, not 8\n", size);
+        return 1;
+    }
+    TRY(nvidia_clara_fastio_entry__map(range_entry, &data));
+    int32_t range[2];
+    memcpy(range, data, sizeof range);
+    TRY(nvidia_clara_fastio_entry__unmap(range_entry));
+    char range_text[64] = "none";
+    if (range[0] >= 0) {
+        snprintf(range_text, sizeof range_text, "%d to %d", (int)range[0], (int)range[1]);
+    }
+
     char report[512];
     snprintf(report, sizeof report,
-             "voxels above the threshold: %llu\nslices with foreground: %lld (first %d, last %d)\n",
-             (unsigned long long)voxels, (long long)length, (int)first, (int)last);
+             "voxels above the threshold: %llu\nslices with foreground: %lld (first %d, last %d)\n"
+             "slice range from slice_range: %s\n",
+             (unsigned long long)voxels, (long long)length, (int)first, (int)last, range_text);
     fputs(report, stdout);
 
     /* The disk output: Clara's buffer protocol gives the path's length first. */

@@ -117,8 +117,10 @@ pub fn demo() -> anyhow::Result<()> {
     let root = crate::workspace_root();
     clib(&root)?;
     eprintln!(
-        "\nRunning examples/demo/pipeline-c.yaml: the same pipeline, with a fifth operator \
-         written in C against clara.h and -lnvclara (examples/c/voxel_report.c).\n"
+        "\nRunning examples/demo/pipeline-c.yaml: the same pipeline, with two more operators \
+         written in C against clara.h and -lnvclara: slice-range (examples/c/slice_range.c) \
+         reads the Rust threshold's foreground-slices and writes slice-range, which \
+         voxel-report (examples/c/voxel_report.c) reads.\n"
     );
     crate::run(
         "target/release/fastio",

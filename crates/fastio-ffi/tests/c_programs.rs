@@ -117,8 +117,11 @@ impl Build {
                 cmd.arg(format!("-Wl,-rpath,{}", lib.display()));
             }
             Link::DropIn => {
-                std::os::unix::fs::symlink(lib.join("libfastio.so"), dir.join("libnvclara.so"))
-                    .unwrap();
+                // Made once per directory: several programs may be built into one.
+                let drop_in = dir.join("libnvclara.so");
+                if drop_in.symlink_metadata().is_err() {
+                    std::os::unix::fs::symlink(lib.join("libfastio.so"), drop_in).unwrap();
+                }
                 cmd.arg("-L").arg(dir).arg("-lnvclara");
                 cmd.arg(format!("-Wl,-rpath,{}", dir.display()));
             }
@@ -591,33 +594,59 @@ fn c_operators_share_entries_and_context_allocations_in_a_job() {
     );
 }
 
-#[test]
-fn example_c_operator_runs_standalone_cleanly_under_address_sanitizer() {
-    let dir = TempDir::new().unwrap();
+/// Runs examples/c/`source` standalone under AddressSanitizer as `stage` of
+/// pipeline-c.yaml, with `outputs` as its Clara output paths; returns its stdout.
+fn run_example_under_asan(dir: &Path, source: &'static str, stage: &str, outputs: &str) -> String {
     let exe = Build {
         asan: true,
         link: Link::DropIn,
-        ..Build::c("examples/c/voxel_report.c")
+        ..Build::c(source)
     }
-    .compile(dir.path());
+    .compile(dir);
     let demo = crate_dir().join("../../examples/demo/pipeline-c.yaml");
-    let outputs = format!("voxel-report:{}", dir.path().display());
     let out = run(
         &exe,
         &[],
         &[
             ("FASTIO_PIPELINE", demo.to_str().unwrap()),
-            ("FASTIO_STAGE", "voxel-report"),
-            ("NVIDIA_CLARA_OUTPUTPATHS", &outputs),
+            ("FASTIO_STAGE", stage),
+            ("NVIDIA_CLARA_OUTPUTPATHS", outputs),
+            ("ASAN_OPTIONS", "detect_leaks=1:halt_on_error=1"),
         ],
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    // Alone, the pre-allocated count reads as zero and the dynamic list was never made.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("AddressSanitizer"), "{source}: {stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn example_c_operators_run_standalone_cleanly_under_address_sanitizer() {
+    // slice_range: the dynamic input was never made, so the range is "none" (-1, -1);
+    // it still maps, writes and unmaps its pre-allocated output.
+    let dir = TempDir::new().unwrap();
+    let stdout = run_example_under_asan(dir.path(), "examples/c/slice_range.c", "slice-range", "");
+    assert!(
+        stdout.contains("slice range: -1 to -1 (of 0 slices"),
+        "{stdout}"
+    );
+
+    let dir = TempDir::new().unwrap();
+    let outputs = format!("voxel-report:{}", dir.path().display());
+    let stdout = run_example_under_asan(
+        dir.path(),
+        "examples/c/voxel_report.c",
+        "voxel-report",
+        &outputs,
+    );
+    // Alone, the pre-allocated inputs read as zeros and the dynamic list was never made.
     assert!(stdout.contains("voxels above the threshold: 0"), "{stdout}");
     assert!(stdout.contains("slices with foreground: 0"), "{stdout}");
+    assert!(
+        stdout.contains("slice range from slice_range: 0 to 0"),
+        "{stdout}"
+    );
     let report = std::fs::read_to_string(dir.path().join("voxel-report.txt")).unwrap();
     assert_eq!(report, stdout);
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("AddressSanitizer"));
 }
 
 /// The directory of this build's `fastio-demo-op` (the demo pipeline's Rust operators),
@@ -657,14 +686,16 @@ fn numbers_after(text: &str, prefix: &str) -> Vec<u64> {
 }
 
 #[test]
-fn demo_pipeline_with_the_c_example_operator_runs_as_a_job() {
+fn demo_pipeline_with_the_c_example_operators_runs_as_a_job() {
     let dir = TempDir::new().unwrap();
     // Built as `cargo xtask clib` does: clara.h and -lnvclara, warnings as errors.
-    Build {
-        link: Link::DropIn,
-        ..Build::c("examples/c/voxel_report.c")
+    for source in ["examples/c/slice_range.c", "examples/c/voxel_report.c"] {
+        Build {
+            link: Link::DropIn,
+            ..Build::c(source)
+        }
+        .compile(dir.path());
     }
-    .compile(dir.path());
     let definition = crate_dir().join("../../examples/demo/pipeline-c.yaml");
     let pipeline = Pipeline::from_path(&definition).unwrap();
     let mut options = JobOptions::for_pipeline(&pipeline);
@@ -691,4 +722,16 @@ fn demo_pipeline_with_the_c_example_operator_runs_as_a_job() {
     let summary = numbers_after(&rust, "summary: ");
     let slices = numbers_after(&c, "slices with foreground: ");
     assert_eq!(slices, summary[summary.len() - 3..], "{rust}{c}");
+    // voxel-report read the slice range that the C operator slice-range wrote before it
+    // (unwritten, the pre-allocated entry would read as 0 to 0).
+    let range = numbers_after(&c, "slice range from slice_range: ");
+    assert_eq!(range, summary[summary.len() - 2..], "{rust}{c}");
+    assert!(range[0] > 0, "{rust}{c}");
+    let entry = report
+        .entries
+        .iter()
+        .find(|e| e.producer == "slice-range" && e.name == "slice-range")
+        .unwrap();
+    assert_eq!(entry.readers, ["voxel-report"], "{}", report.render());
+    assert_eq!(entry.bytes, Some(8), "{}", report.render());
 }
