@@ -34,6 +34,15 @@ struct Resource {
     writer: Option<(ConnectionId, u32)>,
 }
 
+impl Resource {
+    /// `conn` stops writing, if it was the writer.
+    fn drop_writer(&mut self, conn: ConnectionId) {
+        if self.writer.is_some_and(|(w, _)| w == conn) {
+            self.writer = None;
+        }
+    }
+}
+
 #[derive(Debug)]
 enum NameState {
     Live {
@@ -120,9 +129,7 @@ impl Registry {
         for (id, count) in held {
             if let Some(resource) = self.resources.get_mut(&id) {
                 resource.handles -= count;
-                if resource.writer.is_some_and(|(w, _)| w == conn) {
-                    resource.writer = None;
-                }
+                resource.drop_writer(conn);
             }
             self.reclaim_if_dead(id);
         }
@@ -313,7 +320,18 @@ impl Registry {
             if plan.is_preallocated() {
                 let dims: Vec<usize> = plan.declared.iter().map(|&d| d as usize).collect();
                 let index = self.entries.len() - 1;
-                self.bind_entry(index, &dims)?;
+                let (id, _, recycled) = self.bind_entry(index, &dims)?;
+                if recycled {
+                    // Readers open pre-allocated entries as they are: zero them here (a
+                    // new job's pool is empty, so this is the rare case).
+                    let mapping = fastio_shm::Mapping::new(
+                        &self.resources[&id].segment,
+                        fastio_shm::Access::ReadWrite,
+                        fastio_shm::Prefault::Lazy,
+                    )
+                    .map_err(RequestError::from_segment)?;
+                    mapping.zero().map_err(RequestError::from_segment)?;
+                }
             }
         }
         Ok(())
@@ -400,17 +418,22 @@ impl Registry {
                 ),
             });
         }
-        let index = entry.0 as usize;
-        let (id, typed) = self.bind_entry(index, dims)?;
-        self.grant(conn, id, AccessMode::ReadWrite, Some(typed))
+        let (id, typed, recycled) = self.bind_entry(entry.0 as usize, dims)?;
+        let mut grant = self.grant(conn, id, AccessMode::ReadWrite, Some(typed))?;
+        // The producer zeroes a recycled segment as it maps it (as for `create`), rather
+        // than the server holding the registry while it clears possibly gigabytes.
+        grant.recycled = recycled;
+        Ok(grant)
     }
 
-    /// Gives entry `index` a fresh resource of `dims`, unpinning its previous one.
+    /// Gives entry `index` a fresh resource of `dims`, unpinning its previous one (and
+    /// dropping the previous memory's event). Returns whether the segment was recycled:
+    /// entries start zeroed, so whoever maps it first must zero it then.
     fn bind_entry(
         &mut self,
         index: usize,
         dims: &[usize],
-    ) -> Result<(ResourceId, TypedShape), RequestError> {
+    ) -> Result<(ResourceId, TypedShape, bool), RequestError> {
         let element_type = self.entries[index].plan.element_type;
         let shape_error = |e: fastio_meta::MetaError| RequestError::EntryShape {
             message: e.to_string(),
@@ -421,27 +444,19 @@ impl Registry {
         )
         .map_err(shape_error)?;
         let grant = self.new_resource(typed.byte_size())?;
-        if grant.recycled {
-            // Entries start zeroed, as fresh segments are.
-            let mapping = fastio_shm::Mapping::new(
-                &grant.segment,
-                fastio_shm::Access::ReadWrite,
-                fastio_shm::Prefault::Lazy,
-            )
-            .map_err(RequestError::from_segment)?;
-            mapping.zero().map_err(RequestError::from_segment)?;
-        }
         if let Some(resource) = self.resources.get_mut(&grant.id) {
             resource.pins += 1;
         }
-        let previous = self.entries[index].bound.replace((grant.id, typed.clone()));
+        let slot = &mut self.entries[index];
+        slot.event = None;
+        let previous = slot.bound.replace((grant.id, typed.clone()));
         if let Some((old, _)) = previous {
             if let Some(resource) = self.resources.get_mut(&old) {
                 resource.pins -= 1;
             }
             self.reclaim_if_dead(old);
         }
-        Ok((grant.id, typed))
+        Ok((grant.id, typed, grant.recycled))
     }
 
     /// Drops one handle `conn` holds.
@@ -456,12 +471,8 @@ impl Registry {
         if *held == 0 {
             self.connections.get_mut(&conn).map(|m| m.remove(&id));
             // Its last handle gone, the connection cannot be writing any more.
-            if let Some(resource) = self
-                .resources
-                .get_mut(&id)
-                .filter(|r| r.writer.is_some_and(|(w, _)| w == conn))
-            {
-                resource.writer = None;
+            if let Some(resource) = self.resources.get_mut(&id) {
+                resource.drop_writer(conn);
             }
         }
         if let Some(resource) = self.resources.get_mut(&id) {
@@ -513,6 +524,19 @@ impl Registry {
     /// Marks a held resource deleted, so that its names stop resolving, and drops the handle.
     pub fn free(&mut self, conn: ConnectionId, id: ResourceId) -> Result<(), RequestError> {
         self.check_held(conn, id)?;
+        // A bound entry must keep its memory for the readers still to come.
+        if let Some(slot) = self
+            .entries
+            .iter()
+            .find(|e| e.bound.as_ref().is_some_and(|(b, _)| *b == id))
+        {
+            return Err(RequestError::EntryAccess {
+                message: format!(
+                    "resource {id} is the memory of FastIO entry {:?}, which the job manages: it cannot be freed; release the handle instead",
+                    slot.plan.name
+                ),
+            });
+        }
         let resource = self.resources.get_mut(&id).expect("held resources exist");
         resource.deleted = true;
         for state in self.names.values_mut() {
@@ -770,5 +794,63 @@ mod writer_tests {
         let c = r.connect();
         r.get(c, "w", AccessMode::ReadWrite).unwrap();
         r.acquire_write(c, g.id).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod entry_tests {
+    use super::*;
+    use fastio_meta::ElementType;
+
+    fn dynamic_entry() -> EntryPlan {
+        EntryPlan {
+            name: "slices".into(),
+            producer: Some(0),
+            element_type: ElementType::I32,
+            declared: vec![-1],
+        }
+    }
+
+    #[test]
+    fn an_entrys_memory_cannot_be_freed_under_its_readers() {
+        let mut r = Registry::new(0);
+        r.define_entries(&[dynamic_entry()]).unwrap();
+        let c = r.connect();
+        let g = r.allocate_entry(c, EntryId(0), &[4]).unwrap();
+        assert!(matches!(
+            r.free(c, g.id),
+            Err(RequestError::EntryAccess { .. })
+        ));
+        r.release(c, g.id).unwrap();
+        // The entry still holds it: a reader opens it.
+        let reader = r.connect();
+        assert_eq!(
+            r.open_entry(reader, EntryId(0), AccessMode::ReadOnly)
+                .unwrap()
+                .id,
+            g.id
+        );
+    }
+
+    #[test]
+    fn reallocating_an_entry_drops_the_old_memorys_event_and_leaves_zeroing_to_the_producer() {
+        let mut r = Registry::new(1 << 20);
+        r.define_entries(&[dynamic_entry()]).unwrap();
+        let c = r.connect();
+        let first = r.allocate_entry(c, EntryId(0), &[1024]).unwrap();
+        r.release(c, first.id).unwrap();
+        // Replaced, the first memory goes to the pool.
+        let second = r.allocate_entry(c, EntryId(0), &[1024]).unwrap();
+        assert!(!second.recycled);
+        r.set_entry_event(EntryId(0), EventHandle([1; 64])).unwrap();
+        r.release(c, second.id).unwrap();
+        // The first segment comes back from the pool, not yet zeroed.
+        let third = r.allocate_entry(c, EntryId(0), &[1024]).unwrap();
+        assert!(third.recycled, "the producer is told to zero it");
+        let reader = r.connect();
+        let opened = r
+            .open_entry(reader, EntryId(0), AccessMode::ReadOnly)
+            .unwrap();
+        assert_eq!(opened.event, None, "the event belonged to the old memory");
     }
 }

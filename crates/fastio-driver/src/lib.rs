@@ -28,7 +28,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -208,12 +208,9 @@ pub fn run_job(
     prepare_directories(&plan)?;
 
     let (events, inbox) = mpsc::channel();
-    let job_events = Mutex::new(events.clone());
+    let job_events = events.clone();
     let job = Arc::new(Job::new(plan.clone(), move |e| {
-        let _ = job_events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(Event::Job(e));
+        let _ = job_events.send(Event::Job(e));
     }));
     let server = Server::start_job(
         ServerConfig {
@@ -309,16 +306,14 @@ pub fn run_job(
             ));
             continue;
         }
+        // The job keeps a sender for as long as it lives, so the channel never
+        // disconnects here: an error is a timeout.
         let changed = match inbox.recv_timeout(Duration::from_millis(100)) {
             Ok(event) => {
                 handle(event, &mut operators, &mut failure, stop_sent.is_some());
                 true
             }
-            Err(RecvTimeoutError::Timeout) => false,
-            Err(RecvTimeoutError::Disconnected) => {
-                // Only the server's job still holds a sender; every waiter thread ended.
-                false
-            }
+            Err(_) => false,
         };
         if changed || last_progress.elapsed() >= Duration::from_millis(200) {
             progress(&snapshot(&operators, start));

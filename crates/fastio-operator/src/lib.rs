@@ -467,11 +467,18 @@ pub struct Payload<'a> {
     fastio_outputs: Vec<FastIoEntry>,
 }
 
-fn missing(kind: &str, name: &str, known: &[&str]) -> ContextError {
-    RequestError::EntryAccess {
-        message: format!("this operator has no {kind} named {name:?}; it has {known:?}"),
-    }
-    .into()
+/// The position of entry `name` in `entries`, or an error listing the names there are.
+fn position(entries: &[FastIoEntry], kind: &str, name: &str) -> Result<usize, ContextError> {
+    entries
+        .iter()
+        .position(|e| e.name() == name)
+        .ok_or_else(|| {
+            let known: Vec<&str> = entries.iter().map(FastIoEntry::name).collect();
+            RequestError::EntryAccess {
+                message: format!("this operator has no {kind} named {name:?}; it has {known:?}"),
+            }
+            .into()
+        })
 }
 
 impl Payload<'_> {
@@ -512,27 +519,14 @@ impl Payload<'_> {
 
     /// The shared memory input `name`.
     pub fn fastio_input(&self, name: &str) -> Result<&FastIoEntry, ContextError> {
-        let known: Vec<&str> = self.fastio_inputs.iter().map(FastIoEntry::name).collect();
-        self.fastio_inputs
-            .iter()
-            .find(|e| e.name() == name)
-            .ok_or_else(|| missing("FastIO input", name, &known))
+        let i = position(&self.fastio_inputs, "FastIO input", name)?;
+        Ok(&self.fastio_inputs[i])
     }
 
     /// The shared memory output `name`.
     pub fn fastio_output(&mut self, name: &str) -> Result<&mut FastIoEntry, ContextError> {
-        let known: Vec<String> = self
-            .fastio_outputs
-            .iter()
-            .map(|e| e.name().to_owned())
-            .collect();
-        self.fastio_outputs
-            .iter_mut()
-            .find(|e| e.name() == name)
-            .ok_or_else(|| {
-                let known: Vec<&str> = known.iter().map(String::as_str).collect();
-                missing("FastIO output", name, &known)
-            })
+        let o = position(&self.fastio_outputs, "FastIO output", name)?;
+        Ok(&mut self.fastio_outputs[o])
     }
 
     /// An input and an output at once, e.g. to compute one from the other in place.
@@ -541,16 +535,8 @@ impl Payload<'_> {
         input: &str,
         output: &str,
     ) -> Result<(&FastIoEntry, &mut FastIoEntry), ContextError> {
-        let i = self
-            .fastio_inputs
-            .iter()
-            .position(|e| e.name() == input)
-            .ok_or_else(|| missing("FastIO input", input, &[]))?;
-        let o = self
-            .fastio_outputs
-            .iter()
-            .position(|e| e.name() == output)
-            .ok_or_else(|| missing("FastIO output", output, &[]))?;
+        let i = position(&self.fastio_inputs, "FastIO input", input)?;
+        let o = position(&self.fastio_outputs, "FastIO output", output)?;
         Ok((&self.fastio_inputs[i], &mut self.fastio_outputs[o]))
     }
 }

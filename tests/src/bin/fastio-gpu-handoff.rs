@@ -19,17 +19,6 @@ use fastio::{Context, EventHandle, Server, ServerConfig};
 const HOLD: Duration = Duration::from_millis(200);
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-fn wait_until(mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < TIMEOUT {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    false
-}
-
 type R<T> = Result<T, String>;
 
 fn probe() -> Result<Driver, ExitCode> {
@@ -133,9 +122,8 @@ fn consumer() -> ExitCode {
         }
         println!("HELD (wait enqueued in {:.1} us)", took.as_secs_f64() * 1e6);
         let _ = std::io::stdout().flush();
-        if !wait_until(|| marker.get() == 1) {
-            return Err("the consumer's stream never ran".into());
-        }
+        fastio_tests::wait_until(TIMEOUT, || Ok(marker.get() == 1))
+            .map_err(|_| "the consumer's stream never ran".to_owned())?;
         stream.synchronize().map_err(|x| x.to_string())?;
         frame.release().map_err(|x| x.to_string())?;
         Ok("ORDERED".into())
