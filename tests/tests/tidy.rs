@@ -18,8 +18,10 @@ fn layer(package: &str) -> Option<u32> {
         "fastio-context" => 2,
         "fastio-pipeline" => 3,
         "fastio-operator" => 4,
-        "fastio-driver" | "fastio-ffi" | "fastio-py" => 5,
+        "fastio-driver" | "fastio-ffi" => 5,
         "fastio" => 6,
+        // The Python extension also runs the `fastio` command (`fastio::cli`).
+        "fastio-py" => 7,
         "fastio-tests" | "fastio-benches" | "xtask" => 9,
         _ => return None,
     })

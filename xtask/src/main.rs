@@ -3,6 +3,8 @@
 //! - `test`: the whole test run (what the README and CI run): formatting, clippy with
 //!   warnings as errors, every test of the workspace, doctests, then the Python module
 //!   built into `.venv` and its pytest suite;
+//! - `dist`: the Python wheel (the `fastio` module and the `fastio` command), tagged
+//!   manylinux for the glibc it needs, into `dist/`;
 //! - `demo`: runs the demo pipeline (examples/demo/pipeline.yaml) with `fastio run`;
 //! - `bench`: the criterion benchmarks, the pipeline benchmark and the Python benchmark;
 //!   writes their tables into docs/benchmarks.md (`bench-pipeline`: only the demo
@@ -29,6 +31,7 @@ fn main() -> anyhow::Result<()> {
     std::env::set_current_dir(&root)?;
     match args.first().map(String::as_str) {
         Some("test") => test(),
+        Some("dist") => python::dist().map(drop),
         Some("demo") => demo(),
         Some("bench") => {
             bench::bench(&args[1..])?;
@@ -43,7 +46,7 @@ fn main() -> anyhow::Result<()> {
         Some("clib") => capi::clib(&root).map(drop),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench|bench-pipeline|bench-python|gpu-test|gpu-bench|codegen|clib>"
+                "usage: cargo xtask <test|dist|demo|bench|bench-pipeline|bench-python|gpu-test|gpu-bench|codegen|clib>"
             );
             bail!("unknown or missing command")
         }

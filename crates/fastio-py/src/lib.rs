@@ -44,6 +44,20 @@ pub enum IOAccess {
     ReadWrite,
 }
 
+/// Runs the `fastio` command (the same code as the `fastio` binary) with `args` (the
+/// first is the program's name) and returns its exit status. `program_dir` is where the
+/// command is installed: `fastio run` looks there first for operator programs. The GIL
+/// is released meanwhile. Used by the `fastio` console script (`fastio._cli`).
+#[pyfunction]
+#[pyo3(signature = (args, program_dir = None))]
+fn cli_main(
+    py: Python<'_>,
+    args: Vec<std::ffi::OsString>,
+    program_dir: Option<std::path::PathBuf>,
+) -> i32 {
+    py.detach(|| fastio::cli::main(args, program_dir))
+}
+
 /// The native module.
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -59,6 +73,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<operator::PayloadCollection>()?;
     m.add_class::<operator::FastIOEntry>()?;
     m.add_function(wrap_pyfunction!(context::serve, m)?)?;
+    m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add("CONTEXT_ENV", fastio_context::CONTEXT_ENV)?;
     Ok(())
 }

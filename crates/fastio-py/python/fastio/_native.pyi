@@ -105,6 +105,10 @@ class ContextServer:
 def serve(pool_bytes: int | None = None) -> ContextServer:
     """Starts a context server in this process."""
 
+def cli_main(args: list[str], program_dir: str | None = None) -> int:
+    """Runs the ``fastio`` command with ``args`` (the first is the program's name) and
+    returns its exit status; the ``fastio`` console script calls it."""
+
 class FastIOEntry:
     """A typed shared memory input (read-only) or output (read-write) of this operator.
     Valid during execute only."""

@@ -1,0 +1,298 @@
+//! The `fastio` command: the `fastio` binary and the Python package's `fastio` console
+//! script both run [`main`], so the two behave the same by construction.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use fastio::{CONTEXT_ENV, Context, Server, ServerConfig};
+
+/// fastio: zero-copy typed arrays shared between the processes of a pipeline.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a standalone context server and print how clients join it.
+    ///
+    /// The first line on stdout is `FASTIO_CONTEXT=<address>`; clients that have it in
+    /// their environment join with `Context::from_env()`. The server runs until it is
+    /// killed or its stdin closes (with --until-stdin-closes); its memory goes with it.
+    Serve {
+        /// Bound of the warm segment pool, in MiB (0 disables recycling).
+        #[arg(long, default_value_t = 1024)]
+        pool_mib: u64,
+        /// Exit when standard input reaches end of file.
+        #[arg(long)]
+        until_stdin_closes: bool,
+    },
+    /// Print the accounting of the context named by FASTIO_CONTEXT, as JSON.
+    Stats,
+    /// Run one job of a pipeline: start its operators, drive their life-cycle, report.
+    ///
+    /// Shows each operator's state and time while the job runs, then a summary: each
+    /// operator's outcome and times, each entry's bytes and how it travelled. Exits
+    /// non-zero when the job fails.
+    Run {
+        /// The pipeline definition file.
+        pipeline: std::path::PathBuf,
+        /// Parent of the operators' stream output directories.
+        #[arg(long, default_value = "fastio-output")]
+        output: std::path::PathBuf,
+        /// The job's payload directory (stream inputs without `from`).
+        #[arg(long)]
+        payload: Option<std::path::PathBuf>,
+        /// Time limit in seconds (default: the definition's `timeout`, else 600).
+        #[arg(long)]
+        timeout: Option<f64>,
+        /// Print only the summary.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Check a pipeline definition (YAML, or JSON by extension) and list every problem.
+    Validate {
+        /// The pipeline definition file.
+        pipeline: std::path::PathBuf,
+    },
+    /// Print a pipeline's operator graph as Graphviz dot (entry types and shapes on edges).
+    Graph {
+        /// The pipeline definition file.
+        pipeline: std::path::PathBuf,
+    },
+}
+
+/// Runs the `fastio` command with `args` (the first is the program's name, as in
+/// `std::env::args_os()`) and returns its exit status: 0 on success, 1 when the command
+/// or the job it ran failed, 2 for a usage error (after printing it, or the help).
+///
+/// `program_dir` is where the command was installed: `fastio run` looks there first for
+/// operator programs named without a `/` (the binary passes its own directory, the
+/// Python console script its `bin` folder, so a virtual environment's programs are found
+/// without activating it). Call it once per process: it sets the global log subscriber
+/// (filtered by `FASTIO_LOG`).
+pub fn main(args: impl IntoIterator<Item = OsString>, program_dir: Option<PathBuf>) -> i32 {
+    if let Some(dir) = program_dir {
+        let _ = PROGRAM_DIR.set(dir);
+    }
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    match run(cli) {
+        Ok(()) => 0,
+        Err(e) if e.is::<JobFailed>() => 1,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+/// Where the command was installed ([`main`]'s `program_dir`).
+static PROGRAM_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// A job that ran and failed: its report says why, so nothing more is printed.
+#[derive(Debug)]
+struct JobFailed;
+
+impl std::fmt::Display for JobFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the job failed")
+    }
+}
+
+impl std::error::Error for JobFailed {}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    // A second call in one process keeps the first subscriber.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("FASTIO_LOG"))
+        .with_writer(std::io::stderr)
+        .try_init();
+    match cli.command {
+        Command::Serve {
+            pool_mib,
+            until_stdin_closes,
+        } => serve(pool_mib, until_stdin_closes),
+        Command::Run {
+            pipeline,
+            output,
+            payload,
+            timeout,
+            quiet,
+        } => run_pipeline(&pipeline, output, payload, timeout, quiet),
+        Command::Validate { pipeline } => {
+            let p = load(&pipeline)?;
+            println!(
+                "{}: pipeline {:?} is valid: {} operators, in order: {}",
+                pipeline.display(),
+                p.name(),
+                p.operators().len(),
+                p.operators()
+                    .iter()
+                    .map(|o| o.name())
+                    .collect::<Vec<_>>()
+                    .join(" -> ")
+            );
+            Ok(())
+        }
+        Command::Graph { pipeline } => {
+            print!("{}", load(&pipeline)?.to_dot());
+            Ok(())
+        }
+        Command::Stats => {
+            let ctx = Context::from_env()?;
+            println!("{}", serde_json::to_string_pretty(&ctx.stats()?)?);
+            Ok(())
+        }
+    }
+}
+
+/// Loads a pipeline; on failure prints every problem, one per line, and fails.
+fn load(path: &std::path::Path) -> anyhow::Result<fastio::pipeline::Pipeline> {
+    fastio::pipeline::Pipeline::from_path(path).map_err(|e| {
+        eprintln!("{e}");
+        anyhow::anyhow!("{} is not a valid pipeline definition", path.display())
+    })
+}
+
+fn serve(pool_mib: u64, until_stdin_closes: bool) -> anyhow::Result<()> {
+    let server = Server::start(ServerConfig {
+        pool_bytes: pool_mib.saturating_mul(1 << 20),
+    })
+    .context("starting the context server")?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{CONTEXT_ENV}={}", server.address())?;
+    out.flush()?;
+    drop(out);
+    eprintln!(
+        "fastio context server running (pid {}). In another shell:\n  export {CONTEXT_ENV}='{}'",
+        std::process::id(),
+        server.address()
+    );
+    if until_stdin_closes {
+        std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())?;
+        return Ok(());
+    }
+    loop {
+        std::thread::park();
+    }
+}
+
+fn run_pipeline(
+    path: &std::path::Path,
+    output: std::path::PathBuf,
+    payload: Option<std::path::PathBuf>,
+    timeout: Option<f64>,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    use fastio::driver::{JobOptions, run_job};
+    let pipeline = load(path)?;
+    let mut options = JobOptions::for_pipeline(&pipeline);
+    options.output_root = output.join(pipeline.name());
+    options.payload = payload;
+    if let Some(seconds) = timeout {
+        options.timeout = Some(
+            std::time::Duration::try_from_secs_f64(seconds)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .context("--timeout must be a positive number of seconds")?,
+        );
+    }
+    // Operator programs built beside this one are found first.
+    if let Some(dir) = PROGRAM_DIR.get() {
+        options.program_dirs.push(dir.clone());
+    }
+    let mut display = progress::Display::new(quiet);
+    let report = run_job(&pipeline, &options, &mut |p| display.show(p))?;
+    display.finish();
+    print!("{}", report.render());
+    if !report.succeeded() {
+        return Err(JobFailed.into());
+    }
+    Ok(())
+}
+
+mod progress {
+    //! Live progress on stderr: redrawn in place on a terminal, one line per change
+    //! otherwise.
+
+    use std::io::{IsTerminal, Write};
+
+    use fastio::driver::{OperatorState, Progress};
+
+    pub struct Display {
+        quiet: bool,
+        terminal: bool,
+        drawn: usize,
+        last: Vec<OperatorState>,
+    }
+
+    impl Display {
+        pub fn new(quiet: bool) -> Self {
+            Self {
+                quiet,
+                terminal: std::io::stderr().is_terminal(),
+                drawn: 0,
+                last: Vec::new(),
+            }
+        }
+
+        pub fn show(&mut self, progress: &Progress) {
+            if self.quiet {
+                return;
+            }
+            let mut err = std::io::stderr().lock();
+            let width = progress
+                .operators
+                .iter()
+                .map(|(n, _, _)| n.len())
+                .max()
+                .unwrap_or(8);
+            if self.terminal {
+                if self.drawn > 0 {
+                    let _ = write!(err, "\x1b[{}A", self.drawn);
+                }
+                for (name, state, time) in &progress.operators {
+                    let _ = writeln!(
+                        err,
+                        "\x1b[2K  {name:width$}  {:>8.2} s  {state}",
+                        time.as_secs_f64()
+                    );
+                }
+                self.drawn = progress.operators.len();
+            } else {
+                for (i, (name, state, _)) in progress.operators.iter().enumerate() {
+                    if self.last.get(i) != Some(state) {
+                        let _ = writeln!(
+                            err,
+                            "[{:>8.3} s] {name:width$}  {state}",
+                            progress.elapsed.as_secs_f64()
+                        );
+                    }
+                }
+            }
+            self.last = progress
+                .operators
+                .iter()
+                .map(|(_, s, _)| s.clone())
+                .collect();
+        }
+
+        pub fn finish(&mut self) {
+            if !self.quiet && self.terminal {
+                let _ = writeln!(std::io::stderr());
+            }
+        }
+    }
+}
