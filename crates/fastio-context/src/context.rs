@@ -1,4 +1,4 @@
-//! The Fast I/O context and its allocations, with Clara's semantics (seeds 000 and 001).
+//! The Fast I/O context and its allocations, with Clara's semantics (as its C and Python documentation describe them).
 
 use std::fmt;
 use std::os::fd::OwnedFd;

@@ -1,4 +1,4 @@
-//! FastIO entries (seed 002): the typed shared memory inputs and outputs that a pipeline
+//! FastIO entries (Clara's typed pipelines): the typed shared memory inputs and outputs that a pipeline
 //! definition declares, as one operator sees them during execute.
 
 use std::fmt;
@@ -143,7 +143,7 @@ impl FastIoEntry {
     }
 
     /// Sets dynamic dimensions (`values[k]` at index `dimensions[k]`; other indices are
-    /// left as declared, without an error, as seed 002 says) and returns the new shape.
+    /// left as declared, without an error, as in Clara) and returns the new shape.
     /// Once every dimension is positive the entry gets memory of that shape, replacing
     /// memory it had before. Fails, changing nothing, on a pre-allocated entry or an input.
     pub fn update_shape(

@@ -4,7 +4,7 @@
 //! segment descriptors ride along as `SCM_RIGHTS`. The first request on a connection is
 //! [`Request::Hello`] with [`PROTOCOL_VERSION`]; a server refuses other versions.
 //! JSON keeps the protocol readable in traces and fuzzable; a request costs microseconds
-//! to encode against ~160 us for the round trip itself (shared/reference/cpu-limits.md).
+//! to encode against ~160 us for the round trip itself (measured on our machines).
 
 use fastio_meta::TypedShape;
 use serde::{Deserialize, Serialize};

@@ -20,7 +20,7 @@
  *
  * Provenance, and choices made where Clara's documentation is silent (docs/c-api.md
  * has the full list and the reasons):
- * - [seed 000] nvidia_clara_fastio__create, __publish, __get: names and signatures as
+ * - [Clara: Fast I/O Context] nvidia_clara_fastio__create, __publish, __get: names and signatures as
  *   documented. __release, __free, __set_type_and_dimensions, and
  *   nvidia_clara_payload__fastio_context: names documented, signatures inferred.
  * - [found] nvidia_clara_cpd__create, nvidia_clara_payload__input_entries,
@@ -294,7 +294,7 @@ extern "C" {
 /*
  Allocates a Fast I/O memory resource of `size` bytes, zeroed, and returns a handle to
  it in `*alloc_out`. Only this handle reaches it until it is published. Release or free
- the handle before returning from the execute callback. [seed 000]
+ the handle before returning from the execute callback. [Clara: Fast I/O Context]
 
  Fails (`*alloc_out` unchanged) for a size of 0 or one the machine cannot hold.
 
@@ -309,7 +309,7 @@ result nvidia_clara_fastio__create(nvidia_clara_fastio_context *context,
  Publishes the allocation under `name` (1 to 255 characters of `A-Z a-z 0-9 - _`) with
  a copy of the handle's current type and dimensions. A name is published once per
  context; publishing it again fails. The handle stays valid and must still be
- released. [seed 000]
+ released. [Clara: Fast I/O Context]
 
  # Safety
  `name` is NULL or a NUL-terminated string.
@@ -321,7 +321,7 @@ result nvidia_clara_fastio__publish(nvidia_clara_fastio_context *context,
 /*
  A new read-write handle, in `*alloc_out`, to the allocation published as `name`, with
  a copy of the published type and dimensions. Fails (`*alloc_out` unchanged) when no
- publication has that name or its resource was freed. [seed 000]
+ publication has that name or its resource was freed. [Clara: Fast I/O Context]
 
  # Safety
  `name` is NULL or a NUL-terminated string; `alloc_out` is NULL or valid for writing
@@ -348,14 +348,14 @@ result nvidia_clara_fastio__get_with_access(nvidia_clara_fastio_context *context
 /*
  Releases the handle: its mapping goes, and the memory stays for other handles and for
  publications. The handle is invalid afterwards, even if the context reports an error;
- releasing it again fails with NVIDIA_CLARA_RESULT_INVALID_HANDLE. [seed 000]
+ releasing it again fails with NVIDIA_CLARA_RESULT_INVALID_HANDLE. [Clara: Fast I/O Context]
  */
 result nvidia_clara_fastio__release(nvidia_clara_fastio_alloc *alloc);
 
 /*
  Marks the resource deleted, so that later gets of any of its names fail, and releases
  the handle. Other handles, in this process or others, and their mappings stay valid
- until they are released. [seed 000]
+ until they are released. [Clara: Fast I/O Context]
  */
 result nvidia_clara_fastio__free(nvidia_clara_fastio_alloc *alloc);
 
@@ -364,7 +364,7 @@ result nvidia_clara_fastio__free(nvidia_clara_fastio_alloc *alloc);
  NVIDIA_CLARA_FASTIO_MAX_DIMENSIONS, each at least 1). Fails, changing nothing, for an
  unknown type, a bad count, a zero dimension, an overflowing product, or metadata that
  needs more bytes than the allocation has. Publications made before keep their
- metadata. [seed 000; signature inferred]
+ metadata. [Clara: Fast I/O Context; signature inferred]
 
  # Safety
  `dimensions` is NULL or valid for reading `dimension_count` values.
@@ -617,7 +617,7 @@ result nvidia_clara_payload__fastio_output_entries(nvidia_clara_payload *payload
  Writes the job's Fast I/O context to `*context_out`. It belongs to the payload: never
  release it (that fails), and do not keep it beyond execute. Allocation handles got
  through it and not released when execute returns become invalid and are reclaimed by
- the job, which reports them. [seed 000; signature inferred]
+ the job, which reports them. [Clara: Fast I/O Context; signature inferred]
 
  # Safety
  `context_out` is NULL or valid for writing one pointer.
@@ -758,7 +758,7 @@ result nvidia_clara_fastio_entry__access(nvidia_clara_fastio_entry *entry,
 /*
  Sets dynamic dimensions: `values[k]` (at least 1) at index `dimension_indices[k]`, for
  k below `count`. Indices of non-dynamic dimensions are left as declared, without an
- error (seed 002). Once every dimension is positive the entry gets memory of that
+ error (as in Clara). Once every dimension is positive the entry gets memory of that
  shape, replacing what it had. Fails, changing nothing, on an input
  (NVIDIA_CLARA_RESULT_READ_ONLY), a pre-allocated entry, an index out of range, a value
  below 1, or while the entry is mapped (NVIDIA_CLARA_RESULT_BUSY). [section found;

@@ -104,7 +104,7 @@ fn access_code(access: Access) -> nvidia_clara_fastio_access {
 
 /// Allocates a Fast I/O memory resource of `size` bytes, zeroed, and returns a handle to
 /// it in `*alloc_out`. Only this handle reaches it until it is published. Release or free
-/// the handle before returning from the execute callback. [seed 000]
+/// the handle before returning from the execute callback. [Clara: Fast I/O Context]
 ///
 /// Fails (`*alloc_out` unchanged) for a size of 0 or one the machine cannot hold.
 ///
@@ -126,7 +126,7 @@ pub unsafe extern "C" fn nvidia_clara_fastio__create(
 /// Publishes the allocation under `name` (1 to 255 characters of `A-Z a-z 0-9 - _`) with
 /// a copy of the handle's current type and dimensions. A name is published once per
 /// context; publishing it again fails. The handle stays valid and must still be
-/// released. [seed 000]
+/// released. [Clara: Fast I/O Context]
 ///
 /// # Safety
 /// `name` is NULL or a NUL-terminated string.
@@ -153,7 +153,7 @@ pub unsafe extern "C" fn nvidia_clara_fastio__publish(
 
 /// A new read-write handle, in `*alloc_out`, to the allocation published as `name`, with
 /// a copy of the published type and dimensions. Fails (`*alloc_out` unchanged) when no
-/// publication has that name or its resource was freed. [seed 000]
+/// publication has that name or its resource was freed. [Clara: Fast I/O Context]
 ///
 /// # Safety
 /// `name` is NULL or a NUL-terminated string; `alloc_out` is NULL or valid for writing
@@ -250,7 +250,7 @@ fn give_up(alloc: *mut nvidia_clara_fastio_alloc, free: bool) -> Result<(), Erro
 
 /// Releases the handle: its mapping goes, and the memory stays for other handles and for
 /// publications. The handle is invalid afterwards, even if the context reports an error;
-/// releasing it again fails with NVIDIA_CLARA_RESULT_INVALID_HANDLE. [seed 000]
+/// releasing it again fails with NVIDIA_CLARA_RESULT_INVALID_HANDLE. [Clara: Fast I/O Context]
 #[unsafe(no_mangle)]
 pub extern "C" fn nvidia_clara_fastio__release(alloc: *mut nvidia_clara_fastio_alloc) -> result {
     guard("nvidia_clara_fastio__release", || give_up(alloc, false))
@@ -258,7 +258,7 @@ pub extern "C" fn nvidia_clara_fastio__release(alloc: *mut nvidia_clara_fastio_a
 
 /// Marks the resource deleted, so that later gets of any of its names fail, and releases
 /// the handle. Other handles, in this process or others, and their mappings stay valid
-/// until they are released. [seed 000]
+/// until they are released. [Clara: Fast I/O Context]
 #[unsafe(no_mangle)]
 pub extern "C" fn nvidia_clara_fastio__free(alloc: *mut nvidia_clara_fastio_alloc) -> result {
     guard("nvidia_clara_fastio__free", || give_up(alloc, true))
@@ -268,7 +268,7 @@ pub extern "C" fn nvidia_clara_fastio__free(alloc: *mut nvidia_clara_fastio_allo
 /// NVIDIA_CLARA_FASTIO_MAX_DIMENSIONS, each at least 1). Fails, changing nothing, for an
 /// unknown type, a bad count, a zero dimension, an overflowing product, or metadata that
 /// needs more bytes than the allocation has. Publications made before keep their
-/// metadata. [seed 000; signature inferred]
+/// metadata. [Clara: Fast I/O Context; signature inferred]
 ///
 /// # Safety
 /// `dimensions` is NULL or valid for reading `dimension_count` values.

@@ -544,7 +544,7 @@ pub unsafe extern "C" fn nvidia_clara_payload__fastio_output_entries(
 /// Writes the job's Fast I/O context to `*context_out`. It belongs to the payload: never
 /// release it (that fails), and do not keep it beyond execute. Allocation handles got
 /// through it and not released when execute returns become invalid and are reclaimed by
-/// the job, which reports them. [seed 000; signature inferred]
+/// the job, which reports them. [Clara: Fast I/O Context; signature inferred]
 ///
 /// # Safety
 /// `context_out` is NULL or valid for writing one pointer.

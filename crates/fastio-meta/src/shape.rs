@@ -108,11 +108,11 @@ impl TypedShape {
 }
 
 /// A shape as declared in a pipeline definition, where `-1` or `0` marks a dynamic
-/// dimension that is fixed at run time (seed 002).
+/// dimension that is fixed at run time (Clara's FastIO entries).
 ///
 /// It keeps the declaration (which indices are dynamic never changes) and the current
 /// values. Only dynamic indices can be updated; updates to other indices are ignored
-/// without an error, as seed 002 says.
+/// without an error, as Clara's FastIO entry documentation says.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DynamicShape {
     declared: Vec<i64>,
@@ -171,7 +171,7 @@ impl DynamicShape {
     }
 
     /// Sets dynamic dimensions: `values[k]` goes to index `indices[k]`. Indices that are not
-    /// dynamic are left unchanged without an error (seed 002). Fails, changing nothing, when
+    /// dynamic are left unchanged without an error (as in Clara). Fails, changing nothing, when
     /// the lists differ in length, an index is out of range, or a value for a dynamic index
     /// is not positive or makes the byte size overflow.
     pub fn update(&mut self, indices: &[usize], values: &[i64]) -> Result<(), MetaError> {

@@ -387,7 +387,7 @@ pub(crate) fn set_values(
         || values.is_instance_of::<pyo3::types::PyByteArray>()
         || values.is_instance_of::<pyo3::types::PyMemoryView>();
     if raw {
-        // A buffer: copied byte for byte, no conversion (seed 002).
+        // A buffer: copied byte for byte, no conversion (as Clara's `set_values` does).
         let bytes = py
             .import("builtins")?
             .getattr("bytes")?

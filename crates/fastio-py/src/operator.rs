@@ -35,7 +35,7 @@ impl EntryCell {
     }
 }
 
-/// A FastIO entry (seed 002): a typed shared memory input (read-only) or output
+/// A FastIO entry (Clara's typed pipelines): a typed shared memory input (read-only) or output
 /// (read-write) of this operator, declared in the pipeline definition.
 ///
 /// Valid during execute only: afterwards every call raises `fastio.Error`. Numpy views
@@ -177,7 +177,7 @@ impl FastIOEntry {
     }
 
     /// Sets dynamic dimensions: `new_values[k]` at index `dimensions[k]`. Indices that are
-    /// not dynamic are left unchanged, without an error (seed 002). Once every dimension
+    /// not dynamic are left unchanged, without an error (as in Clara). Once every dimension
     /// is positive the entry gets memory of that shape. Returns the new shape. Raises
     /// `fastio.Error` on a pre-allocated entry, an input, or while numpy views of the old
     /// memory exist.
