@@ -355,8 +355,25 @@ impl FastIOAllocation {
         Ok(false)
     }
 
+    /// `<fastio.FastIOAllocation #3: float32 (2, 3), 24 bytes, read-write>`.
     fn __repr__(&self) -> String {
-        match self.with(|a| Ok(format!("{a:?}"))) {
+        let handle = match &*self.state() {
+            State::Live(h) => h.clone(),
+            State::Released => return "<fastio.FastIOAllocation (released)>".into(),
+            State::Freed => return "<fastio.FastIOAllocation (freed)>".into(),
+        };
+        let text = handle.with(|a| {
+            let typed = match (a.element_type(), a.dimensions()) {
+                (Some(et), Some(dims)) => format!("{et} {}", crate::py_tuple(dims)),
+                _ => "untyped".into(),
+            };
+            let access = match a.access() {
+                fastio_context::Access::ReadOnly => "read-only",
+                fastio_context::Access::ReadWrite => "read-write",
+            };
+            Ok(format!("{}: {typed}, {} bytes, {access}", a.id(), a.size()))
+        });
+        match text {
             Ok(text) => format!("<fastio.FastIOAllocation {text}>"),
             Err(_) => "<fastio.FastIOAllocation (released)>".into(),
         }

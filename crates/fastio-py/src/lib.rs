@@ -29,6 +29,41 @@ pyo3::create_exception!(
     "Raised by every failing Fast I/O call; the message says what went wrong."
 );
 
+/// Python's `repr()` of a string, for `__repr__`s that read as Python, not Rust.
+pub(crate) fn py_repr(py: Python<'_>, text: &str) -> String {
+    pyo3::types::PyString::new(py, text)
+        .repr()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|_| format!("'{text}'"))
+}
+
+/// A tuple as Python writes it: `(3,)`, `(2, 3)`.
+pub(crate) fn py_tuple<T: std::fmt::Display>(items: &[T]) -> String {
+    match items {
+        [one] => format!("({one},)"),
+        _ => format!(
+            "({})",
+            items
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// A list of names as Python writes it: `['a', 'b']`.
+pub(crate) fn py_list(py: Python<'_>, names: &[String]) -> String {
+    format!(
+        "[{}]",
+        names
+            .iter()
+            .map(|n| py_repr(py, n))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
 /// Turns any displayable error into `fastio.Error` with its message.
 pub(crate) fn error(e: impl std::fmt::Display) -> PyErr {
     Error::new_err(e.to_string())

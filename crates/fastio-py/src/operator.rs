@@ -305,10 +305,30 @@ impl FastIOEntry {
         Ok(d)
     }
 
-    fn __repr__(&self) -> String {
-        match self.with(|e| Ok(format!("{e:?}"))) {
-            Ok(text) => format!("<fastio.FastIOEntry {text}>"),
-            Err(_) => format!("<fastio.FastIOEntry {:?} (ended)>", self.name),
+    /// `<fastio.FastIOEntry 'mask': output uint8 (256, 512, 512), pre-allocated>`.
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let name = crate::py_repr(py, &self.name);
+        let text = self.with(|e| {
+            let role = match e.access() {
+                AccessMode::ReadOnly => "input",
+                AccessMode::ReadWrite => "output",
+            };
+            let state = if e.is_preallocated() {
+                "pre-allocated"
+            } else if e.is_allocated() {
+                "dynamic, allocated"
+            } else {
+                "dynamic, not allocated yet"
+            };
+            Ok(format!(
+                "{role} {} {}, {state}",
+                e.element_type(),
+                crate::py_tuple(e.shape())
+            ))
+        });
+        match text {
+            Ok(text) => format!("<fastio.FastIOEntry {name}: {text}>"),
+            Err(_) => format!("<fastio.FastIOEntry {name} (execute has returned)>"),
         }
     }
 }
@@ -353,8 +373,13 @@ pub struct PayloadEntry {
 
 #[pymethods]
 impl PayloadEntry {
-    fn __repr__(&self) -> String {
-        format!("<PayloadEntry {:?}: {:?}>", self.name, self.path)
+    /// `<fastio.PayloadEntry 'report': '/out/report'>`.
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!(
+            "<fastio.PayloadEntry {}: {}>",
+            crate::py_repr(py, &self.name),
+            crate::py_repr(py, &self.path)
+        )
     }
 }
 
@@ -411,8 +436,12 @@ impl PayloadCollection {
         self.names.clone()
     }
 
-    fn __repr__(&self) -> String {
-        format!("<PayloadCollection {:?}>", self.names)
+    /// `<fastio.PayloadCollection ['volume', 'mask']>`.
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!(
+            "<fastio.PayloadCollection {}>",
+            crate::py_list(py, &self.names)
+        )
     }
 }
 
@@ -475,13 +504,14 @@ impl Payload {
         self.fastio_outputs.get().__getitem__(py, name)
     }
 
-    fn __repr__(&self) -> String {
+    /// `<fastio.Payload inputs [...], outputs [...], FastIO inputs [...], FastIO outputs [...]>`.
+    fn __repr__(&self, py: Python<'_>) -> String {
         format!(
-            "<Payload disk in {:?} out {:?}, FastIO in {:?} out {:?}>",
-            self.input_entries.get().names,
-            self.output_entries.get().names,
-            self.fastio_inputs.get().names,
-            self.fastio_outputs.get().names,
+            "<fastio.Payload inputs {}, outputs {}, FastIO inputs {}, FastIO outputs {}>",
+            crate::py_list(py, &self.input_entries.get().names),
+            crate::py_list(py, &self.output_entries.get().names),
+            crate::py_list(py, &self.fastio_inputs.get().names),
+            crate::py_list(py, &self.fastio_outputs.get().names),
         )
     }
 }
@@ -655,12 +685,13 @@ impl Driver {
         }
     }
 
-    fn __repr__(&self) -> String {
+    /// `<fastio.Driver job 'demo' (id ...), operator 'threshold'>`.
+    fn __repr__(&self, py: Python<'_>) -> String {
         format!(
-            "<fastio.Driver job {} ({}) stage {:?}>",
-            self.driver.job_name(),
+            "<fastio.Driver job {} (id {}), operator {}>",
+            crate::py_repr(py, self.driver.job_name()),
             self.driver.job_id(),
-            self.driver.stage_name()
+            crate::py_repr(py, self.driver.stage_name()),
         )
     }
 }

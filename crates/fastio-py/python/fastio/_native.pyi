@@ -102,8 +102,10 @@ class ContextServer:
     def __enter__(self) -> ContextServer: ...
     def __exit__(self, *args: object) -> Literal[False]: ...
 
-def serve(pool_bytes: int | None = None) -> ContextServer:
-    """Starts a context server in this process."""
+def serve(pool_bytes: int | None = None, *, export: bool = True) -> ContextServer:
+    """Starts a context server in this process. With ``export`` (the default) its address
+    goes into ``os.environ["FASTIO_CONTEXT"]``, so child processes started from here on
+    join it with ``FastIOContext.from_env()``; ``stop()`` puts the previous value back."""
 
 def cli_main(args: list[str], program_dir: str | None = None) -> int:
     """Runs the ``fastio`` command with ``args`` (the first is the program's name) and
