@@ -86,7 +86,7 @@ fn bad_requests_get_clear_errors_and_disturb_nothing() {
     );
     other.release().unwrap();
 
-    for bad in ["", "a b", "x/y", &"n".repeat(256)] {
+    for bad in ["", "a b", "x//y", "../up", &"n".repeat(256)] {
         let a = ctx.create(8).unwrap();
         let err = a.publish(bad).unwrap_err();
         assert!(
@@ -156,6 +156,7 @@ fn released_or_foreign_handles_are_refused_by_the_server() {
             name: "x".into(),
             typed: None,
             event: None,
+            replace: false,
         },
     ] {
         assert_eq!(

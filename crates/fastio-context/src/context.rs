@@ -251,6 +251,18 @@ impl Context {
         allocation.release()
     }
 
+    /// Withdraws the name `name`, whether it names a live publication or one whose
+    /// resource was freed, so that it can be published again. Handles already got stay
+    /// valid; the memory goes when nothing else keeps it. Fails with
+    /// [`RequestError::UnknownName`](crate::RequestError::UnknownName) when no
+    /// publication has the name.
+    pub fn unpublish(&self, name: &str) -> Result<(), ContextError> {
+        self.call(Request::Unpublish {
+            name: name.to_owned(),
+        })
+        .map(drop)
+    }
+
     /// The context's accounting.
     pub fn stats(&self) -> Result<Stats, ContextError> {
         match self.call(Request::Stats)? {
@@ -391,8 +403,21 @@ impl Allocation {
 
     /// Publishes the resource under `name` with a copy of this handle's current metadata.
     /// The handle stays valid and must still be released.
+    ///
+    /// A name is published once (Clara): a taken or freed name is refused. Publication
+    /// names are Clara's characters plus `.`, `/` and `:`
+    /// ([`fastio_meta::validate_publication_name`]).
     pub fn publish(&self, name: &str) -> Result<(), ContextError> {
-        self.publish_inner(name, None)
+        self.publish_inner(name, None, false)
+    }
+
+    /// [`Allocation::publish`], replacing whatever publication (or freed name) has `name`,
+    /// in one step: a `get` sees the old resource or this one, never no publication.
+    /// Handles already got from the old publication stay valid; its memory goes when
+    /// nothing else keeps it. The deliberate way to publish a name again (a notebook
+    /// cell run twice, a result recomputed).
+    pub fn publish_replacing(&self, name: &str) -> Result<(), ContextError> {
+        self.publish_inner(name, None, true)
     }
 
     /// [`Allocation::publish`], with an interprocess CUDA event that the producer recorded
@@ -400,16 +425,22 @@ impl Allocation {
     /// [`Allocation::event`]) and makes its own stream wait on it, so GPU work is ordered
     /// across processes without blocking a host thread.
     pub fn publish_with_event(&self, name: &str, event: EventHandle) -> Result<(), ContextError> {
-        self.publish_inner(name, Some(event))
+        self.publish_inner(name, Some(event), false)
     }
 
-    fn publish_inner(&self, name: &str, event: Option<EventHandle>) -> Result<(), ContextError> {
+    fn publish_inner(
+        &self,
+        name: &str,
+        event: Option<EventHandle>,
+        replace: bool,
+    ) -> Result<(), ContextError> {
         self.context
             .call(Request::Publish {
                 id: self.id,
                 name: name.to_owned(),
                 typed: self.typed.clone(),
                 event,
+                replace,
             })
             .map(drop)
     }

@@ -26,7 +26,9 @@ pub enum RequestError {
         message: String,
     },
     /// The name is already published.
-    #[error("{name:?} is already published; a name is published once per context")]
+    #[error(
+        "{name:?} is already published; a name is published once per context (to publish it again, replace it or unpublish it first)"
+    )]
     AlreadyPublished {
         /// The name.
         name: String,
@@ -38,7 +40,9 @@ pub enum RequestError {
         name: String,
     },
     /// The resource published under this name was freed.
-    #[error("{name:?} was freed; it can no longer be got or published again")]
+    #[error(
+        "{name:?} was freed; it can no longer be got, nor published again unless replaced or unpublished first"
+    )]
     NameFreed {
         /// The name.
         name: String,

@@ -110,6 +110,15 @@ pub enum Request {
         /// An interprocess CUDA event recorded after the data was written, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         event: Option<EventHandle>,
+        /// Replace the publication (or freed name) that has `name`, instead of failing.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        replace: bool,
+    },
+    /// Withdraws the name `name` (live or freed), so that it can be published again.
+    /// Handles already got stay valid; the memory goes when nothing else keeps it.
+    Unpublish {
+        /// The publication's name.
+        name: String,
     },
     /// A new handle to a published resource; the response carries its descriptor.
     Get {

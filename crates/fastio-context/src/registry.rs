@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use fastio_meta::{Shape, TypedShape, validate_name};
+use fastio_meta::{Shape, TypedShape, validate_publication_name};
 use fastio_shm::{Segment, SegmentBuilder};
 
 use crate::RequestError;
@@ -210,7 +210,7 @@ impl Registry {
         })
     }
 
-    /// Publishes a resource `conn` holds under `name`.
+    /// Publishes a resource `conn` holds under `name`; refused if the name is taken.
     pub fn publish(
         &mut self,
         conn: ConnectionId,
@@ -219,7 +219,21 @@ impl Registry {
         typed: Option<TypedShape>,
         event: Option<EventHandle>,
     ) -> Result<(), RequestError> {
-        validate_name(name).map_err(|e| RequestError::InvalidName {
+        self.publish_as(conn, id, name, typed, event, false)
+    }
+
+    /// [`Registry::publish`]; with `replace`, a publication or freed name that has `name`
+    /// is replaced (its resource loses that pin) instead of refusing.
+    pub fn publish_as(
+        &mut self,
+        conn: ConnectionId,
+        id: ResourceId,
+        name: &str,
+        typed: Option<TypedShape>,
+        event: Option<EventHandle>,
+        replace: bool,
+    ) -> Result<(), RequestError> {
+        validate_publication_name(name).map_err(|e| RequestError::InvalidName {
             message: e.to_string(),
         })?;
         self.check_held(conn, id)?;
@@ -237,24 +251,51 @@ impl Registry {
             }
         }
         match self.names.get(name) {
-            Some(NameState::Live { .. }) => {
+            Some(NameState::Live { .. }) if !replace => {
                 return Err(RequestError::AlreadyPublished {
                     name: name.to_owned(),
                 });
             }
-            Some(NameState::Freed) => {
+            Some(NameState::Freed) if !replace => {
                 return Err(RequestError::NameFreed {
                     name: name.to_owned(),
                 });
             }
-            None => {}
+            _ => {}
         }
-        self.names
-            .insert(name.to_owned(), NameState::Live { id, typed, event });
         if let Some(resource) = self.resources.get_mut(&id) {
             resource.pins += 1;
         }
+        let replaced = self
+            .names
+            .insert(name.to_owned(), NameState::Live { id, typed, event });
+        self.unpin(replaced);
         Ok(())
+    }
+
+    /// Withdraws `name`, live or freed, so that it can be published again. Handles got
+    /// through it stay valid.
+    pub fn unpublish(&mut self, name: &str) -> Result<(), RequestError> {
+        match self.names.remove(name) {
+            None => Err(RequestError::UnknownName {
+                name: name.to_owned(),
+            }),
+            state => {
+                self.unpin(state);
+                Ok(())
+            }
+        }
+    }
+
+    /// A name stopped pointing at a live publication's resource: the resource loses that
+    /// pin, and dies if nothing else keeps it.
+    fn unpin(&mut self, state: Option<NameState>) {
+        if let Some(NameState::Live { id, .. }) = state {
+            if let Some(resource) = self.resources.get_mut(&id) {
+                resource.pins -= 1;
+            }
+            self.reclaim_if_dead(id);
+        }
     }
 
     /// A new handle to the resource published as `name`.

@@ -98,7 +98,13 @@ pub(crate) fn dispatch(
             name,
             typed,
             event,
-        } => done(shared.registry().publish(conn, id, &name, typed, event)),
+            replace,
+        } => done(
+            shared
+                .registry()
+                .publish_as(conn, id, &name, typed, event, replace),
+        ),
+        Request::Unpublish { name } => done(shared.registry().unpublish(&name)),
         Request::Get { name, access } => grant(shared.registry().get(conn, &name, access)),
         Request::Release { id } => done(shared.registry().release(conn, id)),
         Request::Free { id } => done(shared.registry().free(conn, id)),

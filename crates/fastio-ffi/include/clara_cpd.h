@@ -306,10 +306,12 @@ result nvidia_clara_fastio__create(nvidia_clara_fastio_context *context,
                                    nvidia_clara_fastio_alloc **alloc_out);
 
 /*
- Publishes the allocation under `name` (1 to 255 characters of `A-Z a-z 0-9 - _`) with
- a copy of the handle's current type and dimensions. A name is published once per
- context; publishing it again fails. The handle stays valid and must still be
- released. [Clara: Fast I/O Context]
+ Publishes the allocation under `name` (1 to 255 characters of `A-Z a-z 0-9 - _`, and
+ as a fastio extension `.`, `/` and `:`, with `/` only between non-empty parts other
+ than `.` and `..`) with a copy of the handle's current type and dimensions. A name is
+ published once per context; publishing it again fails (see
+ nvidia_clara_fastio__publish_replace and nvidia_clara_fastio__unpublish). The handle
+ stays valid and must still be released. [Clara: Fast I/O Context]
 
  # Safety
  `name` is NULL or a NUL-terminated string.
@@ -317,6 +319,32 @@ result nvidia_clara_fastio__create(nvidia_clara_fastio_context *context,
 result nvidia_clara_fastio__publish(nvidia_clara_fastio_context *context,
                                     nvidia_clara_fastio_alloc *alloc,
                                     const char *name);
+
+/*
+ Publishes the allocation under `name` as nvidia_clara_fastio__publish does, but
+ replaces the publication (or freed name) that already has `name` instead of failing,
+ in one step: a get sees the old allocation or this one. Handles already got from the
+ old publication stay valid; its memory goes when nothing else keeps it. [fastio
+ extension]
+
+ # Safety
+ `name` is NULL or a NUL-terminated string.
+ */
+result nvidia_clara_fastio__publish_replace(nvidia_clara_fastio_context *context,
+                                            nvidia_clara_fastio_alloc *alloc,
+                                            const char *name);
+
+/*
+ Withdraws the name `name` from the context, whether it names a live publication or
+ one whose allocation was freed, so that it can be published again. Handles already
+ got stay valid; the memory goes when nothing else keeps it. Fails when no publication
+ has that name. [fastio extension]
+
+ # Safety
+ `name` is NULL or a NUL-terminated string.
+ */
+result nvidia_clara_fastio__unpublish(nvidia_clara_fastio_context *context,
+                                      const char *name);
 
 /*
  A new read-write handle, in `*alloc_out`, to the allocation published as `name`, with

@@ -123,10 +123,12 @@ pub unsafe extern "C" fn nvidia_clara_fastio__create(
     })
 }
 
-/// Publishes the allocation under `name` (1 to 255 characters of `A-Z a-z 0-9 - _`) with
-/// a copy of the handle's current type and dimensions. A name is published once per
-/// context; publishing it again fails. The handle stays valid and must still be
-/// released. [Clara: Fast I/O Context]
+/// Publishes the allocation under `name` (1 to 255 characters of `A-Z a-z 0-9 - _`, and
+/// as a fastio extension `.`, `/` and `:`, with `/` only between non-empty parts other
+/// than `.` and `..`) with a copy of the handle's current type and dimensions. A name is
+/// published once per context; publishing it again fails (see
+/// nvidia_clara_fastio__publish_replace and nvidia_clara_fastio__unpublish). The handle
+/// stays valid and must still be released. [Clara: Fast I/O Context]
 ///
 /// # Safety
 /// `name` is NULL or a NUL-terminated string.
@@ -148,6 +150,55 @@ pub unsafe extern "C" fn nvidia_clara_fastio__publish(
             }
             Ok(live.allocation.publish(name)?)
         })
+    })
+}
+
+/// Publishes the allocation under `name` as nvidia_clara_fastio__publish does, but
+/// replaces the publication (or freed name) that already has `name` instead of failing,
+/// in one step: a get sees the old allocation or this one. Handles already got from the
+/// old publication stay valid; its memory goes when nothing else keeps it. [fastio
+/// extension]
+///
+/// # Safety
+/// `name` is NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvidia_clara_fastio__publish_replace(
+    context: *mut nvidia_clara_fastio_context,
+    alloc: *mut nvidia_clara_fastio_alloc,
+    name: *const c_char,
+) -> result {
+    guard("nvidia_clara_fastio__publish_replace", || {
+        // SAFETY: NULL or NUL-terminated by the C caller's contract.
+        let name = unsafe { str_arg(name, "name") }?;
+        let (_, context_token) = context_of(context)?;
+        with_alloc(alloc, |live| {
+            if live.context != context_token {
+                return Err(Error::invalid(
+                    "`alloc` belongs to another context than `context`",
+                ));
+            }
+            Ok(live.allocation.publish_replacing(name)?)
+        })
+    })
+}
+
+/// Withdraws the name `name` from the context, whether it names a live publication or
+/// one whose allocation was freed, so that it can be published again. Handles already
+/// got stay valid; the memory goes when nothing else keeps it. Fails when no publication
+/// has that name. [fastio extension]
+///
+/// # Safety
+/// `name` is NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvidia_clara_fastio__unpublish(
+    context: *mut nvidia_clara_fastio_context,
+    name: *const c_char,
+) -> result {
+    guard("nvidia_clara_fastio__unpublish", || {
+        // SAFETY: NULL or NUL-terminated by the C caller's contract.
+        let name = unsafe { str_arg(name, "name") }?;
+        let (context, _) = context_of(context)?;
+        Ok(context.unpublish(name)?)
     })
 }
 

@@ -13,7 +13,7 @@ mod shape;
 
 pub use convert::convert;
 pub use element::{Element, ElementType, as_bytes, as_bytes_mut};
-pub use name::{MAX_NAME_LEN, validate_name};
+pub use name::{MAX_NAME_LEN, validate_name, validate_publication_name};
 pub use shape::{DynamicShape, MAX_DIMENSIONS, Shape, TypedShape};
 
 /// Everything that can be wrong with typed metadata.

@@ -263,10 +263,19 @@ impl FastIOAllocation {
     }
 
     /// Publishes the memory under `name` with a copy of this handle's metadata. The
-    /// handle stays valid.
-    fn publish(&self, py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// handle stays valid. A name is published once (Clara): a taken or freed name raises,
+    /// unless `replace=True`, which replaces that publication in one step (handles got
+    /// from it stay valid). Names: `A-Z a-z 0-9 - _ . / :`, `/` between non-empty parts.
+    #[pyo3(signature = (name, *, replace = false))]
+    fn publish(&self, py: Python<'_>, name: &Bound<'_, PyAny>, replace: bool) -> PyResult<()> {
         let name = str_arg(name, "name")?;
-        self.detached(py, |a| a.publish(&name))
+        self.detached(py, |a| {
+            if replace {
+                a.publish_replacing(&name)
+            } else {
+                a.publish(&name)
+            }
+        })
     }
 
     /// Drops this handle; the memory stays for other handles and publications. Using

@@ -115,12 +115,16 @@ impl FastIOContext {
 
     /// Publishes a copy of a numpy array (or anything `numpy.asarray` takes) under
     /// `name`: allocates, sets type and dimensions from the array, copies, publishes and
-    /// releases. A 0-d array is published with shape (1,).
+    /// releases. A 0-d array is published with shape (1,). With `replace=True` a
+    /// publication (or freed name) that has `name` is replaced instead of raising: the
+    /// way to re-run a notebook cell that publishes.
+    #[pyo3(signature = (array, name, *, replace = false))]
     fn publish_array(
         &self,
         py: Python<'_>,
         array: &Bound<'_, PyAny>,
         name: &Bound<'_, PyAny>,
+        replace: bool,
     ) -> PyResult<()> {
         let name = str_arg(name, "name")?;
         let contiguous = py
@@ -146,9 +150,17 @@ impl FastIOContext {
                 .map_err(|e| error(e.to_string()))?;
             let data = typed.try_readonly().map_err(error)?;
             let slice = data.as_slice().map_err(error)?;
-            py.detach(|| publish_bytes(&self.context, fastio_meta::as_bytes(slice), et, &shape, &name))
+            py.detach(|| publish_bytes(&self.context, fastio_meta::as_bytes(slice), et, &shape, &name, replace))
                 .map_err(error)
         })
+    }
+
+    /// Withdraws the name `name`, whether it names a live publication or a freed one, so
+    /// that it can be published again. Handles got through it stay valid; the memory
+    /// goes when nothing else keeps it. Raises `fastio.Error` for an unknown name.
+    fn unpublish(&self, py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<()> {
+        let name = str_arg(name, "name")?;
+        py.detach(|| self.context.unpublish(&name)).map_err(error)
     }
 
     /// The context's accounting: resources, live_bytes, pooled_segments, pooled_bytes,
@@ -183,6 +195,7 @@ fn publish_bytes(
     et: fastio_meta::ElementType,
     shape: &[usize],
     name: &str,
+    replace: bool,
 ) -> Result<(), fastio_context::ContextError> {
     let mut allocation = context.create_with(
         bytes.len(),
@@ -193,7 +206,11 @@ fn publish_bytes(
     )?;
     allocation.set_type_and_dimensions(et, shape)?;
     allocation.write_bytes(0, bytes)?;
-    allocation.publish(name)?;
+    if replace {
+        allocation.publish_replacing(name)?;
+    } else {
+        allocation.publish(name)?;
+    }
     allocation.release()
 }
 

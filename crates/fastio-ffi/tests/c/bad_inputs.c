@@ -47,7 +47,7 @@ int main(void) {
     long_name[256] = '\0';
     CHECK_FAILS(nvidia_clara_fastio__publish(ctx, keep, long_name),
                 NVIDIA_CLARA_RESULT_INVALID_ARGUMENT, "the limit is 255");
-    CHECK_FAILS(nvidia_clara_fastio__publish(ctx, keep, "a.b"), NVIDIA_CLARA_RESULT_INVALID_ARGUMENT,
+    CHECK_FAILS(nvidia_clara_fastio__publish(ctx, keep, "a b"), NVIDIA_CLARA_RESULT_INVALID_ARGUMENT,
                 "is not allowed");
     CHECK_FAILS(nvidia_clara_fastio__publish(ctx, keep, "bad\xff"),
                 NVIDIA_CLARA_RESULT_INVALID_ARGUMENT, "not valid UTF-8");
