@@ -144,7 +144,8 @@ impl FastIoEntry {
 
     /// Sets dynamic dimensions (`values[k]` at index `dimensions[k]`; other indices are
     /// left as declared, without an error, as in Clara) and returns the new shape.
-    /// Once every dimension is positive the entry gets memory of that shape, replacing
+    /// Once every dynamic dimension is set (0, an empty dimension, included) the entry
+    /// gets memory of that shape, replacing
     /// memory it had before. Fails, changing nothing, on a pre-allocated entry or an input.
     pub fn update_shape(
         &mut self,
@@ -188,7 +189,7 @@ impl FastIoEntry {
         self.allocate_for(&self.shape.clone())
     }
 
-    /// Allocates memory for `shape` once it is fully positive (nothing to do before).
+    /// Allocates memory for `shape` once every dimension is set (nothing to do before).
     fn allocate_for(&mut self, shape: &DynamicShape) -> Result<(), ContextError> {
         let dims = match shape.to_shape() {
             Some(shape) => shape?.dims().to_vec(),

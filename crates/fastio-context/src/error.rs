@@ -8,9 +8,6 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RequestError {
-    /// Allocations need at least one byte.
-    #[error("an allocation needs at least one byte; 0 was requested")]
-    ZeroSize,
     /// The machine cannot hold the allocation.
     #[error("{message}")]
     OutOfMemory {
@@ -125,7 +122,6 @@ pub enum RequestError {
 impl RequestError {
     pub(crate) fn from_segment(e: SegmentError) -> Self {
         match e {
-            SegmentError::ZeroSize => RequestError::ZeroSize,
             SegmentError::OutOfMemory { size, .. } => RequestError::OutOfMemory {
                 size,
                 message: e.to_string(),

@@ -186,7 +186,8 @@ pub enum Request {
     AllocateEntry {
         /// The entry.
         entry: EntryId,
-        /// Every dimension, positive, agreeing with the declaration where it is fixed.
+        /// Every dimension (0 for an empty one), agreeing with the declaration where it is
+        /// fixed.
         dims: Vec<usize>,
     },
 }

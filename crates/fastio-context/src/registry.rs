@@ -19,6 +19,9 @@ use crate::protocol::{AccessMode, EventHandle, ResourceId, Stats};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnectionId(pub u64);
 
+/// The size of the segment behind a resource of 0 bytes (an empty array's).
+const MIN_SEGMENT_BYTES: usize = 1;
+
 /// Default bound of the warm pool: 1 GiB of segments kept for reuse.
 pub const DEFAULT_POOL_BYTES: u64 = 1 << 30;
 
@@ -171,14 +174,15 @@ impl Registry {
     }
 
     /// A new resource held by nobody (its caller pins it at once).
+    ///
+    /// A resource of 0 bytes (the memory of an empty array) is valid: it gets a segment of
+    /// the smallest size (memfds and mappings cannot be empty), and clients see size 0.
     fn new_resource(&mut self, size: usize) -> Result<Grant, RequestError> {
-        if size == 0 {
-            return Err(RequestError::ZeroSize);
-        }
-        let (segment, recycled) = match self.take_pooled(size) {
+        let segment_size = size.max(MIN_SEGMENT_BYTES);
+        let (segment, recycled) = match self.take_pooled(segment_size) {
             Some(segment) => (segment, true),
             None => {
-                let segment = SegmentBuilder::new(size)
+                let segment = SegmentBuilder::new(segment_size)
                     .label("fastio")
                     .create()
                     .map_err(RequestError::from_segment)?;
@@ -450,11 +454,11 @@ impl Registry {
             && dims
                 .iter()
                 .zip(&plan.declared)
-                .all(|(&d, &declared)| d > 0 && (declared <= 0 || d as i64 == declared));
+                .all(|(&d, &declared)| declared <= 0 || d as i64 == declared);
         if !fits {
             return Err(RequestError::EntryShape {
                 message: format!(
-                    "dimensions {dims:?} do not fit FastIO entry {:?} declared as {:?}: every dimension must be positive and equal the declaration where it is not dynamic",
+                    "dimensions {dims:?} do not fit FastIO entry {:?} declared as {:?}: every dimension must equal the declaration where it is not dynamic",
                     plan.name, plan.declared
                 ),
             });

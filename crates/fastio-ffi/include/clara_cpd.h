@@ -296,7 +296,8 @@ extern "C" {
  it in `*alloc_out`. Only this handle reaches it until it is published. Release or free
  the handle before returning from the execute callback. [Clara: Fast I/O Context]
 
- Fails (`*alloc_out` unchanged) for a size of 0 or one the machine cannot hold.
+ A size of 0 is valid: the memory of an empty array (type it with a 0 dimension).
+ Fails (`*alloc_out` unchanged) for a size the machine cannot hold.
 
  # Safety
  `alloc_out` is NULL or valid for writing one pointer.
@@ -389,8 +390,8 @@ result nvidia_clara_fastio__free(nvidia_clara_fastio_alloc *alloc);
 
 /*
  Sets the handle's local element type and dimensions (`dimension_count` values, 1 to
- NVIDIA_CLARA_FASTIO_MAX_DIMENSIONS, each at least 1). Fails, changing nothing, for an
- unknown type, a bad count, a zero dimension, an overflowing product, or metadata that
+ NVIDIA_CLARA_FASTIO_MAX_DIMENSIONS, each 0 or more: a 0 makes an empty array). Fails,
+ changing nothing, for an unknown type, a bad count, an overflowing product, or metadata that
  needs more bytes than the allocation has. Publications made before keep their
  metadata. [Clara: Fast I/O Context; signature inferred]
 
@@ -784,12 +785,13 @@ result nvidia_clara_fastio_entry__access(nvidia_clara_fastio_entry *entry,
                                          nvidia_clara_fastio_access *access_out);
 
 /*
- Sets dynamic dimensions: `values[k]` (at least 1) at index `dimension_indices[k]`, for
- k below `count`. Indices of non-dynamic dimensions are left as declared, without an
- error (as in Clara). Once every dimension is positive the entry gets memory of that
- shape, replacing what it had. Fails, changing nothing, on an input
- (NVIDIA_CLARA_RESULT_READ_ONLY), a pre-allocated entry, an index out of range, a value
- below 1, or while the entry is mapped (NVIDIA_CLARA_RESULT_BUSY). [section found;
+ Sets dynamic dimensions: `values[k]` (0 or more: 0 is an empty dimension, as in numpy)
+ at index `dimension_indices[k]`, for k below `count`. Indices of non-dynamic dimensions
+ are left as declared, without an error (as in Clara). Once every dynamic dimension is
+ set the entry gets memory of that shape (zero bytes for an empty one), replacing what
+ it had. Fails, changing nothing, on an input (NVIDIA_CLARA_RESULT_READ_ONLY), a
+ pre-allocated entry, an index out of range, a negative value, or while the entry is
+ mapped (NVIDIA_CLARA_RESULT_BUSY). [section found;
  signature inferred]
 
  # Safety

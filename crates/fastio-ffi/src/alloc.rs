@@ -106,7 +106,8 @@ fn access_code(access: Access) -> nvidia_clara_fastio_access {
 /// it in `*alloc_out`. Only this handle reaches it until it is published. Release or free
 /// the handle before returning from the execute callback. [Clara: Fast I/O Context]
 ///
-/// Fails (`*alloc_out` unchanged) for a size of 0 or one the machine cannot hold.
+/// A size of 0 is valid: the memory of an empty array (type it with a 0 dimension).
+/// Fails (`*alloc_out` unchanged) for a size the machine cannot hold.
 ///
 /// # Safety
 /// `alloc_out` is NULL or valid for writing one pointer.
@@ -316,8 +317,8 @@ pub extern "C" fn nvidia_clara_fastio__free(alloc: *mut nvidia_clara_fastio_allo
 }
 
 /// Sets the handle's local element type and dimensions (`dimension_count` values, 1 to
-/// NVIDIA_CLARA_FASTIO_MAX_DIMENSIONS, each at least 1). Fails, changing nothing, for an
-/// unknown type, a bad count, a zero dimension, an overflowing product, or metadata that
+/// NVIDIA_CLARA_FASTIO_MAX_DIMENSIONS, each 0 or more: a 0 makes an empty array). Fails,
+/// changing nothing, for an unknown type, a bad count, an overflowing product, or metadata that
 /// needs more bytes than the allocation has. Publications made before keep their
 /// metadata. [Clara: Fast I/O Context; signature inferred]
 ///

@@ -40,9 +40,9 @@ impl From<ContextError> for Error {
                 RequestError::UnknownName { .. } | RequestError::NameFreed { .. } => {
                     NVIDIA_CLARA_RESULT_NOT_FOUND
                 }
-                RequestError::InvalidName { .. }
-                | RequestError::ZeroSize
-                | RequestError::MetadataTooLarge { .. } => NVIDIA_CLARA_RESULT_INVALID_ARGUMENT,
+                RequestError::InvalidName { .. } | RequestError::MetadataTooLarge { .. } => {
+                    NVIDIA_CLARA_RESULT_INVALID_ARGUMENT
+                }
                 RequestError::NotHeld { .. } => NVIDIA_CLARA_RESULT_INVALID_HANDLE,
                 RequestError::EntryNotAllocated { .. } | RequestError::UnknownEntry { .. } => {
                     NVIDIA_CLARA_RESULT_NOT_FOUND

@@ -39,12 +39,6 @@ pub enum MetaError {
         /// The number given.
         count: usize,
     },
-    /// A concrete shape has a zero dimension.
-    #[error("dimension {index} is 0; every dimension of a concrete shape must be at least 1")]
-    ZeroDimension {
-        /// Its index.
-        index: usize,
-    },
     /// A declared dimension is below -1.
     #[error(
         "dimension {index} is {value}; a declared dimension is positive, or -1 or 0 for dynamic"
@@ -85,9 +79,9 @@ pub enum MetaError {
         /// The shape's rank.
         rank: usize,
     },
-    /// `update` gave a dynamic dimension a value below 1.
-    #[error("dimension {index} cannot be set to {value}; values must be at least 1")]
-    NonPositiveValue {
+    /// `update` gave a dynamic dimension a negative value.
+    #[error("dimension {index} cannot be set to {value}; a dimension is 0 (empty) or more")]
+    NegativeValue {
         /// The index.
         index: usize,
         /// The value.

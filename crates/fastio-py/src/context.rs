@@ -115,7 +115,8 @@ impl FastIOContext {
 
     /// Publishes a copy of a numpy array (or anything `numpy.asarray` takes) under
     /// `name`: allocates, sets type and dimensions from the array, copies, publishes and
-    /// releases. A 0-d array is published with shape (1,). With `replace=True` a
+    /// releases. A 0-d array is published with shape (1,); an empty one (a 0 dimension)
+    /// as it is, with zero bytes. With `replace=True` a
     /// publication (or freed name) that has `name` is replaced instead of raising: the
     /// way to re-run a notebook cell that publishes.
     #[pyo3(signature = (array, name, *, replace = false))]
@@ -138,11 +139,6 @@ impl FastIOContext {
         let mut shape = untyped.shape().to_vec();
         if shape.is_empty() {
             shape.push(1);
-        }
-        if shape.contains(&0) {
-            return Err(error(format!(
-                "cannot publish an empty array (shape {shape:?}); every dimension must be >= 1"
-            )));
         }
         with_element_type!(et, T => {
             let typed = contiguous

@@ -177,8 +177,9 @@ impl FastIOEntry {
     }
 
     /// Sets dynamic dimensions: `new_values[k]` at index `dimensions[k]`. Indices that are
-    /// not dynamic are left unchanged, without an error (as in Clara). Once every dimension
-    /// is positive the entry gets memory of that shape. Returns the new shape. Raises
+    /// not dynamic are left unchanged, without an error (as in Clara). A value may be 0 (an
+    /// empty result, as in numpy). Once every dynamic dimension is set the entry gets memory
+    /// of that shape. Returns the new shape. Raises
     /// `fastio.Error` on a pre-allocated entry, an input, or while numpy views of the old
     /// memory exist.
     fn update_shape<'py>(
