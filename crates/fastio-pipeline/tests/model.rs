@@ -32,7 +32,7 @@ fn the_demo_pipeline_validates() {
         ["generate", "threshold", "summarize", "write-report"]
     );
     let generate = p.operator("generate").unwrap();
-    assert_eq!(generate.command(), ["fastio-demo-op", "generate"]);
+    assert_eq!(generate.command().unwrap(), ["fastio-demo-op", "generate"]);
     assert_eq!(generate.variables()["CLARA_TRACE"], "2");
     let volume = generate.output("volume").unwrap().kind();
     assert_eq!(volume.to_string(), "int16[256,512,512]");

@@ -101,6 +101,26 @@ fn run() -> anyhow::Result<()> {
                     .collect::<Vec<_>>()
                     .join(" -> ")
             );
+            // How `fastio run` would start each operator, and why.
+            let options = job_options(&p)?;
+            for (op, (kind, reason)) in p
+                .operators()
+                .iter()
+                .zip(fastio::driver::operator_kinds(&p, &options))
+            {
+                let how = match kind {
+                    fastio::driver::OperatorKind::Driver => {
+                        "uses the pipeline driver, starts at job start"
+                    }
+                    fastio::driver::OperatorKind::Plain => {
+                        "plain program, starts once its inputs are complete"
+                    }
+                };
+                println!("  {}: {how} ({reason})", op.name());
+            }
+            if let Err(e) = p.check_runs_locally() {
+                println!("{e}");
+            }
             Ok(())
         }
         Command::Graph { pipeline } => {
@@ -117,10 +137,26 @@ fn run() -> anyhow::Result<()> {
 
 /// Loads a pipeline; on failure prints every problem, one per line, and fails.
 fn load(path: &std::path::Path) -> anyhow::Result<fastio::pipeline::Pipeline> {
-    fastio::pipeline::Pipeline::from_path(path).map_err(|e| {
+    let pipeline = fastio::pipeline::Pipeline::from_path(path).map_err(|e| {
         eprintln!("{e}");
         anyhow::anyhow!("{} is not a valid pipeline definition", path.display())
-    })
+    })?;
+    for unused in pipeline.unused() {
+        eprintln!("note: {unused}");
+    }
+    Ok(pipeline)
+}
+
+/// The options of a job of `pipeline` run by this command: operator programs built beside
+/// this one are found first.
+fn job_options(
+    pipeline: &fastio::pipeline::Pipeline,
+) -> anyhow::Result<fastio::driver::JobOptions> {
+    let mut options = fastio::driver::JobOptions::for_pipeline(pipeline);
+    if let Some(dir) = std::env::current_exe()?.parent() {
+        options.program_dirs.push(dir.to_owned());
+    }
+    Ok(options)
 }
 
 fn serve(pool_mib: u64, until_stdin_closes: bool) -> anyhow::Result<()> {
@@ -153,9 +189,9 @@ fn run_pipeline(
     timeout: Option<f64>,
     quiet: bool,
 ) -> anyhow::Result<()> {
-    use fastio::driver::{JobOptions, run_job};
+    use fastio::driver::run_job;
     let pipeline = load(path)?;
-    let mut options = JobOptions::for_pipeline(&pipeline);
+    let mut options = job_options(&pipeline)?;
     options.output_root = output.join(pipeline.name());
     options.payload = payload;
     if let Some(seconds) = timeout {
@@ -165,10 +201,6 @@ fn run_pipeline(
                 .filter(|d| !d.is_zero())
                 .context("--timeout must be a positive number of seconds")?,
         );
-    }
-    // Operator programs built beside this one are found first.
-    if let Some(dir) = std::env::current_exe()?.parent() {
-        options.program_dirs.push(dir.to_owned());
     }
     let mut display = progress::Display::new(quiet);
     let report = run_job(&pipeline, &options, &mut |p| display.show(p))?;
