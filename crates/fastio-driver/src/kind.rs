@@ -98,11 +98,13 @@ const PYTHON_MODULES: [&str; 2] = ["clara", "fastio"];
 const INTERPRETERS: [&str; 6] = ["python", "python3", "sh", "bash", "dash", "zsh"];
 
 /// Decides the kind of the operator at `index` of `pipeline`, whose program resolves to
-/// `program` (the driver's own lookup).
+/// `program` (the driver's own lookup) and which starts in folder `cwd` (where a relative
+/// script argument is found).
 pub(crate) fn operator_kind(
     pipeline: &Pipeline,
     index: usize,
     program: &Path,
+    cwd: &Path,
 ) -> (OperatorKind, KindReason) {
     let op = &pipeline.operators()[index];
     if let Some(declared) = op.uses_driver() {
@@ -147,7 +149,7 @@ pub(crate) fn operator_kind(
         }
         Ok(None) => {}
     }
-    if let Some(reason) = interpreted_mention(&argv[1..], program) {
+    if let Some(reason) = interpreted_mention(&argv[1..], program, cwd) {
         return (OperatorKind::Driver, reason);
     }
     (OperatorKind::Plain, KindReason::NoMention)
@@ -168,7 +170,7 @@ fn search_path(name: &Path) -> Option<PathBuf> {
 
 /// For an interpreter's command line: the script it runs (first non-option argument) or
 /// its `-c` code, searched for markers.
-fn interpreted_mention(args: &[String], program: &Path) -> Option<KindReason> {
+fn interpreted_mention(args: &[String], program: &Path, cwd: &Path) -> Option<KindReason> {
     let name = program.file_name()?.to_str()?;
     // python3.12 counts as python3.
     let base = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
@@ -189,7 +191,7 @@ fn interpreted_mention(args: &[String], program: &Path) -> Option<KindReason> {
         if arg.starts_with('-') {
             continue;
         }
-        let script = PathBuf::from(arg);
+        let script = cwd.join(arg);
         return read_start(&script)
             .ok()
             .and_then(|text| script_marker(&text))

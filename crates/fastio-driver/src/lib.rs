@@ -667,7 +667,12 @@ fn kind_of(pipeline: &Pipeline, options: &JobOptions, index: usize) -> (Operator
         .command()
         .map(|argv| resolve_program(pipeline, options, &argv[0]))
         .unwrap_or_default();
-    kind::operator_kind(pipeline, index, &program)
+    kind::operator_kind(pipeline, index, &program, &operator_dir())
+}
+
+/// The folder operator processes start in: the driver's own (they inherit it).
+fn operator_dir() -> PathBuf {
+    std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"))
 }
 
 fn spawn(
