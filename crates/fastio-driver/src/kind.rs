@@ -1,34 +1,5 @@
-//! Which operators use the pipeline driver and which are plain programs.
-//!
-//! An operator that uses the driver (Rust `fastio::Driver`, C `nvidia_clara_cpd__*`,
-//! Python `clara.Driver`) starts at job start: its prepare overlaps upstream work and the
-//! context holds back its execute until its inputs are complete. A plain program (a shell
-//! script, a converter) knows nothing of the job: it is started only once every upstream
-//! operator has finished execute, and it succeeds by exiting 0 (Clara's disk semantics).
-//!
-//! The rule, first match wins:
-//! 1. `uses-driver: true` or `false` in the definition;
-//! 2. an operator with a shared-memory (typed) input or output uses the driver: nothing
-//!    else reaches those entries;
-//! 3. the program shows that it uses the driver: a compiled program contains
-//!    `FASTIO_STAGE` (the variable fastio's driver reads, in every program built with it,
-//!    Rust or C) or `nvidia_clara_cpd__` (Clara's C driver API, in the symbol table of a
-//!    program linked with `-lnvclara` or `-lfastio`); a Python script (`python3 op.py`, a
-//!    `#!` script, the code of `python3 -c CODE`) imports `clara` or `fastio`;
-//! 4. otherwise it is a plain program: shell scripts among them, since a shell cannot
-//!    use the driver itself (one that `exec`s a driver program is started late, which is
-//!    safe; see below).
-//!
-//! A program that cannot be read is taken to use the driver, so that it is started at job
-//! start and its start failure ends the job at once.
-//!
-//! Why a look at the program rather than a declaration alone: Clara definitions do not
-//! say, and a definition that works must keep working unchanged. The two ways to be wrong
-//! are not alike: a driver program taken for a plain one still runs correctly (it joins
-//! late, finds its inputs complete, and only loses the overlap of prepare), while a plain
-//! program taken for a driver one would run before its inputs exist. So the look is for
-//! evidence of the driver, and everything without it is plain; `uses-driver` settles any
-//! doubt.
+//! Which operators use the pipeline driver and which are plain programs: the rule is
+//! [`OperatorKind`]'s documentation.
 
 use std::fmt;
 use std::io::Read;
@@ -37,6 +8,38 @@ use std::path::{Path, PathBuf};
 use fastio_pipeline::Pipeline;
 
 /// How an operator takes part in a job.
+///
+/// An operator that uses the driver (Rust `fastio::Driver`, C `nvidia_clara_cpd__*`,
+/// Python `clara.Driver`) starts at job start: its prepare overlaps upstream work and the
+/// context holds back its execute until its inputs are complete. A plain program (a shell
+/// script, a converter) knows nothing of the job: it is started only once every upstream
+/// operator has finished execute, and it succeeds by exiting 0 (Clara's disk semantics).
+///
+/// The rule, first match wins:
+/// 1. `uses-driver: true` or `false` in the definition;
+/// 2. an operator with a shared-memory (typed) input or output uses the driver: nothing
+///    else reaches those entries;
+/// 3. the program shows that it uses the driver: a compiled program contains
+///    `FASTIO_STAGE` (the variable fastio's driver reads, in every program built with it,
+///    Rust or C) or `nvidia_clara_cpd__` (Clara's C driver API, in the symbol table of a
+///    program linked with `-lnvclara` or `-lfastio`); a Python script (`python3 op.py`, a
+///    `#!` script, the code of `python3 -c CODE`) imports `clara` or `fastio`;
+/// 4. otherwise it is a plain program: shell scripts among them, since a shell cannot
+///    use the driver itself (one that `exec`s a driver program is started late, which is
+///    safe; see below).
+///
+/// A program that cannot be read is taken to use the driver, so that it is started at job
+/// start and its start failure ends the job at once.
+///
+/// Why a look at the program rather than a declaration alone: Clara definitions do not
+/// say, and a definition that works must keep working unchanged. The two ways to be wrong
+/// are not alike: a driver program taken for a plain one still runs correctly (it joins
+/// late, finds its inputs complete, and only loses the overlap of prepare), while a plain
+/// program taken for a driver one would run before its inputs exist. So the look is for
+/// evidence of the driver, and everything without it is plain; `uses-driver` settles any
+/// doubt. A plain program that shows a marker by accident (a compiled program that reads
+/// `FASTIO_STAGE` itself) exits without joining the job, and the job fails with a message
+/// that names the reason and `uses-driver: false`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OperatorKind {
     /// It uses the pipeline driver: started at job start, follows the driver's life-cycle.
