@@ -546,3 +546,35 @@ operators:
         (Some(5), &["last-i-am".to_owned()][..])
     );
 }
+
+#[test]
+fn the_time_limit_ends_a_job_whose_plain_program_still_waits_for_its_inputs() {
+    let job = Job::new();
+    let marker = job.path("ran");
+    let report = job.run(&format!(
+        r#"api-version: 0.5.0
+name: t
+timeout: 1
+operators:
+- name: slow
+  command: [fastio-test-op]
+  variables: {{LOG: $LOG, EXECUTE: "sleep:60"}}
+  output:
+  - path: /out
+- name: after
+  command: [sh, -c, "touch {marker}"]
+  input:
+  - from: slow
+    path: /in
+"#,
+        marker = marker.display()
+    ));
+    let (who, why) = report.failure.clone().unwrap();
+    assert_eq!(who, "slow", "only the running operator is blamed");
+    assert!(why.contains("time limit"), "{why}");
+    assert!(matches!(
+        outcome(&report, "after"),
+        OperatorState::Stopped(why) if why.starts_with("never started")
+    ));
+    assert!(!marker.exists());
+}

@@ -209,10 +209,26 @@ fn interpreted_mention(args: &[String], program: &Path, cwd: &Path) -> Option<Ki
 /// How much of a script is read: imports come first.
 const SCRIPT_BYTES: u64 = 1 << 20;
 
+/// Opens a regular file for reading. Anything else (a FIFO, which would block the open or
+/// the read, a device such as `/dev/zero`, which never ends) is refused: the look at a
+/// program must cost a bounded time.
+fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        // A FIFO opens at once instead of waiting for a writer; regular files ignore it.
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(file)
+}
+
 /// The first [`SCRIPT_BYTES`] of a file.
 fn read_start(path: &Path) -> std::io::Result<Vec<u8>> {
     let mut text = Vec::new();
-    std::fs::File::open(path)?
+    open_regular(path)?
         .take(SCRIPT_BYTES)
         .read_to_end(&mut text)?;
     Ok(text)
@@ -224,7 +240,7 @@ fn mentions_driver(path: &Path) -> std::io::Result<Option<&'static str>> {
     const PIECE: usize = 1 << 20;
     // Long enough for any marker to straddle two pieces.
     const OVERLAP: usize = 64;
-    let mut file = std::fs::File::open(path)?;
+    let mut file = open_regular(path)?;
     let mut buffer = vec![0u8; PIECE + OVERLAP];
     let mut kept = 0;
     let mut first = true;
@@ -315,5 +331,23 @@ mod tests {
         assert_eq!(mentions_driver(&path).unwrap(), Some("FASTIO_STAGE"));
         std::fs::write(&path, vec![7u8; 3 << 20]).unwrap();
         assert_eq!(mentions_driver(&path).unwrap(), None);
+    }
+
+    #[test]
+    fn fifos_and_devices_are_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::RWXU,
+            0,
+        )
+        .unwrap();
+        // Without the check, opening the FIFO blocks for a writer that never comes.
+        assert!(mentions_driver(&fifo).is_err());
+        assert!(read_start(&fifo).is_err());
+        assert!(mentions_driver(Path::new("/dev/zero")).is_err());
     }
 }
