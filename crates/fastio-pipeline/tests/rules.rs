@@ -880,3 +880,26 @@ fn every_problem_is_listed_in_definition_order() {
         "one line per problem:\n{e}"
     );
 }
+
+#[test]
+fn damaged_clara_definitions_give_errors_never_panics() {
+    // Every Clara field, then the definition with one line removed or cut short at one line:
+    // each validates or is refused, and a valid one answers check_runs_locally; nothing panics.
+    let yaml = "api-version: 0.6.0\norchestrator: Clara\nname: p\ndescription: d\nparameters:\n  level: 3\npull-secrets:\n- ngc-clara\noperators:\n- name: reader\n  container:\n    image: example/reader\n    tag: 18.04\n    command: [sh, -c, x]\n  requests:\n    gpu: 1\n    memory: 8192\n    cpu: 2\n  models:\n  - name: spleen\n  parameters:\n    x: y\n  services:\n  - name: s\n  uses-driver: false\n  input:\n  - path: /in\n  output:\n  - path: /out\n- name: writer\n  command: [w]\n  container:\n    image: example/writer\n  input:\n  - from: reader\n    path: /in\n  output:\n  - name: out\n    type: stream\n    path: /out\n";
+    ok(yaml);
+    let lines: Vec<&str> = yaml.lines().collect();
+    let mut refused = 0;
+    for i in 0..lines.len() {
+        let mut without = lines.clone();
+        without.remove(i);
+        for text in [without.join("\n"), lines[..i].join("\n")] {
+            match Pipeline::from_yaml_str(&text, ORIGIN) {
+                Ok(p) => {
+                    let _ = p.check_runs_locally();
+                }
+                Err(_) => refused += 1,
+            }
+        }
+    }
+    assert!(refused > 0);
+}
