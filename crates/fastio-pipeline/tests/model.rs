@@ -293,7 +293,7 @@ fn the_demo_graph_in_dot() {
 }
 
 #[test]
-fn dot_labels_streams_strings_and_primitives() {
+fn dot_labels_streams_strings_primitives_and_unnamed_entries() {
     let p = Pipeline::from_yaml_str(
         "api-version: 0.5.0
 name: labels
@@ -304,12 +304,14 @@ operators:
   - {name: results, type: stream, element-type: dicom, path: /out}
   - {name: uid, type: string}
   - {name: count, type: uint64}
+  - {path: /raw}
 - name: writer
   command: [x]
   input:
   - {name: results, from: reader, type: stream, element-type: dicom, path: /in}
   - {name: uid, from: reader, type: string}
   - {name: count, from: reader, type: u64}
+  - {from: reader, path: /raw}
 ",
         "labels",
     )
@@ -324,6 +326,7 @@ operators:
     "reader" -> "writer" [label="results: stream(dicom)"];
     "reader" -> "writer" [label="uid: string"];
     "reader" -> "writer" [label="count: u64"];
+    "reader" -> "writer" [label="stream"];
 }
 "#
     );
