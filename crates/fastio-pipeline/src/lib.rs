@@ -156,6 +156,36 @@
 //!   loads no models (Clara hands them to a Triton Inference Server), does not substitute
 //!   Clara's `${{ name }}` template placeholders, and starts no services.
 //!
+//! ```
+//! let pipeline = fastio_pipeline::Pipeline::from_yaml_str(
+//!     r#"
+//! api-version: 0.5.0
+//! orchestrator: Clara
+//! name: ct
+//! pull-secrets: [ngc-clara]
+//! operators:
+//! - name: dicom-reader
+//!   container:
+//!     image: example/dicom-reader
+//!     tag: 0.1.0
+//!     command: [/app/read.sh]
+//!   requests: {gpu: 1, memory: 8192}
+//!   input:
+//!   - {path: /input, type: stream, element-type: dicom}
+//!   output:
+//!   - {path: /output, type: stream, element-type: dicom}
+//! "#,
+//!     "ct.yaml",
+//! )?;
+//! let reader = &pipeline.operators()[0];
+//! assert_eq!(reader.command().unwrap(), ["/app/read.sh"]);
+//! assert_eq!(reader.container().unwrap().reference(), "example/dicom-reader:0.1.0");
+//! assert_eq!(reader.requests().gpu, Some(1));
+//! assert_eq!(reader.outputs()[0].name(), ""); // Clara's one unnamed output
+//! assert_eq!(pipeline.pull_secrets(), ["ngc-clara"]);
+//! # Ok::<(), fastio_pipeline::DefinitionError>(())
+//! ```
+//!
 //! # Plain programs
 //!
 //! An operator need not use the pipeline driver. A plain program (a DICOM converter, a shell
