@@ -435,7 +435,7 @@ operators:
   container:
     image: example/dicom-reader
     tag: 0.1.0
-    command: [sh, -c, 'cp "${NVIDIA_CLARA_INPUTPATHS#*:}"/series.dcm "${NVIDIA_CLARA_OUTPUTPATHS#*:}"/ && echo "$CLARA_TRACE" > "${NVIDIA_CLARA_OUTPUTPATHS#*:}"/trace']
+    command: [sh, -c, 'in=$(echo "$NVIDIA_CLARA_INPUTPATHS" | cut -d: -f2-); out=$(echo "$NVIDIA_CLARA_OUTPUTPATHS" | cut -d: -f2-); cp "$in"/series.dcm "$out"/ && echo "$CLARA_TRACE" > "$out"/trace']
   requests:
     gpu: 1
     memory: 8192
@@ -451,7 +451,7 @@ operators:
   container:
     image: example/writer
     command: [/opt/writer/run]
-  command: [sh, -c, 'wc -c < "${NVIDIA_CLARA_INPUTPATHS#*:}"/series.dcm > "${NVIDIA_CLARA_OUTPUTPATHS#*:}"/size']
+  command: [sh, -c, 'in=$(echo "$NVIDIA_CLARA_INPUTPATHS" | cut -d: -f2-); out=$(echo "$NVIDIA_CLARA_OUTPUTPATHS" | cut -d: -f2-); wc -c < "$in"/series.dcm > "$out"/size']
   input:
   - from: dicom-reader
     path: /input
@@ -503,7 +503,9 @@ fn an_image_without_a_command_stops_a_local_run_before_anything_starts() {
 
 #[test]
 fn an_untyped_clara_0_4_pipeline_runs() {
-    // Clara's own untyped example, with its copies made through the path variables.
+    // Clara's own untyped example, with its copies made through the path variables (a
+    // container would find its volumes at the declared paths; a local process is told them
+    // in NVIDIA_CLARA_INPUTPATHS / NVIDIA_CLARA_OUTPUTPATHS).
     let job = Job::new();
     std::fs::create_dir_all(job.path("payload/study")).unwrap();
     std::fs::write(job.path("payload/study/a.txt"), "alpha").unwrap();
@@ -515,7 +517,7 @@ operators:
   container:
     image: clara/examples/centos
     tag: centos7
-    command: ['sh', '-c', 'cp -r "${NVIDIA_CLARA_INPUTPATHS#*:}"/. "${NVIDIA_CLARA_OUTPUTPATHS#*:}"']
+    command: ['sh', '-c', 'in=$(echo "$NVIDIA_CLARA_INPUTPATHS" | cut -d: -f2-); out=$(echo "$NVIDIA_CLARA_OUTPUTPATHS" | cut -d: -f2-); cp -r "$in"/. "$out"']
   input:
   - path: /in
   output:
@@ -524,7 +526,7 @@ operators:
   container:
     image: clara/examples/ubuntu
     tag: 18.04
-    command: ['sh', '-c', 'cp -r "${NVIDIA_CLARA_INPUTPATHS#*:}"/. "${NVIDIA_CLARA_OUTPUTPATHS#*:}"']
+    command: ['sh', '-c', 'in=$(echo "$NVIDIA_CLARA_INPUTPATHS" | cut -d: -f2-); out=$(echo "$NVIDIA_CLARA_OUTPUTPATHS" | cut -d: -f2-); cp -r "$in"/. "$out"']
   input:
   - from: i-am-first
     path: /my-in

@@ -196,6 +196,13 @@
 //! outputs go downstream, and it never starts when the job has already failed. Operators that
 //! use the driver start at job start, so that their prepare overlaps upstream work.
 //!
+//! One difference from a container remains: Clara mounts each volume at the entry's
+//! declared `path` inside the container, so a containerised program may write to `/output`
+//! as written. A local process gets its folders from the two variables instead (the declared
+//! path is not created on the host): `sh -c 'cp -r /in /out'` becomes
+//! `sh -c 'in=$(echo "$NVIDIA_CLARA_INPUTPATHS" | cut -d: -f2-); ...'`, or `command` (which
+//! wins locally) says so while `container.command` keeps the in-image form.
+//!
 //! Which is which: `uses-driver: true|false` when given; otherwise an operator with a
 //! shared-memory entry uses the driver; otherwise the driver looks at the program for the
 //! driver (its markers in a compiled program, an `import` of `clara` or `fastio` in a Python
