@@ -46,7 +46,7 @@
 //! | `api-version` | yes | format version, `major.minor[.patch]`; typed entries need `0.5.0` or later |
 //! | `name` | yes | the pipeline's name |
 //! | `operators` | yes, at least one | the operators |
-//! | `timeout` | no | seconds a job may run, at least 1; default 600 ([`DEFAULT_TIMEOUT`], Clara's default) |
+//! | `timeout` | no | seconds a job may run, 1 to 604800 (7 days, [`MAX_TIMEOUT`]); default 600 ([`DEFAULT_TIMEOUT`], Clara's default) |
 //! | `orchestrator` | no | `Clara` (accepted, ignored) or `Argo` (refused when any entry is typed); any case |
 //! | `pull-secrets` | no | Clara's registry credentials: accepted and ignored |
 //!
@@ -142,4 +142,6 @@ pub use error::{
     DefinitionError, Direction, EntryLocation, Format, Location, OperatorLocation, Problem,
     ProblemKind,
 };
-pub use model::{DEFAULT_TIMEOUT, Entry, EntryKind, EntryRef, Link, Operator, Pipeline};
+pub use model::{
+    DEFAULT_TIMEOUT, Entry, EntryKind, EntryRef, Link, MAX_TIMEOUT, Operator, Pipeline,
+};

@@ -10,7 +10,9 @@ use crate::error::{
     DefinitionError, Direction, EntryLocation, Location, OperatorLocation, Problem, ProblemKind,
 };
 use crate::graph;
-use crate::model::{DEFAULT_TIMEOUT, Entry, EntryKind, EntryRef, Link, Operator, Pipeline};
+use crate::model::{
+    DEFAULT_TIMEOUT, Entry, EntryKind, EntryRef, Link, MAX_TIMEOUT, Operator, Pipeline,
+};
 use crate::raw::{RawEntry, RawOperator, RawPipeline};
 
 /// The first `api-version` of typed pipelines (array, string and primitive entries).
@@ -146,6 +148,10 @@ pub(crate) fn validate(raw: RawPipeline, origin: &str) -> Result<Pipeline, Defin
     let timeout = match raw.timeout {
         Some(0) => {
             c.report(None, None, ProblemKind::ZeroTimeout);
+            DEFAULT_TIMEOUT
+        }
+        Some(seconds) if Duration::from_secs(seconds) > MAX_TIMEOUT => {
+            c.report(None, None, ProblemKind::TimeoutTooLong { seconds });
             DEFAULT_TIMEOUT
         }
         Some(seconds) => Duration::from_secs(seconds),
