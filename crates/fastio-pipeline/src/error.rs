@@ -294,6 +294,12 @@ pub enum ProblemKind {
     /// `timeout` is zero.
     #[error("timeout must be at least 1 second")]
     ZeroTimeout,
+    /// `timeout` is beyond [`MAX_TIMEOUT`](crate::MAX_TIMEOUT).
+    #[error("timeout of {seconds} seconds is beyond the limit of {} seconds (7 days)", crate::MAX_TIMEOUT.as_secs())]
+    TimeoutTooLong {
+        /// The timeout as written.
+        seconds: u64,
+    },
     /// `command` is an empty list, or its program is an empty string.
     #[error("command must start with a program: {reason}")]
     EmptyCommand {
@@ -469,7 +475,7 @@ impl ProblemKind {
             ProblemKind::UnknownOrchestrator { .. } | ProblemKind::ArgoWithTypedEntries { .. } => {
                 "orchestrator"
             }
-            ProblemKind::ZeroTimeout => "timeout",
+            ProblemKind::ZeroTimeout | ProblemKind::TimeoutTooLong { .. } => "timeout",
             ProblemKind::EmptyCommand { .. } | ProblemKind::NoLocalCommand { .. } => "command",
             ProblemKind::PlainWithSharedMemory { .. } => "uses-driver",
             ProblemKind::BadRequests { .. } => "requests",

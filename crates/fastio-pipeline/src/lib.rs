@@ -49,7 +49,7 @@
 //! | `name` | yes | the pipeline's name |
 //! | `operators` | yes, at least one | the operators |
 //! | `description` | no | free text |
-//! | `timeout` | no | seconds a job may run, at least 1; default 600 ([`DEFAULT_TIMEOUT`], Clara's default) |
+//! | `timeout` | no | seconds a job may run, 1 to 604800 (7 days, [`MAX_TIMEOUT`]); default 600 ([`DEFAULT_TIMEOUT`], Clara's default) |
 //! | `orchestrator` | no | `Clara` (accepted) or `Argo` (refused when any entry is typed); any case |
 //! | `pull-secrets` | no | names of the secrets an orchestrator pulls images with (Kubernetes secret names); kept, not used locally |
 //! | `parameters` | no | Clara's template parameters: accepted, reported as not used |
@@ -241,6 +241,6 @@ pub use error::{
     ProblemKind,
 };
 pub use model::{
-    Container, DEFAULT_TIMEOUT, Entry, EntryKind, EntryRef, Link, Operator, Pipeline, Requests,
-    Unused,
+    Container, DEFAULT_TIMEOUT, Entry, EntryKind, EntryRef, Link, MAX_TIMEOUT, Operator, Pipeline,
+    Requests, Unused,
 };

@@ -12,6 +12,11 @@ use crate::error::{DefinitionError, Direction, Format, Location, Problem, Proble
 /// The job timeout when a definition gives none: 600 seconds, Clara's default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// The longest job time limit a definition (or `fastio run --timeout`) may give: 7 days.
+/// Durations are bounded so that deadline arithmetic cannot overflow, and because a job
+/// that may run longer is better served by no pipeline driver at all.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
 /// A validated pipeline definition.
 ///
 /// Architecture Invariant: a `Pipeline` only exists when every rule of the crate

@@ -11,8 +11,8 @@ use crate::error::{
 };
 use crate::graph;
 use crate::model::{
-    Container, DEFAULT_TIMEOUT, Entry, EntryKind, EntryRef, Link, Operator, Pipeline, Requests,
-    Unused,
+    Container, DEFAULT_TIMEOUT, Entry, EntryKind, EntryRef, Link, MAX_TIMEOUT, Operator, Pipeline,
+    Requests, Unused,
 };
 use crate::raw::{RawEntry, RawOperator, RawPipeline, RawRequests, Scalar};
 
@@ -194,6 +194,10 @@ pub(crate) fn validate(raw: RawPipeline, origin: &str) -> Result<Pipeline, Defin
     let timeout = match raw.timeout {
         Some(0) => {
             c.report(None, None, ProblemKind::ZeroTimeout);
+            DEFAULT_TIMEOUT
+        }
+        Some(seconds) if Duration::from_secs(seconds) > MAX_TIMEOUT => {
+            c.report(None, None, ProblemKind::TimeoutTooLong { seconds });
             DEFAULT_TIMEOUT
         }
         Some(seconds) => Duration::from_secs(seconds),
