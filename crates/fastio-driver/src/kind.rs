@@ -1,6 +1,7 @@
 //! Which operators use the pipeline driver and which are plain programs: the rule is
 //! [`OperatorKind`]'s documentation.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -100,6 +101,27 @@ const PYTHON_MODULES: [&str; 2] = ["clara", "fastio"];
 /// `-c`.
 const INTERPRETERS: [&str; 6] = ["python", "python3", "sh", "bash", "dash", "zsh"];
 
+/// What was found in files already looked at, by path and whether read as a script
+/// (`None`: unreadable): a pipeline of many operators running one program reads it once.
+#[derive(Default)]
+pub(crate) struct Seen(HashMap<(PathBuf, bool), Option<Option<&'static str>>>);
+
+impl Seen {
+    fn program(&mut self, path: &Path) -> Option<Option<&'static str>> {
+        *self
+            .0
+            .entry((path.to_owned(), false))
+            .or_insert_with(|| mentions_driver(path).ok())
+    }
+
+    fn script(&mut self, path: &Path) -> Option<&'static str> {
+        self.0
+            .entry((path.to_owned(), true))
+            .or_insert_with(|| read_start(path).ok().map(|text| script_marker(&text)))
+            .flatten()
+    }
+}
+
 /// Decides the kind of the operator at `index` of `pipeline`, whose program resolves to
 /// `program` (the driver's own lookup) and which starts in folder `cwd` (where a relative
 /// script argument is found).
@@ -108,6 +130,7 @@ pub(crate) fn operator_kind(
     index: usize,
     program: &Path,
     cwd: &Path,
+    seen: &mut Seen,
 ) -> (OperatorKind, KindReason) {
     let op = &pipeline.operators()[index];
     if let Some(declared) = op.uses_driver() {
@@ -132,8 +155,8 @@ pub(crate) fn operator_kind(
     } else {
         program
     };
-    match mentions_driver(program) {
-        Err(_) => {
+    match seen.program(program) {
+        None => {
             return (
                 OperatorKind::Driver,
                 KindReason::Unreadable {
@@ -141,7 +164,7 @@ pub(crate) fn operator_kind(
                 },
             );
         }
-        Ok(Some(marker)) => {
+        Some(Some(marker)) => {
             return (
                 OperatorKind::Driver,
                 KindReason::Mentions {
@@ -150,9 +173,9 @@ pub(crate) fn operator_kind(
                 },
             );
         }
-        Ok(None) => {}
+        Some(None) => {}
     }
-    if let Some(reason) = interpreted_mention(&argv[1..], program, cwd) {
+    if let Some(reason) = interpreted_mention(&argv[1..], program, cwd, seen) {
         return (OperatorKind::Driver, reason);
     }
     (OperatorKind::Plain, KindReason::NoMention)
@@ -173,7 +196,12 @@ fn search_path(name: &Path) -> Option<PathBuf> {
 
 /// For an interpreter's command line: the script it runs (first non-option argument) or
 /// its `-c` code, searched for markers.
-fn interpreted_mention(args: &[String], program: &Path, cwd: &Path) -> Option<KindReason> {
+fn interpreted_mention(
+    args: &[String],
+    program: &Path,
+    cwd: &Path,
+    seen: &mut Seen,
+) -> Option<KindReason> {
     let name = program.file_name()?.to_str()?;
     // python3.12 counts as python3.
     let base = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
@@ -195,13 +223,10 @@ fn interpreted_mention(args: &[String], program: &Path, cwd: &Path) -> Option<Ki
             continue;
         }
         let script = cwd.join(arg);
-        return read_start(&script)
-            .ok()
-            .and_then(|text| script_marker(&text))
-            .map(|marker| KindReason::Mentions {
-                file: script,
-                marker,
-            });
+        return seen.script(&script).map(|marker| KindReason::Mentions {
+            file: script,
+            marker,
+        });
     }
     None
 }

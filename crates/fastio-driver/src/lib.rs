@@ -287,30 +287,27 @@ pub fn run_job(
     let mut operators: Vec<Operator> = pipeline
         .operators()
         .iter()
-        .enumerate()
-        .map(|(index, op)| {
-            let (kind, kind_reason) = launcher.kind(index);
-            Operator {
-                name: op.name().to_owned(),
-                kind,
-                kind_reason,
-                launched: false,
-                executed: false,
-                state: OperatorState::Starting,
-                state_since: start,
-                pid: None,
-                started: start,
-                ended: None,
-                execute_started: None,
-                execute_ended: None,
-                cleaned_up: false,
-                joined: false,
-                phase_failure: None,
-                exit: None,
-                reclaimed: Vec::new(),
-                stderr: output::Tail::default(),
-                readers: Vec::new(),
-            }
+        .zip(operator_kinds(pipeline, options))
+        .map(|(op, (kind, kind_reason))| Operator {
+            name: op.name().to_owned(),
+            kind,
+            kind_reason,
+            launched: false,
+            executed: false,
+            state: OperatorState::Starting,
+            state_since: start,
+            pid: None,
+            started: start,
+            ended: None,
+            execute_started: None,
+            execute_ended: None,
+            cleaned_up: false,
+            joined: false,
+            phase_failure: None,
+            exit: None,
+            reclaimed: Vec::new(),
+            stderr: output::Tail::default(),
+            readers: Vec::new(),
         })
         .collect();
     let mut failure: Option<(String, String)> = None;
@@ -677,10 +674,6 @@ struct Launcher<'a> {
 }
 
 impl Launcher<'_> {
-    fn kind(&self, index: usize) -> (OperatorKind, KindReason) {
-        kind_of(self.pipeline, self.options, index)
-    }
-
     /// Starts the operator's process; a start that fails fails the job.
     fn launch(
         &self,
@@ -741,17 +734,17 @@ pub fn operator_kinds(
     pipeline: &Pipeline,
     options: &JobOptions,
 ) -> Vec<(OperatorKind, KindReason)> {
+    let mut seen = kind::Seen::default();
+    let cwd = operator_dir();
     (0..pipeline.operators().len())
-        .map(|index| kind_of(pipeline, options, index))
+        .map(|index| {
+            let program = pipeline.operators()[index]
+                .command()
+                .map(|argv| resolve_program(pipeline, options, &argv[0]))
+                .unwrap_or_default();
+            kind::operator_kind(pipeline, index, &program, &cwd, &mut seen)
+        })
         .collect()
-}
-
-fn kind_of(pipeline: &Pipeline, options: &JobOptions, index: usize) -> (OperatorKind, KindReason) {
-    let program = pipeline.operators()[index]
-        .command()
-        .map(|argv| resolve_program(pipeline, options, &argv[0]))
-        .unwrap_or_default();
-    kind::operator_kind(pipeline, index, &program, &operator_dir())
 }
 
 /// The folder operator processes start in: the driver's own (they inherit it).
