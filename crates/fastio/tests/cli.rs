@@ -189,3 +189,33 @@ fn run_exits_non_zero_with_a_report_naming_the_failed_operator() {
         "stderr tail shown: {stdout}"
     );
 }
+
+#[test]
+fn doctor_reports_the_machine_as_text_and_json() {
+    let text = Command::new(FASTIO).arg("doctor").output().unwrap();
+    assert!(text.status.success());
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(text.contains("shmem THP"), "{text}");
+    assert!(text.contains("fastio does not use it"), "{text}");
+    assert!(text.contains("fastio will use:"), "{text}");
+    let json = Command::new(FASTIO)
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
+    assert!(json.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    // The mode it reports is the kernel's.
+    let sysfs = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
+        .ok()
+        .and_then(|t| {
+            t.split_whitespace()
+                .find(|w| w.starts_with('['))
+                .map(|w| w.trim_matches(['[', ']']).to_owned())
+        });
+    assert_eq!(report["shmem_thp"].as_str().map(str::to_owned), sysfs);
+    let available = report["available_bytes"].as_u64().unwrap();
+    assert!(available > 0);
+    assert!(report["plan"].as_array().unwrap().len() >= 4);
+    let nofile = &report["nofile"];
+    assert!(nofile[0].as_u64().is_some() || nofile[0].is_null());
+}

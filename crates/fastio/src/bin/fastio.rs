@@ -33,8 +33,15 @@ enum Command {
         #[arg(long)]
         until_stdin_closes: bool,
     },
-    /// Print the accounting of the context named by FASTIO_CONTEXT, as JSON.
+    /// Print the accounting of the context named by FASTIO_CONTEXT, as JSON (with each
+    /// segment's huge-page backing).
     Stats,
+    /// Show what this machine offers for shared memory and what fastio will use.
+    Doctor {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run one job of a pipeline: start its operators, drive their life-cycle, report.
     ///
     /// Shows each operator's output as it comes, each line prefixed with the operator's
@@ -141,6 +148,15 @@ fn run() -> anyhow::Result<()> {
         }
         Command::Graph { pipeline } => {
             print!("{}", load(&pipeline)?.to_dot());
+            Ok(())
+        }
+        Command::Doctor { json } => {
+            let report = fastio::doctor::Report::gather();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
             Ok(())
         }
         Command::Stats => {
