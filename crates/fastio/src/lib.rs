@@ -26,6 +26,7 @@
 extern crate self as fastio;
 
 pub mod cli;
+pub mod doctor;
 
 pub use fastio_context as context;
 pub use fastio_driver as driver;
