@@ -141,3 +141,13 @@ def test_serve_exports_its_address_to_child_processes(monkeypatch):
     assert "FASTIO_CONTEXT" not in os.environ
     with fastio.serve(export=False):
         assert "FASTIO_CONTEXT" not in os.environ
+
+
+def test_every_public_class_has_a_repr_of_its_own():
+    # A class added later without one would print `<builtins.X object at 0x...>`.
+    classes = [getattr(fastio, n) for n in fastio.__all__ if isinstance(getattr(fastio, n), type)]
+    assert len(classes) >= 10
+    for cls in classes:
+        if issubclass(cls, BaseException):
+            continue  # exceptions print their message
+        assert "__repr__" in vars(cls), cls
