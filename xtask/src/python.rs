@@ -16,6 +16,8 @@ use crate::run_with_env;
 const VENV: &str = ".venv";
 /// Where `cargo xtask dist` puts the wheel (the pytest suite installs it from there).
 pub const DIST: &str = "dist";
+/// Programs the wheel carries inside the package (gitignored; filled only during a build).
+const PROGRAMS: &str = "crates/fastio-py/python/fastio/_programs";
 const REQUIREMENTS: &[&str] = &["maturin>=1.16,<2", "numpy>=1.24", "pytest>=8"];
 
 /// The virtual environment's Python, and the environment to run it in.
@@ -70,6 +72,11 @@ fn venv() -> anyhow::Result<Venv> {
 /// anything outside the manylinux policy), so pip on any Linux with that glibc or newer
 /// installs it, and nothing of Rust is needed there. Earlier fastio wheels in `dist/` are
 /// removed first, so that it holds exactly this build's.
+///
+/// The wheel also carries the demo's operator program, `fastio-demo-op`, in
+/// `fastio/_programs/` (not on PATH: the console script tells `fastio run` to look there),
+/// so `fastio run examples/demo/pipeline.yaml` works from the wheel alone. It is copied in
+/// only for this build and removed after, so a source install never ships a stale copy.
 pub fn dist() -> anyhow::Result<PathBuf> {
     build_wheel(&venv()?)
 }
@@ -85,7 +92,26 @@ fn build_wheel(venv: &Venv) -> anyhow::Result<PathBuf> {
             }
         }
     }
-    venv.run(&[
+    crate::run(
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "fastio",
+            "--bin",
+            "fastio-demo-op",
+        ],
+    )?;
+    let programs = Path::new(PROGRAMS);
+    std::fs::create_dir_all(programs)?;
+    std::fs::copy(
+        "target/release/fastio-demo-op",
+        programs.join("fastio-demo-op"),
+    )
+    .context("copying fastio-demo-op into the wheel's programs")?;
+    let built = venv.run(&[
         "-m",
         "maturin",
         "build",
@@ -96,7 +122,9 @@ fn build_wheel(venv: &Venv) -> anyhow::Result<PathBuf> {
         "crates/fastio-py/Cargo.toml",
         "--out",
         DIST,
-    ])?;
+    ]);
+    std::fs::remove_dir_all(programs).context("removing the wheel's programs folder")?;
+    built?;
     let mut wheels = Vec::new();
     for entry in std::fs::read_dir(dist)? {
         let path = entry?.path();

@@ -80,17 +80,17 @@ pub enum IOAccess {
 }
 
 /// Runs the `fastio` command (the same code as the `fastio` binary) with `args` (the
-/// first is the program's name) and returns its exit status. `program_dir` is where the
-/// command is installed: `fastio run` looks there first for operator programs. The GIL
+/// first is the program's name) and returns its exit status. `program_dirs` are where the
+/// command is installed: `fastio run` looks there first, in order, for operator programs. The GIL
 /// is released meanwhile. Used by the `fastio` console script (`fastio._cli`).
 #[pyfunction]
-#[pyo3(signature = (args, program_dir = None))]
+#[pyo3(signature = (args, program_dirs = Vec::new()))]
 fn cli_main(
     py: Python<'_>,
     args: Vec<std::ffi::OsString>,
-    program_dir: Option<std::path::PathBuf>,
+    program_dirs: Vec<std::path::PathBuf>,
 ) -> i32 {
-    py.detach(|| fastio::cli::main(args, program_dir))
+    py.detach(|| fastio::cli::main(args, program_dirs))
 }
 
 /// The native module.

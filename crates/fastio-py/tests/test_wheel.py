@@ -1,6 +1,7 @@
 """The wheel `cargo xtask dist` builds, installed as a user would on a machine without
 Rust: a fresh virtual environment, no cargo on PATH, then the `fastio` command it installs
-runs a pipeline of Python operators."""
+runs the demo pipeline (with the demo operator the wheel carries) and a pipeline of Python
+operators."""
 
 import os
 import shutil
@@ -79,6 +80,7 @@ def test_the_wheel_is_tagged_manylinux_and_declares_the_command():
         entry_points = z.read("fastio-0.1.0.dist-info/entry_points.txt").decode()
     assert "fastio=fastio._cli:main" in entry_points.replace(" ", "")
     assert "fastio/_native.abi3.so" in names and "clara/__init__.py" in names
+    assert "fastio/_programs/fastio-demo-op" in names
 
 
 def test_the_wheel_installs_without_rust_and_its_command_runs_a_pipeline(tmp_path):
@@ -121,6 +123,16 @@ def test_the_wheel_installs_without_rust_and_its_command_runs_a_pipeline(tmp_pat
     module, values = result.read_text().splitlines()
     assert module.startswith(str(venv)), module  # the operators used the installed wheel
     assert values == "15 [7, 1, 7, 3]"
+
+    # The demo: four operator processes of the program the wheel carries (not on PATH).
+    assert shutil.which("fastio-demo-op", path=path) is None
+    demo = subprocess.run(
+        ["fastio", "run", "--quiet", "--output", "demo-out", str(ROOT / "examples/demo/pipeline.yaml")],
+        env=env, cwd=job, capture_output=True, text=True, timeout=300,
+    )
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    (report,) = (job / "demo-out").rglob("write-report/report/report.txt")
+    assert "voxel count: " in report.read_text()
 
     bad = subprocess.run(["fastio", "validate", "missing.yaml"], env=env, cwd=job,
                          capture_output=True, text=True, timeout=60)

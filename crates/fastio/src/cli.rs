@@ -87,15 +87,16 @@ enum Command {
 /// `std::env::args_os()`) and returns its exit status: 0 on success, 1 when the command
 /// or the job it ran failed, 2 for a usage error (after printing it, or the help).
 ///
-/// `program_dir` is where the command was installed: `fastio run` looks there first for
-/// operator programs named without a `/` (the binary passes its own directory, the
-/// Python console script its `bin` folder, so a virtual environment's programs are found
-/// without activating it). Call it once per process: it sets the global log subscriber
+/// `program_dirs` are where the command was installed: `fastio run` looks there first, in
+/// order, for operator programs named without a `/` (the binary passes its own directory;
+/// the Python console script its `bin` folder, so a virtual environment's programs are
+/// found without activating it, then the programs the wheel carries). Call it once per process: it sets the global log subscriber
 /// (filtered by `FASTIO_LOG`).
-pub fn main(args: impl IntoIterator<Item = OsString>, program_dir: Option<PathBuf>) -> i32 {
-    if let Some(dir) = program_dir {
-        let _ = PROGRAM_DIR.set(dir);
-    }
+pub fn main(
+    args: impl IntoIterator<Item = OsString>,
+    program_dirs: impl IntoIterator<Item = PathBuf>,
+) -> i32 {
+    let _ = PROGRAM_DIRS.set(program_dirs.into_iter().collect());
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -113,8 +114,8 @@ pub fn main(args: impl IntoIterator<Item = OsString>, program_dir: Option<PathBu
     }
 }
 
-/// Where the command was installed ([`main`]'s `program_dir`).
-static PROGRAM_DIR: OnceLock<PathBuf> = OnceLock::new();
+/// Where the command was installed ([`main`]'s `program_dirs`).
+static PROGRAM_DIRS: OnceLock<Vec<PathBuf>> = OnceLock::new();
 
 /// A job that ran and failed: its report says why, so nothing more is printed.
 #[derive(Debug)]
@@ -223,14 +224,14 @@ fn load(path: &std::path::Path) -> anyhow::Result<fastio::pipeline::Pipeline> {
 }
 
 /// The options of a job of `pipeline` run by this command: operator programs installed
-/// beside this command ([`main`]'s `program_dir`) are found first.
+/// beside this command ([`main`]'s `program_dirs`) are found first.
 fn job_options(
     pipeline: &fastio::pipeline::Pipeline,
 ) -> anyhow::Result<fastio::driver::JobOptions> {
     let mut options = fastio::driver::JobOptions::for_pipeline(pipeline);
-    if let Some(dir) = PROGRAM_DIR.get() {
-        options.program_dirs.push(dir.clone());
-    }
+    options
+        .program_dirs
+        .extend(PROGRAM_DIRS.get().into_iter().flatten().cloned());
     Ok(options)
 }
 

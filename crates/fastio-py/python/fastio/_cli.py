@@ -14,9 +14,13 @@ def main() -> None:
     from fastio._native import cli_main
 
     # Operator programs installed beside the script (in the same environment's bin
-    # folder, e.g. its python) are found first, as beside the binary.
-    program_dir = os.path.dirname(os.path.abspath(sys.argv[0]))
-    sys.exit(cli_main(sys.argv, program_dir))
+    # folder, e.g. its python) are found first, as beside the binary; then the programs
+    # the wheel carries (the demo's operators), which are not put on PATH.
+    program_dirs = [
+        os.path.dirname(os.path.abspath(sys.argv[0])),
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), "_programs"),
+    ]
+    sys.exit(cli_main(sys.argv, program_dirs))
 
 
 if __name__ == "__main__":

@@ -115,7 +115,7 @@ def serve(pool_bytes: int | None = None, *, export: bool = True) -> ContextServe
     goes into ``os.environ["FASTIO_CONTEXT"]``, so child processes started from here on
     join it with ``FastIOContext.from_env()``; ``stop()`` puts the previous value back."""
 
-def cli_main(args: list[str], program_dir: str | None = None) -> int:
+def cli_main(args: list[str], program_dirs: list[str] = ...) -> int:
     """Runs the ``fastio`` command with ``args`` (the first is the program's name) and
     returns its exit status; the ``fastio`` console script calls it."""
 
