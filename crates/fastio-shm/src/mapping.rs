@@ -5,6 +5,7 @@
 //! that nobody writes while it lives. Bytes move in and out through raw-pointer copies.
 
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use memmap2::{Advice, MmapOptions, MmapRaw};
 
@@ -37,7 +38,11 @@ pub enum Prefault {
 #[derive(Debug)]
 pub struct Mapping {
     raw: MmapRaw,
-    access: Access,
+    // The protection now: `protect` changes it through a shared reference, because views
+    // handed out (to C, to numpy) keep pointing at the same pages while it changes.
+    writable: AtomicBool,
+    // Mapped from a writable descriptor: only then can it become writable again.
+    writable_origin: bool,
 }
 
 impl Mapping {
@@ -73,7 +78,44 @@ impl Mapping {
                 source: e,
             })?;
         }
-        Ok(Self { raw, access })
+        Ok(Self {
+            raw,
+            writable: AtomicBool::new(access == Access::ReadWrite),
+            writable_origin: access == Access::ReadWrite,
+        })
+    }
+
+    /// Changes the protection of the whole mapping in place (`mprotect`): the address
+    /// stays, so pointers and views taken before keep working for reads, and a write
+    /// through them after `protect(Access::ReadOnly)` faults. A mapping made read-only
+    /// can be made writable again only if it was mapped read-write.
+    pub fn protect(&self, access: Access) -> Result<(), SegmentError> {
+        if access == Access::ReadWrite && !self.writable_origin {
+            return Err(SegmentError::ReadOnlyDescriptor);
+        }
+        let flags = match access {
+            Access::ReadOnly => rustix::mm::MprotectFlags::READ,
+            Access::ReadWrite => rustix::mm::MprotectFlags::READ | rustix::mm::MprotectFlags::WRITE,
+        };
+        // Cleared before the pages change, so that no new write pointer is handed out
+        // while they become read-only.
+        if access == Access::ReadOnly {
+            self.writable.store(false, Ordering::SeqCst);
+        }
+        // SAFETY: the range is exactly this mapping, which stays mapped while `self` lives;
+        // changing its protection invalidates no Rust reference (none is formed over
+        // shared memory except through the `unsafe` slice accessors, whose callers
+        // promise no concurrent writer, and a read-only mapping has none).
+        unsafe { rustix::mm::mprotect(self.raw.as_mut_ptr().cast(), self.len(), flags) }.map_err(
+            |e| SegmentError::Map {
+                size: self.len(),
+                source: e.into(),
+            },
+        )?;
+        if access == Access::ReadWrite {
+            self.writable.store(true, Ordering::SeqCst);
+        }
+        Ok(())
     }
 
     /// Length in bytes.
@@ -86,9 +128,13 @@ impl Mapping {
         self.raw.len() == 0
     }
 
-    /// The access it was mapped with.
+    /// The access it has now (as mapped, or as last [`Mapping::protect`]ed).
     pub fn access(&self) -> Access {
-        self.access
+        if self.writable.load(Ordering::SeqCst) {
+            Access::ReadWrite
+        } else {
+            Access::ReadOnly
+        }
     }
 
     /// Start of the mapped memory. Reading through it is the caller's business: other
@@ -99,7 +145,7 @@ impl Mapping {
 
     /// Start of the mapped memory for writing, or an error for a read-only mapping.
     pub fn as_mut_ptr(&self) -> Result<*mut u8, SegmentError> {
-        match self.access {
+        match self.access() {
             Access::ReadWrite => Ok(self.raw.as_mut_ptr()),
             Access::ReadOnly => Err(SegmentError::ReadOnlyMapping),
         }
