@@ -467,6 +467,17 @@ impl Allocation {
         self.context.call(request).map(drop)
     }
 
+    /// Makes this handle's mapping read-only in place: pointers and views taken before keep
+    /// reading the same memory, and a write through them faults. (A FastIO output at the
+    /// end of its producer's execute.)
+    pub fn make_read_only(&mut self) -> Result<(), ContextError> {
+        if let Some(mapping) = &self.mapping {
+            mapping.protect(Access::ReadOnly)?;
+        }
+        self.access = Access::ReadOnly;
+        Ok(())
+    }
+
     /// Start of the memory. Other processes may be writing to it.
     pub fn as_ptr(&self) -> *const u8 {
         self.mapping().as_ptr()

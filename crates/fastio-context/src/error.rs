@@ -63,6 +63,33 @@ pub enum RequestError {
         /// Bytes the allocation has.
         size: usize,
     },
+    /// The publication was made from a read-only handle: it gives read-only handles only.
+    #[error("{name:?} was published from a read-only handle; get it read-only")]
+    ReadOnlyPublication {
+        /// The name.
+        name: String,
+    },
+    /// The request needs write access, and every handle this client was given to the
+    /// resource is read-only.
+    #[error("resource #{id} is held read-only by this client; writing needs a read-write handle")]
+    ReadOnlyHandle {
+        /// The resource.
+        id: u64,
+    },
+    /// The memory was sealed against writes (a job output after its producer's execute).
+    #[error(
+        "resource #{id} is sealed read-only: it is a job's output whose producer has finished execute"
+    )]
+    Sealed {
+        /// The resource.
+        id: u64,
+    },
+    /// A FastIO input was opened before its producer finished execute.
+    #[error("FastIO input {name:?} is not ready: its producer has not finished execute")]
+    InputNotReady {
+        /// The entry.
+        name: String,
+    },
     /// Another client holds the resource's write mapping.
     #[error("resource #{id} is mapped for writing by another client; one writer at a time")]
     WriterBusy {

@@ -115,8 +115,17 @@ pub(crate) fn dispatch(
         Request::AwaitInputs => done(job_stage(shared, peer).and_then(|(j, s)| j.await_inputs(s))),
         Request::Finished { phase, failure } => match job_stage(shared, peer) {
             Ok((job, stage)) => {
+                let mut failure = failure;
                 let reclaimed = if phase == Phase::Execute {
-                    shared.registry().reclaim(conn)
+                    let mut registry = shared.registry();
+                    // Sealed before anyone is told: readers only ever map final memory.
+                    let outputs = &job.plan().stages[stage].fastio_outputs;
+                    if let Err(e) = registry.seal_entries(outputs) {
+                        failure.get_or_insert(format!(
+                            "its outputs could not be sealed read-only: {e}"
+                        ));
+                    }
+                    registry.reclaim(conn)
                 } else {
                     Vec::new()
                 };
@@ -152,7 +161,10 @@ fn job_stage(shared: &Shared, peer: Peer) -> Result<(&Job, usize), RequestError>
     }
 }
 
-/// Whether `peer` may have `access` to `entry`: read-write only for its producer.
+/// Whether `peer` may have `access` to `entry`: read-write only for its producer, and
+/// only until its execute has finished; read-only for its readers, once the producer's
+/// execute has finished (when the memory is sealed), so that no reader ever holds a
+/// descriptor of memory that is still writable.
 fn entry_access(
     shared: &Shared,
     peer: Peer,
@@ -161,12 +173,24 @@ fn entry_access(
 ) -> Result<(), RequestError> {
     let (job, stage) = job_stage(shared, peer)?;
     let plan = job.plan();
-    let name = &plan
+    let entry_plan = plan
         .entries
         .get(entry.0 as usize)
-        .ok_or(RequestError::UnknownEntry { id: entry.0 })?
-        .name;
+        .ok_or(RequestError::UnknownEntry { id: entry.0 })?;
+    let name = &entry_plan.name;
     match (plan.access(stage, entry), access) {
+        (Some(AccessMode::ReadWrite), AccessMode::ReadWrite) if job.has_executed(stage) => {
+            Err(RequestError::EntryAccess {
+                message: format!(
+                    "FastIO output {name:?} is final: this operator has finished execute"
+                ),
+            })
+        }
+        (Some(AccessMode::ReadOnly), _)
+            if entry_plan.producer.is_some_and(|p| !job.has_executed(p)) =>
+        {
+            Err(RequestError::InputNotReady { name: name.clone() })
+        }
         (Some(AccessMode::ReadWrite), _) | (Some(AccessMode::ReadOnly), AccessMode::ReadOnly) => {
             Ok(())
         }
