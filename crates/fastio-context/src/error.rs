@@ -190,6 +190,32 @@ pub enum ContextError {
         /// The variable that was read.
         var: &'static str,
     },
+    /// The connection was made by another process, which this one was forked from.
+    #[error(
+        "this context connection belongs to process {owner}, and this is process {pid} (a child made by fork()): connect again from the child (Context::connect with the server's @address, or Context::from_env)"
+    )]
+    Forked {
+        /// The process that made the connection.
+        owner: u32,
+        /// This process.
+        pid: u32,
+    },
+    /// The server did not answer in time.
+    #[error(
+        "the context server did not answer {request} within {after:?} (FASTIO_REQUEST_TIMEOUT_S sets the limit); this connection can no longer be used"
+    )]
+    Timeout {
+        /// The request's name.
+        request: String,
+        /// How long the client waited.
+        after: std::time::Duration,
+    },
+    /// An earlier request timed out, so answers on this connection can no longer be
+    /// matched to requests.
+    #[error(
+        "an earlier request on this context connection timed out; it can no longer be used: connect again"
+    )]
+    OutOfStep,
     /// The server answered something this client does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),

@@ -3,7 +3,9 @@
 
 use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use fastio_shm::Segment;
 use fastio_shm::transfer::{recv_message, send_message};
@@ -205,10 +207,23 @@ fn entry_access(
     }
 }
 
+/// Fails with [`ContextError::Forked`] in any process but `owner`: after `fork()` the
+/// child has a copy of its parent's connection (or in-process registry), and using it
+/// would interleave two processes' requests on one conversation.
+fn check_owner(owner: u32) -> Result<(), ContextError> {
+    let me = std::process::id();
+    if me == owner {
+        Ok(())
+    } else {
+        Err(ContextError::Forked { owner, pid: me })
+    }
+}
+
 /// The in-process transport: a connection to a registry in this process.
 pub(crate) struct LocalTransport {
     shared: Arc<Shared>,
     peer: Peer,
+    owner: u32,
 }
 
 impl LocalTransport {
@@ -217,6 +232,7 @@ impl LocalTransport {
         Self {
             shared,
             peer: Peer { conn, stage },
+            owner: std::process::id(),
         }
     }
 }
@@ -229,6 +245,7 @@ impl fmt::Debug for LocalTransport {
 
 impl Transport for LocalTransport {
     fn call(&self, request: &Request) -> Result<(Response, Option<Segment>), ContextError> {
+        check_owner(self.owner)?;
         Ok(dispatch(&self.shared, self.peer, request.clone()))
     }
 }
@@ -239,9 +256,34 @@ impl Drop for LocalTransport {
     }
 }
 
+/// How long a client waits for the answer to a request, unless `FASTIO_REQUEST_TIMEOUT_S`
+/// says otherwise. Generous: a create of many gigabytes reserves its memory first.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The environment variable that sets the request timeout, in seconds.
+pub const REQUEST_TIMEOUT_ENV: &str = "FASTIO_REQUEST_TIMEOUT_S";
+
+fn request_timeout() -> Duration {
+    std::env::var(REQUEST_TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map_or(DEFAULT_REQUEST_TIMEOUT, |s| {
+            Duration::from_secs_f64(s.min(1e9))
+        })
+}
+
 /// A connection to a context server over a `SOCK_SEQPACKET` socket.
+///
+/// Every request but `AwaitInputs` is answered within the request timeout or fails with
+/// [`ContextError::Timeout`] (`AwaitInputs` waits for other operators; the job's time limit
+/// bounds it). After a timeout the conversation is out of step (the late answer may still
+/// come), so the connection refuses further requests.
 pub(crate) struct SocketTransport {
     socket: Mutex<OwnedFd>,
+    owner: u32,
+    timeout: Duration,
+    broken: AtomicBool,
 }
 
 impl fmt::Debug for SocketTransport {
@@ -251,30 +293,108 @@ impl fmt::Debug for SocketTransport {
 }
 
 impl SocketTransport {
-    /// Wraps a connected socket and says hello.
-    pub(crate) fn new(socket: OwnedFd) -> Result<Self, ContextError> {
-        let transport = Self {
+    /// Wraps a connected socket; nothing is sent yet.
+    pub(crate) fn wrap(socket: OwnedFd) -> Self {
+        Self::wrap_with_timeout(socket, request_timeout())
+    }
+
+    /// [`SocketTransport::wrap`] with its own request timeout.
+    pub(crate) fn wrap_with_timeout(socket: OwnedFd, timeout: Duration) -> Self {
+        // Sends, too, are bounded: a server that stops reading fills the socket's buffer.
+        let _ = rustix::net::sockopt::set_socket_timeout(
+            &socket,
+            rustix::net::sockopt::Timeout::Send,
+            Some(timeout),
+        );
+        Self {
             socket: Mutex::new(socket),
-        };
-        match transport.call(&Request::Hello {
+            owner: std::process::id(),
+            timeout,
+            broken: AtomicBool::new(false),
+        }
+    }
+
+    /// Says hello: the server answers with its version, or refuses ours.
+    pub(crate) fn hello(&self) -> Result<(), ContextError> {
+        match self.call(&Request::Hello {
             version: PROTOCOL_VERSION,
         })? {
-            (Response::Welcome { .. }, _) => Ok(transport),
+            (Response::Welcome { .. }, _) => Ok(()),
             (Response::Refused(e), _) => Err(e.into()),
             (other, _) => Err(ContextError::Protocol(format!(
                 "expected a welcome, got {other:?}"
             ))),
         }
     }
+
+    /// Wraps a connected socket and says hello.
+    pub(crate) fn new(socket: OwnedFd) -> Result<Self, ContextError> {
+        let transport = Self::wrap(socket);
+        transport.hello()?;
+        Ok(transport)
+    }
+
+    /// Gives the socket back (a connection that failed to start, over a descriptor this
+    /// process does not own).
+    pub(crate) fn into_socket(self) -> OwnedFd {
+        self.socket.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Fails with [`ContextError::Forked`] outside the process that made the connection.
+    pub(crate) fn check_owner(&self) -> Result<(), ContextError> {
+        check_owner(self.owner)
+    }
+
+    /// Waits until the socket has an answer, up to `deadline`.
+    fn wait_readable(socket: &OwnedFd, deadline: Instant) -> Result<bool, ContextError> {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            let timeout = Timespec::try_from(left).ok();
+            let mut fds = [PollFd::new(socket, PollFlags::IN)];
+            match poll(&mut fds, timeout.as_ref()) {
+                Ok(0) => continue,
+                Ok(_) => return Ok(true),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(ContextError::ServerGone(fastio_shm::TransferError::Os(e))),
+            }
+        }
+    }
 }
 
 impl Transport for SocketTransport {
     fn call(&self, request: &Request) -> Result<(Response, Option<Segment>), ContextError> {
+        check_owner(self.owner)?;
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(ContextError::OutOfStep);
+        }
         let body =
             serde_json::to_vec(request).map_err(|e| ContextError::Protocol(e.to_string()))?;
         // One exchange at a time per connection: the lock spans send and receive.
         let socket = self.socket.lock().unwrap_or_else(|p| p.into_inner());
-        send_message(socket.as_fd(), &body, &[]).map_err(ContextError::ServerGone)?;
+        let timed_out = |what: &str| {
+            self.broken.store(true, Ordering::SeqCst);
+            ContextError::Timeout {
+                request: what.to_owned(),
+                after: self.timeout,
+            }
+        };
+        let op = request_name(request);
+        match send_message(socket.as_fd(), &body, &[]) {
+            Ok(()) => {}
+            Err(fastio_shm::TransferError::Os(rustix::io::Errno::AGAIN)) => {
+                return Err(timed_out(op));
+            }
+            Err(e) => return Err(ContextError::ServerGone(e)),
+        }
+        if !matches!(request, Request::AwaitInputs)
+            && !Self::wait_readable(&socket, Instant::now() + self.timeout)?
+        {
+            return Err(timed_out(op));
+        }
         let received = recv_message(socket.as_fd()).map_err(ContextError::ServerGone)?;
         drop(socket);
         let response: Response = serde_json::from_slice(&received.body)
@@ -290,5 +410,26 @@ impl Transport for SocketTransport {
             (_, _) => None,
         };
         Ok((response, segment))
+    }
+}
+
+/// The request's name on the wire, for messages.
+fn request_name(request: &Request) -> &'static str {
+    match request {
+        Request::Hello { .. } => "hello",
+        Request::Create { .. } => "create",
+        Request::Publish { .. } => "publish",
+        Request::Get { .. } => "get",
+        Request::Release { .. } => "release",
+        Request::Free { .. } => "free",
+        Request::Stats => "stats",
+        Request::AcquireWrite { .. } => "acquire_write",
+        Request::ReleaseWrite { .. } => "release_write",
+        Request::Join => "join",
+        Request::AwaitInputs => "await_inputs",
+        Request::Finished { .. } => "finished",
+        Request::OpenEntry { .. } => "open_entry",
+        Request::SetEntryEvent { .. } => "set_entry_event",
+        Request::AllocateEntry { .. } => "allocate_entry",
     }
 }
