@@ -12,7 +12,7 @@ use fastio_shm::transfer::{recv_message, send_message};
 
 use crate::job::{EntryId, Job, Phase};
 use crate::protocol::{AccessMode, PROTOCOL_VERSION, Request, Response};
-use crate::registry::{ConnectionId, Registry};
+use crate::registry::{ConnectionId, Grant, Obtained, Registry};
 use crate::{ContextError, RequestError};
 
 /// One request/response exchange with the registry.
@@ -46,6 +46,60 @@ impl Shared {
     pub(crate) fn registry(&self) -> MutexGuard<'_, Registry> {
         lock(&self.registry)
     }
+
+    /// Frees the segments that left the registry for good, without its lock: their pages
+    /// are punched (so that clients' parked mappings keep nothing alive), then closed.
+    pub(crate) fn bury_dead(&self) {
+        let dead = self.registry().take_dead();
+        for segment in dead {
+            let _ = segment.punch();
+        }
+    }
+
+    /// A resource of `size` bytes held by `conn`, made without holding the registry's lock
+    /// while its memory is reserved.
+    fn create(
+        &self,
+        conn: ConnectionId,
+        size: usize,
+        hugetlb: bool,
+    ) -> Result<Grant, RequestError> {
+        let obtained = self.registry().obtain(conn, size, true, hugetlb)?;
+        let (mut registry, grant) = self.adopt(obtained, size)?;
+        registry.hold_new(conn, grant.id);
+        Ok(grant)
+    }
+
+    /// Makes the segment of `obtained` (outside the lock) and adopts it, returning the
+    /// registry still locked (so that nothing happens to the resource before the caller
+    /// holds or binds it).
+    fn adopt(
+        &self,
+        obtained: Obtained,
+        size: usize,
+    ) -> Result<(MutexGuard<'_, Registry>, Grant), RequestError> {
+        let made = match &obtained {
+            Obtained::Make(reservation) => Some(reservation.make()),
+            Obtained::Pooled(_) => None,
+        };
+        let mut registry = self.registry();
+        let grant = registry.adopt(obtained, made, size)?;
+        Ok((registry, grant))
+    }
+
+    /// A dynamic entry's new memory, made without the registry's lock.
+    fn allocate_entry(
+        &self,
+        conn: ConnectionId,
+        entry: EntryId,
+        dims: &[usize],
+    ) -> Result<Grant, RequestError> {
+        let size = self.registry().check_allocate_entry(entry, dims)?;
+        // Entry memory is always fresh (see `Registry::obtain_fresh`).
+        let obtained = self.registry().obtain_fresh(size, false)?;
+        let (mut registry, memory) = self.adopt(obtained, size)?;
+        registry.allocate_entry_with(conn, entry, dims, memory)
+    }
 }
 
 /// Who is on the other end of a connection: its registry id, and the job stage it runs
@@ -63,8 +117,14 @@ pub(crate) fn dispatch(
     peer: Peer,
     request: Request,
 ) -> (Response, Option<Segment>) {
+    let answer = answer(shared, peer, request);
+    shared.bury_dead();
+    answer
+}
+
+fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<Segment>) {
     let refused = |e: RequestError| (Response::Refused(e), None);
-    let grant = |g: Result<crate::registry::Grant, RequestError>| match g {
+    let grant = |g: Result<Grant, RequestError>| match g {
         Ok(g) => (
             Response::Handle {
                 id: g.id,
@@ -94,7 +154,7 @@ pub(crate) fn dispatch(
                 "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"
             ),
         }),
-        Request::Create { size } => grant(shared.registry().create(conn, size)),
+        Request::Create { size, hugetlb } => grant(shared.create(conn, size, hugetlb)),
         Request::Publish {
             id,
             name,
@@ -151,7 +211,7 @@ pub(crate) fn dispatch(
         ),
         Request::AllocateEntry { entry, dims } => grant(
             entry_access(shared, peer, entry, AccessMode::ReadWrite)
-                .and_then(|()| shared.registry().allocate_entry(conn, entry, &dims)),
+                .and_then(|()| shared.allocate_entry(conn, entry, &dims)),
         ),
     }
 }
@@ -253,6 +313,7 @@ impl Transport for LocalTransport {
 impl Drop for LocalTransport {
     fn drop(&mut self) {
         self.shared.registry().disconnect(self.peer.conn);
+        self.shared.bury_dead();
     }
 }
 

@@ -129,7 +129,11 @@ fn request() -> impl Strategy<Value = Value> {
     prop_oneof![
         2 => field(prop_oneof![Just(json!(PROTOCOL_VERSION)), number()])
             .prop_map(|v| json!({"op": "hello", "version": v})),
-        4 => field(number()).prop_map(|s| json!({"op": "create", "size": s})),
+        4 => (field(number()), prop::option::of(field(any::<bool>().prop_map(Value::from))))
+            .prop_map(|(s, h)| match h {
+                Some(h) => json!({"op": "create", "size": s, "hugetlb": h}),
+                None => json!({"op": "create", "size": s}),
+            }),
         3 => (id(), field(text()), typed(), event()).prop_map(|(i, n, t, e)| {
             json!({"op": "publish", "id": i, "name": n, "typed": t, "event": e})
         }),
@@ -247,6 +251,9 @@ impl Servers {
     fn new() -> Self {
         let config = ServerConfig {
             pool_bytes: 1 << 20,
+            // No background thread per server: the fuzz makes thousands of them.
+            collapse: false,
+            ..ServerConfig::default()
         };
         Self {
             plain: Server::start(config.clone()).unwrap(),

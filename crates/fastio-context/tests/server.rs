@@ -39,7 +39,14 @@ fn every_request_before_hello_is_refused() {
     let server = server();
     let socket = raw_client();
     connect_raw(&socket, &server);
-    for request in [Request::Stats, Request::Create { size: 64 }, Request::Join] {
+    for request in [
+        Request::Stats,
+        Request::Create {
+            size: 64,
+            hugetlb: false,
+        },
+        Request::Join,
+    ] {
         let Response::Refused(refusal) = exchange(&socket, &request) else {
             panic!("{request:?} was served before hello");
         };
