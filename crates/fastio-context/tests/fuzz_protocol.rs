@@ -282,16 +282,8 @@ fn the_protocol_survives_hostile_conversations() {
     let tally: [AtomicU64; 4] = Default::default();
     let before = open_descriptors();
     let servers = std::sync::Mutex::new(Servers::new());
-    // About 16 messages per case (a conversation of 1 to 31, plus its hello).
-    let cases = u32::try_from(total.div_ceil(17).max(1)).unwrap_or(u32::MAX);
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        max_shrink_iters: 256,
-        ..Config::default()
-    });
     let counted = inputs.clone();
-    let result = runner.run(&conversation(), |(hello, as_operator, messages)| {
+    let case = |(hello, as_operator, messages): (bool, bool, Vec<Vec<u8>>)| {
         let mut servers = servers.lock().unwrap_or_else(|p| p.into_inner());
         servers.cases += 1;
         if servers.cases.is_multiple_of(CASES_PER_SERVER) {
@@ -333,7 +325,23 @@ fn the_protocol_survives_hostile_conversations() {
         prop_assert_eq!(stats.handles, 0);
         prop_assert_eq!(stats.connections, 0);
         Ok(())
-    });
+    };
+    // Batches of conversations (about 16 messages each: up to 31, plus the hello) until
+    // the count is reached; each batch draws fresh random seeds.
+    let mut conversations = 0u64;
+    let mut result = Ok(());
+    while result.is_ok() && inputs.load(Ordering::Relaxed) < total {
+        let left = total - inputs.load(Ordering::Relaxed);
+        let cases = u32::try_from((left / 16).max(1)).unwrap_or(u32::MAX);
+        conversations += u64::from(cases);
+        let mut runner = TestRunner::new(Config {
+            cases,
+            failure_persistence: None,
+            max_shrink_iters: 256,
+            ..Config::default()
+        });
+        result = runner.run(&conversation(), case);
+    }
     servers
         .into_inner()
         .unwrap_or_else(|p| p.into_inner())
@@ -341,7 +349,7 @@ fn the_protocol_survives_hostile_conversations() {
     let ran = inputs.load(Ordering::Relaxed);
     let [handles, done, malformed, refused] = tally.map(|t| t.into_inner());
     println!(
-        "protocol fuzz: {ran} inputs in {cases} conversations: {handles} handles granted, \
+        "protocol fuzz: {ran} inputs in {conversations} conversations: {handles} handles granted, \
          {done} other successes, {malformed} malformed or out of order, {refused} refused by \
          the registry or the job"
     );
