@@ -124,6 +124,35 @@ fn a_server_that_never_answers_times_out() {
     drop(theirs);
 }
 
+#[test]
+fn after_a_timeout_the_connection_refuses_further_requests() {
+    let (ours, theirs) = seqpacket_pair().unwrap();
+    // A server that welcomes the client, then never answers again.
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let server = std::thread::spawn(move || {
+        recv_message(theirs.as_fd()).unwrap();
+        let welcome = Response::Welcome {
+            version: PROTOCOL_VERSION,
+        };
+        send_message(theirs.as_fd(), &serde_json::to_vec(&welcome).unwrap(), &[]).unwrap();
+        recv_message(theirs.as_fd()).unwrap();
+        // Its answer comes only after the client gave up: it must not be taken for the
+        // answer to a later request.
+        stopped.recv().unwrap();
+        let late = Response::Stats(Default::default());
+        let _ = send_message(theirs.as_fd(), &serde_json::to_vec(&late).unwrap(), &[]);
+        theirs
+    });
+    let ctx = Context::from_socket_with_timeout(ours, Duration::from_millis(200)).unwrap();
+    let err = ctx.stats().unwrap_err();
+    assert!(matches!(err, ContextError::Timeout { .. }), "{err}");
+    stop.send(()).unwrap();
+    let theirs = server.join().unwrap();
+    let err = ctx.create(8).unwrap_err();
+    assert!(matches!(err, ContextError::OutOfStep), "{err}");
+    drop(theirs);
+}
+
 fn is_open(fd: i32) -> bool {
     std::fs::read_link(format!("/proc/self/fd/{fd}")).is_ok()
 }
