@@ -106,3 +106,17 @@ def test_a_numpy_view_of_an_output_kept_past_execute_cannot_write(tmp_path):
     assert not (tmp_path / "landed").exists(), "the late write went through"
     assert result.returncode != 0
     assert "signal 11" in text or "SIGSEGV" in text, text
+
+
+def test_a_read_only_handle_cannot_be_turned_read_write(server):
+    writer = fastio.FastIOContext.connect(server.address)
+    reader = fastio.FastIOContext.connect(server.address)
+    other = fastio.FastIOContext.connect(server.address)
+    writer.create(64).publish("original")
+    handle = reader.get("original", fastio.IOAccess.ReadOnly)
+    handle.publish("alias")
+    with pytest.raises(fastio.Error, match="published from a read-only handle"):
+        other.get("alias")
+    assert other.get("alias", fastio.IOAccess.ReadOnly).size == 64
+    view = np.asarray(handle)
+    assert not view.flags.writeable
