@@ -242,6 +242,8 @@ operators:
   uses-driver: false
 - name: missing
   command: [no-such-program-here]
+- name: env-py
+  command: [env, PYTHONUNBUFFERED=1, python3, {driver_py}]
 "#
     ));
     let kinds = operator_kinds(&pipeline, &job.options(&pipeline));
@@ -264,6 +266,7 @@ operators:
             ("typed", Driver),
             ("declared", Plain),
             ("missing", Driver),
+            ("env-py", Driver),
         ]
     );
     let reasons: Vec<String> = kinds.iter().map(|(_, r)| r.to_string()).collect();
