@@ -12,10 +12,12 @@
 //!   multiprocessing.shared_memory and np.save/np.load);
 //! - `gpu-test` / `gpu-bench`: build the stripped cuda-streams bundle for the GPU machine.
 //! - `codegen [--check]`: the C header of fastio-ffi, generated with cbindgen;
-//! - `clib`: libfastio.so / libfastio.a and the drop-in name libnvclara.so.
+//! - `clib`: libfastio.so / libfastio.a and the drop-in name libnvclara.so;
+//! - `fuzz <target> [--count N]`: a long property-based fuzz run (`protocol`).
 
 mod bench;
 mod capi;
+mod fuzz;
 mod gpu;
 mod pipeline_bench;
 mod python;
@@ -44,9 +46,10 @@ fn main() -> anyhow::Result<()> {
         Some("gpu-bench") => gpu::gpu_bench(&args[1..]),
         Some("codegen") => capi::codegen(&root, &args[1..]),
         Some("clib") => capi::clib(&root).map(drop),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|dist|demo|bench|bench-pipeline|bench-python|gpu-test|gpu-bench|codegen|clib>"
+                "usage: cargo xtask <test|dist|demo|bench|bench-pipeline|bench-python|gpu-test|gpu-bench|codegen|clib|fuzz>"
             );
             bail!("unknown or missing command")
         }

@@ -231,6 +231,20 @@ impl FastIoEntry {
         self.allocation.as_ref().and_then(Allocation::event)
     }
 
+    /// Ends the producer's write access at the end of its execute: an output's mapping
+    /// becomes read-only in place, so a pointer or view kept past execute faults on a
+    /// write instead of changing memory that downstream operators read. Later writes
+    /// through this entry's API fail. Inputs are read-only already.
+    pub fn finish(&mut self) -> Result<(), ContextError> {
+        if self.info.access == AccessMode::ReadWrite {
+            self.info.access = AccessMode::ReadOnly;
+            if let Some(allocation) = &mut self.allocation {
+                allocation.make_read_only()?;
+            }
+        }
+        Ok(())
+    }
+
     /// The allocation behind the entry, once it has one.
     pub fn allocation(&self) -> Option<&Allocation> {
         self.allocation.as_ref()

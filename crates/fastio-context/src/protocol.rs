@@ -1,8 +1,9 @@
 //! The messages between a context's clients and its server.
 //!
 //! One request, one response, each a JSON document in one `SOCK_SEQPACKET` message;
-//! segment descriptors ride along as `SCM_RIGHTS`. The first request on a connection is
-//! [`Request::Hello`] with [`PROTOCOL_VERSION`]; a server refuses other versions.
+//! segment descriptors ride along as `SCM_RIGHTS`. The first request on a connection must
+//! be [`Request::Hello`] with [`PROTOCOL_VERSION`]: a server refuses every other request
+//! before it, and other versions.
 //! JSON keeps the protocol readable in traces and fuzzable; a request costs microseconds
 //! to encode against ~160 us for the round trip itself (measured on our machines).
 
@@ -13,7 +14,7 @@ use crate::RequestError;
 use crate::job::{EntryId, Phase, ReclaimedHandle, StageInfo};
 
 /// Version of this protocol; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Bytes in an interprocess CUDA event handle (`CUipcEventHandle`).
 pub const EVENT_HANDLE_LEN: usize = 64;

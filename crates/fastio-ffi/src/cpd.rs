@@ -457,8 +457,14 @@ impl PayloadScope {
             PATH_ENTRIES.remove_token(token);
         }
         for token in self.entries {
-            // Dropping the entry releases its handle before execute is reported finished.
-            ENTRIES.remove_token(token);
+            // An output's mapping turns read-only first (a pointer C kept past execute then
+            // faults on a write rather than changing what downstream reads); dropping the
+            // entry releases its handle before execute is reported finished.
+            if let Some(state) = ENTRIES.remove_token(token) {
+                // Only mprotect of a whole live mapping can fail here, which it does not
+                // in practice; the context seals the memory against writes regardless.
+                let _ = lock(&state).entry.finish();
+            }
         }
         CONTEXTS.remove_token(self.context);
         retire_context_allocations(self.context)

@@ -184,10 +184,25 @@ pub(crate) fn count_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<usize> {
     usize::try_from(value).map_err(|_| error(format!("{what} must be >= 0, got {value}")))
 }
 
-/// Reads a Python str, raising `fastio.Error` for anything else.
+/// Reads a Python str, raising `fastio.Error` for anything else, and for a str that is not
+/// valid Unicode text (a lone surrogate, as `os.fsdecode` makes of undecodable bytes).
 pub(crate) fn str_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<String> {
-    obj.extract()
-        .map_err(|_| error(format!("{what} must be a str, not {}", type_name(obj))))
+    let Ok(text) = obj.cast::<pyo3::types::PyString>() else {
+        return Err(error(format!(
+            "{what} must be a str, not {}",
+            type_name(obj)
+        )));
+    };
+    text.to_str().map(str::to_owned).map_err(|_| {
+        let position = text
+            .to_string_lossy()
+            .chars()
+            .position(|c| c == char::REPLACEMENT_CHARACTER)
+            .map_or(String::new(), |i| format!(" at index {i}"));
+        error(format!(
+            "{what} is not valid Unicode text: it holds a lone surrogate{position}"
+        ))
+    })
 }
 
 fn type_name(obj: &Bound<'_, PyAny>) -> String {

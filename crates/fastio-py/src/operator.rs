@@ -40,8 +40,8 @@ impl EntryCell {
 ///
 /// Valid during execute only: afterwards every call raises `fastio.Error`. Numpy views
 /// (`get_numpy()`, `as_numpy()`) share the entry's memory; views kept past execute keep
-/// the mapping (never unmapped under them), but the job reports their references as
-/// reclaimed.
+/// the mapping (never unmapped under them), read-only from then on (a write through one
+/// faults), and the job reports their references as reclaimed.
 #[pyclass(frozen, module = "fastio")]
 pub struct FastIOEntry {
     name: String,
@@ -84,9 +84,16 @@ impl FastIOEntry {
         self.cell()?.detached(py, f)
     }
 
-    /// Ends the entry's life: its handle is released now, or by the last view.
+    /// Ends the entry's life: an output's memory becomes read-only in place (a numpy view
+    /// kept past execute then faults on a write instead of changing what downstream
+    /// operators read), and its handle is released now, or by the last view.
     fn close(&self) {
-        self.cell.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let cell = self.cell.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(cell) = cell {
+            // Only mprotect of a whole live mapping can fail here, which it does not in
+            // practice; the context seals the memory against writes regardless.
+            let _ = cell.lock().finish();
+        }
     }
 
     fn view(&self, read_only: bool) -> PyResult<View> {

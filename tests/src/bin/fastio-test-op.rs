@@ -10,6 +10,8 @@
 //!   of its own, holding this operator's stdout); `print:<text>` (prints the text on
 //!   stdout and stderr); `bytes` (prints a line that is not UTF-8, then 2 MiB more);
 //!   `write-input:<name>` (tries the API, then writes through a raw pointer: faults);
+//!   `keep-output` (`produce`, keeping a raw pointer to the first output, through which
+//!   cleanup then writes: faults, the output being read-only once execute returned);
 //!   `produce` / `check` (typed entries: see below); `paths` (disk entries).
 //!
 //! `produce` fills every output: a pre-allocated one with `index + 1` converted from f64
@@ -66,6 +68,14 @@ fn main() {
         })
         .cleanup(|_| {
             log("cleanup begin");
+            let kept = KEPT_OUTPUT.load(std::sync::atomic::Ordering::SeqCst);
+            if !kept.is_null() {
+                log("writing after execute");
+                // SAFETY: none; this deliberately writes through a pointer kept past execute
+                // to show that the write never lands: the process dies of SIGSEGV here.
+                unsafe { kept.write_volatile(0xAB) };
+                log("the late write did not fault");
+            }
             log("cleanup end");
             Ok(())
         });
@@ -74,6 +84,10 @@ fn main() {
         std::process::exit(1);
     }
 }
+
+/// The first output's address, kept by `keep-output` for cleanup's late write.
+static KEPT_OUTPUT: std::sync::atomic::AtomicPtr<u8> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
 
 fn shape_var(name: &str) -> Vec<i64> {
     std::env::var(name)
@@ -145,6 +159,14 @@ fn execute(payload: &mut Payload<'_>) -> Result<(), CallbackError> {
         }
         ("write-input", name) => write_input(payload, name),
         ("produce", _) => produce(payload),
+        ("keep-output", _) => {
+            produce(payload)?;
+            let output = &mut payload.fastio_outputs()[0];
+            let allocation = output.allocation().ok_or("output not allocated")?;
+            let ptr = allocation.as_ptr().cast_mut();
+            KEPT_OUTPUT.store(ptr, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
         ("check", _) => check(payload),
         ("paths", _) => paths(payload),
         (other, _) => Err(format!("unknown EXECUTE {other:?}").into()),
