@@ -379,11 +379,19 @@ fn the_protocol_survives_hostile_conversations() {
     if let Err(e) = result {
         panic!("after {ran} inputs: {e}");
     }
-    // Every segment the servers held is closed; only the listening sockets of accept
-    // threads that have not yet seen their server go may remain.
-    let after = open_descriptors();
+    // Every segment the servers held is closed. The listening sockets go with their
+    // accept threads, which end once they see their server gone: give them (a bounded)
+    // while on a loaded machine.
+    let mut after = open_descriptors();
+    for _ in 0..200 {
+        if after <= before {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+        after = open_descriptors();
+    }
     assert!(
-        after <= before + 2,
+        after <= before,
         "descriptors leaked: {before} before, {after} after"
     );
 }
