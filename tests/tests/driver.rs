@@ -303,6 +303,32 @@ fn a_write_through_an_output_kept_past_execute_faults_and_never_lands() {
     assert!(job.at("source", "the late write did not fault").is_none());
 }
 
+#[test]
+fn a_reader_cannot_publish_its_input_and_get_it_read_write() {
+    let job = Job::new();
+    let yaml = format!(
+        "{HEADER}{}{}",
+        op("source", &[("EXECUTE", "produce")], ONE_ARRAY_OUT),
+        op(
+            "vandal",
+            &[("EXECUTE", "escalate:data")],
+            &one_array_in("source")
+        ),
+    );
+    let report = job.run(&yaml);
+    assert!(report.succeeded(), "{}", report.render());
+    let refused = job
+        .log()
+        .into_iter()
+        .find_map(|(who, rest)| {
+            (who == "vandal")
+                .then(|| rest.strip_prefix("escalation refused: ").map(str::to_owned))
+                .flatten()
+        })
+        .expect("the escalation was tried");
+    assert!(refused.contains("read-only"), "{refused}");
+}
+
 fn memfds_of_this_process() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .unwrap()

@@ -10,6 +10,8 @@
 //!   of its own, holding this operator's stdout); `print:<text>` (prints the text on
 //!   stdout and stderr); `bytes` (prints a line that is not UTF-8, then 2 MiB more);
 //!   `write-input:<name>` (tries the API, then writes through a raw pointer: faults);
+//!   `escalate:<name>` (publishes its read-only input under a new name and tries to get
+//!   that read-write and write through it; logs `escalation refused: <why>` or fails);
 //!   `keep-output` (`produce`, keeping a raw pointer to the first output, through which
 //!   cleanup then writes: faults, the output being read-only once execute returned);
 //!   `produce` / `check` (typed entries: see below); `paths` (disk entries).
@@ -159,6 +161,7 @@ fn execute(payload: &mut Payload<'_>) -> Result<(), CallbackError> {
         }
         ("write-input", name) => write_input(payload, name),
         ("produce", _) => produce(payload),
+        ("escalate", name) => escalate(payload, name),
         ("keep-output", _) => {
             produce(payload)?;
             let output = &mut payload.fastio_outputs()[0];
@@ -233,6 +236,25 @@ fn write_input(payload: &mut Payload<'_>, name: &str) -> Result<(), CallbackErro
     // write never lands. The process dies of SIGSEGV here.
     unsafe { ptr.write_volatile(0xAB) };
     Err("the write to a read-only input did not fault".into())
+}
+
+fn escalate(payload: &mut Payload<'_>, name: &str) -> Result<(), CallbackError> {
+    let entry = payload.fastio_input(name)?;
+    let allocation = entry.allocation().ok_or("input not allocated")?;
+    allocation.publish("escalated")?;
+    match payload.fastio_context().get("escalated") {
+        Ok(mut writable) => {
+            writable.write_bytes(0, &[0xAB])?;
+            Err("a read-only input was got read-write and written".into())
+        }
+        Err(e) => {
+            log(&format!(
+                "escalation refused: {}",
+                e.to_string().replace(' ', "_")
+            ));
+            Ok(())
+        }
+    }
 }
 
 fn paths(payload: &mut Payload<'_>) -> Result<(), CallbackError> {

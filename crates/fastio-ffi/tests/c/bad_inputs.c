@@ -1,7 +1,10 @@
 /* Every bad input of the allocation API: each call fails with the documented code and a
  * message, leaves its outputs unchanged, and corrupts nothing (checked at the end on an
  * allocation made before the bad calls). */
+#include <fcntl.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <unistd.h>
 
 #include "check.h"
 
@@ -197,6 +200,24 @@ int main(void) {
                 NVIDIA_CLARA_RESULT_FAILED, "cannot connect");
     CHECK_FAILS(nvidia_clara_fastio_context__connect("nonsense", &none),
                 NVIDIA_CLARA_RESULT_FAILED, "expected @name or fd:N");
+    /* A descriptor that is no context connection is left open, never closed: stdin, and
+     * a pipe. */
+    int stdin_open = fcntl(0, F_GETFD) != -1;
+    CHECK_FAILS(nvidia_clara_fastio_context__connect("fd:0", &none), NVIDIA_CLARA_RESULT_FAILED,
+                "descriptor 0");
+    CHECK((fcntl(0, F_GETFD) != -1) == stdin_open);
+    int pipe_fds[2];
+    CHECK(pipe(pipe_fds) == 0);
+    char address[32];
+    snprintf(address, sizeof address, "fd:%d", pipe_fds[0]);
+    CHECK_FAILS(nvidia_clara_fastio_context__connect(address, &none), NVIDIA_CLARA_RESULT_FAILED,
+                "not a context connection");
+    CHECK(fcntl(pipe_fds[0], F_GETFD) != -1);
+    CHECK(write(pipe_fds[1], "x", 1) == 1);
+    char byte = 0;
+    CHECK(read(pipe_fds[0], &byte, 1) == 1 && byte == 'x');
+    close(pipe_fds[0]);
+    close(pipe_fds[1]);
     CHECK(none == NULL);
 
     /* Nothing was corrupted: "keep" reads back intact through a new handle. */
