@@ -239,6 +239,39 @@ fn a_client_killed_with_sigkill_loses_its_references_and_memory_is_reclaimed() {
     .unwrap();
 }
 
+#[test]
+fn a_client_killed_while_keeping_parked_mappings_leaks_nothing() {
+    const SIZE: u64 = 128 << 20;
+    let (_server, addr) = server(0);
+    let baseline = shmem_bytes().unwrap();
+    let mut holder =
+        Probe::spawn(PROBE, Some(&addr), &["park-and-hold", &SIZE.to_string()]).unwrap();
+    assert_eq!(holder.line().unwrap(), "ready 3");
+    let held = stats(&addr);
+    assert_eq!(
+        (held.resources, held.handles, held.live_bytes),
+        (1, 1, SIZE)
+    );
+    // The three parked mappings keep no memory: the server punched their segments.
+    let shmem_held = shmem_bytes().unwrap();
+    assert!(
+        shmem_held < baseline + 2 * SIZE,
+        "{} MiB of shared memory for one live 128 MiB allocation",
+        (shmem_held.saturating_sub(baseline)) >> 20
+    );
+    holder.kill9().unwrap();
+    wait_until(Duration::from_secs(10), || Ok(stats(&addr).resources == 0)).unwrap();
+    let after = stats(&addr);
+    assert_eq!(
+        (after.live_bytes, after.handles, after.pooled_bytes),
+        (0, 0, 0)
+    );
+    wait_until(Duration::from_secs(10), || {
+        Ok(shmem_bytes()? + SIZE * 3 / 4 < shmem_held)
+    })
+    .unwrap();
+}
+
 fn fastio_files() -> BTreeSet<String> {
     let mut found = BTreeSet::new();
     for dir in ["/dev/shm", "/tmp", "/run", "/var/tmp"] {

@@ -19,9 +19,11 @@ use crate::transport::{LocalTransport, Shared, SocketTransport, Transport};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CreateOptions {
     /// Zero the bytes of a recycled segment (fresh segments are zero already). Turn off
-    /// only when every byte will be overwritten.
+    /// when every byte will be overwritten: zeroing a recycled segment costs a full write.
     pub zeroed: bool,
-    /// Fault every page in now rather than at first touch.
+    /// Map every page now rather than at first touch, when a new mapping is made (a kept
+    /// mapping has its pages already). The default for writers: a producer that fills its
+    /// allocation pays 57 ms per 256 MiB this way against 122 ms in page faults.
     pub prefault: Prefault,
 }
 
@@ -29,7 +31,7 @@ impl Default for CreateOptions {
     fn default() -> Self {
         Self {
             zeroed: true,
-            prefault: Prefault::Lazy,
+            prefault: Prefault::Populate,
         }
     }
 }
@@ -52,7 +54,9 @@ impl Context {
 
     /// A private context in this process whose warm pool keeps at most `pool_bytes`.
     pub fn in_process_with_pool(pool_bytes: u64) -> Self {
-        Self::over_shared(Shared::new(Registry::new(pool_bytes), None), None)
+        let mut registry = Registry::new(pool_bytes);
+        registry.collapse_pooled(true);
+        Self::over_shared(Shared::new(registry, None), None)
     }
 
     /// A private context in this process that hosts `job` and acts as its stage `stage`:
@@ -150,7 +154,7 @@ impl Context {
         else {
             return Err(ContextError::Protocol("expected a handle".into()));
         };
-        let mapped = Mapping::new(&segment, access, options.prefault).and_then(|mapping| {
+        let mapped = crate::mapcache::map(&segment, access, options.prefault).and_then(|mapping| {
             if recycled && options.zeroed {
                 mapping.zero()?;
             }
@@ -242,7 +246,7 @@ impl Context {
             bytes.len(),
             CreateOptions {
                 zeroed: false,
-                prefault: Prefault::Lazy,
+                prefault: Prefault::Populate,
             },
         )?;
         allocation.set_type_and_dimensions(T::TYPE, shape)?;
@@ -456,9 +460,12 @@ impl Allocation {
         if !std::mem::replace(&mut self.live, false) {
             return Ok(());
         }
-        // Unmap before telling the context, so that a recycled segment is never mapped
-        // here while someone else is handed it.
-        self.mapping = None;
+        // Park (make inaccessible) before telling the context, so that a recycled segment
+        // is never reachable through this handle's pointers while someone else is handed
+        // it; the parked mapping is kept for the next time this process gets the segment.
+        if let Some(mapping) = self.mapping.take() {
+            crate::mapcache::park(mapping);
+        }
         let request = if free {
             Request::Free { id: self.id }
         } else {

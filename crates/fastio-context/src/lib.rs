@@ -30,10 +30,12 @@
 
 #![deny(unsafe_code)]
 
+mod collapse;
 mod context;
 mod entry;
 mod error;
 pub mod job;
+mod mapcache;
 pub mod protocol;
 pub mod registry;
 pub mod server;
@@ -41,9 +43,13 @@ pub mod server;
 mod sys;
 mod transport;
 
+pub use collapse::COLLAPSE_ENV;
 pub use context::{Allocation, Context, CreateOptions};
 pub use entry::FastIoEntry;
 pub use error::{ContextError, RequestError};
 pub use fastio_shm::{Access, Prefault};
-pub use protocol::{AccessMode, EventHandle, ResourceId, Stats};
-pub use server::{CONTEXT_ENV, Server, ServerConfig};
+pub use mapcache::{
+    DEFAULT_MAP_CACHE_BYTES, MAP_CACHE_ENV, MappingStats, mapping_stats, set_mapping_cache_bytes,
+};
+pub use protocol::{AccessMode, EventHandle, ResourceId, SegmentStats, Stats};
+pub use server::{CONTEXT_ENV, Server, ServerConfig, raise_descriptor_limit};

@@ -241,4 +241,30 @@ pub struct Stats {
     pub segments_created: u64,
     /// Creates served from the warm pool since start.
     pub segments_recycled: u64,
+    /// Pooled segments evicted (least recently used first) to make room since start.
+    #[serde(default)]
+    pub segments_evicted: u64,
+    /// Bytes being reserved now by creates in progress.
+    #[serde(default)]
+    pub reserving_bytes: u64,
+    /// Bytes of live and pooled segments backed by huge pages, as last measured by the
+    /// background collapser.
+    #[serde(default)]
+    pub huge_page_bytes: u64,
+    /// Every segment the context holds: live resources first, then the warm pool.
+    #[serde(default)]
+    pub segments: Vec<SegmentStats>,
+}
+
+/// One segment in [`Stats`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentStats {
+    /// The resource it backs, or `None` for a pooled segment.
+    pub resource: Option<ResourceId>,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Bytes backed by transparent huge pages, as last measured by the collapser.
+    pub huge_page_bytes: u64,
+    /// Whether its pages come from the hugetlb pool.
+    pub hugetlb: bool,
 }

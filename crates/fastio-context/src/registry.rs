@@ -5,15 +5,24 @@
 //! Architecture Invariant: a resource lives while some connection holds a handle to it,
 //! or while it is published and not freed. When neither is true its segment goes to the
 //! bounded warm pool or is closed; no other path releases memory.
+//!
+//! Architecture Invariant: nothing slow happens under the registry's lock. Making a
+//! segment (`fallocate` of possibly gigabytes) is split in two: [`Registry::obtain`]
+//! (pool hit, or a reservation counted against the headroom) and [`Registry::adopt`];
+//! the caller makes the segment in between without the lock. Segments leaving the
+//! registry for good are queued ([`Registry::take_dead`]) and freed by the caller after it
+//! lets go of the lock.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use fastio_meta::{Shape, TypedShape, validate_name};
 use fastio_shm::{Segment, SegmentBuilder};
 
 use crate::RequestError;
 use crate::job::{EntryId, EntryPlan, ReclaimedHandle};
-use crate::protocol::{AccessMode, EventHandle, ResourceId, Stats};
+use crate::protocol::{AccessMode, EventHandle, ResourceId, SegmentStats, Stats};
 
 /// Identifies a connection (a client, or an in-process context) to the registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -22,9 +31,70 @@ pub struct ConnectionId(pub u64);
 /// Default bound of the warm pool: 1 GiB of segments kept for reuse.
 pub const DEFAULT_POOL_BYTES: u64 = 1 << 30;
 
+/// Default bound of the warm pool in segments (each costs the server a descriptor).
+pub const DEFAULT_POOL_SEGMENTS: usize = 64;
+
+/// A segment's huge-page state, shared with the background collapser.
+#[derive(Debug, Default)]
+pub(crate) struct HugeState {
+    /// Bytes the collapser found backed by huge pages.
+    pub(crate) bytes: AtomicU64,
+    /// Still in the pool: the collapser stops as soon as the segment is handed out.
+    pub(crate) pooled: AtomicBool,
+}
+
+/// Which connections mapped a segment, and whether writable (so that the pool can hand it
+/// back to a process that still keeps the mapping).
+type MappedBy = Vec<(ConnectionId, bool)>;
+
+#[derive(Debug)]
+struct Pooled {
+    segment: Segment,
+    mapped_by: MappedBy,
+    last_use: u64,
+    huge: Arc<HugeState>,
+}
+
+/// A pool hit, or the go-ahead to make a new segment of `size` bytes (counted in the
+/// registry's reservations until [`Registry::adopt`] or [`Registry::abandon`]).
+#[derive(Debug)]
+pub enum Obtained {
+    /// A warm segment from the pool (holds old bytes).
+    Pooled(Box<PooledSegment>),
+    /// Make a segment of this many bytes, outside the lock.
+    Make(Reservation),
+}
+
+/// A warm segment taken from the pool.
+#[derive(Debug)]
+pub struct PooledSegment {
+    segment: Segment,
+    mapped_by: MappedBy,
+    huge: Arc<HugeState>,
+}
+
+/// Bytes counted against the headroom while a segment is made outside the lock.
+#[derive(Debug)]
+#[must_use = "give it back with adopt or abandon"]
+pub struct Reservation {
+    size: usize,
+}
+
+impl Reservation {
+    /// Makes the segment (slow: reserves all its memory). Call without the registry lock.
+    pub fn make(&self) -> Result<Segment, RequestError> {
+        SegmentBuilder::new(self.size)
+            .label("fastio")
+            .create()
+            .map_err(RequestError::from_segment)
+    }
+}
+
 #[derive(Debug)]
 struct Resource {
     segment: Segment,
+    mapped_by: MappedBy,
+    huge: Arc<HugeState>,
     size: usize,
     deleted: bool,
     // Live publications and FastIO entries bound to it: each keeps it alive.
@@ -86,13 +156,22 @@ pub struct Registry {
     names: HashMap<String, NameState>,
     entries: Vec<EntrySlot>,
     connections: HashMap<ConnectionId, HashMap<ResourceId, u64>>,
-    pool: Vec<Segment>,
+    pool: Vec<Pooled>,
     pool_bytes: u64,
     pool_limit: u64,
+    pool_segments: usize,
+    // Bytes being reserved outside the lock by creates in flight.
+    reserving: u64,
+    // Segments leaving for good, to be freed by the caller without the lock.
+    dead: Vec<Segment>,
+    // Where segments entering the pool are sent to be collapsed into huge pages.
+    collapser: Option<crate::collapse::Collapser>,
+    tick: u64,
     next_id: u64,
     next_connection: u64,
     created: u64,
     recycled: u64,
+    evicted: u64,
 }
 
 impl Registry {
@@ -106,11 +185,36 @@ impl Registry {
             pool: Vec::new(),
             pool_bytes: 0,
             pool_limit,
+            pool_segments: DEFAULT_POOL_SEGMENTS,
+            reserving: 0,
+            dead: Vec::new(),
+            collapser: None,
+            tick: 0,
             next_id: 1,
             next_connection: 1,
             created: 0,
             recycled: 0,
+            evicted: 0,
         }
+    }
+
+    /// Bounds the warm pool in segments too (each one is a descriptor held open).
+    pub fn set_pool_segments(&mut self, segments: usize) {
+        self.pool_segments = segments;
+        self.trim_pool(0);
+    }
+
+    /// Sends every segment of 2 MiB or more that enters the pool to a background thread
+    /// that collapses it into huge pages (`MADV_COLLAPSE`), off every caller's path.
+    pub fn collapse_pooled(&mut self, on: bool) {
+        self.collapser = on.then(crate::collapse::Collapser::start).flatten();
+    }
+
+    /// Segments that left the registry for good since the last call. The caller frees
+    /// them (punching their pages, so that clients' parked mappings keep nothing alive)
+    /// after releasing the registry's lock.
+    pub fn take_dead(&mut self) -> Vec<Segment> {
+        std::mem::take(&mut self.dead)
     }
 
     /// Registers a new connection.
@@ -163,36 +267,104 @@ impl Registry {
         held
     }
 
-    /// A new private resource of `size` bytes, held once by `conn`.
+    /// A new private resource of `size` bytes, held once by `conn`, made under the lock
+    /// (for tests and job set-up; the server uses [`Registry::obtain`] and
+    /// [`Registry::adopt`] so that making it happens without the lock).
     pub fn create(&mut self, conn: ConnectionId, size: usize) -> Result<Grant, RequestError> {
-        let grant = self.new_resource(size)?;
-        self.add_handle(conn, grant.id);
+        let obtained = self.obtain(conn, size, true)?;
+        let made = match &obtained {
+            Obtained::Make(reservation) => Some(reservation.make()),
+            Obtained::Pooled(_) => None,
+        };
+        let grant = self.adopt(obtained, made, size)?;
+        self.add_handle(conn, grant.id, true);
         Ok(grant)
     }
 
-    /// A new resource held by nobody (its caller pins it at once).
-    fn new_resource(&mut self, size: usize) -> Result<Grant, RequestError> {
+    /// First half of making a resource of `size` bytes: a warm segment from the pool
+    /// (preferring one `conn` has mapped, writable when `writable`), or a reservation of
+    /// `size` bytes checked against the memory still available, counting the reservations
+    /// of creates in flight.
+    pub fn obtain(
+        &mut self,
+        conn: ConnectionId,
+        size: usize,
+        writable: bool,
+    ) -> Result<Obtained, RequestError> {
         if size == 0 {
             return Err(RequestError::ZeroSize);
         }
-        let (segment, recycled) = match self.take_pooled(size) {
-            Some(segment) => (segment, true),
-            None => {
-                let segment = SegmentBuilder::new(size)
-                    .label("fastio")
-                    .create()
-                    .map_err(RequestError::from_segment)?;
+        if let Some(pooled) = self.take_pooled(size, conn, writable) {
+            return Ok(Obtained::Pooled(Box::new(pooled)));
+        }
+        self.admit(size as u64)?;
+        self.reserving += size as u64;
+        Ok(Obtained::Make(Reservation { size }))
+    }
+
+    /// Refuses `bytes` more when they, the reservations in flight and the safety margin do
+    /// not fit in the memory available now.
+    fn admit(&self, bytes: u64) -> Result<(), RequestError> {
+        if let Some(available) = fastio_shm::available_memory() {
+            let wanted = bytes
+                .saturating_add(self.reserving)
+                .saturating_add(fastio_shm::HEADROOM_MARGIN);
+            if wanted > available {
+                let free = available.saturating_sub(self.reserving + fastio_shm::HEADROOM_MARGIN);
+                return Err(RequestError::OutOfMemory {
+                    size: usize::try_from(bytes).unwrap_or(usize::MAX),
+                    message: format!(
+                        "cannot reserve {bytes} bytes of shared memory: only {free} bytes are available (keeping {} bytes of margin and {} bytes reserved by creates in progress)",
+                        fastio_shm::HEADROOM_MARGIN,
+                        self.reserving
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives back a reservation whose segment could not be made.
+    pub fn abandon(&mut self, reservation: Reservation) {
+        self.reserving -= reservation.size as u64;
+    }
+
+    /// Second half: the resource, held by nobody yet, over the pooled segment or the one
+    /// made for the reservation (`made`).
+    pub fn adopt(
+        &mut self,
+        obtained: Obtained,
+        made: Option<Result<Segment, RequestError>>,
+        size: usize,
+    ) -> Result<Grant, RequestError> {
+        let (segment, mapped_by, huge, recycled) = match obtained {
+            Obtained::Pooled(p) => (p.segment, p.mapped_by, p.huge, true),
+            Obtained::Make(reservation) => {
+                self.abandon(reservation);
+                let segment = made.unwrap_or_else(|| {
+                    Err(RequestError::Internal {
+                        message: "a reservation was adopted without its segment".into(),
+                    })
+                })?;
                 self.created += 1;
-                (segment, false)
+                (segment, Vec::new(), Arc::default(), false)
             }
         };
-        let client_copy = segment.try_clone().map_err(RequestError::from_segment)?;
+        let client_copy = match segment.try_clone() {
+            Ok(copy) => copy,
+            Err(e) => {
+                self.dead.push(segment);
+                return Err(RequestError::from_segment(e));
+            }
+        };
         let id = ResourceId(self.next_id);
         self.next_id += 1;
         self.resources.insert(
             id,
             Resource {
                 segment,
+                mapped_by,
+                huge,
                 size,
                 deleted: false,
                 pins: 0,
@@ -208,6 +380,21 @@ impl Registry {
             event: None,
             segment: client_copy,
         })
+    }
+
+    /// Holds a newly adopted resource once for `conn` (the end of a create).
+    pub fn hold_new(&mut self, conn: ConnectionId, id: ResourceId) {
+        self.add_handle(conn, id, true);
+    }
+
+    /// A new resource held by nobody (its caller pins it at once), made under the lock.
+    fn new_resource(&mut self, size: usize) -> Result<Grant, RequestError> {
+        let obtained = self.obtain(ConnectionId(0), size, true)?;
+        let made = match &obtained {
+            Obtained::Make(reservation) => Some(reservation.make()),
+            Obtained::Pooled(_) => None,
+        };
+        self.adopt(obtained, made, size)
     }
 
     /// Publishes a resource `conn` holds under `name`.
@@ -297,7 +484,7 @@ impl Registry {
         }
         .map_err(RequestError::from_segment)?;
         let size = resource.size;
-        self.add_handle(conn, id);
+        self.add_handle(conn, id, access == AccessMode::ReadWrite);
         Ok(Grant {
             id,
             size,
@@ -310,7 +497,36 @@ impl Registry {
 
     /// Sets up a job's FastIO entries, allocating (zeroed) those whose shape is fully
     /// known. Entry `i` of `plans` becomes `EntryId(i)`.
+    ///
+    /// The memory of every pre-allocated entry is checked against what is available as a
+    /// whole before any of it is allocated: a job that cannot fit fails at once, having
+    /// taken nothing.
     pub fn define_entries(&mut self, plans: &[EntryPlan]) -> Result<(), RequestError> {
+        let mut total = 0u64;
+        for plan in plans.iter().filter(|p| p.is_preallocated()) {
+            let bytes = plan
+                .declared
+                .iter()
+                .try_fold(plan.element_type.size() as u64, |acc, &d| {
+                    acc.checked_mul(u64::try_from(d).ok()?)
+                })
+                .ok_or_else(|| RequestError::EntryShape {
+                    message: format!(
+                        "FastIO entry {:?} of shape {:?} has more bytes than can be addressed",
+                        plan.name, plan.declared
+                    ),
+                })?;
+            total = total.saturating_add(bytes);
+        }
+        self.admit(total).map_err(|e| match e {
+            RequestError::OutOfMemory { message, .. } => RequestError::OutOfMemory {
+                size: usize::try_from(total).unwrap_or(usize::MAX),
+                message: format!(
+                    "the job's pre-allocated FastIO entries need {total} bytes together; nothing was allocated: {message}"
+                ),
+            },
+            other => other,
+        })?;
         for plan in plans {
             self.entries.push(EntrySlot {
                 plan: plan.clone(),
@@ -320,7 +536,7 @@ impl Registry {
             if plan.is_preallocated() {
                 let dims: Vec<usize> = plan.declared.iter().map(|&d| d as usize).collect();
                 let index = self.entries.len() - 1;
-                let (id, _, recycled) = self.bind_entry(index, &dims)?;
+                let (id, _, recycled) = self.bind_entry(index, &dims, None)?;
                 if recycled {
                     // Readers open pre-allocated entries as they are: zero them here (a
                     // new job's pool is empty, so this is the rare case).
@@ -395,6 +611,40 @@ impl Registry {
         entry: EntryId,
         dims: &[usize],
     ) -> Result<Grant, RequestError> {
+        self.check_allocate_entry(entry, dims)?;
+        let (id, typed, recycled) = self.bind_entry(entry.0 as usize, dims, None)?;
+        let mut grant = self.grant(conn, id, AccessMode::ReadWrite, Some(typed))?;
+        grant.recycled = recycled;
+        Ok(grant)
+    }
+
+    /// [`Registry::allocate_entry`] with memory obtained beforehand ([`Registry::obtain`]
+    /// and, outside the lock, the segment made): the dimensions are checked again.
+    pub fn allocate_entry_with(
+        &mut self,
+        conn: ConnectionId,
+        entry: EntryId,
+        dims: &[usize],
+        memory: Grant,
+    ) -> Result<Grant, RequestError> {
+        if let Err(e) = self.check_allocate_entry(entry, dims) {
+            self.reclaim_if_dead(memory.id);
+            return Err(e);
+        }
+        let (id, typed, recycled) = self.bind_entry(entry.0 as usize, dims, Some(memory))?;
+        let mut grant = self.grant(conn, id, AccessMode::ReadWrite, Some(typed))?;
+        // The producer zeroes a recycled segment as it maps it (as for `create`), rather
+        // than the server holding the registry while it clears possibly gigabytes.
+        grant.recycled = recycled;
+        Ok(grant)
+    }
+
+    /// The bytes a dynamic entry of `dims` needs, or why it cannot be allocated so.
+    pub fn check_allocate_entry(
+        &self,
+        entry: EntryId,
+        dims: &[usize],
+    ) -> Result<usize, RequestError> {
         let slot = self.entry_slot(entry)?;
         let plan = &slot.plan;
         if plan.is_preallocated() {
@@ -418,12 +668,15 @@ impl Registry {
                 ),
             });
         }
-        let (id, typed, recycled) = self.bind_entry(entry.0 as usize, dims)?;
-        let mut grant = self.grant(conn, id, AccessMode::ReadWrite, Some(typed))?;
-        // The producer zeroes a recycled segment as it maps it (as for `create`), rather
-        // than the server holding the registry while it clears possibly gigabytes.
-        grant.recycled = recycled;
-        Ok(grant)
+        let shape_error = |e: fastio_meta::MetaError| RequestError::EntryShape {
+            message: e.to_string(),
+        };
+        let typed = TypedShape::new(
+            plan.element_type,
+            Shape::new(dims.to_vec()).map_err(shape_error)?,
+        )
+        .map_err(shape_error)?;
+        Ok(typed.byte_size())
     }
 
     /// Gives entry `index` a fresh resource of `dims`, unpinning its previous one (and
@@ -433,6 +686,7 @@ impl Registry {
         &mut self,
         index: usize,
         dims: &[usize],
+        memory: Option<Grant>,
     ) -> Result<(ResourceId, TypedShape, bool), RequestError> {
         let element_type = self.entries[index].plan.element_type;
         let shape_error = |e: fastio_meta::MetaError| RequestError::EntryShape {
@@ -443,7 +697,10 @@ impl Registry {
             Shape::new(dims.to_vec()).map_err(shape_error)?,
         )
         .map_err(shape_error)?;
-        let grant = self.new_resource(typed.byte_size())?;
+        let grant = match memory {
+            Some(grant) => grant,
+            None => self.new_resource(typed.byte_size())?,
+        };
         if let Some(resource) = self.resources.get_mut(&grant.id) {
             resource.pins += 1;
         }
@@ -567,10 +824,44 @@ impl Registry {
             connections: self.connections.len(),
             segments_created: self.created,
             segments_recycled: self.recycled,
+            segments_evicted: self.evicted,
+            reserving_bytes: self.reserving,
+            huge_page_bytes: self
+                .resources
+                .values()
+                .map(|r| &r.huge)
+                .chain(self.pool.iter().map(|p| &p.huge))
+                .map(|h| h.bytes.load(Ordering::Relaxed))
+                .sum(),
+            segments: {
+                let mut list: Vec<SegmentStats> = self
+                    .resources
+                    .iter()
+                    .map(|(id, r)| SegmentStats {
+                        resource: Some(*id),
+                        bytes: r.segment.len() as u64,
+                        huge_page_bytes: r.huge.bytes.load(Ordering::Relaxed),
+                        hugetlb: r.segment.is_hugetlb(),
+                    })
+                    .chain(self.pool.iter().map(|p| SegmentStats {
+                        resource: None,
+                        bytes: p.segment.len() as u64,
+                        huge_page_bytes: p.huge.bytes.load(Ordering::Relaxed),
+                        hugetlb: p.segment.is_hugetlb(),
+                    }))
+                    .collect();
+                list.sort_by_key(|s| (s.resource.is_none(), s.resource));
+                list
+            },
         }
     }
 
-    fn add_handle(&mut self, conn: ConnectionId, id: ResourceId) {
+    fn add_handle(&mut self, conn: ConnectionId, id: ResourceId, writable: bool) {
+        if let Some(resource) = self.resources.get_mut(&id)
+            && !resource.mapped_by.contains(&(conn, writable))
+        {
+            resource.mapped_by.push((conn, writable));
+        }
         *self
             .connections
             .entry(conn)
@@ -605,27 +896,95 @@ impl Registry {
         }
         let resource = self.resources.remove(&id).expect("checked above");
         let len = resource.segment.len() as u64;
-        if self.pool_bytes + len <= self.pool_limit {
-            self.pool_bytes += len;
-            self.pool.push(resource.segment);
+        if len > self.pool_limit || self.pool_segments == 0 {
+            self.dead.push(resource.segment);
+            return;
         }
-        // Otherwise the segment is dropped here: its memory goes with the last mapping.
+        // Admission follows use: the least recently used segments make room.
+        self.trim_pool(len);
+        self.tick += 1;
+        self.pool_bytes += len;
+        let mut mapped_by = resource.mapped_by;
+        mapped_by.retain(|(c, _)| self.connections.contains_key(c));
+        resource.huge.pooled.store(true, Ordering::Relaxed);
+        if let Some(collapser) = &self.collapser {
+            collapser.offer(&resource.segment, &resource.huge);
+        }
+        self.pool.push(Pooled {
+            segment: resource.segment,
+            mapped_by,
+            last_use: self.tick,
+            huge: resource.huge,
+        });
     }
 
-    /// The smallest pooled segment that holds `size` bytes without wasting more than a
-    /// quarter of itself.
-    fn take_pooled(&mut self, size: usize) -> Option<Segment> {
+    /// Evicts least recently used pooled segments until `incoming` more bytes and one more
+    /// segment fit the bounds.
+    fn trim_pool(&mut self, incoming: u64) {
+        let extra = usize::from(incoming > 0);
+        while !self.pool.is_empty()
+            && (self.pool_bytes + incoming > self.pool_limit
+                || self.pool.len() + extra > self.pool_segments)
+        {
+            let oldest = self
+                .pool
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, p)| p.last_use)
+                .map(|(i, _)| i)
+                .expect("the pool is not empty");
+            let evicted = self.pool.swap_remove(oldest);
+            evicted.huge.pooled.store(false, Ordering::Relaxed);
+            self.pool_bytes -= evicted.segment.len() as u64;
+            self.evicted += 1;
+            self.dead.push(evicted.segment);
+        }
+    }
+
+    /// A pooled segment that holds `size` bytes without wasting more than a quarter of
+    /// itself: first one `conn` has mapped with the access it needs (no page will fault
+    /// again there), then the smallest.
+    fn take_pooled(
+        &mut self,
+        size: usize,
+        conn: ConnectionId,
+        writable: bool,
+    ) -> Option<PooledSegment> {
         let index = self
             .pool
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.len() >= size && s.len() - size <= s.len() / 4)
-            .min_by_key(|(_, s)| s.len())
+            .filter(|(_, p)| {
+                let len = p.segment.len();
+                len >= size && len - size <= len / 4
+            })
+            .min_by_key(|(_, p)| {
+                let mapped_here = p.mapped_by.contains(&(conn, writable));
+                (!mapped_here, p.segment.len())
+            })
             .map(|(i, _)| i)?;
-        let segment = self.pool.swap_remove(index);
-        self.pool_bytes -= segment.len() as u64;
+        let pooled = self.pool.swap_remove(index);
+        pooled.huge.pooled.store(false, Ordering::Relaxed);
+        self.pool_bytes -= pooled.segment.len() as u64;
         self.recycled += 1;
-        Some(segment)
+        Some(PooledSegment {
+            segment: pooled.segment,
+            mapped_by: pooled.mapped_by,
+            huge: pooled.huge,
+        })
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        // The pool's memory goes now, even where clients keep parked mappings of it.
+        // Resources still alive are left alone: their handles' mappings stay valid.
+        for pooled in self.pool.drain(..) {
+            let _ = pooled.segment.punch();
+        }
+        for segment in self.dead.drain(..) {
+            let _ = segment.punch();
+        }
     }
 }
 
@@ -767,6 +1126,93 @@ mod tests {
 }
 
 #[cfg(test)]
+mod pool_tests {
+    use super::*;
+
+    fn blocks(s: &Segment) -> u64 {
+        rustix::fs::fstat(s).unwrap().st_blocks as u64
+    }
+
+    #[test]
+    fn the_pool_prefers_a_segment_the_connection_has_mapped() {
+        let mut r = Registry::new(1 << 30);
+        let (a, b) = (r.connect(), r.connect());
+        let ga = r.create(a, 8192).unwrap();
+        let gb = r.create(b, 8192).unwrap();
+        let (ia, ib) = (ga.segment.identity(), gb.segment.identity());
+        // a's segment enters the pool first: of two equal sizes, the one picked without a
+        // preference.
+        r.release(a, ga.id).unwrap();
+        r.release(b, gb.id).unwrap();
+        assert_eq!(r.create(b, 8192).unwrap().segment.identity(), ib);
+        assert_eq!(r.create(a, 8192).unwrap().segment.identity(), ia);
+    }
+
+    #[test]
+    fn a_segment_too_big_for_what_is_left_evicts_the_least_recently_used() {
+        let mut r = Registry::new(10_000);
+        let c = r.connect();
+        let small = r.create(c, 3000).unwrap();
+        let other = r.create(c, 3000).unwrap();
+        let big = r.create(c, 8000).unwrap();
+        r.release(c, small.id).unwrap();
+        r.release(c, other.id).unwrap();
+        assert_eq!(r.stats().pooled_bytes, 6000);
+        // 8000 more do not fit beside 6000: both small ones go, the big one stays.
+        r.release(c, big.id).unwrap();
+        let s = r.stats();
+        assert_eq!((s.pooled_segments, s.pooled_bytes), (1, 8000));
+        assert_eq!(s.segments_evicted, 2);
+        assert!(r.create(c, 8000).unwrap().recycled);
+        // Beyond the whole bound: not pooled at all.
+        let huge = r.create(c, 20_000).unwrap();
+        r.release(c, huge.id).unwrap();
+        assert_eq!(r.stats().pooled_bytes, 0);
+    }
+
+    #[test]
+    fn the_pool_is_bounded_in_descriptors_too() {
+        let mut r = Registry::new(1 << 30);
+        let c = r.connect();
+        // Many tiny frees, each its own segment, once left 249 pooled descriptors and
+        // then "Too many open files" at every create.
+        let grants: Vec<_> = (0..300).map(|_| r.create(c, 1).unwrap()).collect();
+        for g in grants {
+            r.free(c, g.id).unwrap();
+        }
+        let s = r.stats();
+        assert_eq!(s.pooled_segments, DEFAULT_POOL_SEGMENTS);
+        assert_eq!(s.segments_evicted, 300 - DEFAULT_POOL_SEGMENTS as u64);
+        r.set_pool_segments(8);
+        assert_eq!(r.stats().pooled_segments, 8);
+    }
+
+    #[test]
+    fn a_segment_leaving_for_good_is_handed_out_to_be_punched_after_the_lock() {
+        let mut r = Registry::new(0);
+        let c = r.connect();
+        let g = r.create(c, 1 << 20).unwrap();
+        let client = g.segment;
+        let m = fastio_shm::Mapping::new(
+            &client,
+            fastio_shm::Access::ReadWrite,
+            fastio_shm::Prefault::Lazy,
+        )
+        .unwrap();
+        m.write_at(0, &[1u8; 1 << 20]).unwrap();
+        r.release(c, g.id).unwrap();
+        // The registry let go of it but kept it for the caller, who punches it unlocked.
+        let dead = r.take_dead();
+        assert_eq!(dead.len(), 1);
+        assert!(blocks(&client) > 0, "nothing freed under the lock");
+        for d in dead {
+            d.punch().unwrap();
+        }
+        assert_eq!(blocks(&client), 0, "a client's mapping keeps nothing alive");
+    }
+}
+
+#[cfg(test)]
 mod writer_tests {
     use super::*;
 
@@ -809,6 +1255,28 @@ mod entry_tests {
             element_type: ElementType::I32,
             declared: vec![-1],
         }
+    }
+
+    #[test]
+    fn a_job_that_cannot_fit_fails_before_allocating_anything() {
+        // Ten entries of an eighth of what is available each: once, the first eight were
+        // allocated before the ninth failed.
+        let available = fastio_shm::available_memory().expect("memory is reported");
+        let each = available / 8;
+        let plans: Vec<EntryPlan> = (0..10)
+            .map(|i| EntryPlan {
+                name: format!("volume{i}"),
+                producer: Some(0),
+                element_type: ElementType::U8,
+                declared: vec![each as i64],
+            })
+            .collect();
+        let mut r = Registry::new(0);
+        let err = r.define_entries(&plans).unwrap_err();
+        assert!(matches!(err, RequestError::OutOfMemory { .. }), "{err}");
+        assert!(err.to_string().contains("nothing was allocated"), "{err}");
+        let s = r.stats();
+        assert_eq!((s.segments_created, s.resources, s.live_bytes), (0, 0, 0));
     }
 
     #[test]

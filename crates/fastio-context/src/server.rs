@@ -17,7 +17,7 @@ use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
 use crate::job::Job;
 use crate::protocol::{Request, Response, Stats};
-use crate::registry::{DEFAULT_POOL_BYTES, Registry};
+use crate::registry::{DEFAULT_POOL_BYTES, DEFAULT_POOL_SEGMENTS, Registry};
 use crate::transport::{Peer, Shared, dispatch};
 use crate::{Context, ContextError, RequestError};
 
@@ -31,14 +31,47 @@ pub const CONTEXT_ENV: &str = "FASTIO_CONTEXT";
 pub struct ServerConfig {
     /// Bound, in bytes, of the pool of warm segments kept for reuse (0 disables it).
     pub pool_bytes: u64,
+    /// Bound, in segments (descriptors), of the same pool.
+    pub pool_segments: usize,
+    /// Collapse pooled segments into huge pages in the background (also off when
+    /// `FASTIO_COLLAPSE=0`).
+    pub collapse: bool,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             pool_bytes: DEFAULT_POOL_BYTES,
+            pool_segments: DEFAULT_POOL_SEGMENTS,
+            collapse: true,
         }
     }
+}
+
+impl ServerConfig {
+    fn registry(&self) -> Registry {
+        let mut registry = Registry::new(self.pool_bytes);
+        registry.set_pool_segments(self.pool_segments);
+        registry.collapse_pooled(self.collapse);
+        registry
+    }
+}
+
+/// Raises this process's soft limit on open descriptors to its hard limit: a server holds
+/// a descriptor per segment and per connection, and the common soft limit (1024) is far
+/// below what the hard limit allows. Returns the soft limit now.
+pub fn raise_descriptor_limit() -> Option<u64> {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = rustix::process::setrlimit(rustix::process::Resource::Nofile, raised) {
+            tracing::debug!("cannot raise the descriptor limit: {e}");
+        }
+    }
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
 }
 
 /// A running context server. Dropping it stops accepting new clients; connections
@@ -53,19 +86,20 @@ pub struct Server {
 impl Server {
     /// Starts a server on a fresh abstract socket address.
     pub fn start(config: ServerConfig) -> Result<Self, ContextError> {
-        Self::listen(Shared::new(Registry::new(config.pool_bytes), None))
+        Self::listen(Shared::new(config.registry(), None))
     }
 
     /// Starts the context server of a pipeline job: the job's FastIO entries whose shape
     /// is fully known are allocated now, before any operator starts. Operators join over
     /// sockets from [`Server::operator_socket`].
     pub fn start_job(config: ServerConfig, job: Arc<Job>) -> Result<Self, ContextError> {
-        let mut registry = Registry::new(config.pool_bytes);
+        let mut registry = config.registry();
         registry.define_entries(&job.plan().entries)?;
         Self::listen(Shared::new(registry, Some(job)))
     }
 
     fn listen(shared: Arc<Shared>) -> Result<Self, ContextError> {
+        raise_descriptor_limit();
         let name = random_name()?;
         let address = format!("@{name}");
         let io = |what: &str, e: rustix::io::Errno| ContextError::Connect {
@@ -252,4 +286,5 @@ fn serve_connection(socket: OwnedFd, shared: &Shared, stage: Option<usize>) {
         }
     }
     shared.registry().disconnect(conn);
+    shared.bury_dead();
 }

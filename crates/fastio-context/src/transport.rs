@@ -10,7 +10,7 @@ use fastio_shm::transfer::{recv_message, send_message};
 
 use crate::job::{EntryId, Job, Phase};
 use crate::protocol::{AccessMode, PROTOCOL_VERSION, Request, Response};
-use crate::registry::{ConnectionId, Registry};
+use crate::registry::{ConnectionId, Grant, Obtained, Registry};
 use crate::{ContextError, RequestError};
 
 /// One request/response exchange with the registry.
@@ -44,6 +44,52 @@ impl Shared {
     pub(crate) fn registry(&self) -> MutexGuard<'_, Registry> {
         lock(&self.registry)
     }
+
+    /// Frees the segments that left the registry for good, without its lock: their pages
+    /// are punched (so that clients' parked mappings keep nothing alive), then closed.
+    pub(crate) fn bury_dead(&self) {
+        let dead = self.registry().take_dead();
+        for segment in dead {
+            let _ = segment.punch();
+        }
+    }
+
+    /// A resource of `size` bytes held by `conn`, made without holding the registry's lock
+    /// while its memory is reserved.
+    fn create(&self, conn: ConnectionId, size: usize) -> Result<Grant, RequestError> {
+        let (mut registry, grant) = self.obtain_and_adopt(conn, size)?;
+        registry.hold_new(conn, grant.id);
+        Ok(grant)
+    }
+
+    /// A new resource of `size` bytes, and the registry still locked after adopting it (so
+    /// that nothing happens to it before the caller holds or binds it).
+    fn obtain_and_adopt(
+        &self,
+        conn: ConnectionId,
+        size: usize,
+    ) -> Result<(MutexGuard<'_, Registry>, Grant), RequestError> {
+        let obtained = self.registry().obtain(conn, size, true)?;
+        let made = match &obtained {
+            Obtained::Make(reservation) => Some(reservation.make()),
+            Obtained::Pooled(_) => None,
+        };
+        let mut registry = self.registry();
+        let grant = registry.adopt(obtained, made, size)?;
+        Ok((registry, grant))
+    }
+
+    /// A dynamic entry's new memory, made without the registry's lock.
+    fn allocate_entry(
+        &self,
+        conn: ConnectionId,
+        entry: EntryId,
+        dims: &[usize],
+    ) -> Result<Grant, RequestError> {
+        let size = self.registry().check_allocate_entry(entry, dims)?;
+        let (mut registry, memory) = self.obtain_and_adopt(conn, size)?;
+        registry.allocate_entry_with(conn, entry, dims, memory)
+    }
 }
 
 /// Who is on the other end of a connection: its registry id, and the job stage it runs
@@ -61,8 +107,14 @@ pub(crate) fn dispatch(
     peer: Peer,
     request: Request,
 ) -> (Response, Option<Segment>) {
+    let answer = answer(shared, peer, request);
+    shared.bury_dead();
+    answer
+}
+
+fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<Segment>) {
     let refused = |e: RequestError| (Response::Refused(e), None);
-    let grant = |g: Result<crate::registry::Grant, RequestError>| match g {
+    let grant = |g: Result<Grant, RequestError>| match g {
         Ok(g) => (
             Response::Handle {
                 id: g.id,
@@ -92,7 +144,7 @@ pub(crate) fn dispatch(
                 "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"
             ),
         }),
-        Request::Create { size } => grant(shared.registry().create(conn, size)),
+        Request::Create { size } => grant(shared.create(conn, size)),
         Request::Publish {
             id,
             name,
@@ -140,7 +192,7 @@ pub(crate) fn dispatch(
         ),
         Request::AllocateEntry { entry, dims } => grant(
             entry_access(shared, peer, entry, AccessMode::ReadWrite)
-                .and_then(|()| shared.registry().allocate_entry(conn, entry, &dims)),
+                .and_then(|()| shared.allocate_entry(conn, entry, &dims)),
         ),
     }
 }
@@ -212,6 +264,7 @@ impl Transport for LocalTransport {
 impl Drop for LocalTransport {
     fn drop(&mut self) {
         self.shared.registry().disconnect(self.peer.conn);
+        self.shared.bury_dead();
     }
 }
 

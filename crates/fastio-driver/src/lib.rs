@@ -242,6 +242,7 @@ pub fn run_job(
     let server = Server::start_job(
         ServerConfig {
             pool_bytes: options.pool_bytes,
+            ..ServerConfig::default()
         },
         job.clone(),
     )?;

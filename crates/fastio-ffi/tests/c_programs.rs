@@ -282,6 +282,11 @@ fn one_writer_at_a_time_and_read_only_handles_fault_on_write() {
 }
 
 #[test]
+fn a_stale_pointer_into_a_released_allocation_faults() {
+    assert!(compile_and_run(Build::c("stale.c")).contains("stale ok"));
+}
+
+#[test]
 fn last_error_message_is_per_thread() {
     let build = Build {
         extra: &["-pthread"],

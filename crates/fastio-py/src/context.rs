@@ -67,6 +67,41 @@ impl FastIOContext {
         Ok(FastIOAllocation::new(allocation))
     }
 
+    /// A new allocation typed `dtype` with `shape` (an int or a sequence of ints), whose
+    /// bytes are left as they are (like `numpy.empty`: a recycled segment is not zeroed).
+    /// For computing in place: fill `as_numpy()`, then `publish(name)`; no copy is made,
+    /// unlike `publish_array`.
+    fn empty(
+        &self,
+        py: Python<'_>,
+        shape: &Bound<'_, PyAny>,
+        dtype: &Bound<'_, PyAny>,
+    ) -> PyResult<FastIOAllocation> {
+        let et = dtype::from_python(dtype)?;
+        let dims = match shape.extract::<usize>() {
+            Ok(n) => vec![n],
+            Err(_) => crate::allocation::dims_arg(shape)?,
+        };
+        let typed = fastio_meta::Shape::new(dims.clone())
+            .and_then(|s| fastio_meta::TypedShape::new(et, s))
+            .map_err(error)?;
+        let mut allocation = py
+            .detach(|| {
+                self.context.create_with(
+                    typed.byte_size(),
+                    CreateOptions {
+                        zeroed: false,
+                        prefault: Prefault::Populate,
+                    },
+                )
+            })
+            .map_err(error)?;
+        allocation
+            .set_type_and_dimensions(et, &dims)
+            .map_err(error)?;
+        Ok(FastIOAllocation::new(allocation))
+    }
+
     /// A new handle to the allocation published as `name`, with a copy of the published
     /// metadata. Read-write by default, as in Clara; `access=IOAccess.ReadOnly` maps it
     /// read-only (its numpy views are not writeable, and writes fault).
@@ -135,7 +170,9 @@ impl FastIOContext {
     }
 
     /// The context's accounting: resources, live_bytes, pooled_segments, pooled_bytes,
-    /// publications, handles, connections, segments_created, segments_recycled.
+    /// publications, handles, connections, segments_created, segments_recycled,
+    /// segments_evicted, huge_page_bytes; and this process's mappings_made and
+    /// mappings_reused (handles served by a kept mapping).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = py.detach(|| self.context.stats()).map_err(error)?;
         let d = PyDict::new(py);
@@ -148,6 +185,11 @@ impl FastIOContext {
         d.set_item("connections", s.connections)?;
         d.set_item("segments_created", s.segments_created)?;
         d.set_item("segments_recycled", s.segments_recycled)?;
+        d.set_item("segments_evicted", s.segments_evicted)?;
+        d.set_item("huge_page_bytes", s.huge_page_bytes)?;
+        let mapped = fastio_context::mapping_stats();
+        d.set_item("mappings_made", mapped.made)?;
+        d.set_item("mappings_reused", mapped.reused)?;
         Ok(d)
     }
 

@@ -188,3 +188,63 @@ fn oversized_messages_are_refused_before_sending() {
         Err(TransferError::TooLarge { .. })
     ));
 }
+
+#[test]
+fn a_parked_mapping_keeps_its_page_tables_and_refuses_access() {
+    const SIZE: usize = 16 << 20;
+    let s = segment(SIZE);
+    let mut m = Mapping::new(&s, Access::ReadWrite, Prefault::Populate).unwrap();
+    assert_eq!(
+        m.resident_bytes(),
+        SIZE as u64,
+        "MAP_POPULATE mapped every page"
+    );
+    m.park().unwrap();
+    assert!(m.is_parked());
+    // PROT_NONE keeps the page-table entries: unparking costs no fault.
+    assert_eq!(m.resident_bytes(), SIZE as u64);
+    assert!(matches!(m.write_at(0, b"x"), Err(SegmentError::Parked)));
+    assert!(matches!(
+        m.read_at(0, &mut [0u8; 1]),
+        Err(SegmentError::Parked)
+    ));
+    m.unpark(Access::ReadWrite).unwrap();
+    m.write_at(0, b"back").unwrap();
+    assert_eq!(m.resident_bytes(), SIZE as u64);
+}
+
+#[test]
+fn a_mapping_made_read_only_cannot_be_unparked_writable() {
+    let s = segment(4096);
+    let mut m = Mapping::new(&s.read_only().unwrap(), Access::ReadOnly, Prefault::Lazy).unwrap();
+    m.park().unwrap();
+    assert!(matches!(
+        m.unpark(Access::ReadWrite),
+        Err(SegmentError::ReadOnlyDescriptor)
+    ));
+    m.unpark(Access::ReadOnly).unwrap();
+}
+
+#[test]
+fn punching_frees_the_pages_under_other_mappings() {
+    const SIZE: usize = 4 << 20;
+    let s = segment(SIZE);
+    let m = Mapping::new(&s, Access::ReadWrite, Prefault::Lazy).unwrap();
+    m.write_at(0, &[5u8; SIZE]).unwrap();
+    let blocks = |s: &Segment| rustix::fs::fstat(s).unwrap().st_blocks as u64;
+    assert!(blocks(&s) * 512 >= SIZE as u64);
+    s.punch().unwrap();
+    assert_eq!(blocks(&s), 0);
+    let mut out = [1u8; 16];
+    m.read_at(0, &mut out).unwrap();
+    assert_eq!(out, [0u8; 16]);
+}
+
+#[test]
+fn segments_have_one_identity_across_descriptors() {
+    let s = segment(4096);
+    let other = segment(4096);
+    assert_eq!(s.identity(), s.read_only().unwrap().identity());
+    assert_eq!(s.identity(), s.try_clone().unwrap().identity());
+    assert_ne!(s.identity(), other.identity());
+}

@@ -22,6 +22,7 @@ fn main() -> anyhow::Result<()> {
         "serve" => {
             let server = Server::start(ServerConfig {
                 pool_bytes: arg(1)?.parse::<u64>()? << 20,
+                ..ServerConfig::default()
             })?;
             say(server.address());
             std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())?;
@@ -86,6 +87,31 @@ fn main() -> anyhow::Result<()> {
             say("ready");
             std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())?;
             drop(a);
+        }
+        // park-and-hold SIZE: create three allocations of SIZE bytes, fill and release them
+        // (their mappings are parked and kept), then hold a fourth, filled, and wait to be
+        // killed. Says how many mappings are parked.
+        "park-and-hold" => {
+            let ctx = Context::from_env()?;
+            let size: usize = arg(1)?.parse()?;
+            let fill = vec![7u8; size];
+            let mut parked = Vec::new();
+            for _ in 0..3 {
+                let mut a = ctx.create(size)?;
+                a.write_bytes(0, &fill)?;
+                parked.push(a);
+            }
+            for a in parked {
+                a.release()?;
+            }
+            let mut held = ctx.create(size)?;
+            held.write_bytes(0, &fill)?;
+            say(&format!(
+                "ready {}",
+                fastio::context::mapping_stats().parked
+            ));
+            std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())?;
+            drop(held);
         }
         other => bail!("unknown probe command {other:?}"),
     }

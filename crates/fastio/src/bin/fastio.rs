@@ -142,6 +142,7 @@ fn load(path: &std::path::Path) -> anyhow::Result<fastio::pipeline::Pipeline> {
 fn serve(pool_mib: u64, until_stdin_closes: bool) -> anyhow::Result<()> {
     let server = Server::start(ServerConfig {
         pool_bytes: pool_mib.saturating_mul(1 << 20),
+        ..ServerConfig::default()
     })
     .context("starting the context server")?;
     let mut out = std::io::stdout().lock();
