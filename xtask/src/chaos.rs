@@ -111,9 +111,9 @@ pub fn chaos(args: &[String]) -> anyhow::Result<()> {
     };
     let work = std::env::temp_dir().join(format!("fastio-chaos-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    // The demo pipeline with a 16 MiB volume: quick rounds, real shared memory.
+    // The demo pipeline with a 32 MiB volume: quick rounds, real shared memory.
     let demo = std::fs::read_to_string("examples/demo/pipeline.yaml")?
-        .replace("[256, 512, 512]", "[32, 512, 512]");
+        .replace("[256, 512, 512]", "[64, 512, 512]");
     let pipeline = work.join("pipeline.yaml");
     std::fs::write(&pipeline, demo)?;
 
@@ -251,12 +251,8 @@ fn operator_round(
     figures: &mut Figures,
 ) -> anyhow::Result<Outcome> {
     let mut driver = fastio_run(bins, pipeline, work, tag)?;
-    std::thread::sleep(rng.millis(1500));
-    let operators: Vec<i32> = tagged(tag)
-        .into_iter()
-        .filter(|(_, cmd)| cmd.contains("fastio-demo-op"))
-        .map(|(pid, _)| pid)
-        .collect();
+    mid_job(tag, rng);
+    let operators = operators_of(tag);
     if !operators.is_empty() {
         let victim = operators[rng.below(operators.len() as u64) as usize];
         // kill(1): xtask has no unsafe code of its own.
@@ -282,6 +278,25 @@ fn operator_round(
     Ok(outcome)
 }
 
+/// The operator processes of the round now alive.
+fn operators_of(tag: &str) -> Vec<i32> {
+    tagged(tag)
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("fastio-demo-op"))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Returns at a random moment of the job: up to 400 ms after its first operator appears
+/// (a job of the chaos pipeline lasts about that long).
+fn mid_job(tag: &str, rng: &mut Rng) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while operators_of(tag).is_empty() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(rng.millis(400));
+}
+
 fn driver_round(
     bins: &Bins,
     pipeline: &Path,
@@ -290,7 +305,7 @@ fn driver_round(
     rng: &mut Rng,
 ) -> anyhow::Result<Outcome> {
     let mut driver = fastio_run(bins, pipeline, work, tag)?;
-    std::thread::sleep(rng.millis(1500));
+    mid_job(tag, rng);
     let _ = driver.kill();
     let _ = driver.wait();
     let _ = std::fs::remove_dir_all(work.join("out").join(tag));
