@@ -143,7 +143,10 @@ fn released_or_foreign_handles_are_refused_by_the_server() {
         })),
         Response::Welcome { .. }
     ));
-    let Response::Handle { id, .. } = ask(&json(&Request::Create { size: 64 })) else {
+    let Response::Handle { id, .. } = ask(&json(&Request::Create {
+        size: 64,
+        hugetlb: false,
+    })) else {
         panic!("no handle")
     };
     assert_eq!(ask(&json(&Request::Release { id })), Response::Done);

@@ -98,11 +98,13 @@ fn outcome<'a>(report: &'a JobReport, operator: &str) -> &'a OperatorState {
 fn a_job_event_after_an_operators_exit_does_not_revive_it() {
     // The wrapper exits after a second; the real operator it started joins the job later,
     // while `stubborn` (which ignores SIGTERM by then) keeps the job going through the
-    // grace period.
+    // grace period. A shell wrapper looks like a plain program: `uses-driver: true` says
+    // it stands for a driver operator, which must join before it exits.
     let job = Job::new();
     let pipeline = job.pipeline(
         "api-version: 0.5.0\nname: t\noperators:\n\
          - name: wrapped\n  command: [sh, -c, 'sleep 1; (sleep 0.5; exec \"$0\") & exit 0', $OP]\n  \
+         uses-driver: true\n  \
          variables:\n    LOG: $LOG\n    EXECUTE: \"sleep:30\"\n\
          - name: stubborn\n  command: [sh, -c, 'trap \"\" TERM; exec \"$0\"', $OP]\n  \
          variables:\n    LOG: $LOG\n    EXECUTE: \"sleep:600\"\n",

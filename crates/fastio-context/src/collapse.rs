@@ -74,15 +74,12 @@ fn run(queue: &Receiver<Job>) {
             continue;
         };
         let len = mapping.len();
-        // Collapsing needs the pages present and up to date; mapping them here in one call
-        // makes sure of it.
-        let started = Instant::now();
-        let _ = mapping.populate();
-        std::thread::sleep(started.elapsed() * 3);
         let mut offset = 0;
         while offset < len && huge.pooled.load(Ordering::Relaxed) {
             let n = STEP.min(len - offset);
             let started = Instant::now();
+            // Collapsing needs the pages present and up to date: mapping them makes sure.
+            let _ = mapping.populate_range(offset, n);
             match mapping.collapse(offset, n) {
                 Ok(()) | Err(rustix::io::Errno::AGAIN) => {}
                 Err(e) => {

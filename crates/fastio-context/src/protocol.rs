@@ -98,6 +98,9 @@ pub enum Request {
     Create {
         /// Bytes wanted.
         size: usize,
+        /// Huge pages from the hugetlb pool wanted (ordinary memory where it has too few).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        hugetlb: bool,
     },
     /// Publishes a held resource under `name` with the given metadata.
     Publish {

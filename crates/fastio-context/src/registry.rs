@@ -78,6 +78,7 @@ pub struct PooledSegment {
 #[must_use = "give it back with adopt or abandon"]
 pub struct Reservation {
     size: usize,
+    hugetlb: bool,
 }
 
 impl Reservation {
@@ -85,6 +86,7 @@ impl Reservation {
     pub fn make(&self) -> Result<Segment, RequestError> {
         SegmentBuilder::new(self.size)
             .label("fastio")
+            .hugetlb(self.hugetlb)
             .create()
             .map_err(RequestError::from_segment)
     }
@@ -271,7 +273,7 @@ impl Registry {
     /// (for tests and job set-up; the server uses [`Registry::obtain`] and
     /// [`Registry::adopt`] so that making it happens without the lock).
     pub fn create(&mut self, conn: ConnectionId, size: usize) -> Result<Grant, RequestError> {
-        let obtained = self.obtain(conn, size, true)?;
+        let obtained = self.obtain(conn, size, true, false)?;
         let made = match &obtained {
             Obtained::Make(reservation) => Some(reservation.make()),
             Obtained::Pooled(_) => None,
@@ -284,22 +286,23 @@ impl Registry {
     /// First half of making a resource of `size` bytes: a warm segment from the pool
     /// (preferring one `conn` has mapped, writable when `writable`), or a reservation of
     /// `size` bytes checked against the memory still available, counting the reservations
-    /// of creates in flight.
+    /// of creates in flight. With `hugetlb`, only a pooled hugetlb segment will do.
     pub fn obtain(
         &mut self,
         conn: ConnectionId,
         size: usize,
         writable: bool,
+        hugetlb: bool,
     ) -> Result<Obtained, RequestError> {
         if size == 0 {
             return Err(RequestError::ZeroSize);
         }
-        if let Some(pooled) = self.take_pooled(size, conn, writable) {
+        if let Some(pooled) = self.take_pooled(size, conn, writable, hugetlb) {
             return Ok(Obtained::Pooled(Box::new(pooled)));
         }
         self.admit(size as u64)?;
         self.reserving += size as u64;
-        Ok(Obtained::Make(Reservation { size }))
+        Ok(Obtained::Make(Reservation { size, hugetlb }))
     }
 
     /// Refuses `bytes` more when they, the reservations in flight and the safety margin do
@@ -347,7 +350,11 @@ impl Registry {
                     })
                 })?;
                 self.created += 1;
-                (segment, Vec::new(), Arc::default(), false)
+                let huge = Arc::new(HugeState::default());
+                if segment.is_hugetlb() {
+                    huge.bytes.store(segment.len() as u64, Ordering::Relaxed);
+                }
+                (segment, Vec::new(), huge, false)
             }
         };
         let client_copy = match segment.try_clone() {
@@ -389,7 +396,7 @@ impl Registry {
 
     /// A new resource held by nobody (its caller pins it at once), made under the lock.
     fn new_resource(&mut self, size: usize) -> Result<Grant, RequestError> {
-        let obtained = self.obtain(ConnectionId(0), size, true)?;
+        let obtained = self.obtain(ConnectionId(0), size, true, false)?;
         let made = match &obtained {
             Obtained::Make(reservation) => Some(reservation.make()),
             Obtained::Pooled(_) => None,
@@ -949,6 +956,7 @@ impl Registry {
         size: usize,
         conn: ConnectionId,
         writable: bool,
+        hugetlb: bool,
     ) -> Option<PooledSegment> {
         let index = self
             .pool
@@ -956,7 +964,7 @@ impl Registry {
             .enumerate()
             .filter(|(_, p)| {
                 let len = p.segment.len();
-                len >= size && len - size <= len / 4
+                len >= size && len - size <= len / 4 && (p.segment.is_hugetlb() || !hugetlb)
             })
             .min_by_key(|(_, p)| {
                 let mapped_here = p.mapped_by.contains(&(conn, writable));

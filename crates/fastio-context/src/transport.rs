@@ -56,8 +56,13 @@ impl Shared {
 
     /// A resource of `size` bytes held by `conn`, made without holding the registry's lock
     /// while its memory is reserved.
-    fn create(&self, conn: ConnectionId, size: usize) -> Result<Grant, RequestError> {
-        let (mut registry, grant) = self.obtain_and_adopt(conn, size)?;
+    fn create(
+        &self,
+        conn: ConnectionId,
+        size: usize,
+        hugetlb: bool,
+    ) -> Result<Grant, RequestError> {
+        let (mut registry, grant) = self.obtain_and_adopt(conn, size, hugetlb)?;
         registry.hold_new(conn, grant.id);
         Ok(grant)
     }
@@ -68,8 +73,9 @@ impl Shared {
         &self,
         conn: ConnectionId,
         size: usize,
+        hugetlb: bool,
     ) -> Result<(MutexGuard<'_, Registry>, Grant), RequestError> {
-        let obtained = self.registry().obtain(conn, size, true)?;
+        let obtained = self.registry().obtain(conn, size, true, hugetlb)?;
         let made = match &obtained {
             Obtained::Make(reservation) => Some(reservation.make()),
             Obtained::Pooled(_) => None,
@@ -87,7 +93,7 @@ impl Shared {
         dims: &[usize],
     ) -> Result<Grant, RequestError> {
         let size = self.registry().check_allocate_entry(entry, dims)?;
-        let (mut registry, memory) = self.obtain_and_adopt(conn, size)?;
+        let (mut registry, memory) = self.obtain_and_adopt(conn, size, false)?;
         registry.allocate_entry_with(conn, entry, dims, memory)
     }
 }
@@ -144,7 +150,7 @@ fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<Se
                 "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"
             ),
         }),
-        Request::Create { size } => grant(shared.create(conn, size)),
+        Request::Create { size, hugetlb } => grant(shared.create(conn, size, hugetlb)),
         Request::Publish {
             id,
             name,

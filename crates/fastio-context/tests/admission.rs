@@ -72,6 +72,7 @@ fn pooled_segments_end_up_backed_by_huge_pages() {
             CreateOptions {
                 zeroed: false,
                 prefault: Prefault::Populate,
+                hugetlb: false,
             },
         )
         .unwrap();
@@ -97,6 +98,7 @@ fn pooled_segments_end_up_backed_by_huge_pages() {
             CreateOptions {
                 zeroed: false,
                 prefault: Prefault::Lazy,
+                hugetlb: false,
             },
         )
         .unwrap();
@@ -175,4 +177,27 @@ fn creates_racing_under_a_cgroup_v1_limit_fail_cleanly_instead_of_being_killed()
         }
     }
     assert!(created <= 1, "both got 160 MiB of a 256 MiB cgroup");
+}
+
+#[test]
+fn a_hugetlb_create_falls_back_to_ordinary_memory_and_says_so() {
+    const SIZE: usize = 16 * MIB;
+    let ctx = Context::in_process();
+    let mut a = ctx
+        .create_with(
+            SIZE,
+            CreateOptions {
+                hugetlb: true,
+                ..CreateOptions::default()
+            },
+        )
+        .unwrap();
+    a.write_bytes(SIZE - 1, b"h").unwrap();
+    let stats = ctx.stats().unwrap();
+    let pool = fastio_shm::hugetlb_pool();
+    let fits = pool.is_some_and(|p| p.free * p.page_size >= SIZE as u64);
+    assert_eq!(stats.segments[0].hugetlb, fits, "{pool:?}");
+    if fits {
+        assert_eq!(stats.huge_page_bytes, stats.segments[0].bytes);
+    }
 }

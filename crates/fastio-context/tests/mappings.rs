@@ -13,6 +13,7 @@ fn uninit() -> CreateOptions {
     CreateOptions {
         zeroed: false,
         prefault: Prefault::Populate,
+        hugetlb: false,
     }
 }
 

@@ -2,10 +2,17 @@
 //!
 //! [`run_job`] hosts the job's context server (the Clara "pod manager"), which allocates
 //! every FastIO entry whose shape is fully known before any operator starts; creates the
-//! `stream` directories; starts every operator process at once, each with its own context
+//! `stream` directories; starts the operator processes, each with its own context
 //! connection (`FASTIO_CONTEXT=fd:N`), Clara's `NVIDIA_CLARA_INPUTPATHS` /
 //! `NVIDIA_CLARA_OUTPUTPATHS`, and its `variables`; and follows each through prepare,
 //! execute (once all its upstream operators have finished execute) and cleanup.
+//!
+//! Operators that use the pipeline driver start at job start, so that prepare overlaps
+//! upstream work. Plain programs, which only read their input folders and write their
+//! output folders, start once every upstream operator has finished execute, succeed by
+//! exiting 0, and never start when the job has failed (Clara's disk semantics). How the
+//! two are told apart is [`OperatorKind`]'s rule: `uses-driver` in the definition, else
+//! shared-memory entries, else a look at the program for the driver.
 //!
 //! Failure: the first operator that reports a failed phase, exits without finishing its
 //! life-cycle, exits non-zero, or is killed, fails the job, as does the job's time limit.
@@ -19,6 +26,7 @@
 
 #![deny(unsafe_code)]
 
+mod kind;
 mod output;
 mod reap;
 mod report;
@@ -38,9 +46,10 @@ use std::time::{Duration, Instant};
 use fastio_context::job::{Job, JobEvent, JobEventKind, JobPlan, Phase, ReclaimedHandle};
 use fastio_context::{CONTEXT_ENV, Server, ServerConfig};
 use fastio_operator::{INPUT_PATHS_ENV, OUTPUT_PATHS_ENV, format_paths};
-use fastio_pipeline::Pipeline;
 use fastio_pipeline::plan::{DiskLayout, job_plan};
+use fastio_pipeline::{DefinitionError, Pipeline};
 
+pub use kind::{KindReason, OperatorKind};
 pub use output::{MAX_LINE, OutputLine, OutputSink, Stream};
 pub use report::{EntryReport, JobReport, Medium, OperatorReport};
 
@@ -106,6 +115,9 @@ impl JobOptions {
 /// [`JobReport`] with a failure, not an error).
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
+    /// An operator cannot start as a local process (a container image without a command).
+    #[error("{0}")]
+    Definition(#[from] DefinitionError),
     /// The context server could not start or allocate the pre-allocated entries.
     #[error("cannot set up the job's context: {0}")]
     Context(#[from] fastio_context::ContextError),
@@ -182,6 +194,12 @@ pub struct Progress {
 
 struct Operator {
     name: String,
+    kind: OperatorKind,
+    kind_reason: KindReason,
+    /// The process was started (or its start was tried).
+    launched: bool,
+    /// Execute finished successfully: for a plain program, it exited 0.
+    executed: bool,
     state: OperatorState,
     state_since: Instant,
     pid: Option<i32>,
@@ -219,6 +237,7 @@ pub fn run_job(
     options: &JobOptions,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<JobReport, DriverError> {
+    pipeline.check_runs_locally()?;
     let timeout = options.timeout.unwrap_or_else(|| pipeline.timeout());
     if timeout.is_zero() || timeout > fastio_pipeline::MAX_TIMEOUT {
         return Err(DriverError::Timeout);
@@ -257,14 +276,28 @@ pub fn run_job(
         source,
     })?;
     let mut escapees = reap::Escapees::new(&job_id);
-    let mut operators = Vec::new();
-    for (index, op) in pipeline.operators().iter().enumerate() {
-        let mut operator = Operator {
+    let launcher = Launcher {
+        pipeline,
+        options,
+        plan: &plan,
+        server: &server,
+        log_dir: &log_dir,
+        events,
+    };
+    let mut operators: Vec<Operator> = pipeline
+        .operators()
+        .iter()
+        .zip(operator_kinds(pipeline, options))
+        .map(|(op, (kind, kind_reason))| Operator {
             name: op.name().to_owned(),
+            kind,
+            kind_reason,
+            launched: false,
+            executed: false,
             state: OperatorState::Starting,
             state_since: start,
             pid: None,
-            started: Instant::now(),
+            started: start,
             ended: None,
             execute_started: None,
             execute_ended: None,
@@ -275,37 +308,18 @@ pub fn run_job(
             reclaimed: Vec::new(),
             stderr: output::Tail::default(),
             readers: Vec::new(),
-        };
-        match spawn(
-            pipeline,
-            options,
-            &plan,
-            &server,
-            &log_dir,
-            index,
-            &mut operator,
-        ) {
-            Ok(child) => {
-                operator.pid = Some(child.id() as i32);
-                let events = events.clone();
-                let mut child = child;
-                thread::spawn(move || {
-                    let _ = events.send(Event::Exited(index, child.wait()));
-                });
-            }
-            Err(e) => {
-                operator.ended = Some(Instant::now());
-                operator.set(OperatorState::Failed(format!("could not start: {e}")));
-            }
+        })
+        .collect();
+    let mut failure: Option<(String, String)> = None;
+    for (index, operator) in operators.iter_mut().enumerate() {
+        // A plain program waits for its inputs before it starts at all.
+        if operator.kind == OperatorKind::Plain && !plan.stages[index].upstream.is_empty() {
+            operator.set(OperatorState::Waiting);
+        } else {
+            launcher.launch(index, operator, &mut failure);
         }
-        operators.push(operator);
     }
-    drop(events);
 
-    let mut failure: Option<(String, String)> = operators.iter().find_map(|o| match &o.state {
-        OperatorState::Failed(why) => Some((o.name.clone(), why.clone())),
-        _ => None,
-    });
     let mut stop_sent: Option<Instant> = None;
     // When SIGKILL went to every operator still running (end of grace, or time limit).
     let mut kill_sent: Option<Instant> = None;
@@ -316,6 +330,13 @@ pub fn run_job(
         if let (Some((name, why)), None) = (&failure, stop_sent) {
             job.abort(&format!("operator {name} failed: {why}"));
             stop_sent = Some(Instant::now());
+            // Plain programs still waiting for their inputs never start.
+            for op in operators.iter_mut().filter(|o| !o.launched) {
+                op.ended = Some(Instant::now());
+                op.set(OperatorState::Stopped(format!(
+                    "never started: operator {name} failed"
+                )));
+            }
             // An operator that reported its own failure is finishing its cleanup: it
             // gets the grace period before SIGKILL, the others SIGTERM now.
             for op in operators
@@ -330,7 +351,7 @@ pub fn run_job(
             let limit = report::seconds(timeout);
             let running = operators
                 .iter_mut()
-                .filter(|o| !o.state.is_final())
+                .filter(|o| !o.state.is_final() && o.launched)
                 .map(|o| {
                     o.phase_failure = Some(format!(
                         "still {} when the job's time limit ({limit}) was reached",
@@ -369,6 +390,9 @@ pub fn run_job(
                 op.set(OperatorState::Failed(why));
             }
         }
+        if stop_sent.is_none() {
+            launcher.launch_ready(&mut operators, &mut failure);
+        }
         if operators.iter().all(|o| o.state.is_final()) {
             break;
         }
@@ -380,7 +404,13 @@ pub fn run_job(
         // disconnects here: an error is a timeout.
         let changed = match inbox.recv_timeout(Duration::from_millis(100)) {
             Ok(event) => {
-                handle(event, &mut operators, &mut failure, stop_sent.is_some());
+                handle(
+                    event,
+                    &mut operators,
+                    &mut failure,
+                    stop_sent.is_some(),
+                    &job,
+                );
                 true
             }
             Err(_) => false,
@@ -445,6 +475,7 @@ fn handle(
     operators: &mut [Operator],
     failure: &mut Option<(String, String)>,
     stopping: bool,
+    job: &Job,
 ) {
     let mut fail = |name: &str, why: String| {
         failure.get_or_insert_with(|| (name.to_owned(), why));
@@ -453,8 +484,9 @@ fn handle(
         Event::Job(JobEvent { stage, kind, at }) => {
             let op = &mut operators[stage];
             // Final states are final: an event that arrives after the exit (from a process
-            // the operator's program left behind, say) changes nothing but the record of
-            // reclaimed references.
+            // the operator's program left behind, say, or the end of execute the driver
+            // reports itself for a plain program that exited 0) changes nothing but the
+            // record of reclaimed references.
             if op.state.is_final() {
                 if let JobEventKind::Reclaimed(handles) = kind {
                     op.reclaimed.extend(handles);
@@ -472,6 +504,9 @@ fn handle(
                 }
                 JobEventKind::Reclaimed(handles) => op.reclaimed.extend(handles),
                 JobEventKind::Finished { phase, failure } => {
+                    if phase == Phase::Execute && failure.is_none() {
+                        op.executed = true;
+                    }
                     if let Some(why) = failure {
                         let why = format!("{phase} failed: {why}");
                         op.phase_failure.get_or_insert_with(|| why.clone());
@@ -506,12 +541,25 @@ fn handle(
                 Ok(()) => "exit status 0".to_owned(),
                 Err(why) => why.clone(),
             });
+            let plain = !op.joined && op.kind == OperatorKind::Plain;
+            if plain {
+                // A plain program's whole run is its execute.
+                op.execute_ended = op.ended;
+            }
             let outcome = match (ended, &op.phase_failure) {
                 (_, Some(why)) => Err(why.clone()),
                 (Err(why), None) => Err(why),
-                (Ok(()), None) if !op.joined => {
-                    Err("exited without joining the job (is the command a fastio operator?)".into())
+                (Ok(()), None) if plain => {
+                    // Its outputs are complete: downstream operators waiting in the
+                    // context may execute, and plain ones start.
+                    op.executed = true;
+                    job.finished(stage, Phase::Execute, None);
+                    Ok(())
                 }
+                (Ok(()), None) if !op.joined => Err(format!(
+                    "exited without joining the job, but was started as a program that uses the pipeline driver ({}); for a plain program, set uses-driver: false",
+                    op.kind_reason
+                )),
                 (Ok(()), None) if !op.cleaned_up => {
                     Err("exited before finishing its life-cycle".into())
                 }
@@ -615,6 +663,95 @@ fn resolve_program(pipeline: &Pipeline, options: &JobOptions, program: &str) -> 
         .unwrap_or_else(|| PathBuf::from(program))
 }
 
+/// Starts operator processes.
+struct Launcher<'a> {
+    pipeline: &'a Pipeline,
+    options: &'a JobOptions,
+    plan: &'a JobPlan,
+    server: &'a Server,
+    log_dir: &'a Path,
+    events: mpsc::Sender<Event>,
+}
+
+impl Launcher<'_> {
+    /// Starts the operator's process; a start that fails fails the job.
+    fn launch(
+        &self,
+        index: usize,
+        operator: &mut Operator,
+        failure: &mut Option<(String, String)>,
+    ) {
+        operator.launched = true;
+        operator.started = Instant::now();
+        match spawn(
+            self.pipeline,
+            self.options,
+            self.plan,
+            self.server,
+            self.log_dir,
+            index,
+            operator,
+        ) {
+            Ok(mut child) => {
+                operator.pid = Some(child.id() as i32);
+                if operator.kind == OperatorKind::Plain {
+                    operator.execute_started = Some(operator.started);
+                    operator.set(OperatorState::Executing);
+                }
+                let events = self.events.clone();
+                thread::spawn(move || {
+                    let _ = events.send(Event::Exited(index, child.wait()));
+                });
+            }
+            Err(e) => {
+                operator.ended = Some(Instant::now());
+                let why = format!("could not start: {e}");
+                failure.get_or_insert_with(|| (operator.name.clone(), why.clone()));
+                operator.set(OperatorState::Failed(why));
+            }
+        }
+    }
+
+    /// Starts every waiting plain program whose upstream operators have all finished
+    /// execute.
+    fn launch_ready(&self, operators: &mut [Operator], failure: &mut Option<(String, String)>) {
+        for index in 0..operators.len() {
+            let ready = !operators[index].launched
+                && self.plan.stages[index]
+                    .upstream
+                    .iter()
+                    .all(|&u| operators[u].executed);
+            if ready {
+                self.launch(index, &mut operators[index], failure);
+            }
+        }
+    }
+}
+
+/// How each operator of `pipeline` takes part in a job run with `options`, and why; in
+/// [`Pipeline::operators`] order. See [`OperatorKind`].
+pub fn operator_kinds(
+    pipeline: &Pipeline,
+    options: &JobOptions,
+) -> Vec<(OperatorKind, KindReason)> {
+    let mut seen = kind::Seen::default();
+    let cwd = operator_dir();
+    (0..pipeline.operators().len())
+        .map(|index| {
+            let program = pipeline.operators()[index]
+                .command()
+                .map(|argv| resolve_program(pipeline, options, &argv[0]))
+                .unwrap_or_default();
+            kind::operator_kind(pipeline, index, &program, &cwd, &mut seen)
+        })
+        .collect()
+}
+
+/// The folder operator processes start in: the driver's own (they inherit it).
+fn operator_dir() -> PathBuf {
+    std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn spawn(
     pipeline: &Pipeline,
@@ -627,7 +764,7 @@ fn spawn(
 ) -> Result<Child, String> {
     let definition = &pipeline.operators()[index];
     let stage = &plan.stages[index];
-    let argv = definition.command();
+    let argv = definition.command().ok_or("no command to run it locally")?;
     let program = resolve_program(pipeline, options, &argv[0]);
     let log_path = log_dir.join(format!("{}.log", operator.name));
     let log = File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;

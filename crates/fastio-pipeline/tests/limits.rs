@@ -102,7 +102,7 @@ fn a_few_aliases_are_fine() {
                 - name: a\n  command: &cmd [run, --fast]\n  variables: &vars {A: 1}\n\
                 - name: b\n  command: *cmd\n  variables: *vars\n";
     let p = Pipeline::from_yaml_str(text, ORIGIN).unwrap();
-    assert_eq!(p.operators()[1].command(), ["run", "--fast"]);
+    assert_eq!(p.operators()[1].command().unwrap(), ["run", "--fast"]);
     assert_eq!(p.operators()[1].variables()["A"], "1");
 }
 

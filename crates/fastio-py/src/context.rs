@@ -92,6 +92,7 @@ impl FastIOContext {
                     CreateOptions {
                         zeroed: false,
                         prefault: Prefault::Populate,
+                        hugetlb: false,
                     },
                 )
             })
@@ -213,6 +214,7 @@ fn publish_bytes(
         CreateOptions {
             zeroed: false,
             prefault: Prefault::Populate,
+            hugetlb: false,
         },
     )?;
     allocation.set_type_and_dimensions(et, shape)?;

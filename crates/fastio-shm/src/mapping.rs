@@ -146,14 +146,23 @@ impl Mapping {
 
     /// Populates every page now (`MADV_POPULATE_READ` or `_WRITE` as the access allows).
     pub fn populate(&self) -> Result<(), SegmentError> {
+        self.populate_range(0, self.len())
+    }
+
+    /// Populates the pages of `offset..offset + len`.
+    pub fn populate_range(&self, offset: usize, len: usize) -> Result<(), SegmentError> {
+        self.check_range(offset, len)?;
         let advice = match self.access {
             Some(Access::ReadWrite) => rustix::mm::Advice::LinuxPopulateWrite,
             _ => rustix::mm::Advice::LinuxPopulateRead,
         };
-        self.raw.advise(advice).map_err(|e| SegmentError::Map {
-            size: self.len(),
-            source: e.into(),
-        })
+        // SAFETY: the range lies inside this mapping (checked above); populating changes
+        // no byte.
+        unsafe { rustix::mm::madvise(self.raw.as_mut_ptr().add(offset).cast(), len, advice) }
+            .map_err(|e| SegmentError::Map {
+                size: self.len(),
+                source: e.into(),
+            })
     }
 
     /// Turns the populated pages of `offset..offset + len` into huge pages in the page

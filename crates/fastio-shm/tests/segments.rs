@@ -248,3 +248,37 @@ fn segments_have_one_identity_across_descriptors() {
     assert_eq!(s.identity(), s.try_clone().unwrap().identity());
     assert_ne!(s.identity(), other.identity());
 }
+
+#[test]
+fn reserving_through_a_huge_page_mapping_reserves_every_byte() {
+    // The path taken under shmem THP `advise` (MADV_HUGEPAGE + MADV_POPULATE_WRITE); on
+    // other modes it still reserves, with small pages.
+    const SIZE: usize = 8 << 20;
+    let s = SegmentBuilder::new(SIZE)
+        .reserve(fastio_shm::Reserve::HugeMapping)
+        .create()
+        .unwrap();
+    let blocks = rustix::fs::fstat(&s).unwrap().st_blocks as u64;
+    assert!(blocks * 512 >= SIZE as u64, "only {blocks} blocks reserved");
+    let m = Mapping::new(&s, Access::ReadWrite, Prefault::Lazy).unwrap();
+    m.write_at(SIZE - 1, b"z").unwrap();
+}
+
+#[test]
+fn hugetlb_falls_back_to_ordinary_memory_when_the_pool_cannot_hold_it() {
+    let pool = fastio_shm::hugetlb_pool();
+    let wanted = 64 << 20;
+    let s = SegmentBuilder::new(wanted).hugetlb(true).create().unwrap();
+    let fits = pool.is_some_and(|p| p.free * p.page_size >= wanted as u64);
+    assert_eq!(s.is_hugetlb(), fits, "{pool:?}");
+    assert!(s.len() >= wanted);
+    let m = Mapping::new(&s, Access::ReadWrite, Prefault::Lazy).unwrap();
+    m.write_at(0, b"usable").unwrap();
+}
+
+#[test]
+fn large_mappings_start_on_a_huge_page_boundary() {
+    let s = segment(4 << 20);
+    let m = Mapping::new(&s, Access::ReadOnly, Prefault::Lazy).unwrap();
+    assert_eq!(m.as_ptr() as u64 % fastio_shm::huge_page_size(), 0);
+}

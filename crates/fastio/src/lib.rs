@@ -21,6 +21,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod doctor;
+
 pub use fastio_context as context;
 pub use fastio_driver as driver;
 pub use fastio_meta as meta;

@@ -33,8 +33,15 @@ enum Command {
         #[arg(long)]
         until_stdin_closes: bool,
     },
-    /// Print the accounting of the context named by FASTIO_CONTEXT, as JSON.
+    /// Print the accounting of the context named by FASTIO_CONTEXT, as JSON (with each
+    /// segment's huge-page backing).
     Stats,
+    /// Show what this machine offers for shared memory and what fastio will use.
+    Doctor {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run one job of a pipeline: start its operators, drive their life-cycle, report.
     ///
     /// Shows each operator's output as it comes, each line prefixed with the operator's
@@ -117,10 +124,39 @@ fn run() -> anyhow::Result<()> {
                     .collect::<Vec<_>>()
                     .join(" -> ")
             );
+            // How `fastio run` would start each operator, and why.
+            let options = job_options(&p)?;
+            for (op, (kind, reason)) in p
+                .operators()
+                .iter()
+                .zip(fastio::driver::operator_kinds(&p, &options))
+            {
+                let how = match kind {
+                    fastio::driver::OperatorKind::Driver => {
+                        "uses the pipeline driver, starts at job start"
+                    }
+                    fastio::driver::OperatorKind::Plain => {
+                        "plain program, starts once its inputs are complete"
+                    }
+                };
+                println!("  {}: {how} ({reason})", op.name());
+            }
+            if let Err(e) = p.check_runs_locally() {
+                println!("{e}");
+            }
             Ok(())
         }
         Command::Graph { pipeline } => {
             print!("{}", load(&pipeline)?.to_dot());
+            Ok(())
+        }
+        Command::Doctor { json } => {
+            let report = fastio::doctor::Report::gather();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
             Ok(())
         }
         Command::Stats => {
@@ -133,10 +169,26 @@ fn run() -> anyhow::Result<()> {
 
 /// Loads a pipeline; on failure prints every problem, one per line, and fails.
 fn load(path: &std::path::Path) -> anyhow::Result<fastio::pipeline::Pipeline> {
-    fastio::pipeline::Pipeline::from_path(path).map_err(|e| {
+    let pipeline = fastio::pipeline::Pipeline::from_path(path).map_err(|e| {
         eprintln!("{e}");
         anyhow::anyhow!("{} is not a valid pipeline definition", path.display())
-    })
+    })?;
+    for unused in pipeline.unused() {
+        eprintln!("note: {unused}");
+    }
+    Ok(pipeline)
+}
+
+/// The options of a job of `pipeline` run by this command: operator programs built beside
+/// this one are found first.
+fn job_options(
+    pipeline: &fastio::pipeline::Pipeline,
+) -> anyhow::Result<fastio::driver::JobOptions> {
+    let mut options = fastio::driver::JobOptions::for_pipeline(pipeline);
+    if let Some(dir) = std::env::current_exe()?.parent() {
+        options.program_dirs.push(dir.to_owned());
+    }
+    Ok(options)
 }
 
 fn serve(pool_mib: u64, until_stdin_closes: bool) -> anyhow::Result<()> {
@@ -170,9 +222,9 @@ fn run_pipeline(
     timeout: Option<f64>,
     quiet: bool,
 ) -> anyhow::Result<()> {
-    use fastio::driver::{JobOptions, run_job};
+    use fastio::driver::run_job;
     let pipeline = load(path)?;
-    let mut options = JobOptions::for_pipeline(&pipeline);
+    let mut options = job_options(&pipeline)?;
     options.output_root = output.join(pipeline.name());
     options.payload = payload;
     if let Some(seconds) = timeout {
@@ -187,10 +239,6 @@ fn run_pipeline(
                     )
                 })?,
         );
-    }
-    // Operator programs built beside this one are found first.
-    if let Some(dir) = std::env::current_exe()?.parent() {
-        options.program_dirs.push(dir.to_owned());
     }
     let display = std::sync::Arc::new(std::sync::Mutex::new(progress::Display::new(quiet)));
     if !quiet {
