@@ -195,7 +195,7 @@ pub fn chaos(args: &[String]) -> anyhow::Result<()> {
         figures.rounds[3]
     );
     println!(
-        "chaos: {} operators killed; those jobs ended {} failed, {} succeeded (the kill came too late or too early to matter)",
+        "chaos: operator rounds: {} operators killed mid-job (in the others none was running at the chosen moment); the jobs ended {} failed, {} succeeded",
         figures.killed_operators, figures.jobs_failed, figures.jobs_succeeded
     );
     println!(
