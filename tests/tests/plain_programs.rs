@@ -242,6 +242,8 @@ operators:
   uses-driver: false
 - name: missing
   command: [no-such-program-here]
+- name: env-py
+  command: [env, PYTHONUNBUFFERED=1, python3, {driver_py}]
 "#
     ));
     let kinds = operator_kinds(&pipeline, &job.options(&pipeline));
@@ -264,6 +266,7 @@ operators:
             ("typed", Driver),
             ("declared", Plain),
             ("missing", Driver),
+            ("env-py", Driver),
         ]
     );
     let reasons: Vec<String> = kinds.iter().map(|(_, r)| r.to_string()).collect();
@@ -579,4 +582,28 @@ operators:
         OperatorState::Stopped(why) if why.starts_with("never started")
     ));
     assert!(!marker.exists());
+}
+
+#[test]
+fn the_clara_example_runs_as_it_is() {
+    let job = Job::new();
+    std::fs::create_dir_all(job.path("payload")).unwrap();
+    std::fs::write(job.path("payload/b.dcm"), "bb").unwrap();
+    std::fs::write(job.path("payload/a.dcm"), "a").unwrap();
+    let pipeline = Pipeline::from_path(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/clara/pipeline.yaml"
+    ))
+    .unwrap();
+    let report = run_job(&pipeline, &job.options(&pipeline), &mut |_| {}).unwrap();
+    assert!(report.succeeded(), "{}", report.render());
+    let listing = std::fs::read_to_string(job.path("out/list/listing/files.txt")).unwrap();
+    assert_eq!(listing, "a.dcm 1\nb.dcm 2\n");
+    let list = pipeline.operator("list").unwrap();
+    assert_eq!(list.container().unwrap().reference(), "example/lister:1.10");
+    assert_eq!(
+        list.container().unwrap().command().unwrap(),
+        ["/app/list.py"]
+    );
+    assert_eq!(pipeline.unused().len(), 1, "models is noted");
 }

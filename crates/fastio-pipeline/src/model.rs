@@ -206,7 +206,7 @@ impl EntryKind {
     }
 
     /// Whether the driver allocates the entry before the operator runs: a shared-memory entry
-    /// whose every declared dimension is positive and that is not a string (seed 002).
+    /// whose every declared dimension is positive and that is not a string (Clara's rule).
     pub fn is_preallocatable(&self) -> bool {
         match self {
             EntryKind::Array { shape, .. } => !shape.is_dynamic(),

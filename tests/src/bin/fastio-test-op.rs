@@ -10,6 +10,10 @@
 //!   of its own, holding this operator's stdout); `print:<text>` (prints the text on
 //!   stdout and stderr); `bytes` (prints a line that is not UTF-8, then 2 MiB more);
 //!   `write-input:<name>` (tries the API, then writes through a raw pointer: faults);
+//!   `escalate:<name>` (publishes its read-only input under a new name and tries to get
+//!   that read-write and write through it; logs `escalation refused: <why>` or fails);
+//!   `keep-output` (`produce`, keeping a raw pointer to the first output, through which
+//!   cleanup then writes: faults, the output being read-only once execute returned);
 //!   `produce` / `check` (typed entries: see below); `paths` (disk entries).
 //!
 //! `produce` fills every output: a pre-allocated one with `index + 1` converted from f64
@@ -66,6 +70,14 @@ fn main() {
         })
         .cleanup(|_| {
             log("cleanup begin");
+            let kept = KEPT_OUTPUT.load(std::sync::atomic::Ordering::SeqCst);
+            if !kept.is_null() {
+                log("writing after execute");
+                // SAFETY: none; this deliberately writes through a pointer kept past execute
+                // to show that the write never lands: the process dies of SIGSEGV here.
+                unsafe { kept.write_volatile(0xAB) };
+                log("the late write did not fault");
+            }
             log("cleanup end");
             Ok(())
         });
@@ -74,6 +86,10 @@ fn main() {
         std::process::exit(1);
     }
 }
+
+/// The first output's address, kept by `keep-output` for cleanup's late write.
+static KEPT_OUTPUT: std::sync::atomic::AtomicPtr<u8> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
 
 fn shape_var(name: &str) -> Vec<i64> {
     std::env::var(name)
@@ -145,6 +161,15 @@ fn execute(payload: &mut Payload<'_>) -> Result<(), CallbackError> {
         }
         ("write-input", name) => write_input(payload, name),
         ("produce", _) => produce(payload),
+        ("escalate", name) => escalate(payload, name),
+        ("keep-output", _) => {
+            produce(payload)?;
+            let output = &mut payload.fastio_outputs()[0];
+            let allocation = output.allocation().ok_or("output not allocated")?;
+            let ptr = allocation.as_ptr().cast_mut();
+            KEPT_OUTPUT.store(ptr, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
         ("check", _) => check(payload),
         ("paths", _) => paths(payload),
         (other, _) => Err(format!("unknown EXECUTE {other:?}").into()),
@@ -211,6 +236,25 @@ fn write_input(payload: &mut Payload<'_>, name: &str) -> Result<(), CallbackErro
     // write never lands. The process dies of SIGSEGV here.
     unsafe { ptr.write_volatile(0xAB) };
     Err("the write to a read-only input did not fault".into())
+}
+
+fn escalate(payload: &mut Payload<'_>, name: &str) -> Result<(), CallbackError> {
+    let entry = payload.fastio_input(name)?;
+    let allocation = entry.allocation().ok_or("input not allocated")?;
+    allocation.publish("escalated")?;
+    match payload.fastio_context().get("escalated") {
+        Ok(mut writable) => {
+            writable.write_bytes(0, &[0xAB])?;
+            Err("a read-only input was got read-write and written".into())
+        }
+        Err(e) => {
+            log(&format!(
+                "escalation refused: {}",
+                e.to_string().replace(' ', "_")
+            ));
+            Ok(())
+        }
+    }
 }
 
 fn paths(payload: &mut Payload<'_>) -> Result<(), CallbackError> {

@@ -1,6 +1,10 @@
-//! The `fastio` command.
+//! The `fastio` command: the `fastio` binary and the Python package's `fastio` console
+//! script both run [`main`], so the two behave the same by construction.
 
+use std::ffi::OsString;
 use std::io::Write;
+use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -79,17 +83,57 @@ enum Command {
     },
 }
 
-fn main() {
-    if let Err(e) = run() {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+/// Runs the `fastio` command with `args` (the first is the program's name, as in
+/// `std::env::args_os()`) and returns its exit status: 0 on success, 1 when the command
+/// or the job it ran failed, 2 for a usage error (after printing it, or the help).
+///
+/// `program_dirs` are where the command was installed: `fastio run` looks there first, in
+/// order, for operator programs named without a `/` (the binary passes its own directory;
+/// the Python console script its `bin` folder, so a virtual environment's programs are
+/// found without activating it, then the programs the wheel carries). Call it once per process: it sets the global log subscriber
+/// (filtered by `FASTIO_LOG`).
+pub fn main(
+    args: impl IntoIterator<Item = OsString>,
+    program_dirs: impl IntoIterator<Item = PathBuf>,
+) -> i32 {
+    let _ = PROGRAM_DIRS.set(program_dirs.into_iter().collect());
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    match run(cli) {
+        Ok(()) => 0,
+        Err(e) if e.is::<JobFailed>() => 1,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
     }
 }
 
-fn run() -> anyhow::Result<()> {
+/// Where the command was installed ([`main`]'s `program_dirs`).
+static PROGRAM_DIRS: OnceLock<Vec<PathBuf>> = OnceLock::new();
+
+/// A job that ran and failed: its report says why, so nothing more is printed.
+#[derive(Debug)]
+struct JobFailed;
+
+impl std::fmt::Display for JobFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the job failed")
+    }
+}
+
+impl std::error::Error for JobFailed {}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     // Warnings and errors only unless FASTIO_LOG asks for more; no colour codes, which
-    // are noise in a log file and in a pipe.
-    tracing_subscriber::fmt()
+    // are noise in a log file and in a pipe. A second call in one process keeps the
+    // first subscriber.
+    let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::builder()
                 .with_default_directive(tracing_subscriber::filter::LevelFilter::WARN.into())
@@ -98,8 +142,8 @@ fn run() -> anyhow::Result<()> {
         )
         .with_ansi(false)
         .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+        .try_init();
+    match cli.command {
         Command::Serve {
             pool_mib,
             until_stdin_closes,
@@ -179,15 +223,15 @@ fn load(path: &std::path::Path) -> anyhow::Result<fastio::pipeline::Pipeline> {
     Ok(pipeline)
 }
 
-/// The options of a job of `pipeline` run by this command: operator programs built beside
-/// this one are found first.
+/// The options of a job of `pipeline` run by this command: operator programs installed
+/// beside this command ([`main`]'s `program_dirs`) are found first.
 fn job_options(
     pipeline: &fastio::pipeline::Pipeline,
 ) -> anyhow::Result<fastio::driver::JobOptions> {
     let mut options = fastio::driver::JobOptions::for_pipeline(pipeline);
-    if let Some(dir) = std::env::current_exe()?.parent() {
-        options.program_dirs.push(dir.to_owned());
-    }
+    options
+        .program_dirs
+        .extend(PROGRAM_DIRS.get().into_iter().flatten().cloned());
     Ok(options)
 }
 
@@ -260,7 +304,7 @@ fn run_pipeline(
     display.lock().unwrap_or_else(|p| p.into_inner()).finish();
     print!("{}", report.render());
     if !report.succeeded() {
-        std::process::exit(1);
+        return Err(JobFailed.into());
     }
     Ok(())
 }
