@@ -7,7 +7,9 @@
 //! Lines are bounded ([`MAX_LINE`]): a longer run of bytes without a newline is passed on in
 //! pieces, so an operator cannot make the driver hold unbounded memory. The reader polls
 //! with a timeout and can be told to stop, so a descendant that escaped the job and still
-//! holds the write end of the pipe cannot make the driver wait for end of file forever.
+//! holds the write end of the pipe cannot make the driver wait for end of file forever; once
+//! told, it reads at most 1 MiB more, so not even one that writes without
+//! pause can.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -21,6 +23,10 @@ use std::time::{Duration, Instant};
 /// The longest line passed on whole; longer runs without a newline come in pieces of this
 /// many bytes.
 pub const MAX_LINE: usize = 64 * 1024;
+
+/// How many bytes a reader still reads once told to stop, before it gives up on a writer
+/// that never pauses.
+const STOPPED_DRAIN: usize = 1024 * 1024;
 
 /// How often a reader with nothing to read looks at its stop flag.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -128,10 +134,19 @@ fn read(
         tv_sec: 0,
         tv_nsec: POLL_INTERVAL.as_nanos() as i64,
     };
+    // What a stopped reader still reads: more than a pipe holds (what was written before
+    // the stop), bounded so that a writer that never pauses cannot keep it reading.
+    let mut drain_left = STOPPED_DRAIN;
     loop {
         match rustix::io::read(&fd, &mut chunk) {
             Ok(0) => break,
             Ok(n) => {
+                if stop.load(Ordering::Relaxed) {
+                    if drain_left == 0 {
+                        break;
+                    }
+                    drain_left = drain_left.saturating_sub(n);
+                }
                 let mut rest = &chunk[..n];
                 while let Some(end) = rest.iter().position(|&b| b == b'\n') {
                     line.extend_from_slice(&rest[..end]);
@@ -225,5 +240,45 @@ mod tests {
         let lengths: Vec<usize> = lines.iter().map(String::len).collect();
         assert_eq!(lengths[..3], [MAX_LINE, MAX_LINE, 100]);
         assert_eq!(lines[3], "bad \u{FFFD} end");
+    }
+
+    #[test]
+    fn a_stopped_reader_returns_though_its_writer_never_pauses() {
+        let (read_end, write_end) = rustix::pipe::pipe().unwrap();
+        let to = Destinations {
+            operator: "op".into(),
+            log: None,
+            // Slower than the writer, so the pipe is never found empty.
+            sink: Some(OutputSink::new(|_| {
+                std::thread::sleep(Duration::from_millis(1))
+            })),
+        };
+        let reader = Reader::start(read_end, Stream::Stdout, to, None).unwrap();
+        let writing = Arc::new(AtomicBool::new(true));
+        let keep_writing = writing.clone();
+        // Stands for a process outside the job's control that keeps writing.
+        let writer = std::thread::spawn(move || {
+            let mut line = vec![b'y'; 1023];
+            line.push(b'\n');
+            while keep_writing.load(Ordering::Relaxed) {
+                if rustix::io::write(&write_end, &line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            finish(vec![reader], Duration::from_millis(100));
+            let _ = done.send(());
+        });
+        // The bound of the test, not a measure of speed: without the stop while reading,
+        // finish never returns.
+        let returned = finished.recv_timeout(Duration::from_secs(60)).is_ok();
+        writing.store(false, Ordering::Relaxed);
+        assert!(
+            returned,
+            "finish did not return while the writer kept writing"
+        );
+        writer.join().unwrap();
     }
 }
