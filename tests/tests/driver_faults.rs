@@ -230,3 +230,77 @@ fn a_time_limit_beyond_the_maximum_is_refused_not_a_panic() {
         "{error}"
     );
 }
+
+/// Starts a process that leads its own process group with pid `pid` (through
+/// `ns_last_pid`, so only as root), or None if other processes keep taking the pid first.
+fn take_pid(pid: u32) -> Option<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    for _ in 0..200 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).ok()?;
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        if child.id() == pid {
+            return Some(child);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    None
+}
+
+#[test]
+fn the_end_of_the_job_signals_no_process_group_that_took_an_exited_operators_pid() {
+    // `early` exits at once; `late` keeps the job going until told. Whatever takes early's
+    // pid meanwhile (here a process that leads a group of that number, as any shell job
+    // does) is not the job's: the kill of early's process group at the end must miss it.
+    let job = Job::new();
+    let dir = job.dir.path().display().to_string();
+    let pipeline = job.pipeline(&format!(
+        "api-version: 0.5.0\nname: t\noperators:\n\
+         - name: early\n  command: [sh, -c, 'echo $$ > {dir}/early.pid']\n\
+         - name: late\n  command: [sh, -c, 'i=0; while [ ! -e {dir}/go ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done']\n"
+    ));
+    let options = job.options(&pipeline);
+    let (done, result) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(run_job(&pipeline, &options, &mut |_| {}).unwrap());
+    });
+    let pid_file = job.dir.path().join("early.pid");
+    let mut early = 0;
+    fastio_tests::wait_until(Duration::from_secs(20), || {
+        early = std::fs::read_to_string(&pid_file)
+            .map(|s| s.trim().parse().unwrap_or(0))
+            .unwrap_or(0);
+        Ok(early != 0)
+    })
+    .unwrap();
+    let exists = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+    // Until the job ends the driver keeps the exited operator's pid (unreaped): nothing can
+    // take it. A driver that gives it back lets it be taken.
+    let freed = fastio_tests::wait_until(Duration::from_secs(3), || Ok(!exists(early))).is_ok();
+    let victim = if freed {
+        Some(take_pid(early).expect("could not take the freed pid"))
+    } else {
+        assert!(!alive(early), "early's process still runs");
+        None
+    };
+    std::fs::write(job.dir.path().join("go"), "").unwrap();
+    let report = result
+        .recv_timeout(BOUND)
+        .expect("the driver did not end the job within the bound: it hangs");
+    assert!(report.succeeded(), "{}", report.render());
+    if let Some(mut victim) = victim {
+        let status = victim.try_wait().unwrap();
+        let _ = victim.kill();
+        let _ = victim.wait();
+        assert_eq!(
+            status, None,
+            "the driver killed a process group that is not the job's"
+        );
+    }
+    // The driver reaped it at the end.
+    fastio_tests::wait_until(Duration::from_secs(5), || Ok(!exists(early))).unwrap();
+}

@@ -214,6 +214,9 @@ struct Operator {
     reclaimed: Vec<ReclaimedHandle>,
     stderr: output::Tail,
     readers: Vec<output::Reader>,
+    /// The exited process, not yet reaped: while it is a zombie its pid cannot be reused,
+    /// so signalling the process group `pid` reaches only what the operator started.
+    exited: Option<Child>,
 }
 
 impl Operator {
@@ -227,7 +230,8 @@ impl Operator {
 
 enum Event {
     Job(JobEvent),
-    Exited(usize, std::io::Result<ExitStatus>),
+    /// The operator's process exited; it is handed back unreaped (see [`wait_unreaped`]).
+    Exited(usize, std::io::Result<ExitStatus>, Child),
 }
 
 /// Runs one job of `pipeline` to the end. `progress` is called at every change of an
@@ -308,6 +312,7 @@ pub fn run_job(
             reclaimed: Vec::new(),
             stderr: output::Tail::default(),
             readers: Vec::new(),
+            exited: None,
         })
         .collect();
     let mut failure: Option<(String, String)> = None;
@@ -427,6 +432,12 @@ pub fn run_job(
         signal(op, rustix::process::Signal::KILL);
     }
     escapees.kill_all(&running_pids(&operators), KILL_WAIT);
+    // Only now, with every group signalled, may the operators' pids be reused.
+    for op in &mut operators {
+        if let Some(mut child) = op.exited.take() {
+            let _ = child.wait();
+        }
+    }
     let readers = operators
         .iter_mut()
         .flat_map(|o| o.readers.drain(..))
@@ -526,8 +537,9 @@ fn handle(
                 }
             }
         }
-        Event::Exited(stage, status) => {
+        Event::Exited(stage, status, child) => {
             let op = &mut operators[stage];
+            op.exited = Some(child);
             if op.state.is_final() {
                 // Given up on after SIGKILL: the record stays as it was written.
                 return;
@@ -616,6 +628,39 @@ fn describe_exit(status: ExitStatus) -> Result<(), String> {
     ))
 }
 
+/// Waits for `child` to exit and returns its status, leaving it a zombie (`WNOWAIT`): the
+/// driver signals the operator's process group by the operator's pid until the end of the
+/// job, and a reaped pid could by then belong to another process's group.
+fn wait_unreaped(child: &Child) -> std::io::Result<ExitStatus> {
+    use rustix::process::{WaitId, WaitIdOptions, waitid};
+    use std::os::unix::process::ExitStatusExt;
+    let pid = rustix::process::Pid::from_raw(child.id() as i32)
+        .ok_or_else(|| std::io::Error::other("no pid"))?;
+    loop {
+        match waitid(
+            WaitId::Pid(pid),
+            WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
+        ) {
+            Ok(Some(status)) => {
+                // Encoded as wait(2) encodes it, which is what ExitStatus holds.
+                let raw = match (status.exit_status(), status.terminating_signal()) {
+                    (Some(code), _) => (code & 0xff) << 8,
+                    (None, Some(signal)) => signal | if status.dumped() { 0x80 } else { 0 },
+                    // Not an exit (no such report is asked for): look again shortly.
+                    (None, None) => {
+                        thread::sleep(Duration::from_millis(10));
+                        continue;
+                    }
+                };
+                return Ok(ExitStatus::from_raw(raw));
+            }
+            Ok(None) => continue,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 fn signal(op: &Operator, signal: rustix::process::Signal) {
     if let Some(pid) = op.pid.and_then(rustix::process::Pid::from_raw) {
         // The process group, so that the operator's own children go too.
@@ -692,7 +737,7 @@ impl Launcher<'_> {
             index,
             operator,
         ) {
-            Ok(mut child) => {
+            Ok(child) => {
                 operator.pid = Some(child.id() as i32);
                 if operator.kind == OperatorKind::Plain {
                     operator.execute_started = Some(operator.started);
@@ -700,7 +745,8 @@ impl Launcher<'_> {
                 }
                 let events = self.events.clone();
                 thread::spawn(move || {
-                    let _ = events.send(Event::Exited(index, child.wait()));
+                    let status = wait_unreaped(&child);
+                    let _ = events.send(Event::Exited(index, status, child));
                 });
             }
             Err(e) => {
