@@ -157,8 +157,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => run_pipeline(&pipeline, output, payload, timeout, quiet),
         Command::Validate { pipeline } => {
             let p = load(&pipeline)?;
-            println!(
-                "{}: pipeline {:?} is valid: {} operators, in order: {}",
+            out(format_args!(
+                "{}: pipeline {:?} is valid: {} operators, in order: {}\n",
                 pipeline.display(),
                 p.name(),
                 p.operators().len(),
@@ -167,7 +167,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .map(|o| o.name())
                     .collect::<Vec<_>>()
                     .join(" -> ")
-            );
+            ))?;
             // How `fastio run` would start each operator, and why.
             let options = job_options(&p)?;
             for (op, (kind, reason)) in p
@@ -183,32 +183,42 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         "plain program, starts once its inputs are complete"
                     }
                 };
-                println!("  {}: {how} ({reason})", op.name());
+                out(format_args!("  {}: {how} ({reason})\n", op.name()))?;
             }
             if let Err(e) = p.check_runs_locally() {
-                println!("{e}");
+                out(format_args!("{e}\n"))?;
             }
             Ok(())
         }
-        Command::Graph { pipeline } => {
-            print!("{}", load(&pipeline)?.to_dot());
-            Ok(())
-        }
+        Command::Graph { pipeline } => out(format_args!("{}", load(&pipeline)?.to_dot())),
         Command::Doctor { json } => {
             let report = fastio::doctor::Report::gather();
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                out(format_args!("{}\n", serde_json::to_string_pretty(&report)?))
             } else {
-                print!("{report}");
+                out(format_args!("{report}"))
             }
-            Ok(())
         }
         Command::Stats => {
             let ctx = Context::from_env()?;
-            println!("{}", serde_json::to_string_pretty(&ctx.stats()?)?);
-            Ok(())
+            out(format_args!(
+                "{}\n",
+                serde_json::to_string_pretty(&ctx.stats()?)?
+            ))
         }
     }
+}
+
+/// Writes to stdout. A stdout whose reader is gone (`fastio graph p.yaml | head -1`) is an
+/// error the command reports; `print!` would panic on it (Rust ignores SIGPIPE), which the
+/// Python console script would show as a Python exception.
+fn out(text: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_fmt(text)
+        .and_then(|()| stdout.flush())
+        .context("writing to stdout")
 }
 
 /// Loads a pipeline; on failure prints every problem, one per line, and fails.
@@ -302,7 +312,7 @@ fn run_pipeline(
         display.lock().unwrap_or_else(|e| e.into_inner()).show(p)
     })?;
     display.lock().unwrap_or_else(|p| p.into_inner()).finish();
-    print!("{}", report.render());
+    out(format_args!("{}", report.render()))?;
     if !report.succeeded() {
         return Err(JobFailed.into());
     }

@@ -219,3 +219,25 @@ fn doctor_reports_the_machine_as_text_and_json() {
     let nofile = &report["nofile"];
     assert!(nofile[0].as_u64().is_some() || nofile[0].is_null());
 }
+
+#[test]
+fn a_closed_stdout_is_an_error_not_a_panic() {
+    let demo = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/demo/pipeline.yaml"
+    );
+    // `fastio validate ... | head -0`: the reader is gone before the command writes.
+    let (read_end, write_end) = rustix::pipe::pipe().unwrap();
+    drop(read_end);
+    for args in [["validate", demo], ["graph", demo]] {
+        let out = Command::new(FASTIO)
+            .args(args)
+            .stdout(Stdio::from(write_end.try_clone().unwrap()))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("stdout"), "{args:?}: {stderr}");
+    }
+}
