@@ -200,6 +200,42 @@ pub struct ReclaimedHandle {
     pub count: u64,
     /// Size of the resource in bytes.
     pub size: usize,
+    /// The FastIO entries whose memory it is (usually none or one).
+    #[serde(default)]
+    pub entries: Vec<String>,
+    /// The names it is published under.
+    #[serde(default)]
+    pub publications: Vec<String>,
+}
+
+impl std::fmt::Display for ReclaimedHandle {
+    /// `entry "mask" (4.0 KiB)`, `publication "ct.series1" (...)`, or, for memory neither
+    /// published nor an entry's, `an unpublished allocation (4096 bytes)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let quoted = |names: &[String]| {
+            names
+                .iter()
+                .map(|n| format!("{n:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match (self.entries.as_slice(), self.publications.as_slice()) {
+            ([], []) => write!(f, "an unpublished allocation ({} bytes)", self.size)?,
+            (entries, []) => write!(f, "entry {} ({} bytes)", quoted(entries), self.size)?,
+            ([], names) => write!(f, "publication {} ({} bytes)", quoted(names), self.size)?,
+            (entries, names) => write!(
+                f,
+                "entry {}, published as {} ({} bytes)",
+                quoted(entries),
+                quoted(names),
+                self.size
+            )?,
+        }
+        if self.count > 1 {
+            write!(f, ", {} references", self.count)?;
+        }
+        Ok(())
+    }
 }
 
 /// Something that happened to a stage, as the driver is told.

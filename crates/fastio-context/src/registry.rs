@@ -152,15 +152,39 @@ impl Registry {
         let held: Vec<ReclaimedHandle> = self
             .held_by(conn)
             .into_iter()
-            .map(|(id, count)| ReclaimedHandle {
-                id,
-                count,
-                size: self.resources.get(&id).map_or(0, |r| r.size),
+            .map(|(id, count)| {
+                let (entries, publications) = self.names_of(id);
+                ReclaimedHandle {
+                    id,
+                    count,
+                    size: self.resources.get(&id).map_or(0, |r| r.size),
+                    entries,
+                    publications,
+                }
             })
             .collect();
         self.disconnect(conn);
         self.connections.insert(conn, HashMap::new());
         held
+    }
+
+    /// The FastIO entries bound to a resource and its live publication names, each
+    /// sorted, for messages that name memory the way its users know it.
+    fn names_of(&self, id: ResourceId) -> (Vec<String>, Vec<String>) {
+        let entries = self
+            .entries
+            .iter()
+            .filter(|e| e.bound.as_ref().is_some_and(|(r, _)| *r == id))
+            .map(|e| e.plan.name.clone())
+            .collect();
+        let mut publications: Vec<String> = self
+            .names
+            .iter()
+            .filter(|(_, state)| matches!(state, NameState::Live { id: r, .. } if *r == id))
+            .map(|(name, _)| name.clone())
+            .collect();
+        publications.sort();
+        (entries, publications)
     }
 
     /// A new private resource of `size` bytes, held once by `conn`.

@@ -62,6 +62,42 @@ pub struct JobOptions {
     /// `fastio` command puts its own directory here, so that programs built beside it
     /// are found).
     pub program_dirs: Vec<PathBuf>,
+    /// Stops the job from outside (the `fastio` command triggers it on SIGINT, SIGTERM
+    /// and SIGHUP): the job fails as interrupted, its operators are cancelled, and the
+    /// report is still built.
+    pub cancel: Cancel,
+}
+
+/// A handle that interrupts a running job from another thread.
+///
+/// The first [`Cancel::cancel`] stops the job as a failure would (operators waiting for
+/// inputs are released, running ones get SIGTERM, then SIGKILL after the grace period);
+/// a second one skips the rest of the grace period (a second Ctrl-C).
+#[derive(Clone, Debug, Default)]
+pub struct Cancel(Arc<Mutex<(Option<String>, u32)>>);
+
+impl Cancel {
+    /// A handle no one has triggered.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Interrupts the job; `reason` is what the report says (e.g. `SIGINT`).
+    pub fn cancel(&self, reason: &str) {
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        state.0.get_or_insert_with(|| reason.to_owned());
+        state.1 += 1;
+    }
+
+    /// Why the job was interrupted, if it was.
+    pub fn reason(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).0.clone()
+    }
+
+    /// The job was interrupted more than once: stop waiting for the grace period.
+    fn urgent(&self) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).1 > 1
+    }
 }
 
 impl JobOptions {
@@ -75,6 +111,7 @@ impl JobOptions {
             grace: Duration::from_secs(2),
             pool_bytes: ServerConfig::default().pool_bytes,
             program_dirs: Vec::new(),
+            cancel: Cancel::new(),
         }
     }
 }
@@ -111,12 +148,15 @@ pub enum OperatorState {
     CleaningUp,
     /// Cleanup done; the process is exiting.
     Exiting,
-    /// Finished successfully.
+    /// Went through its whole life-cycle (also when the job failed elsewhere after its
+    /// cleanup ended: its outputs are complete).
     Succeeded,
     /// Failed: why.
     Failed(String),
-    /// Stopped because the job failed elsewhere.
-    Stopped(String),
+    /// Stopped by the driver before its life-cycle ended, because the job failed
+    /// elsewhere, ran out of time while this one only waited, or was interrupted; says
+    /// where it was (`while waiting for inputs`, `during execute`, ...).
+    Cancelled(String),
 }
 
 impl OperatorState {
@@ -124,8 +164,21 @@ impl OperatorState {
     pub fn is_final(&self) -> bool {
         matches!(
             self,
-            OperatorState::Succeeded | OperatorState::Failed(_) | OperatorState::Stopped(_)
+            OperatorState::Succeeded | OperatorState::Failed(_) | OperatorState::Cancelled(_)
         )
+    }
+
+    /// Where an operator in this state was when it was cancelled.
+    fn cancelled_where(&self) -> String {
+        match self {
+            OperatorState::Starting => "before joining the job".into(),
+            OperatorState::Preparing => "during prepare".into(),
+            OperatorState::Waiting => "while waiting for inputs".into(),
+            OperatorState::Executing => "during execute".into(),
+            OperatorState::CleaningUp => "during cleanup".into(),
+            OperatorState::Exiting => "while exiting".into(),
+            final_state => final_state.to_string(),
+        }
     }
 }
 
@@ -138,9 +191,9 @@ impl std::fmt::Display for OperatorState {
             OperatorState::Executing => f.write_str("executing"),
             OperatorState::CleaningUp => f.write_str("cleaning up"),
             OperatorState::Exiting => f.write_str("exiting"),
-            OperatorState::Succeeded => f.write_str("done"),
+            OperatorState::Succeeded => f.write_str("finished"),
             OperatorState::Failed(why) => write!(f, "FAILED: {why}"),
-            OperatorState::Stopped(why) => write!(f, "stopped: {why}"),
+            OperatorState::Cancelled(when) => write!(f, "cancelled {when}"),
         }
     }
 }
@@ -168,7 +221,12 @@ struct Operator {
     execute_ended: Option<Instant>,
     cleaned_up: bool,
     joined: bool,
+    // Why the operator failed, as it reported or as the time limit found it.
     phase_failure: Option<String>,
+    // The operator itself reported a failed phase.
+    reported_failure: bool,
+    // Where it was when the driver stopped the job.
+    cancelled_in: Option<String>,
     exit: Option<String>,
     reclaimed: Vec<ReclaimedHandle>,
     stderr: Tail,
@@ -235,6 +293,8 @@ pub fn run_job(
             cleaned_up: false,
             joined: false,
             phase_failure: None,
+            reported_failure: false,
+            cancelled_in: None,
             exit: None,
             reclaimed: Vec::new(),
             stderr: Tail::default(),
@@ -266,19 +326,32 @@ pub fn run_job(
     let mut last_progress = Instant::now() - Duration::from_secs(1);
     let deadline = start + timeout;
     loop {
+        if let Some(reason) = options.cancel.reason() {
+            failure.get_or_insert_with(|| (String::new(), format!("interrupted by {reason}")));
+        }
         if let (Some((name, why)), None) = (&failure, stop_sent) {
-            job.abort(&format!("operator {name} failed: {why}"));
+            job.abort(&if name.is_empty() {
+                format!("job stopped: {why}")
+            } else {
+                format!("operator {name} failed: {why}")
+            });
             stop_sent = Some(Instant::now());
-            // An operator that reported its own failure is finishing its cleanup: it
-            // gets the grace period before SIGKILL, the others SIGTERM now.
-            for op in operators
-                .iter()
-                .filter(|o| !o.state.is_final() && o.phase_failure.is_none())
-            {
-                signal(op, rustix::process::Signal::TERM);
+            for op in operators.iter_mut().filter(|o| !o.state.is_final()) {
+                op.cancelled_in = Some(match op.state {
+                    OperatorState::CleaningUp if op.phase_failure.is_none() => {
+                        "during cleanup (its execute had finished)".to_owned()
+                    }
+                    _ => op.state.cancelled_where(),
+                });
+                // An operator that reported its own failure, or whose execute has
+                // finished, is left to finish cleanup within the grace period (its work
+                // is done or its failure already told); the others get SIGTERM now.
+                if !op.reported_failure && op.execute_ended.is_none() {
+                    signal(op, rustix::process::Signal::TERM);
+                }
             }
         }
-        if stop_sent.is_some_and(|s| s.elapsed() >= options.grace) {
+        if stop_sent.is_some_and(|s| s.elapsed() >= options.grace || options.cancel.urgent()) {
             for op in operators.iter().filter(|o| !o.state.is_final()) {
                 signal(op, rustix::process::Signal::KILL);
             }
@@ -289,9 +362,11 @@ pub fn run_job(
         let now = Instant::now();
         if now >= deadline && failure.is_none() {
             let limit = report::seconds(timeout);
+            // Operators only waiting for their inputs are not to blame: they are
+            // cancelled like bystanders.
             let running = operators
                 .iter_mut()
-                .filter(|o| !o.state.is_final())
+                .filter(|o| !o.state.is_final() && o.state != OperatorState::Waiting)
                 .map(|o| {
                     o.phase_failure = Some(format!(
                         "still {} when the job's time limit ({limit}) was reached",
@@ -386,6 +461,7 @@ fn handle(
                     if let Some(why) = failure {
                         let why = format!("{phase} failed: {why}");
                         op.phase_failure.get_or_insert_with(|| why.clone());
+                        op.reported_failure = true;
                         fail(&op.name, why);
                     }
                     match phase {
@@ -426,9 +502,24 @@ fn handle(
             };
             match outcome {
                 Ok(()) => op.set(OperatorState::Succeeded),
-                // Stopped by the driver for another operator's failure.
-                Err(why) if stopping && op.phase_failure.is_none() => {
-                    op.set(OperatorState::Stopped(why));
+                // Its execute and cleanup were done when the driver stopped the job and
+                // killed it on its way out: it finished.
+                Err(_)
+                    if stopping
+                        && op.phase_failure.is_none()
+                        && op.execute_ended.is_some()
+                        && op.cleaned_up =>
+                {
+                    op.set(OperatorState::Succeeded);
+                }
+                // Stopped by the driver for another operator's failure, the time limit or
+                // an interruption.
+                Err(_) if stopping && op.phase_failure.is_none() => {
+                    let when = op
+                        .cancelled_in
+                        .clone()
+                        .unwrap_or_else(|| op.state.cancelled_where());
+                    op.set(OperatorState::Cancelled(when));
                 }
                 Err(why) => {
                     fail(&op.name, why.clone());

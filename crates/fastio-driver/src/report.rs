@@ -74,7 +74,8 @@ pub struct JobReport {
     pub pipeline: String,
     /// Wall time of the whole job.
     pub elapsed: Duration,
-    /// The operator(s) that failed the job and why, if it failed.
+    /// The operator(s) that failed the job (comma-separated; empty when the job was
+    /// stopped from outside, e.g. interrupted) and why, if it failed.
     pub failure: Option<(String, String)>,
     /// Each operator, in dependency order.
     pub operators: Vec<OperatorReport>,
@@ -113,8 +114,8 @@ impl JobReport {
             for h in &op.reclaimed {
                 let _ = writeln!(
                     out,
-                    "  {:name_width$}  reference to {} ({} bytes) still held after execute: reclaimed",
-                    "", h.id, h.size
+                    "  {:name_width$}  reference to {h} still held after execute: reclaimed",
+                    ""
                 );
             }
         }
@@ -151,9 +152,14 @@ impl JobReport {
                 );
             }
             Some((who, why)) => {
+                let who = if who.is_empty() {
+                    String::new()
+                } else {
+                    format!("{who}: ")
+                };
                 let _ = writeln!(
                     out,
-                    "job {} FAILED after {}: {who}: {why}",
+                    "job {} FAILED after {}: {who}{why}",
                     self.job_id,
                     seconds(self.elapsed)
                 );

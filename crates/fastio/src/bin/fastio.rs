@@ -34,8 +34,13 @@ enum Command {
     /// Run one job of a pipeline: start its operators, drive their life-cycle, report.
     ///
     /// Shows each operator's state and time while the job runs, then a summary: each
-    /// operator's outcome and times, each entry's bytes and how it travelled. Exits
-    /// non-zero when the job fails.
+    /// operator's outcome and times, each entry's bytes and how it travelled. Exits 1
+    /// when the job fails.
+    ///
+    /// Ctrl-C (SIGINT), SIGTERM or SIGHUP stops the job cleanly: operators waiting for
+    /// their inputs never execute, running ones get SIGTERM and, after a grace period,
+    /// SIGKILL (at once on a second Ctrl-C); the summary is still printed, and the
+    /// command exits 128 + the signal's number (130 for Ctrl-C).
     Run {
         /// The pipeline definition file.
         pipeline: std::path::PathBuf,
@@ -170,14 +175,77 @@ fn run_pipeline(
     if let Some(dir) = std::env::current_exe()?.parent() {
         options.program_dirs.push(dir.to_owned());
     }
+    let interrupts = interrupt::Watch::start(&options.cancel)?;
     let mut display = progress::Display::new(quiet);
     let report = run_job(&pipeline, &options, &mut |p| display.show(p))?;
     display.finish();
+    let signal = interrupts.stop();
     print!("{}", report.render());
+    std::io::stdout().flush()?;
+    if let Some(signal) = signal {
+        std::process::exit(128 + signal);
+    }
     if !report.succeeded() {
         std::process::exit(1);
     }
     Ok(())
+}
+
+mod interrupt {
+    //! Ctrl-C and friends: a signal stops the job through its `Cancel` handle instead of
+    //! killing this process, so the operators are stopped and the summary is printed.
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI32, Ordering};
+
+    use fastio::driver::Cancel;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    use signal_hook::iterator::{Handle, Signals};
+
+    pub struct Watch {
+        handle: Handle,
+        thread: std::thread::JoinHandle<()>,
+        received: Arc<AtomicI32>,
+    }
+
+    impl Watch {
+        /// Catches SIGINT, SIGTERM and SIGHUP from now on, each cancelling the job.
+        pub fn start(cancel: &Cancel) -> anyhow::Result<Self> {
+            let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+            let handle = signals.handle();
+            let received = Arc::new(AtomicI32::new(0));
+            let thread = {
+                let (cancel, received) = (cancel.clone(), received.clone());
+                std::thread::spawn(move || {
+                    for signal in signals.forever() {
+                        let _ = received.compare_exchange(
+                            0,
+                            signal,
+                            Ordering::SeqCst,
+                            Ordering::SeqCst,
+                        );
+                        cancel.cancel(match signal {
+                            SIGINT => "SIGINT",
+                            SIGTERM => "SIGTERM",
+                            _ => "SIGHUP",
+                        });
+                    }
+                })
+            };
+            Ok(Self {
+                handle,
+                thread,
+                received,
+            })
+        }
+
+        /// Stops watching; the first signal received, if any.
+        pub fn stop(self) -> Option<i32> {
+            self.handle.close();
+            let _ = self.thread.join();
+            Some(self.received.load(Ordering::SeqCst)).filter(|&s| s != 0)
+        }
+    }
 }
 
 mod progress {

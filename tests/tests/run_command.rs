@@ -1,0 +1,169 @@
+//! The `fastio run` command as a user runs it, a real process driving real operators
+//! (`fastio-test-op`): interruption, saved results, introspection of a running job.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The workspace's `fastio` command. It belongs to another package, so Cargo does not
+/// build it for these tests: build it here (incremental, so it is never stale), into the
+/// target directory that holds this package's programs.
+fn fastio() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_BIN_EXE_fastio-test-op"))
+            .parent()
+            .unwrap()
+            .to_owned();
+        let mut build = Command::new(env!("CARGO"));
+        build
+            .args(["build", "--quiet", "-p", "fastio", "--bin", "fastio"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build.status().unwrap();
+        assert!(status.success(), "building the fastio command failed");
+        dir.join("fastio")
+    })
+}
+
+/// A job's folder: its definition, the operators' log, its outputs.
+struct Job {
+    dir: tempfile::TempDir,
+}
+
+impl Job {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("log")
+    }
+
+    /// Writes a definition (`$LOG` filled in) and returns its path.
+    fn definition(&self, yaml: &str) -> PathBuf {
+        let path = self.dir.path().join("pipeline.yaml");
+        let yaml = yaml.replace("$LOG", &self.log_path().display().to_string());
+        std::fs::write(&path, yaml).unwrap();
+        path
+    }
+
+    /// `fastio run <definition> --output <dir>/out ARGS`, output captured.
+    fn spawn(&self, definition: &Path, args: &[&str]) -> Child {
+        Command::new(fastio())
+            .arg("run")
+            .arg(definition)
+            .arg("--output")
+            .arg(self.dir.path().join("out"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    fn logged(&self, line_start: &str) -> bool {
+        std::fs::read_to_string(self.log_path())
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with(line_start))
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        std::fs::read_to_string(self.log_path())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(" pid ")?.1.split(' ').next()?.parse().ok())
+            .collect()
+    }
+}
+
+const HEADER: &str = "api-version: 0.5.0\nname: t\noperators:\n";
+
+fn op(name: &str, vars: &[(&str, &str)], body: &str) -> String {
+    let mut text =
+        format!("- name: {name}\n  command: [fastio-test-op]\n  variables:\n    LOG: $LOG\n");
+    for (k, v) in vars {
+        text.push_str(&format!("    {k}: \"{v}\"\n"));
+    }
+    text.push_str(body);
+    text
+}
+
+const STREAM_OUT: &str = "  output:\n  - name: done\n    type: stream\n    path: /done\n";
+const STREAM_IN: &str =
+    "  input:\n  - name: done\n    from: long\n    type: stream\n    path: /in\n";
+
+/// Waits for a child to exit (bounded).
+fn wait(child: &mut Child) -> std::process::ExitStatus {
+    let mut status = None;
+    fastio_tests::wait_until(Duration::from_secs(30), || {
+        status = child.try_wait()?;
+        Ok(status.is_some())
+    })
+    .unwrap();
+    status.unwrap()
+}
+
+fn output(child: Child) -> (String, String) {
+    let out = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn ctrl_c_cancels_the_job_prints_the_summary_and_leaves_no_process() {
+    let job = Job::new();
+    let definition = job.definition(&format!(
+        "{HEADER}{}{}{}",
+        op("quick", &[], ""),
+        op("long", &[("EXECUTE", "sleep:60")], STREAM_OUT),
+        op("waiting", &[], STREAM_IN),
+    ));
+    let mut run = job.spawn(&definition, &[]);
+    fastio_tests::wait_until(Duration::from_secs(30), || {
+        Ok(job.logged("long execute begin")
+            && job.logged("waiting prepare end")
+            && job.logged("quick cleanup end"))
+    })
+    .unwrap();
+    let pid = rustix::process::Pid::from_raw(run.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let status = wait(&mut run);
+    let (stdout, stderr) = output(run);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.code(), Some(130), "{status:?}\n{stdout}\n{stderr}");
+    let line = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("no line for {name} in:\n{stdout}"))
+            .to_owned()
+    };
+    assert!(line("quick").ends_with("finished"), "{stdout}");
+    assert!(
+        line("long").ends_with("cancelled during execute"),
+        "{stdout}"
+    );
+    assert!(
+        line("waiting").ends_with("cancelled while waiting for inputs"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("FAILED after"), "{stdout}");
+    assert!(stdout.contains("interrupted by SIGINT"), "{stdout}");
+    assert!(status.signal().is_none(), "the command handled the signal");
+    let pids = job.pids();
+    assert_eq!(pids.len(), 3, "{pids:?}");
+    for pid in pids {
+        fastio_tests::wait_until(Duration::from_secs(5), || Ok(!fastio_tests::alive(pid))).unwrap();
+    }
+    assert!(!job.logged("waiting execute begin"));
+}
