@@ -167,3 +167,55 @@ fn ctrl_c_cancels_the_job_prints_the_summary_and_leaves_no_process() {
     }
     assert!(!job.logged("waiting execute begin"));
 }
+
+#[test]
+fn operators_start_in_the_definition_folder_with_variables_set_on_the_command_line() {
+    let job = Job::new();
+    let definition = job.definition(&format!(
+        "{HEADER}- name: show\n  command: [fastio-test-op, \"${{PIPELINE_DIR}}/scan.npy\", \"--mode=${{MODE}}\"]\n  \
+         variables:\n    LOG: $LOG\n    SHOW_CWD: 1\n    MODE: slow\n{STREAM_OUT}"
+    ));
+    let elsewhere = tempfile::tempdir().unwrap();
+    let run = Command::new(fastio())
+        .arg("run")
+        .arg(&definition)
+        .args(["--output", "results", "--set", "MODE=quick"])
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let folder = std::fs::canonicalize(job.dir.path()).unwrap();
+    let log = std::fs::read_to_string(job.log_path()).unwrap();
+    let shown = log
+        .lines()
+        .find_map(|l| l.strip_prefix("show cwd "))
+        .unwrap();
+    let (cwd, args) = shown.split_once(" args ").unwrap();
+    assert_eq!(std::fs::canonicalize(cwd).unwrap(), folder);
+    let args = args.rsplit_once(' ').unwrap().0; // the log's timestamp
+    assert_eq!(
+        args,
+        format!("{}/scan.npy --mode=quick", job.dir.path().display())
+    );
+    // A relative --output is the caller's, not the definition's.
+    assert!(elsewhere.path().join("results/t/show/done").is_dir());
+
+    let misspelt = Command::new(fastio())
+        .arg("run")
+        .arg(&definition)
+        .args(["--set", "MOOD=quick"])
+        .current_dir(elsewhere.path())
+        .output()
+        .unwrap();
+    assert!(!misspelt.status.success());
+    let err = String::from_utf8_lossy(&misspelt.stderr);
+    assert!(
+        err.contains("no operator declares variable \"MOOD\""),
+        "{err}"
+    );
+}

@@ -255,12 +255,21 @@ pub fn run_job(
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<JobReport, DriverError> {
     let job_id = fastio_operator::new_job_id();
+    // Operators run in the definition's folder: the paths they are given must not depend
+    // on it.
+    let absolute = |path: &Path| {
+        std::path::absolute(path).map_err(|source| DriverError::Directory {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let output_root = absolute(&options.output_root)?;
     let layout = DiskLayout {
-        output_root: options.output_root.clone(),
-        payload: options
-            .payload
-            .clone()
-            .unwrap_or_else(|| options.output_root.join("payload")),
+        payload: match &options.payload {
+            Some(payload) => absolute(payload)?,
+            None => output_root.join("payload"),
+        },
+        output_root,
     };
     let plan = job_plan(pipeline, &job_id, &layout);
     prepare_directories(&plan)?;
@@ -596,14 +605,18 @@ fn prepare_directories(plan: &JobPlan) -> Result<(), DriverError> {
     Ok(())
 }
 
+/// The folder of the definition, absolute: operators start there.
+fn definition_dir(pipeline: &Pipeline) -> PathBuf {
+    let origin =
+        std::path::absolute(pipeline.origin()).unwrap_or_else(|_| pipeline.origin().into());
+    origin.parent().unwrap_or(Path::new("/")).to_owned()
+}
+
 /// Finds an operator's program: a path with `/` is relative to the definition's folder;
 /// a bare name is looked up in `program_dirs`, then in `PATH` (by the operating system).
 fn resolve_program(pipeline: &Pipeline, options: &JobOptions, program: &str) -> PathBuf {
     if program.contains('/') {
-        let base = Path::new(pipeline.origin())
-            .parent()
-            .unwrap_or(Path::new("."));
-        return base.join(program);
+        return definition_dir(pipeline).join(program);
     }
     options
         .program_dirs
@@ -639,6 +652,9 @@ fn spawn(
         .env("FASTIO_JOB_ID", &plan.job_id)
         .env(fastio_operator::STAGE_ENV, &stage.name)
         .env_remove(fastio_operator::PIPELINE_ENV)
+        // Relative paths in the command (a script, a data file) read as they do in the
+        // definition, whatever folder `fastio run` was started from.
+        .current_dir(definition_dir(pipeline))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -67,6 +67,17 @@ pub enum DefinitionError {
         /// Every problem found; never empty.
         problems: Vec<Problem>,
     },
+    /// A variable set from outside the definition ([`crate::Override`]) applies to no
+    /// operator.
+    #[error("{origin}: cannot set {setting:?}: {reason}")]
+    Override {
+        /// The file name or label the text came from.
+        origin: String,
+        /// The setting, `NAME=VALUE` or `OPERATOR.NAME=VALUE`.
+        setting: String,
+        /// Why it applies to nothing.
+        reason: String,
+    },
 }
 
 impl DefinitionError {
@@ -288,6 +299,16 @@ pub enum ProblemKind {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A `${...}` in a command or a variable's value cannot be replaced.
+    #[error("{field} {text:?}: {reason}")]
+    BadSubstitution {
+        /// `command` or `variables`.
+        field: &'static str,
+        /// The argument, or `NAME=value`, as written.
+        text: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// An environment variable in `variables` cannot be set.
     #[error("variables entry {key:?} is invalid: {reason}")]
     BadVariable {
@@ -411,6 +432,7 @@ impl ProblemKind {
             ProblemKind::ZeroTimeout => "timeout",
             ProblemKind::EmptyCommand { .. } => "command",
             ProblemKind::BadVariable { .. } => "variables",
+            ProblemKind::BadSubstitution { field, .. } => field,
             ProblemKind::BadElementType { .. } => "element-type",
             ProblemKind::BadShape { .. } => "shape",
             ProblemKind::RelativePath { .. } | ProblemKind::DuplicatePath { .. } => "path",

@@ -162,7 +162,7 @@ pub(crate) fn validate(raw: RawPipeline, origin: &str) -> Result<Pipeline, Defin
         .is_some_and(|v| v < TYPED_SINCE)
         .then_some(api_text.as_str());
     let mut seen_operators: HashMap<String, String> = HashMap::new();
-    let operators: Vec<PartialOperator> = raw_operators
+    let mut operators: Vec<PartialOperator> = raw_operators
         .into_iter()
         .enumerate()
         .map(|(index, raw_op)| {
@@ -175,6 +175,19 @@ pub(crate) fn validate(raw: RawPipeline, origin: &str) -> Result<Pipeline, Defin
             )
         })
         .collect();
+
+    let dir = crate::substitute::definition_dir(origin);
+    for op in &mut operators {
+        for problem in crate::substitute::expand_operator(&dir, &mut op.command, &mut op.variables)
+        {
+            let kind = ProblemKind::BadSubstitution {
+                field: problem.field,
+                text: problem.text,
+                reason: problem.reason,
+            };
+            c.report(Some(&op.location.clone()), None, kind);
+        }
+    }
 
     if argo {
         // Reported once, naming the first typed entry, rather than once per entry.

@@ -15,6 +15,7 @@
 //! - `WAIT_FOR=<text>`: before execute does anything, waits (30 s at most) until a line of
 //!   the `LOG` file starts with `text` (e.g. `early cleanup end`), to order operators
 //!   without timing;
+//! - `SHOW_CWD=1`: logs `cwd <working directory> args <arguments joined by spaces>` at start;
 //! - `EXIT_DELAY=<seconds>`: sleeps that long after cleanup, before the process exits.
 //!
 //! `produce` fills every output: a pre-allocated one with `index + 1` converted from f64
@@ -50,6 +51,11 @@ fn log(what: &str) {
 
 fn main() {
     log(&format!("pid {}", std::process::id()));
+    if std::env::var("SHOW_CWD").is_ok_and(|v| v == "1") {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        log(&format!("cwd {} args {}", cwd.display(), args.join(" ")));
+    }
     let driver = match Driver::from_env() {
         Ok(driver) => driver,
         Err(e) => {

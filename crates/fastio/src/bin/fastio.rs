@@ -56,6 +56,11 @@ enum Command {
         /// Print only the summary.
         #[arg(long, short)]
         quiet: bool,
+        /// Set a variable: NAME=VALUE in every operator that declares NAME, or
+        /// OPERATOR.NAME=VALUE in one operator. Repeatable. Commands see the new value
+        /// through ${NAME}.
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<fastio::pipeline::Override>,
     },
     /// Check a pipeline definition (YAML, or JSON by extension) and list every problem.
     Validate {
@@ -92,7 +97,8 @@ fn run() -> anyhow::Result<()> {
             payload,
             timeout,
             quiet,
-        } => run_pipeline(&pipeline, output, payload, timeout, quiet),
+            set,
+        } => run_pipeline(&pipeline, output, payload, timeout, quiet, &set),
         Command::Validate { pipeline } => {
             let p = load(&pipeline)?;
             println!(
@@ -122,7 +128,18 @@ fn run() -> anyhow::Result<()> {
 
 /// Loads a pipeline; on failure prints every problem, one per line, and fails.
 fn load(path: &std::path::Path) -> anyhow::Result<fastio::pipeline::Pipeline> {
-    fastio::pipeline::Pipeline::from_path(path).map_err(|e| {
+    load_with(path, &[])
+}
+
+/// [`load`] with variables set on the command line.
+fn load_with(
+    path: &std::path::Path,
+    set: &[fastio::pipeline::Override],
+) -> anyhow::Result<fastio::pipeline::Pipeline> {
+    fastio::pipeline::Pipeline::from_path_with(path, set).map_err(|e| {
+        if let fastio::pipeline::DefinitionError::Override { .. } = e {
+            return anyhow::anyhow!("{e}");
+        }
         eprintln!("{e}");
         anyhow::anyhow!("{} is not a valid pipeline definition", path.display())
     })
@@ -157,9 +174,10 @@ fn run_pipeline(
     payload: Option<std::path::PathBuf>,
     timeout: Option<f64>,
     quiet: bool,
+    set: &[fastio::pipeline::Override],
 ) -> anyhow::Result<()> {
     use fastio::driver::{JobOptions, run_job};
-    let pipeline = load(path)?;
+    let pipeline = load_with(path, set)?;
     let mut options = JobOptions::for_pipeline(&pipeline);
     options.output_root = output.join(pipeline.name());
     options.payload = payload;
