@@ -618,3 +618,33 @@ fn killing_the_driver_takes_its_operators_with_it() {
     .unwrap();
     assert!(job.at("waiting", "execute begin").is_none());
 }
+
+#[test]
+fn a_stream_output_holding_files_stops_the_job_unless_replacing_is_allowed() {
+    let job = Job::new();
+    let pipeline = job.pipeline(&format!(
+        "{HEADER}{}",
+        op("writer", &[("EXECUTE", "paths")], STREAM_OUT)
+    ));
+    let mut options = job.options(&pipeline);
+    run_job(&pipeline, &options, &mut |_| {}).unwrap();
+    let greeting = options.output_root.join("writer/done/greeting.txt");
+    assert!(greeting.is_file());
+    let refused = run_job(&pipeline, &options, &mut |_| {}).unwrap_err();
+    assert!(
+        matches!(&refused, fastio::driver::DriverError::OutputNotEmpty { path } if path.ends_with("writer/done")),
+        "{refused}"
+    );
+    assert!(greeting.is_file(), "a refused job deletes nothing");
+    assert_eq!(
+        job.log()
+            .iter()
+            .filter(|(_, rest)| rest.starts_with("pid"))
+            .count(),
+        1,
+        "a refused job starts no operator"
+    );
+    options.replace_outputs = true;
+    let report = run_job(&pipeline, &options, &mut |_| {}).unwrap();
+    assert!(report.succeeded(), "{}", report.render());
+}

@@ -203,7 +203,7 @@ fn operators_start_in_the_definition_folder_with_variables_set_on_the_command_li
         format!("{}/scan.npy --mode=quick", job.dir.path().display())
     );
     // A relative --output is the caller's, not the definition's.
-    assert!(elsewhere.path().join("results/t/show/done").is_dir());
+    assert!(elsewhere.path().join("results/t/latest/show/done").is_dir());
 
     let misspelt = Command::new(fastio())
         .arg("run")
@@ -217,5 +217,109 @@ fn operators_start_in_the_definition_folder_with_variables_set_on_the_command_li
     assert!(
         err.contains("no operator declares variable \"MOOD\""),
         "{err}"
+    );
+}
+
+const TYPED_OUT: &str = "  output:\n  - name: grid\n    type: array\n    element-type: float32\n    shape: [3, 4]\n  \
+     - name: cube\n    type: array\n    element-type: int16\n    shape: [2, -1]\n  \
+     - name: uid\n    type: string\n  - name: spacing\n    type: f16\n  - name: done\n    type: stream\n    path: /done\n";
+
+/// What `fastio-test-op`'s `produce` writes into an entry of `count` elements.
+fn produced(count: usize, element_type: fastio::ElementType) -> Vec<u8> {
+    let values: Vec<f64> = (0..count).map(|i| (i % 100 + 1) as f64).collect();
+    fastio::meta::convert(
+        fastio::ElementType::F64,
+        fastio::meta::as_bytes(&values),
+        element_type,
+    )
+    .unwrap()
+}
+
+#[test]
+fn save_writes_each_shared_memory_output_as_npy_holding_what_was_written() {
+    let job = Job::new();
+    let definition = job.definition(&format!(
+        "{HEADER}{}",
+        op(
+            "produce",
+            &[("EXECUTE", "produce"), ("SHAPE", "9,5")],
+            TYPED_OUT
+        )
+    ));
+    let saved = job.dir.path().join("saved");
+    let run = job.spawn(&definition, &["--save", saved.to_str().unwrap()]);
+    let (stdout, stderr) = output(run);
+    assert!(stdout.contains("succeeded"), "{stdout}{stderr}");
+    use fastio::ElementType::{F16, F32, I16, U8};
+    for (name, element_type, dims) in [
+        ("grid", F32, vec![3, 4]),
+        ("cube", I16, vec![2, 5]),
+        ("uid", U8, vec![9]),
+        ("spacing", F16, vec![1]),
+    ] {
+        let path = saved.join("produce").join(format!("{name}.npy"));
+        let array = fastio::driver::npy::read(&path).unwrap();
+        assert_eq!(array.element_type, element_type, "{name}");
+        assert_eq!(array.dims, dims, "{name}");
+        let count = dims.iter().product();
+        assert_eq!(array.bytes, produced(count, element_type), "{name}");
+        assert!(
+            stdout.contains(&format!("{}", path.display())),
+            "the summary names {}:\n{stdout}",
+            path.display()
+        );
+    }
+    assert!(stdout.contains("produce/done/"), "{stdout}");
+
+    // A second run never overwrites what the first saved.
+    let before = std::fs::read(saved.join("produce/grid.npy")).unwrap();
+    let run = job.spawn(&definition, &["--save", saved.to_str().unwrap()]);
+    let (stdout, _) = output(run);
+    assert!(
+        stdout.contains("not saved: produce.grid:") && stdout.contains("exists"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read(saved.join("produce/grid.npy")).unwrap(),
+        before
+    );
+}
+
+#[test]
+fn each_run_keeps_its_results_in_a_folder_of_its_own() {
+    let job = Job::new();
+    let definition = job.definition(&format!(
+        "{HEADER}{}",
+        op("writer", &[("EXECUTE", "paths")], STREAM_OUT)
+    ));
+    let mut folders = Vec::new();
+    for _ in 0..2 {
+        let run = job.spawn(&definition, &[]);
+        let (stdout, stderr) = output(run);
+        let folder = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("results in "))
+            .unwrap_or_else(|| panic!("{stdout}{stderr}"))
+            .trim_end_matches(':')
+            .to_owned();
+        assert!(
+            Path::new(&folder)
+                .join("writer/done/greeting.txt")
+                .is_file(),
+            "{stdout}"
+        );
+        folders.push(folder);
+    }
+    assert_ne!(folders[0], folders[1]);
+    assert!(
+        Path::new(&folders[0])
+            .join("writer/done/greeting.txt")
+            .is_file(),
+        "the second run left the first one's results alone"
+    );
+    let latest = job.dir.path().join("out/t/latest");
+    assert_eq!(
+        std::fs::canonicalize(latest).unwrap(),
+        std::fs::canonicalize(&folders[1]).unwrap()
     );
 }

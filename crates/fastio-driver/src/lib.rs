@@ -19,7 +19,9 @@
 
 #![deny(unsafe_code)]
 
+pub mod npy;
 mod report;
+mod results;
 #[allow(unsafe_code)]
 mod sys;
 
@@ -39,7 +41,7 @@ use fastio_operator::{INPUT_PATHS_ENV, OUTPUT_PATHS_ENV, format_paths};
 use fastio_pipeline::Pipeline;
 use fastio_pipeline::plan::{DiskLayout, job_plan};
 
-pub use report::{EntryReport, JobReport, Medium, OperatorReport};
+pub use report::{Artifact, ArtifactKind, EntryReport, JobReport, Medium, OperatorReport};
 
 /// Lines of each operator's stderr (and stdout) kept for the report.
 pub const TAIL_LINES: usize = 20;
@@ -47,15 +49,24 @@ pub const TAIL_LINES: usize = 20;
 /// How to run a job.
 #[derive(Clone, Debug)]
 pub struct JobOptions {
-    /// Parent of the `stream` output directories (`<root>/<operator>/<output>`); each is
-    /// emptied at the start of the job.
+    /// The job's output folder: parent of the `stream` output directories
+    /// (`<root>/<operator>/<output>`).
     pub output_root: PathBuf,
+    /// Empty `stream` output directories that already hold files (an earlier run's
+    /// results). Without it such a directory stops the job before it starts: a run never
+    /// deletes earlier results unless told to.
+    pub replace_outputs: bool,
+    /// Save every shared-memory output as `<save>/<operator>/<entry>.npy` at the end of the
+    /// job (never over an existing file).
+    pub save: Option<PathBuf>,
     /// The job's payload directory, read by `stream` inputs without `from`.
     pub payload: Option<PathBuf>,
     /// Overrides the definition's time limit.
     pub timeout: Option<Duration>,
     /// How long a stopped operator gets between SIGTERM and SIGKILL.
     pub grace: Duration,
+    /// The job's identifier; a new UUID when `None`.
+    pub job_id: Option<String>,
     /// The context's warm segment pool bound, in bytes.
     pub pool_bytes: u64,
     /// Directories searched first for operator programs named without a `/` (the
@@ -106,9 +117,12 @@ impl JobOptions {
     pub fn for_pipeline(pipeline: &Pipeline) -> Self {
         Self {
             output_root: PathBuf::from("fastio-output").join(pipeline.name()),
+            replace_outputs: false,
+            save: None,
             payload: None,
             timeout: None,
             grace: Duration::from_secs(2),
+            job_id: None,
             pool_bytes: ServerConfig::default().pool_bytes,
             program_dirs: Vec::new(),
             cancel: Cancel::new(),
@@ -123,6 +137,15 @@ pub enum DriverError {
     /// The context server could not start or allocate the pre-allocated entries.
     #[error("cannot set up the job's context: {0}")]
     Context(#[from] fastio_context::ContextError),
+    /// A `stream` output directory holds files, and the options do not allow emptying it.
+    #[error(
+        "{} already holds files (an earlier run's results?): choose another output folder, or allow replacing them",
+        path.display()
+    )]
+    OutputNotEmpty {
+        /// The directory.
+        path: PathBuf,
+    },
     /// A directory could not be prepared.
     #[error("cannot prepare {path}: {source}")]
     Directory {
@@ -254,7 +277,10 @@ pub fn run_job(
     options: &JobOptions,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<JobReport, DriverError> {
-    let job_id = fastio_operator::new_job_id();
+    let job_id = options
+        .job_id
+        .clone()
+        .unwrap_or_else(fastio_operator::new_job_id);
     // Operators run in the definition's folder: the paths they are given must not depend
     // on it.
     let absolute = |path: &Path| {
@@ -272,7 +298,8 @@ pub fn run_job(
         output_root,
     };
     let plan = job_plan(pipeline, &job_id, &layout);
-    prepare_directories(&plan)?;
+    let save_dir = options.save.as_deref().map(absolute).transpose()?;
+    prepare_directories(&plan, options.replace_outputs)?;
 
     let (events, inbox) = mpsc::channel();
     let job_events = events.clone();
@@ -415,7 +442,11 @@ pub fn run_job(
             let _ = reader.join();
         }
     }
-    let report = report::build(
+    let (saved, not_saved) = match &save_dir {
+        Some(dir) => results::save(&plan, &server, &operators, dir),
+        None => Default::default(),
+    };
+    let mut report = report::build(
         pipeline,
         &plan,
         &server,
@@ -424,6 +455,8 @@ pub fn run_job(
         failure,
         start.elapsed(),
     );
+    report.left = results::left_behind(&plan, &layout, saved);
+    report.not_saved = not_saved;
     server.close();
     Ok(report)
 }
@@ -582,21 +615,36 @@ fn signal(op: &Operator, signal: rustix::process::Signal) {
     }
 }
 
-fn prepare_directories(plan: &JobPlan) -> Result<(), DriverError> {
+fn prepare_directories(plan: &JobPlan, replace: bool) -> Result<(), DriverError> {
     let dir_error = |path: &Path, source| DriverError::Directory {
         path: path.to_owned(),
         source,
     };
-    for stage in &plan.stages {
-        for out in &stage.outputs {
-            let path = Path::new(&out.path);
-            match std::fs::remove_dir_all(path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(dir_error(path, e)),
-            }
-            std::fs::create_dir_all(path).map_err(|e| dir_error(path, e))?;
+    // Checked for every output before any is emptied: a refused job touches nothing.
+    let outputs = plan.stages.iter().flat_map(|s| &s.outputs);
+    for out in outputs.clone() {
+        let path = Path::new(&out.path);
+        let holds_files = match std::fs::read_dir(path) {
+            Ok(mut entries) => entries.next().is_some(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(dir_error(path, e)),
+        };
+        if holds_files && !replace {
+            return Err(DriverError::OutputNotEmpty {
+                path: path.to_owned(),
+            });
         }
+    }
+    for out in outputs {
+        let path = Path::new(&out.path);
+        match std::fs::remove_dir_all(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(dir_error(path, e)),
+        }
+        std::fs::create_dir_all(path).map_err(|e| dir_error(path, e))?;
+    }
+    for stage in &plan.stages {
         for input in &stage.inputs {
             let path = Path::new(&input.path);
             std::fs::create_dir_all(path).map_err(|e| dir_error(path, e))?;

@@ -1,7 +1,7 @@
 //! What a job did: each operator's outcome and times, each entry's bytes and medium.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fastio_context::Server;
@@ -46,6 +46,40 @@ pub struct EntryReport {
     pub medium: Medium,
 }
 
+/// A file or folder the job left on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Artifact {
+    /// Where it is, absolute.
+    pub path: PathBuf,
+    /// What it is.
+    pub kind: ArtifactKind,
+    /// Bytes (of every file under it, for a folder).
+    pub bytes: u64,
+    /// Files (under it, for a folder; 1 for a file).
+    pub files: u64,
+}
+
+/// What a left file or folder is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ArtifactKind {
+    /// The folder of an operator's `stream` output.
+    StreamOutput {
+        /// The operator.
+        operator: String,
+        /// The output's name.
+        entry: String,
+    },
+    /// A shared-memory output saved as `.npy` at the end of the job.
+    Saved {
+        /// The operator.
+        operator: String,
+        /// The output's name.
+        entry: String,
+    },
+    /// Anything else in the job's output folder (logs, the payload folder).
+    Other,
+}
+
 /// One operator's end.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OperatorReport {
@@ -81,6 +115,13 @@ pub struct JobReport {
     pub operators: Vec<OperatorReport>,
     /// Each output.
     pub entries: Vec<EntryReport>,
+    /// The job's output folder.
+    pub output_root: PathBuf,
+    /// Every file and folder the job left: stream outputs, saved arrays, the rest of its
+    /// output folder.
+    pub left: Vec<Artifact>,
+    /// Shared-memory outputs that were to be saved and were not, with why.
+    pub not_saved: Vec<(String, String)>,
 }
 
 impl JobReport {
@@ -141,6 +182,40 @@ impl JobReport {
                 bytes,
                 e.medium.to_string(),
             );
+        }
+        if !self.left.is_empty() || !self.not_saved.is_empty() {
+            let _ = writeln!(out, "results in {}:", self.output_root.display());
+        }
+        let shown: Vec<String> = self
+            .left
+            .iter()
+            .map(|a| {
+                let relative = a.path.strip_prefix(&self.output_root).unwrap_or(&a.path);
+                let slash = if a.path.is_dir() { "/" } else { "" };
+                format!("{}{slash}", relative.display())
+            })
+            .collect();
+        let path_width = shown.iter().map(String::len).max().unwrap_or(0);
+        for (a, path) in self.left.iter().zip(&shown) {
+            let size = if a.path.is_dir() {
+                let s = if a.files == 1 { "" } else { "s" };
+                format!("{} file{s}, {}", a.files, human_bytes(a.bytes))
+            } else {
+                human_bytes(a.bytes)
+            };
+            let what = match &a.kind {
+                ArtifactKind::StreamOutput { operator, entry } => {
+                    format!("output {operator}.{entry}")
+                }
+                ArtifactKind::Saved { operator, entry } => {
+                    format!("shared memory output {operator}.{entry}, saved")
+                }
+                ArtifactKind::Other => String::new(),
+            };
+            let _ = writeln!(out, "  {path:path_width$}  {size:>22}  {what}");
+        }
+        for (entry, why) in &self.not_saved {
+            let _ = writeln!(out, "  not saved: {entry}: {why}");
         }
         match &self.failure {
             None => {
@@ -297,5 +372,8 @@ pub(crate) fn build(
         failure,
         operators,
         entries,
+        output_root: layout.output_root.clone(),
+        left: Vec::new(),
+        not_saved: Vec::new(),
     }
 }

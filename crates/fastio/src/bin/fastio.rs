@@ -44,9 +44,16 @@ enum Command {
     Run {
         /// The pipeline definition file.
         pipeline: std::path::PathBuf,
-        /// Parent of the operators' stream output directories.
+        /// Where results go: each job gets its own folder,
+        /// OUTPUT/<pipeline>/<UTC date>-<time>-<job id prefix>, and OUTPUT/<pipeline>/latest
+        /// links to the newest. Nothing of an earlier run is deleted.
         #[arg(long, default_value = "fastio-output")]
         output: std::path::PathBuf,
+        /// At the end of the job, save every shared-memory output as a numpy file,
+        /// DIR/<operator>/<output>.npy (DIR defaults to the job's folder's `arrays`).
+        /// Existing files are never overwritten.
+        #[arg(long, value_name = "DIR", num_args = 0..=1)]
+        save: Option<Option<std::path::PathBuf>>,
         /// The job's payload directory (stream inputs without `from`).
         #[arg(long)]
         payload: Option<std::path::PathBuf>,
@@ -98,7 +105,8 @@ fn run() -> anyhow::Result<()> {
             timeout,
             quiet,
             set,
-        } => run_pipeline(&pipeline, output, payload, timeout, quiet, &set),
+            save,
+        } => run_pipeline(&pipeline, output, payload, timeout, quiet, &set, save),
         Command::Validate { pipeline } => {
             let p = load(&pipeline)?;
             println!(
@@ -175,11 +183,15 @@ fn run_pipeline(
     timeout: Option<f64>,
     quiet: bool,
     set: &[fastio::pipeline::Override],
+    save: Option<Option<std::path::PathBuf>>,
 ) -> anyhow::Result<()> {
     use fastio::driver::{JobOptions, run_job};
     let pipeline = load_with(path, set)?;
     let mut options = JobOptions::for_pipeline(&pipeline);
-    options.output_root = output.join(pipeline.name());
+    let job_id = fastio::operator::new_job_id();
+    options.output_root = job_folder(&output.join(pipeline.name()), &job_id)?;
+    options.job_id = Some(job_id);
+    options.save = save.map(|dir| dir.unwrap_or_else(|| options.output_root.join("arrays")));
     options.payload = payload;
     if let Some(seconds) = timeout {
         options.timeout = Some(
@@ -207,6 +219,28 @@ fn run_pipeline(
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// Creates the job's own folder under `parent`, `<UTC date>-<time>-<job id prefix>` (so
+/// that folders sort by time and no run touches another's), and points `parent/latest`
+/// at it.
+fn job_folder(parent: &std::path::Path, job_id: &str) -> anyhow::Result<std::path::PathBuf> {
+    let stamp: String = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    let name = format!("{}-{}-{}", &stamp[..8], &stamp[8..], &job_id[..8]);
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let folder = parent.join(&name);
+    std::fs::create_dir(&folder).with_context(|| format!("creating {}", folder.display()))?;
+    // Replaced atomically: a new link under a temporary name renamed over the old one.
+    let latest = parent.join("latest");
+    let temporary = parent.join(format!(".latest-{job_id}"));
+    std::os::unix::fs::symlink(&name, &temporary)
+        .and_then(|()| std::fs::rename(&temporary, &latest))
+        .with_context(|| format!("pointing {} at {name}", latest.display()))?;
+    Ok(folder)
 }
 
 mod interrupt {
