@@ -323,3 +323,159 @@ fn each_run_keeps_its_results_in_a_folder_of_its_own() {
         std::fs::canonicalize(&folders[1]).unwrap()
     );
 }
+
+/// The id of the running job whose definition is `definition`, from `fastio ps --json`.
+fn job_id_of(definition: &Path) -> String {
+    let mut id = None;
+    fastio_tests::wait_until(Duration::from_secs(30), || {
+        let out = Command::new(fastio()).args(["ps", "--json"]).output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let jobs: Vec<fastio::context::records::JobRecord> = serde_json::from_slice(&out.stdout)?;
+        id = jobs
+            .into_iter()
+            .find(|j| Path::new(&j.definition) == definition)
+            .map(|j| j.job_id);
+        Ok(id.is_some())
+    })
+    .unwrap();
+    id.unwrap()
+}
+
+#[test]
+fn ls_on_a_running_job_lists_its_operators_entries_publications_and_holders() {
+    let job = Job::new();
+    let reads = "  input:\n  - name: grid\n    from: produce\n    type: array\n    element-type: float32\n    shape: [3, 4]\n  \
+         - name: cube\n    from: produce\n    type: array\n    element-type: int16\n    shape: [2, -1]\n";
+    let definition = job.definition(&format!(
+        "api-version: 0.5.0\nname: listed\noperators:\n{}{}{}",
+        op(
+            "produce",
+            &[("EXECUTE", "produce"), ("SHAPE", "9,5")],
+            &TYPED_OUT.replace("  - name: done\n    type: stream\n    path: /done\n", "")
+        ),
+        op("keeper", &[("EXECUTE", "hold-published:kept")], ""),
+        op("slow", &[("EXECUTE", "sleep:60")], reads),
+    ));
+    let mut run = job.spawn(&definition, &[]);
+    fastio_tests::wait_until(Duration::from_secs(30), || {
+        Ok(job.logged("slow execute begin") && job.logged("keeper execute end"))
+    })
+    .unwrap();
+    let id = job_id_of(&definition);
+
+    let ls = Command::new(fastio()).args(["ls", &id]).output().unwrap();
+    let text = String::from_utf8_lossy(&ls.stdout);
+    assert!(
+        ls.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&ls.stderr)
+    );
+    let line = |start: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(start))
+            .unwrap_or_else(|| panic!("no line {start:?} in:\n{text}"))
+            .to_owned()
+    };
+    assert!(line("slow ").contains("executing"), "{text}");
+    assert!(
+        line("produce ").contains("executed") || line("produce ").contains("done"),
+        "{text}"
+    );
+    let grid = line("produce.grid");
+    assert!(
+        grid.contains("float32[3,4]") && grid.contains("48 B"),
+        "{grid}"
+    );
+    assert!(
+        grid.contains("to slow") && grid.contains("held by slow"),
+        "{grid}"
+    );
+    let cube = line("produce.cube");
+    assert!(
+        cube.contains("int16[2,-1]") && cube.contains("[2,5]") && cube.contains("20 B"),
+        "{cube}"
+    );
+    assert!(line("produce.uid").contains("9 B"), "{text}");
+    assert!(line("kept").contains("4.0 KiB"), "{text}");
+
+    // The same listing as data.
+    let json = Command::new(fastio())
+        .args(["ls", &id, "--json"])
+        .output()
+        .unwrap();
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let listing: fastio::context::listing::Listing =
+        serde_json::from_value(value["listing"].clone()).unwrap();
+    let cube = listing.entries.iter().find(|e| e.name == "cube").unwrap();
+    assert_eq!(cube.dims, Some(vec![2, 5]));
+    assert_eq!(cube.holders[0].who, "slow");
+    assert_eq!(listing.publications[0].name, "kept");
+
+    let pid = rustix::process::Pid::from_raw(run.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    wait(&mut run);
+    // Once the job has ended it is no longer listed.
+    let gone = Command::new(fastio()).args(["ls", &id]).output().unwrap();
+    assert!(!gone.status.success());
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("no running job matches"),
+        "{}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
+}
+
+#[test]
+fn job_records_are_refused_in_a_folder_others_can_read() {
+    let runtime = tempfile::tempdir().unwrap();
+    let shared = runtime.path().join("fastio");
+    std::fs::create_dir(&shared).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ps = Command::new(fastio())
+        .arg("ps")
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .output()
+        .unwrap();
+    assert!(!ps.status.success());
+    let err = String::from_utf8_lossy(&ps.stderr);
+    assert!(
+        err.contains("is not a private folder of this user"),
+        "{err}"
+    );
+
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let ps = Command::new(fastio())
+        .arg("ps")
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .output()
+        .unwrap();
+    assert!(
+        ps.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ps.stderr)
+    );
+    let jobs = std::fs::metadata(shared.join("jobs")).unwrap();
+    assert_eq!(jobs.permissions().mode() & 0o777, 0o700);
+}
+
+#[test]
+fn a_long_phase_gets_heartbeat_lines_when_output_is_not_a_terminal() {
+    let job = Job::new();
+    let definition = job.definition(&format!(
+        "{HEADER}{}",
+        op("long", &[("EXECUTE", "sleep:2")], "")
+    ));
+    let run = job.spawn(&definition, &["--heartbeat", "0.3"]);
+    let (stdout, stderr) = output(run);
+    assert!(stdout.contains("succeeded"), "{stdout}{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("long") && l.contains("still executing (for ")),
+        "{stderr}"
+    );
+}

@@ -34,7 +34,9 @@ mod context;
 mod entry;
 mod error;
 pub mod job;
+pub mod listing;
 pub mod protocol;
+pub mod records;
 pub mod registry;
 pub mod server;
 #[allow(unsafe_code)]

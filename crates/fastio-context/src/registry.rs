@@ -571,6 +571,46 @@ impl Registry {
         self.release(conn, id)
     }
 
+    /// What a listing shows of the registry ([`crate::Context::inspect`]).
+    pub(crate) fn snapshot(&self) -> crate::listing::RegistrySnapshot {
+        let entries = self
+            .entries
+            .iter()
+            .map(|e| {
+                e.bound
+                    .as_ref()
+                    .map(|(id, typed)| (*id, typed.shape.dims().to_vec(), typed.byte_size()))
+            })
+            .collect();
+        let publications = self
+            .names
+            .iter()
+            .filter_map(|(name, state)| match state {
+                NameState::Live { id, typed, .. } => Some((
+                    name.clone(),
+                    *id,
+                    typed
+                        .as_ref()
+                        .map(|t| (t.element_type, t.shape.dims().to_vec())),
+                    self.resources.get(id).map_or(0, |r| r.size),
+                )),
+                NameState::Freed => None,
+            })
+            .collect();
+        let handles = self
+            .connections
+            .iter()
+            .flat_map(|(conn, held)| held.iter().map(|(id, count)| (*conn, *id, *count)))
+            .collect();
+        crate::listing::RegistrySnapshot {
+            stats: self.stats(),
+            entries,
+            publications,
+            sizes: self.resources.iter().map(|(id, r)| (*id, r.size)).collect(),
+            handles,
+        }
+    }
+
     /// The registry's accounting.
     pub fn stats(&self) -> Stats {
         Stats {

@@ -214,10 +214,7 @@ fn spawn_connection(socket: OwnedFd, shared: Arc<Shared>, stage: Option<usize>) 
 
 /// Serves one connection until it closes, then drops its handles.
 fn serve_connection(socket: OwnedFd, shared: &Shared, stage: Option<usize>) {
-    let peer = Peer {
-        conn: shared.registry().connect(),
-        stage,
-    };
+    let peer: Peer = shared.connect(stage);
     let conn = peer.conn;
     loop {
         let received = match recv_message(socket.as_fd()) {
@@ -251,5 +248,5 @@ fn serve_connection(socket: OwnedFd, shared: &Shared, stage: Option<usize>) {
             break;
         }
     }
-    shared.registry().disconnect(conn);
+    shared.disconnect(conn);
 }

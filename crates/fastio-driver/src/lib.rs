@@ -19,6 +19,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod inspect;
 pub mod npy;
 mod report;
 mod results;
@@ -36,12 +37,14 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use fastio_context::job::{Job, JobEvent, JobEventKind, JobPlan, Phase, ReclaimedHandle};
-use fastio_context::{CONTEXT_ENV, Server, ServerConfig};
+use fastio_context::{CONTEXT_ENV, Server, ServerConfig, records};
 use fastio_operator::{INPUT_PATHS_ENV, OUTPUT_PATHS_ENV, format_paths};
 use fastio_pipeline::Pipeline;
 use fastio_pipeline::plan::{DiskLayout, job_plan};
 
-pub use report::{Artifact, ArtifactKind, EntryReport, JobReport, Medium, OperatorReport};
+pub use report::{
+    Artifact, ArtifactKind, EntryReport, JobReport, Medium, OperatorReport, human_bytes,
+};
 
 /// Lines of each operator's stderr (and stdout) kept for the report.
 pub const TAIL_LINES: usize = 20;
@@ -353,6 +356,9 @@ pub fn run_job(
         operators.push(operator);
     }
     drop(events);
+    // `fastio ps` and `fastio ls` find the job through its record; a job runs without one
+    // if the runtime folder cannot be used (it is only a window onto the job).
+    let record = publish_record(pipeline, &plan, &server, &layout, &operators);
 
     let mut failure: Option<(String, String)> = operators.iter().find_map(|o| match &o.state {
         OperatorState::Failed(why) => Some((o.name.clone(), why.clone())),
@@ -457,8 +463,44 @@ pub fn run_job(
     );
     report.left = results::left_behind(&plan, &layout, saved);
     report.not_saved = not_saved;
+    drop(record);
     server.close();
     Ok(report)
+}
+
+fn publish_record(
+    pipeline: &Pipeline,
+    plan: &JobPlan,
+    server: &Server,
+    layout: &DiskLayout,
+    operators: &[Operator],
+) -> Option<records::RecordGuard> {
+    let pid = std::process::id();
+    let record = records::JobRecord {
+        job_id: plan.job_id.clone(),
+        pipeline: pipeline.name().to_owned(),
+        definition: std::path::absolute(pipeline.origin()).map_or_else(
+            |_| pipeline.origin().to_owned(),
+            |p| p.display().to_string(),
+        ),
+        driver_pid: pid,
+        driver_start: records::process_start(pid).unwrap_or(0),
+        started: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        output_root: layout.output_root.display().to_string(),
+        context: server.address().to_owned(),
+        operators: operators
+            .iter()
+            .map(|o| records::RecordedOperator {
+                name: o.name.clone(),
+                pid: o.pid.map(|p| p as u32),
+            })
+            .collect(),
+    };
+    records::publish(&record)
+        .inspect_err(|e| tracing::warn!("the job cannot be listed by `fastio ps`: {e}"))
+        .ok()
 }
 
 fn snapshot(operators: &[Operator], start: Instant) -> Progress {
@@ -489,6 +531,14 @@ fn handle(
     match event {
         Event::Job(JobEvent { stage, kind, at }) => {
             let op = &mut operators[stage];
+            // A request an operator sent just before it died can be read by the context
+            // after its exit was seen: its end stays final.
+            if op.state.is_final() {
+                if let JobEventKind::Reclaimed(handles) = kind {
+                    op.reclaimed.extend(handles);
+                }
+                return;
+            }
             match kind {
                 JobEventKind::Joined => {
                     op.joined = true;

@@ -261,7 +261,8 @@ pub fn seconds(d: Duration) -> String {
     }
 }
 
-fn human_bytes(bytes: u64) -> String {
+/// `512 B`, `4.0 KiB`, `1.5 GiB`.
+pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
     let mut value = bytes as f64;
     let mut unit = 0;

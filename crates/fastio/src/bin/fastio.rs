@@ -5,6 +5,7 @@ use std::io::Write;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use fastio::{CONTEXT_ENV, Context, Server, ServerConfig};
+use progress::Display;
 
 /// fastio: zero-copy typed arrays shared between the processes of a pipeline.
 #[derive(Parser)]
@@ -68,6 +69,36 @@ enum Command {
         /// through ${NAME}.
         #[arg(long = "set", value_name = "NAME=VALUE")]
         set: Vec<fastio::pipeline::Override>,
+        /// When stderr is not a terminal, print what is still running after this many
+        /// seconds without a change (0: never). On a terminal the display is live.
+        #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+        heartbeat: f64,
+    },
+    /// List the running jobs of this user (found through their records in the user's
+    /// private runtime folder).
+    Ps {
+        /// Print JSON (the job records) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a running job: its operators, FastIO entries and publications, with sizes
+    /// and the operators that hold them.
+    Ls {
+        /// The job: a prefix of its id or its pipeline's name (default: the only running
+        /// job).
+        job: Option<String>,
+        /// Print JSON (the record and the listing) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a running job as `ls` does, refreshed until it ends.
+    Top {
+        /// The job: a prefix of its id or its pipeline's name (default: the only running
+        /// job).
+        job: Option<String>,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
     },
     /// Check a pipeline definition (YAML, or JSON by extension) and list every problem.
     Validate {
@@ -106,7 +137,16 @@ fn run() -> anyhow::Result<()> {
             quiet,
             set,
             save,
-        } => run_pipeline(&pipeline, output, payload, timeout, quiet, &set, save),
+            heartbeat,
+        } => run_pipeline(
+            &pipeline,
+            output,
+            payload,
+            timeout,
+            Display::new(quiet, heartbeat_interval(heartbeat)?),
+            &set,
+            save,
+        ),
         Command::Validate { pipeline } => {
             let p = load(&pipeline)?;
             println!(
@@ -126,6 +166,29 @@ fn run() -> anyhow::Result<()> {
             print!("{}", load(&pipeline)?.to_dot());
             Ok(())
         }
+        Command::Ps { json } => {
+            let jobs = fastio::driver::inspect::running_jobs()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs)?);
+            } else {
+                print!("{}", fastio::driver::inspect::render_jobs(&jobs));
+            }
+            Ok(())
+        }
+        Command::Ls { job, json } => {
+            let (record, listing) = fastio::driver::inspect::inspect(job.as_deref())?;
+            if json {
+                let both = serde_json::json!({ "job": record, "listing": listing });
+                println!("{}", serde_json::to_string_pretty(&both)?);
+            } else {
+                print!(
+                    "{}",
+                    fastio::driver::inspect::render_listing(&record, &listing)
+                );
+            }
+            Ok(())
+        }
+        Command::Top { job, interval } => top(job.as_deref(), interval),
         Command::Stats => {
             let ctx = Context::from_env()?;
             println!("{}", serde_json::to_string_pretty(&ctx.stats()?)?);
@@ -181,7 +244,7 @@ fn run_pipeline(
     output: std::path::PathBuf,
     payload: Option<std::path::PathBuf>,
     timeout: Option<f64>,
-    quiet: bool,
+    mut display: Display,
     set: &[fastio::pipeline::Override],
     save: Option<Option<std::path::PathBuf>>,
 ) -> anyhow::Result<()> {
@@ -206,7 +269,6 @@ fn run_pipeline(
         options.program_dirs.push(dir.to_owned());
     }
     let interrupts = interrupt::Watch::start(&options.cancel)?;
-    let mut display = progress::Display::new(quiet);
     let report = run_job(&pipeline, &options, &mut |p| display.show(p))?;
     display.finish();
     let signal = interrupts.stop();
@@ -219,6 +281,50 @@ fn run_pipeline(
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// `--heartbeat`: seconds, 0 for none.
+fn heartbeat_interval(seconds: f64) -> anyhow::Result<Option<std::time::Duration>> {
+    let interval = std::time::Duration::try_from_secs_f64(seconds)
+        .context("--heartbeat must be a number of seconds, 0 or more")?;
+    Ok(Some(interval).filter(|d| !d.is_zero()))
+}
+
+/// `fastio top`: the listing, redrawn every `interval` seconds until the job ends.
+fn top(job: Option<&str>, interval: f64) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let interval = std::time::Duration::try_from_secs_f64(interval)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .context("--interval must be a positive number of seconds")?;
+    // The first look names the job for good: a later one follows that job only.
+    let (record, mut listing) = fastio::driver::inspect::inspect(job)?;
+    let terminal = std::io::stdout().is_terminal();
+    loop {
+        let text = fastio::driver::inspect::render_listing(&record, &listing);
+        let mut out = std::io::stdout().lock();
+        let written = if terminal {
+            // Home, clear, draw.
+            write!(out, "\x1b[H\x1b[2J{text}")
+        } else {
+            writeln!(out, "{text}")
+        }
+        .and_then(|()| out.flush());
+        match written {
+            // The reader went away (`fastio top | head`): done.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            other => other?,
+        }
+        drop(out);
+        std::thread::sleep(interval);
+        match fastio::driver::inspect::inspect(Some(&record.job_id)) {
+            Ok((_, next)) => listing = next,
+            Err(_) => {
+                println!("job {} has ended", record.job_id);
+                return Ok(());
+            }
+        }
+    }
 }
 
 /// Creates the job's own folder under `parent`, `<UTC date>-<time>-<job id prefix>` (so
@@ -313,15 +419,21 @@ mod progress {
         terminal: bool,
         drawn: usize,
         last: Vec<OperatorState>,
+        last_line: std::time::Duration,
+        // Without a terminal, how long a quiet spell lasts before a heartbeat line says
+        // what is still running.
+        heartbeat: Option<std::time::Duration>,
     }
 
     impl Display {
-        pub fn new(quiet: bool) -> Self {
+        pub fn new(quiet: bool, heartbeat: Option<std::time::Duration>) -> Self {
             Self {
                 quiet,
                 terminal: std::io::stderr().is_terminal(),
                 drawn: 0,
                 last: Vec::new(),
+                last_line: std::time::Duration::ZERO,
+                heartbeat,
             }
         }
 
@@ -356,7 +468,25 @@ mod progress {
                             "[{:>8.3} s] {name:width$}  {state}",
                             progress.elapsed.as_secs_f64()
                         );
+                        self.last_line = progress.elapsed;
                     }
+                }
+                // A long phase prints nothing by itself: say what is still going on.
+                if self
+                    .heartbeat
+                    .is_some_and(|h| progress.elapsed.saturating_sub(self.last_line) >= h)
+                {
+                    for (name, state, time) in &progress.operators {
+                        if !state.is_final() {
+                            let _ = writeln!(
+                                err,
+                                "[{:>8.3} s] {name:width$}  still {state} (for {:.0} s)",
+                                progress.elapsed.as_secs_f64(),
+                                time.as_secs_f64()
+                            );
+                        }
+                    }
+                    self.last_line = progress.elapsed;
                 }
             }
             self.last = progress
