@@ -68,6 +68,15 @@ impl Job {
             .unwrap()
     }
 
+    /// The operators' log lines.
+    fn log(&self) -> Vec<String> {
+        std::fs::read_to_string(self.log_path())
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
     fn logged(&self, line_start: &str) -> bool {
         std::fs::read_to_string(self.log_path())
             .unwrap_or_default()
@@ -477,5 +486,103 @@ fn a_long_phase_gets_heartbeat_lines_when_output_is_not_a_terminal() {
             .lines()
             .any(|l| l.contains("long") && l.contains("still executing (for ")),
         "{stderr}"
+    );
+}
+
+#[test]
+fn run_op_runs_one_operator_alone_with_its_inputs_from_npy_files() {
+    let job = Job::new();
+    let typed = TYPED_OUT.replace("  - name: done\n    type: stream\n    path: /done\n", "");
+    let reads = "  input:\n  - name: grid\n    from: produce\n    type: array\n    element-type: float32\n    shape: [3, 4]\n  \
+         - name: cube\n    from: produce\n    type: array\n    element-type: int16\n    shape: [2, -1]\n  \
+         - name: uid\n    from: produce\n    type: string\n  - name: spacing\n    from: produce\n    type: f16\n";
+    let definition = job.definition(&format!(
+        "{HEADER}{}{}",
+        op(
+            "produce",
+            &[("EXECUTE", "produce"), ("SHAPE", "9,5")],
+            &typed
+        ),
+        op(
+            "check",
+            &[
+                ("EXECUTE", "check"),
+                ("SHAPE_grid", "3,4"),
+                ("SHAPE_cube", "2,5"),
+                ("SHAPE_uid", "9"),
+                ("SHAPE_spacing", "1"),
+            ],
+            reads
+        ),
+    ));
+    // The producer's outputs, saved by a run of the whole pipeline...
+    let saved = job.dir.path().join("saved");
+    let (stdout, stderr) = output(job.spawn(&definition, &["--save", saved.to_str().unwrap()]));
+    assert!(stdout.contains("succeeded"), "{stdout}{stderr}");
+    // ...are the inputs of the checker run alone: it fails unless each holds what
+    // `produce` wrote, with its shape.
+    let input = |name: &str| {
+        format!(
+            "{name}={}",
+            saved.join(format!("produce/{name}.npy")).display()
+        )
+    };
+    let run_op = |extra: &[String]| {
+        let mut command = Command::new(fastio());
+        command
+            .arg("run-op")
+            .arg(&definition)
+            .arg("check")
+            .arg("--output")
+            .arg(job.dir.path().join("out"));
+        for arg in extra {
+            command.args(["--input", arg]);
+        }
+        command.output().unwrap()
+    };
+    let all: Vec<String> = ["grid", "cube", "uid", "spacing"]
+        .iter()
+        .map(|n| input(n))
+        .collect();
+    let before = job.log().len();
+    let alone = run_op(&all);
+    let text = String::from_utf8_lossy(&alone.stdout);
+    assert!(
+        alone.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&alone.stderr)
+    );
+    assert!(
+        text.contains("check") && text.contains("finished"),
+        "{text}"
+    );
+    let checked: Vec<String> = job.log()[before..]
+        .iter()
+        .filter(|l| l.starts_with("check checked"))
+        .map(|l| l.split(' ').nth(2).unwrap().to_owned())
+        .collect();
+    assert_eq!(checked, ["grid", "cube", "uid", "spacing"]);
+    assert!(
+        !job.log()[before..]
+            .iter()
+            .any(|l| l.starts_with("produce ")),
+        "the producer did not run"
+    );
+
+    // Every shared-memory input needs its file; a file of the wrong type is refused.
+    let missing = run_op(&all[..3]);
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("input \"spacing\"") && err.contains("--input spacing=FILE.npy"),
+        "{err}"
+    );
+    let mut wrong = all.clone();
+    wrong[0] = format!("grid={}", saved.join("produce/cube.npy").display());
+    let wrong = run_op(&wrong);
+    let err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        err.contains("holds int16, the input is declared float32"),
+        "{err}"
     );
 }

@@ -361,6 +361,56 @@ impl Registry {
         Ok(())
     }
 
+    /// Gives entry `entry` memory of shape `dims` holding `bytes` (C order), before any
+    /// operator runs: how a job of one operator gets its inputs from files. Fixed
+    /// dimensions must be the declared ones.
+    pub fn fill_entry(
+        &mut self,
+        entry: EntryId,
+        dims: &[usize],
+        bytes: &[u8],
+    ) -> Result<(), RequestError> {
+        let index = entry.0 as usize;
+        let slot = self.entry_slot(entry)?;
+        let mismatch = dims.len() != slot.plan.declared.len()
+            || dims
+                .iter()
+                .zip(&slot.plan.declared)
+                .any(|(&d, &declared)| declared > 0 && d as i64 != declared);
+        if mismatch {
+            return Err(RequestError::EntryShape {
+                message: format!(
+                    "{} is declared {:?} (-1 or 0: any), the data has shape {dims:?}",
+                    slot.plan.name, slot.plan.declared
+                ),
+            });
+        }
+        let id = match &slot.bound {
+            Some((id, typed)) if typed.shape.dims() == dims => *id,
+            _ => self.bind_entry(index, dims)?.0,
+        };
+        let resource = &self.resources[&id];
+        if bytes.len() != resource.size {
+            return Err(RequestError::EntryShape {
+                message: format!(
+                    "{} needs {} bytes for shape {dims:?}, the data has {}",
+                    self.entries[index].plan.name,
+                    resource.size,
+                    bytes.len()
+                ),
+            });
+        }
+        let mapping = fastio_shm::Mapping::new(
+            &resource.segment,
+            fastio_shm::Access::ReadWrite,
+            fastio_shm::Prefault::Lazy,
+        )
+        .map_err(RequestError::from_segment)?;
+        mapping
+            .write_at(0, bytes)
+            .map_err(RequestError::from_segment)
+    }
+
     fn entry_slot(&self, entry: EntryId) -> Result<&EntrySlot, RequestError> {
         self.entries
             .get(entry.0 as usize)

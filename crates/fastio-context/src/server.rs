@@ -65,6 +65,21 @@ impl Server {
         Self::listen(Shared::new(registry, Some(job)))
     }
 
+    /// [`Server::start_job`] with some entries filled before any operator starts, each
+    /// `(entry, dims, bytes)`: the inputs of an operator run alone (`fastio run-op`).
+    pub fn start_job_with_inputs(
+        config: ServerConfig,
+        job: Arc<Job>,
+        inputs: &[(crate::job::EntryId, Vec<usize>, Vec<u8>)],
+    ) -> Result<Self, ContextError> {
+        let mut registry = Registry::new(config.pool_bytes);
+        registry.define_entries(&job.plan().entries)?;
+        for (entry, dims, bytes) in inputs {
+            registry.fill_entry(*entry, dims, bytes)?;
+        }
+        Self::listen(Shared::new(registry, Some(job)))
+    }
+
     fn listen(shared: Arc<Shared>) -> Result<Self, ContextError> {
         let name = random_name()?;
         let address = format!("@{name}");

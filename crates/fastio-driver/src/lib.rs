@@ -19,6 +19,7 @@
 
 #![deny(unsafe_code)]
 
+mod alone;
 pub mod inspect;
 pub mod npy;
 mod report;
@@ -148,6 +149,22 @@ pub enum DriverError {
     OutputNotEmpty {
         /// The directory.
         path: PathBuf,
+    },
+    /// `fastio run-op` named an operator the definition does not have.
+    #[error("the definition has no operator {operator:?}; its operators: {}", known.join(", "))]
+    NoSuchOperator {
+        /// The name given.
+        operator: String,
+        /// The definition's operators.
+        known: Vec<String>,
+    },
+    /// An input given to an operator run alone is missing, unknown or unusable.
+    #[error("input {input:?}: {reason}")]
+    Input {
+        /// The input's name.
+        input: String,
+        /// What is wrong.
+        reason: String,
     },
     /// A directory could not be prepared.
     #[error("cannot prepare {path}: {source}")]
@@ -280,6 +297,40 @@ pub fn run_job(
     options: &JobOptions,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<JobReport, DriverError> {
+    run(pipeline, None, options, progress)
+}
+
+/// Runs operator `operator` of `pipeline` alone, as a job of one operator
+/// (`fastio run-op`): its shared-memory inputs hold the arrays of the `.npy` files given
+/// for them, its `stream` inputs read the folders given for them (or empty ones), and it
+/// does not wait for upstream operators. `inputs` maps input names to files or folders;
+/// every shared-memory input needs one. Set [`JobOptions::save`] to keep its outputs.
+pub fn run_operator(
+    pipeline: &Pipeline,
+    operator: &str,
+    inputs: &[(String, PathBuf)],
+    options: &JobOptions,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<JobReport, DriverError> {
+    let index = pipeline
+        .position(operator)
+        .ok_or_else(|| DriverError::NoSuchOperator {
+            operator: operator.to_owned(),
+            known: pipeline
+                .operators()
+                .iter()
+                .map(|o| o.name().to_owned())
+                .collect(),
+        })?;
+    run(pipeline, Some((index, inputs)), options, progress)
+}
+
+fn run(
+    pipeline: &Pipeline,
+    alone: Option<(usize, &[(String, PathBuf)])>,
+    options: &JobOptions,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<JobReport, DriverError> {
     let job_id = options
         .job_id
         .clone()
@@ -300,7 +351,19 @@ pub fn run_job(
         },
         output_root,
     };
-    let plan = job_plan(pipeline, &job_id, &layout);
+    let mut plan = job_plan(pipeline, &job_id, &layout);
+    // Which operators of the definition run, in stage order; data for entries.
+    let (stages, filled) = match alone {
+        None => (
+            (0..pipeline.operators().len()).collect::<Vec<_>>(),
+            Vec::new(),
+        ),
+        Some((index, inputs)) => {
+            let (single, filled) = alone::plan(plan, index, inputs)?;
+            plan = single;
+            (vec![index], filled)
+        }
+    };
     let save_dir = options.save.as_deref().map(absolute).transpose()?;
     prepare_directories(&plan, options.replace_outputs)?;
 
@@ -309,17 +372,19 @@ pub fn run_job(
     let job = Arc::new(Job::new(plan.clone(), move |e| {
         let _ = job_events.send(Event::Job(e));
     }));
-    let server = Server::start_job(
+    let server = Server::start_job_with_inputs(
         ServerConfig {
             pool_bytes: options.pool_bytes,
         },
         job.clone(),
+        &filled,
     )?;
 
     let start = Instant::now();
     let timeout = options.timeout.unwrap_or_else(|| pipeline.timeout());
     let mut operators = Vec::new();
-    for (index, op) in pipeline.operators().iter().enumerate() {
+    for (index, &definition) in stages.iter().enumerate() {
+        let op = &pipeline.operators()[definition];
         let mut operator = Operator {
             name: op.name().to_owned(),
             state: OperatorState::Starting,
@@ -339,7 +404,14 @@ pub fn run_job(
             stderr: Tail::default(),
             readers: Vec::new(),
         };
-        match spawn(pipeline, options, &plan, &server, index, &mut operator) {
+        match spawn(
+            pipeline,
+            options,
+            &plan,
+            &server,
+            (definition, index),
+            &mut operator,
+        ) {
             Ok(child) => {
                 operator.pid = Some(child.id() as i32);
                 let events = events.clone();
@@ -452,15 +524,9 @@ pub fn run_job(
         Some(dir) => results::save(&plan, &server, &operators, dir),
         None => Default::default(),
     };
-    let mut report = report::build(
-        pipeline,
-        &plan,
-        &server,
-        &layout,
-        &operators,
-        failure,
-        start.elapsed(),
-    );
+    let mut report = report::build(pipeline, &stages, &plan, &server, &layout, &operators);
+    report.failure = failure;
+    report.elapsed = start.elapsed();
     report.left = results::left_behind(&plan, &layout, saved);
     report.not_saved = not_saved;
     drop(record);
@@ -729,10 +795,10 @@ fn spawn(
     options: &JobOptions,
     plan: &JobPlan,
     server: &Server,
-    index: usize,
+    (definition, index): (usize, usize),
     operator: &mut Operator,
 ) -> Result<Child, String> {
-    let definition = &pipeline.operators()[index];
+    let definition = &pipeline.operators()[definition];
     let stage = &plan.stages[index];
     let argv = definition.command();
     let program = resolve_program(pipeline, options, &argv[0]);

@@ -304,22 +304,24 @@ fn dir_bytes(path: &Path) -> u64 {
         .sum()
 }
 
+/// The report of a job that ran the operators `stages` (indices into the definition's
+/// operators, in stage order); failure and elapsed time are the caller's to fill in.
 pub(crate) fn build(
     pipeline: &Pipeline,
+    stages: &[usize],
     plan: &JobPlan,
     server: &Server,
     layout: &DiskLayout,
     operators: &[Operator],
-    failure: Option<(String, String)>,
-    elapsed: Duration,
 ) -> JobReport {
     let mut entries = Vec::new();
-    for (index, op) in pipeline.operators().iter().enumerate() {
+    for (index, op) in stages.iter().map(|&d| &pipeline.operators()[d]).enumerate() {
         for output in op.outputs() {
             let readers = pipeline
                 .readers(op.name(), output.name())
                 .into_iter()
                 .map(|(r, _)| r.name().to_owned())
+                .filter(|r| operators.iter().any(|o| &o.name == r))
                 .collect();
             let (bytes, medium) = match output.kind() {
                 EntryKind::Stream { .. } => (
@@ -369,8 +371,8 @@ pub(crate) fn build(
     JobReport {
         job_id: plan.job_id.clone(),
         pipeline: pipeline.name().to_owned(),
-        elapsed,
-        failure,
+        elapsed: Duration::ZERO,
+        failure: None,
         operators,
         entries,
         output_root: layout.output_root.clone(),

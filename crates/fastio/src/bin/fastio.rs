@@ -74,6 +74,34 @@ enum Command {
         #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
         heartbeat: f64,
     },
+    /// Run one operator of a pipeline alone, its inputs from files: each shared-memory
+    /// input from a numpy .npy file, each stream input from a folder (or empty). It does
+    /// not wait for upstream operators; its shared-memory outputs are saved as .npy files
+    /// (in the job's folder's `arrays`, or --save DIR) and the summary says where.
+    RunOp {
+        /// The pipeline definition file.
+        pipeline: std::path::PathBuf,
+        /// The operator to run.
+        operator: String,
+        /// An input: NAME=FILE.npy (shared memory) or NAME=FOLDER (stream). Repeatable.
+        #[arg(long = "input", short = 'i', value_name = "NAME=PATH")]
+        inputs: Vec<String>,
+        /// Where results go (a folder per job, as for `run`).
+        #[arg(long, default_value = "fastio-output")]
+        output: std::path::PathBuf,
+        /// Where the outputs are saved as .npy (default: the job's folder's `arrays`).
+        #[arg(long, value_name = "DIR")]
+        save: Option<std::path::PathBuf>,
+        /// Time limit in seconds (default: the definition's `timeout`, else 600).
+        #[arg(long)]
+        timeout: Option<f64>,
+        /// Set a variable, as for `run`. Repeatable.
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<fastio::pipeline::Override>,
+        /// Print only the summary.
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// List the running jobs of this user (found through their records in the user's
     /// private runtime folder).
     Ps {
@@ -166,6 +194,18 @@ fn run() -> anyhow::Result<()> {
             print!("{}", load(&pipeline)?.to_dot());
             Ok(())
         }
+        Command::RunOp {
+            pipeline,
+            operator,
+            inputs,
+            output,
+            save,
+            timeout,
+            set,
+            quiet,
+        } => run_operator(
+            &pipeline, &operator, &inputs, output, save, timeout, &set, quiet,
+        ),
         Command::Ps { json } => {
             let jobs = fastio::driver::inspect::running_jobs()?;
             if json {
@@ -269,9 +309,72 @@ fn run_pipeline(
         options.program_dirs.push(dir.to_owned());
     }
     let interrupts = interrupt::Watch::start(&options.cancel)?;
-    let report = run_job(&pipeline, &options, &mut |p| display.show(p))?;
+    let report =
+        run_job(&pipeline, &options, &mut |p| display.show(p)).map_err(anyhow::Error::from);
     display.finish();
     let signal = interrupts.stop();
+    finish_job_folder(&options.output_root, &report)?;
+    let report = report?;
+    print!("{}", report.render());
+    std::io::stdout().flush()?;
+    if let Some(signal) = signal {
+        std::process::exit(128 + signal);
+    }
+    if !report.succeeded() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// `fastio run-op`.
+#[allow(clippy::too_many_arguments)]
+fn run_operator(
+    path: &std::path::Path,
+    operator: &str,
+    inputs: &[String],
+    output: std::path::PathBuf,
+    save: Option<std::path::PathBuf>,
+    timeout: Option<f64>,
+    set: &[fastio::pipeline::Override],
+    quiet: bool,
+) -> anyhow::Result<()> {
+    use fastio::driver::{JobOptions, run_operator};
+    let pipeline = load_with(path, set)?;
+    let inputs = inputs
+        .iter()
+        .map(|text| {
+            let (name, file) = text
+                .split_once('=')
+                .with_context(|| format!("--input {text:?} is not NAME=PATH"))?;
+            Ok((name.to_owned(), std::path::PathBuf::from(file)))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut options = JobOptions::for_pipeline(&pipeline);
+    let job_id = fastio::operator::new_job_id();
+    options.output_root = job_folder(&output.join(pipeline.name()), &job_id)?;
+    options.job_id = Some(job_id);
+    options.save = Some(save.unwrap_or_else(|| options.output_root.join("arrays")));
+    if let Some(seconds) = timeout {
+        options.timeout = Some(
+            std::time::Duration::try_from_secs_f64(seconds)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .context("--timeout must be a positive number of seconds")?,
+        );
+    }
+    if let Some(dir) = std::env::current_exe()?.parent() {
+        options.program_dirs.push(dir.to_owned());
+    }
+    let interrupts = interrupt::Watch::start(&options.cancel)?;
+    let mut display = Display::new(quiet, heartbeat_interval(30.0)?);
+    let report = run_operator(&pipeline, operator, &inputs, &options, &mut |p| {
+        display.show(p)
+    })
+    .map_err(anyhow::Error::from);
+    display.finish();
+    let signal = interrupts.stop();
+    finish_job_folder(&options.output_root, &report)?;
+    let report = report?;
     print!("{}", report.render());
     std::io::stdout().flush()?;
     if let Some(signal) = signal {
@@ -340,13 +443,25 @@ fn job_folder(parent: &std::path::Path, job_id: &str) -> anyhow::Result<std::pat
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let folder = parent.join(&name);
     std::fs::create_dir(&folder).with_context(|| format!("creating {}", folder.display()))?;
+    Ok(folder)
+}
+
+/// After a job ran: points `<parent>/latest` at its folder. A job that could not start
+/// leaves no folder behind (it is removed if still empty) and `latest` as it was.
+fn finish_job_folder<T>(folder: &std::path::Path, ran: &anyhow::Result<T>) -> anyhow::Result<()> {
+    let (Some(parent), Some(name)) = (folder.parent(), folder.file_name()) else {
+        return Ok(());
+    };
+    if ran.is_err() {
+        let _ = std::fs::remove_dir(folder);
+        return Ok(());
+    }
     // Replaced atomically: a new link under a temporary name renamed over the old one.
     let latest = parent.join("latest");
-    let temporary = parent.join(format!(".latest-{job_id}"));
-    std::os::unix::fs::symlink(&name, &temporary)
+    let temporary = parent.join(format!(".latest-{}", name.to_string_lossy()));
+    std::os::unix::fs::symlink(name, &temporary)
         .and_then(|()| std::fs::rename(&temporary, &latest))
-        .with_context(|| format!("pointing {} at {name}", latest.display()))?;
-    Ok(folder)
+        .with_context(|| format!("pointing {} at {}", latest.display(), folder.display()))
 }
 
 mod interrupt {
