@@ -102,6 +102,7 @@ fn bench_create_fill(c: &mut Criterion) -> anyhow::Result<()> {
     let options = CreateOptions {
         zeroed: false,
         prefault: Prefault::Lazy,
+        hugetlb: false,
     };
     let mut group = c.benchmark_group("create_fill_256MiB");
     slow_group(&mut group);
@@ -147,6 +148,7 @@ fn bench_handover(c: &mut Criterion, server: &Server, helper: &Helper) -> anyhow
     let options = CreateOptions {
         zeroed: false,
         prefault: Prefault::Lazy,
+        hugetlb: false,
     };
     let shm_path = PathBuf::from(format!("/dev/shm/fastio-bench-{}.bin", std::process::id()));
     let disk_dir = target_dir().join("fastio-bench");

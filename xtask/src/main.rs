@@ -3,6 +3,8 @@
 //! - `test`: the whole test run (what the README and CI run): formatting, clippy with
 //!   warnings as errors, every test of the workspace, doctests, then the Python module
 //!   built into `.venv` and its pytest suite;
+//! - `dist`: the Python wheel (the `fastio` module and the `fastio` command), tagged
+//!   manylinux for the glibc it needs, into `dist/`;
 //! - `demo`: runs the demo pipeline (examples/demo/pipeline.yaml) with `fastio run`;
 //! - `bench`: the criterion benchmarks, the pipeline benchmark and the Python benchmark;
 //!   writes their tables into docs/benchmarks.md (`bench-pipeline`: only the demo
@@ -10,10 +12,12 @@
 //!   multiprocessing.shared_memory and np.save/np.load);
 //! - `gpu-test` / `gpu-bench`: build the stripped cuda-streams bundle for the GPU machine.
 //! - `codegen [--check]`: the C header of fastio-ffi, generated with cbindgen;
-//! - `clib`: libfastio.so / libfastio.a and the drop-in name libnvclara.so.
+//! - `clib`: libfastio.so / libfastio.a and the drop-in name libnvclara.so;
+//! - `fuzz <target> [--count N]`: a long property-based fuzz run (`protocol`).
 
 mod bench;
 mod capi;
+mod fuzz;
 mod gpu;
 mod pipeline_bench;
 mod python;
@@ -29,6 +33,7 @@ fn main() -> anyhow::Result<()> {
     std::env::set_current_dir(&root)?;
     match args.first().map(String::as_str) {
         Some("test") => test(),
+        Some("dist") => python::dist().map(drop),
         Some("demo") => demo(),
         Some("bench") => {
             bench::bench(&args[1..])?;
@@ -41,9 +46,10 @@ fn main() -> anyhow::Result<()> {
         Some("gpu-bench") => gpu::gpu_bench(&args[1..]),
         Some("codegen") => capi::codegen(&root, &args[1..]),
         Some("clib") => capi::clib(&root).map(drop),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench|bench-pipeline|bench-python|gpu-test|gpu-bench|codegen|clib>"
+                "usage: cargo xtask <test|dist|demo|bench|bench-pipeline|bench-python|gpu-test|gpu-bench|codegen|clib|fuzz>"
             );
             bail!("unknown or missing command")
         }

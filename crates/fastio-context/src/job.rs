@@ -385,6 +385,14 @@ impl Job {
         Ok(())
     }
 
+    /// Whether stage `stage` has finished execute (successfully or not).
+    pub fn has_executed(&self, stage: usize) -> bool {
+        self.lock()
+            .stages
+            .get(stage)
+            .is_some_and(|p| p.executed.is_some())
+    }
+
     /// Stage `stage` finished `phase`.
     pub fn finished(&self, stage: usize, phase: Phase, failure: Option<String>) {
         if let Some(progress) = self.lock().stages.get_mut(stage) {

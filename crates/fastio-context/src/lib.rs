@@ -1,6 +1,6 @@
 //! The Fast I/O context: allocations, publications, the context server and its clients.
 //!
-//! Clara's semantics (seeds 000 and 001): [`Context::create`] makes an allocation only its
+//! Clara's semantics (its Fast I/O Context documentation, C and Python): [`Context::create`] makes an allocation only its
 //! creator can reach; [`Allocation::publish`] copies the handle's metadata into the context
 //! under a unique name; [`Context::get`] returns a new handle to the same memory with a copy
 //! of the published metadata; [`Allocation::release`] drops a handle and
@@ -30,11 +30,13 @@
 
 #![deny(unsafe_code)]
 
+mod collapse;
 mod context;
 mod entry;
 mod error;
 pub mod job;
 pub mod listing;
+mod mapcache;
 pub mod protocol;
 pub mod records;
 pub mod registry;
@@ -43,9 +45,13 @@ pub mod server;
 mod sys;
 mod transport;
 
+pub use collapse::COLLAPSE_ENV;
 pub use context::{Allocation, Context, CreateOptions};
 pub use entry::FastIoEntry;
 pub use error::{ContextError, RequestError};
 pub use fastio_shm::{Access, Prefault};
-pub use protocol::{AccessMode, EventHandle, ResourceId, Stats};
-pub use server::{CONTEXT_ENV, Server, ServerConfig};
+pub use mapcache::{
+    DEFAULT_MAP_CACHE_BYTES, MAP_CACHE_ENV, MappingStats, mapping_stats, set_mapping_cache_bytes,
+};
+pub use protocol::{AccessMode, EventHandle, ResourceId, SegmentStats, Stats};
+pub use server::{CONTEXT_ENV, Server, ServerConfig, raise_descriptor_limit};

@@ -1,10 +1,11 @@
 //! The messages between a context's clients and its server.
 //!
 //! One request, one response, each a JSON document in one `SOCK_SEQPACKET` message;
-//! segment descriptors ride along as `SCM_RIGHTS`. The first request on a connection is
-//! [`Request::Hello`] with [`PROTOCOL_VERSION`]; a server refuses other versions.
+//! segment descriptors ride along as `SCM_RIGHTS`. The first request on a connection must
+//! be [`Request::Hello`] with [`PROTOCOL_VERSION`]: a server refuses every other request
+//! before it, and other versions.
 //! JSON keeps the protocol readable in traces and fuzzable; a request costs microseconds
-//! to encode against ~160 us for the round trip itself (shared/reference/cpu-limits.md).
+//! to encode against ~160 us for the round trip itself (measured on our machines).
 
 use fastio_meta::TypedShape;
 use serde::{Deserialize, Serialize};
@@ -13,7 +14,7 @@ use crate::RequestError;
 use crate::job::{EntryId, Phase, ReclaimedHandle, StageInfo};
 
 /// Version of this protocol; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Bytes in an interprocess CUDA event handle (`CUipcEventHandle`).
 pub const EVENT_HANDLE_LEN: usize = 64;
@@ -98,6 +99,9 @@ pub enum Request {
     Create {
         /// Bytes wanted.
         size: usize,
+        /// Huge pages from the hugetlb pool wanted (ordinary memory where it has too few).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        hugetlb: bool,
     },
     /// Publishes a held resource under `name` with the given metadata.
     Publish {
@@ -110,6 +114,15 @@ pub enum Request {
         /// An interprocess CUDA event recorded after the data was written, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         event: Option<EventHandle>,
+        /// Replace the publication (or freed name) that has `name`, instead of failing.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        replace: bool,
+    },
+    /// Withdraws the name `name` (live or freed), so that it can be published again.
+    /// Handles already got stay valid; the memory goes when nothing else keeps it.
+    Unpublish {
+        /// The publication's name.
+        name: String,
     },
     /// A new handle to a published resource; the response carries its descriptor.
     Get {
@@ -180,7 +193,8 @@ pub enum Request {
     AllocateEntry {
         /// The entry.
         entry: EntryId,
-        /// Every dimension, positive, agreeing with the declaration where it is fixed.
+        /// Every dimension (0 for an empty one), agreeing with the declaration where it is
+        /// fixed.
         dims: Vec<usize>,
     },
 }
@@ -246,4 +260,30 @@ pub struct Stats {
     pub segments_created: u64,
     /// Creates served from the warm pool since start.
     pub segments_recycled: u64,
+    /// Pooled segments evicted (least recently used first) to make room since start.
+    #[serde(default)]
+    pub segments_evicted: u64,
+    /// Bytes being reserved now by creates in progress.
+    #[serde(default)]
+    pub reserving_bytes: u64,
+    /// Bytes of live and pooled segments backed by huge pages, as last measured by the
+    /// background collapser.
+    #[serde(default)]
+    pub huge_page_bytes: u64,
+    /// Every segment the context holds: live resources first, then the warm pool.
+    #[serde(default)]
+    pub segments: Vec<SegmentStats>,
+}
+
+/// One segment in [`Stats`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentStats {
+    /// The resource it backs, or `None` for a pooled segment.
+    pub resource: Option<ResourceId>,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Bytes backed by transparent huge pages, as last measured by the collapser.
+    pub huge_page_bytes: u64,
+    /// Whether its pages come from the hugetlb pool.
+    pub hugetlb: bool,
 }

@@ -5,26 +5,107 @@
 //! Architecture Invariant: a resource lives while some connection holds a handle to it,
 //! or while it is published and not freed. When neither is true its segment goes to the
 //! bounded warm pool or is closed; no other path releases memory.
+//!
+//! Architecture Invariant: nothing slow happens under the registry's lock. Making a
+//! segment (`fallocate` of possibly gigabytes) is split in two: [`Registry::obtain`]
+//! (pool hit, or a reservation counted against the headroom) and [`Registry::adopt`];
+//! the caller makes the segment in between without the lock. Segments leaving the
+//! registry for good are queued ([`Registry::take_dead`]) and freed by the caller after it
+//! lets go of the lock.
+//!
+//! Architecture Invariant: no request turns read-only access into write access. What a
+//! connection may do with a resource is decided by the handles it was granted: it may
+//! write (take the writer lock, publish read-write) only if one of them was read-write.
+//! A publication made without write access is read-only, a write-sealed segment is never
+//! granted read-write nor pooled, and entry memory never comes from the pool.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use fastio_meta::{Shape, TypedShape, validate_name};
+use fastio_meta::{Shape, TypedShape, validate_publication_name};
 use fastio_shm::{Segment, SegmentBuilder};
 
 use crate::RequestError;
 use crate::job::{EntryId, EntryPlan, ReclaimedHandle};
-use crate::protocol::{AccessMode, EventHandle, ResourceId, Stats};
+use crate::protocol::{AccessMode, EventHandle, ResourceId, SegmentStats, Stats};
 
 /// Identifies a connection (a client, or an in-process context) to the registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnectionId(pub u64);
 
+/// The size of the segment behind a resource of 0 bytes (an empty array's).
+const MIN_SEGMENT_BYTES: usize = 1;
+
 /// Default bound of the warm pool: 1 GiB of segments kept for reuse.
 pub const DEFAULT_POOL_BYTES: u64 = 1 << 30;
+
+/// Default bound of the warm pool in segments (each costs the server a descriptor).
+pub const DEFAULT_POOL_SEGMENTS: usize = 64;
+
+/// A segment's huge-page state, shared with the background collapser.
+#[derive(Debug, Default)]
+pub(crate) struct HugeState {
+    /// Bytes the collapser found backed by huge pages.
+    pub(crate) bytes: AtomicU64,
+    /// Still in the pool: the collapser stops as soon as the segment is handed out.
+    pub(crate) pooled: AtomicBool,
+}
+
+/// Which connections mapped a segment, and whether writable (so that the pool can hand it
+/// back to a process that still keeps the mapping).
+type MappedBy = Vec<(ConnectionId, bool)>;
+
+#[derive(Debug)]
+struct Pooled {
+    segment: Segment,
+    mapped_by: MappedBy,
+    last_use: u64,
+    huge: Arc<HugeState>,
+}
+
+/// A pool hit, or the go-ahead to make a new segment of `size` bytes (counted in the
+/// registry's reservations until [`Registry::adopt`] or [`Registry::abandon`]).
+#[derive(Debug)]
+pub enum Obtained {
+    /// A warm segment from the pool (holds old bytes).
+    Pooled(Box<PooledSegment>),
+    /// Make a segment of this many bytes, outside the lock.
+    Make(Reservation),
+}
+
+/// A warm segment taken from the pool.
+#[derive(Debug)]
+pub struct PooledSegment {
+    segment: Segment,
+    mapped_by: MappedBy,
+    huge: Arc<HugeState>,
+}
+
+/// Bytes counted against the headroom while a segment is made outside the lock.
+#[derive(Debug)]
+#[must_use = "give it back with adopt or abandon"]
+pub struct Reservation {
+    size: usize,
+    hugetlb: bool,
+}
+
+impl Reservation {
+    /// Makes the segment (slow: reserves all its memory). Call without the registry lock.
+    pub fn make(&self) -> Result<Segment, RequestError> {
+        SegmentBuilder::new(self.size)
+            .label("fastio")
+            .hugetlb(self.hugetlb)
+            .create()
+            .map_err(RequestError::from_segment)
+    }
+}
 
 #[derive(Debug)]
 struct Resource {
     segment: Segment,
+    mapped_by: MappedBy,
+    huge: Arc<HugeState>,
     size: usize,
     deleted: bool,
     // Live publications and FastIO entries bound to it: each keeps it alive.
@@ -32,6 +113,8 @@ struct Resource {
     handles: u64,
     // The connection holding the write mapping, and how many times it took it.
     writer: Option<(ConnectionId, u32)>,
+    // Sealed against writes (a job output whose producer has finished execute).
+    sealed: bool,
 }
 
 impl Resource {
@@ -49,8 +132,28 @@ enum NameState {
         id: ResourceId,
         typed: Option<TypedShape>,
         event: Option<EventHandle>,
+        // Published by a connection that could not write: it gives read-only handles only.
+        read_only: bool,
     },
     Freed,
+}
+
+/// The handles one connection holds to one resource.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Held {
+    count: u64,
+    // Some handle granted to this connection was read-write.
+    writable: bool,
+}
+
+/// Whether a new resource may reuse a pooled segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Recycle {
+    Allowed,
+    // Entry memory: a former holder of a pooled segment could have kept a writable
+    // mapping of it, which the write seal at the end of the producer's execute cannot
+    // revoke.
+    Never,
 }
 
 /// A FastIO entry's memory: none yet, or a resource with the entry's concrete shape.
@@ -85,14 +188,23 @@ pub struct Registry {
     resources: HashMap<ResourceId, Resource>,
     names: HashMap<String, NameState>,
     entries: Vec<EntrySlot>,
-    connections: HashMap<ConnectionId, HashMap<ResourceId, u64>>,
-    pool: Vec<Segment>,
+    connections: HashMap<ConnectionId, HashMap<ResourceId, Held>>,
+    pool: Vec<Pooled>,
     pool_bytes: u64,
     pool_limit: u64,
+    pool_segments: usize,
+    // Bytes being reserved outside the lock by creates in flight.
+    reserving: u64,
+    // Segments leaving for good, to be freed by the caller without the lock.
+    dead: Vec<Segment>,
+    // Where segments entering the pool are sent to be collapsed into huge pages.
+    collapser: Option<crate::collapse::Collapser>,
+    tick: u64,
     next_id: u64,
     next_connection: u64,
     created: u64,
     recycled: u64,
+    evicted: u64,
 }
 
 impl Registry {
@@ -106,11 +218,36 @@ impl Registry {
             pool: Vec::new(),
             pool_bytes: 0,
             pool_limit,
+            pool_segments: DEFAULT_POOL_SEGMENTS,
+            reserving: 0,
+            dead: Vec::new(),
+            collapser: None,
+            tick: 0,
             next_id: 1,
             next_connection: 1,
             created: 0,
             recycled: 0,
+            evicted: 0,
         }
+    }
+
+    /// Bounds the warm pool in segments too (each one is a descriptor held open).
+    pub fn set_pool_segments(&mut self, segments: usize) {
+        self.pool_segments = segments;
+        self.trim_pool(0);
+    }
+
+    /// Sends every segment of 2 MiB or more that enters the pool to a background thread
+    /// that collapses it into huge pages (`MADV_COLLAPSE`), off every caller's path.
+    pub fn collapse_pooled(&mut self, on: bool) {
+        self.collapser = on.then(crate::collapse::Collapser::start).flatten();
+    }
+
+    /// Segments that left the registry for good since the last call. The caller frees
+    /// them (punching their pages, so that clients' parked mappings keep nothing alive)
+    /// after releasing the registry's lock.
+    pub fn take_dead(&mut self) -> Vec<Segment> {
+        std::mem::take(&mut self.dead)
     }
 
     /// Registers a new connection.
@@ -126,9 +263,9 @@ impl Registry {
         let Some(held) = self.connections.remove(&conn) else {
             return;
         };
-        for (id, count) in held {
+        for (id, held) in held {
             if let Some(resource) = self.resources.get_mut(&id) {
-                resource.handles -= count;
+                resource.handles -= held.count;
                 resource.drop_writer(conn);
             }
             self.reclaim_if_dead(id);
@@ -140,7 +277,7 @@ impl Registry {
         let mut held: Vec<_> = self
             .connections
             .get(&conn)
-            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+            .map(|m| m.iter().map(|(k, v)| (*k, v.count)).collect())
             .unwrap_or_default();
         held.sort();
         held
@@ -187,41 +324,135 @@ impl Registry {
         (entries, publications)
     }
 
-    /// A new private resource of `size` bytes, held once by `conn`.
+    /// A new private resource of `size` bytes, held once by `conn`, made under the lock
+    /// (for tests and job set-up; the server uses [`Registry::obtain`] and
+    /// [`Registry::adopt`] so that making it happens without the lock).
     pub fn create(&mut self, conn: ConnectionId, size: usize) -> Result<Grant, RequestError> {
-        let grant = self.new_resource(size)?;
-        self.add_handle(conn, grant.id);
+        let obtained = self.obtain(conn, size, true, false)?;
+        let made = match &obtained {
+            Obtained::Make(reservation) => Some(reservation.make()),
+            Obtained::Pooled(_) => None,
+        };
+        let grant = self.adopt(obtained, made, size)?;
+        self.add_handle(conn, grant.id, true);
         Ok(grant)
     }
 
-    /// A new resource held by nobody (its caller pins it at once).
-    fn new_resource(&mut self, size: usize) -> Result<Grant, RequestError> {
-        if size == 0 {
-            return Err(RequestError::ZeroSize);
+    /// First half of making a resource of `size` bytes: a warm segment from the pool
+    /// (preferring one `conn` has mapped, writable when `writable`), or a reservation of
+    /// `size` bytes checked against the memory still available, counting the reservations
+    /// of creates in flight. With `hugetlb`, only a pooled hugetlb segment will do.
+    ///
+    /// A resource of 0 bytes (the memory of an empty array) is valid: memfds and mappings
+    /// cannot be empty, so its segment has the smallest size, while [`Registry::adopt`]
+    /// records (and clients see) size 0.
+    pub fn obtain(
+        &mut self,
+        conn: ConnectionId,
+        size: usize,
+        writable: bool,
+        hugetlb: bool,
+    ) -> Result<Obtained, RequestError> {
+        self.obtain_as(conn, size, writable, hugetlb, Recycle::Allowed)
+    }
+
+    /// [`Registry::obtain`] for a FastIO entry: never a pooled segment.
+    pub fn obtain_fresh(&mut self, size: usize, hugetlb: bool) -> Result<Obtained, RequestError> {
+        self.obtain_as(ConnectionId(0), size, true, hugetlb, Recycle::Never)
+    }
+
+    fn obtain_as(
+        &mut self,
+        conn: ConnectionId,
+        size: usize,
+        writable: bool,
+        hugetlb: bool,
+        recycle: Recycle,
+    ) -> Result<Obtained, RequestError> {
+        let size = size.max(MIN_SEGMENT_BYTES);
+        if recycle == Recycle::Allowed
+            && let Some(pooled) = self.take_pooled(size, conn, writable, hugetlb)
+        {
+            return Ok(Obtained::Pooled(Box::new(pooled)));
         }
-        let (segment, recycled) = match self.take_pooled(size) {
-            Some(segment) => (segment, true),
-            None => {
-                let segment = SegmentBuilder::new(size)
-                    .label("fastio")
-                    .create()
-                    .map_err(RequestError::from_segment)?;
+        self.admit(size as u64)?;
+        self.reserving += size as u64;
+        Ok(Obtained::Make(Reservation { size, hugetlb }))
+    }
+
+    /// Refuses `bytes` more when they, the reservations in flight and the safety margin do
+    /// not fit in the memory available now.
+    fn admit(&self, bytes: u64) -> Result<(), RequestError> {
+        if let Some(available) = fastio_shm::available_memory() {
+            let wanted = bytes
+                .saturating_add(self.reserving)
+                .saturating_add(fastio_shm::HEADROOM_MARGIN);
+            if wanted > available {
+                let free = available.saturating_sub(self.reserving + fastio_shm::HEADROOM_MARGIN);
+                return Err(RequestError::OutOfMemory {
+                    size: usize::try_from(bytes).unwrap_or(usize::MAX),
+                    message: format!(
+                        "cannot reserve {bytes} bytes of shared memory: only {free} bytes are available (keeping {} bytes of margin and {} bytes reserved by creates in progress)",
+                        fastio_shm::HEADROOM_MARGIN,
+                        self.reserving
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives back a reservation whose segment could not be made.
+    pub fn abandon(&mut self, reservation: Reservation) {
+        self.reserving -= reservation.size as u64;
+    }
+
+    /// Second half: the resource, held by nobody yet, over the pooled segment or the one
+    /// made for the reservation (`made`).
+    pub fn adopt(
+        &mut self,
+        obtained: Obtained,
+        made: Option<Result<Segment, RequestError>>,
+        size: usize,
+    ) -> Result<Grant, RequestError> {
+        let (segment, mapped_by, huge, recycled) = match obtained {
+            Obtained::Pooled(p) => (p.segment, p.mapped_by, p.huge, true),
+            Obtained::Make(reservation) => {
+                self.abandon(reservation);
+                let segment = made.unwrap_or_else(|| {
+                    Err(RequestError::Internal {
+                        message: "a reservation was adopted without its segment".into(),
+                    })
+                })?;
                 self.created += 1;
-                (segment, false)
+                let huge = Arc::new(HugeState::default());
+                if segment.is_hugetlb() {
+                    huge.bytes.store(segment.len() as u64, Ordering::Relaxed);
+                }
+                (segment, Vec::new(), huge, false)
             }
         };
-        let client_copy = segment.try_clone().map_err(RequestError::from_segment)?;
+        let client_copy = match segment.try_clone() {
+            Ok(copy) => copy,
+            Err(e) => {
+                self.dead.push(segment);
+                return Err(RequestError::from_segment(e));
+            }
+        };
         let id = ResourceId(self.next_id);
         self.next_id += 1;
         self.resources.insert(
             id,
             Resource {
                 segment,
+                mapped_by,
+                huge,
                 size,
                 deleted: false,
                 pins: 0,
                 handles: 0,
                 writer: None,
+                sealed: false,
             },
         );
         Ok(Grant {
@@ -234,7 +465,23 @@ impl Registry {
         })
     }
 
-    /// Publishes a resource `conn` holds under `name`.
+    /// Holds a newly adopted resource once for `conn` (the end of a create).
+    pub fn hold_new(&mut self, conn: ConnectionId, id: ResourceId) {
+        self.add_handle(conn, id, true);
+    }
+
+    /// A new entry resource held by nobody (its caller pins it at once), made under the
+    /// lock; never a pooled segment.
+    fn new_resource(&mut self, size: usize) -> Result<Grant, RequestError> {
+        let obtained = self.obtain_fresh(size, false)?;
+        let made = match &obtained {
+            Obtained::Make(reservation) => Some(reservation.make()),
+            Obtained::Pooled(_) => None,
+        };
+        self.adopt(obtained, made, size)
+    }
+
+    /// Publishes a resource `conn` holds under `name`; refused if the name is taken.
     pub fn publish(
         &mut self,
         conn: ConnectionId,
@@ -243,14 +490,30 @@ impl Registry {
         typed: Option<TypedShape>,
         event: Option<EventHandle>,
     ) -> Result<(), RequestError> {
-        validate_name(name).map_err(|e| RequestError::InvalidName {
+        self.publish_as(conn, id, name, typed, event, false)
+    }
+
+    /// [`Registry::publish`]; with `replace`, a publication or freed name that has `name`
+    /// is replaced (its resource loses that pin) instead of refusing.
+    pub fn publish_as(
+        &mut self,
+        conn: ConnectionId,
+        id: ResourceId,
+        name: &str,
+        typed: Option<TypedShape>,
+        event: Option<EventHandle>,
+        replace: bool,
+    ) -> Result<(), RequestError> {
+        validate_publication_name(name).map_err(|e| RequestError::InvalidName {
             message: e.to_string(),
         })?;
-        self.check_held(conn, id)?;
+        let held = self.check_held(conn, id)?;
         let resource = &self.resources[&id];
         if resource.deleted {
             return Err(RequestError::Deleted { id: id.0 });
         }
+        // Without write access the publication cannot grant it to others either.
+        let read_only = !held.writable || resource.sealed;
         if let Some(t) = &typed {
             let need = t.byte_size();
             if need > resource.size {
@@ -261,24 +524,57 @@ impl Registry {
             }
         }
         match self.names.get(name) {
-            Some(NameState::Live { .. }) => {
+            Some(NameState::Live { .. }) if !replace => {
                 return Err(RequestError::AlreadyPublished {
                     name: name.to_owned(),
                 });
             }
-            Some(NameState::Freed) => {
+            Some(NameState::Freed) if !replace => {
                 return Err(RequestError::NameFreed {
                     name: name.to_owned(),
                 });
             }
-            None => {}
+            _ => {}
         }
-        self.names
-            .insert(name.to_owned(), NameState::Live { id, typed, event });
         if let Some(resource) = self.resources.get_mut(&id) {
             resource.pins += 1;
         }
+        let replaced = self.names.insert(
+            name.to_owned(),
+            NameState::Live {
+                id,
+                typed,
+                event,
+                read_only,
+            },
+        );
+        self.unpin(replaced);
         Ok(())
+    }
+
+    /// Withdraws `name`, live or freed, so that it can be published again. Handles got
+    /// through it stay valid.
+    pub fn unpublish(&mut self, name: &str) -> Result<(), RequestError> {
+        match self.names.remove(name) {
+            None => Err(RequestError::UnknownName {
+                name: name.to_owned(),
+            }),
+            state => {
+                self.unpin(state);
+                Ok(())
+            }
+        }
+    }
+
+    /// A name stopped pointing at a live publication's resource: the resource loses that
+    /// pin, and dies if nothing else keeps it.
+    fn unpin(&mut self, state: Option<NameState>) {
+        if let Some(NameState::Live { id, .. }) = state {
+            if let Some(resource) = self.resources.get_mut(&id) {
+                resource.pins -= 1;
+            }
+            self.reclaim_if_dead(id);
+        }
     }
 
     /// A new handle to the resource published as `name`.
@@ -289,7 +585,16 @@ impl Registry {
         access: AccessMode,
     ) -> Result<Grant, RequestError> {
         let (id, typed, event) = match self.names.get(name) {
-            Some(NameState::Live { id, typed, event }) => (*id, typed.clone(), *event),
+            Some(NameState::Live {
+                read_only: true, ..
+            }) if access == AccessMode::ReadWrite => {
+                return Err(RequestError::ReadOnlyPublication {
+                    name: name.to_owned(),
+                });
+            }
+            Some(NameState::Live {
+                id, typed, event, ..
+            }) => (*id, typed.clone(), *event),
             Some(NameState::Freed) => {
                 return Err(RequestError::NameFreed {
                     name: name.to_owned(),
@@ -315,13 +620,16 @@ impl Registry {
         typed: Option<TypedShape>,
     ) -> Result<Grant, RequestError> {
         let resource = &self.resources[&id];
+        if access == AccessMode::ReadWrite && resource.sealed {
+            return Err(RequestError::Sealed { id: id.0 });
+        }
         let segment = match access {
             AccessMode::ReadOnly => resource.segment.read_only(),
             AccessMode::ReadWrite => resource.segment.try_clone(),
         }
         .map_err(RequestError::from_segment)?;
         let size = resource.size;
-        self.add_handle(conn, id);
+        self.add_handle(conn, id, access == AccessMode::ReadWrite);
         Ok(Grant {
             id,
             size,
@@ -334,7 +642,36 @@ impl Registry {
 
     /// Sets up a job's FastIO entries, allocating (zeroed) those whose shape is fully
     /// known. Entry `i` of `plans` becomes `EntryId(i)`.
+    ///
+    /// The memory of every pre-allocated entry is checked against what is available as a
+    /// whole before any of it is allocated: a job that cannot fit fails at once, having
+    /// taken nothing.
     pub fn define_entries(&mut self, plans: &[EntryPlan]) -> Result<(), RequestError> {
+        let mut total = 0u64;
+        for plan in plans.iter().filter(|p| p.is_preallocated()) {
+            let bytes = plan
+                .declared
+                .iter()
+                .try_fold(plan.element_type.size() as u64, |acc, &d| {
+                    acc.checked_mul(u64::try_from(d).ok()?)
+                })
+                .ok_or_else(|| RequestError::EntryShape {
+                    message: format!(
+                        "FastIO entry {:?} of shape {:?} has more bytes than can be addressed",
+                        plan.name, plan.declared
+                    ),
+                })?;
+            total = total.saturating_add(bytes);
+        }
+        self.admit(total).map_err(|e| match e {
+            RequestError::OutOfMemory { message, .. } => RequestError::OutOfMemory {
+                size: usize::try_from(total).unwrap_or(usize::MAX),
+                message: format!(
+                    "the job's pre-allocated FastIO entries need {total} bytes together; nothing was allocated: {message}"
+                ),
+            },
+            other => other,
+        })?;
         for plan in plans {
             self.entries.push(EntrySlot {
                 plan: plan.clone(),
@@ -344,7 +681,7 @@ impl Registry {
             if plan.is_preallocated() {
                 let dims: Vec<usize> = plan.declared.iter().map(|&d| d as usize).collect();
                 let index = self.entries.len() - 1;
-                let (id, _, recycled) = self.bind_entry(index, &dims)?;
+                let (id, _, recycled) = self.bind_entry(index, &dims, None)?;
                 if recycled {
                     // Readers open pre-allocated entries as they are: zero them here (a
                     // new job's pool is empty, so this is the rare case).
@@ -355,6 +692,10 @@ impl Registry {
                     )
                     .map_err(RequestError::from_segment)?;
                     mapping.zero().map_err(RequestError::from_segment)?;
+                }
+                if plan.producer.is_none() {
+                    // Nothing in this job writes it: it stays zero for every reader.
+                    self.seal_resource(id)?;
                 }
             }
         }
@@ -385,10 +726,10 @@ impl Registry {
                 ),
             });
         }
-        let id = match &slot.bound {
-            Some((id, typed)) if typed.shape.dims() == dims => *id,
-            _ => self.bind_entry(index, dims)?.0,
-        };
+        // Fresh memory: what define_entries gave an entry nobody in the job writes is
+        // already sealed against writes.
+        let sealed_after = slot.plan.producer.is_none();
+        let id = self.bind_entry(index, dims, None)?.0;
         let resource = &self.resources[&id];
         if bytes.len() != resource.size {
             return Err(RequestError::EntryShape {
@@ -408,7 +749,39 @@ impl Registry {
         .map_err(RequestError::from_segment)?;
         mapping
             .write_at(0, bytes)
-            .map_err(RequestError::from_segment)
+            .map_err(RequestError::from_segment)?;
+        drop(mapping);
+        if sealed_after {
+            self.seal_resource(id)?;
+        }
+        Ok(())
+    }
+
+    /// Seals the memory of `entries` against writes, for good: their producer has
+    /// finished execute, and from now on no descriptor in any process can write it, map it
+    /// writable or punch holes in it. Entries without memory are skipped.
+    pub fn seal_entries(&mut self, entries: &[EntryId]) -> Result<(), RequestError> {
+        for entry in entries {
+            let bound = self
+                .entries
+                .get(entry.0 as usize)
+                .and_then(|slot| slot.bound.as_ref().map(|(id, _)| *id));
+            if let Some(id) = bound {
+                self.seal_resource(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn seal_resource(&mut self, id: ResourceId) -> Result<(), RequestError> {
+        if let Some(resource) = self.resources.get_mut(&id) {
+            resource
+                .segment
+                .seal_writes()
+                .map_err(RequestError::from_segment)?;
+            resource.sealed = true;
+        }
+        Ok(())
     }
 
     fn entry_slot(&self, entry: EntryId) -> Result<&EntrySlot, RequestError> {
@@ -469,6 +842,40 @@ impl Registry {
         entry: EntryId,
         dims: &[usize],
     ) -> Result<Grant, RequestError> {
+        self.check_allocate_entry(entry, dims)?;
+        let (id, typed, recycled) = self.bind_entry(entry.0 as usize, dims, None)?;
+        let mut grant = self.grant(conn, id, AccessMode::ReadWrite, Some(typed))?;
+        grant.recycled = recycled;
+        Ok(grant)
+    }
+
+    /// [`Registry::allocate_entry`] with memory obtained beforehand ([`Registry::obtain`]
+    /// and, outside the lock, the segment made): the dimensions are checked again.
+    pub fn allocate_entry_with(
+        &mut self,
+        conn: ConnectionId,
+        entry: EntryId,
+        dims: &[usize],
+        memory: Grant,
+    ) -> Result<Grant, RequestError> {
+        if let Err(e) = self.check_allocate_entry(entry, dims) {
+            self.reclaim_if_dead(memory.id);
+            return Err(e);
+        }
+        let (id, typed, recycled) = self.bind_entry(entry.0 as usize, dims, Some(memory))?;
+        let mut grant = self.grant(conn, id, AccessMode::ReadWrite, Some(typed))?;
+        // The producer zeroes a recycled segment as it maps it (as for `create`), rather
+        // than the server holding the registry while it clears possibly gigabytes.
+        grant.recycled = recycled;
+        Ok(grant)
+    }
+
+    /// The bytes a dynamic entry of `dims` needs, or why it cannot be allocated so.
+    pub fn check_allocate_entry(
+        &self,
+        entry: EntryId,
+        dims: &[usize],
+    ) -> Result<usize, RequestError> {
         let slot = self.entry_slot(entry)?;
         let plan = &slot.plan;
         if plan.is_preallocated() {
@@ -483,21 +890,24 @@ impl Registry {
             && dims
                 .iter()
                 .zip(&plan.declared)
-                .all(|(&d, &declared)| d > 0 && (declared <= 0 || d as i64 == declared));
+                .all(|(&d, &declared)| declared <= 0 || d as i64 == declared);
         if !fits {
             return Err(RequestError::EntryShape {
                 message: format!(
-                    "dimensions {dims:?} do not fit FastIO entry {:?} declared as {:?}: every dimension must be positive and equal the declaration where it is not dynamic",
+                    "dimensions {dims:?} do not fit FastIO entry {:?} declared as {:?}: every dimension must equal the declaration where it is not dynamic",
                     plan.name, plan.declared
                 ),
             });
         }
-        let (id, typed, recycled) = self.bind_entry(entry.0 as usize, dims)?;
-        let mut grant = self.grant(conn, id, AccessMode::ReadWrite, Some(typed))?;
-        // The producer zeroes a recycled segment as it maps it (as for `create`), rather
-        // than the server holding the registry while it clears possibly gigabytes.
-        grant.recycled = recycled;
-        Ok(grant)
+        let shape_error = |e: fastio_meta::MetaError| RequestError::EntryShape {
+            message: e.to_string(),
+        };
+        let typed = TypedShape::new(
+            plan.element_type,
+            Shape::new(dims.to_vec()).map_err(shape_error)?,
+        )
+        .map_err(shape_error)?;
+        Ok(typed.byte_size())
     }
 
     /// Gives entry `index` a fresh resource of `dims`, unpinning its previous one (and
@@ -507,6 +917,7 @@ impl Registry {
         &mut self,
         index: usize,
         dims: &[usize],
+        memory: Option<Grant>,
     ) -> Result<(ResourceId, TypedShape, bool), RequestError> {
         let element_type = self.entries[index].plan.element_type;
         let shape_error = |e: fastio_meta::MetaError| RequestError::EntryShape {
@@ -517,7 +928,10 @@ impl Registry {
             Shape::new(dims.to_vec()).map_err(shape_error)?,
         )
         .map_err(shape_error)?;
-        let grant = self.new_resource(typed.byte_size())?;
+        let grant = match memory {
+            Some(grant) => grant,
+            None => self.new_resource(typed.byte_size())?,
+        };
         if let Some(resource) = self.resources.get_mut(&grant.id) {
             resource.pins += 1;
         }
@@ -541,8 +955,8 @@ impl Registry {
             .get_mut(&conn)
             .and_then(|m| m.get_mut(&id))
             .expect("checked above");
-        *held -= 1;
-        if *held == 0 {
+        held.count -= 1;
+        if held.count == 0 {
             self.connections.get_mut(&conn).map(|m| m.remove(&id));
             // Its last handle gone, the connection cannot be writing any more.
             if let Some(resource) = self.resources.get_mut(&id) {
@@ -563,8 +977,13 @@ impl Registry {
         conn: ConnectionId,
         id: ResourceId,
     ) -> Result<(), RequestError> {
-        self.check_held(conn, id)?;
+        if !self.check_held(conn, id)?.writable {
+            return Err(RequestError::ReadOnlyHandle { id: id.0 });
+        }
         let resource = self.resources.get_mut(&id).expect("held resources exist");
+        if resource.sealed {
+            return Err(RequestError::Sealed { id: id.0 });
+        }
         match &mut resource.writer {
             Some((w, count)) if *w == conn => *count += 1,
             Some(_) => return Err(RequestError::WriterBusy { id: id.0 }),
@@ -650,7 +1069,7 @@ impl Registry {
         let handles = self
             .connections
             .iter()
-            .flat_map(|(conn, held)| held.iter().map(|(id, count)| (*conn, *id, *count)))
+            .flat_map(|(conn, held)| held.iter().map(|(id, h)| (*conn, *id, h.count)))
             .collect();
         crate::listing::RegistrySnapshot {
             stats: self.stats(),
@@ -681,32 +1100,68 @@ impl Registry {
             connections: self.connections.len(),
             segments_created: self.created,
             segments_recycled: self.recycled,
+            segments_evicted: self.evicted,
+            reserving_bytes: self.reserving,
+            huge_page_bytes: self
+                .resources
+                .values()
+                .map(|r| &r.huge)
+                .chain(self.pool.iter().map(|p| &p.huge))
+                .map(|h| h.bytes.load(Ordering::Relaxed))
+                .sum(),
+            segments: {
+                let mut list: Vec<SegmentStats> = self
+                    .resources
+                    .iter()
+                    .map(|(id, r)| SegmentStats {
+                        resource: Some(*id),
+                        bytes: r.segment.len() as u64,
+                        huge_page_bytes: r.huge.bytes.load(Ordering::Relaxed),
+                        hugetlb: r.segment.is_hugetlb(),
+                    })
+                    .chain(self.pool.iter().map(|p| SegmentStats {
+                        resource: None,
+                        bytes: p.segment.len() as u64,
+                        huge_page_bytes: p.huge.bytes.load(Ordering::Relaxed),
+                        hugetlb: p.segment.is_hugetlb(),
+                    }))
+                    .collect();
+                list.sort_by_key(|s| (s.resource.is_none(), s.resource));
+                list
+            },
         }
     }
 
-    fn add_handle(&mut self, conn: ConnectionId, id: ResourceId) {
-        *self
+    fn add_handle(&mut self, conn: ConnectionId, id: ResourceId, writable: bool) {
+        if let Some(resource) = self.resources.get_mut(&id)
+            && !resource.mapped_by.contains(&(conn, writable))
+        {
+            resource.mapped_by.push((conn, writable));
+        }
+        let held = self
             .connections
             .entry(conn)
             .or_default()
             .entry(id)
-            .or_insert(0) += 1;
+            .or_default();
+        held.count += 1;
+        held.writable |= writable;
         if let Some(resource) = self.resources.get_mut(&id) {
             resource.handles += 1;
         }
     }
 
-    fn check_held(&self, conn: ConnectionId, id: ResourceId) -> Result<(), RequestError> {
+    fn check_held(&self, conn: ConnectionId, id: ResourceId) -> Result<Held, RequestError> {
         let held = self
             .connections
             .get(&conn)
             .and_then(|m| m.get(&id))
             .copied()
-            .unwrap_or(0);
-        if held == 0 {
+            .unwrap_or_default();
+        if held.count == 0 {
             return Err(RequestError::NotHeld { id: id.0 });
         }
-        Ok(())
+        Ok(held)
     }
 
     fn reclaim_if_dead(&mut self, id: ResourceId) {
@@ -719,27 +1174,102 @@ impl Registry {
         }
         let resource = self.resources.remove(&id).expect("checked above");
         let len = resource.segment.len() as u64;
-        if self.pool_bytes + len <= self.pool_limit {
-            self.pool_bytes += len;
-            self.pool.push(resource.segment);
+        // A write-sealed segment can never be written again (any writable descriptor may
+        // have sealed it): it is closed, never pooled.
+        if len > self.pool_limit
+            || self.pool_segments == 0
+            || resource.sealed
+            || resource.segment.is_write_sealed()
+        {
+            self.dead.push(resource.segment);
+            return;
         }
-        // Otherwise the segment is dropped here: its memory goes with the last mapping.
+        // Admission follows use: the least recently used segments make room.
+        self.trim_pool(len);
+        self.tick += 1;
+        self.pool_bytes += len;
+        let mut mapped_by = resource.mapped_by;
+        mapped_by.retain(|(c, _)| self.connections.contains_key(c));
+        resource.huge.pooled.store(true, Ordering::Relaxed);
+        if let Some(collapser) = &self.collapser {
+            collapser.offer(&resource.segment, &resource.huge);
+        }
+        self.pool.push(Pooled {
+            segment: resource.segment,
+            mapped_by,
+            last_use: self.tick,
+            huge: resource.huge,
+        });
     }
 
-    /// The smallest pooled segment that holds `size` bytes without wasting more than a
-    /// quarter of itself.
-    fn take_pooled(&mut self, size: usize) -> Option<Segment> {
+    /// Evicts least recently used pooled segments until `incoming` more bytes and one more
+    /// segment fit the bounds.
+    fn trim_pool(&mut self, incoming: u64) {
+        let extra = usize::from(incoming > 0);
+        while !self.pool.is_empty()
+            && (self.pool_bytes + incoming > self.pool_limit
+                || self.pool.len() + extra > self.pool_segments)
+        {
+            let oldest = self
+                .pool
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, p)| p.last_use)
+                .map(|(i, _)| i)
+                .expect("the pool is not empty");
+            let evicted = self.pool.swap_remove(oldest);
+            evicted.huge.pooled.store(false, Ordering::Relaxed);
+            self.pool_bytes -= evicted.segment.len() as u64;
+            self.evicted += 1;
+            self.dead.push(evicted.segment);
+        }
+    }
+
+    /// A pooled segment that holds `size` bytes without wasting more than a quarter of
+    /// itself: first one `conn` has mapped with the access it needs (no page will fault
+    /// again there), then the smallest.
+    fn take_pooled(
+        &mut self,
+        size: usize,
+        conn: ConnectionId,
+        writable: bool,
+        hugetlb: bool,
+    ) -> Option<PooledSegment> {
         let index = self
             .pool
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.len() >= size && s.len() - size <= s.len() / 4)
-            .min_by_key(|(_, s)| s.len())
+            .filter(|(_, p)| {
+                let len = p.segment.len();
+                len >= size && len - size <= len / 4 && (p.segment.is_hugetlb() || !hugetlb)
+            })
+            .min_by_key(|(_, p)| {
+                let mapped_here = p.mapped_by.contains(&(conn, writable));
+                (!mapped_here, p.segment.len())
+            })
             .map(|(i, _)| i)?;
-        let segment = self.pool.swap_remove(index);
-        self.pool_bytes -= segment.len() as u64;
+        let pooled = self.pool.swap_remove(index);
+        pooled.huge.pooled.store(false, Ordering::Relaxed);
+        self.pool_bytes -= pooled.segment.len() as u64;
         self.recycled += 1;
-        Some(segment)
+        Some(PooledSegment {
+            segment: pooled.segment,
+            mapped_by: pooled.mapped_by,
+            huge: pooled.huge,
+        })
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        // The pool's memory goes now, even where clients keep parked mappings of it.
+        // Resources still alive are left alone: their handles' mappings stay valid.
+        for pooled in self.pool.drain(..) {
+            let _ = pooled.segment.punch();
+        }
+        for segment in self.dead.drain(..) {
+            let _ = segment.punch();
+        }
     }
 }
 
@@ -881,6 +1411,93 @@ mod tests {
 }
 
 #[cfg(test)]
+mod pool_tests {
+    use super::*;
+
+    fn blocks(s: &Segment) -> u64 {
+        rustix::fs::fstat(s).unwrap().st_blocks as u64
+    }
+
+    #[test]
+    fn the_pool_prefers_a_segment_the_connection_has_mapped() {
+        let mut r = Registry::new(1 << 30);
+        let (a, b) = (r.connect(), r.connect());
+        let ga = r.create(a, 8192).unwrap();
+        let gb = r.create(b, 8192).unwrap();
+        let (ia, ib) = (ga.segment.identity(), gb.segment.identity());
+        // a's segment enters the pool first: of two equal sizes, the one picked without a
+        // preference.
+        r.release(a, ga.id).unwrap();
+        r.release(b, gb.id).unwrap();
+        assert_eq!(r.create(b, 8192).unwrap().segment.identity(), ib);
+        assert_eq!(r.create(a, 8192).unwrap().segment.identity(), ia);
+    }
+
+    #[test]
+    fn a_segment_too_big_for_what_is_left_evicts_the_least_recently_used() {
+        let mut r = Registry::new(10_000);
+        let c = r.connect();
+        let small = r.create(c, 3000).unwrap();
+        let other = r.create(c, 3000).unwrap();
+        let big = r.create(c, 8000).unwrap();
+        r.release(c, small.id).unwrap();
+        r.release(c, other.id).unwrap();
+        assert_eq!(r.stats().pooled_bytes, 6000);
+        // 8000 more do not fit beside 6000: both small ones go, the big one stays.
+        r.release(c, big.id).unwrap();
+        let s = r.stats();
+        assert_eq!((s.pooled_segments, s.pooled_bytes), (1, 8000));
+        assert_eq!(s.segments_evicted, 2);
+        assert!(r.create(c, 8000).unwrap().recycled);
+        // Beyond the whole bound: not pooled at all.
+        let huge = r.create(c, 20_000).unwrap();
+        r.release(c, huge.id).unwrap();
+        assert_eq!(r.stats().pooled_bytes, 0);
+    }
+
+    #[test]
+    fn the_pool_is_bounded_in_descriptors_too() {
+        let mut r = Registry::new(1 << 30);
+        let c = r.connect();
+        // Many tiny frees, each its own segment, once left 249 pooled descriptors and
+        // then "Too many open files" at every create.
+        let grants: Vec<_> = (0..300).map(|_| r.create(c, 1).unwrap()).collect();
+        for g in grants {
+            r.free(c, g.id).unwrap();
+        }
+        let s = r.stats();
+        assert_eq!(s.pooled_segments, DEFAULT_POOL_SEGMENTS);
+        assert_eq!(s.segments_evicted, 300 - DEFAULT_POOL_SEGMENTS as u64);
+        r.set_pool_segments(8);
+        assert_eq!(r.stats().pooled_segments, 8);
+    }
+
+    #[test]
+    fn a_segment_leaving_for_good_is_handed_out_to_be_punched_after_the_lock() {
+        let mut r = Registry::new(0);
+        let c = r.connect();
+        let g = r.create(c, 1 << 20).unwrap();
+        let client = g.segment;
+        let m = fastio_shm::Mapping::new(
+            &client,
+            fastio_shm::Access::ReadWrite,
+            fastio_shm::Prefault::Lazy,
+        )
+        .unwrap();
+        m.write_at(0, &[1u8; 1 << 20]).unwrap();
+        r.release(c, g.id).unwrap();
+        // The registry let go of it but kept it for the caller, who punches it unlocked.
+        let dead = r.take_dead();
+        assert_eq!(dead.len(), 1);
+        assert!(blocks(&client) > 0, "nothing freed under the lock");
+        for d in dead {
+            d.punch().unwrap();
+        }
+        assert_eq!(blocks(&client), 0, "a client's mapping keeps nothing alive");
+    }
+}
+
+#[cfg(test)]
 mod writer_tests {
     use super::*;
 
@@ -926,6 +1543,28 @@ mod entry_tests {
     }
 
     #[test]
+    fn a_job_that_cannot_fit_fails_before_allocating_anything() {
+        // Ten entries of an eighth of what is available each: once, the first eight were
+        // allocated before the ninth failed.
+        let available = fastio_shm::available_memory().expect("memory is reported");
+        let each = available / 8;
+        let plans: Vec<EntryPlan> = (0..10)
+            .map(|i| EntryPlan {
+                name: format!("volume{i}"),
+                producer: Some(0),
+                element_type: ElementType::U8,
+                declared: vec![each as i64],
+            })
+            .collect();
+        let mut r = Registry::new(0);
+        let err = r.define_entries(&plans).unwrap_err();
+        assert!(matches!(err, RequestError::OutOfMemory { .. }), "{err}");
+        assert!(err.to_string().contains("nothing was allocated"), "{err}");
+        let s = r.stats();
+        assert_eq!((s.segments_created, s.resources, s.live_bytes), (0, 0, 0));
+    }
+
+    #[test]
     fn an_entrys_memory_cannot_be_freed_under_its_readers() {
         let mut r = Registry::new(0);
         r.define_entries(&[dynamic_entry()]).unwrap();
@@ -947,24 +1586,159 @@ mod entry_tests {
     }
 
     #[test]
-    fn reallocating_an_entry_drops_the_old_memorys_event_and_leaves_zeroing_to_the_producer() {
+    fn reallocating_an_entry_drops_the_old_memorys_event_and_never_takes_pooled_memory() {
         let mut r = Registry::new(1 << 20);
         r.define_entries(&[dynamic_entry()]).unwrap();
         let c = r.connect();
+        // A pooled segment that a former holder may still map writable.
+        let private = r.create(c, 4096).unwrap();
+        r.release(c, private.id).unwrap();
+        assert_eq!(r.stats().pooled_segments, 1);
         let first = r.allocate_entry(c, EntryId(0), &[1024]).unwrap();
+        assert!(!first.recycled, "entry memory is always fresh");
+        assert_eq!(r.stats().pooled_segments, 1);
+        r.set_entry_event(EntryId(0), EventHandle([1; 64])).unwrap();
         r.release(c, first.id).unwrap();
-        // Replaced, the first memory goes to the pool.
         let second = r.allocate_entry(c, EntryId(0), &[1024]).unwrap();
         assert!(!second.recycled);
-        r.set_entry_event(EntryId(0), EventHandle([1; 64])).unwrap();
-        r.release(c, second.id).unwrap();
-        // The first segment comes back from the pool, not yet zeroed.
-        let third = r.allocate_entry(c, EntryId(0), &[1024]).unwrap();
-        assert!(third.recycled, "the producer is told to zero it");
         let reader = r.connect();
         let opened = r
             .open_entry(reader, EntryId(0), AccessMode::ReadOnly)
             .unwrap();
         assert_eq!(opened.event, None, "the event belonged to the old memory");
+    }
+}
+
+#[cfg(test)]
+mod read_only_tests {
+    use super::*;
+    use fastio_meta::ElementType;
+    use std::os::fd::AsRawFd;
+
+    fn entry(producer: Option<usize>) -> EntryPlan {
+        EntryPlan {
+            name: "volume".into(),
+            producer,
+            element_type: ElementType::U8,
+            declared: vec![4096],
+        }
+    }
+
+    #[test]
+    fn a_read_only_handle_publishes_a_read_only_publication() {
+        let mut r = Registry::new(0);
+        r.define_entries(&[entry(Some(0))]).unwrap();
+        let (producer, reader, other) = (r.connect(), r.connect(), r.connect());
+        r.open_entry(producer, EntryId(0), AccessMode::ReadWrite)
+            .unwrap();
+        let input = r
+            .open_entry(reader, EntryId(0), AccessMode::ReadOnly)
+            .unwrap();
+        r.publish(reader, input.id, "alias", None, None).unwrap();
+        assert_eq!(
+            r.get(other, "alias", AccessMode::ReadWrite).unwrap_err(),
+            RequestError::ReadOnlyPublication {
+                name: "alias".into()
+            }
+        );
+        let got = r.get(other, "alias", AccessMode::ReadOnly).unwrap();
+        assert!(!got.segment.is_writable());
+        // Nor does a second publication by a read-only holder of the alias grant more.
+        r.publish(other, got.id, "alias2", None, None).unwrap();
+        assert!(r.get(other, "alias2", AccessMode::ReadWrite).is_err());
+    }
+
+    #[test]
+    fn the_writer_lock_needs_write_access() {
+        let mut r = Registry::new(0);
+        let (a, b) = (r.connect(), r.connect());
+        let g = r.create(a, 64).unwrap();
+        r.publish(a, g.id, "w", None, None).unwrap();
+        r.get(b, "w", AccessMode::ReadOnly).unwrap();
+        assert_eq!(
+            r.acquire_write(b, g.id),
+            Err(RequestError::ReadOnlyHandle { id: g.id.0 })
+        );
+        r.acquire_write(a, g.id).unwrap();
+    }
+
+    #[test]
+    fn a_sealed_entry_refuses_every_write_path_and_is_never_pooled() {
+        let mut r = Registry::new(1 << 20);
+        r.define_entries(&[entry(Some(0))]).unwrap();
+        let (producer, reader) = (r.connect(), r.connect());
+        let out = r
+            .open_entry(producer, EntryId(0), AccessMode::ReadWrite)
+            .unwrap();
+        r.publish(producer, out.id, "published-output", None, None)
+            .unwrap();
+        r.seal_entries(&[EntryId(0)]).unwrap();
+        assert_eq!(
+            r.open_entry(producer, EntryId(0), AccessMode::ReadWrite)
+                .unwrap_err(),
+            RequestError::Sealed { id: out.id.0 }
+        );
+        assert_eq!(
+            r.get(reader, "published-output", AccessMode::ReadWrite)
+                .unwrap_err(),
+            RequestError::Sealed { id: out.id.0 }
+        );
+        assert_eq!(
+            r.acquire_write(producer, out.id),
+            Err(RequestError::Sealed { id: out.id.0 })
+        );
+        // Descriptor tricks on a reader's descriptor: reopened for writing (as root, whom
+        // the inode's mode does not stop), it still cannot write, punch or map writable.
+        let input = r
+            .open_entry(reader, EntryId(0), AccessMode::ReadOnly)
+            .unwrap();
+        let path = format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsFd::as_fd(&input.segment).as_raw_fd()
+        );
+        if let Ok(fd) = rustix::fs::open(
+            path.as_str(),
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        ) {
+            assert_eq!(
+                rustix::io::pwrite(&fd, b"x", 0),
+                Err(rustix::io::Errno::PERM)
+            );
+            assert_eq!(
+                rustix::fs::fallocate(
+                    &fd,
+                    rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+                    0,
+                    4096
+                ),
+                Err(rustix::io::Errno::PERM)
+            );
+            let segment = Segment::from_fd(fd).unwrap();
+            assert!(
+                fastio_shm::Mapping::new(
+                    &segment,
+                    fastio_shm::Access::ReadWrite,
+                    fastio_shm::Prefault::Lazy
+                )
+                .is_err()
+            );
+        }
+        // A segment a client sealed itself is closed when it dies, not pooled.
+        let private = r.create(reader, 4096).unwrap();
+        private.segment.seal_writes().unwrap();
+        r.release(reader, private.id).unwrap();
+        assert_eq!(r.stats().pooled_segments, 0);
+    }
+
+    #[test]
+    fn an_entry_nobody_produces_is_sealed_from_the_start() {
+        let mut r = Registry::new(0);
+        r.define_entries(&[entry(None)]).unwrap();
+        let c = r.connect();
+        assert!(matches!(
+            r.open_entry(c, EntryId(0), AccessMode::ReadWrite),
+            Err(RequestError::Sealed { .. })
+        ));
     }
 }

@@ -4,14 +4,16 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use fastio_shm::Segment;
 use fastio_shm::transfer::{recv_message, send_message};
 
 use crate::job::{EntryId, Job, Phase};
 use crate::protocol::{AccessMode, PROTOCOL_VERSION, Request, Response};
-use crate::registry::{ConnectionId, Registry};
+use crate::registry::{ConnectionId, Grant, Obtained, Registry};
 use crate::{ContextError, RequestError};
 
 /// One request/response exchange with the registry.
@@ -72,6 +74,60 @@ impl Shared {
         let peers = self.peers_lock().clone();
         crate::listing::compose(snapshot, self.job.as_deref(), &peers)
     }
+
+    /// Frees the segments that left the registry for good, without its lock: their pages
+    /// are punched (so that clients' parked mappings keep nothing alive), then closed.
+    pub(crate) fn bury_dead(&self) {
+        let dead = self.registry().take_dead();
+        for segment in dead {
+            let _ = segment.punch();
+        }
+    }
+
+    /// A resource of `size` bytes held by `conn`, made without holding the registry's lock
+    /// while its memory is reserved.
+    fn create(
+        &self,
+        conn: ConnectionId,
+        size: usize,
+        hugetlb: bool,
+    ) -> Result<Grant, RequestError> {
+        let obtained = self.registry().obtain(conn, size, true, hugetlb)?;
+        let (mut registry, grant) = self.adopt(obtained, size)?;
+        registry.hold_new(conn, grant.id);
+        Ok(grant)
+    }
+
+    /// Makes the segment of `obtained` (outside the lock) and adopts it, returning the
+    /// registry still locked (so that nothing happens to the resource before the caller
+    /// holds or binds it).
+    fn adopt(
+        &self,
+        obtained: Obtained,
+        size: usize,
+    ) -> Result<(MutexGuard<'_, Registry>, Grant), RequestError> {
+        let made = match &obtained {
+            Obtained::Make(reservation) => Some(reservation.make()),
+            Obtained::Pooled(_) => None,
+        };
+        let mut registry = self.registry();
+        let grant = registry.adopt(obtained, made, size)?;
+        Ok((registry, grant))
+    }
+
+    /// A dynamic entry's new memory, made without the registry's lock.
+    fn allocate_entry(
+        &self,
+        conn: ConnectionId,
+        entry: EntryId,
+        dims: &[usize],
+    ) -> Result<Grant, RequestError> {
+        let size = self.registry().check_allocate_entry(entry, dims)?;
+        // Entry memory is always fresh (see `Registry::obtain_fresh`).
+        let obtained = self.registry().obtain_fresh(size, false)?;
+        let (mut registry, memory) = self.adopt(obtained, size)?;
+        registry.allocate_entry_with(conn, entry, dims, memory)
+    }
 }
 
 /// Who is on the other end of a connection: its registry id, and the job stage it runs
@@ -89,8 +145,14 @@ pub(crate) fn dispatch(
     peer: Peer,
     request: Request,
 ) -> (Response, Option<Segment>) {
+    let answer = answer(shared, peer, request);
+    shared.bury_dead();
+    answer
+}
+
+fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<Segment>) {
     let refused = |e: RequestError| (Response::Refused(e), None);
-    let grant = |g: Result<crate::registry::Grant, RequestError>| match g {
+    let grant = |g: Result<Grant, RequestError>| match g {
         Ok(g) => (
             Response::Handle {
                 id: g.id,
@@ -120,13 +182,19 @@ pub(crate) fn dispatch(
                 "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"
             ),
         }),
-        Request::Create { size } => grant(shared.registry().create(conn, size)),
+        Request::Create { size, hugetlb } => grant(shared.create(conn, size, hugetlb)),
         Request::Publish {
             id,
             name,
             typed,
             event,
-        } => done(shared.registry().publish(conn, id, &name, typed, event)),
+            replace,
+        } => done(
+            shared
+                .registry()
+                .publish_as(conn, id, &name, typed, event, replace),
+        ),
+        Request::Unpublish { name } => done(shared.registry().unpublish(&name)),
         Request::Get { name, access } => grant(shared.registry().get(conn, &name, access)),
         Request::Release { id } => done(shared.registry().release(conn, id)),
         Request::Free { id } => done(shared.registry().free(conn, id)),
@@ -144,8 +212,17 @@ pub(crate) fn dispatch(
         Request::AwaitInputs => done(job_stage(shared, peer).and_then(|(j, s)| j.await_inputs(s))),
         Request::Finished { phase, failure } => match job_stage(shared, peer) {
             Ok((job, stage)) => {
+                let mut failure = failure;
                 let reclaimed = if phase == Phase::Execute {
-                    shared.registry().reclaim(conn)
+                    let mut registry = shared.registry();
+                    // Sealed before anyone is told: readers only ever map final memory.
+                    let outputs = &job.plan().stages[stage].fastio_outputs;
+                    if let Err(e) = registry.seal_entries(outputs) {
+                        failure.get_or_insert(format!(
+                            "its outputs could not be sealed read-only: {e}"
+                        ));
+                    }
+                    registry.reclaim(conn)
                 } else {
                     Vec::new()
                 };
@@ -169,7 +246,7 @@ pub(crate) fn dispatch(
         ),
         Request::AllocateEntry { entry, dims } => grant(
             entry_access(shared, peer, entry, AccessMode::ReadWrite)
-                .and_then(|()| shared.registry().allocate_entry(conn, entry, &dims)),
+                .and_then(|()| shared.allocate_entry(conn, entry, &dims)),
         ),
     }
 }
@@ -181,7 +258,10 @@ fn job_stage(shared: &Shared, peer: Peer) -> Result<(&Job, usize), RequestError>
     }
 }
 
-/// Whether `peer` may have `access` to `entry`: read-write only for its producer.
+/// Whether `peer` may have `access` to `entry`: read-write only for its producer, and
+/// only until its execute has finished; read-only for its readers, once the producer's
+/// execute has finished (when the memory is sealed), so that no reader ever holds a
+/// descriptor of memory that is still writable.
 fn entry_access(
     shared: &Shared,
     peer: Peer,
@@ -190,12 +270,24 @@ fn entry_access(
 ) -> Result<(), RequestError> {
     let (job, stage) = job_stage(shared, peer)?;
     let plan = job.plan();
-    let name = &plan
+    let entry_plan = plan
         .entries
         .get(entry.0 as usize)
-        .ok_or(RequestError::UnknownEntry { id: entry.0 })?
-        .name;
+        .ok_or(RequestError::UnknownEntry { id: entry.0 })?;
+    let name = &entry_plan.name;
     match (plan.access(stage, entry), access) {
+        (Some(AccessMode::ReadWrite), AccessMode::ReadWrite) if job.has_executed(stage) => {
+            Err(RequestError::EntryAccess {
+                message: format!(
+                    "FastIO output {name:?} is final: this operator has finished execute"
+                ),
+            })
+        }
+        (Some(AccessMode::ReadOnly), _)
+            if entry_plan.producer.is_some_and(|p| !job.has_executed(p)) =>
+        {
+            Err(RequestError::InputNotReady { name: name.clone() })
+        }
         (Some(AccessMode::ReadWrite), _) | (Some(AccessMode::ReadOnly), AccessMode::ReadOnly) => {
             Ok(())
         }
@@ -210,16 +302,33 @@ fn entry_access(
     }
 }
 
+/// Fails with [`ContextError::Forked`] in any process but `owner`: after `fork()` the
+/// child has a copy of its parent's connection (or in-process registry), and using it
+/// would interleave two processes' requests on one conversation.
+fn check_owner(owner: u32) -> Result<(), ContextError> {
+    let me = std::process::id();
+    if me == owner {
+        Ok(())
+    } else {
+        Err(ContextError::Forked { owner, pid: me })
+    }
+}
+
 /// The in-process transport: a connection to a registry in this process.
 pub(crate) struct LocalTransport {
     shared: Arc<Shared>,
     peer: Peer,
+    owner: u32,
 }
 
 impl LocalTransport {
     pub(crate) fn new(shared: Arc<Shared>, stage: Option<usize>) -> Self {
         let peer = shared.connect(stage);
-        Self { shared, peer }
+        Self {
+            shared,
+            peer,
+            owner: std::process::id(),
+        }
     }
 }
 
@@ -231,6 +340,7 @@ impl fmt::Debug for LocalTransport {
 
 impl Transport for LocalTransport {
     fn call(&self, request: &Request) -> Result<(Response, Option<Segment>), ContextError> {
+        check_owner(self.owner)?;
         Ok(dispatch(&self.shared, self.peer, request.clone()))
     }
 }
@@ -238,12 +348,38 @@ impl Transport for LocalTransport {
 impl Drop for LocalTransport {
     fn drop(&mut self) {
         self.shared.disconnect(self.peer.conn);
+        self.shared.bury_dead();
     }
 }
 
+/// How long a client waits for the answer to a request, unless `FASTIO_REQUEST_TIMEOUT_S`
+/// says otherwise. Generous: a create of many gigabytes reserves its memory first.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The environment variable that sets the request timeout, in seconds.
+pub const REQUEST_TIMEOUT_ENV: &str = "FASTIO_REQUEST_TIMEOUT_S";
+
+fn request_timeout() -> Duration {
+    std::env::var(REQUEST_TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map_or(DEFAULT_REQUEST_TIMEOUT, |s| {
+            Duration::from_secs_f64(s.min(1e9))
+        })
+}
+
 /// A connection to a context server over a `SOCK_SEQPACKET` socket.
+///
+/// Every request but `AwaitInputs` is answered within the request timeout or fails with
+/// [`ContextError::Timeout`] (`AwaitInputs` waits for other operators; the job's time limit
+/// bounds it). After a timeout the conversation is out of step (the late answer may still
+/// come), so the connection refuses further requests.
 pub(crate) struct SocketTransport {
     socket: Mutex<OwnedFd>,
+    owner: u32,
+    timeout: Duration,
+    broken: AtomicBool,
 }
 
 impl fmt::Debug for SocketTransport {
@@ -253,30 +389,108 @@ impl fmt::Debug for SocketTransport {
 }
 
 impl SocketTransport {
-    /// Wraps a connected socket and says hello.
-    pub(crate) fn new(socket: OwnedFd) -> Result<Self, ContextError> {
-        let transport = Self {
+    /// Wraps a connected socket; nothing is sent yet.
+    pub(crate) fn wrap(socket: OwnedFd) -> Self {
+        Self::wrap_with_timeout(socket, request_timeout())
+    }
+
+    /// [`SocketTransport::wrap`] with its own request timeout.
+    pub(crate) fn wrap_with_timeout(socket: OwnedFd, timeout: Duration) -> Self {
+        // Sends, too, are bounded: a server that stops reading fills the socket's buffer.
+        let _ = rustix::net::sockopt::set_socket_timeout(
+            &socket,
+            rustix::net::sockopt::Timeout::Send,
+            Some(timeout),
+        );
+        Self {
             socket: Mutex::new(socket),
-        };
-        match transport.call(&Request::Hello {
+            owner: std::process::id(),
+            timeout,
+            broken: AtomicBool::new(false),
+        }
+    }
+
+    /// Says hello: the server answers with its version, or refuses ours.
+    pub(crate) fn hello(&self) -> Result<(), ContextError> {
+        match self.call(&Request::Hello {
             version: PROTOCOL_VERSION,
         })? {
-            (Response::Welcome { .. }, _) => Ok(transport),
+            (Response::Welcome { .. }, _) => Ok(()),
             (Response::Refused(e), _) => Err(e.into()),
             (other, _) => Err(ContextError::Protocol(format!(
                 "expected a welcome, got {other:?}"
             ))),
         }
     }
+
+    /// Wraps a connected socket and says hello.
+    pub(crate) fn new(socket: OwnedFd) -> Result<Self, ContextError> {
+        let transport = Self::wrap(socket);
+        transport.hello()?;
+        Ok(transport)
+    }
+
+    /// Gives the socket back (a connection that failed to start, over a descriptor this
+    /// process does not own).
+    pub(crate) fn into_socket(self) -> OwnedFd {
+        self.socket.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Fails with [`ContextError::Forked`] outside the process that made the connection.
+    pub(crate) fn check_owner(&self) -> Result<(), ContextError> {
+        check_owner(self.owner)
+    }
+
+    /// Waits until the socket has an answer, up to `deadline`.
+    fn wait_readable(socket: &OwnedFd, deadline: Instant) -> Result<bool, ContextError> {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            let timeout = Timespec::try_from(left).ok();
+            let mut fds = [PollFd::new(socket, PollFlags::IN)];
+            match poll(&mut fds, timeout.as_ref()) {
+                Ok(0) => continue,
+                Ok(_) => return Ok(true),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(ContextError::ServerGone(fastio_shm::TransferError::Os(e))),
+            }
+        }
+    }
 }
 
 impl Transport for SocketTransport {
     fn call(&self, request: &Request) -> Result<(Response, Option<Segment>), ContextError> {
+        check_owner(self.owner)?;
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(ContextError::OutOfStep);
+        }
         let body =
             serde_json::to_vec(request).map_err(|e| ContextError::Protocol(e.to_string()))?;
         // One exchange at a time per connection: the lock spans send and receive.
         let socket = self.socket.lock().unwrap_or_else(|p| p.into_inner());
-        send_message(socket.as_fd(), &body, &[]).map_err(ContextError::ServerGone)?;
+        let timed_out = |what: &str| {
+            self.broken.store(true, Ordering::SeqCst);
+            ContextError::Timeout {
+                request: what.to_owned(),
+                after: self.timeout,
+            }
+        };
+        let op = request_name(request);
+        match send_message(socket.as_fd(), &body, &[]) {
+            Ok(()) => {}
+            Err(fastio_shm::TransferError::Os(rustix::io::Errno::AGAIN)) => {
+                return Err(timed_out(op));
+            }
+            Err(e) => return Err(ContextError::ServerGone(e)),
+        }
+        if !matches!(request, Request::AwaitInputs)
+            && !Self::wait_readable(&socket, Instant::now() + self.timeout)?
+        {
+            return Err(timed_out(op));
+        }
         let received = recv_message(socket.as_fd()).map_err(ContextError::ServerGone)?;
         drop(socket);
         let response: Response = serde_json::from_slice(&received.body)
@@ -292,5 +506,28 @@ impl Transport for SocketTransport {
             (_, _) => None,
         };
         Ok((response, segment))
+    }
+}
+
+/// The request's name on the wire, for messages.
+fn request_name(request: &Request) -> &'static str {
+    match request {
+        Request::Hello { .. } => "hello",
+        Request::Create { .. } => "create",
+        Request::Publish { .. } => "publish",
+        Request::Unpublish { .. } => "unpublish",
+        Request::Get { .. } => "get",
+        Request::Release { .. } => "release",
+        Request::Free { .. } => "free",
+        Request::Stats => "stats",
+        Request::Inspect => "inspect",
+        Request::AcquireWrite { .. } => "acquire_write",
+        Request::ReleaseWrite { .. } => "release_write",
+        Request::Join => "join",
+        Request::AwaitInputs => "await_inputs",
+        Request::Finished { .. } => "finished",
+        Request::OpenEntry { .. } => "open_entry",
+        Request::SetEntryEvent { .. } => "set_entry_event",
+        Request::AllocateEntry { .. } => "allocate_entry",
     }
 }

@@ -2,10 +2,17 @@
 //!
 //! [`run_job`] hosts the job's context server (the Clara "pod manager"), which allocates
 //! every FastIO entry whose shape is fully known before any operator starts; creates the
-//! `stream` directories; starts every operator process at once, each with its own context
+//! `stream` directories; starts the operator processes, each with its own context
 //! connection (`FASTIO_CONTEXT=fd:N`), Clara's `NVIDIA_CLARA_INPUTPATHS` /
 //! `NVIDIA_CLARA_OUTPUTPATHS`, and its `variables`; and follows each through prepare,
 //! execute (once all its upstream operators have finished execute) and cleanup.
+//!
+//! Operators that use the pipeline driver start at job start, so that prepare overlaps
+//! upstream work. Plain programs, which only read their input folders and write their
+//! output folders, start once every upstream operator has finished execute, succeed by
+//! exiting 0, and never start when the job has failed (Clara's disk semantics). How the
+//! two are told apart is [`OperatorKind`]'s rule: `uses-driver` in the definition, else
+//! shared-memory entries, else a look at the program for the driver.
 //!
 //! Failure: the first operator that reports a failed phase, exits without finishing its
 //! life-cycle, exits non-zero, or is killed, fails the job, as does the job's time limit.
@@ -21,14 +28,17 @@
 
 mod alone;
 pub mod inspect;
+mod kind;
 pub mod npy;
+mod output;
+mod reap;
 mod report;
 mod results;
 #[allow(unsafe_code)]
 mod sys;
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
+use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -40,15 +50,29 @@ use std::time::{Duration, Instant};
 use fastio_context::job::{Job, JobEvent, JobEventKind, JobPlan, Phase, ReclaimedHandle};
 use fastio_context::{CONTEXT_ENV, Server, ServerConfig, records};
 use fastio_operator::{INPUT_PATHS_ENV, OUTPUT_PATHS_ENV, format_paths};
-use fastio_pipeline::Pipeline;
 use fastio_pipeline::plan::{DiskLayout, job_plan};
+use fastio_pipeline::{DefinitionError, Pipeline};
 
+pub use kind::{KindReason, OperatorKind};
+pub use output::{MAX_LINE, OutputLine, OutputSink, Stream};
 pub use report::{
     Artifact, ArtifactKind, EntryReport, JobReport, Medium, OperatorReport, human_bytes,
 };
 
-/// Lines of each operator's stderr (and stdout) kept for the report.
+/// Lines of each operator's stderr kept for the report.
 pub const TAIL_LINES: usize = 20;
+
+/// The environment variable that carries the job's identifier to every operator (and so to
+/// every process an operator starts, which is how the driver recognises them at the end).
+pub const JOB_ID_ENV: &str = "FASTIO_JOB_ID";
+
+/// How long, after SIGKILL, the driver waits for an operator's exit to be reported before
+/// it stops waiting and records the operator as lost.
+pub const KILL_WAIT: Duration = Duration::from_secs(2);
+
+/// How long, at the end of a job, the driver waits for the operators' output pipes to
+/// close before it stops reading them (a process outside the job may hold one).
+pub const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
 
 /// How to run a job.
 #[derive(Clone, Debug)]
@@ -77,6 +101,12 @@ pub struct JobOptions {
     /// `fastio` command puts its own directory here, so that programs built beside it
     /// are found).
     pub program_dirs: Vec<PathBuf>,
+    /// Where each operator's full output (stdout and stderr, lines as read, bytes as
+    /// written) goes, as `<operator>.log`; `None` for `<output_root>/logs`.
+    pub log_dir: Option<PathBuf>,
+    /// Receives every line of every operator's output as it is read (`fastio run` prints
+    /// them prefixed with the operator's name).
+    pub on_output: Option<OutputSink>,
     /// Stops the job from outside (the `fastio` command triggers it on SIGINT, SIGTERM
     /// and SIGHUP): the job fails as interrupted, its operators are cancelled, and the
     /// report is still built.
@@ -129,6 +159,8 @@ impl JobOptions {
             job_id: None,
             pool_bytes: ServerConfig::default().pool_bytes,
             program_dirs: Vec::new(),
+            log_dir: None,
+            on_output: None,
             cancel: Cancel::new(),
         }
     }
@@ -138,9 +170,15 @@ impl JobOptions {
 /// [`JobReport`] with a failure, not an error).
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
+    /// An operator cannot start as a local process (a container image without a command).
+    #[error("{0}")]
+    Definition(#[from] DefinitionError),
     /// The context server could not start or allocate the pre-allocated entries.
     #[error("cannot set up the job's context: {0}")]
     Context(#[from] fastio_context::ContextError),
+    /// The time limit is zero or beyond [`fastio_pipeline::MAX_TIMEOUT`].
+    #[error("the time limit must be between 1 ms and {} s", fastio_pipeline::MAX_TIMEOUT.as_secs())]
+    Timeout,
     /// A `stream` output directory holds files, and the options do not allow emptying it.
     #[error(
         "{} already holds files (an earlier run's results?): choose another output folder, or allow replacing them",
@@ -250,11 +288,14 @@ pub struct Progress {
     pub operators: Vec<(String, OperatorState, Duration)>,
 }
 
-/// Lines kept from an operator's output.
-type Tail = Arc<Mutex<VecDeque<String>>>;
-
 struct Operator {
     name: String,
+    kind: OperatorKind,
+    kind_reason: KindReason,
+    /// The process was started (or its start was tried).
+    launched: bool,
+    /// Execute finished successfully: for a plain program, it exited 0.
+    executed: bool,
     state: OperatorState,
     state_since: Instant,
     pid: Option<i32>,
@@ -272,8 +313,8 @@ struct Operator {
     cancelled_in: Option<String>,
     exit: Option<String>,
     reclaimed: Vec<ReclaimedHandle>,
-    stderr: Tail,
-    readers: Vec<thread::JoinHandle<()>>,
+    stderr: output::Tail,
+    readers: Vec<output::Reader>,
 }
 
 impl Operator {
@@ -331,6 +372,11 @@ fn run(
     options: &JobOptions,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<JobReport, DriverError> {
+    pipeline.check_runs_locally()?;
+    let timeout = options.timeout.unwrap_or_else(|| pipeline.timeout());
+    if timeout.is_zero() || timeout > fastio_pipeline::MAX_TIMEOUT {
+        return Err(DriverError::Timeout);
+    }
     let job_id = options
         .job_id
         .clone()
@@ -353,7 +399,7 @@ fn run(
     };
     let mut plan = job_plan(pipeline, &job_id, &layout);
     // Which operators of the definition run, in stage order; data for entries.
-    let (stages, filled) = match alone {
+    let (definitions, filled) = match alone {
         None => (
             (0..pipeline.operators().len()).collect::<Vec<_>>(),
             Vec::new(),
@@ -375,22 +421,45 @@ fn run(
     let server = Server::start_job_with_inputs(
         ServerConfig {
             pool_bytes: options.pool_bytes,
+            ..ServerConfig::default()
         },
         job.clone(),
         &filled,
     )?;
 
     let start = Instant::now();
-    let timeout = options.timeout.unwrap_or_else(|| pipeline.timeout());
-    let mut operators = Vec::new();
-    for (index, &definition) in stages.iter().enumerate() {
-        let op = &pipeline.operators()[definition];
-        let mut operator = Operator {
+    let log_dir = options
+        .log_dir
+        .clone()
+        .unwrap_or_else(|| layout.output_root.join("logs"));
+    std::fs::create_dir_all(&log_dir).map_err(|source| DriverError::Directory {
+        path: log_dir.clone(),
+        source,
+    })?;
+    let mut escapees = reap::Escapees::new(&job_id);
+    let launcher = Launcher {
+        pipeline,
+        options,
+        plan: &plan,
+        server: &server,
+        log_dir: &log_dir,
+        definitions: &definitions,
+        events,
+    };
+    let kinds = operator_kinds(pipeline, options);
+    let mut operators: Vec<Operator> = definitions
+        .iter()
+        .map(|&d| (&pipeline.operators()[d], kinds[d].clone()))
+        .map(|(op, (kind, kind_reason))| Operator {
             name: op.name().to_owned(),
+            kind,
+            kind_reason,
+            launched: false,
+            executed: false,
             state: OperatorState::Starting,
             state_since: start,
             pid: None,
-            started: Instant::now(),
+            started: start,
             ended: None,
             execute_started: None,
             execute_ended: None,
@@ -401,43 +470,28 @@ fn run(
             cancelled_in: None,
             exit: None,
             reclaimed: Vec::new(),
-            stderr: Tail::default(),
+            stderr: output::Tail::default(),
             readers: Vec::new(),
-        };
-        match spawn(
-            pipeline,
-            options,
-            &plan,
-            &server,
-            (definition, index),
-            &mut operator,
-        ) {
-            Ok(child) => {
-                operator.pid = Some(child.id() as i32);
-                let events = events.clone();
-                let mut child = child;
-                thread::spawn(move || {
-                    let _ = events.send(Event::Exited(index, child.wait()));
-                });
-            }
-            Err(e) => {
-                operator.ended = Some(Instant::now());
-                operator.set(OperatorState::Failed(format!("could not start: {e}")));
-            }
+        })
+        .collect();
+    let mut failure: Option<(String, String)> = None;
+    for (index, operator) in operators.iter_mut().enumerate() {
+        // A plain program waits for its inputs before it starts at all.
+        if operator.kind == OperatorKind::Plain && !plan.stages[index].upstream.is_empty() {
+            operator.set(OperatorState::Waiting);
+        } else {
+            launcher.launch(index, operator, &mut failure);
         }
-        operators.push(operator);
     }
-    drop(events);
     // `fastio ps` and `fastio ls` find the job through its record; a job runs without one
     // if the runtime folder cannot be used (it is only a window onto the job).
     let record = publish_record(pipeline, &plan, &server, &layout, &operators);
 
-    let mut failure: Option<(String, String)> = operators.iter().find_map(|o| match &o.state {
-        OperatorState::Failed(why) => Some((o.name.clone(), why.clone())),
-        _ => None,
-    });
     let mut stop_sent: Option<Instant> = None;
+    // When SIGKILL went to every operator still running (end of grace, or time limit).
+    let mut kill_sent: Option<Instant> = None;
     let mut last_progress = Instant::now() - Duration::from_secs(1);
+    let mut last_watch = Instant::now();
     let deadline = start + timeout;
     loop {
         if let Some(reason) = options.cancel.reason() {
@@ -450,6 +504,11 @@ fn run(
                 format!("operator {name} failed: {why}")
             });
             stop_sent = Some(Instant::now());
+            // Plain programs still waiting for their inputs never start.
+            for op in operators.iter_mut().filter(|o| !o.launched) {
+                op.ended = Some(Instant::now());
+                op.set(OperatorState::Cancelled("before it started".into()));
+            }
             for op in operators.iter_mut().filter(|o| !o.state.is_final()) {
                 op.cancelled_in = Some(match op.state {
                     OperatorState::CleaningUp if op.phase_failure.is_none() => {
@@ -465,14 +524,6 @@ fn run(
                 }
             }
         }
-        if stop_sent.is_some_and(|s| s.elapsed() >= options.grace || options.cancel.urgent()) {
-            for op in operators.iter().filter(|o| !o.state.is_final()) {
-                signal(op, rustix::process::Signal::KILL);
-            }
-        }
-        if operators.iter().all(|o| o.state.is_final()) {
-            break;
-        }
         let now = Instant::now();
         if now >= deadline && failure.is_none() {
             let limit = report::seconds(timeout);
@@ -480,7 +531,7 @@ fn run(
             // cancelled like bystanders.
             let running = operators
                 .iter_mut()
-                .filter(|o| !o.state.is_final() && o.state != OperatorState::Waiting)
+                .filter(|o| !o.state.is_final() && o.launched && o.state != OperatorState::Waiting)
                 .map(|o| {
                     o.phase_failure = Some(format!(
                         "still {} when the job's time limit ({limit}) was reached",
@@ -495,11 +546,52 @@ fn run(
             ));
             continue;
         }
+        // The grace period ends early at the time limit, which holds whatever happened
+        // before it.
+        if kill_sent.is_none()
+            && (stop_sent.is_some_and(|s| s.elapsed() >= options.grace || options.cancel.urgent())
+                || now >= deadline)
+        {
+            kill_sent = Some(now);
+        }
+        if kill_sent.is_some() {
+            for op in operators.iter().filter(|o| !o.state.is_final()) {
+                signal(op, rustix::process::Signal::KILL);
+            }
+        }
+        // The last bound: an operator whose exit is not reported within KILL_WAIT of
+        // SIGKILL (a process the kernel cannot kill) is given up on, so the driver ends.
+        if kill_sent.is_some_and(|k| k.elapsed() >= KILL_WAIT) {
+            for op in operators.iter_mut().filter(|o| !o.state.is_final()) {
+                let why = format!(
+                    "did not exit within {} of SIGKILL",
+                    report::seconds(KILL_WAIT)
+                );
+                op.ended = Some(Instant::now());
+                op.set(OperatorState::Failed(why));
+            }
+        }
+        if stop_sent.is_none() {
+            launcher.launch_ready(&mut operators, &mut failure);
+        }
+        if operators.iter().all(|o| o.state.is_final()) {
+            break;
+        }
+        if last_watch.elapsed() >= Duration::from_secs(1) {
+            escapees.watch(&running_pids(&operators));
+            last_watch = Instant::now();
+        }
         // The job keeps a sender for as long as it lives, so the channel never
         // disconnects here: an error is a timeout.
         let changed = match inbox.recv_timeout(Duration::from_millis(100)) {
             Ok(event) => {
-                handle(event, &mut operators, &mut failure, stop_sent.is_some());
+                handle(
+                    event,
+                    &mut operators,
+                    &mut failure,
+                    stop_sent.is_some(),
+                    &job,
+                );
                 true
             }
             Err(_) => false,
@@ -511,20 +603,21 @@ fn run(
     }
     progress(&snapshot(&operators, start));
     // Whatever an operator left running in its process group (a background child still
-    // holding its stdout, say) goes with the job.
+    // holding its stdout, say) goes with the job, and so does what escaped the group.
     for op in &operators {
         signal(op, rustix::process::Signal::KILL);
     }
-    for op in &mut operators {
-        for reader in op.readers.drain(..) {
-            let _ = reader.join();
-        }
-    }
+    escapees.kill_all(&running_pids(&operators), KILL_WAIT);
+    let readers = operators
+        .iter_mut()
+        .flat_map(|o| o.readers.drain(..))
+        .collect();
+    output::finish(readers, OUTPUT_DRAIN);
     let (saved, not_saved) = match &save_dir {
         Some(dir) => results::save(&plan, &server, &operators, dir),
         None => Default::default(),
     };
-    let mut report = report::build(pipeline, &stages, &plan, &server, &layout, &operators);
+    let mut report = report::build(pipeline, &definitions, &plan, &server, &layout, &operators);
     report.failure = failure;
     report.elapsed = start.elapsed();
     report.left = results::left_behind(&plan, &layout, saved);
@@ -569,6 +662,15 @@ fn publish_record(
         .ok()
 }
 
+/// The pids of the operators whose exit has not been seen.
+fn running_pids(operators: &[Operator]) -> Vec<i32> {
+    operators
+        .iter()
+        .filter(|o| o.ended.is_none())
+        .filter_map(|o| o.pid)
+        .collect()
+}
+
 fn snapshot(operators: &[Operator], start: Instant) -> Progress {
     Progress {
         elapsed: start.elapsed(),
@@ -590,6 +692,7 @@ fn handle(
     operators: &mut [Operator],
     failure: &mut Option<(String, String)>,
     stopping: bool,
+    job: &Job,
 ) {
     let mut fail = |name: &str, why: String| {
         failure.get_or_insert_with(|| (name.to_owned(), why));
@@ -597,8 +700,10 @@ fn handle(
     match event {
         Event::Job(JobEvent { stage, kind, at }) => {
             let op = &mut operators[stage];
-            // A request an operator sent just before it died can be read by the context
-            // after its exit was seen: its end stays final.
+            // Final states are final: an event that arrives after the exit (from a process
+            // the operator's program left behind, say, or the end of execute the driver
+            // reports itself for a plain program that exited 0) changes nothing but the
+            // record of reclaimed references.
             if op.state.is_final() {
                 if let JobEventKind::Reclaimed(handles) = kind {
                     op.reclaimed.extend(handles);
@@ -616,6 +721,9 @@ fn handle(
                 }
                 JobEventKind::Reclaimed(handles) => op.reclaimed.extend(handles),
                 JobEventKind::Finished { phase, failure } => {
+                    if phase == Phase::Execute && failure.is_none() {
+                        op.executed = true;
+                    }
                     if let Some(why) = failure {
                         let why = format!("{phase} failed: {why}");
                         op.phase_failure.get_or_insert_with(|| why.clone());
@@ -638,6 +746,10 @@ fn handle(
         }
         Event::Exited(stage, status) => {
             let op = &mut operators[stage];
+            if op.state.is_final() {
+                // Given up on after SIGKILL: the record stays as it was written.
+                return;
+            }
             op.ended = Some(Instant::now());
             let ended = match status {
                 Ok(status) => describe_exit(status),
@@ -647,12 +759,25 @@ fn handle(
                 Ok(()) => "exit status 0".to_owned(),
                 Err(why) => why.clone(),
             });
+            let plain = !op.joined && op.kind == OperatorKind::Plain;
+            if plain {
+                // A plain program's whole run is its execute.
+                op.execute_ended = op.ended;
+            }
             let outcome = match (ended, &op.phase_failure) {
                 (_, Some(why)) => Err(why.clone()),
                 (Err(why), None) => Err(why),
-                (Ok(()), None) if !op.joined => {
-                    Err("exited without joining the job (is the command a fastio operator?)".into())
+                (Ok(()), None) if plain => {
+                    // Its outputs are complete: downstream operators waiting in the
+                    // context may execute, and plain ones start.
+                    op.executed = true;
+                    job.finished(stage, Phase::Execute, None);
+                    Ok(())
                 }
+                (Ok(()), None) if !op.joined => Err(format!(
+                    "exited without joining the job, but was started as a program that uses the pipeline driver ({}); for a plain program, set uses-driver: false",
+                    op.kind_reason
+                )),
                 (Ok(()), None) if !op.cleaned_up => {
                     Err("exited before finishing its life-cycle".into())
                 }
@@ -769,13 +894,6 @@ fn prepare_directories(plan: &JobPlan, replace: bool) -> Result<(), DriverError>
     Ok(())
 }
 
-/// The folder of the definition, absolute: operators start there.
-fn definition_dir(pipeline: &Pipeline) -> PathBuf {
-    let origin =
-        std::path::absolute(pipeline.origin()).unwrap_or_else(|_| pipeline.origin().into());
-    origin.parent().unwrap_or(Path::new("/")).to_owned()
-}
-
 /// Finds an operator's program: a path with `/` is relative to the definition's folder;
 /// a bare name is looked up in `program_dirs`, then in `PATH` (by the operating system).
 fn resolve_program(pipeline: &Pipeline, options: &JobOptions, program: &str) -> PathBuf {
@@ -790,18 +908,116 @@ fn resolve_program(pipeline: &Pipeline, options: &JobOptions, program: &str) -> 
         .unwrap_or_else(|| PathBuf::from(program))
 }
 
+/// Starts operator processes.
+struct Launcher<'a> {
+    pipeline: &'a Pipeline,
+    options: &'a JobOptions,
+    plan: &'a JobPlan,
+    server: &'a Server,
+    log_dir: &'a Path,
+    /// Stage index -> index of the operator in the definition.
+    definitions: &'a [usize],
+    events: mpsc::Sender<Event>,
+}
+
+impl Launcher<'_> {
+    /// Starts the operator's process; a start that fails fails the job.
+    fn launch(
+        &self,
+        index: usize,
+        operator: &mut Operator,
+        failure: &mut Option<(String, String)>,
+    ) {
+        operator.launched = true;
+        operator.started = Instant::now();
+        match spawn(
+            self.pipeline,
+            self.options,
+            self.plan,
+            self.server,
+            self.log_dir,
+            (self.definitions[index], index),
+            operator,
+        ) {
+            Ok(mut child) => {
+                operator.pid = Some(child.id() as i32);
+                if operator.kind == OperatorKind::Plain {
+                    operator.execute_started = Some(operator.started);
+                    operator.set(OperatorState::Executing);
+                }
+                let events = self.events.clone();
+                thread::spawn(move || {
+                    let _ = events.send(Event::Exited(index, child.wait()));
+                });
+            }
+            Err(e) => {
+                operator.ended = Some(Instant::now());
+                let why = format!("could not start: {e}");
+                failure.get_or_insert_with(|| (operator.name.clone(), why.clone()));
+                operator.set(OperatorState::Failed(why));
+            }
+        }
+    }
+
+    /// Starts every waiting plain program whose upstream operators have all finished
+    /// execute.
+    fn launch_ready(&self, operators: &mut [Operator], failure: &mut Option<(String, String)>) {
+        for index in 0..operators.len() {
+            let ready = !operators[index].launched
+                && self.plan.stages[index]
+                    .upstream
+                    .iter()
+                    .all(|&u| operators[u].executed);
+            if ready {
+                self.launch(index, &mut operators[index], failure);
+            }
+        }
+    }
+}
+
+/// How each operator of `pipeline` takes part in a job run with `options`, and why; in
+/// [`Pipeline::operators`] order. See [`OperatorKind`].
+pub fn operator_kinds(
+    pipeline: &Pipeline,
+    options: &JobOptions,
+) -> Vec<(OperatorKind, KindReason)> {
+    let mut seen = kind::Seen::default();
+    let cwd = definition_dir(pipeline);
+    (0..pipeline.operators().len())
+        .map(|index| {
+            let program = pipeline.operators()[index]
+                .command()
+                .map(|argv| resolve_program(pipeline, options, &argv[0]))
+                .unwrap_or_default();
+            kind::operator_kind(pipeline, index, &program, &cwd, &mut seen)
+        })
+        .collect()
+}
+
+/// The folder of the definition, absolute: operators start there, so that relative paths
+/// in their commands read as they do in the definition.
+fn definition_dir(pipeline: &Pipeline) -> PathBuf {
+    let origin =
+        std::path::absolute(pipeline.origin()).unwrap_or_else(|_| pipeline.origin().into());
+    origin.parent().unwrap_or(Path::new("/")).to_owned()
+}
+
+#[allow(clippy::too_many_arguments)]
 fn spawn(
     pipeline: &Pipeline,
     options: &JobOptions,
     plan: &JobPlan,
     server: &Server,
+    log_dir: &Path,
     (definition, index): (usize, usize),
     operator: &mut Operator,
 ) -> Result<Child, String> {
     let definition = &pipeline.operators()[definition];
     let stage = &plan.stages[index];
-    let argv = definition.command();
+    let argv = definition.command().ok_or("no command to run it locally")?;
     let program = resolve_program(pipeline, options, &argv[0]);
+    let log_path = log_dir.join(format!("{}.log", operator.name));
+    let log = File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
     let socket = server.operator_socket(index).map_err(|e| e.to_string())?;
     let mut command = Command::new(&program);
     command
@@ -813,7 +1029,7 @@ fn spawn(
         )
         .env(INPUT_PATHS_ENV, format_paths(&stage.inputs))
         .env(OUTPUT_PATHS_ENV, format_paths(&stage.outputs))
-        .env("FASTIO_JOB_ID", &plan.job_id)
+        .env(JOB_ID_ENV, &plan.job_id)
         .env(fastio_operator::STAGE_ENV, &stage.name)
         .env_remove(fastio_operator::PIPELINE_ENV)
         // Relative paths in the command (a script, a data file) read as they do in the
@@ -830,46 +1046,27 @@ fn spawn(
     // Our copy of the child's end closes here: the connection lives in the child alone,
     // so it closes when the child dies.
     drop(socket);
-    let stdout = child
-        .stdout
-        .take()
-        .map(|s| Box::new(s) as Box<dyn Read + Send>);
-    let stderr = child
-        .stderr
-        .take()
-        .map(|s| Box::new(s) as Box<dyn Read + Send>);
-    if let Some(out) = stdout {
-        operator.readers.push(read_lines(out, None, &operator.name));
-    }
-    if let Some(err) = stderr {
-        operator.readers.push(read_lines(
-            err,
-            Some(operator.stderr.clone()),
-            &operator.name,
-        ));
+    let to = output::Destinations {
+        operator: operator.name.as_str().into(),
+        log: Some(Arc::new(Mutex::new(log))),
+        sink: options.on_output.clone(),
+    };
+    let pipes = [
+        (child.stdout.take().map(OwnedFd::from), Stream::Stdout, None),
+        (
+            child.stderr.take().map(OwnedFd::from),
+            Stream::Stderr,
+            Some((operator.stderr.clone(), TAIL_LINES)),
+        ),
+    ];
+    for (fd, stream, tail) in pipes {
+        let Some(fd) = fd else { continue };
+        match output::Reader::start(fd, stream, to.clone(), tail) {
+            Ok(reader) => operator.readers.push(reader),
+            // The pipe closes with the failed reader: the operator gets SIGPIPE if it
+            // writes, which reports the problem as its exit.
+            Err(e) => tracing::warn!(operator = %operator.name, "cannot read its output: {e}"),
+        }
     }
     Ok(child)
-}
-
-/// Reads an operator's output line by line: stderr lines are kept (the last
-/// [`TAIL_LINES`]) and traced, stdout lines are traced.
-fn read_lines(
-    stream: Box<dyn Read + Send>,
-    tail: Option<Tail>,
-    name: &str,
-) -> thread::JoinHandle<()> {
-    let name = name.to_owned();
-    thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            tracing::debug!(operator = %name, "{line}");
-            if let Some(tail) = &tail {
-                let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
-                if tail.len() == TAIL_LINES {
-                    tail.pop_front();
-                }
-                tail.push_back(line);
-            }
-        }
-    })
 }

@@ -197,6 +197,16 @@ fn publish_get_round_trip_in_c11() {
 }
 
 #[test]
+fn empty_arrays_are_created_published_and_got_in_c() {
+    assert!(compile_and_run(Build::c("empty.c")).contains("empty ok"));
+}
+
+#[test]
+fn publications_are_replaced_or_unpublished_on_purpose_in_c() {
+    assert!(compile_and_run(Build::c("republish.c")).contains("republish ok"));
+}
+
+#[test]
 fn publish_get_round_trip_in_cxx17() {
     let build = Build {
         lang: Lang::Cxx17,
@@ -279,6 +289,11 @@ fn every_bad_input_fails_with_a_message_and_corrupts_nothing() {
 #[test]
 fn one_writer_at_a_time_and_read_only_handles_fault_on_write() {
     assert!(compile_and_run(Build::c("mapping.c")).contains("mapping ok"));
+}
+
+#[test]
+fn a_stale_pointer_into_a_released_allocation_faults() {
+    assert!(compile_and_run(Build::c("stale.c")).contains("stale ok"));
 }
 
 #[test]

@@ -4,9 +4,9 @@
 //! In an operator's `command`, `${NAME}` is replaced by the operator's variable `NAME`
 //! (after any [`Override`]) and `${PIPELINE_DIR}` by the absolute folder of the definition
 //! file. In a variable's value only `${PIPELINE_DIR}` is replaced: a variable is not
-//! defined through another, so their order never matters. `$${` writes a literal `${`; a
-//! `$` not followed by `{` is kept as is (no shell runs the command, so `$HOME` stays
-//! `$HOME`). A name that is neither, or an unclosed `${`, is a problem of the definition.
+//! defined through another, so their order never matters. `$${` writes a literal `${`,
+//! Clara's template placeholders `${{ name }}` are kept as written, and a `$` not followed
+//! by `{` is kept as is (no shell runs the command, so `$HOME` stays `$HOME`). A name that is neither, or an unclosed `${`, is a problem of the definition.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -194,6 +194,12 @@ fn expand(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String,
         if let Some(tail) = after.strip_prefix("${") {
             out.push_str("${");
             rest = tail;
+        } else if after.starts_with("{{") {
+            // Clara's `${{ name }}` template placeholder: not ours, kept as written.
+            let end = after.find("}}").map_or(after.len(), |e| e + 2);
+            out.push('$');
+            out.push_str(&after[..end]);
+            rest = &after[end..];
         } else if let Some(tail) = after.strip_prefix('{') {
             let end = tail
                 .find('}')
@@ -230,6 +236,11 @@ mod tests {
         assert_eq!(expand("$${A}", lookup).unwrap(), "${A}");
         assert_eq!(expand("$HOME $ $$", lookup).unwrap(), "$HOME $ $$");
         assert_eq!(expand("no dollars", lookup).unwrap(), "no dollars");
+        // Clara's template placeholders are left alone.
+        assert_eq!(
+            expand("${{ model }}/${A}", lookup).unwrap(),
+            "${{ model }}/alpha"
+        );
     }
 
     #[test]

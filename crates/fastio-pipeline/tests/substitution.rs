@@ -36,7 +36,7 @@ fn the_definition_folder_and_variables_are_replaced_in_commands() {
     let p = load(&[]).unwrap();
     let seg = operator(&p, "seg");
     assert_eq!(
-        seg.command(),
+        seg.command().unwrap(),
         [
             "python3",
             "/studies/p1/seg.py",
@@ -52,7 +52,7 @@ fn the_definition_folder_and_variables_are_replaced_in_commands() {
 fn set_overrides_a_declared_variable_everywhere_or_adds_one_to_one_operator() {
     let p = load(&["THRESHOLD=0.9", "other.EXTRA=${PIPELINE_DIR}/x"]).unwrap();
     let seg = operator(&p, "seg");
-    assert_eq!(seg.command()[2], "--threshold=0.9");
+    assert_eq!(seg.command().unwrap()[2], "--threshold=0.9");
     assert_eq!(seg.variables()["THRESHOLD"], "0.9");
     assert!(!seg.variables().contains_key("EXTRA"));
     assert_eq!(operator(&p, "other").variables()["EXTRA"], "/studies/p1/x");

@@ -191,3 +191,41 @@ def test_clara_module_exports_the_fast_io_classes():
     assert clara.IOAccess is fastio.IOAccess
     assert clara.Error is fastio.Error
     assert issubclass(fastio.Error, Exception)
+
+
+def test_empty_gives_a_writable_typed_array_to_fill_in_place_and_publish():
+    ctx = fastio.FastIOContext()
+    a = ctx.empty((3, 4), np.float32)
+    arr = a.as_numpy()
+    assert arr.shape == (3, 4) and arr.dtype == np.float32 and arr.flags.writeable
+    arr[...] = np.arange(12, dtype=np.float32).reshape(3, 4)
+    a.publish("in_place")
+    del arr
+    a.release()
+    got = ctx.get("in_place", fastio.IOAccess.ReadOnly)
+    assert np.array_equal(got.as_numpy(), np.arange(12, dtype=np.float32).reshape(3, 4))
+    assert got.dimensions == (3, 4)
+
+
+def test_empty_reuses_this_processs_kept_mapping():
+    ctx = fastio.FastIOContext()
+    a = ctx.empty(1 << 20, "uint8")
+    a.release()
+    before = ctx.stats()
+    b = ctx.empty(1 << 20, "uint8")
+    after = ctx.stats()
+    assert after["mappings_reused"] == before["mappings_reused"] + 1
+    assert after["mappings_made"] == before["mappings_made"]
+    b.release()
+
+
+def test_empty_refuses_bad_shapes_and_dtypes():
+    ctx = fastio.FastIOContext()
+    # A zero dimension is an empty array, as numpy's np.empty((0, 3)); a negative one is not.
+    assert ctx.empty((0, 3), np.float32).as_numpy().shape == (0, 3)
+    with pytest.raises(fastio.Error):
+        ctx.empty((-1, 3), np.float32)
+    with pytest.raises(fastio.Error):
+        ctx.empty((2, 3), "not-a-type")
+    with pytest.raises(fastio.Error):
+        ctx.empty((1 << 40, 1 << 40), np.float64)

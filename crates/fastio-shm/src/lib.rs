@@ -20,11 +20,16 @@
 
 #[allow(unsafe_code)]
 mod mapping;
+mod memory;
 mod segment;
 pub mod transfer;
 
 pub use mapping::{Access, Mapping, Prefault};
-pub use segment::{Segment, SegmentBuilder, available_memory};
+pub use memory::{
+    CgroupLimit, HEADROOM_MARGIN, HugetlbPool, RESERVE_STEP, ShmemThp, available_memory,
+    cgroup_limit, huge_mapped_bytes, huge_page_size, hugetlb_pool, resident_bytes,
+};
+pub use segment::{Reserve, Segment, SegmentBuilder, SegmentIdentity};
 
 /// Why a segment could not be created, adopted or mapped.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +64,9 @@ pub enum SegmentError {
     /// A read-write mapping was asked of a read-only descriptor.
     #[error("this descriptor is read-only; it cannot be mapped for writing")]
     ReadOnlyDescriptor,
+    /// The mapping is parked (inaccessible) until a handle takes it again.
+    #[error("this mapping is parked: its handle was released")]
+    Parked,
     /// A write was attempted through a read-only mapping.
     #[error("this mapping is read-only")]
     ReadOnlyMapping,

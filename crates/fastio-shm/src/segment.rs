@@ -1,16 +1,31 @@
 //! Sealed memfd segments.
 
-use std::fs;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use rustix::fs::{FallocateFlags, MemfdFlags, Mode, OFlags, SealFlags};
 use rustix::io::Errno;
 
-use crate::SegmentError;
+use crate::{SegmentError, available_memory};
+
+// `f_type` of hugetlbfs (linux/magic.h).
+const HUGETLBFS_MAGIC: i64 = 0x958458f6;
 
 /// The seals every segment carries: its size can never change, so no peer can truncate
 /// memory under another's mapping (which would turn reads into SIGBUS).
+///
+/// `F_SEAL_SEAL` is deliberately not among them: the owner adds the write seal later
+/// ([`Segment::seal_writes`]). Only a writable descriptor can add seals, so a holder of a
+/// read-only one cannot.
 const SIZE_SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW);
+
+/// The seal that makes a segment read-only for good ([`Segment::seal_writes`]).
+const WRITE_SEAL: SealFlags = SealFlags::FUTURE_WRITE;
+
+/// The memfd's inode mode: read for its owner only. Opening `/proc/self/fd/N` again
+/// checks the inode's mode, so a process that is not root cannot turn a read-only
+/// descriptor into a writable one by reopening it (its owner can `fchmod` the mode back:
+/// the write seal, not the mode, is what makes memory immutable).
+const INODE_MODE: Mode = Mode::RUSR;
 
 /// Builds a [`Segment`]: `SegmentBuilder::new(len).label("volume").create()`.
 #[derive(Debug, Clone)]
@@ -18,6 +33,19 @@ pub struct SegmentBuilder {
     len: usize,
     label: String,
     check_memory: bool,
+    hugetlb: bool,
+    reserve: Option<Reserve>,
+}
+
+/// How a new segment's memory is reserved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reserve {
+    /// `fallocate` on the memfd (small pages unless the shmem THP mode is `always` or
+    /// `within_size`).
+    Fallocate,
+    /// Through a temporary mapping that asks for huge pages (`MADV_HUGEPAGE`) and then
+    /// populates (`MADV_POPULATE_WRITE`): huge pages under shmem THP `advise`.
+    HugeMapping,
 }
 
 impl SegmentBuilder {
@@ -27,6 +55,8 @@ impl SegmentBuilder {
             len,
             label: "fastio".to_owned(),
             check_memory: true,
+            hugetlb: false,
+            reserve: None,
         }
     }
 
@@ -43,28 +73,46 @@ impl SegmentBuilder {
         self
     }
 
-    /// Creates the memfd, sizes it, reserves its memory with `fallocate` and seals it
-    /// against shrinking and growing.
+    /// Asks for a hugetlb memfd (`MFD_HUGETLB`, pages from the administrator's reserved
+    /// pool). Where the pool cannot hold the segment, or the kernel refuses, the segment is
+    /// made of ordinary shared memory instead; [`Segment::is_hugetlb`] says which it got.
+    /// The segment's length is rounded up to a whole number of huge pages.
+    pub fn hugetlb(mut self, on: bool) -> Self {
+        self.hugetlb = on;
+        self
+    }
+
+    /// Chooses how memory is reserved instead of deciding from the shmem THP mode
+    /// ([`Reserve::HugeMapping`] under `advise` for 2 MiB and more, [`Reserve::Fallocate`]
+    /// otherwise).
+    pub fn reserve(mut self, reserve: Reserve) -> Self {
+        self.reserve = Some(reserve);
+        self
+    }
+
+    /// Creates the memfd, sizes it, reserves its memory, seals it against shrinking and
+    /// growing and sets its inode mode to owner-read-only (so that read-only descriptors of
+    /// it cannot be reopened for writing by a process that is not root).
     ///
     /// The memory is reserved here, not at first touch: a request the machine cannot hold
     /// fails now with [`SegmentError::OutOfMemory`] naming the size, never with SIGBUS
-    /// later. Requests beyond the memory the kernel reports as available (`MemAvailable`,
-    /// and the cgroup's `memory.max`) are refused before anything is allocated, because
-    /// `fallocate` on shared memory would otherwise wake the OOM killer rather than fail.
+    /// later. Reservation goes in steps of [`crate::RESERVE_STEP`], and before each step
+    /// the headroom ([`available_memory`]: `MemAvailable` and every memory cgroup limit,
+    /// v1 or v2) must still hold what is left to reserve plus [`crate::HEADROOM_MARGIN`]:
+    /// two creates racing for the same memory, in this process or another, fail cleanly
+    /// rather than wake the OOM killer, and a failed create gives back what it took.
     pub fn create(self) -> Result<Segment, SegmentError> {
         let len = self.len;
         if len == 0 {
             return Err(SegmentError::ZeroSize);
         }
-        if self.check_memory
-            && let Some(available) = available_memory()
-            && len as u64 > available
+        if self.hugetlb
+            && let Some(segment) = self.create_hugetlb()?
         {
-            return Err(SegmentError::OutOfMemory {
-                size: len,
-                available: Some(available),
-            });
+            return Ok(segment);
         }
+        let check = self.check_memory;
+        self.headroom_for(len as u64, check)?;
         let os = |op: &'static str| {
             move |source: Errno| SegmentError::Os {
                 op,
@@ -78,25 +126,94 @@ impl SegmentBuilder {
         )
         .map_err(os("memfd_create"))?;
         rustix::fs::ftruncate(&fd, len as u64).map_err(os("ftruncate"))?;
-        rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, len as u64).map_err(|source| {
-            match source {
-                Errno::NOSPC | Errno::NOMEM | Errno::FBIG => SegmentError::OutOfMemory {
-                    size: len,
-                    available: available_memory(),
-                },
-                source => SegmentError::Os {
-                    op: "fallocate",
-                    size: len,
-                    source,
-                },
+        let reserve = self.reserve.unwrap_or_else(|| {
+            let huge = crate::ShmemThp::current() == Some(crate::ShmemThp::Advise);
+            if huge && len as u64 >= crate::huge_page_size() {
+                Reserve::HugeMapping
+            } else {
+                Reserve::Fallocate
             }
-        })?;
-        rustix::fs::fcntl_add_seals(&fd, SIZE_SEALS | SealFlags::SEAL).map_err(os("seal"))?;
-        Ok(Segment {
-            fd,
-            len,
-            writable: true,
-        })
+        });
+        match reserve {
+            Reserve::Fallocate => self.reserve_by_fallocate(&fd)?,
+            Reserve::HugeMapping => crate::mapping::reserve_huge(&fd, len, |done| {
+                self.headroom_for((len - done) as u64, check)
+            })?,
+        }
+        rustix::fs::fcntl_add_seals(&fd, SIZE_SEALS).map_err(os("seal"))?;
+        rustix::fs::fchmod(&fd, INODE_MODE).map_err(os("fchmod"))?;
+        Segment::new(fd, len, true, false)
+    }
+
+    /// Fails unless the machine can still give `remaining` bytes and keep the margin.
+    fn headroom_for(&self, remaining: u64, check: bool) -> Result<(), SegmentError> {
+        if !check {
+            return Ok(());
+        }
+        match available_memory() {
+            Some(available) if remaining.saturating_add(crate::HEADROOM_MARGIN) > available => {
+                Err(SegmentError::OutOfMemory {
+                    size: self.len,
+                    available: Some(available.saturating_sub(crate::HEADROOM_MARGIN)),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn reserve_by_fallocate(&self, fd: &OwnedFd) -> Result<(), SegmentError> {
+        let len = self.len as u64;
+        let mut done = 0u64;
+        while done < len {
+            if done > 0 {
+                self.headroom_for(len - done, self.check_memory)?;
+            }
+            let step = crate::RESERVE_STEP.min(len - done);
+            rustix::fs::fallocate(fd, FallocateFlags::empty(), done, step).map_err(|source| {
+                match source {
+                    Errno::NOSPC | Errno::NOMEM | Errno::FBIG => SegmentError::OutOfMemory {
+                        size: self.len,
+                        available: available_memory(),
+                    },
+                    source => SegmentError::Os {
+                        op: "fallocate",
+                        size: self.len,
+                        source,
+                    },
+                }
+            })?;
+            done += step;
+        }
+        Ok(())
+    }
+
+    /// A hugetlb segment, or `None` where the pool or the kernel cannot give one.
+    fn create_hugetlb(&self) -> Result<Option<Segment>, SegmentError> {
+        let Some(pool) = crate::hugetlb_pool() else {
+            return Ok(None);
+        };
+        let page = pool.page_size;
+        let Some(len) = (self.len as u64).checked_next_multiple_of(page) else {
+            return Ok(None);
+        };
+        if pool.free * page < len {
+            return Ok(None);
+        }
+        let Ok(fd) = rustix::fs::memfd_create(
+            self.label.as_str(),
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING | MemfdFlags::HUGETLB,
+        ) else {
+            return Ok(None);
+        };
+        if rustix::fs::ftruncate(&fd, len).is_err()
+            || rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, len).is_err()
+            || rustix::fs::fcntl_add_seals(&fd, SIZE_SEALS).is_err()
+            || rustix::fs::fchmod(&fd, INODE_MODE).is_err()
+        {
+            return Ok(None);
+        }
+        let len = usize::try_from(len).map_err(|_| SegmentError::NotASegment)?;
+        Segment::new(fd, len, true, true).map(Some)
     }
 }
 
@@ -110,6 +227,19 @@ pub struct Segment {
     fd: OwnedFd,
     len: usize,
     writable: bool,
+    identity: SegmentIdentity,
+    hugetlb: bool,
+}
+
+/// What identifies a segment's memory in every process that has a descriptor for it: the
+/// memfd's device and inode numbers. Two descriptors with the same identity are the same
+/// memory; an identity is never reused while a descriptor or a mapping of it lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SegmentIdentity {
+    /// Device of the (internal) shmem or hugetlbfs mount.
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
 }
 
 impl Segment {
@@ -132,7 +262,55 @@ impl Segment {
             source,
         })?;
         let writable = flags.contains(OFlags::RDWR) || flags.contains(OFlags::WRONLY);
-        Ok(Self { fd, len, writable })
+        let hugetlb = rustix::fs::fstatfs(&fd).is_ok_and(|s| s.f_type == HUGETLBFS_MAGIC);
+        Self::new(fd, len, writable, hugetlb)
+    }
+
+    fn new(fd: OwnedFd, len: usize, writable: bool, hugetlb: bool) -> Result<Self, SegmentError> {
+        let stat = rustix::fs::fstat(&fd).map_err(|source| SegmentError::Os {
+            op: "fstat",
+            size: len,
+            source,
+        })?;
+        Ok(Self {
+            fd,
+            len,
+            writable,
+            identity: SegmentIdentity {
+                dev: stat.st_dev,
+                ino: stat.st_ino,
+            },
+            hugetlb,
+        })
+    }
+
+    /// The identity of the memory, the same for every descriptor of it in any process.
+    pub fn identity(&self) -> SegmentIdentity {
+        self.identity
+    }
+
+    /// Whether its pages come from the hugetlb pool.
+    pub fn is_hugetlb(&self) -> bool {
+        self.hugetlb
+    }
+
+    /// Frees the segment's pages now (`fallocate(PUNCH_HOLE)`), even where other processes
+    /// still map it: for memory leaving the registry for good, so that mappings clients
+    /// keep parked (inaccessible) never keep it alive. Reads through a mapping afterwards
+    /// see zeros. Fails on a descriptor that is read-only or a segment sealed against
+    /// writing.
+    pub fn punch(&self) -> Result<(), SegmentError> {
+        rustix::fs::fallocate(
+            &self.fd,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            0,
+            self.len as u64,
+        )
+        .map_err(|source| SegmentError::Os {
+            op: "fallocate(PUNCH_HOLE)",
+            size: self.len,
+            source,
+        })
     }
 
     /// Size in bytes.
@@ -148,6 +326,27 @@ impl Segment {
     /// Whether this descriptor allows writable mappings.
     pub fn is_writable(&self) -> bool {
         self.writable
+    }
+
+    /// Makes the memory read-only for good, through every descriptor in every process:
+    /// adds `F_SEAL_FUTURE_WRITE`, after which `write`, new writable mappings and
+    /// `fallocate(PUNCH_HOLE)` fail for everyone, root included, and read-only mappings can
+    /// no longer be `mprotect`ed writable. Writable mappings that exist already keep working
+    /// (their owners make them read-only with [`crate::Mapping::protect`]). Needs a
+    /// writable descriptor. Sealing twice is harmless.
+    pub fn seal_writes(&self) -> Result<(), SegmentError> {
+        rustix::fs::fcntl_add_seals(&self.fd, WRITE_SEAL).map_err(|source| SegmentError::Os {
+            op: "seal against writes",
+            size: self.len,
+            source,
+        })
+    }
+
+    /// Whether the memory was sealed against writes ([`Segment::seal_writes`], or
+    /// `F_SEAL_WRITE` added by anyone holding a writable descriptor).
+    pub fn is_write_sealed(&self) -> bool {
+        rustix::fs::fcntl_get_seals(&self.fd)
+            .is_ok_and(|seals| seals.intersects(SealFlags::WRITE | SealFlags::FUTURE_WRITE))
     }
 
     /// A second descriptor for the same memory and access (`dup`).
@@ -179,8 +378,8 @@ impl Segment {
         })?;
         Ok(Self {
             fd,
-            len: self.len,
             writable: false,
+            ..*self
         })
     }
 
@@ -194,35 +393,4 @@ impl AsFd for Segment {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
-}
-
-/// Bytes of memory this process may still allocate, as the kernel reports it: the smaller
-/// of `MemAvailable` and, under a cgroup v2 limit, `memory.max - memory.current`. `None`
-/// when neither can be read.
-pub fn available_memory() -> Option<u64> {
-    let meminfo = fs::read_to_string("/proc/meminfo").ok().and_then(|text| {
-        text.lines()
-            .find_map(|l| l.strip_prefix("MemAvailable:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kib| kib * 1024)
-    });
-    let cgroup = cgroup_headroom();
-    match (meminfo, cgroup) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-fn cgroup_headroom() -> Option<u64> {
-    let own = fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = own.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let dir = format!("/sys/fs/cgroup{}", path.trim());
-    let max = fs::read_to_string(format!("{dir}/memory.max")).ok()?;
-    let max: u64 = max.trim().parse().ok()?; // "max" means no limit: None.
-    let current: u64 = fs::read_to_string(format!("{dir}/memory.current"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(max.saturating_sub(current))
 }

@@ -84,6 +84,38 @@ fn validate_accepts_the_demo_and_lists_every_problem_of_a_bad_definition() {
 }
 
 #[test]
+fn validate_says_how_each_operator_starts_and_notes_unused_clara_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let definition = dir.path().join("clara.yaml");
+    std::fs::write(
+        &definition,
+        "api-version: 0.6.0\nname: x\noperators:\n- name: convert\n  container:\n    image: example/convert\n    command: [sh, -c, 'true']\n  models:\n  - name: spleen\n  output:\n  - path: /out\n- name: seg\n  container:\n    image: example/seg\n  input:\n  - from: convert\n    path: /in\n",
+    )
+    .unwrap();
+    let out = Command::new(FASTIO)
+        .arg("validate")
+        .arg(&definition)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("convert: plain program, starts once its inputs are complete"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(r#"operator "seg": command is required to run locally"#),
+        "{stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(r#"note: "#)
+            && stderr.contains(r#"operator "convert": models is not used"#),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn graph_prints_dot_with_types_on_the_edges() {
     let demo = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -158,4 +190,34 @@ fn run_exits_non_zero_with_a_report_naming_the_failed_operator() {
         stdout.contains("unknown step"),
         "stderr tail shown: {stdout}"
     );
+}
+
+#[test]
+fn doctor_reports_the_machine_as_text_and_json() {
+    let text = Command::new(FASTIO).arg("doctor").output().unwrap();
+    assert!(text.status.success());
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(text.contains("shmem THP"), "{text}");
+    assert!(text.contains("fastio does not use it"), "{text}");
+    assert!(text.contains("fastio will use:"), "{text}");
+    let json = Command::new(FASTIO)
+        .args(["doctor", "--json"])
+        .output()
+        .unwrap();
+    assert!(json.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    // The mode it reports is the kernel's.
+    let sysfs = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
+        .ok()
+        .and_then(|t| {
+            t.split_whitespace()
+                .find(|w| w.starts_with('['))
+                .map(|w| w.trim_matches(['[', ']']).to_owned())
+        });
+    assert_eq!(report["shmem_thp"].as_str().map(str::to_owned), sysfs);
+    let available = report["available_bytes"].as_u64().unwrap();
+    assert!(available > 0);
+    assert!(report["plan"].as_array().unwrap().len() >= 4);
+    let nofile = &report["nofile"];
+    assert!(nofile[0].as_u64().is_some() || nofile[0].is_null());
 }

@@ -8,8 +8,14 @@
 //!   `sleep:<seconds>`; `hold` (creates an allocation and never releases it);
 //!   `hold-published:<name>` (the same, published under `name`); `hold-entry` (opens its
 //!   first output entry a second time and never closes it); `orphan`
-//!   (leaves a `sleep 60` running);
+//!   (leaves a `sleep 60` running); `escape` (leaves a `sleep 600` running in a session
+//!   of its own, holding this operator's stdout); `print:<text>` (prints the text on
+//!   stdout and stderr); `bytes` (prints a line that is not UTF-8, then 2 MiB more);
 //!   `write-input:<name>` (tries the API, then writes through a raw pointer: faults);
+//!   `escalate:<name>` (publishes its read-only input under a new name and tries to get
+//!   that read-write and write through it; logs `escalation refused: <why>` or fails);
+//!   `keep-output` (`produce`, keeping a raw pointer to the first output, through which
+//!   cleanup then writes: faults, the output being read-only once execute returned);
 //!   `produce` / `check` (typed entries: see below); `paths` (disk entries).
 //!
 //! - `WAIT_FOR=<text>`: before execute does anything, waits (30 s at most) until a line of
@@ -83,6 +89,14 @@ fn main() {
         })
         .cleanup(|_| {
             log("cleanup begin");
+            let kept = KEPT_OUTPUT.load(std::sync::atomic::Ordering::SeqCst);
+            if !kept.is_null() {
+                log("writing after execute");
+                // SAFETY: none; this deliberately writes through a pointer kept past execute
+                // to show that the write never lands: the process dies of SIGSEGV here.
+                unsafe { kept.write_volatile(0xAB) };
+                log("the late write did not fault");
+            }
             log("cleanup end");
             Ok(())
         });
@@ -124,6 +138,9 @@ fn hold_entry(driver: &Driver, payload: &mut Payload<'_>) -> Result<(), Callback
     std::mem::forget(entry);
     Ok(())
 }
+/// The first output's address, kept by `keep-output` for cleanup's late write.
+static KEPT_OUTPUT: std::sync::atomic::AtomicPtr<u8> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
 
 fn shape_var(name: &str) -> Vec<i64> {
     std::env::var(name)
@@ -162,6 +179,32 @@ fn execute(payload: &mut Payload<'_>) -> Result<(), CallbackError> {
             log(&format!("orphan {}", child.id()));
             Ok(())
         }
+        ("escape", _) => {
+            // setsid(1) calls setsid(2) and execs: the same pid, out of the process group.
+            let child = std::process::Command::new("setsid")
+                .args(["sleep", "600"])
+                .stdin(std::process::Stdio::null())
+                .spawn()?;
+            log(&format!("escaped {}", child.id()));
+            Ok(())
+        }
+        ("print", text) => {
+            println!("{text} on stdout");
+            eprintln!("{text} on stderr");
+            Ok(())
+        }
+        ("bytes", _) => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(b"before \xff\xfe after\n")?;
+            // Far more than a pipe holds: a driver that stopped reading stalls or kills us.
+            let line = [b'x'; 1023];
+            for _ in 0..2048 {
+                out.write_all(&line)?;
+                out.write_all(b"\n")?;
+            }
+            out.flush()?;
+            Ok(())
+        }
         ("hold", _) => {
             let allocation = payload.fastio_context().create(4096)?;
             std::mem::forget(allocation);
@@ -177,6 +220,15 @@ fn execute(payload: &mut Payload<'_>) -> Result<(), CallbackError> {
         ("hold-entry", _) => Ok(()),
         ("write-input", name) => write_input(payload, name),
         ("produce", _) => produce(payload),
+        ("escalate", name) => escalate(payload, name),
+        ("keep-output", _) => {
+            produce(payload)?;
+            let output = &mut payload.fastio_outputs()[0];
+            let allocation = output.allocation().ok_or("output not allocated")?;
+            let ptr = allocation.as_ptr().cast_mut();
+            KEPT_OUTPUT.store(ptr, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
         ("check", _) => check(payload),
         ("paths", _) => paths(payload),
         (other, _) => Err(format!("unknown EXECUTE {other:?}").into()),
@@ -243,6 +295,25 @@ fn write_input(payload: &mut Payload<'_>, name: &str) -> Result<(), CallbackErro
     // write never lands. The process dies of SIGSEGV here.
     unsafe { ptr.write_volatile(0xAB) };
     Err("the write to a read-only input did not fault".into())
+}
+
+fn escalate(payload: &mut Payload<'_>, name: &str) -> Result<(), CallbackError> {
+    let entry = payload.fastio_input(name)?;
+    let allocation = entry.allocation().ok_or("input not allocated")?;
+    allocation.publish("escalated")?;
+    match payload.fastio_context().get("escalated") {
+        Ok(mut writable) => {
+            writable.write_bytes(0, &[0xAB])?;
+            Err("a read-only input was got read-write and written".into())
+        }
+        Err(e) => {
+            log(&format!(
+                "escalation refused: {}",
+                e.to_string().replace(' ', "_")
+            ));
+            Ok(())
+        }
+    }
 }
 
 fn paths(payload: &mut Payload<'_>) -> Result<(), CallbackError> {

@@ -1,15 +1,22 @@
-//! The `fastio` command.
+//! The `fastio` command: the `fastio` binary and the Python package's `fastio` console
+//! script both run [`main`], so the two behave the same by construction.
 
+use std::ffi::OsString;
 use std::io::Write;
+use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use fastio::{CONTEXT_ENV, Context, Server, ServerConfig};
-use progress::Display;
 
 /// fastio: zero-copy typed arrays shared between the processes of a pipeline.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    after_help = "Environment:\n  FASTIO_LOG  what fastio itself logs to stderr: error, warn (the default), info, debug or\n              trace, for everything or per module (FASTIO_LOG=fastio_driver=debug); the\n              syntax of tracing-subscriber's EnvFilter. Operators' own output is not a log:\n              `fastio run` shows it (see --quiet) and keeps it in the job's logs folder."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,12 +37,21 @@ enum Command {
         #[arg(long)]
         until_stdin_closes: bool,
     },
-    /// Print the accounting of the context named by FASTIO_CONTEXT, as JSON.
+    /// Print the accounting of the context named by FASTIO_CONTEXT, as JSON (with each
+    /// segment's huge-page backing).
     Stats,
+    /// Show what this machine offers for shared memory and what fastio will use.
+    Doctor {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run one job of a pipeline: start its operators, drive their life-cycle, report.
     ///
-    /// Shows each operator's state and time while the job runs, then a summary: each
-    /// operator's outcome and times, each entry's bytes and how it travelled. Exits 1
+    /// Shows each operator's output as it comes, each line prefixed with the operator's
+    /// name (`threshold | ...`), and each operator's state changes; then a summary: each
+    /// operator's outcome and times, each entry's bytes and how it travelled. Every
+    /// operator's full output is kept in the job's folder, `logs/<operator>.log`. Exits 1
     /// when the job fails.
     ///
     /// Ctrl-C (SIGINT), SIGTERM or SIGHUP stops the job cleanly: operators waiting for
@@ -58,10 +74,12 @@ enum Command {
         /// The job's payload directory (stream inputs without `from`).
         #[arg(long)]
         payload: Option<std::path::PathBuf>,
-        /// Time limit in seconds (default: the definition's `timeout`, else 600).
+        /// Time limit in seconds, at most 604800 (default: the definition's `timeout`, else
+        /// 600).
         #[arg(long)]
         timeout: Option<f64>,
-        /// Print only the summary.
+        /// Print only the summary: no operator output (it is still in the logs folder) and
+        /// no progress.
         #[arg(long, short)]
         quiet: bool,
         /// Set a variable: NAME=VALUE in every operator that declares NAME, or
@@ -140,19 +158,68 @@ enum Command {
     },
 }
 
-fn main() {
-    if let Err(e) = run() {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
+/// Runs the `fastio` command with `args` (the first is the program's name, as in
+/// `std::env::args_os()`) and returns its exit status: 0 on success, 1 when the command
+/// or the job it ran failed, 2 for a usage error (after printing it, or the help).
+///
+/// `program_dirs` are where the command was installed: `fastio run` looks there first, in
+/// order, for operator programs named without a `/` (the binary passes its own directory;
+/// the Python console script its `bin` folder, so a virtual environment's programs are
+/// found without activating it, then the programs the wheel carries). Call it once per process: it sets the global log subscriber
+/// (filtered by `FASTIO_LOG`).
+pub fn main(
+    args: impl IntoIterator<Item = OsString>,
+    program_dirs: impl IntoIterator<Item = PathBuf>,
+) -> i32 {
+    let _ = PROGRAM_DIRS.set(program_dirs.into_iter().collect());
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    match run(cli) {
+        Ok(()) => 0,
+        Err(e) if e.is::<JobFailed>() => 1,
+        Err(e) if e.is::<Interrupted>() => 128 + e.downcast_ref::<Interrupted>().map_or(0, |i| i.0),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
     }
 }
 
-fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("FASTIO_LOG"))
+/// Where the command was installed ([`main`]'s `program_dirs`).
+static PROGRAM_DIRS: OnceLock<Vec<PathBuf>> = OnceLock::new();
+
+/// A job that ran and failed: its report says why, so nothing more is printed.
+#[derive(Debug)]
+struct JobFailed;
+
+impl std::fmt::Display for JobFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the job failed")
+    }
+}
+
+impl std::error::Error for JobFailed {}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    // Warnings and errors only unless FASTIO_LOG asks for more; no colour codes, which
+    // are noise in a log file and in a pipe. A second call in one process keeps the
+    // first subscriber.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::builder()
+                .with_default_directive(tracing_subscriber::filter::LevelFilter::WARN.into())
+                .with_env_var("FASTIO_LOG")
+                .from_env_lossy(),
+        )
+        .with_ansi(false)
         .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+        .try_init();
+    match cli.command {
         Command::Serve {
             pool_mib,
             until_stdin_closes,
@@ -171,29 +238,10 @@ fn run() -> anyhow::Result<()> {
             output,
             payload,
             timeout,
-            Display::new(quiet, heartbeat_interval(heartbeat)?),
+            (quiet, heartbeat_interval(heartbeat)?),
             &set,
             save,
         ),
-        Command::Validate { pipeline } => {
-            let p = load(&pipeline)?;
-            println!(
-                "{}: pipeline {:?} is valid: {} operators, in order: {}",
-                pipeline.display(),
-                p.name(),
-                p.operators().len(),
-                p.operators()
-                    .iter()
-                    .map(|o| o.name())
-                    .collect::<Vec<_>>()
-                    .join(" -> ")
-            );
-            Ok(())
-        }
-        Command::Graph { pipeline } => {
-            print!("{}", load(&pipeline)?.to_dot());
-            Ok(())
-        }
         Command::RunOp {
             pipeline,
             operator,
@@ -229,6 +277,55 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Top { job, interval } => top(job.as_deref(), interval),
+
+        Command::Validate { pipeline } => {
+            let p = load(&pipeline)?;
+            println!(
+                "{}: pipeline {:?} is valid: {} operators, in order: {}",
+                pipeline.display(),
+                p.name(),
+                p.operators().len(),
+                p.operators()
+                    .iter()
+                    .map(|o| o.name())
+                    .collect::<Vec<_>>()
+                    .join(" -> ")
+            );
+            // How `fastio run` would start each operator, and why.
+            let options = job_options(&p)?;
+            for (op, (kind, reason)) in p
+                .operators()
+                .iter()
+                .zip(fastio::driver::operator_kinds(&p, &options))
+            {
+                let how = match kind {
+                    fastio::driver::OperatorKind::Driver => {
+                        "uses the pipeline driver, starts at job start"
+                    }
+                    fastio::driver::OperatorKind::Plain => {
+                        "plain program, starts once its inputs are complete"
+                    }
+                };
+                println!("  {}: {how} ({reason})", op.name());
+            }
+            if let Err(e) = p.check_runs_locally() {
+                println!("{e}");
+            }
+            Ok(())
+        }
+        Command::Graph { pipeline } => {
+            print!("{}", load(&pipeline)?.to_dot());
+            Ok(())
+        }
+        Command::Doctor { json } => {
+            let report = fastio::doctor::Report::gather();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(())
+        }
         Command::Stats => {
             let ctx = Context::from_env()?;
             println!("{}", serde_json::to_string_pretty(&ctx.stats()?)?);
@@ -247,18 +344,35 @@ fn load_with(
     path: &std::path::Path,
     set: &[fastio::pipeline::Override],
 ) -> anyhow::Result<fastio::pipeline::Pipeline> {
-    fastio::pipeline::Pipeline::from_path_with(path, set).map_err(|e| {
+    let pipeline = fastio::pipeline::Pipeline::from_path_with(path, set).map_err(|e| {
         if let fastio::pipeline::DefinitionError::Override { .. } = e {
             return anyhow::anyhow!("{e}");
         }
         eprintln!("{e}");
         anyhow::anyhow!("{} is not a valid pipeline definition", path.display())
-    })
+    })?;
+    for unused in pipeline.unused() {
+        eprintln!("note: {unused}");
+    }
+    Ok(pipeline)
+}
+
+/// The options of a job of `pipeline` run by this command: operator programs installed
+/// beside this command ([`main`]'s `program_dirs`) are found first.
+fn job_options(
+    pipeline: &fastio::pipeline::Pipeline,
+) -> anyhow::Result<fastio::driver::JobOptions> {
+    let mut options = fastio::driver::JobOptions::for_pipeline(pipeline);
+    options
+        .program_dirs
+        .extend(PROGRAM_DIRS.get().into_iter().flatten().cloned());
+    Ok(options)
 }
 
 fn serve(pool_mib: u64, until_stdin_closes: bool) -> anyhow::Result<()> {
     let server = Server::start(ServerConfig {
         pool_bytes: pool_mib.saturating_mul(1 << 20),
+        ..ServerConfig::default()
     })
     .context("starting the context server")?;
     let mut out = std::io::stdout().lock();
@@ -284,13 +398,13 @@ fn run_pipeline(
     output: std::path::PathBuf,
     payload: Option<std::path::PathBuf>,
     timeout: Option<f64>,
-    mut display: Display,
+    (quiet, heartbeat): (bool, Option<std::time::Duration>),
     set: &[fastio::pipeline::Override],
     save: Option<Option<std::path::PathBuf>>,
 ) -> anyhow::Result<()> {
-    use fastio::driver::{JobOptions, run_job};
+    use fastio::driver::run_job;
     let pipeline = load_with(path, set)?;
-    let mut options = JobOptions::for_pipeline(&pipeline);
+    let mut options = job_options(&pipeline)?;
     let job_id = fastio::operator::new_job_id();
     options.output_root = job_folder(&output.join(pipeline.name()), &job_id)?;
     options.job_id = Some(job_id);
@@ -300,32 +414,62 @@ fn run_pipeline(
         options.timeout = Some(
             std::time::Duration::try_from_secs_f64(seconds)
                 .ok()
-                .filter(|d| !d.is_zero())
-                .context("--timeout must be a positive number of seconds")?,
+                .filter(|d| !d.is_zero() && *d <= fastio::pipeline::MAX_TIMEOUT)
+                .with_context(|| {
+                    format!(
+                        "--timeout must be a positive number of seconds, at most {}",
+                        fastio::pipeline::MAX_TIMEOUT.as_secs()
+                    )
+                })?,
         );
     }
-    // Operator programs built beside this one are found first.
-    if let Some(dir) = std::env::current_exe()?.parent() {
-        options.program_dirs.push(dir.to_owned());
+    let display = std::sync::Arc::new(std::sync::Mutex::new(progress::Display::new(
+        quiet, heartbeat,
+    )));
+    if !quiet {
+        let display = display.clone();
+        let width = pipeline
+            .operators()
+            .iter()
+            .map(|o| o.name().len())
+            .max()
+            .unwrap_or(0);
+        options.on_output = Some(fastio::driver::OutputSink::new(move |line| {
+            let mut display = display.lock().unwrap_or_else(|p| p.into_inner());
+            display.line(&format!("{:width$} | {}", line.operator, line.text));
+        }));
     }
     let interrupts = interrupt::Watch::start(&options.cancel)?;
-    let report =
-        run_job(&pipeline, &options, &mut |p| display.show(p)).map_err(anyhow::Error::from);
-    display.finish();
+    let report = run_job(&pipeline, &options, &mut |p| {
+        display.lock().unwrap_or_else(|e| e.into_inner()).show(p)
+    })
+    .map_err(anyhow::Error::from);
+    display.lock().unwrap_or_else(|p| p.into_inner()).finish();
     let signal = interrupts.stop();
     finish_job_folder(&options.output_root, &report)?;
     let report = report?;
     print!("{}", report.render());
     std::io::stdout().flush()?;
     if let Some(signal) = signal {
-        std::process::exit(128 + signal);
+        return Err(Interrupted(signal).into());
     }
     if !report.succeeded() {
-        std::process::exit(1);
+        return Err(JobFailed.into());
     }
     Ok(())
 }
 
+/// A job stopped by a signal: the command exits 128 + its number, as a shell does.
+#[derive(Debug)]
+struct Interrupted(i32);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interrupted by signal {}", self.0)
+    }
+}
+
+impl std::error::Error for Interrupted {}
 /// `fastio run-op`.
 #[allow(clippy::too_many_arguments)]
 fn run_operator(
@@ -338,7 +482,7 @@ fn run_operator(
     set: &[fastio::pipeline::Override],
     quiet: bool,
 ) -> anyhow::Result<()> {
-    use fastio::driver::{JobOptions, run_operator};
+    use fastio::driver::run_operator;
     let pipeline = load_with(path, set)?;
     let inputs = inputs
         .iter()
@@ -349,7 +493,7 @@ fn run_operator(
             Ok((name.to_owned(), std::path::PathBuf::from(file)))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut options = JobOptions::for_pipeline(&pipeline);
+    let mut options = job_options(&pipeline)?;
     let job_id = fastio::operator::new_job_id();
     options.output_root = job_folder(&output.join(pipeline.name()), &job_id)?;
     options.job_id = Some(job_id);
@@ -358,15 +502,17 @@ fn run_operator(
         options.timeout = Some(
             std::time::Duration::try_from_secs_f64(seconds)
                 .ok()
-                .filter(|d| !d.is_zero())
-                .context("--timeout must be a positive number of seconds")?,
+                .filter(|d| !d.is_zero() && *d <= fastio::pipeline::MAX_TIMEOUT)
+                .with_context(|| {
+                    format!(
+                        "--timeout must be a positive number of seconds, at most {}",
+                        fastio::pipeline::MAX_TIMEOUT.as_secs()
+                    )
+                })?,
         );
     }
-    if let Some(dir) = std::env::current_exe()?.parent() {
-        options.program_dirs.push(dir.to_owned());
-    }
     let interrupts = interrupt::Watch::start(&options.cancel)?;
-    let mut display = Display::new(quiet, heartbeat_interval(30.0)?);
+    let mut display = progress::Display::new(quiet, heartbeat_interval(30.0)?);
     let report = run_operator(&pipeline, operator, &inputs, &options, &mut |p| {
         display.show(p)
     })
@@ -378,10 +524,10 @@ fn run_operator(
     print!("{}", report.render());
     std::io::stdout().flush()?;
     if let Some(signal) = signal {
-        std::process::exit(128 + signal);
+        return Err(Interrupted(signal).into());
     }
     if !report.succeeded() {
-        std::process::exit(1);
+        return Err(JobFailed.into());
     }
     Ok(())
 }
@@ -523,7 +669,9 @@ mod interrupt {
 
 mod progress {
     //! Live progress on stderr: redrawn in place on a terminal, one line per change
-    //! otherwise.
+    //! otherwise. Operators' output lines go to stdout; when both are the same terminal,
+    //! the progress block is erased before a line and drawn again after it, so the lines
+    //! scroll above it.
 
     use std::io::{IsTerminal, Write};
 
@@ -532,8 +680,10 @@ mod progress {
     pub struct Display {
         quiet: bool,
         terminal: bool,
+        stdout_terminal: bool,
         drawn: usize,
         last: Vec<OperatorState>,
+        shown: Option<Progress>,
         last_line: std::time::Duration,
         // Without a terminal, how long a quiet spell lasts before a heartbeat line says
         // what is still running.
@@ -545,10 +695,31 @@ mod progress {
             Self {
                 quiet,
                 terminal: std::io::stderr().is_terminal(),
+                stdout_terminal: std::io::stdout().is_terminal(),
                 drawn: 0,
                 last: Vec::new(),
+                shown: None,
                 last_line: std::time::Duration::ZERO,
                 heartbeat,
+            }
+        }
+
+        /// Prints one line of an operator's output on stdout.
+        pub fn line(&mut self, text: &str) {
+            let redraw = self.terminal && self.stdout_terminal && self.drawn > 0;
+            if redraw {
+                let mut err = std::io::stderr().lock();
+                // Up to the block's first line, and clear to the end of the screen.
+                let _ = write!(err, "\x1b[{}A\x1b[J", self.drawn);
+                let _ = err.flush();
+                self.drawn = 0;
+            }
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{text}");
+            let _ = out.flush();
+            drop(out);
+            if redraw && let Some(progress) = self.shown.take() {
+                self.show(&progress);
             }
         }
 
@@ -609,6 +780,7 @@ mod progress {
                 .iter()
                 .map(|(_, s, _)| s.clone())
                 .collect();
+            self.shown = Some(progress.clone());
         }
 
         pub fn finish(&mut self) {

@@ -1,0 +1,233 @@
+//! `fastio doctor`: what this machine offers for shared memory, and what fastio will
+//! therefore use.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// The findings of `fastio doctor`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Linux kernel release (`uname -r`).
+    pub kernel: String,
+    /// The shmem transparent-huge-page mode (`never`, `advise`, ...), if the kernel has THP.
+    pub shmem_thp: Option<&'static str>,
+    /// Size of a huge page in bytes.
+    pub huge_page_bytes: u64,
+    /// The hugetlb pool: reserved and free pages.
+    pub hugetlb_pages_total: Option<u64>,
+    /// Free pages of the hugetlb pool.
+    pub hugetlb_pages_free: Option<u64>,
+    /// `MemAvailable` in bytes.
+    pub mem_available_bytes: Option<u64>,
+    /// The tightest memory cgroup limit, if any: version, limit, usage, headroom.
+    pub cgroup: Option<Cgroup>,
+    /// What a create may take now: the smaller of `MemAvailable` and the cgroup headroom.
+    pub available_bytes: Option<u64>,
+    /// Soft and hard `RLIMIT_MEMLOCK` (bytes; `None` = unlimited).
+    pub memlock: (Option<u64>, Option<u64>),
+    /// Soft and hard `RLIMIT_NOFILE`.
+    pub nofile: (Option<u64>, Option<u64>),
+    /// Size and free bytes of `/dev/shm`, if mounted.
+    pub dev_shm: Option<(u64, u64)>,
+    /// CUDA devices the driver reports (`None` when it is unusable).
+    pub cuda_devices: Option<usize>,
+    /// Why the CUDA driver is unusable, if it is.
+    pub cuda_error: Option<String>,
+    /// What fastio will do on this machine, one line each.
+    pub plan: Vec<String>,
+}
+
+/// A memory cgroup limit.
+#[derive(Clone, Debug, Serialize)]
+pub struct Cgroup {
+    /// 1 or 2.
+    pub version: u8,
+    /// Its folder.
+    pub path: String,
+    /// Limit in bytes.
+    pub limit_bytes: u64,
+    /// Charged now, less reclaimable page cache.
+    pub usage_bytes: u64,
+    /// What can still be charged.
+    pub headroom_bytes: u64,
+}
+
+fn rlimit(resource: rustix::process::Resource) -> (Option<u64>, Option<u64>) {
+    let l = rustix::process::getrlimit(resource);
+    (l.current, l.maximum)
+}
+
+impl Report {
+    /// Looks at this machine now.
+    pub fn gather() -> Self {
+        use fastio_shm::ShmemThp;
+        let thp = ShmemThp::current();
+        let pool = fastio_shm::hugetlb_pool();
+        let cgroup = fastio_shm::cgroup_limit().map(|c| Cgroup {
+            version: c.version,
+            path: c.path.display().to_string(),
+            limit_bytes: c.limit,
+            usage_bytes: c.usage,
+            headroom_bytes: c.headroom(),
+        });
+        let dev_shm = rustix::fs::statvfs("/dev/shm").ok().map(|s| {
+            (
+                s.f_blocks.saturating_mul(s.f_frsize),
+                s.f_bavail.saturating_mul(s.f_frsize),
+            )
+        });
+        let cuda = cuda_streams::Driver::probe()
+            .map(|d| d.device_count())
+            .map_err(|e| e.to_string());
+        let collapse_off = std::env::var(fastio_context::COLLAPSE_ENV).is_ok_and(|v| v == "0");
+        let huge = fastio_shm::huge_page_size();
+        let mut plan = vec![
+            "segments: sealed memfds on the kernel's internal shmem mount (not /dev/shm: its size does not limit fastio)".to_owned(),
+        ];
+        plan.push(match thp {
+            Some(ShmemThp::Advise) => format!(
+                "huge pages: segments of {} MiB and more are made huge as they are reserved (MADV_HUGEPAGE + MADV_POPULATE_WRITE)",
+                huge >> 20
+            ),
+            Some(ShmemThp::Always | ShmemThp::WithinSize | ShmemThp::Force) => {
+                "huge pages: the kernel gives shared memory huge pages by itself".to_owned()
+            }
+            Some(ShmemThp::Never) if collapse_off => {
+                "huge pages: none (shmem THP is never and FASTIO_COLLAPSE=0 turns the collapser off)".to_owned()
+            }
+            Some(ShmemThp::Never) => format!(
+                "huge pages: pooled segments of {} MiB and more are collapsed in the background (MADV_COLLAPSE; FASTIO_COLLAPSE=0 turns it off)",
+                huge >> 20
+            ),
+            Some(ShmemThp::Deny) | None => {
+                "huge pages: none (the kernel denies transparent huge pages to shared memory)".to_owned()
+            }
+        });
+        plan.push(match pool {
+            Some(p) if p.free > 0 => format!(
+                "hugetlb: on request (CreateOptions::hugetlb), {} MiB free in the pool",
+                (p.free * p.page_size) >> 20
+            ),
+            _ => "hugetlb: the pool is empty (vm.nr_hugepages = 0); requests fall back to ordinary memory".to_owned(),
+        });
+        let available = fastio_shm::available_memory();
+        if let Some(a) = available {
+            plan.push(format!(
+                "admission: creates are refused beyond {} MiB (what is available less a {} MiB margin), checked every {} MiB",
+                a.saturating_sub(fastio_shm::HEADROOM_MARGIN) >> 20,
+                fastio_shm::HEADROOM_MARGIN >> 20,
+                fastio_shm::RESERVE_STEP >> 20
+            ));
+        }
+        plan.push(format!(
+            "mappings: kept per process up to {} MiB of parked mappings ({})",
+            fastio_context::mapping_stats().limit_bytes >> 20,
+            fastio_context::MAP_CACHE_ENV
+        ));
+        plan.push(match &cuda {
+            Ok(n) => format!("CUDA: {n} device(s); GPU paths enabled"),
+            Err(_) => "CUDA: no usable driver; GPU paths disabled (host memory only)".to_owned(),
+        });
+        Self {
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_else(|_| "unknown".into()),
+            shmem_thp: thp.map(ShmemThp::as_str),
+            huge_page_bytes: huge,
+            hugetlb_pages_total: pool.map(|p| p.total),
+            hugetlb_pages_free: pool.map(|p| p.free),
+            mem_available_bytes: mem_available(),
+            cgroup,
+            available_bytes: available,
+            memlock: rlimit(rustix::process::Resource::Memlock),
+            nofile: rlimit(rustix::process::Resource::Nofile),
+            dev_shm,
+            cuda_devices: cuda.as_ref().ok().copied(),
+            cuda_error: cuda.err(),
+            plan,
+        }
+    }
+}
+
+fn mem_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|k| k * 1024)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{} MiB", bytes >> 20)
+}
+
+fn limit(l: Option<u64>) -> String {
+    l.map_or("unlimited".into(), |v| v.to_string())
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "kernel            {}", self.kernel)?;
+        writeln!(
+            f,
+            "shmem THP         {} (huge page {})",
+            self.shmem_thp.unwrap_or("not available"),
+            mib(self.huge_page_bytes)
+        )?;
+        match (self.hugetlb_pages_total, self.hugetlb_pages_free) {
+            (Some(t), Some(fr)) => writeln!(f, "hugetlb pool      {t} pages, {fr} free")?,
+            _ => writeln!(f, "hugetlb pool      not reported")?,
+        }
+        if let Some(a) = self.mem_available_bytes {
+            writeln!(f, "MemAvailable      {}", mib(a))?;
+        }
+        match &self.cgroup {
+            Some(c) => writeln!(
+                f,
+                "memory cgroup     v{} limit {}, used {}, headroom {} ({})",
+                c.version,
+                mib(c.limit_bytes),
+                mib(c.usage_bytes),
+                mib(c.headroom_bytes),
+                c.path
+            )?,
+            None => writeln!(f, "memory cgroup     no limit")?,
+        }
+        writeln!(
+            f,
+            "RLIMIT_MEMLOCK    soft {}, hard {}",
+            limit(self.memlock.0),
+            limit(self.memlock.1)
+        )?;
+        writeln!(
+            f,
+            "RLIMIT_NOFILE     soft {}, hard {} (the server raises soft to hard)",
+            limit(self.nofile.0),
+            limit(self.nofile.1)
+        )?;
+        match self.dev_shm {
+            Some((size, free)) => writeln!(
+                f,
+                "/dev/shm          {} ({} free); fastio does not use it",
+                mib(size),
+                mib(free)
+            )?,
+            None => writeln!(f, "/dev/shm          not mounted; fastio does not use it")?,
+        }
+        match (&self.cuda_devices, &self.cuda_error) {
+            (Some(n), _) => writeln!(f, "CUDA driver       {n} device(s)")?,
+            (None, e) => writeln!(
+                f,
+                "CUDA driver       unusable: {}",
+                e.as_deref().unwrap_or("unknown")
+            )?,
+        }
+        writeln!(f)?;
+        writeln!(f, "fastio will use:")?;
+        for line in &self.plan {
+            writeln!(f, "  - {line}")?;
+        }
+        Ok(())
+    }
+}
