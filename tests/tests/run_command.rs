@@ -410,6 +410,7 @@ fn ls_on_a_running_job_lists_its_operators_entries_publications_and_holders() {
     );
     assert!(line("produce.uid").contains("9 B"), "{text}");
     assert!(line("kept").contains("4.0 KiB"), "{text}");
+    assert!(line("memory:").contains("huge pages"), "{text}");
 
     // The same listing as data.
     let json = Command::new(fastio())

@@ -84,6 +84,10 @@ pub struct EntryListing {
     pub dims: Option<Vec<usize>>,
     /// Its bytes now, once it has memory.
     pub bytes: Option<usize>,
+    /// Bytes of its memory backed by huge pages (transparent or hugetlb), as the context
+    /// last measured them.
+    #[serde(default)]
+    pub huge_page_bytes: u64,
     /// Who holds handles to its memory.
     pub holders: Vec<Holder>,
 }
@@ -99,6 +103,9 @@ pub struct PublicationListing {
     pub dims: Option<Vec<usize>>,
     /// The size of its memory.
     pub bytes: usize,
+    /// Bytes of its memory backed by huge pages, as the context last measured them.
+    #[serde(default)]
+    pub huge_page_bytes: u64,
     /// Who holds handles to its memory.
     pub holders: Vec<Holder>,
 }
@@ -157,6 +164,21 @@ pub(crate) fn compose(
         list.sort_by(|a, b| a.who.cmp(&b.who));
         list
     };
+    let huge = |id: ResourceId| {
+        snapshot
+            .stats
+            .segments
+            .iter()
+            .filter(|seg| seg.resource == Some(id))
+            .map(|seg| {
+                if seg.hugetlb {
+                    seg.bytes
+                } else {
+                    seg.huge_page_bytes
+                }
+            })
+            .sum::<u64>()
+    };
     let mut entries = Vec::new();
     if let Some(plan) = plan {
         for (index, entry) in plan.entries.iter().enumerate() {
@@ -175,6 +197,7 @@ pub(crate) fn compose(
                 declared: entry.declared.clone(),
                 dims: bound.as_ref().map(|(_, dims, _)| dims.clone()),
                 bytes: bound.as_ref().map(|&(_, _, bytes)| bytes),
+                huge_page_bytes: bound.as_ref().map_or(0, |&(r, _, _)| huge(r)),
                 holders: bound.map(|(r, _, _)| holders(r)).unwrap_or_default(),
             });
         }
@@ -187,6 +210,7 @@ pub(crate) fn compose(
             element_type: typed.as_ref().map(|(t, _)| *t),
             dims: typed.as_ref().map(|(_, d)| d.clone()),
             bytes: *bytes,
+            huge_page_bytes: huge(*id),
             holders: holders(*id),
         })
         .collect();
@@ -243,5 +267,93 @@ pub(crate) fn compose(
         entries,
         publications,
         unpublished,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{EntryPlan, JobPlan, StagePlan};
+    use crate::protocol::SegmentStats;
+
+    #[test]
+    fn entries_show_their_holders_by_operator_and_their_huge_pages() {
+        let plan = JobPlan {
+            job_id: "j".into(),
+            job_name: "p".into(),
+            stages: vec![
+                StagePlan {
+                    name: "make".into(),
+                    upstream: vec![],
+                    inputs: vec![],
+                    outputs: vec![],
+                    fastio_inputs: vec![],
+                    fastio_outputs: vec![crate::job::EntryId(0)],
+                },
+                StagePlan {
+                    name: "use".into(),
+                    upstream: vec![0],
+                    inputs: vec![],
+                    outputs: vec![],
+                    fastio_inputs: vec![crate::job::EntryId(0)],
+                    fastio_outputs: vec![],
+                },
+            ],
+            entries: vec![EntryPlan {
+                name: "volume".into(),
+                producer: Some(0),
+                element_type: ElementType::U8,
+                declared: vec![4 << 20],
+            }],
+        };
+        let job = Job::new(plan, |_| {});
+        let (volume, scratch) = (ResourceId(1), ResourceId(2));
+        let stats = Stats {
+            segments: vec![
+                SegmentStats {
+                    resource: Some(volume),
+                    bytes: 4 << 20,
+                    huge_page_bytes: 2 << 20,
+                    hugetlb: false,
+                },
+                SegmentStats {
+                    resource: Some(scratch),
+                    bytes: 2 << 20,
+                    huge_page_bytes: 0,
+                    hugetlb: true,
+                },
+            ],
+            ..Stats::default()
+        };
+        let snapshot = RegistrySnapshot {
+            stats,
+            entries: vec![Some((volume, vec![4 << 20], 4 << 20))],
+            publications: vec![("scratch".into(), scratch, None, 2 << 20)],
+            sizes: [(volume, 4 << 20), (scratch, 2 << 20)].into(),
+            handles: vec![(ConnectionId(7), volume, 2), (ConnectionId(9), scratch, 1)],
+        };
+        let stages = [(ConnectionId(7), Some(1)), (ConnectionId(9), None)].into();
+        let listing = compose(snapshot, Some(&job), &stages);
+        let entry = &listing.entries[0];
+        assert_eq!(entry.producer.as_deref(), Some("make"));
+        assert_eq!(entry.readers, ["use"]);
+        assert_eq!(
+            entry.holders,
+            [Holder {
+                who: "use".into(),
+                handles: 2
+            }]
+        );
+        assert_eq!(entry.huge_page_bytes, 2 << 20);
+        let publication = &listing.publications[0];
+        assert_eq!(publication.holders[0].who, "client 9");
+        assert_eq!(
+            publication.huge_page_bytes,
+            2 << 20,
+            "hugetlb memory is all huge pages"
+        );
+        let job = listing.job.unwrap();
+        assert_eq!(job.operators[1].handles, 2);
+        assert_eq!(job.operators[0].state, "not joined");
     }
 }

@@ -104,6 +104,15 @@ fn holders(list: &[Holder]) -> String {
     format!("held by {}", names.join(", "))
 }
 
+/// ` (huge pages 2.0 MiB)` when some of the memory is on huge pages.
+fn huge_pages(bytes: u64) -> String {
+    if bytes == 0 {
+        String::new()
+    } else {
+        format!(" (huge pages {})", human_bytes(bytes))
+    }
+}
+
 fn shape(dims: &[i64]) -> String {
     dims.iter()
         .map(i64::to_string)
@@ -179,7 +188,8 @@ pub fn render_listing(record: &JobRecord, listing: &Listing) -> String {
             };
             let _ = writeln!(
                 out,
-                "  {name:width$}  {declared:24} {now:16} {bytes:>13}  {readers:16}  {}",
+                "  {name:width$}  {declared:24} {now:16} {bytes:>13}{}  {readers:16}  {}",
+                huge_pages(e.huge_page_bytes),
                 holders(&e.holders)
             );
         }
@@ -202,9 +212,10 @@ pub fn render_listing(record: &JobRecord, listing: &Listing) -> String {
             };
             let _ = writeln!(
                 out,
-                "  {:width$}  {typed:24} {:>13}  {}",
+                "  {:width$}  {typed:24} {:>13}{}  {}",
                 p.name,
                 human_bytes(p.bytes as u64),
+                huge_pages(p.huge_page_bytes),
                 holders(&p.holders)
             );
         }
@@ -223,13 +234,14 @@ pub fn render_listing(record: &JobRecord, listing: &Listing) -> String {
     let stats = &listing.stats;
     let _ = writeln!(
         out,
-        "memory: {} segment{}, {} in use; warm pool {} in {} segment{}",
+        "memory: {} segment{}, {} in use; warm pool {} in {} segment{}; huge pages {}",
         stats.resources,
         if stats.resources == 1 { "" } else { "s" },
         human_bytes(stats.live_bytes),
         human_bytes(stats.pooled_bytes),
         stats.pooled_segments,
         if stats.pooled_segments == 1 { "" } else { "s" },
+        human_bytes(stats.huge_page_bytes),
     );
     out
 }
