@@ -316,10 +316,10 @@ operators:
     assert!(why.contains("execute failed"), "{why}");
     assert!(!marker.exists(), "a plain program ran after the failure");
     for name in ["after", "later"] {
-        let OperatorState::Stopped(why) = outcome(&report, name) else {
+        let OperatorState::Cancelled(why) = outcome(&report, name) else {
             panic!("{}", report.render());
         };
-        assert_eq!(why, "never started: operator broken failed");
+        assert_eq!(why, "before it started");
     }
     let rendered = report.render();
     assert!(rendered.contains("FAILED"), "{rendered}");
@@ -363,7 +363,7 @@ operators:
     assert!(!job.logged("reader", "execute begin"));
     assert!(matches!(
         outcome(&report, "plain-after"),
-        OperatorState::Stopped(_)
+        OperatorState::Cancelled(_)
     ));
     assert!(report.render().contains("cannot read the series"));
 }
@@ -579,7 +579,7 @@ operators:
     assert!(why.contains("time limit"), "{why}");
     assert!(matches!(
         outcome(&report, "after"),
-        OperatorState::Stopped(why) if why.starts_with("never started")
+        OperatorState::Cancelled(why) if why == "before it started"
     ));
     assert!(!marker.exists());
 }

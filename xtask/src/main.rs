@@ -140,7 +140,7 @@ fn demo() -> anyhow::Result<()> {
     if !status.success() {
         bail!("the demo pipeline failed: {status}");
     }
-    let report = Path::new("fastio-output/demo/write-report/report/report.txt");
+    let report = Path::new("fastio-output/demo/latest/write-report/report/report.txt");
     println!(
         "\n{}:\n{}",
         report.display(),
