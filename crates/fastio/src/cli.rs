@@ -10,6 +10,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use fastio::{CONTEXT_ENV, Context, Server, ServerConfig};
 
+mod k8s;
+
 /// fastio: zero-copy typed arrays shared between the processes of a pipeline.
 #[derive(Parser)]
 #[command(
@@ -150,6 +152,12 @@ enum Command {
     Validate {
         /// The pipeline definition file.
         pipeline: std::path::PathBuf,
+    },
+    /// Run pipelines on Kubernetes: render a pipeline as a Job (one run) or an Indexed Job
+    /// (one run per payload).
+    K8s {
+        #[command(subcommand)]
+        command: k8s::Command,
     },
     /// Print a pipeline's operator graph as Graphviz dot (entry types and shapes on edges).
     Graph {
@@ -313,6 +321,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::K8s { command } => k8s::run(command),
         Command::Graph { pipeline } => {
             print!("{}", load(&pipeline)?.to_dot());
             Ok(())
