@@ -13,10 +13,13 @@
 //! - `gpu-test` / `gpu-bench`: build the stripped cuda-streams bundle for the GPU machine.
 //! - `codegen [--check]`: the C header of fastio-ffi, generated with cbindgen;
 //! - `clib`: libfastio.so / libfastio.a and the drop-in name libnvclara.so;
-//! - `fuzz <target> [--count N]`: a long property-based fuzz run (`protocol`).
+//! - `fuzz <target> [--count N]`: a long property-based fuzz run (`protocol`);
+//! - `chaos [--rounds N] [--seed S] [--debug]`: the fault suite: random kill -9 of
+//!   operators, drivers, clients and servers, with leak checks (`test` runs 24 rounds).
 
 mod bench;
 mod capi;
+mod chaos;
 mod fuzz;
 mod gpu;
 mod pipeline_bench;
@@ -45,11 +48,12 @@ fn main() -> anyhow::Result<()> {
         Some("gpu-test") => gpu::gpu_test(&args[1..]),
         Some("gpu-bench") => gpu::gpu_bench(&args[1..]),
         Some("codegen") => capi::codegen(&root, &args[1..]),
+        Some("chaos") => chaos::chaos(&args[1..]),
         Some("clib") => capi::clib(&root).map(drop),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|dist|demo|bench|bench-pipeline|bench-python|gpu-test|gpu-bench|codegen|clib|fuzz>"
+                "usage: cargo xtask <test|dist|demo|bench|bench-pipeline|bench-python|gpu-test|gpu-bench|codegen|clib|fuzz|chaos>"
             );
             bail!("unknown or missing command")
         }
@@ -114,6 +118,8 @@ fn test() -> anyhow::Result<()> {
         run("cargo", &["test", "--workspace", "--no-fail-fast"])?;
     }
     python::test()?;
+    // The short fault suite: every kind of kill -9, with the leak checks.
+    chaos::chaos(&["--rounds".into(), "24".into(), "--debug".into()])?;
     eprintln!("\nall checks and tests passed");
     Ok(())
 }

@@ -58,6 +58,22 @@ pub enum DefinitionError {
         /// 1-based column of the error, when the parser knows it.
         column: Option<usize>,
     },
+    /// The definition goes past a bound on what reading it may cost: its size
+    /// ([`MAX_DEFINITION_BYTES`](crate::MAX_DEFINITION_BYTES)), the nesting of its
+    /// collections ([`MAX_DEPTH`](crate::MAX_DEPTH)), or its size with YAML aliases
+    /// expanded ([`MAX_NODES`](crate::MAX_NODES),
+    /// [`MAX_SCALAR_BYTES`](crate::MAX_SCALAR_BYTES)). Nothing past the bound was read.
+    #[error("{origin}{}: {what}", position(*line, *column))]
+    Limit {
+        /// The file name or label the text came from.
+        origin: String,
+        /// Which bound, and by how much.
+        what: String,
+        /// 1-based line where the bound was passed, when known.
+        line: Option<usize>,
+        /// 1-based column where the bound was passed, when known.
+        column: Option<usize>,
+    },
     /// The definition is well-formed but breaks one or more rules. Every problem found is
     /// listed, in definition order; the message has one line per problem.
     #[error("{}", DisplayProblems(problems))]
@@ -76,6 +92,15 @@ impl DefinitionError {
             DefinitionError::Invalid { problems, .. } => problems,
             _ => &[],
         }
+    }
+}
+
+/// `:LINE:COLUMN`, or nothing when unknown.
+fn position(line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(line), Some(column)) => format!(":{line}:{column}"),
+        (Some(line), None) => format!(":{line}"),
+        _ => String::new(),
     }
 }
 

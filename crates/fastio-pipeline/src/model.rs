@@ -392,10 +392,20 @@ impl Pipeline {
     /// otherwise. Messages name the file as given.
     pub fn from_path(path: impl AsRef<Path>) -> Result<Self, DefinitionError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| DefinitionError::Read {
+        let read_error = |source| DefinitionError::Read {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        // One byte past the limit is enough to refuse it, whatever the file's size.
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut std::io::Read::take(
+                std::fs::File::open(path).map_err(read_error)?,
+                crate::MAX_DEFINITION_BYTES as u64 + 1,
+            ),
+            &mut text,
+        )
+        .map_err(read_error)?;
         Self::from_str_in(&text, &path.display().to_string(), Format::from_path(path))
     }
 

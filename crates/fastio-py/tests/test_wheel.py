@@ -5,6 +5,7 @@ operators."""
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -133,6 +134,19 @@ def test_the_wheel_installs_without_rust_and_its_command_runs_a_pipeline(tmp_pat
     assert demo.returncode == 0, demo.stdout + demo.stderr
     (report,) = (job / "demo-out").rglob("write-report/report/report.txt")
     assert "voxel count: " in report.read_text()
+
+    # Ctrl-C reaches the command although Python runs it (Python would hold SIGINT
+    # until the Rust call returned, which `serve` never does).
+    serve = subprocess.Popen(["fastio", "serve"], env=env, cwd=job, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert serve.stdout.readline().startswith("FASTIO_CONTEXT=@")
+        serve.send_signal(signal.SIGINT)
+        serve.wait(timeout=30)
+    finally:
+        serve.kill()
+        serve.wait()
+    assert serve.returncode in (-signal.SIGINT, 130), serve.returncode
 
     bad = subprocess.run(["fastio", "validate", "missing.yaml"], env=env, cwd=job,
                          capture_output=True, text=True, timeout=60)

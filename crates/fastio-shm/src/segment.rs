@@ -332,7 +332,7 @@ impl Segment {
     /// adds `F_SEAL_FUTURE_WRITE`, after which `write`, new writable mappings and
     /// `fallocate(PUNCH_HOLE)` fail for everyone, root included, and read-only mappings can
     /// no longer be `mprotect`ed writable. Writable mappings that exist already keep working
-    /// (their owners make them read-only with [`crate::Mapping::protect`]). Needs a
+    /// (their owners make them read-only with [`crate::Mapping::unpark`]). Needs a
     /// writable descriptor. Sealing twice is harmless.
     pub fn seal_writes(&self) -> Result<(), SegmentError> {
         rustix::fs::fcntl_add_seals(&self.fd, WRITE_SEAL).map_err(|source| SegmentError::Os {

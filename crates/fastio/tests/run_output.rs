@@ -58,3 +58,22 @@ fn quiet_hides_operator_output_but_keeps_the_log() {
             .contains("hello on stdout")
     );
 }
+
+#[test]
+fn a_time_limit_beyond_seven_days_is_refused_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let definition = dir.path().join("p.yaml");
+    std::fs::write(
+        &definition,
+        "api-version: 0.5.0\nname: p\noperators:\n- name: a\n  command: [true]\n",
+    )
+    .unwrap();
+    let out = Command::new(FASTIO)
+        .args(["run", "--timeout", "9223372036854775807"])
+        .arg(&definition)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("at most 604800"), "{stderr}");
+}
