@@ -148,13 +148,7 @@ pub(crate) fn expand_operator(
             Err(reason) => problems.push(Unresolved {
                 field: "variables",
                 text: format!("{key}={value}"),
-                reason: if reason.starts_with("unknown") {
-                    format!(
-                        "{reason}: a variable's value may use only ${{{PIPELINE_DIR}}} (write $${{ for a literal ${{)"
-                    )
-                } else {
-                    reason
-                },
+                reason,
             }),
         }
     }
@@ -171,20 +165,15 @@ pub(crate) fn expand_operator(
             Err(reason) => problems.push(Unresolved {
                 field: "command",
                 text: argument.clone(),
-                reason: if reason.starts_with("unknown") {
-                    format!(
-                        "{reason}: the command may use the operator's variables and ${{{PIPELINE_DIR}}} (write $${{ for a literal ${{)"
-                    )
-                } else {
-                    reason
-                },
+                reason,
             }),
         }
     }
     problems
 }
 
-/// Replaces every `${NAME}` in `text` with `lookup(NAME)`; `$${` is a literal `${`.
+/// Replaces every `${NAME}` in `text` with `lookup(NAME)` where it knows the name, and leaves
+/// other `${...}` as written; `$${` is a literal `${`.
 fn expand(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -205,8 +194,15 @@ fn expand(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String,
                 .find('}')
                 .ok_or_else(|| "\"${\" is not closed by \"}\"".to_owned())?;
             let name = &tail[..end];
-            let value = lookup(name).ok_or_else(|| format!("unknown name ${{{name}}}"))?;
-            out.push_str(&value);
+            // A name fastio does not know is the program's: a shell expands `${HOME}` or
+            // `${NVIDIA_CLARA_OUTPUTPATHS#*:}` itself, and Clara definitions rely on that.
+            match lookup(name) {
+                Some(value) => out.push_str(&value),
+                None => {
+                    out.push('$');
+                    out.push_str(&after[..end + 2]);
+                }
+            }
             rest = &tail[end + 1..];
         } else {
             out.push('$');
@@ -244,8 +240,12 @@ mod tests {
     }
 
     #[test]
-    fn unknown_names_and_unclosed_braces_are_problems() {
-        assert_eq!(expand("${B}", lookup).unwrap_err(), "unknown name ${B}");
+    fn unknown_names_reach_the_program_as_written_and_unclosed_braces_are_problems() {
+        assert_eq!(expand("${B}/${A}", lookup).unwrap(), "${B}/alpha");
+        assert_eq!(
+            expand("out=${OUT#*:} ${X:-none}", lookup).unwrap(),
+            "out=${OUT#*:} ${X:-none}"
+        );
         assert!(expand("${A", lookup).unwrap_err().contains("not closed"));
     }
 

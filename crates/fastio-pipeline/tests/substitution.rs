@@ -70,24 +70,26 @@ fn a_setting_that_applies_to_nothing_is_refused() {
 }
 
 #[test]
-fn unknown_names_and_unclosed_braces_are_listed_with_operator_and_field() {
+fn unknown_names_reach_the_program_and_unclosed_braces_are_listed_with_operator_and_field() {
     let text = DEFINITION
         .replace("\"${MODE}\"", "\"${NOPE}\", \"${MODE\"")
         .replace("${PIPELINE_DIR}/model.onnx", "${THRESHOLD}/m");
     let err = Pipeline::from_yaml_str(&text, "p.yaml").unwrap_err();
     let problems: Vec<String> = err.problems().iter().map(ToString::to_string).collect();
-    assert_eq!(problems.len(), 3, "{problems:#?}");
+    assert_eq!(problems.len(), 1, "{problems:#?}");
     assert!(
-        problems[0].contains("operator \"seg\"")
-            && problems[0].contains("variables \"MODEL=${THRESHOLD}/m\"")
-            && problems[0].contains("may use only ${PIPELINE_DIR}"),
+        problems[0].contains("operator \"other\"") && problems[0].contains("not closed"),
         "{}",
         problems[0]
     );
+    // Without the unclosed brace the definition loads, the unknown names left as written.
+    let text = DEFINITION
+        .replace("\"${MODE}\"", "\"${NOPE}\"")
+        .replace("${PIPELINE_DIR}/model.onnx", "${THRESHOLD}/m");
+    let pipeline = Pipeline::from_yaml_str(&text, "p.yaml").unwrap();
+    let debug = format!("{pipeline:?}");
     assert!(
-        problems[1].contains("operator \"other\"") && problems[1].contains("unknown name ${NOPE}"),
-        "{}",
-        problems[1]
+        debug.contains("${NOPE}") && debug.contains("${THRESHOLD}/m"),
+        "{debug}"
     );
-    assert!(problems[2].contains("not closed"), "{}", problems[2]);
 }
