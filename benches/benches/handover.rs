@@ -87,7 +87,11 @@ fn driver() -> anyhow::Result<()> {
     std::fs::create_dir_all(&disk_dir)?;
     let mut rows = Vec::new();
     for &size in &sizes {
-        let rounds = if size >= 256 * MIB { max_rounds } else { max_rounds * 3 };
+        let rounds = if size >= 256 * MIB {
+            max_rounds
+        } else {
+            max_rounds * 3
+        };
         let source = filled_buffer(size);
         let mut target = filled_buffer(size);
         let (mut copy, mut read) = (Vec::new(), Vec::new());
@@ -139,7 +143,10 @@ fn driver() -> anyhow::Result<()> {
 
         let mut files = Vec::new();
         for path in [
-            PathBuf::from(format!("/dev/shm/fastio-handover-{}.bin", std::process::id())),
+            PathBuf::from(format!(
+                "/dev/shm/fastio-handover-{}.bin",
+                std::process::id()
+            )),
             disk_dir.join(format!("handover-{}.bin", std::process::id())),
         ] {
             let file = OpenOptions::new()

@@ -4,7 +4,10 @@
 //!   warnings as errors, every test of the workspace, doctests, then the Python module
 //!   built into `.venv` and its pytest suite;
 //! - `demo`: runs the demo pipeline (examples/demo/pipeline.yaml) with `fastio run`;
-//! - `bench`: the criterion benchmarks, the pipeline benchmark and the Python benchmark;
+//! - `bench`: the handover benchmarks (`bench-handover`: floor, steady and cold handover
+//!   1 MiB..1 GiB against files, Python in place, the I/O-bound chain pipeline, with the
+//!   plot docs/handover.svg), the criterion benchmarks, the pipeline benchmark and the
+//!   Python benchmark;
 //!   writes their tables into docs/benchmarks.md (`bench-pipeline`: only the demo
 //!   pipeline, shared memory vs files; `bench-python`: only fastio's Python module against
 //!   multiprocessing.shared_memory and np.save/np.load);
@@ -15,6 +18,7 @@
 mod bench;
 mod capi;
 mod gpu;
+mod handover_bench;
 mod pipeline_bench;
 mod python;
 
@@ -31,10 +35,12 @@ fn main() -> anyhow::Result<()> {
         Some("test") => test(),
         Some("demo") => demo(),
         Some("bench") => {
+            handover_bench::bench(&[])?;
             bench::bench(&args[1..])?;
             pipeline_bench::bench_pipeline()?;
             python::bench(&[])
         }
+        Some("bench-handover") => handover_bench::bench(&args[1..]),
         Some("bench-pipeline") => pipeline_bench::bench_pipeline(),
         Some("bench-python") => python::bench(&args[1..]),
         Some("gpu-test") => gpu::gpu_test(&args[1..]),
@@ -43,7 +49,7 @@ fn main() -> anyhow::Result<()> {
         Some("clib") => capi::clib(&root).map(drop),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench|bench-pipeline|bench-python|gpu-test|gpu-bench|codegen|clib>"
+                "usage: cargo xtask <test|demo|bench|bench-handover|bench-pipeline|bench-python|gpu-test|gpu-bench|codegen|clib>"
             );
             bail!("unknown or missing command")
         }
