@@ -5,6 +5,7 @@
 //! (seconds per GiB), so it runs on one background thread, only on segments resting in the
 //! warm pool, in 32 MiB steps, stopping as soon as a segment is handed out, and sleeping
 //! three times as long as it worked after each step: it uses at most a quarter of one CPU.
+//! A segment handed out mid-way is resumed where it stopped the next time it rests.
 //! `FASTIO_COLLAPSE=0` (or `ServerConfig::collapse = false`, `fastio serve --no-collapse`)
 //! turns it off.
 
@@ -55,7 +56,7 @@ impl Collapser {
         let size = segment.len() as u64;
         if segment.is_hugetlb()
             || size < fastio_shm::huge_page_size()
-            || huge.bytes.load(Ordering::Relaxed) * 10 >= size * 9
+            || huge.collapsed_to.load(Ordering::Relaxed) >= size
         {
             return;
         }
@@ -74,7 +75,9 @@ fn run(queue: &Receiver<Job>) {
             continue;
         };
         let len = mapping.len();
-        let mut offset = 0;
+        let mut offset = huge.collapsed_to.load(Ordering::Relaxed) as usize;
+        // Maps what is already huge (a fault per 2 MiB), so that the count below sees it.
+        let _ = mapping.populate_range(0, offset.min(len));
         while offset < len && huge.pooled.load(Ordering::Relaxed) {
             let n = STEP.min(len - offset);
             let started = Instant::now();
@@ -88,9 +91,10 @@ fn run(queue: &Receiver<Job>) {
                 }
             }
             offset += n;
+            huge.collapsed_to.store(offset as u64, Ordering::Relaxed);
+            huge.bytes
+                .store(mapping.huge_mapped_bytes(), Ordering::Relaxed);
             std::thread::sleep(started.elapsed() * 3);
         }
-        huge.bytes
-            .store(mapping.huge_mapped_bytes(), Ordering::Relaxed);
     }
 }
