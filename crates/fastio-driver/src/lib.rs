@@ -2,10 +2,17 @@
 //!
 //! [`run_job`] hosts the job's context server (the Clara "pod manager"), which allocates
 //! every FastIO entry whose shape is fully known before any operator starts; creates the
-//! `stream` directories; starts every operator process at once, each with its own context
+//! `stream` directories; starts the operator processes, each with its own context
 //! connection (`FASTIO_CONTEXT=fd:N`), Clara's `NVIDIA_CLARA_INPUTPATHS` /
 //! `NVIDIA_CLARA_OUTPUTPATHS`, and its `variables`; and follows each through prepare,
 //! execute (once all its upstream operators have finished execute) and cleanup.
+//!
+//! Operators that use the pipeline driver start at job start, so that prepare overlaps
+//! upstream work. Plain programs, which only read their input folders and write their
+//! output folders, start once every upstream operator has finished execute, succeed by
+//! exiting 0, and never start when the job has failed (Clara's disk semantics). How the
+//! two are told apart is [`OperatorKind`]'s rule: `uses-driver` in the definition, else
+//! shared-memory entries, else a look at the program for the driver.
 //!
 //! Failure: the first operator that reports a failed phase, exits without finishing its
 //! life-cycle, exits non-zero, or is killed, fails the job, as does the job's time limit.
@@ -19,12 +26,15 @@
 
 #![deny(unsafe_code)]
 
+mod kind;
+mod output;
+mod reap;
 mod report;
 #[allow(unsafe_code)]
 mod sys;
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
+use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -36,13 +46,27 @@ use std::time::{Duration, Instant};
 use fastio_context::job::{Job, JobEvent, JobEventKind, JobPlan, Phase, ReclaimedHandle};
 use fastio_context::{CONTEXT_ENV, Server, ServerConfig};
 use fastio_operator::{INPUT_PATHS_ENV, OUTPUT_PATHS_ENV, format_paths};
-use fastio_pipeline::Pipeline;
 use fastio_pipeline::plan::{DiskLayout, job_plan};
+use fastio_pipeline::{DefinitionError, Pipeline};
 
+pub use kind::{KindReason, OperatorKind};
+pub use output::{MAX_LINE, OutputLine, OutputSink, Stream};
 pub use report::{EntryReport, JobReport, Medium, OperatorReport};
 
-/// Lines of each operator's stderr (and stdout) kept for the report.
+/// Lines of each operator's stderr kept for the report.
 pub const TAIL_LINES: usize = 20;
+
+/// The environment variable that carries the job's identifier to every operator (and so to
+/// every process an operator starts, which is how the driver recognises them at the end).
+pub const JOB_ID_ENV: &str = "FASTIO_JOB_ID";
+
+/// How long, after SIGKILL, the driver waits for an operator's exit to be reported before
+/// it stops waiting and records the operator as lost.
+pub const KILL_WAIT: Duration = Duration::from_secs(2);
+
+/// How long, at the end of a job, the driver waits for the operators' output pipes to
+/// close before it stops reading them (a process outside the job may hold one).
+pub const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
 
 /// How to run a job.
 #[derive(Clone, Debug)]
@@ -62,6 +86,12 @@ pub struct JobOptions {
     /// `fastio` command puts its own directory here, so that programs built beside it
     /// are found).
     pub program_dirs: Vec<PathBuf>,
+    /// Where each operator's full output (stdout and stderr, lines as read, bytes as
+    /// written) goes, as `<operator>.log`; `None` for `<output_root>/logs`.
+    pub log_dir: Option<PathBuf>,
+    /// Receives every line of every operator's output as it is read (`fastio run` prints
+    /// them prefixed with the operator's name).
+    pub on_output: Option<OutputSink>,
 }
 
 impl JobOptions {
@@ -75,6 +105,8 @@ impl JobOptions {
             grace: Duration::from_secs(2),
             pool_bytes: ServerConfig::default().pool_bytes,
             program_dirs: Vec::new(),
+            log_dir: None,
+            on_output: None,
         }
     }
 }
@@ -83,9 +115,15 @@ impl JobOptions {
 /// [`JobReport`] with a failure, not an error).
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
+    /// An operator cannot start as a local process (a container image without a command).
+    #[error("{0}")]
+    Definition(#[from] DefinitionError),
     /// The context server could not start or allocate the pre-allocated entries.
     #[error("cannot set up the job's context: {0}")]
     Context(#[from] fastio_context::ContextError),
+    /// The time limit is zero or beyond [`fastio_pipeline::MAX_TIMEOUT`].
+    #[error("the time limit must be between 1 ms and {} s", fastio_pipeline::MAX_TIMEOUT.as_secs())]
+    Timeout,
     /// A directory could not be prepared.
     #[error("cannot prepare {path}: {source}")]
     Directory {
@@ -154,11 +192,14 @@ pub struct Progress {
     pub operators: Vec<(String, OperatorState, Duration)>,
 }
 
-/// Lines kept from an operator's output.
-type Tail = Arc<Mutex<VecDeque<String>>>;
-
 struct Operator {
     name: String,
+    kind: OperatorKind,
+    kind_reason: KindReason,
+    /// The process was started (or its start was tried).
+    launched: bool,
+    /// Execute finished successfully: for a plain program, it exited 0.
+    executed: bool,
     state: OperatorState,
     state_since: Instant,
     pid: Option<i32>,
@@ -171,8 +212,8 @@ struct Operator {
     phase_failure: Option<String>,
     exit: Option<String>,
     reclaimed: Vec<ReclaimedHandle>,
-    stderr: Tail,
-    readers: Vec<thread::JoinHandle<()>>,
+    stderr: output::Tail,
+    readers: Vec<output::Reader>,
 }
 
 impl Operator {
@@ -196,6 +237,11 @@ pub fn run_job(
     options: &JobOptions,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<JobReport, DriverError> {
+    pipeline.check_runs_locally()?;
+    let timeout = options.timeout.unwrap_or_else(|| pipeline.timeout());
+    if timeout.is_zero() || timeout > fastio_pipeline::MAX_TIMEOUT {
+        return Err(DriverError::Timeout);
+    }
     let job_id = fastio_operator::new_job_id();
     let layout = DiskLayout {
         output_root: options.output_root.clone(),
@@ -221,15 +267,37 @@ pub fn run_job(
     )?;
 
     let start = Instant::now();
-    let timeout = options.timeout.unwrap_or_else(|| pipeline.timeout());
-    let mut operators = Vec::new();
-    for (index, op) in pipeline.operators().iter().enumerate() {
-        let mut operator = Operator {
+    let log_dir = options
+        .log_dir
+        .clone()
+        .unwrap_or_else(|| options.output_root.join("logs"));
+    std::fs::create_dir_all(&log_dir).map_err(|source| DriverError::Directory {
+        path: log_dir.clone(),
+        source,
+    })?;
+    let mut escapees = reap::Escapees::new(&job_id);
+    let launcher = Launcher {
+        pipeline,
+        options,
+        plan: &plan,
+        server: &server,
+        log_dir: &log_dir,
+        events,
+    };
+    let mut operators: Vec<Operator> = pipeline
+        .operators()
+        .iter()
+        .zip(operator_kinds(pipeline, options))
+        .map(|(op, (kind, kind_reason))| Operator {
             name: op.name().to_owned(),
+            kind,
+            kind_reason,
+            launched: false,
+            executed: false,
             state: OperatorState::Starting,
             state_since: start,
             pid: None,
-            started: Instant::now(),
+            started: start,
             ended: None,
             execute_started: None,
             execute_ended: None,
@@ -238,38 +306,37 @@ pub fn run_job(
             phase_failure: None,
             exit: None,
             reclaimed: Vec::new(),
-            stderr: Tail::default(),
+            stderr: output::Tail::default(),
             readers: Vec::new(),
-        };
-        match spawn(pipeline, options, &plan, &server, index, &mut operator) {
-            Ok(child) => {
-                operator.pid = Some(child.id() as i32);
-                let events = events.clone();
-                let mut child = child;
-                thread::spawn(move || {
-                    let _ = events.send(Event::Exited(index, child.wait()));
-                });
-            }
-            Err(e) => {
-                operator.ended = Some(Instant::now());
-                operator.set(OperatorState::Failed(format!("could not start: {e}")));
-            }
+        })
+        .collect();
+    let mut failure: Option<(String, String)> = None;
+    for (index, operator) in operators.iter_mut().enumerate() {
+        // A plain program waits for its inputs before it starts at all.
+        if operator.kind == OperatorKind::Plain && !plan.stages[index].upstream.is_empty() {
+            operator.set(OperatorState::Waiting);
+        } else {
+            launcher.launch(index, operator, &mut failure);
         }
-        operators.push(operator);
     }
-    drop(events);
 
-    let mut failure: Option<(String, String)> = operators.iter().find_map(|o| match &o.state {
-        OperatorState::Failed(why) => Some((o.name.clone(), why.clone())),
-        _ => None,
-    });
     let mut stop_sent: Option<Instant> = None;
+    // When SIGKILL went to every operator still running (end of grace, or time limit).
+    let mut kill_sent: Option<Instant> = None;
     let mut last_progress = Instant::now() - Duration::from_secs(1);
+    let mut last_watch = Instant::now();
     let deadline = start + timeout;
     loop {
         if let (Some((name, why)), None) = (&failure, stop_sent) {
             job.abort(&format!("operator {name} failed: {why}"));
             stop_sent = Some(Instant::now());
+            // Plain programs still waiting for their inputs never start.
+            for op in operators.iter_mut().filter(|o| !o.launched) {
+                op.ended = Some(Instant::now());
+                op.set(OperatorState::Stopped(format!(
+                    "never started: operator {name} failed"
+                )));
+            }
             // An operator that reported its own failure is finishing its cleanup: it
             // gets the grace period before SIGKILL, the others SIGTERM now.
             for op in operators
@@ -279,20 +346,12 @@ pub fn run_job(
                 signal(op, rustix::process::Signal::TERM);
             }
         }
-        if stop_sent.is_some_and(|s| s.elapsed() >= options.grace) {
-            for op in operators.iter().filter(|o| !o.state.is_final()) {
-                signal(op, rustix::process::Signal::KILL);
-            }
-        }
-        if operators.iter().all(|o| o.state.is_final()) {
-            break;
-        }
         let now = Instant::now();
         if now >= deadline && failure.is_none() {
             let limit = report::seconds(timeout);
             let running = operators
                 .iter_mut()
-                .filter(|o| !o.state.is_final())
+                .filter(|o| !o.state.is_final() && o.launched)
                 .map(|o| {
                     o.phase_failure = Some(format!(
                         "still {} when the job's time limit ({limit}) was reached",
@@ -307,11 +366,51 @@ pub fn run_job(
             ));
             continue;
         }
+        // The grace period ends early at the time limit, which holds whatever happened
+        // before it.
+        if kill_sent.is_none()
+            && (stop_sent.is_some_and(|s| s.elapsed() >= options.grace) || now >= deadline)
+        {
+            kill_sent = Some(now);
+        }
+        if kill_sent.is_some() {
+            for op in operators.iter().filter(|o| !o.state.is_final()) {
+                signal(op, rustix::process::Signal::KILL);
+            }
+        }
+        // The last bound: an operator whose exit is not reported within KILL_WAIT of
+        // SIGKILL (a process the kernel cannot kill) is given up on, so the driver ends.
+        if kill_sent.is_some_and(|k| k.elapsed() >= KILL_WAIT) {
+            for op in operators.iter_mut().filter(|o| !o.state.is_final()) {
+                let why = format!(
+                    "did not exit within {} of SIGKILL",
+                    report::seconds(KILL_WAIT)
+                );
+                op.ended = Some(Instant::now());
+                op.set(OperatorState::Failed(why));
+            }
+        }
+        if stop_sent.is_none() {
+            launcher.launch_ready(&mut operators, &mut failure);
+        }
+        if operators.iter().all(|o| o.state.is_final()) {
+            break;
+        }
+        if last_watch.elapsed() >= Duration::from_secs(1) {
+            escapees.watch(&running_pids(&operators));
+            last_watch = Instant::now();
+        }
         // The job keeps a sender for as long as it lives, so the channel never
         // disconnects here: an error is a timeout.
         let changed = match inbox.recv_timeout(Duration::from_millis(100)) {
             Ok(event) => {
-                handle(event, &mut operators, &mut failure, stop_sent.is_some());
+                handle(
+                    event,
+                    &mut operators,
+                    &mut failure,
+                    stop_sent.is_some(),
+                    &job,
+                );
                 true
             }
             Err(_) => false,
@@ -323,15 +422,16 @@ pub fn run_job(
     }
     progress(&snapshot(&operators, start));
     // Whatever an operator left running in its process group (a background child still
-    // holding its stdout, say) goes with the job.
+    // holding its stdout, say) goes with the job, and so does what escaped the group.
     for op in &operators {
         signal(op, rustix::process::Signal::KILL);
     }
-    for op in &mut operators {
-        for reader in op.readers.drain(..) {
-            let _ = reader.join();
-        }
-    }
+    escapees.kill_all(&running_pids(&operators), KILL_WAIT);
+    let readers = operators
+        .iter_mut()
+        .flat_map(|o| o.readers.drain(..))
+        .collect();
+    output::finish(readers, OUTPUT_DRAIN);
     let report = report::build(
         pipeline,
         &plan,
@@ -343,6 +443,15 @@ pub fn run_job(
     );
     server.close();
     Ok(report)
+}
+
+/// The pids of the operators whose exit has not been seen.
+fn running_pids(operators: &[Operator]) -> Vec<i32> {
+    operators
+        .iter()
+        .filter(|o| o.ended.is_none())
+        .filter_map(|o| o.pid)
+        .collect()
 }
 
 fn snapshot(operators: &[Operator], start: Instant) -> Progress {
@@ -366,6 +475,7 @@ fn handle(
     operators: &mut [Operator],
     failure: &mut Option<(String, String)>,
     stopping: bool,
+    job: &Job,
 ) {
     let mut fail = |name: &str, why: String| {
         failure.get_or_insert_with(|| (name.to_owned(), why));
@@ -373,6 +483,16 @@ fn handle(
     match event {
         Event::Job(JobEvent { stage, kind, at }) => {
             let op = &mut operators[stage];
+            // Final states are final: an event that arrives after the exit (from a process
+            // the operator's program left behind, say, or the end of execute the driver
+            // reports itself for a plain program that exited 0) changes nothing but the
+            // record of reclaimed references.
+            if op.state.is_final() {
+                if let JobEventKind::Reclaimed(handles) = kind {
+                    op.reclaimed.extend(handles);
+                }
+                return;
+            }
             match kind {
                 JobEventKind::Joined => {
                     op.joined = true;
@@ -384,6 +504,9 @@ fn handle(
                 }
                 JobEventKind::Reclaimed(handles) => op.reclaimed.extend(handles),
                 JobEventKind::Finished { phase, failure } => {
+                    if phase == Phase::Execute && failure.is_none() {
+                        op.executed = true;
+                    }
                     if let Some(why) = failure {
                         let why = format!("{phase} failed: {why}");
                         op.phase_failure.get_or_insert_with(|| why.clone());
@@ -405,6 +528,10 @@ fn handle(
         }
         Event::Exited(stage, status) => {
             let op = &mut operators[stage];
+            if op.state.is_final() {
+                // Given up on after SIGKILL: the record stays as it was written.
+                return;
+            }
             op.ended = Some(Instant::now());
             let ended = match status {
                 Ok(status) => describe_exit(status),
@@ -414,12 +541,25 @@ fn handle(
                 Ok(()) => "exit status 0".to_owned(),
                 Err(why) => why.clone(),
             });
+            let plain = !op.joined && op.kind == OperatorKind::Plain;
+            if plain {
+                // A plain program's whole run is its execute.
+                op.execute_ended = op.ended;
+            }
             let outcome = match (ended, &op.phase_failure) {
                 (_, Some(why)) => Err(why.clone()),
                 (Err(why), None) => Err(why),
-                (Ok(()), None) if !op.joined => {
-                    Err("exited without joining the job (is the command a fastio operator?)".into())
+                (Ok(()), None) if plain => {
+                    // Its outputs are complete: downstream operators waiting in the
+                    // context may execute, and plain ones start.
+                    op.executed = true;
+                    job.finished(stage, Phase::Execute, None);
+                    Ok(())
                 }
+                (Ok(()), None) if !op.joined => Err(format!(
+                    "exited without joining the job, but was started as a program that uses the pipeline driver ({}); for a plain program, set uses-driver: false",
+                    op.kind_reason
+                )),
                 (Ok(()), None) if !op.cleaned_up => {
                     Err("exited before finishing its life-cycle".into())
                 }
@@ -523,18 +663,111 @@ fn resolve_program(pipeline: &Pipeline, options: &JobOptions, program: &str) -> 
         .unwrap_or_else(|| PathBuf::from(program))
 }
 
+/// Starts operator processes.
+struct Launcher<'a> {
+    pipeline: &'a Pipeline,
+    options: &'a JobOptions,
+    plan: &'a JobPlan,
+    server: &'a Server,
+    log_dir: &'a Path,
+    events: mpsc::Sender<Event>,
+}
+
+impl Launcher<'_> {
+    /// Starts the operator's process; a start that fails fails the job.
+    fn launch(
+        &self,
+        index: usize,
+        operator: &mut Operator,
+        failure: &mut Option<(String, String)>,
+    ) {
+        operator.launched = true;
+        operator.started = Instant::now();
+        match spawn(
+            self.pipeline,
+            self.options,
+            self.plan,
+            self.server,
+            self.log_dir,
+            index,
+            operator,
+        ) {
+            Ok(mut child) => {
+                operator.pid = Some(child.id() as i32);
+                if operator.kind == OperatorKind::Plain {
+                    operator.execute_started = Some(operator.started);
+                    operator.set(OperatorState::Executing);
+                }
+                let events = self.events.clone();
+                thread::spawn(move || {
+                    let _ = events.send(Event::Exited(index, child.wait()));
+                });
+            }
+            Err(e) => {
+                operator.ended = Some(Instant::now());
+                let why = format!("could not start: {e}");
+                failure.get_or_insert_with(|| (operator.name.clone(), why.clone()));
+                operator.set(OperatorState::Failed(why));
+            }
+        }
+    }
+
+    /// Starts every waiting plain program whose upstream operators have all finished
+    /// execute.
+    fn launch_ready(&self, operators: &mut [Operator], failure: &mut Option<(String, String)>) {
+        for index in 0..operators.len() {
+            let ready = !operators[index].launched
+                && self.plan.stages[index]
+                    .upstream
+                    .iter()
+                    .all(|&u| operators[u].executed);
+            if ready {
+                self.launch(index, &mut operators[index], failure);
+            }
+        }
+    }
+}
+
+/// How each operator of `pipeline` takes part in a job run with `options`, and why; in
+/// [`Pipeline::operators`] order. See [`OperatorKind`].
+pub fn operator_kinds(
+    pipeline: &Pipeline,
+    options: &JobOptions,
+) -> Vec<(OperatorKind, KindReason)> {
+    let mut seen = kind::Seen::default();
+    let cwd = operator_dir();
+    (0..pipeline.operators().len())
+        .map(|index| {
+            let program = pipeline.operators()[index]
+                .command()
+                .map(|argv| resolve_program(pipeline, options, &argv[0]))
+                .unwrap_or_default();
+            kind::operator_kind(pipeline, index, &program, &cwd, &mut seen)
+        })
+        .collect()
+}
+
+/// The folder operator processes start in: the driver's own (they inherit it).
+fn operator_dir() -> PathBuf {
+    std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"))
+}
+
+#[allow(clippy::too_many_arguments)]
 fn spawn(
     pipeline: &Pipeline,
     options: &JobOptions,
     plan: &JobPlan,
     server: &Server,
+    log_dir: &Path,
     index: usize,
     operator: &mut Operator,
 ) -> Result<Child, String> {
     let definition = &pipeline.operators()[index];
     let stage = &plan.stages[index];
-    let argv = definition.command();
+    let argv = definition.command().ok_or("no command to run it locally")?;
     let program = resolve_program(pipeline, options, &argv[0]);
+    let log_path = log_dir.join(format!("{}.log", operator.name));
+    let log = File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
     let socket = server.operator_socket(index).map_err(|e| e.to_string())?;
     let mut command = Command::new(&program);
     command
@@ -546,7 +779,7 @@ fn spawn(
         )
         .env(INPUT_PATHS_ENV, format_paths(&stage.inputs))
         .env(OUTPUT_PATHS_ENV, format_paths(&stage.outputs))
-        .env("FASTIO_JOB_ID", &plan.job_id)
+        .env(JOB_ID_ENV, &plan.job_id)
         .env(fastio_operator::STAGE_ENV, &stage.name)
         .env_remove(fastio_operator::PIPELINE_ENV)
         .stdin(Stdio::null())
@@ -560,46 +793,27 @@ fn spawn(
     // Our copy of the child's end closes here: the connection lives in the child alone,
     // so it closes when the child dies.
     drop(socket);
-    let stdout = child
-        .stdout
-        .take()
-        .map(|s| Box::new(s) as Box<dyn Read + Send>);
-    let stderr = child
-        .stderr
-        .take()
-        .map(|s| Box::new(s) as Box<dyn Read + Send>);
-    if let Some(out) = stdout {
-        operator.readers.push(read_lines(out, None, &operator.name));
-    }
-    if let Some(err) = stderr {
-        operator.readers.push(read_lines(
-            err,
-            Some(operator.stderr.clone()),
-            &operator.name,
-        ));
+    let to = output::Destinations {
+        operator: operator.name.as_str().into(),
+        log: Some(Arc::new(Mutex::new(log))),
+        sink: options.on_output.clone(),
+    };
+    let pipes = [
+        (child.stdout.take().map(OwnedFd::from), Stream::Stdout, None),
+        (
+            child.stderr.take().map(OwnedFd::from),
+            Stream::Stderr,
+            Some((operator.stderr.clone(), TAIL_LINES)),
+        ),
+    ];
+    for (fd, stream, tail) in pipes {
+        let Some(fd) = fd else { continue };
+        match output::Reader::start(fd, stream, to.clone(), tail) {
+            Ok(reader) => operator.readers.push(reader),
+            // The pipe closes with the failed reader: the operator gets SIGPIPE if it
+            // writes, which reports the problem as its exit.
+            Err(e) => tracing::warn!(operator = %operator.name, "cannot read its output: {e}"),
+        }
     }
     Ok(child)
-}
-
-/// Reads an operator's output line by line: stderr lines are kept (the last
-/// [`TAIL_LINES`]) and traced, stdout lines are traced.
-fn read_lines(
-    stream: Box<dyn Read + Send>,
-    tail: Option<Tail>,
-    name: &str,
-) -> thread::JoinHandle<()> {
-    let name = name.to_owned();
-    thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            tracing::debug!(operator = %name, "{line}");
-            if let Some(tail) = &tail {
-                let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
-                if tail.len() == TAIL_LINES {
-                    tail.pop_front();
-                }
-                tail.push_back(line);
-            }
-        }
-    })
 }

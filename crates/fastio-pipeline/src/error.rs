@@ -237,9 +237,21 @@ pub enum ProblemKind {
         /// The earlier entry's name, as written there.
         first: String,
     },
-    /// More than one input of an operator has no name.
-    #[error("name is required: only one input of an operator may be unnamed (the payload input)")]
-    SecondUnnamedInput,
+    /// More than one input, or more than one output, of an operator has no name (Clara
+    /// allows one unnamed entry per input set and per output set).
+    #[error("name is required: only one {direction} of an operator may be unnamed", direction = direction.word())]
+    SecondUnnamed {
+        /// Input or output.
+        direction: Direction,
+    },
+    /// A shared-memory entry without a name: operators open FastIO entries by name.
+    #[error(
+        "name is required for type {type_name}: operators open shared-memory entries by name; only a stream may be unnamed"
+    )]
+    UnnamedSharedMemory {
+        /// The entry's type.
+        type_name: String,
+    },
     /// The definition has no operators.
     #[error("operators is required: a pipeline needs at least one operator")]
     NoOperators,
@@ -282,11 +294,57 @@ pub enum ProblemKind {
     /// `timeout` is zero.
     #[error("timeout must be at least 1 second")]
     ZeroTimeout,
+    /// `timeout` is beyond [`MAX_TIMEOUT`](crate::MAX_TIMEOUT).
+    #[error("timeout of {seconds} seconds is beyond the limit of {} seconds (7 days)", crate::MAX_TIMEOUT.as_secs())]
+    TimeoutTooLong {
+        /// The timeout as written.
+        seconds: u64,
+    },
     /// `command` is an empty list, or its program is an empty string.
     #[error("command must start with a program: {reason}")]
     EmptyCommand {
         /// What is wrong.
         reason: &'static str,
+    },
+    /// An operator with a container image and no command, in a run that starts processes.
+    #[error(
+        "command is required to run locally: the operator names container image {image} but neither command nor container.command, and fastio starts operators as local processes, not containers"
+    )]
+    NoLocalCommand {
+        /// The image reference, `image:tag`.
+        image: String,
+    },
+    /// `uses-driver: false` on an operator with shared-memory entries.
+    #[error(
+        "uses-driver must not be false here: {direction} {entry:?} is of type {type_name}, which lives in shared memory, and only the pipeline driver reaches it", direction = direction.word()
+    )]
+    PlainWithSharedMemory {
+        /// Whether the entry is an input or an output.
+        direction: Direction,
+        /// The entry's name.
+        entry: String,
+        /// Its type.
+        type_name: String,
+    },
+    /// A value of `requests` is not a whole number.
+    #[error("requests.{field} {text:?} is invalid: {reason}")]
+    BadRequests {
+        /// `cpu`, `gpu` or `memory`.
+        field: &'static str,
+        /// The text given.
+        text: String,
+        /// What is expected.
+        reason: &'static str,
+    },
+    /// An item of `pull-secrets`, `models` or `parameters` is not usable.
+    #[error("{field} entry {text:?} is invalid: {reason}")]
+    BadItem {
+        /// `pull-secrets`, `models` or `parameters`.
+        field: &'static str,
+        /// The item as written.
+        text: String,
+        /// What is wrong.
+        reason: String,
     },
     /// An environment variable in `variables` cannot be set.
     #[error("variables entry {key:?} is invalid: {reason}")]
@@ -351,6 +409,14 @@ pub enum ProblemKind {
         /// The input's name.
         name: String,
     },
+    /// An unnamed input's `from` names an operator without an unnamed output.
+    #[error(
+        "from names operator {from:?}, which has no unnamed output (an unnamed input reads the unnamed output of its from)"
+    )]
+    NoUnnamedOutput {
+        /// The upstream operator's name.
+        from: String,
+    },
     /// An input's declaration differs from the upstream output it reads.
     #[error(
         "{field} differs from output {output:?} of operator {from:?}: the input declares {input}, the output {upstream}"
@@ -401,15 +467,19 @@ impl ProblemKind {
             ProblemKind::InvalidName { .. }
             | ProblemKind::DuplicateOperator { .. }
             | ProblemKind::DuplicateEntry { .. }
-            | ProblemKind::SecondUnnamedInput => "name",
+            | ProblemKind::SecondUnnamed { .. }
+            | ProblemKind::UnnamedSharedMemory { .. } => "name",
             ProblemKind::NoOperators => "operators",
             ProblemKind::BadApiVersion { .. } => "api-version",
             ProblemKind::TypedNeedsNewerVersion { .. } | ProblemKind::UnknownType { .. } => "type",
             ProblemKind::UnknownOrchestrator { .. } | ProblemKind::ArgoWithTypedEntries { .. } => {
                 "orchestrator"
             }
-            ProblemKind::ZeroTimeout => "timeout",
-            ProblemKind::EmptyCommand { .. } => "command",
+            ProblemKind::ZeroTimeout | ProblemKind::TimeoutTooLong { .. } => "timeout",
+            ProblemKind::EmptyCommand { .. } | ProblemKind::NoLocalCommand { .. } => "command",
+            ProblemKind::PlainWithSharedMemory { .. } => "uses-driver",
+            ProblemKind::BadRequests { .. } => "requests",
+            ProblemKind::BadItem { field, .. } => field,
             ProblemKind::BadVariable { .. } => "variables",
             ProblemKind::BadElementType { .. } => "element-type",
             ProblemKind::BadShape { .. } => "shape",
@@ -417,6 +487,7 @@ impl ProblemKind {
             ProblemKind::SelfReference
             | ProblemKind::UnknownOperator { .. }
             | ProblemKind::NoSuchOutput { .. }
+            | ProblemKind::NoUnnamedOutput { .. }
             | ProblemKind::NoProducer { .. }
             | ProblemKind::Cycle { .. } => "from",
         }

@@ -108,7 +108,7 @@ impl Pipeline {
     /// The operator graph in Graphviz dot: one node per operator, in dependency order, and one
     /// edge per input that reads an upstream output, labelled with the entry's name and
     /// declaration (`volume: int16[256,512,512]`, `uid: string`, `count: u64`,
-    /// `results: stream(dicom)`). The output is the same for the same definition.
+    /// `results: stream(dicom)`; an unnamed stream by its declaration alone). The output is the same for the same definition.
     pub fn to_dot(&self) -> String {
         let mut dot = String::new();
         let _ = writeln!(dot, "digraph {} {{", quote(self.name()));
@@ -119,7 +119,11 @@ impl Pipeline {
         for link in self.links() {
             let (producer, _) = self.resolve(link.output, Direction::Output);
             let (consumer, input) = self.resolve(link.input, Direction::Input);
-            let label = format!("{}: {}", input.name(), input.kind());
+            // An unnamed entry (Clara allows one per list) is labelled by its kind alone.
+            let label = match input.name() {
+                "" => input.kind().to_string(),
+                name => format!("{name}: {}", input.kind()),
+            };
             let _ = writeln!(
                 dot,
                 "    {} -> {} [label={}];",

@@ -2,7 +2,9 @@
 //!
 //! A pipeline definition says which operators a job runs, how each is started, and what
 //! each reads and writes. The format is Clara's pipeline-definition format (CPDL), in YAML or
-//! JSON, with one change: an operator is a process started from its `command`, not a container.
+//! JSON: Clara's own definitions load unchanged. Locally an operator is a process started from
+//! its `command` (or its `container.command`); the container image is kept, for running the
+//! operator as a container elsewhere.
 //! [`Pipeline::from_path`] reads a file (`.json` is JSON, anything else YAML);
 //! [`Pipeline::from_yaml_str`] and [`Pipeline::from_json_str`] take the text and a label for
 //! messages. They return a validated [`Pipeline`], or a [`DefinitionError`] that lists every
@@ -46,26 +48,33 @@
 //! | `api-version` | yes | format version, `major.minor[.patch]`; typed entries need `0.5.0` or later |
 //! | `name` | yes | the pipeline's name |
 //! | `operators` | yes, at least one | the operators |
-//! | `timeout` | no | seconds a job may run, at least 1; default 600 ([`DEFAULT_TIMEOUT`], Clara's default) |
-//! | `orchestrator` | no | `Clara` (accepted, ignored) or `Argo` (refused when any entry is typed); any case |
-//! | `pull-secrets` | no | Clara's registry credentials: accepted and ignored |
+//! | `description` | no | free text |
+//! | `timeout` | no | seconds a job may run, 1 to 604800 (7 days, [`MAX_TIMEOUT`]); default 600 ([`DEFAULT_TIMEOUT`], Clara's default) |
+//! | `orchestrator` | no | `Clara` (accepted) or `Argo` (refused when any entry is typed); any case |
+//! | `pull-secrets` | no | names of the secrets an orchestrator pulls images with (Kubernetes secret names); kept, not used locally |
+//! | `parameters` | no | Clara's template parameters: accepted, reported as not used |
 //!
 //! Operator:
 //!
 //! | field | required | meaning |
 //! |---|---|---|
 //! | `name` | yes | the operator's name |
-//! | `command` | yes | argv that starts the process: a non-empty list of strings, the program first |
+//! | `command` | one of the two | argv that starts the process locally: a non-empty list of strings, the program first |
+//! | `container` | one of the two | Clara's container: `image` (required in the block), `tag` (default `latest`), `command` (argv); see below |
 //! | `description` | no | free text |
 //! | `variables` | no | environment variables: a map whose values may be strings, numbers or booleans (`CLARA_TRACE: 2` sets `"2"`) |
 //! | `input`, `output` | no | lists of entries |
-//! | `container`, `requests` | no | Clara's container image and resource requests: accepted and ignored; `command` is still required |
+//! | `requests` | no | Clara's hardware requests: `cpu` (cores), `gpu` (devices), `memory` (megabytes), whole numbers; kept, not reserved locally |
+//! | `uses-driver` | no | `true` or `false`: whether the program uses the pipeline driver (see "Plain programs") |
+//! | `models` | no | Clara's inference models (items with a `name`): accepted, reported as not used |
+//! | `parameters` | no | Clara's template parameters: accepted, reported as not used |
+//! | `services` | no | Clara's services (deprecated by Clara in 0.7.1): accepted, reported as not used |
 //!
 //! Entry (an item of `input` or `output`):
 //!
 //! | field | meaning |
 //! |---|---|
-//! | `name` | the entry's name |
+//! | `name` | the entry's name; one stream per input list and one per output list may go without |
 //! | `from` | inputs only: the upstream operator whose output of the same name this input reads |
 //! | `type` | `stream` (the default when absent), `array`, `string`, or a primitive: `uint8`..`uint64`, `int8`..`int64`, `float16`, `float32`, `float64`, or `u8`..`f64` |
 //! | `element-type` | arrays: the element type; streams: a free-form description such as `dicom` |
@@ -87,9 +96,13 @@
 //!   regard to case, everywhere: two operators may not be `Reader` and `reader`; two inputs (or
 //!   two outputs) of one operator may not share a name; `from` and the name an input reads
 //!   match in any case.
-//! * **Outputs are named.** Inputs with `from` are named too (they read the upstream output of
-//!   that name). A payload input may be unnamed; at most one per operator, and its name is
-//!   then `""` (Clara reports unnamed entries with an empty name).
+//! * **Unnamed entries** (Clara's rule): at most one input and at most one output of an
+//!   operator may be unnamed, and only a `stream`: operators open shared-memory entries by
+//!   name. An unnamed input with `from` reads the upstream operator's unnamed output; one
+//!   without `from` is the payload. An unnamed entry's name is `""` (Clara reports unnamed
+//!   entries with an empty name). Clara's documents make output names mandatory from
+//!   0.5.0; definitions in use have unnamed disk outputs at every version, so fastio accepts
+//!   them at every version.
 //! * **`stream`** needs `path`, which must be fully qualified (start with `/`), and takes no
 //!   `shape`; its `element-type` is free-form and optional (Clara 0.4.0 definitions carry only
 //!   paths). Two streams of one operator may not share a path.
@@ -111,14 +124,99 @@
 //!   without `from` is an error.
 //! * **No cycles.** The operators and their `from` links form a directed acyclic graph; each
 //!   cycle is reported once, as the operators along it (`"a" -> "b" -> "a"`).
-//! * **`command`** is a non-empty list whose program is not empty; no argument contains a NUL
-//!   byte. **`variables`** names are not empty and contain no `=`; nothing contains a NUL
+//! * **`command`** (and `container.command`) is a non-empty list whose program is not empty;
+//!   no argument contains a NUL byte. An operator has `command`, or a `container` block, or
+//!   both. **`variables`** names are not empty and contain no `=`; nothing contains a NUL
 //!   byte.
+//! * **`container`** has an `image`. **`requests`** values are whole numbers (`memory` at
+//!   least 1). **`pull-secrets`** are Kubernetes secret names (lower-case letters, digits,
+//!   `-`, `.`; at most 253). **`models`** have names and **`parameters`** keys follow the
+//!   naming rule above.
+//! * **`uses-driver: false`** is refused on an operator with a shared-memory entry: only the
+//!   driver reaches those.
+//!
+//! # Clara's fields
+//!
+//! Every field of Clara's operator and pipeline documents is understood; none is refused as
+//! unknown. What each does here:
+//!
+//! * `container`: locally, the process is `command` if given, else `container.command`
+//!   (Clara passes `container.command` to the image's entry point; here it is the whole
+//!   argv). With both, `command` runs locally and `container.command` stays with the image,
+//!   so one definition can name an in-image path and a local one. The image, tag and
+//!   container command are kept in the model ([`Operator::container`]) for rendering the
+//!   operator as a container. An operator with an image and neither command validates (the
+//!   definition is fine for an orchestrator), but a local run refuses to start, naming every
+//!   such operator ([`Pipeline::check_runs_locally`]).
+//! * `requests`, `pull-secrets`, `orchestrator`, `description`: parsed, checked and kept
+//!   ([`Operator::requests`], [`Pipeline::pull_secrets`]); a local run reserves no GPU or
+//!   memory and pulls nothing.
+//! * `models`, `parameters`, `services`: parsed and checked, then listed by
+//!   [`Pipeline::unused`], which `fastio validate` and `fastio run` print as notes: fastio
+//!   loads no models (Clara hands them to a Triton Inference Server), does not substitute
+//!   Clara's `${{ name }}` template placeholders, and starts no services.
+//!
+//! ```
+//! let pipeline = fastio_pipeline::Pipeline::from_yaml_str(
+//!     r#"
+//! api-version: 0.5.0
+//! orchestrator: Clara
+//! name: ct
+//! pull-secrets: [ngc-clara]
+//! operators:
+//! - name: dicom-reader
+//!   container:
+//!     image: example/dicom-reader
+//!     tag: 0.1.0
+//!     command: [/app/read.sh]
+//!   requests: {gpu: 1, memory: 8192}
+//!   input:
+//!   - {path: /input, type: stream, element-type: dicom}
+//!   output:
+//!   - {path: /output, type: stream, element-type: dicom}
+//! "#,
+//!     "ct.yaml",
+//! )?;
+//! let reader = &pipeline.operators()[0];
+//! assert_eq!(reader.command().unwrap(), ["/app/read.sh"]);
+//! assert_eq!(reader.container().unwrap().reference(), "example/dicom-reader:0.1.0");
+//! assert_eq!(reader.requests().gpu, Some(1));
+//! assert_eq!(reader.outputs()[0].name(), ""); // Clara's one unnamed output
+//! assert_eq!(pipeline.pull_secrets(), ["ngc-clara"]);
+//! # Ok::<(), fastio_pipeline::DefinitionError>(())
+//! ```
+//!
+//! # Plain programs
+//!
+//! An operator need not use the pipeline driver. A plain program (a DICOM converter, a shell
+//! script) only reads its input folders and writes its output folders, which it finds in
+//! Clara's `NVIDIA_CLARA_INPUTPATHS` / `NVIDIA_CLARA_OUTPUTPATHS` (`name:path` pairs; the name
+//! is empty for an unnamed entry). The driver runs it with Clara's disk semantics: it starts
+//! only once every upstream operator has finished execute, it succeeds by exiting 0, its
+//! outputs go downstream, and it never starts when the job has already failed. Operators that
+//! use the driver start at job start, so that their prepare overlaps upstream work.
+//!
+//! One difference from a container remains: Clara mounts each volume at the entry's
+//! declared `path` inside the container, so a containerised program may write to `/output`
+//! as written. A local process gets its folders from the two variables instead (the declared
+//! path is not created on the host): `sh -c 'cp -r /in /out'` becomes
+//! `sh -c 'in=$(echo "$NVIDIA_CLARA_INPUTPATHS" | cut -d: -f2-); ...'`, or `command` (which
+//! wins locally) says so while `container.command` keeps the in-image form.
+//!
+//! Which is which: `uses-driver: true|false` when given; otherwise an operator with a
+//! shared-memory entry uses the driver; otherwise the driver looks at the program for the
+//! driver (its markers in a compiled program, an `import` of `clara` or `fastio` in a Python
+//! script); anything else is plain. Definitions that worked before need no change: their
+//! operators all use the driver, and either have shared-memory entries or programs that show
+//! it. The `fastio-driver` crate documents the look at the program; `fastio validate` prints
+//! each operator's kind and why.
 //!
 //! # The model
 //!
 //! A [`Pipeline`] has its [`Operator`]s in dependency order: every operator after those it
-//! reads from, and otherwise in definition order. Each operator has typed [`Entry`]s whose
+//! reads from, and otherwise in definition order. Each keeps Clara's fields: its
+//! [`Container`], [`Requests`], models and parameters, and the pipeline its pull secrets, for
+//! rendering the job on an orchestrator. Each operator has typed [`Entry`]s whose
 //! [`EntryKind`] gives the shared-memory element type and declared shape
 //! ([`EntryKind::element_type`], [`EntryKind::declared_shape`]) and whether the driver
 //! pre-allocates it ([`EntryKind::is_preallocatable`]). [`Pipeline::links`] lists every
@@ -142,4 +240,7 @@ pub use error::{
     DefinitionError, Direction, EntryLocation, Format, Location, OperatorLocation, Problem,
     ProblemKind,
 };
-pub use model::{DEFAULT_TIMEOUT, Entry, EntryKind, EntryRef, Link, Operator, Pipeline};
+pub use model::{
+    Container, DEFAULT_TIMEOUT, Entry, EntryKind, EntryRef, Link, MAX_TIMEOUT, Operator, Pipeline,
+    Requests, Unused,
+};

@@ -7,10 +7,15 @@ use std::time::Duration;
 
 use fastio_meta::{DynamicShape, ElementType};
 
-use crate::error::{DefinitionError, Direction, Format};
+use crate::error::{DefinitionError, Direction, Format, Location, Problem, ProblemKind};
 
 /// The job timeout when a definition gives none: 600 seconds, Clara's default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The longest job time limit a definition (or `fastio run --timeout`) may give: 7 days.
+/// Durations are bounded so that deadline arithmetic cannot overflow, and because a job
+/// that may run longer is better served by no pipeline driver at all.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 /// A validated pipeline definition.
 ///
@@ -22,20 +27,109 @@ pub struct Pipeline {
     pub(crate) origin: String,
     pub(crate) api_version: String,
     pub(crate) name: String,
+    pub(crate) description: Option<String>,
+    pub(crate) orchestrator: Option<String>,
+    pub(crate) pull_secrets: Vec<String>,
+    pub(crate) parameters: BTreeMap<String, String>,
     pub(crate) timeout: Duration,
     pub(crate) operators: Vec<Operator>,
     pub(crate) links: Vec<Link>,
+    pub(crate) unused: Vec<Unused>,
 }
 
-/// One operator: a process started from `command`.
+/// One operator: locally a process started from its command; elsewhere, a container of
+/// its [`Container`] image.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Operator {
     pub(crate) name: String,
+    /// Position in the definition's `operators` list.
+    pub(crate) index: usize,
     pub(crate) description: Option<String>,
-    pub(crate) command: Vec<String>,
+    pub(crate) command: Option<Vec<String>>,
+    pub(crate) container: Option<Container>,
+    pub(crate) requests: Requests,
+    pub(crate) models: Vec<String>,
+    pub(crate) parameters: BTreeMap<String, String>,
+    pub(crate) uses_driver: Option<bool>,
     pub(crate) variables: BTreeMap<String, String>,
     pub(crate) inputs: Vec<Entry>,
     pub(crate) outputs: Vec<Entry>,
+}
+
+/// Clara's `container` block: the image an orchestrator runs for the operator, kept so that
+/// the operator can be rendered as a container elsewhere (a Kubernetes Pod). Local runs start
+/// [`Operator::command`] as a process instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Container {
+    pub(crate) image: String,
+    pub(crate) tag: String,
+    pub(crate) command: Option<Vec<String>>,
+}
+
+impl Container {
+    /// The image name, as written (`example/dicom-reader`).
+    pub fn image(&self) -> &str {
+        &self.image
+    }
+
+    /// The image tag; `latest` when the definition gives none (Clara's default).
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// `image:tag`, the reference a container runtime pulls.
+    pub fn reference(&self) -> String {
+        format!("{}:{}", self.image, self.tag)
+    }
+
+    /// `container.command`: the argv the container starts with (Clara passes it to the
+    /// image's entry point as arguments when the image has one), if given.
+    pub fn command(&self) -> Option<&[String]> {
+        self.command.as_deref()
+    }
+}
+
+/// Clara's `requests`: the hardware an operator needs to run. Local runs do not reserve it;
+/// it is kept for rendering the operator elsewhere. `None` means not requested (Clara then
+/// applies its defaults: no GPU, an administrator-set CPU and memory share).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Requests {
+    /// Logical CPU cores.
+    pub cpu: Option<u32>,
+    /// GPUs the operator needs exclusive use of.
+    pub gpu: Option<u32>,
+    /// System memory in megabytes (Clara's unit).
+    pub memory_mb: Option<u64>,
+}
+
+impl Requests {
+    /// Whether nothing is requested.
+    pub fn is_empty(&self) -> bool {
+        *self == Requests::default()
+    }
+}
+
+/// A field of Clara's format that is read and checked but that fastio does not act on
+/// (`services`, `models`, template `parameters`): reported, never refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unused {
+    /// Where it is.
+    pub location: Location,
+    /// The field.
+    pub field: &'static str,
+    /// Why it has no effect.
+    pub reason: &'static str,
+}
+
+/// `pipeline.yaml: operator "seg": services is not used: ...`.
+impl fmt::Display for Unused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} is not used: {}",
+            self.location, self.field, self.reason
+        )
+    }
 }
 
 /// An input or output of an operator.
@@ -191,9 +285,49 @@ impl Operator {
         self.description.as_deref()
     }
 
-    /// The argv that starts the operator: the program, then its arguments. Never empty.
-    pub fn command(&self) -> &[String] {
-        &self.command
+    /// The argv that starts the operator locally: the program, then its arguments; never an
+    /// empty list. It is the operator's `command` or, without one, its `container.command`.
+    /// `None` only for an operator with a container image and no command, which can be
+    /// rendered as a container but not run as a local process
+    /// ([`Pipeline::check_runs_locally`] says so).
+    pub fn command(&self) -> Option<&[String]> {
+        self.command.as_deref()
+    }
+
+    /// Clara's container block, if given.
+    pub fn container(&self) -> Option<&Container> {
+        self.container.as_ref()
+    }
+
+    /// Clara's hardware requests (empty when none are given).
+    pub fn requests(&self) -> &Requests {
+        &self.requests
+    }
+
+    /// Names of the inference models the operator lists (Clara 0.6.0+; not loaded by fastio).
+    pub fn models(&self) -> &[String] {
+        &self.models
+    }
+
+    /// The operator's template parameters and their defaults (not substituted by fastio).
+    pub fn parameters(&self) -> &BTreeMap<String, String> {
+        &self.parameters
+    }
+
+    /// `uses-driver` as declared: `Some(true)` for a program that uses the pipeline driver,
+    /// `Some(false)` for a plain program, `None` when the definition does not say (the
+    /// driver then decides; see its documentation).
+    pub fn uses_driver(&self) -> Option<bool> {
+        self.uses_driver
+    }
+
+    /// Whether any input or output lives in shared memory (a FastIO entry). Such an operator
+    /// uses the pipeline driver: nothing else reaches those entries.
+    pub fn has_shared_memory(&self) -> bool {
+        self.inputs
+            .iter()
+            .chain(&self.outputs)
+            .any(|e| e.kind.is_shared_memory())
     }
 
     /// Environment variables to set for the process, by name.
@@ -294,6 +428,69 @@ impl Pipeline {
     /// The pipeline's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The pipeline's description, if any.
+    pub fn description(&self) -> Option<&str> {
+        self.description.as_deref()
+    }
+
+    /// `orchestrator` as written (`Clara`), if given.
+    pub fn orchestrator(&self) -> Option<&str> {
+        self.orchestrator.as_deref()
+    }
+
+    /// Clara's `pull-secrets`: names of the secrets that let an orchestrator pull the
+    /// operators' images (Kubernetes `imagePullSecrets`). Local runs pull nothing.
+    pub fn pull_secrets(&self) -> &[String] {
+        &self.pull_secrets
+    }
+
+    /// The pipeline's template parameters and their defaults (not substituted by fastio).
+    pub fn parameters(&self) -> &BTreeMap<String, String> {
+        &self.parameters
+    }
+
+    /// The fields of the definition that fastio accepts but does not act on, in definition
+    /// order; `fastio validate` and `fastio run` print them as notes.
+    pub fn unused(&self) -> &[Unused] {
+        &self.unused
+    }
+
+    /// Checks that every operator can start as a local process: one with a container image
+    /// but neither `command` nor `container.command` cannot (fastio runs no containers).
+    /// Lists every such operator.
+    pub fn check_runs_locally(&self) -> Result<(), DefinitionError> {
+        let problems: Vec<Problem> = self
+            .operators
+            .iter()
+            .filter(|op| op.command.is_none())
+            .map(|op| Problem {
+                location: Location {
+                    origin: self.origin.clone(),
+                    operator: Some(crate::error::OperatorLocation {
+                        index: op.index,
+                        name: Some(op.name.clone()),
+                    }),
+                    entry: None,
+                },
+                kind: ProblemKind::NoLocalCommand {
+                    image: op
+                        .container
+                        .as_ref()
+                        .map(Container::reference)
+                        .unwrap_or_default(),
+                },
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(DefinitionError::Invalid {
+                origin: self.origin.clone(),
+                problems,
+            })
+        }
     }
 
     /// How long a job may run: the definition's `timeout`, or [`DEFAULT_TIMEOUT`].

@@ -13,8 +13,9 @@ use crate::{EntryKind, Pipeline};
 ///
 /// Clara mounts a volume at each declared `path` inside the operator's container; without
 /// containers the driver gives each stream output its own directory,
-/// `output_root/<operator>/<output>` (`output` when the output has no name), and hands the
-/// same directory to the inputs that read it. Payload inputs (no `from`) read `payload`.
+/// `output_root/<operator>/<output>` ([`UNNAMED_OUTPUT_DIR`] for an operator's unnamed
+/// output), and hands the same directory to the inputs that read it. Payload inputs (no
+/// `from`) read `payload`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskLayout {
     /// Parent of every stream output directory.
@@ -23,10 +24,19 @@ pub struct DiskLayout {
     pub payload: PathBuf,
 }
 
+/// The directory name of an operator's unnamed stream output. It has a `.`, which no entry
+/// name has, so it never meets the directory of a named output (an output may be called
+/// `output`).
+pub const UNNAMED_OUTPUT_DIR: &str = "unnamed.out";
+
 impl DiskLayout {
-    /// The directory of `operator`'s stream output `output`.
+    /// The directory of `operator`'s stream output `output` (`""` for its unnamed output).
     pub fn output_dir(&self, operator: &str, output: &str) -> PathBuf {
-        let leaf = if output.is_empty() { "output" } else { output };
+        let leaf = if output.is_empty() {
+            UNNAMED_OUTPUT_DIR
+        } else {
+            output
+        };
         self.output_root.join(operator).join(leaf)
     }
 }

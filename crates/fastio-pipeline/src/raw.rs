@@ -3,7 +3,7 @@
 //! Nearly every field is optional here so that a missing one is reported by validation, with
 //! the operator and entry it belongs to, together with every other problem, instead of by the
 //! parser, which stops at the first. Unknown fields are refused by the parser (with the
-//! line and column), except Clara's fields that fastio accepts and ignores.
+//! line and column); every field of Clara's format is known, whether fastio uses it or not.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,10 +19,12 @@ use crate::error::{DefinitionError, Format};
 pub(crate) struct RawPipeline {
     pub api_version: Option<Scalar>,
     pub name: Option<String>,
+    pub description: Option<String>,
     pub orchestrator: Option<String>,
-    /// Clara's registry credentials; fastio starts no containers, so they are ignored.
-    #[allow(dead_code)]
-    pub pull_secrets: Option<IgnoredAny>,
+    /// Clara's image registry credentials: names of Kubernetes secrets.
+    pub pull_secrets: Option<Vec<String>>,
+    /// Clara's template parameters (`${{ name }}` placeholders and their defaults).
+    pub parameters: Option<BTreeMap<String, Scalar>>,
     /// Seconds the whole job may run.
     pub timeout: Option<u64>,
     pub operators: Option<Vec<RawOperator>>,
@@ -35,17 +37,48 @@ pub(crate) struct RawOperator {
     pub name: Option<String>,
     pub description: Option<String>,
     pub command: Option<Vec<String>>,
-    /// Clara's container image; fastio runs `command` instead.
-    pub container: Option<IgnoredAny>,
-    /// Clara's resource requests (GPUs, memory); ignored.
-    #[allow(dead_code)]
-    pub requests: Option<IgnoredAny>,
+    pub container: Option<RawContainer>,
+    pub requests: Option<RawRequests>,
+    /// Clara's inference models (0.6.0+): items with a `name`.
+    pub models: Option<Vec<RawModel>>,
+    pub parameters: Option<BTreeMap<String, Scalar>>,
+    /// Clara's services, deprecated since 0.7.1; their content is not read.
+    pub services: Option<IgnoredAny>,
+    /// Whether the program uses the pipeline driver (a fastio extension).
+    pub uses_driver: Option<bool>,
     #[serde(default)]
     pub variables: BTreeMap<String, Scalar>,
     #[serde(default)]
     pub input: Vec<RawEntry>,
     #[serde(default)]
     pub output: Vec<RawEntry>,
+}
+
+/// Clara's `container` block.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct RawContainer {
+    pub image: Option<String>,
+    /// Read as text even when it looks like a number (`18.04`, `1.10`).
+    pub tag: Option<String>,
+    pub command: Option<Vec<String>>,
+}
+
+/// Clara's `requests` block: hardware an operator needs.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct RawRequests {
+    pub cpu: Option<Scalar>,
+    pub gpu: Option<Scalar>,
+    pub memory: Option<Scalar>,
+}
+
+/// An item of Clara's `models` list. Fields other than `name` are Clara's business and not
+/// read.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) struct RawModel {
+    pub name: Option<String>,
 }
 
 /// One item of an operator's `input` or `output` list.

@@ -10,8 +10,11 @@ use crate::error::{
     DefinitionError, Direction, EntryLocation, Location, OperatorLocation, Problem, ProblemKind,
 };
 use crate::graph;
-use crate::model::{DEFAULT_TIMEOUT, Entry, EntryKind, EntryRef, Link, Operator, Pipeline};
-use crate::raw::{RawEntry, RawOperator, RawPipeline};
+use crate::model::{
+    Container, DEFAULT_TIMEOUT, Entry, EntryKind, EntryRef, Link, MAX_TIMEOUT, Operator, Pipeline,
+    Requests, Unused,
+};
+use crate::raw::{RawEntry, RawOperator, RawPipeline, RawRequests, Scalar};
 
 /// The first `api-version` of typed pipelines (array, string and primitive entries).
 const TYPED_SINCE: (u32, u32, u32) = (0, 5, 0);
@@ -20,23 +23,45 @@ const TYPED_SINCE: (u32, u32, u32) = (0, 5, 0);
 struct Checker<'a> {
     origin: &'a str,
     problems: Vec<Problem>,
+    unused: Vec<Unused>,
 }
 
 impl Checker<'_> {
+    fn location(
+        &self,
+        operator: Option<&OperatorLocation>,
+        entry: Option<&EntryLocation>,
+    ) -> Location {
+        Location {
+            origin: self.origin.to_owned(),
+            operator: operator.cloned(),
+            entry: entry.cloned(),
+        }
+    }
+
+    /// Notes a field that is accepted but has no effect.
+    fn unused(
+        &mut self,
+        operator: Option<&OperatorLocation>,
+        field: &'static str,
+        reason: &'static str,
+    ) {
+        let location = self.location(operator, None);
+        self.unused.push(Unused {
+            location,
+            field,
+            reason,
+        });
+    }
+
     fn report(
         &mut self,
         operator: Option<&OperatorLocation>,
         entry: Option<&EntryLocation>,
         kind: ProblemKind,
     ) {
-        self.problems.push(Problem {
-            location: Location {
-                origin: self.origin.to_owned(),
-                operator: operator.cloned(),
-                entry: entry.cloned(),
-            },
-            kind,
-        });
+        let location = self.location(operator, entry);
+        self.problems.push(Problem { location, kind });
     }
 
     /// Checks a name against Clara's rule; reports and returns false when it breaks it.
@@ -74,7 +99,12 @@ struct PartialEntry {
 struct PartialOperator {
     location: OperatorLocation,
     description: Option<String>,
-    command: Vec<String>,
+    command: Option<Vec<String>>,
+    container: Option<Container>,
+    requests: Requests,
+    models: Vec<String>,
+    parameters: BTreeMap<String, String>,
+    uses_driver: Option<bool>,
     variables: BTreeMap<String, String>,
     inputs: Vec<PartialEntry>,
     outputs: Vec<PartialEntry>,
@@ -85,6 +115,7 @@ pub(crate) fn validate(raw: RawPipeline, origin: &str) -> Result<Pipeline, Defin
     let mut c = Checker {
         origin,
         problems: Vec::new(),
+        unused: Vec::new(),
     };
 
     let api_version = match &raw.api_version {
@@ -143,9 +174,30 @@ pub(crate) fn validate(raw: RawPipeline, origin: &str) -> Result<Pipeline, Defin
         }
     }
 
+    let mut pull_secrets = Vec::new();
+    for secret in raw.pull_secrets.unwrap_or_default() {
+        match secret_problem(&secret) {
+            Some(reason) => c.report(
+                None,
+                None,
+                ProblemKind::BadItem {
+                    field: "pull-secrets",
+                    text: secret,
+                    reason: reason.to_owned(),
+                },
+            ),
+            None => pull_secrets.push(secret),
+        }
+    }
+    let parameters = check_parameters(&mut c, None, raw.parameters);
+
     let timeout = match raw.timeout {
         Some(0) => {
             c.report(None, None, ProblemKind::ZeroTimeout);
+            DEFAULT_TIMEOUT
+        }
+        Some(seconds) if Duration::from_secs(seconds) > MAX_TIMEOUT => {
+            c.report(None, None, ProblemKind::TimeoutTooLong { seconds });
             DEFAULT_TIMEOUT
         }
         Some(seconds) => Duration::from_secs(seconds),
@@ -226,9 +278,167 @@ pub(crate) fn validate(raw: RawPipeline, origin: &str) -> Result<Pipeline, Defin
             problems: c.problems,
         });
     }
-    Ok(assemble(
-        origin, api_text, name, timeout, operators, links, &order,
-    ))
+    let header = Header {
+        api_version: api_text,
+        name,
+        description: raw.description,
+        orchestrator: raw.orchestrator,
+        pull_secrets,
+        parameters,
+        timeout,
+    };
+    Ok(assemble(origin, header, operators, links, &order, c.unused))
+}
+
+/// Why a pull secret's name is unusable: Kubernetes secret names are DNS subdomains
+/// (lower-case letters, digits, `-` and `.`, at most 253 characters).
+fn secret_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("the name is empty")
+    } else if name.len() > 253 {
+        Some("a secret name has at most 253 characters")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    {
+        Some("a secret name has only lower-case letters, digits, '-' and '.'")
+    } else {
+        None
+    }
+}
+
+/// Checks Clara's template `parameters` (names follow the naming rule; values are text) and
+/// notes that fastio does not substitute them.
+fn check_parameters(
+    c: &mut Checker<'_>,
+    operator: Option<&OperatorLocation>,
+    raw: Option<BTreeMap<String, Scalar>>,
+) -> BTreeMap<String, String> {
+    let raw = raw.unwrap_or_default();
+    if !raw.is_empty() {
+        c.unused(
+            operator,
+            "parameters",
+            "fastio does not substitute Clara's ${{ name }} template placeholders; the definition runs as written",
+        );
+    }
+    let mut parameters = BTreeMap::new();
+    for (key, value) in raw {
+        match validate_name(&key) {
+            Ok(()) => {
+                parameters.insert(key, value.0);
+            }
+            Err(e) => c.report(
+                operator,
+                None,
+                ProblemKind::BadItem {
+                    field: "parameters",
+                    text: key,
+                    reason: e.to_string(),
+                },
+            ),
+        }
+    }
+    parameters
+}
+
+/// Checks Clara's `requests`: whole numbers, at least 0 (cpu, gpu) or 1 (memory, megabytes).
+fn check_requests(
+    c: &mut Checker<'_>,
+    at: Option<&OperatorLocation>,
+    raw: Option<RawRequests>,
+) -> Requests {
+    let Some(raw) = raw else {
+        return Requests::default();
+    };
+    let number = |c: &mut Checker<'_>, field: &'static str, value: Option<Scalar>, min: u64| {
+        let text = value?.0;
+        match text.trim().parse::<u64>() {
+            Ok(n) if n >= min => Some(n),
+            _ => {
+                let reason = if min == 0 {
+                    "give a whole number (0 or more)"
+                } else {
+                    "give a whole number of megabytes (1 or more)"
+                };
+                c.report(
+                    at,
+                    None,
+                    ProblemKind::BadRequests {
+                        field,
+                        text,
+                        reason,
+                    },
+                );
+                None
+            }
+        }
+    };
+    let small = |n: u64| u32::try_from(n).ok();
+    let cpu = number(c, "cpu", raw.cpu, 0);
+    let gpu = number(c, "gpu", raw.gpu, 0);
+    let memory_mb = number(c, "memory", raw.memory, 1);
+    let too_many = |c: &mut Checker<'_>, field, n: Option<u64>| match n {
+        Some(v) if small(v).is_none() => {
+            c.report(
+                at,
+                None,
+                ProblemKind::BadRequests {
+                    field,
+                    text: v.to_string(),
+                    reason: "more than any machine has",
+                },
+            );
+            None
+        }
+        other => other.and_then(small),
+    };
+    Requests {
+        cpu: too_many(c, "cpu", cpu),
+        gpu: too_many(c, "gpu", gpu),
+        memory_mb,
+    }
+}
+
+/// Checks one command list (`command` or `container.command`).
+fn check_command(c: &mut Checker<'_>, at: Option<&OperatorLocation>, command: &[String]) {
+    match command.first() {
+        None => c.report(
+            at,
+            None,
+            ProblemKind::EmptyCommand {
+                reason: "the list is empty",
+            },
+        ),
+        Some(program) if program.is_empty() => c.report(
+            at,
+            None,
+            ProblemKind::EmptyCommand {
+                reason: "the program is an empty string",
+            },
+        ),
+        Some(_) => {}
+    }
+    if command.iter().any(|a| a.contains('\0')) {
+        c.report(
+            at,
+            None,
+            ProblemKind::EmptyCommand {
+                reason: "an argument contains a NUL byte",
+            },
+        );
+    }
+}
+
+/// The pipeline-level fields, checked.
+struct Header {
+    api_version: String,
+    name: String,
+    description: Option<String>,
+    orchestrator: Option<String>,
+    pull_secrets: Vec<String>,
+    parameters: BTreeMap<String, String>,
+    timeout: Duration,
 }
 
 /// `major.minor` or `major.minor.patch`, each a number.
@@ -288,53 +498,106 @@ fn check_operator(
         }
     }
 
-    let command = match raw.command {
-        None => {
-            let reason = if raw.container.is_some() {
-                "fastio does not run containers; give the program and arguments that start the operator, as a list of strings"
-            } else {
-                "give the program and arguments that start the operator, as a list of strings"
-            };
+    // Locally the process is `command`; without it, `container.command`. The container block
+    // is kept whole for rendering the operator as a container elsewhere.
+    let container = raw.container.and_then(|container| {
+        if let Some(command) = &container.command {
+            check_command(c, at, command);
+        }
+        let Some(image) = container.image else {
             c.report(
                 at,
                 None,
                 ProblemKind::Missing {
-                    field: "command",
-                    reason,
+                    field: "container.image",
+                    reason: "a container block names the image an orchestrator runs",
                 },
             );
-            Vec::new()
+            return None;
+        };
+        if image.trim().is_empty() {
+            c.report(
+                at,
+                None,
+                ProblemKind::Missing {
+                    field: "container.image",
+                    reason: "the image name is empty",
+                },
+            );
+            return None;
         }
-        Some(command) => {
-            match command.first() {
+        Some(Container {
+            image,
+            tag: container
+                .tag
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(|| "latest".to_owned()),
+            command: container.command,
+        })
+    });
+    if let Some(command) = &raw.command {
+        check_command(c, at, command);
+    }
+    let command = raw
+        .command
+        .or_else(|| container.as_ref().and_then(|k| k.command.clone()));
+    if command.is_none() && container.is_none() {
+        c.report(
+            at,
+            None,
+            ProblemKind::Missing {
+                field: "command",
+                reason: "give the program and arguments that start the operator, as a list of strings (or a container block with an image and a command)",
+            },
+        );
+    }
+
+    let requests = check_requests(c, at, raw.requests);
+    let mut models = Vec::new();
+    if let Some(list) = raw.models {
+        c.unused(
+            at,
+            "models",
+            "fastio loads no inference models (Clara hands them to a Triton Inference Server); the operator must load its own",
+        );
+        for (i, model) in list.into_iter().enumerate() {
+            match model.name {
+                Some(name) if validate_name(&name).is_ok() => models.push(name),
+                Some(name) => {
+                    let reason = validate_name(&name)
+                        .err()
+                        .map(|e| e.to_string())
+                        .unwrap_or_default();
+                    c.report(
+                        at,
+                        None,
+                        ProblemKind::BadItem {
+                            field: "models",
+                            text: name,
+                            reason,
+                        },
+                    );
+                }
                 None => c.report(
                     at,
                     None,
-                    ProblemKind::EmptyCommand {
-                        reason: "the list is empty",
+                    ProblemKind::BadItem {
+                        field: "models",
+                        text: format!("models[{i}]"),
+                        reason: "a model needs a name".to_owned(),
                     },
                 ),
-                Some(program) if program.is_empty() => c.report(
-                    at,
-                    None,
-                    ProblemKind::EmptyCommand {
-                        reason: "the program is an empty string",
-                    },
-                ),
-                Some(_) => {}
             }
-            if command.iter().any(|a| a.contains('\0')) {
-                c.report(
-                    at,
-                    None,
-                    ProblemKind::EmptyCommand {
-                        reason: "an argument contains a NUL byte",
-                    },
-                );
-            }
-            command
         }
-    };
+    }
+    let parameters = check_parameters(c, at, raw.parameters);
+    if raw.services.is_some() {
+        c.unused(
+            at,
+            "services",
+            "Clara deprecated pipeline services in 0.7.1, and fastio starts none",
+        );
+    }
 
     let mut variables = BTreeMap::new();
     for (key, value) in raw.variables {
@@ -397,10 +660,30 @@ fn check_operator(
     let inputs = entries(c, Direction::Input, raw.input);
     let outputs = entries(c, Direction::Output, raw.output);
 
+    if raw.uses_driver == Some(false) {
+        // Reported once, naming the first shared-memory entry.
+        let shared = inputs.iter().chain(&outputs).find_map(|e| {
+            let kind = e.kind.as_ref().filter(|k| k.is_shared_memory())?;
+            Some(ProblemKind::PlainWithSharedMemory {
+                direction: e.location.direction,
+                entry: e.name.clone().unwrap_or_default(),
+                type_name: kind.type_name().to_owned(),
+            })
+        });
+        if let Some(kind) = shared {
+            c.report(Some(&location), None, kind);
+        }
+    }
+
     PartialOperator {
         description: raw.description,
         location,
         command,
+        container,
+        requests,
+        models,
+        parameters,
+        uses_driver: raw.uses_driver,
         variables,
         inputs,
         outputs,
@@ -448,31 +731,30 @@ fn check_entry(
                 }
             }
         }
-        (None, Direction::Output) => c.report(
-            op,
-            at,
-            ProblemKind::Missing {
-                field: "name",
-                reason: "every output is named, and inputs read it by that name",
-            },
-        ),
-        (None, Direction::Input) if raw.from.is_some() => c.report(
-            op,
-            at,
-            ProblemKind::Missing {
-                field: "name",
-                reason: "an input with from takes the name of the upstream output it reads",
-            },
-        ),
-        (None, Direction::Input) => {
+        // Clara: at most one unnamed entry per input set and per output set. An unnamed
+        // input with `from` reads the upstream operator's unnamed output; one without is
+        // the payload.
+        (None, direction) => {
             *unnamed += 1;
             if *unnamed > 1 {
-                c.report(op, at, ProblemKind::SecondUnnamedInput);
+                c.report(op, at, ProblemKind::SecondUnnamed { direction });
             }
         }
     }
 
     let kind = check_kind(c, op, at, &raw);
+
+    if let (None, Some(kind)) = (&raw.name, &kind)
+        && kind.is_shared_memory()
+    {
+        c.report(
+            op,
+            at,
+            ProblemKind::UnnamedSharedMemory {
+                type_name: kind.type_name().to_owned(),
+            },
+        );
+    }
 
     if let (Some(kind), Some(version)) = (&kind, too_old_for_typed)
         && kind.is_shared_memory()
@@ -697,9 +979,11 @@ fn check_links(c: &mut Checker<'_>, operators: &[PartialOperator]) -> Vec<Link> 
     let mut links = Vec::new();
     for (consumer, op) in operators.iter().enumerate() {
         for (input_index, input) in op.inputs.iter().enumerate() {
-            let (Some(from), Some(name)) = (&input.from, &input.name) else {
+            let Some(from) = &input.from else {
                 continue;
             };
+            // An unnamed input reads the upstream operator's unnamed output.
+            let name = input.name.as_deref();
             let is_self = op
                 .location
                 .name
@@ -721,18 +1005,24 @@ fn check_links(c: &mut Checker<'_>, operators: &[PartialOperator]) -> Vec<Link> 
                 continue;
             };
             let upstream = &operators[producer];
-            let Some(output_index) = upstream.outputs.iter().position(|o| {
-                o.name
-                    .as_deref()
-                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
-            }) else {
-                report(
-                    c,
-                    ProblemKind::NoSuchOutput {
+            let Some(output_index) =
+                upstream
+                    .outputs
+                    .iter()
+                    .position(|o| match (o.name.as_deref(), name) {
+                        (Some(have), Some(want)) => have.eq_ignore_ascii_case(want),
+                        (None, None) => true,
+                        _ => false,
+                    })
+            else {
+                let kind = match name {
+                    Some(name) => ProblemKind::NoSuchOutput {
                         from: from.clone(),
-                        name: name.clone(),
+                        name: name.to_owned(),
                     },
-                );
+                    None => ProblemKind::NoUnnamedOutput { from: from.clone() },
+                };
+                report(c, kind);
                 continue;
             };
             let output = &upstream.outputs[output_index];
@@ -809,12 +1099,11 @@ fn first_difference(input: &EntryKind, output: &EntryKind) -> Option<&'static st
 /// Builds the pipeline from checked parts, operators in `order`.
 fn assemble(
     origin: &str,
-    api_version: String,
-    name: String,
-    timeout: Duration,
+    header: Header,
     operators: Vec<PartialOperator>,
     links: Vec<Link>,
     order: &[usize],
+    unused: Vec<Unused>,
 ) -> Pipeline {
     // new_position[definition index] = position in dependency order.
     let mut new_position = vec![0; order.len()];
@@ -836,8 +1125,14 @@ fn assemble(
         .map(|op| {
             Some(Operator {
                 name: op.location.name.expect("validated"),
+                index: op.location.index,
                 description: op.description,
                 command: op.command,
+                container: op.container,
+                requests: op.requests,
+                models: op.models,
+                parameters: op.parameters,
+                uses_driver: op.uses_driver,
                 variables: op.variables,
                 inputs: finish(op.inputs),
                 outputs: finish(op.outputs),
@@ -874,10 +1169,15 @@ fn assemble(
         .collect();
     Pipeline {
         origin: origin.to_owned(),
-        api_version,
-        name,
-        timeout,
+        api_version: header.api_version,
+        name: header.name,
+        description: header.description,
+        orchestrator: header.orchestrator,
+        pull_secrets: header.pull_secrets,
+        parameters: header.parameters,
+        timeout: header.timeout,
         operators,
         links,
+        unused,
     }
 }

@@ -32,7 +32,7 @@ fn the_demo_pipeline_validates() {
         ["generate", "threshold", "summarize", "write-report"]
     );
     let generate = p.operator("generate").unwrap();
-    assert_eq!(generate.command(), ["fastio-demo-op", "generate"]);
+    assert_eq!(generate.command().unwrap(), ["fastio-demo-op", "generate"]);
     assert_eq!(generate.variables()["CLARA_TRACE"], "2");
     let volume = generate.output("volume").unwrap().kind();
     assert_eq!(volume.to_string(), "int16[256,512,512]");
@@ -293,7 +293,7 @@ fn the_demo_graph_in_dot() {
 }
 
 #[test]
-fn dot_labels_streams_strings_and_primitives() {
+fn dot_labels_streams_strings_primitives_and_unnamed_entries() {
     let p = Pipeline::from_yaml_str(
         "api-version: 0.5.0
 name: labels
@@ -304,12 +304,14 @@ operators:
   - {name: results, type: stream, element-type: dicom, path: /out}
   - {name: uid, type: string}
   - {name: count, type: uint64}
+  - {path: /raw}
 - name: writer
   command: [x]
   input:
   - {name: results, from: reader, type: stream, element-type: dicom, path: /in}
   - {name: uid, from: reader, type: string}
   - {name: count, from: reader, type: u64}
+  - {from: reader, path: /raw}
 ",
         "labels",
     )
@@ -324,6 +326,7 @@ operators:
     "reader" -> "writer" [label="results: stream(dicom)"];
     "reader" -> "writer" [label="uid: string"];
     "reader" -> "writer" [label="count: u64"];
+    "reader" -> "writer" [label="stream"];
 }
 "#
     );

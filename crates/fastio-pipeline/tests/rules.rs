@@ -145,14 +145,44 @@ fn only_one_input_may_be_unnamed() {
 }
 
 #[test]
-fn outputs_and_linked_inputs_need_names() {
+fn one_output_may_be_unnamed_and_an_unnamed_input_reads_it() {
+    // Clara: at most one unnamed entry per input set and per output set.
+    let p = ok(&ops(
+        "- name: a\n  command: [x]\n  input:\n  - path: /in\n  output:\n  - path: /out\n- name: b\n  command: [y]\n  input:\n  - from: a\n    path: /in\n",
+    ));
+    let a = &p.operators()[0];
+    assert_eq!(a.outputs()[0].name(), "");
+    assert_eq!(p.upstream("b")[0].name(), "a");
+    let (producer, output) = p.source("b", "").unwrap();
+    assert_eq!((producer.name(), output.name()), ("a", ""));
     check(
-        &ops("- name: a\n  command: [x]\n  output:\n  - type: string\n"),
-        r#"operator "a", output[0]: name is required"#,
+        &ops("- name: a\n  command: [x]\n  output:\n  - path: /o1\n  - path: /o2\n"),
+        r#"operator "a", output[1]: name is required: only one output of an operator may be unnamed"#,
+    );
+    // The unnamed payload input and an unnamed linked input are two unnamed inputs.
+    check(
+        &ops(
+            "- name: a\n  command: [x]\n  output:\n  - path: /out\n- name: b\n  command: [y]\n  input:\n  - path: /payload\n  - from: a\n    path: /in\n",
+        ),
+        r#"operator "b", input[1]: name is required: only one input of an operator may be unnamed"#,
     );
     check(
-        &linked(INT16_256, "").replace("  - name: v\n    from: a", "  - from: a"),
-        r#"operator "b", input[0]: name is required: an input with from takes the name"#,
+        &ops(
+            "- name: a\n  command: [x]\n  output:\n  - name: named\n    path: /out\n- name: b\n  command: [y]\n  input:\n  - from: a\n    path: /in\n",
+        ),
+        r#"operator "b", input[0]: from names operator "a", which has no unnamed output"#,
+    );
+}
+
+#[test]
+fn shared_memory_entries_need_names() {
+    check(
+        &ops("- name: a\n  command: [x]\n  output:\n  - type: string\n"),
+        r#"operator "a", output[0]: name is required for type string: operators open shared-memory entries by name"#,
+    );
+    check(
+        &linked(INT16_256, INT16_256).replace("  - name: v\n    from: a", "  - from: a"),
+        r#"operator "b", input[0]: name is required for type array"#,
     );
 }
 
@@ -589,14 +619,11 @@ fn timeout_defaults_to_600_seconds_and_must_be_positive() {
 fn an_operator_needs_a_command() {
     let p = ok(&ops("- name: a\n  command: [python3, -m, op, --fast]\n"));
     assert_eq!(
-        p.operators()[0].command(),
+        p.operators()[0].command().unwrap(),
         ["python3", "-m", "op", "--fast"]
     );
+    p.check_runs_locally().unwrap();
     check(&ops("- name: a\n"), r#"operator "a": command is required"#);
-    check(
-        &ops("- name: a\n  container:\n    image: example/reader\n    tag: 0.1.0\n"),
-        "command is required: fastio does not run containers",
-    );
     check(
         &ops("- name: a\n  command: []\n"),
         "command must start with a program: the list is empty",
@@ -605,15 +632,176 @@ fn an_operator_needs_a_command() {
         &ops("- name: a\n  command: ['', x]\n"),
         "the program is an empty string",
     );
+    check(
+        &ops("- name: a\n  container:\n    image: example/a\n    command: []\n"),
+        "command must start with a program: the list is empty",
+    );
     check_syntax(&ops("- name: a\n  command: run-me\n"), "command");
 }
 
 #[test]
-fn clara_fields_fastio_ignores_are_accepted() {
-    let p = ok(
-        "api-version: 0.5.0\nname: p\norchestrator: Clara\npull-secrets:\n- ngc-clara\noperators:\n- name: a\n  description: Reads.\n  command: [x]\n  container:\n    image: example/a\n    tag: 0.1.0\n  requests:\n    gpu: 1\n    memory: 8192\n",
+fn the_container_command_runs_locally_and_command_overrides_it() {
+    let p = ok(&ops(
+        "- name: a\n  container:\n    image: example/reader\n    tag: 18.04\n    command: [sh, -c, 'cp -r /in /out']\n- name: b\n  command: [./local-b]\n  container:\n    image: example/b\n    command: [/opt/b/run]\n",
+    ));
+    let a = &p.operators()[0];
+    assert_eq!(a.command().unwrap(), ["sh", "-c", "cp -r /in /out"]);
+    let container = a.container().unwrap();
+    assert_eq!(
+        (container.image(), container.tag(), container.reference()),
+        ("example/reader", "18.04", "example/reader:18.04".to_owned()),
+        "a tag that reads as a number is kept as written"
     );
-    assert_eq!(p.operators()[0].description(), Some("Reads."));
+    let b = &p.operators()[1];
+    assert_eq!(b.command().unwrap(), ["./local-b"], "command wins locally");
+    let container = b.container().unwrap();
+    assert_eq!(container.command().unwrap(), ["/opt/b/run"]);
+    assert_eq!(container.tag(), "latest", "Clara's default tag");
+}
+
+#[test]
+fn an_image_without_a_command_validates_but_cannot_run_locally() {
+    let p = ok(&ops(
+        "- name: a\n  container:\n    image: example/reader\n    tag: 0.1.0\n- name: b\n  command: [b]\n- name: c\n  container:\n    image: example/c\n",
+    ));
+    assert_eq!(p.operators()[0].command(), None);
+    let e = p.check_runs_locally().unwrap_err();
+    let lines: Vec<String> = e.problems().iter().map(|p| p.to_string()).collect();
+    assert_eq!(lines.len(), 2, "{e}");
+    assert!(
+        lines[0].starts_with(
+            r#"pipeline.yaml: operator "a": command is required to run locally: the operator names container image example/reader:0.1.0 but neither command nor container.command"#
+        ),
+        "{e}"
+    );
+    assert!(lines[1].contains(r#"operator "c""#), "{e}");
+    assert_eq!(e.problems()[1].location.operator.as_ref().unwrap().index, 2);
+    check(
+        &ops("- name: a\n  container:\n    tag: 0.1.0\n    command: [x]\n"),
+        r#"operator "a": container.image is required"#,
+    );
+    check_syntax(
+        &ops("- name: a\n  container:\n    image: x\n    entrypoint: [x]\n"),
+        "unknown field `entrypoint`",
+    );
+}
+
+#[test]
+fn requests_are_whole_numbers_kept_for_rendering() {
+    let p = ok(&ops(
+        "- name: a\n  command: [x]\n  requests:\n    gpu: 1\n    memory: 8192\n    cpu: 4\n- name: b\n  command: [x]\n",
+    ));
+    let requests = p.operators()[0].requests();
+    assert_eq!(
+        (requests.gpu, requests.memory_mb, requests.cpu),
+        (Some(1), Some(8192), Some(4))
+    );
+    assert!(p.operators()[1].requests().is_empty());
+    check(
+        &ops("- name: a\n  command: [x]\n  requests:\n    gpu: two\n"),
+        r#"operator "a": requests.gpu "two" is invalid: give a whole number"#,
+    );
+    check(
+        &ops("- name: a\n  command: [x]\n  requests:\n    memory: 0\n"),
+        r#"requests.memory "0" is invalid: give a whole number of megabytes (1 or more)"#,
+    );
+    check(
+        &ops("- name: a\n  command: [x]\n  requests:\n    cpu: 0.5\n"),
+        r#"requests.cpu "0.5" is invalid"#,
+    );
+    check(
+        &ops("- name: a\n  command: [x]\n  requests:\n    gpu: 99999999999\n"),
+        "more than any machine has",
+    );
+    check_syntax(
+        &ops("- name: a\n  command: [x]\n  requests:\n    gpus: 1\n"),
+        "unknown field `gpus`",
+    );
+}
+
+#[test]
+fn pull_secrets_are_secret_names() {
+    let p = ok(
+        "api-version: 0.5.0\nname: p\norchestrator: Clara\npull-secrets:\n- ngc-clara\n- registry.example\noperators:\n- name: a\n  command: [x]\n",
+    );
+    assert_eq!(p.pull_secrets(), ["ngc-clara", "registry.example"]);
+    assert_eq!(p.orchestrator(), Some("Clara"));
+    check(
+        "api-version: 0.5.0\nname: p\npull-secrets:\n- NGC_Clara\noperators:\n- name: a\n  command: [x]\n",
+        r#"pipeline.yaml: pull-secrets entry "NGC_Clara" is invalid: a secret name has only lower-case letters"#,
+    );
+    check_syntax(
+        "api-version: 0.5.0\nname: p\npull-secrets: ngc\noperators:\n- name: a\n  command: [x]\n",
+        "pull-secrets",
+    );
+}
+
+#[test]
+fn models_parameters_and_services_are_accepted_and_reported_unused() {
+    let p = ok(
+        "api-version: 0.6.0\nname: p\ndescription: Segments.\nparameters:\n  input-from: reader\noperators:\n- name: a\n  command: [x]\n  models:\n  - name: segmentation_ct_spleen_v1\n  parameters:\n    level: 3\n  services:\n  - name: trtis\n    container:\n      image: nvcr.io/nvidia/tritonserver\n- name: b\n  command: [y]\n",
+    );
+    assert_eq!(p.description(), Some("Segments."));
+    assert_eq!(p.parameters()["input-from"], "reader");
+    let a = &p.operators()[0];
+    assert_eq!(a.models(), ["segmentation_ct_spleen_v1"]);
+    assert_eq!(a.parameters()["level"], "3");
+    let notes: Vec<String> = p.unused().iter().map(|u| u.to_string()).collect();
+    assert_eq!(notes.len(), 4, "{notes:#?}");
+    assert!(
+        notes[0].starts_with("pipeline.yaml: parameters is not used: fastio does not substitute"),
+        "{notes:#?}"
+    );
+    assert!(
+        notes[1].starts_with(r#"pipeline.yaml: operator "a": models is not used"#),
+        "{notes:#?}"
+    );
+    assert!(notes[2].contains(r#"operator "a": parameters is not used"#));
+    assert!(notes[3].contains(r#"operator "a": services is not used: Clara deprecated"#));
+    // Nothing unused, nothing reported.
+    assert!(ok(&ops("- name: a\n  command: [x]\n")).unused().is_empty());
+    check(
+        &ops("- name: a\n  command: [x]\n  models:\n  - name: bad.model\n"),
+        r#"operator "a": models entry "bad.model" is invalid"#,
+    );
+    check(
+        &ops("- name: a\n  command: [x]\n  models:\n  - version: 1\n"),
+        "a model needs a name",
+    );
+    check(
+        &ops("- name: a\n  command: [x]\n  parameters:\n    'a b': 1\n"),
+        r#"parameters entry "a b" is invalid"#,
+    );
+}
+
+#[test]
+fn uses_driver_false_is_refused_with_shared_memory_entries() {
+    let p = ok(&ops(
+        "- name: a\n  command: [x]\n  uses-driver: false\n  output:\n  - name: d\n    path: /out\n- name: b\n  command: [y]\n  uses-driver: true\n- name: c\n  command: [z]\n",
+    ));
+    let declared: Vec<Option<bool>> = p.operators().iter().map(|o| o.uses_driver()).collect();
+    assert_eq!(declared, [Some(false), Some(true), None]);
+    check(
+        &ops(
+            "- name: a\n  command: [x]\n  uses-driver: false\n  output:\n  - name: d\n    path: /out\n  - name: uid\n    type: string\n",
+        ),
+        r#"operator "a": uses-driver must not be false here: output "uid" is of type string"#,
+    );
+}
+
+#[test]
+fn an_untyped_clara_0_4_pipeline_validates() {
+    // The shape of Clara's own untyped examples: container blocks, paths only, unnamed
+    // entries, `from` without a name.
+    let p = ok(
+        "api-version: 0.4.0\nname: we-love-operators\noperators:\n- name: i-am-first\n  container:\n    image: clara/examples/centos\n    tag: centos7\n    command: ['sh', '-c', 'cp -r /in/. /out']\n  input:\n  - path: /in\n  output:\n  - path: /out\n- name: last-i-am\n  container:\n    image: clara/examples/ubuntu\n    tag: 18.04\n    command: ['sh', '-c', 'cp -r /my-in/. /my-out']\n  input:\n  - from: i-am-first\n    path: /my-in\n  output:\n  - path: /my-out\n",
+    );
+    assert_eq!(p.links().len(), 1);
+    assert!(p.operators().iter().all(|o| !o.has_shared_memory()));
+    check(
+        "api-version: 0.4.0\nname: p\noperators:\n- name: a\n  command: [x]\n  output:\n  - name: v\n    type: string\n",
+        "type string needs api-version 0.5.0 or later",
+    );
 }
 
 #[test]
@@ -691,4 +879,27 @@ fn every_problem_is_listed_in_definition_order() {
         4,
         "one line per problem:\n{e}"
     );
+}
+
+#[test]
+fn damaged_clara_definitions_give_errors_never_panics() {
+    // Every Clara field, then the definition with one line removed or cut short at one line:
+    // each validates or is refused, and a valid one answers check_runs_locally; nothing panics.
+    let yaml = "api-version: 0.6.0\norchestrator: Clara\nname: p\ndescription: d\nparameters:\n  level: 3\npull-secrets:\n- ngc-clara\noperators:\n- name: reader\n  container:\n    image: example/reader\n    tag: 18.04\n    command: [sh, -c, x]\n  requests:\n    gpu: 1\n    memory: 8192\n    cpu: 2\n  models:\n  - name: spleen\n  parameters:\n    x: y\n  services:\n  - name: s\n  uses-driver: false\n  input:\n  - path: /in\n  output:\n  - path: /out\n- name: writer\n  command: [w]\n  container:\n    image: example/writer\n  input:\n  - from: reader\n    path: /in\n  output:\n  - name: out\n    type: stream\n    path: /out\n";
+    ok(yaml);
+    let lines: Vec<&str> = yaml.lines().collect();
+    let mut refused = 0;
+    for i in 0..lines.len() {
+        let mut without = lines.clone();
+        without.remove(i);
+        for text in [without.join("\n"), lines[..i].join("\n")] {
+            match Pipeline::from_yaml_str(&text, ORIGIN) {
+                Ok(p) => {
+                    let _ = p.check_runs_locally();
+                }
+                Err(_) => refused += 1,
+            }
+        }
+    }
+    assert!(refused > 0);
 }

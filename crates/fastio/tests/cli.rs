@@ -84,6 +84,38 @@ fn validate_accepts_the_demo_and_lists_every_problem_of_a_bad_definition() {
 }
 
 #[test]
+fn validate_says_how_each_operator_starts_and_notes_unused_clara_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let definition = dir.path().join("clara.yaml");
+    std::fs::write(
+        &definition,
+        "api-version: 0.6.0\nname: x\noperators:\n- name: convert\n  container:\n    image: example/convert\n    command: [sh, -c, 'true']\n  models:\n  - name: spleen\n  output:\n  - path: /out\n- name: seg\n  container:\n    image: example/seg\n  input:\n  - from: convert\n    path: /in\n",
+    )
+    .unwrap();
+    let out = Command::new(FASTIO)
+        .arg("validate")
+        .arg(&definition)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("convert: plain program, starts once its inputs are complete"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(r#"operator "seg": command is required to run locally"#),
+        "{stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(r#"note: "#)
+            && stderr.contains(r#"operator "convert": models is not used"#),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn graph_prints_dot_with_types_on_the_edges() {
     let demo = concat!(
         env!("CARGO_MANIFEST_DIR"),

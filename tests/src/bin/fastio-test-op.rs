@@ -6,7 +6,9 @@
 //! - `EXECUTE=<what>`, what execute does (default `ok`):
 //!   `ok`; `fail` (prints `STDERR`'s text to stderr and returns an error); `exit3`;
 //!   `sleep:<seconds>`; `hold` (creates an allocation and never releases it); `orphan`
-//!   (leaves a `sleep 60` running);
+//!   (leaves a `sleep 60` running); `escape` (leaves a `sleep 600` running in a session
+//!   of its own, holding this operator's stdout); `print:<text>` (prints the text on
+//!   stdout and stderr); `bytes` (prints a line that is not UTF-8, then 2 MiB more);
 //!   `write-input:<name>` (tries the API, then writes through a raw pointer: faults);
 //!   `produce` / `check` (typed entries: see below); `paths` (disk entries).
 //!
@@ -108,6 +110,32 @@ fn execute(payload: &mut Payload<'_>) -> Result<(), CallbackError> {
                 .stderr(std::process::Stdio::null())
                 .spawn()?;
             log(&format!("orphan {}", child.id()));
+            Ok(())
+        }
+        ("escape", _) => {
+            // setsid(1) calls setsid(2) and execs: the same pid, out of the process group.
+            let child = std::process::Command::new("setsid")
+                .args(["sleep", "600"])
+                .stdin(std::process::Stdio::null())
+                .spawn()?;
+            log(&format!("escaped {}", child.id()));
+            Ok(())
+        }
+        ("print", text) => {
+            println!("{text} on stdout");
+            eprintln!("{text} on stderr");
+            Ok(())
+        }
+        ("bytes", _) => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(b"before \xff\xfe after\n")?;
+            // Far more than a pipe holds: a driver that stopped reading stalls or kills us.
+            let line = [b'x'; 1023];
+            for _ in 0..2048 {
+                out.write_all(&line)?;
+                out.write_all(b"\n")?;
+            }
+            out.flush()?;
             Ok(())
         }
         ("hold", _) => {

@@ -8,7 +8,11 @@ use fastio::{CONTEXT_ENV, Context, Server, ServerConfig};
 
 /// fastio: zero-copy typed arrays shared between the processes of a pipeline.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    after_help = "Environment:\n  FASTIO_LOG  what fastio itself logs to stderr: error, warn (the default), info, debug or\n              trace, for everything or per module (FASTIO_LOG=fastio_driver=debug); the\n              syntax of tracing-subscriber's EnvFilter. Operators' own output is not a log:\n              `fastio run` shows it (see --quiet) and keeps it in the job's logs folder."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,8 +44,10 @@ enum Command {
     },
     /// Run one job of a pipeline: start its operators, drive their life-cycle, report.
     ///
-    /// Shows each operator's state and time while the job runs, then a summary: each
-    /// operator's outcome and times, each entry's bytes and how it travelled. Exits
+    /// Shows each operator's output as it comes, each line prefixed with the operator's
+    /// name (`threshold | ...`), and each operator's state changes; then a summary: each
+    /// operator's outcome and times, each entry's bytes and how it travelled. Every
+    /// operator's full output is kept in `<output>/<pipeline>/logs/<operator>.log`. Exits
     /// non-zero when the job fails.
     Run {
         /// The pipeline definition file.
@@ -52,10 +58,12 @@ enum Command {
         /// The job's payload directory (stream inputs without `from`).
         #[arg(long)]
         payload: Option<std::path::PathBuf>,
-        /// Time limit in seconds (default: the definition's `timeout`, else 600).
+        /// Time limit in seconds, at most 604800 (default: the definition's `timeout`, else
+        /// 600).
         #[arg(long)]
         timeout: Option<f64>,
-        /// Print only the summary.
+        /// Print only the summary: no operator output (it is still in the logs folder) and
+        /// no progress.
         #[arg(long, short)]
         quiet: bool,
     },
@@ -79,8 +87,16 @@ fn main() {
 }
 
 fn run() -> anyhow::Result<()> {
+    // Warnings and errors only unless FASTIO_LOG asks for more; no colour codes, which
+    // are noise in a log file and in a pipe.
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("FASTIO_LOG"))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::builder()
+                .with_default_directive(tracing_subscriber::filter::LevelFilter::WARN.into())
+                .with_env_var("FASTIO_LOG")
+                .from_env_lossy(),
+        )
+        .with_ansi(false)
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
@@ -108,6 +124,26 @@ fn run() -> anyhow::Result<()> {
                     .collect::<Vec<_>>()
                     .join(" -> ")
             );
+            // How `fastio run` would start each operator, and why.
+            let options = job_options(&p)?;
+            for (op, (kind, reason)) in p
+                .operators()
+                .iter()
+                .zip(fastio::driver::operator_kinds(&p, &options))
+            {
+                let how = match kind {
+                    fastio::driver::OperatorKind::Driver => {
+                        "uses the pipeline driver, starts at job start"
+                    }
+                    fastio::driver::OperatorKind::Plain => {
+                        "plain program, starts once its inputs are complete"
+                    }
+                };
+                println!("  {}: {how} ({reason})", op.name());
+            }
+            if let Err(e) = p.check_runs_locally() {
+                println!("{e}");
+            }
             Ok(())
         }
         Command::Graph { pipeline } => {
@@ -133,10 +169,26 @@ fn run() -> anyhow::Result<()> {
 
 /// Loads a pipeline; on failure prints every problem, one per line, and fails.
 fn load(path: &std::path::Path) -> anyhow::Result<fastio::pipeline::Pipeline> {
-    fastio::pipeline::Pipeline::from_path(path).map_err(|e| {
+    let pipeline = fastio::pipeline::Pipeline::from_path(path).map_err(|e| {
         eprintln!("{e}");
         anyhow::anyhow!("{} is not a valid pipeline definition", path.display())
-    })
+    })?;
+    for unused in pipeline.unused() {
+        eprintln!("note: {unused}");
+    }
+    Ok(pipeline)
+}
+
+/// The options of a job of `pipeline` run by this command: operator programs built beside
+/// this one are found first.
+fn job_options(
+    pipeline: &fastio::pipeline::Pipeline,
+) -> anyhow::Result<fastio::driver::JobOptions> {
+    let mut options = fastio::driver::JobOptions::for_pipeline(pipeline);
+    if let Some(dir) = std::env::current_exe()?.parent() {
+        options.program_dirs.push(dir.to_owned());
+    }
+    Ok(options)
 }
 
 fn serve(pool_mib: u64, until_stdin_closes: bool) -> anyhow::Result<()> {
@@ -170,26 +222,42 @@ fn run_pipeline(
     timeout: Option<f64>,
     quiet: bool,
 ) -> anyhow::Result<()> {
-    use fastio::driver::{JobOptions, run_job};
+    use fastio::driver::run_job;
     let pipeline = load(path)?;
-    let mut options = JobOptions::for_pipeline(&pipeline);
+    let mut options = job_options(&pipeline)?;
     options.output_root = output.join(pipeline.name());
     options.payload = payload;
     if let Some(seconds) = timeout {
         options.timeout = Some(
             std::time::Duration::try_from_secs_f64(seconds)
                 .ok()
-                .filter(|d| !d.is_zero())
-                .context("--timeout must be a positive number of seconds")?,
+                .filter(|d| !d.is_zero() && *d <= fastio::pipeline::MAX_TIMEOUT)
+                .with_context(|| {
+                    format!(
+                        "--timeout must be a positive number of seconds, at most {}",
+                        fastio::pipeline::MAX_TIMEOUT.as_secs()
+                    )
+                })?,
         );
     }
-    // Operator programs built beside this one are found first.
-    if let Some(dir) = std::env::current_exe()?.parent() {
-        options.program_dirs.push(dir.to_owned());
+    let display = std::sync::Arc::new(std::sync::Mutex::new(progress::Display::new(quiet)));
+    if !quiet {
+        let display = display.clone();
+        let width = pipeline
+            .operators()
+            .iter()
+            .map(|o| o.name().len())
+            .max()
+            .unwrap_or(0);
+        options.on_output = Some(fastio::driver::OutputSink::new(move |line| {
+            let mut display = display.lock().unwrap_or_else(|p| p.into_inner());
+            display.line(&format!("{:width$} | {}", line.operator, line.text));
+        }));
     }
-    let mut display = progress::Display::new(quiet);
-    let report = run_job(&pipeline, &options, &mut |p| display.show(p))?;
-    display.finish();
+    let report = run_job(&pipeline, &options, &mut |p| {
+        display.lock().unwrap_or_else(|e| e.into_inner()).show(p)
+    })?;
+    display.lock().unwrap_or_else(|p| p.into_inner()).finish();
     print!("{}", report.render());
     if !report.succeeded() {
         std::process::exit(1);
@@ -199,7 +267,9 @@ fn run_pipeline(
 
 mod progress {
     //! Live progress on stderr: redrawn in place on a terminal, one line per change
-    //! otherwise.
+    //! otherwise. Operators' output lines go to stdout; when both are the same terminal,
+    //! the progress block is erased before a line and drawn again after it, so the lines
+    //! scroll above it.
 
     use std::io::{IsTerminal, Write};
 
@@ -208,8 +278,10 @@ mod progress {
     pub struct Display {
         quiet: bool,
         terminal: bool,
+        stdout_terminal: bool,
         drawn: usize,
         last: Vec<OperatorState>,
+        shown: Option<Progress>,
     }
 
     impl Display {
@@ -217,8 +289,29 @@ mod progress {
             Self {
                 quiet,
                 terminal: std::io::stderr().is_terminal(),
+                stdout_terminal: std::io::stdout().is_terminal(),
                 drawn: 0,
                 last: Vec::new(),
+                shown: None,
+            }
+        }
+
+        /// Prints one line of an operator's output on stdout.
+        pub fn line(&mut self, text: &str) {
+            let redraw = self.terminal && self.stdout_terminal && self.drawn > 0;
+            if redraw {
+                let mut err = std::io::stderr().lock();
+                // Up to the block's first line, and clear to the end of the screen.
+                let _ = write!(err, "\x1b[{}A\x1b[J", self.drawn);
+                let _ = err.flush();
+                self.drawn = 0;
+            }
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{text}");
+            let _ = out.flush();
+            drop(out);
+            if redraw && let Some(progress) = self.shown.take() {
+                self.show(&progress);
             }
         }
 
@@ -261,6 +354,7 @@ mod progress {
                 .iter()
                 .map(|(_, s, _)| s.clone())
                 .collect();
+            self.shown = Some(progress.clone());
         }
 
         pub fn finish(&mut self) {
