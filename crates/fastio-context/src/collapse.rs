@@ -60,14 +60,21 @@ impl Collapser {
         {
             return;
         }
-        if let Ok(copy) = segment.try_clone() {
-            let _ = self.jobs.send((copy, huge.clone()));
+        if huge.queued.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        match segment.try_clone() {
+            Ok(copy) => {
+                let _ = self.jobs.send((copy, huge.clone()));
+            }
+            Err(_) => huge.queued.store(false, Ordering::Relaxed),
         }
     }
 }
 
 fn run(queue: &Receiver<Job>) {
     while let Ok((segment, huge)) = queue.recv() {
+        huge.queued.store(false, Ordering::Relaxed);
         if !huge.pooled.load(Ordering::Relaxed) {
             continue;
         }
@@ -84,10 +91,18 @@ fn run(queue: &Receiver<Job>) {
             // Collapsing needs the pages present and up to date: mapping them makes sure.
             let _ = mapping.populate_range(offset, n);
             match mapping.collapse(offset, n) {
-                Ok(()) | Err(rustix::io::Errno::AGAIN) => {}
-                Err(e) => {
-                    tracing::debug!("MADV_COLLAPSE is not available here ({e}); stopping");
+                Ok(()) => {}
+                Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+                    // This kernel cannot collapse shared memory: nothing more to try.
+                    tracing::debug!("MADV_COLLAPSE is not available here; the collapser stops");
                     return;
+                }
+                // No huge page free now (EAGAIN, ENOMEM) or a page busy: try again from
+                // here the next time the segment rests in the pool.
+                Err(e) => {
+                    tracing::debug!("MADV_COLLAPSE of a pooled segment: {e}");
+                    std::thread::sleep(started.elapsed() * 3);
+                    break;
                 }
             }
             offset += n;

@@ -44,6 +44,8 @@ pub(crate) struct HugeState {
     /// How far the collapser got: it resumes there the next time the segment rests in
     /// the pool (huge pages stay in the page cache in between).
     pub(crate) collapsed_to: AtomicU64,
+    /// Waiting in the collapser's queue (offered once, however often it is pooled).
+    pub(crate) queued: AtomicBool,
 }
 
 /// Which connections mapped a segment, and whether writable (so that the pool can hand it
