@@ -112,10 +112,11 @@ fn driver() -> anyhow::Result<()> {
         // background collapser has turned the segment into huge pages (it works while the
         // segment rests in the pool between rounds), at most 40.
         let mut warmup = 0;
+        let huge_before = ctx.stats()?.huge_page_bytes;
         while warmup < 40
             && collapsing()
             && size as u64 >= fastio::shm::huge_page_size() * 4
-            && ctx.stats()?.huge_page_bytes < size as u64 * 9 / 10
+            && ctx.stats()?.huge_page_bytes.saturating_sub(huge_before) < size as u64 * 9 / 10
         {
             let name = format!("w-{size}-{warmup}");
             let mut a = ctx.create_with(size, options())?;

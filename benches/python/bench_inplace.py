@@ -126,7 +126,8 @@ def main():
 
         # Warm-up until the background collapser has made the segment huge (at most 40).
         warmup = 0
-        while warmup < 40 and ctx.stats()["huge_page_bytes"] < src.nbytes * 9 // 10:
+        huge_before = ctx.stats()["huge_page_bytes"]
+        while warmup < 40 and ctx.stats()["huge_page_bytes"] - huge_before < src.nbytes * 9 // 10:
             fastio_round()
             time.sleep(0.05)
             warmup += 1

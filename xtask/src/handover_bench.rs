@@ -97,6 +97,8 @@ fn bench_pipeline(cargo: &str) -> anyhow::Result<(f64, f64)> {
             .args(["run", "--quiet", pipeline, "--output", "target/bench-chain"])
             .output()
             .context("cannot start target/release/fastio")?;
+        // The files variant leaves 3 GiB behind: never keep it longer than a run.
+        let _ = std::fs::remove_dir_all("target/bench-chain");
         ensure!(
             out.status.success(),
             "{pipeline} failed:\n{}",
