@@ -3,6 +3,8 @@
 //! - `test`: the whole test run (what the README and CI run): formatting, clippy with
 //!   warnings as errors, every test of the workspace, doctests, then the Python module
 //!   built into `.venv` and its pytest suite;
+//! - `dist`: the Python wheel (the `fastio` module and the `fastio` command), tagged
+//!   manylinux for the glibc it needs, into `dist/`;
 //! - `demo`: runs the demo pipeline (examples/demo/pipeline.yaml) with `fastio run`;
 //! - `bench`: the handover benchmarks (`bench-handover`: floor, steady and cold handover
 //!   1 MiB..1 GiB against files, Python in place, the I/O-bound chain pipeline, with the
@@ -13,10 +15,15 @@
 //!   multiprocessing.shared_memory and np.save/np.load);
 //! - `gpu-test` / `gpu-bench`: build the stripped cuda-streams bundle for the GPU machine.
 //! - `codegen [--check]`: the C header of fastio-ffi, generated with cbindgen;
-//! - `clib`: libfastio.so / libfastio.a and the drop-in name libnvclara.so.
+//! - `clib`: libfastio.so / libfastio.a and the drop-in name libnvclara.so;
+//! - `fuzz <target> [--count N]`: a long property-based fuzz run (`protocol`);
+//! - `chaos [--rounds N] [--seed S] [--debug]`: the fault suite: random kill -9 of
+//!   operators, drivers, clients and servers, with leak checks (`test` runs 24 rounds).
 
 mod bench;
 mod capi;
+mod chaos;
+mod fuzz;
 mod gpu;
 mod handover_bench;
 mod pipeline_bench;
@@ -33,6 +40,7 @@ fn main() -> anyhow::Result<()> {
     std::env::set_current_dir(&root)?;
     match args.first().map(String::as_str) {
         Some("test") => test(),
+        Some("dist") => python::dist().map(drop),
         Some("demo") => demo(),
         Some("bench") => {
             handover_bench::bench(&[])?;
@@ -46,10 +54,12 @@ fn main() -> anyhow::Result<()> {
         Some("gpu-test") => gpu::gpu_test(&args[1..]),
         Some("gpu-bench") => gpu::gpu_bench(&args[1..]),
         Some("codegen") => capi::codegen(&root, &args[1..]),
+        Some("chaos") => chaos::chaos(&args[1..]),
         Some("clib") => capi::clib(&root).map(drop),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|demo|bench|bench-handover|bench-pipeline|bench-python|gpu-test|gpu-bench|codegen|clib>"
+                "usage: cargo xtask <test|dist|demo|bench|bench-handover|bench-pipeline|bench-python|gpu-test|gpu-bench|codegen|clib|fuzz|chaos>"
             );
             bail!("unknown or missing command")
         }
@@ -114,6 +124,8 @@ fn test() -> anyhow::Result<()> {
         run("cargo", &["test", "--workspace", "--no-fail-fast"])?;
     }
     python::test()?;
+    // The short fault suite: every kind of kill -9, with the leak checks.
+    chaos::chaos(&["--rounds".into(), "24".into(), "--debug".into()])?;
     eprintln!("\nall checks and tests passed");
     Ok(())
 }
@@ -134,7 +146,7 @@ fn demo() -> anyhow::Result<()> {
     if !status.success() {
         bail!("the demo pipeline failed: {status}");
     }
-    let report = Path::new("fastio-output/demo/write-report/report/report.txt");
+    let report = Path::new("fastio-output/demo/latest/write-report/report/report.txt");
     println!(
         "\n{}:\n{}",
         report.display(),

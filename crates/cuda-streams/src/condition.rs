@@ -1,4 +1,4 @@
-//! [`StreamCondition`]: ready when the GPU work of the queued messages is done (section 12).
+//! [`StreamCondition`]: ready when the GPU work of the queued messages is done (Holoscan's `CudaStreamCondition`).
 //!
 //! The newer (Holoscan v3.11) model: several receivers, every queued message inspected by
 //! default, never consuming messages. For each queued message with a stream, one host function

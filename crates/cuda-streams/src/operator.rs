@@ -1,4 +1,4 @@
-//! [`OperatorContext`]: per-operator stream handling (holoscan-streams.md sections 4 to 11).
+//! [`OperatorContext`]: Holoscan's per-operator stream handling.
 //!
 //! One context per operator, used by one thread at a time (like Holoscan's `CudaObjectHandler`,
 //! which GXF never ticks concurrently). The scheduler calls [`OperatorContext::begin_compute`]
@@ -324,7 +324,7 @@ impl OperatorContext {
     }
 
     /// The stream to queue this compute's work on, ordered after every input of `port`; `None`
-    /// means the legacy default stream. Holoscan's algorithm (holoscan-streams.md section 5):
+    /// means the legacy default stream. Holoscan's algorithm:
     ///
     /// * With `allocate` and a pool: the internal stream (allocated once, kept until `stop`);
     ///   each input stream gets an event recorded and the internal stream waits on it. If the

@@ -1,4 +1,4 @@
-//! [`StreamPool`]: Holoscan's `CudaStreamPool` (holoscan-streams.md section 2).
+//! [`StreamPool`]: Holoscan's `CudaStreamPool` .
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -48,7 +48,7 @@ pub struct StreamPoolConfig {
 
 impl Default for StreamPoolConfig {
     /// Device 0, non-blocking, priority 0, one reserved, unbounded. Holoscan defaults `flags` to
-    /// 0 (blocking); this crate picks non-blocking, as holoscan-streams.md section 18 recommends.
+    /// 0 (blocking); this crate picks non-blocking, as Holoscan's documentation recommends.
     fn default() -> Self {
         StreamPoolConfig {
             dev_id: 0,

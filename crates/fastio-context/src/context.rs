@@ -1,4 +1,4 @@
-//! The Fast I/O context and its allocations, with Clara's semantics (seeds 000 and 001).
+//! The Fast I/O context and its allocations, with Clara's semantics (as its C and Python documentation describe them).
 
 use std::fmt;
 use std::os::fd::OwnedFd;
@@ -85,6 +85,12 @@ impl Context {
 
     /// Joins the context server at `address`: `@name` (abstract socket, as printed by
     /// `fastio serve`) or `fd:N` (an inherited connected socket).
+    ///
+    /// `fd:N` is taken once per process: the first successful connect adopts descriptor N
+    /// for the life of the process, and later connects to `fd:N` share that connection
+    /// (one conversation per socket). A connect that fails leaves descriptor N as it
+    /// found it, open; it never closes what it does not own. A child made by `fork()`
+    /// cannot use its parent's `fd:N`; it connects to the server's `@name` address.
     pub fn connect(address: &str) -> Result<Self, ContextError> {
         let fail = |reason: String| ContextError::Connect {
             address: address.to_owned(),
@@ -94,7 +100,9 @@ impl Context {
             let fd: i32 = fd
                 .parse()
                 .map_err(|_| fail("fd: must be followed by a descriptor number".into()))?;
-            crate::sys::adopt_inherited_fd(fd).map_err(|e| fail(e.to_string()))?
+            return Ok(Self {
+                transport: inherited_connection(fd, &fail)?,
+            });
         } else if let Some(name) = address.strip_prefix('@') {
             let socket = rustix::net::socket_with(
                 AddressFamily::UNIX,
@@ -119,6 +127,19 @@ impl Context {
     pub fn from_socket(socket: OwnedFd) -> Result<Self, ContextError> {
         Ok(Self {
             transport: Arc::new(SocketTransport::new(socket)?),
+        })
+    }
+
+    /// [`Context::from_socket`], waiting at most `timeout` for each answer (rather than
+    /// `FASTIO_REQUEST_TIMEOUT_S`, default 60 s); waiting for inputs is not limited.
+    pub fn from_socket_with_timeout(
+        socket: OwnedFd,
+        timeout: std::time::Duration,
+    ) -> Result<Self, ContextError> {
+        let transport = SocketTransport::wrap_with_timeout(socket, timeout);
+        transport.hello()?;
+        Ok(Self {
+            transport: Arc::new(transport),
         })
     }
 
@@ -270,12 +291,35 @@ impl Context {
         allocation.release()
     }
 
+    /// Withdraws the name `name`, whether it names a live publication or one whose
+    /// resource was freed, so that it can be published again. Handles already got stay
+    /// valid; the memory goes when nothing else keeps it. Fails with
+    /// [`RequestError::UnknownName`](crate::RequestError::UnknownName) when no
+    /// publication has the name.
+    pub fn unpublish(&self, name: &str) -> Result<(), ContextError> {
+        self.call(Request::Unpublish {
+            name: name.to_owned(),
+        })
+        .map(drop)
+    }
+
     /// The context's accounting.
     pub fn stats(&self) -> Result<Stats, ContextError> {
         match self.call(Request::Stats)? {
             (Response::Stats(stats), _) => Ok(stats),
             (other, _) => Err(ContextError::Protocol(format!(
                 "expected stats, got {other:?}"
+            ))),
+        }
+    }
+
+    /// A listing of the context: its job's operators, its FastIO entries and
+    /// publications with their sizes and holders (what `fastio ls` shows).
+    pub fn inspect(&self) -> Result<crate::listing::Listing, ContextError> {
+        match self.call(Request::Inspect)? {
+            (Response::Listing(listing), _) => Ok(*listing),
+            (other, _) => Err(ContextError::Protocol(format!(
+                "expected a listing, got {other:?}"
             ))),
         }
     }
@@ -312,6 +356,40 @@ impl Context {
             (_, _) => Ok(Vec::new()),
         }
     }
+}
+
+/// The connections adopted from inherited descriptors (`fd:N`), each for the life of
+/// the process.
+static INHERITED: std::sync::Mutex<Vec<(i32, Arc<SocketTransport>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// The connection over inherited descriptor `fd`: the one adopted before, or a new one.
+fn inherited_connection(
+    fd: i32,
+    fail: &dyn Fn(String) -> ContextError,
+) -> Result<Arc<dyn Transport>, ContextError> {
+    let mut table = INHERITED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, transport)) = table.iter().find(|(n, _)| *n == fd) {
+        // A forked child finds its parent's entry here; its calls fail with `Forked`.
+        transport.check_owner()?;
+        return Ok(transport.clone());
+    }
+    let socket = crate::sys::borrow_inherited_socket(fd).map_err(|e| fail(e.to_string()))?;
+    let transport = SocketTransport::wrap(socket);
+    if let Err(e) = transport.hello() {
+        // Not ours to close: give the descriptor back as it was.
+        crate::sys::give_back(transport.into_socket());
+        return Err(match e {
+            ContextError::ServerGone(_) | ContextError::Protocol(_) => {
+                fail(format!("no context server answers on descriptor {fd}: {e}"))
+            }
+            other => other,
+        });
+    }
+    crate::sys::keep_from_children(fd).map_err(|e| fail(e.to_string()))?;
+    let transport = Arc::new(transport);
+    table.push((fd, transport.clone()));
+    Ok(transport)
 }
 
 /// A handle to a Fast I/O memory resource, with its own local metadata.
@@ -410,8 +488,21 @@ impl Allocation {
 
     /// Publishes the resource under `name` with a copy of this handle's current metadata.
     /// The handle stays valid and must still be released.
+    ///
+    /// A name is published once (Clara): a taken or freed name is refused. Publication
+    /// names are Clara's characters plus `.`, `/` and `:`
+    /// ([`fastio_meta::validate_publication_name`]).
     pub fn publish(&self, name: &str) -> Result<(), ContextError> {
-        self.publish_inner(name, None)
+        self.publish_inner(name, None, false)
+    }
+
+    /// [`Allocation::publish`], replacing whatever publication (or freed name) has `name`,
+    /// in one step: a `get` sees the old resource or this one, never no publication.
+    /// Handles already got from the old publication stay valid; its memory goes when
+    /// nothing else keeps it. The deliberate way to publish a name again (a notebook
+    /// cell run twice, a result recomputed).
+    pub fn publish_replacing(&self, name: &str) -> Result<(), ContextError> {
+        self.publish_inner(name, None, true)
     }
 
     /// [`Allocation::publish`], with an interprocess CUDA event that the producer recorded
@@ -419,16 +510,22 @@ impl Allocation {
     /// [`Allocation::event`]) and makes its own stream wait on it, so GPU work is ordered
     /// across processes without blocking a host thread.
     pub fn publish_with_event(&self, name: &str, event: EventHandle) -> Result<(), ContextError> {
-        self.publish_inner(name, Some(event))
+        self.publish_inner(name, Some(event), false)
     }
 
-    fn publish_inner(&self, name: &str, event: Option<EventHandle>) -> Result<(), ContextError> {
+    fn publish_inner(
+        &self,
+        name: &str,
+        event: Option<EventHandle>,
+        replace: bool,
+    ) -> Result<(), ContextError> {
         self.context
             .call(Request::Publish {
                 id: self.id,
                 name: name.to_owned(),
                 typed: self.typed.clone(),
                 event,
+                replace,
             })
             .map(drop)
     }
@@ -487,6 +584,17 @@ impl Allocation {
             Request::Release { id: self.id }
         };
         self.context.call(request).map(drop)
+    }
+
+    /// Makes this handle's mapping read-only in place: pointers and views taken before keep
+    /// reading the same memory, and a write through them faults. (A FastIO output at the
+    /// end of its producer's execute.)
+    pub fn make_read_only(&mut self) -> Result<(), ContextError> {
+        if let Some(mapping) = &mut self.mapping {
+            mapping.unpark(Access::ReadOnly)?;
+        }
+        self.access = Access::ReadOnly;
+        Ok(())
     }
 
     /// Start of the memory. Other processes may be writing to it.

@@ -1,4 +1,4 @@
-//! FastIO entries (seed 002): the typed shared memory inputs and outputs that a pipeline
+//! FastIO entries (Clara's typed pipelines): the typed shared memory inputs and outputs that a pipeline
 //! definition declares, as one operator sees them during execute.
 
 use std::fmt;
@@ -148,8 +148,9 @@ impl FastIoEntry {
     }
 
     /// Sets dynamic dimensions (`values[k]` at index `dimensions[k]`; other indices are
-    /// left as declared, without an error, as seed 002 says) and returns the new shape.
-    /// Once every dimension is positive the entry gets memory of that shape, replacing
+    /// left as declared, without an error, as in Clara) and returns the new shape.
+    /// Once every dynamic dimension is set (0, an empty dimension, included) the entry
+    /// gets memory of that shape, replacing
     /// memory it had before. Fails, changing nothing, on a pre-allocated entry or an input.
     pub fn update_shape(
         &mut self,
@@ -193,7 +194,7 @@ impl FastIoEntry {
         self.allocate_for(&self.shape.clone())
     }
 
-    /// Allocates memory for `shape` once it is fully positive (nothing to do before).
+    /// Allocates memory for `shape` once every dimension is set (nothing to do before).
     fn allocate_for(&mut self, shape: &DynamicShape) -> Result<(), ContextError> {
         let dims = match shape.to_shape() {
             Some(shape) => shape?.dims().to_vec(),
@@ -233,6 +234,20 @@ impl FastIoEntry {
     /// entry (inputs: at the start of execute).
     pub fn event(&self) -> Option<crate::EventHandle> {
         self.allocation.as_ref().and_then(Allocation::event)
+    }
+
+    /// Ends the producer's write access at the end of its execute: an output's mapping
+    /// becomes read-only in place, so a pointer or view kept past execute faults on a
+    /// write instead of changing memory that downstream operators read. Later writes
+    /// through this entry's API fail. Inputs are read-only already.
+    pub fn finish(&mut self) -> Result<(), ContextError> {
+        if self.info.access == AccessMode::ReadWrite {
+            self.info.access = AccessMode::ReadOnly;
+            if let Some(allocation) = &mut self.allocation {
+                allocation.make_read_only()?;
+            }
+        }
+        Ok(())
     }
 
     /// The allocation behind the entry, once it has one.

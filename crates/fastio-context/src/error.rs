@@ -8,9 +8,6 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RequestError {
-    /// Allocations need at least one byte.
-    #[error("an allocation needs at least one byte; 0 was requested")]
-    ZeroSize,
     /// The machine cannot hold the allocation.
     #[error("{message}")]
     OutOfMemory {
@@ -26,7 +23,9 @@ pub enum RequestError {
         message: String,
     },
     /// The name is already published.
-    #[error("{name:?} is already published; a name is published once per context")]
+    #[error(
+        "{name:?} is already published; a name is published once per context (to publish it again, replace it or unpublish it first)"
+    )]
     AlreadyPublished {
         /// The name.
         name: String,
@@ -38,7 +37,9 @@ pub enum RequestError {
         name: String,
     },
     /// The resource published under this name was freed.
-    #[error("{name:?} was freed; it can no longer be got or published again")]
+    #[error(
+        "{name:?} was freed; it can no longer be got, nor published again unless replaced or unpublished first"
+    )]
     NameFreed {
         /// The name.
         name: String,
@@ -62,6 +63,33 @@ pub enum RequestError {
         needed: usize,
         /// Bytes the allocation has.
         size: usize,
+    },
+    /// The publication was made from a read-only handle: it gives read-only handles only.
+    #[error("{name:?} was published from a read-only handle; get it read-only")]
+    ReadOnlyPublication {
+        /// The name.
+        name: String,
+    },
+    /// The request needs write access, and every handle this client was given to the
+    /// resource is read-only.
+    #[error("resource #{id} is held read-only by this client; writing needs a read-write handle")]
+    ReadOnlyHandle {
+        /// The resource.
+        id: u64,
+    },
+    /// The memory was sealed against writes (a job output after its producer's execute).
+    #[error(
+        "resource #{id} is sealed read-only: it is a job's output whose producer has finished execute"
+    )]
+    Sealed {
+        /// The resource.
+        id: u64,
+    },
+    /// A FastIO input was opened before its producer finished execute.
+    #[error("FastIO input {name:?} is not ready: its producer has not finished execute")]
+    InputNotReady {
+        /// The entry.
+        name: String,
     },
     /// Another client holds the resource's write mapping.
     #[error("resource #{id} is mapped for writing by another client; one writer at a time")]
@@ -121,7 +149,6 @@ pub enum RequestError {
 impl RequestError {
     pub(crate) fn from_segment(e: SegmentError) -> Self {
         match e {
-            SegmentError::ZeroSize => RequestError::ZeroSize,
             SegmentError::OutOfMemory { size, .. } => RequestError::OutOfMemory {
                 size,
                 message: e.to_string(),
@@ -163,6 +190,32 @@ pub enum ContextError {
         /// The variable that was read.
         var: &'static str,
     },
+    /// The connection was made by another process, which this one was forked from.
+    #[error(
+        "this context connection belongs to process {owner}, and this is process {pid} (a child made by fork()): connect again from the child (Context::connect with the server's @address, or Context::from_env)"
+    )]
+    Forked {
+        /// The process that made the connection.
+        owner: u32,
+        /// This process.
+        pid: u32,
+    },
+    /// The server did not answer in time.
+    #[error(
+        "the context server did not answer {request} within {after:?} (FASTIO_REQUEST_TIMEOUT_S sets the limit); this connection can no longer be used"
+    )]
+    Timeout {
+        /// The request's name.
+        request: String,
+        /// How long the client waited.
+        after: std::time::Duration,
+    },
+    /// An earlier request timed out, so answers on this connection can no longer be
+    /// matched to requests.
+    #[error(
+        "an earlier request on this context connection timed out; it can no longer be used: connect again"
+    )]
+    OutOfStep,
     /// The server answered something this client does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),

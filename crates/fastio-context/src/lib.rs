@@ -1,6 +1,6 @@
 //! The Fast I/O context: allocations, publications, the context server and its clients.
 //!
-//! Clara's semantics (seeds 000 and 001): [`Context::create`] makes an allocation only its
+//! Clara's semantics (its Fast I/O Context documentation, C and Python): [`Context::create`] makes an allocation only its
 //! creator can reach; [`Allocation::publish`] copies the handle's metadata into the context
 //! under a unique name; [`Context::get`] returns a new handle to the same memory with a copy
 //! of the published metadata; [`Allocation::release`] drops a handle and
@@ -35,8 +35,10 @@ mod context;
 mod entry;
 mod error;
 pub mod job;
+pub mod listing;
 mod mapcache;
 pub mod protocol;
+pub mod records;
 pub mod registry;
 pub mod server;
 #[allow(unsafe_code)]

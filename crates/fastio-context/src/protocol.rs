@@ -1,10 +1,11 @@
 //! The messages between a context's clients and its server.
 //!
 //! One request, one response, each a JSON document in one `SOCK_SEQPACKET` message;
-//! segment descriptors ride along as `SCM_RIGHTS`. The first request on a connection is
-//! [`Request::Hello`] with [`PROTOCOL_VERSION`]; a server refuses other versions.
+//! segment descriptors ride along as `SCM_RIGHTS`. The first request on a connection must
+//! be [`Request::Hello`] with [`PROTOCOL_VERSION`]: a server refuses every other request
+//! before it, and other versions.
 //! JSON keeps the protocol readable in traces and fuzzable; a request costs microseconds
-//! to encode against ~160 us for the round trip itself (shared/reference/cpu-limits.md).
+//! to encode against ~160 us for the round trip itself (measured on our machines).
 
 use fastio_meta::TypedShape;
 use serde::{Deserialize, Serialize};
@@ -13,7 +14,7 @@ use crate::RequestError;
 use crate::job::{EntryId, Phase, ReclaimedHandle, StageInfo};
 
 /// Version of this protocol; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Bytes in an interprocess CUDA event handle (`CUipcEventHandle`).
 pub const EVENT_HANDLE_LEN: usize = 64;
@@ -113,6 +114,15 @@ pub enum Request {
         /// An interprocess CUDA event recorded after the data was written, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         event: Option<EventHandle>,
+        /// Replace the publication (or freed name) that has `name`, instead of failing.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        replace: bool,
+    },
+    /// Withdraws the name `name` (live or freed), so that it can be published again.
+    /// Handles already got stay valid; the memory goes when nothing else keeps it.
+    Unpublish {
+        /// The publication's name.
+        name: String,
     },
     /// A new handle to a published resource; the response carries its descriptor.
     Get {
@@ -133,6 +143,9 @@ pub enum Request {
     },
     /// The context's accounting.
     Stats,
+    /// A listing of the context for people: its job's operators, its entries and
+    /// publications with sizes and holders ([`crate::listing::Listing`]).
+    Inspect,
     /// Takes the resource's write mapping for this connection (Clara: one writer at a
     /// time; readers may coexist). Refused while another connection holds it; counted,
     /// so one connection may take it more than once.
@@ -180,7 +193,8 @@ pub enum Request {
     AllocateEntry {
         /// The entry.
         entry: EntryId,
-        /// Every dimension, positive, agreeing with the declaration where it is fixed.
+        /// Every dimension (0 for an empty one), agreeing with the declaration where it is
+        /// fixed.
         dims: Vec<usize>,
     },
 }
@@ -219,6 +233,8 @@ pub enum Response {
     },
     /// Answer to `Stats`.
     Stats(Stats),
+    /// The answer to `Inspect`.
+    Listing(Box<crate::listing::Listing>),
     /// The request was refused.
     Refused(RequestError),
 }

@@ -12,12 +12,18 @@
 //! the caller makes the segment in between without the lock. Segments leaving the
 //! registry for good are queued ([`Registry::take_dead`]) and freed by the caller after it
 //! lets go of the lock.
+//!
+//! Architecture Invariant: no request turns read-only access into write access. What a
+//! connection may do with a resource is decided by the handles it was granted: it may
+//! write (take the writer lock, publish read-write) only if one of them was read-write.
+//! A publication made without write access is read-only, a write-sealed segment is never
+//! granted read-write nor pooled, and entry memory never comes from the pool.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use fastio_meta::{Shape, TypedShape, validate_name};
+use fastio_meta::{Shape, TypedShape, validate_publication_name};
 use fastio_shm::{Segment, SegmentBuilder};
 
 use crate::RequestError;
@@ -27,6 +33,9 @@ use crate::protocol::{AccessMode, EventHandle, ResourceId, SegmentStats, Stats};
 /// Identifies a connection (a client, or an in-process context) to the registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnectionId(pub u64);
+
+/// The size of the segment behind a resource of 0 bytes (an empty array's).
+const MIN_SEGMENT_BYTES: usize = 1;
 
 /// Default bound of the warm pool: 1 GiB of segments kept for reuse.
 pub const DEFAULT_POOL_BYTES: u64 = 1 << 30;
@@ -109,6 +118,8 @@ struct Resource {
     handles: u64,
     // The connection holding the write mapping, and how many times it took it.
     writer: Option<(ConnectionId, u32)>,
+    // Sealed against writes (a job output whose producer has finished execute).
+    sealed: bool,
 }
 
 impl Resource {
@@ -126,8 +137,28 @@ enum NameState {
         id: ResourceId,
         typed: Option<TypedShape>,
         event: Option<EventHandle>,
+        // Published by a connection that could not write: it gives read-only handles only.
+        read_only: bool,
     },
     Freed,
+}
+
+/// The handles one connection holds to one resource.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Held {
+    count: u64,
+    // Some handle granted to this connection was read-write.
+    writable: bool,
+}
+
+/// Whether a new resource may reuse a pooled segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Recycle {
+    Allowed,
+    // Entry memory: a former holder of a pooled segment could have kept a writable
+    // mapping of it, which the write seal at the end of the producer's execute cannot
+    // revoke.
+    Never,
 }
 
 /// A FastIO entry's memory: none yet, or a resource with the entry's concrete shape.
@@ -162,7 +193,7 @@ pub struct Registry {
     resources: HashMap<ResourceId, Resource>,
     names: HashMap<String, NameState>,
     entries: Vec<EntrySlot>,
-    connections: HashMap<ConnectionId, HashMap<ResourceId, u64>>,
+    connections: HashMap<ConnectionId, HashMap<ResourceId, Held>>,
     pool: Vec<Pooled>,
     pool_bytes: u64,
     pool_limit: u64,
@@ -237,9 +268,9 @@ impl Registry {
         let Some(held) = self.connections.remove(&conn) else {
             return;
         };
-        for (id, count) in held {
+        for (id, held) in held {
             if let Some(resource) = self.resources.get_mut(&id) {
-                resource.handles -= count;
+                resource.handles -= held.count;
                 resource.drop_writer(conn);
             }
             self.reclaim_if_dead(id);
@@ -251,7 +282,7 @@ impl Registry {
         let mut held: Vec<_> = self
             .connections
             .get(&conn)
-            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+            .map(|m| m.iter().map(|(k, v)| (*k, v.count)).collect())
             .unwrap_or_default();
         held.sort();
         held
@@ -263,15 +294,39 @@ impl Registry {
         let held: Vec<ReclaimedHandle> = self
             .held_by(conn)
             .into_iter()
-            .map(|(id, count)| ReclaimedHandle {
-                id,
-                count,
-                size: self.resources.get(&id).map_or(0, |r| r.size),
+            .map(|(id, count)| {
+                let (entries, publications) = self.names_of(id);
+                ReclaimedHandle {
+                    id,
+                    count,
+                    size: self.resources.get(&id).map_or(0, |r| r.size),
+                    entries,
+                    publications,
+                }
             })
             .collect();
         self.disconnect(conn);
         self.connections.insert(conn, HashMap::new());
         held
+    }
+
+    /// The FastIO entries bound to a resource and its live publication names, each
+    /// sorted, for messages that name memory the way its users know it.
+    fn names_of(&self, id: ResourceId) -> (Vec<String>, Vec<String>) {
+        let entries = self
+            .entries
+            .iter()
+            .filter(|e| e.bound.as_ref().is_some_and(|(r, _)| *r == id))
+            .map(|e| e.plan.name.clone())
+            .collect();
+        let mut publications: Vec<String> = self
+            .names
+            .iter()
+            .filter(|(_, state)| matches!(state, NameState::Live { id: r, .. } if *r == id))
+            .map(|(name, _)| name.clone())
+            .collect();
+        publications.sort();
+        (entries, publications)
     }
 
     /// A new private resource of `size` bytes, held once by `conn`, made under the lock
@@ -292,6 +347,10 @@ impl Registry {
     /// (preferring one `conn` has mapped, writable when `writable`), or a reservation of
     /// `size` bytes checked against the memory still available, counting the reservations
     /// of creates in flight. With `hugetlb`, only a pooled hugetlb segment will do.
+    ///
+    /// A resource of 0 bytes (the memory of an empty array) is valid: memfds and mappings
+    /// cannot be empty, so its segment has the smallest size, while [`Registry::adopt`]
+    /// records (and clients see) size 0.
     pub fn obtain(
         &mut self,
         conn: ConnectionId,
@@ -299,10 +358,26 @@ impl Registry {
         writable: bool,
         hugetlb: bool,
     ) -> Result<Obtained, RequestError> {
-        if size == 0 {
-            return Err(RequestError::ZeroSize);
-        }
-        if let Some(pooled) = self.take_pooled(size, conn, writable, hugetlb) {
+        self.obtain_as(conn, size, writable, hugetlb, Recycle::Allowed)
+    }
+
+    /// [`Registry::obtain`] for a FastIO entry: never a pooled segment.
+    pub fn obtain_fresh(&mut self, size: usize, hugetlb: bool) -> Result<Obtained, RequestError> {
+        self.obtain_as(ConnectionId(0), size, true, hugetlb, Recycle::Never)
+    }
+
+    fn obtain_as(
+        &mut self,
+        conn: ConnectionId,
+        size: usize,
+        writable: bool,
+        hugetlb: bool,
+        recycle: Recycle,
+    ) -> Result<Obtained, RequestError> {
+        let size = size.max(MIN_SEGMENT_BYTES);
+        if recycle == Recycle::Allowed
+            && let Some(pooled) = self.take_pooled(size, conn, writable, hugetlb)
+        {
             return Ok(Obtained::Pooled(Box::new(pooled)));
         }
         self.admit(size as u64)?;
@@ -382,6 +457,7 @@ impl Registry {
                 pins: 0,
                 handles: 0,
                 writer: None,
+                sealed: false,
             },
         );
         Ok(Grant {
@@ -399,9 +475,10 @@ impl Registry {
         self.add_handle(conn, id, true);
     }
 
-    /// A new resource held by nobody (its caller pins it at once), made under the lock.
+    /// A new entry resource held by nobody (its caller pins it at once), made under the
+    /// lock; never a pooled segment.
     fn new_resource(&mut self, size: usize) -> Result<Grant, RequestError> {
-        let obtained = self.obtain(ConnectionId(0), size, true, false)?;
+        let obtained = self.obtain_fresh(size, false)?;
         let made = match &obtained {
             Obtained::Make(reservation) => Some(reservation.make()),
             Obtained::Pooled(_) => None,
@@ -409,7 +486,7 @@ impl Registry {
         self.adopt(obtained, made, size)
     }
 
-    /// Publishes a resource `conn` holds under `name`.
+    /// Publishes a resource `conn` holds under `name`; refused if the name is taken.
     pub fn publish(
         &mut self,
         conn: ConnectionId,
@@ -418,14 +495,30 @@ impl Registry {
         typed: Option<TypedShape>,
         event: Option<EventHandle>,
     ) -> Result<(), RequestError> {
-        validate_name(name).map_err(|e| RequestError::InvalidName {
+        self.publish_as(conn, id, name, typed, event, false)
+    }
+
+    /// [`Registry::publish`]; with `replace`, a publication or freed name that has `name`
+    /// is replaced (its resource loses that pin) instead of refusing.
+    pub fn publish_as(
+        &mut self,
+        conn: ConnectionId,
+        id: ResourceId,
+        name: &str,
+        typed: Option<TypedShape>,
+        event: Option<EventHandle>,
+        replace: bool,
+    ) -> Result<(), RequestError> {
+        validate_publication_name(name).map_err(|e| RequestError::InvalidName {
             message: e.to_string(),
         })?;
-        self.check_held(conn, id)?;
+        let held = self.check_held(conn, id)?;
         let resource = &self.resources[&id];
         if resource.deleted {
             return Err(RequestError::Deleted { id: id.0 });
         }
+        // Without write access the publication cannot grant it to others either.
+        let read_only = !held.writable || resource.sealed;
         if let Some(t) = &typed {
             let need = t.byte_size();
             if need > resource.size {
@@ -436,24 +529,57 @@ impl Registry {
             }
         }
         match self.names.get(name) {
-            Some(NameState::Live { .. }) => {
+            Some(NameState::Live { .. }) if !replace => {
                 return Err(RequestError::AlreadyPublished {
                     name: name.to_owned(),
                 });
             }
-            Some(NameState::Freed) => {
+            Some(NameState::Freed) if !replace => {
                 return Err(RequestError::NameFreed {
                     name: name.to_owned(),
                 });
             }
-            None => {}
+            _ => {}
         }
-        self.names
-            .insert(name.to_owned(), NameState::Live { id, typed, event });
         if let Some(resource) = self.resources.get_mut(&id) {
             resource.pins += 1;
         }
+        let replaced = self.names.insert(
+            name.to_owned(),
+            NameState::Live {
+                id,
+                typed,
+                event,
+                read_only,
+            },
+        );
+        self.unpin(replaced);
         Ok(())
+    }
+
+    /// Withdraws `name`, live or freed, so that it can be published again. Handles got
+    /// through it stay valid.
+    pub fn unpublish(&mut self, name: &str) -> Result<(), RequestError> {
+        match self.names.remove(name) {
+            None => Err(RequestError::UnknownName {
+                name: name.to_owned(),
+            }),
+            state => {
+                self.unpin(state);
+                Ok(())
+            }
+        }
+    }
+
+    /// A name stopped pointing at a live publication's resource: the resource loses that
+    /// pin, and dies if nothing else keeps it.
+    fn unpin(&mut self, state: Option<NameState>) {
+        if let Some(NameState::Live { id, .. }) = state {
+            if let Some(resource) = self.resources.get_mut(&id) {
+                resource.pins -= 1;
+            }
+            self.reclaim_if_dead(id);
+        }
     }
 
     /// A new handle to the resource published as `name`.
@@ -464,7 +590,16 @@ impl Registry {
         access: AccessMode,
     ) -> Result<Grant, RequestError> {
         let (id, typed, event) = match self.names.get(name) {
-            Some(NameState::Live { id, typed, event }) => (*id, typed.clone(), *event),
+            Some(NameState::Live {
+                read_only: true, ..
+            }) if access == AccessMode::ReadWrite => {
+                return Err(RequestError::ReadOnlyPublication {
+                    name: name.to_owned(),
+                });
+            }
+            Some(NameState::Live {
+                id, typed, event, ..
+            }) => (*id, typed.clone(), *event),
             Some(NameState::Freed) => {
                 return Err(RequestError::NameFreed {
                     name: name.to_owned(),
@@ -490,6 +625,9 @@ impl Registry {
         typed: Option<TypedShape>,
     ) -> Result<Grant, RequestError> {
         let resource = &self.resources[&id];
+        if access == AccessMode::ReadWrite && resource.sealed {
+            return Err(RequestError::Sealed { id: id.0 });
+        }
         let segment = match access {
             AccessMode::ReadOnly => resource.segment.read_only(),
             AccessMode::ReadWrite => resource.segment.try_clone(),
@@ -560,7 +698,93 @@ impl Registry {
                     .map_err(RequestError::from_segment)?;
                     mapping.zero().map_err(RequestError::from_segment)?;
                 }
+                if plan.producer.is_none() {
+                    // Nothing in this job writes it: it stays zero for every reader.
+                    self.seal_resource(id)?;
+                }
             }
+        }
+        Ok(())
+    }
+
+    /// Gives entry `entry` memory of shape `dims` holding `bytes` (C order), before any
+    /// operator runs: how a job of one operator gets its inputs from files. Fixed
+    /// dimensions must be the declared ones.
+    pub fn fill_entry(
+        &mut self,
+        entry: EntryId,
+        dims: &[usize],
+        bytes: &[u8],
+    ) -> Result<(), RequestError> {
+        let index = entry.0 as usize;
+        let slot = self.entry_slot(entry)?;
+        let mismatch = dims.len() != slot.plan.declared.len()
+            || dims
+                .iter()
+                .zip(&slot.plan.declared)
+                .any(|(&d, &declared)| declared > 0 && d as i64 != declared);
+        if mismatch {
+            return Err(RequestError::EntryShape {
+                message: format!(
+                    "{} is declared {:?} (-1 or 0: any), the data has shape {dims:?}",
+                    slot.plan.name, slot.plan.declared
+                ),
+            });
+        }
+        // Fresh memory: what define_entries gave an entry nobody in the job writes is
+        // already sealed against writes.
+        let sealed_after = slot.plan.producer.is_none();
+        let id = self.bind_entry(index, dims, None)?.0;
+        let resource = &self.resources[&id];
+        if bytes.len() != resource.size {
+            return Err(RequestError::EntryShape {
+                message: format!(
+                    "{} needs {} bytes for shape {dims:?}, the data has {}",
+                    self.entries[index].plan.name,
+                    resource.size,
+                    bytes.len()
+                ),
+            });
+        }
+        let mapping = fastio_shm::Mapping::new(
+            &resource.segment,
+            fastio_shm::Access::ReadWrite,
+            fastio_shm::Prefault::Lazy,
+        )
+        .map_err(RequestError::from_segment)?;
+        mapping
+            .write_at(0, bytes)
+            .map_err(RequestError::from_segment)?;
+        drop(mapping);
+        if sealed_after {
+            self.seal_resource(id)?;
+        }
+        Ok(())
+    }
+
+    /// Seals the memory of `entries` against writes, for good: their producer has
+    /// finished execute, and from now on no descriptor in any process can write it, map it
+    /// writable or punch holes in it. Entries without memory are skipped.
+    pub fn seal_entries(&mut self, entries: &[EntryId]) -> Result<(), RequestError> {
+        for entry in entries {
+            let bound = self
+                .entries
+                .get(entry.0 as usize)
+                .and_then(|slot| slot.bound.as_ref().map(|(id, _)| *id));
+            if let Some(id) = bound {
+                self.seal_resource(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn seal_resource(&mut self, id: ResourceId) -> Result<(), RequestError> {
+        if let Some(resource) = self.resources.get_mut(&id) {
+            resource
+                .segment
+                .seal_writes()
+                .map_err(RequestError::from_segment)?;
+            resource.sealed = true;
         }
         Ok(())
     }
@@ -671,11 +895,11 @@ impl Registry {
             && dims
                 .iter()
                 .zip(&plan.declared)
-                .all(|(&d, &declared)| d > 0 && (declared <= 0 || d as i64 == declared));
+                .all(|(&d, &declared)| declared <= 0 || d as i64 == declared);
         if !fits {
             return Err(RequestError::EntryShape {
                 message: format!(
-                    "dimensions {dims:?} do not fit FastIO entry {:?} declared as {:?}: every dimension must be positive and equal the declaration where it is not dynamic",
+                    "dimensions {dims:?} do not fit FastIO entry {:?} declared as {:?}: every dimension must equal the declaration where it is not dynamic",
                     plan.name, plan.declared
                 ),
             });
@@ -736,8 +960,8 @@ impl Registry {
             .get_mut(&conn)
             .and_then(|m| m.get_mut(&id))
             .expect("checked above");
-        *held -= 1;
-        if *held == 0 {
+        held.count -= 1;
+        if held.count == 0 {
             self.connections.get_mut(&conn).map(|m| m.remove(&id));
             // Its last handle gone, the connection cannot be writing any more.
             if let Some(resource) = self.resources.get_mut(&id) {
@@ -758,8 +982,13 @@ impl Registry {
         conn: ConnectionId,
         id: ResourceId,
     ) -> Result<(), RequestError> {
-        self.check_held(conn, id)?;
+        if !self.check_held(conn, id)?.writable {
+            return Err(RequestError::ReadOnlyHandle { id: id.0 });
+        }
         let resource = self.resources.get_mut(&id).expect("held resources exist");
+        if resource.sealed {
+            return Err(RequestError::Sealed { id: id.0 });
+        }
         match &mut resource.writer {
             Some((w, count)) if *w == conn => *count += 1,
             Some(_) => return Err(RequestError::WriterBusy { id: id.0 }),
@@ -814,6 +1043,46 @@ impl Registry {
             }
         }
         self.release(conn, id)
+    }
+
+    /// What a listing shows of the registry ([`crate::Context::inspect`]).
+    pub(crate) fn snapshot(&self) -> crate::listing::RegistrySnapshot {
+        let entries = self
+            .entries
+            .iter()
+            .map(|e| {
+                e.bound
+                    .as_ref()
+                    .map(|(id, typed)| (*id, typed.shape.dims().to_vec(), typed.byte_size()))
+            })
+            .collect();
+        let publications = self
+            .names
+            .iter()
+            .filter_map(|(name, state)| match state {
+                NameState::Live { id, typed, .. } => Some((
+                    name.clone(),
+                    *id,
+                    typed
+                        .as_ref()
+                        .map(|t| (t.element_type, t.shape.dims().to_vec())),
+                    self.resources.get(id).map_or(0, |r| r.size),
+                )),
+                NameState::Freed => None,
+            })
+            .collect();
+        let handles = self
+            .connections
+            .iter()
+            .flat_map(|(conn, held)| held.iter().map(|(id, h)| (*conn, *id, h.count)))
+            .collect();
+        crate::listing::RegistrySnapshot {
+            stats: self.stats(),
+            entries,
+            publications,
+            sizes: self.resources.iter().map(|(id, r)| (*id, r.size)).collect(),
+            handles,
+        }
     }
 
     /// The registry's accounting.
@@ -874,28 +1143,30 @@ impl Registry {
         {
             resource.mapped_by.push((conn, writable));
         }
-        *self
+        let held = self
             .connections
             .entry(conn)
             .or_default()
             .entry(id)
-            .or_insert(0) += 1;
+            .or_default();
+        held.count += 1;
+        held.writable |= writable;
         if let Some(resource) = self.resources.get_mut(&id) {
             resource.handles += 1;
         }
     }
 
-    fn check_held(&self, conn: ConnectionId, id: ResourceId) -> Result<(), RequestError> {
+    fn check_held(&self, conn: ConnectionId, id: ResourceId) -> Result<Held, RequestError> {
         let held = self
             .connections
             .get(&conn)
             .and_then(|m| m.get(&id))
             .copied()
-            .unwrap_or(0);
-        if held == 0 {
+            .unwrap_or_default();
+        if held.count == 0 {
             return Err(RequestError::NotHeld { id: id.0 });
         }
-        Ok(())
+        Ok(held)
     }
 
     fn reclaim_if_dead(&mut self, id: ResourceId) {
@@ -908,7 +1179,13 @@ impl Registry {
         }
         let resource = self.resources.remove(&id).expect("checked above");
         let len = resource.segment.len() as u64;
-        if len > self.pool_limit || self.pool_segments == 0 {
+        // A write-sealed segment can never be written again (any writable descriptor may
+        // have sealed it): it is closed, never pooled.
+        if len > self.pool_limit
+            || self.pool_segments == 0
+            || resource.sealed
+            || resource.segment.is_write_sealed()
+        {
             self.dead.push(resource.segment);
             return;
         }
@@ -1314,24 +1591,159 @@ mod entry_tests {
     }
 
     #[test]
-    fn reallocating_an_entry_drops_the_old_memorys_event_and_leaves_zeroing_to_the_producer() {
+    fn reallocating_an_entry_drops_the_old_memorys_event_and_never_takes_pooled_memory() {
         let mut r = Registry::new(1 << 20);
         r.define_entries(&[dynamic_entry()]).unwrap();
         let c = r.connect();
+        // A pooled segment that a former holder may still map writable.
+        let private = r.create(c, 4096).unwrap();
+        r.release(c, private.id).unwrap();
+        assert_eq!(r.stats().pooled_segments, 1);
         let first = r.allocate_entry(c, EntryId(0), &[1024]).unwrap();
+        assert!(!first.recycled, "entry memory is always fresh");
+        assert_eq!(r.stats().pooled_segments, 1);
+        r.set_entry_event(EntryId(0), EventHandle([1; 64])).unwrap();
         r.release(c, first.id).unwrap();
-        // Replaced, the first memory goes to the pool.
         let second = r.allocate_entry(c, EntryId(0), &[1024]).unwrap();
         assert!(!second.recycled);
-        r.set_entry_event(EntryId(0), EventHandle([1; 64])).unwrap();
-        r.release(c, second.id).unwrap();
-        // The first segment comes back from the pool, not yet zeroed.
-        let third = r.allocate_entry(c, EntryId(0), &[1024]).unwrap();
-        assert!(third.recycled, "the producer is told to zero it");
         let reader = r.connect();
         let opened = r
             .open_entry(reader, EntryId(0), AccessMode::ReadOnly)
             .unwrap();
         assert_eq!(opened.event, None, "the event belonged to the old memory");
+    }
+}
+
+#[cfg(test)]
+mod read_only_tests {
+    use super::*;
+    use fastio_meta::ElementType;
+    use std::os::fd::AsRawFd;
+
+    fn entry(producer: Option<usize>) -> EntryPlan {
+        EntryPlan {
+            name: "volume".into(),
+            producer,
+            element_type: ElementType::U8,
+            declared: vec![4096],
+        }
+    }
+
+    #[test]
+    fn a_read_only_handle_publishes_a_read_only_publication() {
+        let mut r = Registry::new(0);
+        r.define_entries(&[entry(Some(0))]).unwrap();
+        let (producer, reader, other) = (r.connect(), r.connect(), r.connect());
+        r.open_entry(producer, EntryId(0), AccessMode::ReadWrite)
+            .unwrap();
+        let input = r
+            .open_entry(reader, EntryId(0), AccessMode::ReadOnly)
+            .unwrap();
+        r.publish(reader, input.id, "alias", None, None).unwrap();
+        assert_eq!(
+            r.get(other, "alias", AccessMode::ReadWrite).unwrap_err(),
+            RequestError::ReadOnlyPublication {
+                name: "alias".into()
+            }
+        );
+        let got = r.get(other, "alias", AccessMode::ReadOnly).unwrap();
+        assert!(!got.segment.is_writable());
+        // Nor does a second publication by a read-only holder of the alias grant more.
+        r.publish(other, got.id, "alias2", None, None).unwrap();
+        assert!(r.get(other, "alias2", AccessMode::ReadWrite).is_err());
+    }
+
+    #[test]
+    fn the_writer_lock_needs_write_access() {
+        let mut r = Registry::new(0);
+        let (a, b) = (r.connect(), r.connect());
+        let g = r.create(a, 64).unwrap();
+        r.publish(a, g.id, "w", None, None).unwrap();
+        r.get(b, "w", AccessMode::ReadOnly).unwrap();
+        assert_eq!(
+            r.acquire_write(b, g.id),
+            Err(RequestError::ReadOnlyHandle { id: g.id.0 })
+        );
+        r.acquire_write(a, g.id).unwrap();
+    }
+
+    #[test]
+    fn a_sealed_entry_refuses_every_write_path_and_is_never_pooled() {
+        let mut r = Registry::new(1 << 20);
+        r.define_entries(&[entry(Some(0))]).unwrap();
+        let (producer, reader) = (r.connect(), r.connect());
+        let out = r
+            .open_entry(producer, EntryId(0), AccessMode::ReadWrite)
+            .unwrap();
+        r.publish(producer, out.id, "published-output", None, None)
+            .unwrap();
+        r.seal_entries(&[EntryId(0)]).unwrap();
+        assert_eq!(
+            r.open_entry(producer, EntryId(0), AccessMode::ReadWrite)
+                .unwrap_err(),
+            RequestError::Sealed { id: out.id.0 }
+        );
+        assert_eq!(
+            r.get(reader, "published-output", AccessMode::ReadWrite)
+                .unwrap_err(),
+            RequestError::Sealed { id: out.id.0 }
+        );
+        assert_eq!(
+            r.acquire_write(producer, out.id),
+            Err(RequestError::Sealed { id: out.id.0 })
+        );
+        // Descriptor tricks on a reader's descriptor: reopened for writing (as root, whom
+        // the inode's mode does not stop), it still cannot write, punch or map writable.
+        let input = r
+            .open_entry(reader, EntryId(0), AccessMode::ReadOnly)
+            .unwrap();
+        let path = format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsFd::as_fd(&input.segment).as_raw_fd()
+        );
+        if let Ok(fd) = rustix::fs::open(
+            path.as_str(),
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        ) {
+            assert_eq!(
+                rustix::io::pwrite(&fd, b"x", 0),
+                Err(rustix::io::Errno::PERM)
+            );
+            assert_eq!(
+                rustix::fs::fallocate(
+                    &fd,
+                    rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+                    0,
+                    4096
+                ),
+                Err(rustix::io::Errno::PERM)
+            );
+            let segment = Segment::from_fd(fd).unwrap();
+            assert!(
+                fastio_shm::Mapping::new(
+                    &segment,
+                    fastio_shm::Access::ReadWrite,
+                    fastio_shm::Prefault::Lazy
+                )
+                .is_err()
+            );
+        }
+        // A segment a client sealed itself is closed when it dies, not pooled.
+        let private = r.create(reader, 4096).unwrap();
+        private.segment.seal_writes().unwrap();
+        r.release(reader, private.id).unwrap();
+        assert_eq!(r.stats().pooled_segments, 0);
+    }
+
+    #[test]
+    fn an_entry_nobody_produces_is_sealed_from_the_start() {
+        let mut r = Registry::new(0);
+        r.define_entries(&[entry(None)]).unwrap();
+        let c = r.connect();
+        assert!(matches!(
+            r.open_entry(c, EntryId(0), AccessMode::ReadWrite),
+            Err(RequestError::Sealed { .. })
+        ));
     }
 }

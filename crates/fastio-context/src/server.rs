@@ -6,17 +6,23 @@
 //! pipeline driver connects its operators). Each connection is served by its own thread;
 //! when a connection closes, for any reason including SIGKILL of the client, the
 //! connection's handles are dropped.
+//!
+//! The server degrades, it does not die: a failed `accept` (out of descriptors, out of
+//! memory) is logged and retried after a growing pause, and the server keeps serving the
+//! connections it has; only dropping the [`Server`] ends the accept loop.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
+use std::time::Duration;
 
 use fastio_shm::TransferError;
 use fastio_shm::transfer::{recv_message, send_message, seqpacket_pair};
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
 use crate::job::Job;
-use crate::protocol::{Request, Response, Stats};
+use crate::protocol::{PROTOCOL_VERSION, Request, Response, Stats};
 use crate::registry::{DEFAULT_POOL_BYTES, DEFAULT_POOL_SEGMENTS, Registry};
 use crate::transport::{Peer, Shared, dispatch};
 use crate::{Context, ContextError, RequestError};
@@ -81,6 +87,7 @@ pub struct Server {
     shared: Arc<Shared>,
     address: String,
     listener: Arc<OwnedFd>,
+    stopped: Arc<AtomicBool>,
 }
 
 impl Server {
@@ -95,6 +102,21 @@ impl Server {
     pub fn start_job(config: ServerConfig, job: Arc<Job>) -> Result<Self, ContextError> {
         let mut registry = config.registry();
         registry.define_entries(&job.plan().entries)?;
+        Self::listen(Shared::new(registry, Some(job)))
+    }
+
+    /// [`Server::start_job`] with some entries filled before any operator starts, each
+    /// `(entry, dims, bytes)`: the inputs of an operator run alone (`fastio run-op`).
+    pub fn start_job_with_inputs(
+        config: ServerConfig,
+        job: Arc<Job>,
+        inputs: &[(crate::job::EntryId, Vec<usize>, Vec<u8>)],
+    ) -> Result<Self, ContextError> {
+        let mut registry = config.registry();
+        registry.define_entries(&job.plan().entries)?;
+        for (entry, dims, bytes) in inputs {
+            registry.fill_entry(*entry, dims, bytes)?;
+        }
         Self::listen(Shared::new(registry, Some(job)))
     }
 
@@ -118,14 +140,16 @@ impl Server {
         rustix::net::bind(&listener, &addr).map_err(|e| io("bind", e))?;
         rustix::net::listen(&listener, 128).map_err(|e| io("listen", e))?;
         let listener = Arc::new(listener);
+        let stopped = Arc::new(AtomicBool::new(false));
         let server = Self {
             shared: shared.clone(),
             address,
             listener: listener.clone(),
+            stopped: stopped.clone(),
         };
         thread::Builder::new()
             .name("fastio-accept".into())
-            .spawn(move || accept_loop(&listener, &shared))
+            .spawn(move || accept_loop(&listener, &shared, &stopped))
             .map_err(|e| ContextError::Connect {
                 address: server.address.clone(),
                 reason: format!("cannot start the accept thread: {e}"),
@@ -171,6 +195,18 @@ impl Server {
         Ok(theirs)
     }
 
+    /// A connection to this server without a socket: [`Session::handle`] takes each
+    /// message as the server receives it and answers what the server would send. The
+    /// protocol's fuzz tests drive the server's decoder and registry through it.
+    pub fn session(&self) -> Session {
+        Session::new(self.shared.clone(), None)
+    }
+
+    /// As [`Server::session`], acting as stage `stage` of the job.
+    pub fn operator_session(&self, stage: usize) -> Session {
+        Session::new(self.shared.clone(), Some(stage))
+    }
+
     /// The context's accounting.
     pub fn stats(&self) -> Stats {
         self.shared.registry().stats()
@@ -196,7 +232,9 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        // Wakes the accept thread, whose accept then fails and ends the loop.
+        // Wakes the accept thread, whose accept then fails and, seeing the flag, ends the
+        // loop.
+        self.stopped.store(true, Ordering::SeqCst);
         let _ = rustix::net::shutdown(&*self.listener, rustix::net::Shutdown::Both);
     }
 }
@@ -213,17 +251,39 @@ fn random_name() -> Result<String, ContextError> {
     Ok(format!("fastio-{}-{hex}", std::process::id()))
 }
 
-fn accept_loop(listener: &OwnedFd, shared: &Arc<Shared>) {
+/// Longest pause between two accepts after errors.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+fn accept_loop(listener: &OwnedFd, shared: &Arc<Shared>, stopped: &AtomicBool) {
     let me = rustix::process::getuid();
+    let mut backoff = Duration::ZERO;
     loop {
         let socket = match rustix::net::accept_with(listener, SocketFlags::CLOEXEC) {
             Ok(socket) => socket,
-            Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED) => continue,
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::CONNABORTED)
+                if !stopped.load(Ordering::SeqCst) =>
+            {
+                continue;
+            }
             Err(e) => {
-                tracing::debug!("context server stops accepting: {e}");
-                return;
+                if stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                // Out of descriptors or memory, most likely: the pending client stays in
+                // the backlog and is accepted once the pressure passes.
+                backoff = (backoff * 2).clamp(Duration::from_millis(5), MAX_ACCEPT_BACKOFF);
+                if backoff < MAX_ACCEPT_BACKOFF {
+                    tracing::warn!(
+                        "the context server cannot accept a client ({e}); retrying in {backoff:?}"
+                    );
+                } else {
+                    tracing::debug!("accept still fails: {e}");
+                }
+                thread::sleep(backoff);
+                continue;
             }
         };
+        backoff = Duration::ZERO;
         match rustix::net::sockopt::socket_peercred(&socket) {
             Ok(cred) if cred.uid == me => spawn_connection(socket, shared.clone(), None),
             Ok(cred) => tracing::warn!(
@@ -240,51 +300,93 @@ fn accept_loop(listener: &OwnedFd, shared: &Arc<Shared>) {
 fn spawn_connection(socket: OwnedFd, shared: Arc<Shared>, stage: Option<usize>) {
     let spawned = thread::Builder::new()
         .name("fastio-conn".into())
-        .spawn(move || serve_connection(socket, &shared, stage));
+        .spawn(move || serve_connection(socket, shared, stage));
     if let Err(e) = spawned {
         tracing::error!("cannot start a connection thread: {e}");
     }
 }
 
-/// Serves one connection until it closes, then drops its handles.
-fn serve_connection(socket: OwnedFd, shared: &Shared, stage: Option<usize>) {
-    let peer = Peer {
-        conn: shared.registry().connect(),
-        stage,
-    };
-    let conn = peer.conn;
+/// Serves one connection until it closes; its session then drops its handles.
+fn serve_connection(socket: OwnedFd, shared: Arc<Shared>, stage: Option<usize>) {
+    let mut session = Session::new(shared, stage);
     loop {
         let received = match recv_message(socket.as_fd()) {
             Ok(received) => received,
             Err(TransferError::Disconnected) => break,
             Err(e) => {
-                tracing::debug!("connection {conn:?} ends: {e}");
+                tracing::debug!("connection {:?} ends: {e}", session.peer.conn);
                 break;
             }
         };
         // Descriptors from a client are never expected; they are closed here.
         drop(received.fds);
-        let (response, segment) = match serde_json::from_slice::<Request>(&received.body) {
-            Ok(request) => dispatch(shared, peer, request),
-            Err(e) => (
-                Response::Refused(RequestError::BadRequest {
-                    message: e.to_string(),
-                }),
-                None,
-            ),
-        };
-        let body = match serde_json::to_vec(&response) {
-            Ok(body) => body,
-            Err(e) => {
-                tracing::error!("cannot encode a response: {e}");
-                break;
-            }
-        };
+        let (body, segment) = session.handle(&received.body);
         let fds: Vec<_> = segment.iter().map(AsFd::as_fd).collect();
         if send_message(socket.as_fd(), &body, &fds).is_err() {
             break;
         }
     }
-    shared.registry().disconnect(conn);
-    shared.bury_dead();
+}
+
+/// One client's conversation with the server: decodes each message, refuses everything
+/// before `Hello`, dispatches to the registry and encodes the answer. Dropping it drops
+/// every handle the client held, as a closed connection does.
+pub struct Session {
+    shared: Arc<Shared>,
+    peer: Peer,
+    greeted: bool,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("peer", &self.peer)
+            .field("greeted", &self.greeted)
+            .finish()
+    }
+}
+
+impl Session {
+    fn new(shared: Arc<Shared>, stage: Option<usize>) -> Self {
+        let peer = shared.connect(stage);
+        Self {
+            shared,
+            peer,
+            greeted: false,
+        }
+    }
+
+    /// Answers one message: the response's body, and the descriptor that goes with it.
+    pub fn handle(&mut self, body: &[u8]) -> (Vec<u8>, Option<fastio_shm::Segment>) {
+        let refuse = |message: String| {
+            (
+                Response::Refused(RequestError::BadRequest { message }),
+                None,
+            )
+        };
+        let (response, segment) = match serde_json::from_slice::<Request>(body) {
+            Ok(request @ Request::Hello { .. }) => {
+                let answer = dispatch(&self.shared, self.peer, request);
+                self.greeted |= matches!(answer.0, Response::Welcome { .. });
+                answer
+            }
+            Ok(_) if !self.greeted => refuse(format!(
+                "the first request on a connection must be hello (protocol version {PROTOCOL_VERSION})"
+            )),
+            Ok(request) => dispatch(&self.shared, self.peer, request),
+            Err(e) => refuse(e.to_string()),
+        };
+        // Responses are plain data, so encoding cannot fail; were it to, the empty body
+        // reaches the client as an unreadable response rather than a hang.
+        let body = serde_json::to_vec(&response).unwrap_or_default();
+        (body, segment)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.shared.disconnect(self.peer.conn);
+        // Memory that died with the connection is released outside the registry's lock.
+        self.shared.bury_dead();
+    }
 }

@@ -1,7 +1,7 @@
 //! The crate's only `unsafe` code: typed views over mapped memory, and adopting an
 //! inherited descriptor.
 
-use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 
 use fastio_meta::Element;
 use ndarray::{ArrayViewD, ArrayViewMutD, IxDyn};
@@ -25,19 +25,42 @@ pub(crate) unsafe fn view_mut<'a, T: Element>(ptr: *mut T, dims: &[usize]) -> Ar
     unsafe { ArrayViewMutD::from_shape_ptr(IxDyn(dims), ptr) }
 }
 
-/// Takes ownership of descriptor `fd`, inherited from the parent process for this
-/// purpose, after checking that it is open; marks it close-on-exec so that it goes no
-/// further down the process tree.
-pub(crate) fn adopt_inherited_fd(fd: i32) -> Result<OwnedFd, rustix::io::Errno> {
+/// Takes descriptor `fd`, inherited from the parent process as a context connection, after
+/// checking that it is an open `SOCK_SEQPACKET` socket. Nothing about it changes yet: if
+/// the connection then fails, [`give_back`] returns it untouched, still open.
+pub(crate) fn borrow_inherited_socket(fd: i32) -> Result<OwnedFd, String> {
     if fd < 0 {
-        return Err(rustix::io::Errno::BADF);
+        return Err(format!("{fd} is not a descriptor number"));
     }
-    // SAFETY: the borrow lasts only for these calls; fcntl on a number that names no open
-    // descriptor fails with EBADF and touches nothing.
+    // SAFETY: the borrow lasts only for these calls; fcntl and getsockopt on a number that
+    // names no open descriptor fail with EBADF and touch nothing.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    rustix::io::fcntl_getfd(borrowed)?;
-    rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::CLOEXEC)?;
-    // SAFETY: the descriptor is open (checked above), and the parent handed it down for
-    // the context connection alone: nothing else in this process owns it.
+    rustix::io::fcntl_getfd(borrowed).map_err(|e| format!("descriptor {fd}: {e}"))?;
+    match rustix::net::sockopt::socket_type(borrowed) {
+        Ok(rustix::net::SocketType::SEQPACKET) => {}
+        Ok(_) | Err(rustix::io::Errno::NOTSOCK) => {
+            return Err(format!(
+                "descriptor {fd} is not a context connection (a SOCK_SEQPACKET socket)"
+            ));
+        }
+        Err(e) => return Err(format!("descriptor {fd}: {e}")),
+    }
+    // SAFETY: the descriptor is open (checked above) and the parent handed it down for the
+    // context connection; until `give_back` or `keep_from_children` the caller only talks
+    // over it, and `give_back` releases it without closing it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Lets go of a descriptor taken by [`borrow_inherited_socket`] without closing it.
+pub(crate) fn give_back(fd: OwnedFd) {
+    let _ = fd.into_raw_fd();
+}
+
+/// Marks the adopted descriptor close-on-exec, so that it goes no further down the
+/// process tree.
+pub(crate) fn keep_from_children(fd: i32) -> Result<(), rustix::io::Errno> {
+    // SAFETY: the descriptor is owned by an adopted connection that lives as long as the
+    // process; the borrow lasts for this call.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::CLOEXEC)
 }

@@ -1,9 +1,12 @@
 //! How a [`crate::Context`] reaches its registry: directly in this process, or over a
 //! Unix socket to a context server.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use fastio_shm::Segment;
 use fastio_shm::transfer::{recv_message, send_message};
@@ -31,6 +34,8 @@ pub(crate) fn lock(registry: &Mutex<Registry>) -> MutexGuard<'_, Registry> {
 pub(crate) struct Shared {
     pub(crate) registry: Mutex<Registry>,
     pub(crate) job: Option<Arc<Job>>,
+    // The job stage each open connection runs (None: not an operator), for listings.
+    peers: Mutex<HashMap<ConnectionId, Option<usize>>>,
 }
 
 impl Shared {
@@ -38,11 +43,36 @@ impl Shared {
         Arc::new(Self {
             registry: Mutex::new(registry),
             job,
+            peers: Mutex::default(),
         })
     }
 
     pub(crate) fn registry(&self) -> MutexGuard<'_, Registry> {
         lock(&self.registry)
+    }
+
+    /// A new connection to the registry, for stage `stage` of the job or for no stage.
+    pub(crate) fn connect(&self, stage: Option<usize>) -> Peer {
+        let conn = self.registry().connect();
+        self.peers_lock().insert(conn, stage);
+        Peer { conn, stage }
+    }
+
+    /// A connection closed: its handles go.
+    pub(crate) fn disconnect(&self, conn: ConnectionId) {
+        self.registry().disconnect(conn);
+        self.peers_lock().remove(&conn);
+    }
+
+    fn peers_lock(&self) -> MutexGuard<'_, HashMap<ConnectionId, Option<usize>>> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What `fastio ls` shows. The registry's lock is released before the job's is taken.
+    pub(crate) fn listing(&self) -> crate::listing::Listing {
+        let snapshot = self.registry().snapshot();
+        let peers = self.peers_lock().clone();
+        crate::listing::compose(snapshot, self.job.as_deref(), &peers)
     }
 
     /// Frees the segments that left the registry for good, without its lock: their pages
@@ -62,20 +92,20 @@ impl Shared {
         size: usize,
         hugetlb: bool,
     ) -> Result<Grant, RequestError> {
-        let (mut registry, grant) = self.obtain_and_adopt(conn, size, hugetlb)?;
+        let obtained = self.registry().obtain(conn, size, true, hugetlb)?;
+        let (mut registry, grant) = self.adopt(obtained, size)?;
         registry.hold_new(conn, grant.id);
         Ok(grant)
     }
 
-    /// A new resource of `size` bytes, and the registry still locked after adopting it (so
-    /// that nothing happens to it before the caller holds or binds it).
-    fn obtain_and_adopt(
+    /// Makes the segment of `obtained` (outside the lock) and adopts it, returning the
+    /// registry still locked (so that nothing happens to the resource before the caller
+    /// holds or binds it).
+    fn adopt(
         &self,
-        conn: ConnectionId,
+        obtained: Obtained,
         size: usize,
-        hugetlb: bool,
     ) -> Result<(MutexGuard<'_, Registry>, Grant), RequestError> {
-        let obtained = self.registry().obtain(conn, size, true, hugetlb)?;
         let made = match &obtained {
             Obtained::Make(reservation) => Some(reservation.make()),
             Obtained::Pooled(_) => None,
@@ -93,7 +123,9 @@ impl Shared {
         dims: &[usize],
     ) -> Result<Grant, RequestError> {
         let size = self.registry().check_allocate_entry(entry, dims)?;
-        let (mut registry, memory) = self.obtain_and_adopt(conn, size, false)?;
+        // Entry memory is always fresh (see `Registry::obtain_fresh`).
+        let obtained = self.registry().obtain_fresh(size, false)?;
+        let (mut registry, memory) = self.adopt(obtained, size)?;
         registry.allocate_entry_with(conn, entry, dims, memory)
     }
 }
@@ -156,11 +188,18 @@ fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<Se
             name,
             typed,
             event,
-        } => done(shared.registry().publish(conn, id, &name, typed, event)),
+            replace,
+        } => done(
+            shared
+                .registry()
+                .publish_as(conn, id, &name, typed, event, replace),
+        ),
+        Request::Unpublish { name } => done(shared.registry().unpublish(&name)),
         Request::Get { name, access } => grant(shared.registry().get(conn, &name, access)),
         Request::Release { id } => done(shared.registry().release(conn, id)),
         Request::Free { id } => done(shared.registry().free(conn, id)),
         Request::Stats => (Response::Stats(shared.registry().stats()), None),
+        Request::Inspect => (Response::Listing(Box::new(shared.listing())), None),
         Request::AcquireWrite { id } => done(shared.registry().acquire_write(conn, id)),
         Request::ReleaseWrite { id } => done(shared.registry().release_write(conn, id)),
         Request::Join => match job_stage(shared, peer) {
@@ -173,8 +212,17 @@ fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<Se
         Request::AwaitInputs => done(job_stage(shared, peer).and_then(|(j, s)| j.await_inputs(s))),
         Request::Finished { phase, failure } => match job_stage(shared, peer) {
             Ok((job, stage)) => {
+                let mut failure = failure;
                 let reclaimed = if phase == Phase::Execute {
-                    shared.registry().reclaim(conn)
+                    let mut registry = shared.registry();
+                    // Sealed before anyone is told: readers only ever map final memory.
+                    let outputs = &job.plan().stages[stage].fastio_outputs;
+                    if let Err(e) = registry.seal_entries(outputs) {
+                        failure.get_or_insert(format!(
+                            "its outputs could not be sealed read-only: {e}"
+                        ));
+                    }
+                    registry.reclaim(conn)
                 } else {
                     Vec::new()
                 };
@@ -210,7 +258,10 @@ fn job_stage(shared: &Shared, peer: Peer) -> Result<(&Job, usize), RequestError>
     }
 }
 
-/// Whether `peer` may have `access` to `entry`: read-write only for its producer.
+/// Whether `peer` may have `access` to `entry`: read-write only for its producer, and
+/// only until its execute has finished; read-only for its readers, once the producer's
+/// execute has finished (when the memory is sealed), so that no reader ever holds a
+/// descriptor of memory that is still writable.
 fn entry_access(
     shared: &Shared,
     peer: Peer,
@@ -219,12 +270,24 @@ fn entry_access(
 ) -> Result<(), RequestError> {
     let (job, stage) = job_stage(shared, peer)?;
     let plan = job.plan();
-    let name = &plan
+    let entry_plan = plan
         .entries
         .get(entry.0 as usize)
-        .ok_or(RequestError::UnknownEntry { id: entry.0 })?
-        .name;
+        .ok_or(RequestError::UnknownEntry { id: entry.0 })?;
+    let name = &entry_plan.name;
     match (plan.access(stage, entry), access) {
+        (Some(AccessMode::ReadWrite), AccessMode::ReadWrite) if job.has_executed(stage) => {
+            Err(RequestError::EntryAccess {
+                message: format!(
+                    "FastIO output {name:?} is final: this operator has finished execute"
+                ),
+            })
+        }
+        (Some(AccessMode::ReadOnly), _)
+            if entry_plan.producer.is_some_and(|p| !job.has_executed(p)) =>
+        {
+            Err(RequestError::InputNotReady { name: name.clone() })
+        }
         (Some(AccessMode::ReadWrite), _) | (Some(AccessMode::ReadOnly), AccessMode::ReadOnly) => {
             Ok(())
         }
@@ -239,18 +302,32 @@ fn entry_access(
     }
 }
 
+/// Fails with [`ContextError::Forked`] in any process but `owner`: after `fork()` the
+/// child has a copy of its parent's connection (or in-process registry), and using it
+/// would interleave two processes' requests on one conversation.
+fn check_owner(owner: u32) -> Result<(), ContextError> {
+    let me = std::process::id();
+    if me == owner {
+        Ok(())
+    } else {
+        Err(ContextError::Forked { owner, pid: me })
+    }
+}
+
 /// The in-process transport: a connection to a registry in this process.
 pub(crate) struct LocalTransport {
     shared: Arc<Shared>,
     peer: Peer,
+    owner: u32,
 }
 
 impl LocalTransport {
     pub(crate) fn new(shared: Arc<Shared>, stage: Option<usize>) -> Self {
-        let conn = shared.registry().connect();
+        let peer = shared.connect(stage);
         Self {
             shared,
-            peer: Peer { conn, stage },
+            peer,
+            owner: std::process::id(),
         }
     }
 }
@@ -263,20 +340,46 @@ impl fmt::Debug for LocalTransport {
 
 impl Transport for LocalTransport {
     fn call(&self, request: &Request) -> Result<(Response, Option<Segment>), ContextError> {
+        check_owner(self.owner)?;
         Ok(dispatch(&self.shared, self.peer, request.clone()))
     }
 }
 
 impl Drop for LocalTransport {
     fn drop(&mut self) {
-        self.shared.registry().disconnect(self.peer.conn);
+        self.shared.disconnect(self.peer.conn);
         self.shared.bury_dead();
     }
 }
 
+/// How long a client waits for the answer to a request, unless `FASTIO_REQUEST_TIMEOUT_S`
+/// says otherwise. Generous: a create of many gigabytes reserves its memory first.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The environment variable that sets the request timeout, in seconds.
+pub const REQUEST_TIMEOUT_ENV: &str = "FASTIO_REQUEST_TIMEOUT_S";
+
+fn request_timeout() -> Duration {
+    std::env::var(REQUEST_TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .map_or(DEFAULT_REQUEST_TIMEOUT, |s| {
+            Duration::from_secs_f64(s.min(1e9))
+        })
+}
+
 /// A connection to a context server over a `SOCK_SEQPACKET` socket.
+///
+/// Every request but `AwaitInputs` is answered within the request timeout or fails with
+/// [`ContextError::Timeout`] (`AwaitInputs` waits for other operators; the job's time limit
+/// bounds it). After a timeout the conversation is out of step (the late answer may still
+/// come), so the connection refuses further requests.
 pub(crate) struct SocketTransport {
     socket: Mutex<OwnedFd>,
+    owner: u32,
+    timeout: Duration,
+    broken: AtomicBool,
 }
 
 impl fmt::Debug for SocketTransport {
@@ -286,30 +389,108 @@ impl fmt::Debug for SocketTransport {
 }
 
 impl SocketTransport {
-    /// Wraps a connected socket and says hello.
-    pub(crate) fn new(socket: OwnedFd) -> Result<Self, ContextError> {
-        let transport = Self {
+    /// Wraps a connected socket; nothing is sent yet.
+    pub(crate) fn wrap(socket: OwnedFd) -> Self {
+        Self::wrap_with_timeout(socket, request_timeout())
+    }
+
+    /// [`SocketTransport::wrap`] with its own request timeout.
+    pub(crate) fn wrap_with_timeout(socket: OwnedFd, timeout: Duration) -> Self {
+        // Sends, too, are bounded: a server that stops reading fills the socket's buffer.
+        let _ = rustix::net::sockopt::set_socket_timeout(
+            &socket,
+            rustix::net::sockopt::Timeout::Send,
+            Some(timeout),
+        );
+        Self {
             socket: Mutex::new(socket),
-        };
-        match transport.call(&Request::Hello {
+            owner: std::process::id(),
+            timeout,
+            broken: AtomicBool::new(false),
+        }
+    }
+
+    /// Says hello: the server answers with its version, or refuses ours.
+    pub(crate) fn hello(&self) -> Result<(), ContextError> {
+        match self.call(&Request::Hello {
             version: PROTOCOL_VERSION,
         })? {
-            (Response::Welcome { .. }, _) => Ok(transport),
+            (Response::Welcome { .. }, _) => Ok(()),
             (Response::Refused(e), _) => Err(e.into()),
             (other, _) => Err(ContextError::Protocol(format!(
                 "expected a welcome, got {other:?}"
             ))),
         }
     }
+
+    /// Wraps a connected socket and says hello.
+    pub(crate) fn new(socket: OwnedFd) -> Result<Self, ContextError> {
+        let transport = Self::wrap(socket);
+        transport.hello()?;
+        Ok(transport)
+    }
+
+    /// Gives the socket back (a connection that failed to start, over a descriptor this
+    /// process does not own).
+    pub(crate) fn into_socket(self) -> OwnedFd {
+        self.socket.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Fails with [`ContextError::Forked`] outside the process that made the connection.
+    pub(crate) fn check_owner(&self) -> Result<(), ContextError> {
+        check_owner(self.owner)
+    }
+
+    /// Waits until the socket has an answer, up to `deadline`.
+    fn wait_readable(socket: &OwnedFd, deadline: Instant) -> Result<bool, ContextError> {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            let timeout = Timespec::try_from(left).ok();
+            let mut fds = [PollFd::new(socket, PollFlags::IN)];
+            match poll(&mut fds, timeout.as_ref()) {
+                Ok(0) => continue,
+                Ok(_) => return Ok(true),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(ContextError::ServerGone(fastio_shm::TransferError::Os(e))),
+            }
+        }
+    }
 }
 
 impl Transport for SocketTransport {
     fn call(&self, request: &Request) -> Result<(Response, Option<Segment>), ContextError> {
+        check_owner(self.owner)?;
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(ContextError::OutOfStep);
+        }
         let body =
             serde_json::to_vec(request).map_err(|e| ContextError::Protocol(e.to_string()))?;
         // One exchange at a time per connection: the lock spans send and receive.
         let socket = self.socket.lock().unwrap_or_else(|p| p.into_inner());
-        send_message(socket.as_fd(), &body, &[]).map_err(ContextError::ServerGone)?;
+        let timed_out = |what: &str| {
+            self.broken.store(true, Ordering::SeqCst);
+            ContextError::Timeout {
+                request: what.to_owned(),
+                after: self.timeout,
+            }
+        };
+        let op = request_name(request);
+        match send_message(socket.as_fd(), &body, &[]) {
+            Ok(()) => {}
+            Err(fastio_shm::TransferError::Os(rustix::io::Errno::AGAIN)) => {
+                return Err(timed_out(op));
+            }
+            Err(e) => return Err(ContextError::ServerGone(e)),
+        }
+        if !matches!(request, Request::AwaitInputs)
+            && !Self::wait_readable(&socket, Instant::now() + self.timeout)?
+        {
+            return Err(timed_out(op));
+        }
         let received = recv_message(socket.as_fd()).map_err(ContextError::ServerGone)?;
         drop(socket);
         let response: Response = serde_json::from_slice(&received.body)
@@ -325,5 +506,28 @@ impl Transport for SocketTransport {
             (_, _) => None,
         };
         Ok((response, segment))
+    }
+}
+
+/// The request's name on the wire, for messages.
+fn request_name(request: &Request) -> &'static str {
+    match request {
+        Request::Hello { .. } => "hello",
+        Request::Create { .. } => "create",
+        Request::Publish { .. } => "publish",
+        Request::Unpublish { .. } => "unpublish",
+        Request::Get { .. } => "get",
+        Request::Release { .. } => "release",
+        Request::Free { .. } => "free",
+        Request::Stats => "stats",
+        Request::Inspect => "inspect",
+        Request::AcquireWrite { .. } => "acquire_write",
+        Request::ReleaseWrite { .. } => "release_write",
+        Request::Join => "join",
+        Request::AwaitInputs => "await_inputs",
+        Request::Finished { .. } => "finished",
+        Request::OpenEntry { .. } => "open_entry",
+        Request::SetEntryEvent { .. } => "set_entry_event",
+        Request::AllocateEntry { .. } => "allocate_entry",
     }
 }

@@ -24,7 +24,8 @@ use fastio_pipeline::Pipeline;
 ///    `FASTIO_STAGE` (the variable fastio's driver reads, in every program built with it,
 ///    Rust or C) or `nvidia_clara_cpd__` (Clara's C driver API, in the symbol table of a
 ///    program linked with `-lnvclara` or `-lfastio`); a Python script (`python3 op.py`, a
-///    `#!` script, the code of `python3 -c CODE`) imports `clara` or `fastio`;
+///    `#!` script, the code of `python3 -c CODE`) imports `clara` or `fastio`; `env` in
+///    front (`env A=1 python3 op.py`) is looked through;
 /// 4. otherwise it is a plain program: shell scripts among them, since a shell cannot
 ///    use the driver itself (one that `exec`s a driver program is started late, which is
 ///    safe; see below).
@@ -147,14 +148,26 @@ pub(crate) fn operator_kind(
     let Some(argv) = op.command() else {
         return (OperatorKind::Plain, KindReason::NoMention);
     };
-    let found;
-    let program = if program.components().count() == 1 {
+    let mut program = if program.components().count() == 1 {
         // A bare name: the operating system will look it up in PATH.
-        found = search_path(program).unwrap_or_else(|| program.to_owned());
-        found.as_path()
+        search_path(program).unwrap_or_else(|| program.to_owned())
     } else {
-        program
+        program.to_owned()
     };
+    let mut args = &argv[1..];
+    // `env [NAME=VALUE]... PROGRAM ARGS` runs PROGRAM: look at that one.
+    while program.file_name().is_some_and(|n| n == "env") {
+        let Some((next, rest)) = after_env(args) else {
+            break;
+        };
+        program = if next.contains('/') {
+            cwd.join(next)
+        } else {
+            search_path(Path::new(next)).unwrap_or_else(|| PathBuf::from(next))
+        };
+        args = rest;
+    }
+    let program = program.as_path();
     match seen.program(program) {
         None => {
             return (
@@ -175,10 +188,28 @@ pub(crate) fn operator_kind(
         }
         Some(None) => {}
     }
-    if let Some(reason) = interpreted_mention(&argv[1..], program, cwd, seen) {
+    if let Some(reason) = interpreted_mention(args, program, cwd, seen) {
         return (OperatorKind::Driver, reason);
     }
     (OperatorKind::Plain, KindReason::NoMention)
+}
+
+/// The program `env` runs and its arguments: after `env`'s options (`-i`, `-u NAME`,
+/// `-C DIR`) and `NAME=VALUE` settings. `None` when there is none (`env` alone prints the
+/// environment) or an option is not understood.
+fn after_env(args: &[String]) -> Option<(&str, &[String])> {
+    let mut i = 0;
+    while let Some(arg) = args.get(i) {
+        match arg.as_str() {
+            "-i" | "--ignore-environment" | "-0" | "--null" => i += 1,
+            "-u" | "--unset" | "-C" | "--chdir" => i += 2,
+            "--" => return args.get(i + 1).map(|p| (p.as_str(), &args[i + 2..])),
+            a if a.starts_with('-') => return None,
+            a if a.contains('=') => i += 1,
+            program => return Some((program, &args[i + 1..])),
+        }
+    }
+    None
 }
 
 /// The first file of that name in a `PATH` directory, as `execvp` finds it.
@@ -343,6 +374,16 @@ mod tests {
         ] {
             assert_eq!(script_marker(code.as_bytes()), None, "{code}");
         }
+    }
+
+    #[test]
+    fn env_runs_the_program_after_its_settings() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let line = args(&["-u", "HOME", "A=1", "python3", "op.py"]);
+        let (program, rest) = after_env(&line).unwrap();
+        assert_eq!((program, rest), ("python3", &line[4..]));
+        assert_eq!(after_env(&args(&["A=1"])), None);
+        assert_eq!(after_env(&args(&["--split-string", "x"])), None);
     }
 
     #[test]

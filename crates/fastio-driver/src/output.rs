@@ -190,3 +190,40 @@ fn emit(line: &mut Vec<u8>, stream: Stream, to: &Destinations, tail: Option<&(Ta
     }
     line.clear();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_without_end_comes_in_bounded_pieces_and_bad_bytes_lossily() {
+        let (read_end, write_end) = rustix::pipe::pipe().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let seen = lines.clone();
+        let to = Destinations {
+            operator: "op".into(),
+            log: None,
+            sink: Some(OutputSink::new(move |l| {
+                seen.lock().unwrap().push(l.text.to_owned())
+            })),
+        };
+        let reader = Reader::start(read_end, Stream::Stdout, to, None).unwrap();
+        let mut long = vec![b'x'; 2 * MAX_LINE + 100];
+        long.extend_from_slice(b"\nbad \xff end");
+        // The pipe holds less than this: the reader must keep reading while we write.
+        let writer = std::thread::spawn(move || {
+            rustix::io::write(&write_end, &long[..MAX_LINE]).unwrap();
+            let mut rest = &long[MAX_LINE..];
+            while !rest.is_empty() {
+                let n = rustix::io::write(&write_end, rest).unwrap();
+                rest = &rest[n..];
+            }
+        });
+        writer.join().unwrap();
+        finish(vec![reader], Duration::from_secs(10));
+        let lines = lines.lock().unwrap();
+        let lengths: Vec<usize> = lines.iter().map(String::len).collect();
+        assert_eq!(lengths[..3], [MAX_LINE, MAX_LINE, 100]);
+        assert_eq!(lines[3], "bad \u{FFFD} end");
+    }
+}

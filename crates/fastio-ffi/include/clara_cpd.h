@@ -20,7 +20,7 @@
  *
  * Provenance, and choices made where Clara's documentation is silent (docs/c-api.md
  * has the full list and the reasons):
- * - [seed 000] nvidia_clara_fastio__create, __publish, __get: names and signatures as
+ * - [Clara: Fast I/O Context] nvidia_clara_fastio__create, __publish, __get: names and signatures as
  *   documented. __release, __free, __set_type_and_dimensions, and
  *   nvidia_clara_payload__fastio_context: names documented, signatures inferred.
  * - [found] nvidia_clara_cpd__create, nvidia_clara_payload__input_entries,
@@ -294,9 +294,10 @@ extern "C" {
 /*
  Allocates a Fast I/O memory resource of `size` bytes, zeroed, and returns a handle to
  it in `*alloc_out`. Only this handle reaches it until it is published. Release or free
- the handle before returning from the execute callback. [seed 000]
+ the handle before returning from the execute callback. [Clara: Fast I/O Context]
 
- Fails (`*alloc_out` unchanged) for a size of 0 or one the machine cannot hold.
+ A size of 0 is valid: the memory of an empty array (type it with a 0 dimension).
+ Fails (`*alloc_out` unchanged) for a size the machine cannot hold.
 
  # Safety
  `alloc_out` is NULL or valid for writing one pointer.
@@ -306,10 +307,12 @@ result nvidia_clara_fastio__create(nvidia_clara_fastio_context *context,
                                    nvidia_clara_fastio_alloc **alloc_out);
 
 /*
- Publishes the allocation under `name` (1 to 255 characters of `A-Z a-z 0-9 - _`) with
- a copy of the handle's current type and dimensions. A name is published once per
- context; publishing it again fails. The handle stays valid and must still be
- released. [seed 000]
+ Publishes the allocation under `name` (1 to 255 characters of `A-Z a-z 0-9 - _`, and
+ as a fastio extension `.`, `/` and `:`, with `/` only between non-empty parts other
+ than `.` and `..`) with a copy of the handle's current type and dimensions. A name is
+ published once per context; publishing it again fails (see
+ nvidia_clara_fastio__publish_replace and nvidia_clara_fastio__unpublish). The handle
+ stays valid and must still be released. [Clara: Fast I/O Context]
 
  # Safety
  `name` is NULL or a NUL-terminated string.
@@ -319,9 +322,35 @@ result nvidia_clara_fastio__publish(nvidia_clara_fastio_context *context,
                                     const char *name);
 
 /*
+ Publishes the allocation under `name` as nvidia_clara_fastio__publish does, but
+ replaces the publication (or freed name) that already has `name` instead of failing,
+ in one step: a get sees the old allocation or this one. Handles already got from the
+ old publication stay valid; its memory goes when nothing else keeps it. [fastio
+ extension]
+
+ # Safety
+ `name` is NULL or a NUL-terminated string.
+ */
+result nvidia_clara_fastio__publish_replace(nvidia_clara_fastio_context *context,
+                                            nvidia_clara_fastio_alloc *alloc,
+                                            const char *name);
+
+/*
+ Withdraws the name `name` from the context, whether it names a live publication or
+ one whose allocation was freed, so that it can be published again. Handles already
+ got stay valid; the memory goes when nothing else keeps it. Fails when no publication
+ has that name. [fastio extension]
+
+ # Safety
+ `name` is NULL or a NUL-terminated string.
+ */
+result nvidia_clara_fastio__unpublish(nvidia_clara_fastio_context *context,
+                                      const char *name);
+
+/*
  A new read-write handle, in `*alloc_out`, to the allocation published as `name`, with
  a copy of the published type and dimensions. Fails (`*alloc_out` unchanged) when no
- publication has that name or its resource was freed. [seed 000]
+ publication has that name or its resource was freed. [Clara: Fast I/O Context]
 
  # Safety
  `name` is NULL or a NUL-terminated string; `alloc_out` is NULL or valid for writing
@@ -348,23 +377,23 @@ result nvidia_clara_fastio__get_with_access(nvidia_clara_fastio_context *context
 /*
  Releases the handle: its mapping goes, and the memory stays for other handles and for
  publications. The handle is invalid afterwards, even if the context reports an error;
- releasing it again fails with NVIDIA_CLARA_RESULT_INVALID_HANDLE. [seed 000]
+ releasing it again fails with NVIDIA_CLARA_RESULT_INVALID_HANDLE. [Clara: Fast I/O Context]
  */
 result nvidia_clara_fastio__release(nvidia_clara_fastio_alloc *alloc);
 
 /*
  Marks the resource deleted, so that later gets of any of its names fail, and releases
  the handle. Other handles, in this process or others, and their mappings stay valid
- until they are released. [seed 000]
+ until they are released. [Clara: Fast I/O Context]
  */
 result nvidia_clara_fastio__free(nvidia_clara_fastio_alloc *alloc);
 
 /*
  Sets the handle's local element type and dimensions (`dimension_count` values, 1 to
- NVIDIA_CLARA_FASTIO_MAX_DIMENSIONS, each at least 1). Fails, changing nothing, for an
- unknown type, a bad count, a zero dimension, an overflowing product, or metadata that
+ NVIDIA_CLARA_FASTIO_MAX_DIMENSIONS, each 0 or more: a 0 makes an empty array). Fails,
+ changing nothing, for an unknown type, a bad count, an overflowing product, or metadata that
  needs more bytes than the allocation has. Publications made before keep their
- metadata. [seed 000; signature inferred]
+ metadata. [Clara: Fast I/O Context; signature inferred]
 
  # Safety
  `dimensions` is NULL or valid for reading `dimension_count` values.
@@ -617,7 +646,7 @@ result nvidia_clara_payload__fastio_output_entries(nvidia_clara_payload *payload
  Writes the job's Fast I/O context to `*context_out`. It belongs to the payload: never
  release it (that fails), and do not keep it beyond execute. Allocation handles got
  through it and not released when execute returns become invalid and are reclaimed by
- the job, which reports them. [seed 000; signature inferred]
+ the job, which reports them. [Clara: Fast I/O Context; signature inferred]
 
  # Safety
  `context_out` is NULL or valid for writing one pointer.
@@ -756,12 +785,13 @@ result nvidia_clara_fastio_entry__access(nvidia_clara_fastio_entry *entry,
                                          nvidia_clara_fastio_access *access_out);
 
 /*
- Sets dynamic dimensions: `values[k]` (at least 1) at index `dimension_indices[k]`, for
- k below `count`. Indices of non-dynamic dimensions are left as declared, without an
- error (seed 002). Once every dimension is positive the entry gets memory of that
- shape, replacing what it had. Fails, changing nothing, on an input
- (NVIDIA_CLARA_RESULT_READ_ONLY), a pre-allocated entry, an index out of range, a value
- below 1, or while the entry is mapped (NVIDIA_CLARA_RESULT_BUSY). [section found;
+ Sets dynamic dimensions: `values[k]` (0 or more: 0 is an empty dimension, as in numpy)
+ at index `dimension_indices[k]`, for k below `count`. Indices of non-dynamic dimensions
+ are left as declared, without an error (as in Clara). Once every dynamic dimension is
+ set the entry gets memory of that shape (zero bytes for an empty one), replacing what
+ it had. Fails, changing nothing, on an input (NVIDIA_CLARA_RESULT_READ_ONLY), a
+ pre-allocated entry, an index out of range, a negative value, or while the entry is
+ mapped (NVIDIA_CLARA_RESULT_BUSY). [section found;
  signature inferred]
 
  # Safety

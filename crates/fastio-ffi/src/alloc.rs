@@ -104,9 +104,10 @@ fn access_code(access: Access) -> nvidia_clara_fastio_access {
 
 /// Allocates a Fast I/O memory resource of `size` bytes, zeroed, and returns a handle to
 /// it in `*alloc_out`. Only this handle reaches it until it is published. Release or free
-/// the handle before returning from the execute callback. [seed 000]
+/// the handle before returning from the execute callback. [Clara: Fast I/O Context]
 ///
-/// Fails (`*alloc_out` unchanged) for a size of 0 or one the machine cannot hold.
+/// A size of 0 is valid: the memory of an empty array (type it with a 0 dimension).
+/// Fails (`*alloc_out` unchanged) for a size the machine cannot hold.
 ///
 /// # Safety
 /// `alloc_out` is NULL or valid for writing one pointer.
@@ -123,10 +124,12 @@ pub unsafe extern "C" fn nvidia_clara_fastio__create(
     })
 }
 
-/// Publishes the allocation under `name` (1 to 255 characters of `A-Z a-z 0-9 - _`) with
-/// a copy of the handle's current type and dimensions. A name is published once per
-/// context; publishing it again fails. The handle stays valid and must still be
-/// released. [seed 000]
+/// Publishes the allocation under `name` (1 to 255 characters of `A-Z a-z 0-9 - _`, and
+/// as a fastio extension `.`, `/` and `:`, with `/` only between non-empty parts other
+/// than `.` and `..`) with a copy of the handle's current type and dimensions. A name is
+/// published once per context; publishing it again fails (see
+/// nvidia_clara_fastio__publish_replace and nvidia_clara_fastio__unpublish). The handle
+/// stays valid and must still be released. [Clara: Fast I/O Context]
 ///
 /// # Safety
 /// `name` is NULL or a NUL-terminated string.
@@ -151,9 +154,58 @@ pub unsafe extern "C" fn nvidia_clara_fastio__publish(
     })
 }
 
+/// Publishes the allocation under `name` as nvidia_clara_fastio__publish does, but
+/// replaces the publication (or freed name) that already has `name` instead of failing,
+/// in one step: a get sees the old allocation or this one. Handles already got from the
+/// old publication stay valid; its memory goes when nothing else keeps it. [fastio
+/// extension]
+///
+/// # Safety
+/// `name` is NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvidia_clara_fastio__publish_replace(
+    context: *mut nvidia_clara_fastio_context,
+    alloc: *mut nvidia_clara_fastio_alloc,
+    name: *const c_char,
+) -> result {
+    guard("nvidia_clara_fastio__publish_replace", || {
+        // SAFETY: NULL or NUL-terminated by the C caller's contract.
+        let name = unsafe { str_arg(name, "name") }?;
+        let (_, context_token) = context_of(context)?;
+        with_alloc(alloc, |live| {
+            if live.context != context_token {
+                return Err(Error::invalid(
+                    "`alloc` belongs to another context than `context`",
+                ));
+            }
+            Ok(live.allocation.publish_replacing(name)?)
+        })
+    })
+}
+
+/// Withdraws the name `name` from the context, whether it names a live publication or
+/// one whose allocation was freed, so that it can be published again. Handles already
+/// got stay valid; the memory goes when nothing else keeps it. Fails when no publication
+/// has that name. [fastio extension]
+///
+/// # Safety
+/// `name` is NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvidia_clara_fastio__unpublish(
+    context: *mut nvidia_clara_fastio_context,
+    name: *const c_char,
+) -> result {
+    guard("nvidia_clara_fastio__unpublish", || {
+        // SAFETY: NULL or NUL-terminated by the C caller's contract.
+        let name = unsafe { str_arg(name, "name") }?;
+        let (context, _) = context_of(context)?;
+        Ok(context.unpublish(name)?)
+    })
+}
+
 /// A new read-write handle, in `*alloc_out`, to the allocation published as `name`, with
 /// a copy of the published type and dimensions. Fails (`*alloc_out` unchanged) when no
-/// publication has that name or its resource was freed. [seed 000]
+/// publication has that name or its resource was freed. [Clara: Fast I/O Context]
 ///
 /// # Safety
 /// `name` is NULL or a NUL-terminated string; `alloc_out` is NULL or valid for writing
@@ -250,7 +302,7 @@ fn give_up(alloc: *mut nvidia_clara_fastio_alloc, free: bool) -> Result<(), Erro
 
 /// Releases the handle: its mapping goes, and the memory stays for other handles and for
 /// publications. The handle is invalid afterwards, even if the context reports an error;
-/// releasing it again fails with NVIDIA_CLARA_RESULT_INVALID_HANDLE. [seed 000]
+/// releasing it again fails with NVIDIA_CLARA_RESULT_INVALID_HANDLE. [Clara: Fast I/O Context]
 #[unsafe(no_mangle)]
 pub extern "C" fn nvidia_clara_fastio__release(alloc: *mut nvidia_clara_fastio_alloc) -> result {
     guard("nvidia_clara_fastio__release", || give_up(alloc, false))
@@ -258,17 +310,17 @@ pub extern "C" fn nvidia_clara_fastio__release(alloc: *mut nvidia_clara_fastio_a
 
 /// Marks the resource deleted, so that later gets of any of its names fail, and releases
 /// the handle. Other handles, in this process or others, and their mappings stay valid
-/// until they are released. [seed 000]
+/// until they are released. [Clara: Fast I/O Context]
 #[unsafe(no_mangle)]
 pub extern "C" fn nvidia_clara_fastio__free(alloc: *mut nvidia_clara_fastio_alloc) -> result {
     guard("nvidia_clara_fastio__free", || give_up(alloc, true))
 }
 
 /// Sets the handle's local element type and dimensions (`dimension_count` values, 1 to
-/// NVIDIA_CLARA_FASTIO_MAX_DIMENSIONS, each at least 1). Fails, changing nothing, for an
-/// unknown type, a bad count, a zero dimension, an overflowing product, or metadata that
+/// NVIDIA_CLARA_FASTIO_MAX_DIMENSIONS, each 0 or more: a 0 makes an empty array). Fails,
+/// changing nothing, for an unknown type, a bad count, an overflowing product, or metadata that
 /// needs more bytes than the allocation has. Publications made before keep their
-/// metadata. [seed 000; signature inferred]
+/// metadata. [Clara: Fast I/O Context; signature inferred]
 ///
 /// # Safety
 /// `dimensions` is NULL or valid for reading `dimension_count` values.

@@ -457,8 +457,14 @@ impl PayloadScope {
             PATH_ENTRIES.remove_token(token);
         }
         for token in self.entries {
-            // Dropping the entry releases its handle before execute is reported finished.
-            ENTRIES.remove_token(token);
+            // An output's mapping turns read-only first (a pointer C kept past execute then
+            // faults on a write rather than changing what downstream reads); dropping the
+            // entry releases its handle before execute is reported finished.
+            if let Some(state) = ENTRIES.remove_token(token) {
+                // Only mprotect of a whole live mapping can fail here, which it does not
+                // in practice; the context seals the memory against writes regardless.
+                let _ = lock(&state).entry.finish();
+            }
         }
         CONTEXTS.remove_token(self.context);
         retire_context_allocations(self.context)
@@ -544,7 +550,7 @@ pub unsafe extern "C" fn nvidia_clara_payload__fastio_output_entries(
 /// Writes the job's Fast I/O context to `*context_out`. It belongs to the payload: never
 /// release it (that fails), and do not keep it beyond execute. Allocation handles got
 /// through it and not released when execute returns become invalid and are reclaimed by
-/// the job, which reports them. [seed 000; signature inferred]
+/// the job, which reports them. [Clara: Fast I/O Context; signature inferred]
 ///
 /// # Safety
 /// `context_out` is NULL or valid for writing one pointer.

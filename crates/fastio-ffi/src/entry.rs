@@ -277,12 +277,13 @@ pub unsafe extern "C" fn nvidia_clara_fastio_entry__access(
     })
 }
 
-/// Sets dynamic dimensions: `values[k]` (at least 1) at index `dimension_indices[k]`, for
-/// k below `count`. Indices of non-dynamic dimensions are left as declared, without an
-/// error (seed 002). Once every dimension is positive the entry gets memory of that
-/// shape, replacing what it had. Fails, changing nothing, on an input
-/// (NVIDIA_CLARA_RESULT_READ_ONLY), a pre-allocated entry, an index out of range, a value
-/// below 1, or while the entry is mapped (NVIDIA_CLARA_RESULT_BUSY). [section found;
+/// Sets dynamic dimensions: `values[k]` (0 or more: 0 is an empty dimension, as in numpy)
+/// at index `dimension_indices[k]`, for k below `count`. Indices of non-dynamic dimensions
+/// are left as declared, without an error (as in Clara). Once every dynamic dimension is
+/// set the entry gets memory of that shape (zero bytes for an empty one), replacing what
+/// it had. Fails, changing nothing, on an input (NVIDIA_CLARA_RESULT_READ_ONLY), a
+/// pre-allocated entry, an index out of range, a negative value, or while the entry is
+/// mapped (NVIDIA_CLARA_RESULT_BUSY). [section found;
 /// signature inferred]
 ///
 /// # Safety

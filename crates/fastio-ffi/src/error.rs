@@ -40,9 +40,9 @@ impl From<ContextError> for Error {
                 RequestError::UnknownName { .. } | RequestError::NameFreed { .. } => {
                     NVIDIA_CLARA_RESULT_NOT_FOUND
                 }
-                RequestError::InvalidName { .. }
-                | RequestError::ZeroSize
-                | RequestError::MetadataTooLarge { .. } => NVIDIA_CLARA_RESULT_INVALID_ARGUMENT,
+                RequestError::InvalidName { .. } | RequestError::MetadataTooLarge { .. } => {
+                    NVIDIA_CLARA_RESULT_INVALID_ARGUMENT
+                }
                 RequestError::NotHeld { .. } => NVIDIA_CLARA_RESULT_INVALID_HANDLE,
                 RequestError::EntryNotAllocated { .. } | RequestError::UnknownEntry { .. } => {
                     NVIDIA_CLARA_RESULT_NOT_FOUND
@@ -50,12 +50,32 @@ impl From<ContextError> for Error {
                 RequestError::EntryShape { .. } => NVIDIA_CLARA_RESULT_INVALID_ARGUMENT,
                 RequestError::EntryAccess { .. } => NVIDIA_CLARA_RESULT_READ_ONLY,
                 RequestError::WriterBusy { .. } => NVIDIA_CLARA_RESULT_BUSY,
-                _ => NVIDIA_CLARA_RESULT_FAILED,
+                RequestError::InputNotReady { .. } => NVIDIA_CLARA_RESULT_NOT_FOUND,
+                RequestError::ReadOnlyPublication { .. }
+                | RequestError::ReadOnlyHandle { .. }
+                | RequestError::Sealed { .. } => NVIDIA_CLARA_RESULT_READ_ONLY,
+                RequestError::OutOfMemory { .. }
+                | RequestError::AlreadyPublished { .. }
+                | RequestError::Deleted { .. }
+                | RequestError::NotInJob
+                | RequestError::JobAborted { .. }
+                | RequestError::BadRequest { .. }
+                | RequestError::Internal { .. } => NVIDIA_CLARA_RESULT_FAILED,
             },
             ContextError::Meta(_) => NVIDIA_CLARA_RESULT_INVALID_ARGUMENT,
             ContextError::ReadOnly => NVIDIA_CLARA_RESULT_READ_ONLY,
             ContextError::Untyped => NVIDIA_CLARA_RESULT_NOT_FOUND,
-            _ => NVIDIA_CLARA_RESULT_FAILED,
+            ContextError::WrongElementType { .. } | ContextError::LengthMismatch { .. } => {
+                NVIDIA_CLARA_RESULT_INVALID_ARGUMENT
+            }
+            ContextError::Segment(_)
+            | ContextError::ServerGone(_)
+            | ContextError::Connect { .. }
+            | ContextError::NoContextInEnvironment { .. }
+            | ContextError::Protocol(_)
+            | ContextError::Forked { .. }
+            | ContextError::Timeout { .. }
+            | ContextError::OutOfStep => NVIDIA_CLARA_RESULT_FAILED,
         };
         Self::new(code, e.to_string())
     }

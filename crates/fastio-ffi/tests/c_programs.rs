@@ -197,6 +197,16 @@ fn publish_get_round_trip_in_c11() {
 }
 
 #[test]
+fn empty_arrays_are_created_published_and_got_in_c() {
+    assert!(compile_and_run(Build::c("empty.c")).contains("empty ok"));
+}
+
+#[test]
+fn publications_are_replaced_or_unpublished_on_purpose_in_c() {
+    assert!(compile_and_run(Build::c("republish.c")).contains("republish ok"));
+}
+
+#[test]
 fn publish_get_round_trip_in_cxx17() {
     let build = Build {
         lang: Lang::Cxx17,

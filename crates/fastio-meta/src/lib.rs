@@ -13,7 +13,7 @@ mod shape;
 
 pub use convert::convert;
 pub use element::{Element, ElementType, as_bytes, as_bytes_mut};
-pub use name::{MAX_NAME_LEN, validate_name};
+pub use name::{MAX_NAME_LEN, validate_name, validate_publication_name};
 pub use shape::{DynamicShape, MAX_DIMENSIONS, Shape, TypedShape};
 
 /// Everything that can be wrong with typed metadata.
@@ -38,12 +38,6 @@ pub enum MetaError {
     DimensionCount {
         /// The number given.
         count: usize,
-    },
-    /// A concrete shape has a zero dimension.
-    #[error("dimension {index} is 0; every dimension of a concrete shape must be at least 1")]
-    ZeroDimension {
-        /// Its index.
-        index: usize,
     },
     /// A declared dimension is below -1.
     #[error(
@@ -85,9 +79,9 @@ pub enum MetaError {
         /// The shape's rank.
         rank: usize,
     },
-    /// `update` gave a dynamic dimension a value below 1.
-    #[error("dimension {index} cannot be set to {value}; values must be at least 1")]
-    NonPositiveValue {
+    /// `update` gave a dynamic dimension a negative value.
+    #[error("dimension {index} cannot be set to {value}; a dimension is 0 (empty) or more")]
+    NegativeValue {
         /// The index.
         index: usize,
         /// The value.

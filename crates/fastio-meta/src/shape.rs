@@ -7,10 +7,11 @@ use crate::{ElementType, MetaError};
 /// The most dimensions an array may have (numpy 2's limit).
 pub const MAX_DIMENSIONS: usize = 64;
 
-/// A concrete shape: one or more dimensions, each at least 1.
+/// A concrete shape: one or more dimensions, each 0 or more.
 ///
-/// Zero-sized dimensions are refused: in Clara's declarations 0 marks a dynamic dimension,
-/// and an allocation of zero bytes is an error, so a concrete shape never holds one.
+/// A 0 makes an empty array of zero elements, as in numpy (`np.zeros((0, 3))`: "no lesion
+/// found" is an ordinary result). Only in a pipeline *declaration* does 0 mean something
+/// else, a dynamic dimension: that is [`DynamicShape`]'s business, never this type's.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "Vec<u64>", into = "Vec<u64>")]
 pub struct Shape(Vec<usize>);
@@ -21,9 +22,6 @@ impl Shape {
         let dims = dims.into();
         if dims.is_empty() || dims.len() > MAX_DIMENSIONS {
             return Err(MetaError::DimensionCount { count: dims.len() });
-        }
-        if let Some(index) = dims.iter().position(|&d| d == 0) {
-            return Err(MetaError::ZeroDimension { index });
         }
         let shape = Shape(dims);
         shape.element_count()?;
@@ -40,8 +38,12 @@ impl Shape {
         self.0.len()
     }
 
-    /// Product of the dimensions, or an overflow error.
+    /// Product of the dimensions, or an overflow error. A zero dimension makes it 0
+    /// whatever the others are (numpy: `np.empty((2**62, 4, 0))` is valid).
     pub fn element_count(&self) -> Result<usize, MetaError> {
+        if self.0.contains(&0) {
+            return Ok(0);
+        }
         self.0
             .iter()
             .try_fold(1usize, |acc, &d| acc.checked_mul(d))
@@ -108,15 +110,21 @@ impl TypedShape {
 }
 
 /// A shape as declared in a pipeline definition, where `-1` or `0` marks a dynamic
-/// dimension that is fixed at run time (seed 002).
+/// dimension that is fixed at run time (Clara's FastIO entries).
 ///
 /// It keeps the declaration (which indices are dynamic never changes) and the current
 /// values. Only dynamic indices can be updated; updates to other indices are ignored
-/// without an error, as seed 002 says.
+/// without an error, as Clara's FastIO entry documentation says.
+///
+/// A dynamic dimension may be set to 0 at run time (an empty result): which dimensions
+/// were set is kept apart from the values, so a set 0 is never mistaken for the marker.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DynamicShape {
     declared: Vec<i64>,
     current: Vec<i64>,
+    // The dynamic indices set by `update` (always false for fixed ones).
+    #[serde(default)]
+    set: Vec<bool>,
 }
 
 impl DynamicShape {
@@ -136,6 +144,7 @@ impl DynamicShape {
         }
         let shape = Self {
             current: declared.clone(),
+            set: vec![false; declared.len()],
             declared,
         };
         if let Some(concrete) = shape.to_shape() {
@@ -150,7 +159,8 @@ impl DynamicShape {
     }
 
     /// The current dimensions: declared ones, with dynamic ones as updated so far (a dynamic
-    /// dimension not yet updated reads as its marker, `-1` or `0`).
+    /// dimension not yet updated reads as its marker, `-1` or `0`; [`DynamicShape::is_set`]
+    /// tells a marker `0` from a dimension set to 0).
     pub fn current(&self) -> &[i64] {
         &self.current
     }
@@ -170,10 +180,16 @@ impl DynamicShape {
         self.declared.iter().any(|&d| d <= 0)
     }
 
+    /// Whether dimension `index` has a value: declared fixed, or dynamic and set.
+    pub fn is_set(&self, index: usize) -> bool {
+        self.declared.get(index).is_some_and(|&d| d > 0) || self.set.get(index) == Some(&true)
+    }
+
     /// Sets dynamic dimensions: `values[k]` goes to index `indices[k]`. Indices that are not
-    /// dynamic are left unchanged without an error (seed 002). Fails, changing nothing, when
+    /// dynamic are left unchanged without an error (as in Clara). Fails, changing nothing, when
     /// the lists differ in length, an index is out of range, or a value for a dynamic index
-    /// is not positive or makes the byte size overflow.
+    /// is negative or makes the byte size overflow. A value of 0 sets an empty dimension
+    /// (numpy's semantics), it does not unset the dimension.
     pub fn update(&mut self, indices: &[usize], values: &[i64]) -> Result<(), MetaError> {
         if indices.len() != values.len() {
             return Err(MetaError::UpdateLengthMismatch {
@@ -182,6 +198,8 @@ impl DynamicShape {
             });
         }
         let mut next = self.current.clone();
+        let mut set = self.set.clone();
+        set.resize(self.declared.len(), false);
         for (&index, &value) in indices.iter().zip(values) {
             let declared = *self.declared.get(index).ok_or(MetaError::IndexOutOfRange {
                 index,
@@ -190,14 +208,16 @@ impl DynamicShape {
             if declared > 0 {
                 continue;
             }
-            if value <= 0 {
-                return Err(MetaError::NonPositiveValue { index, value });
+            if value < 0 {
+                return Err(MetaError::NegativeValue { index, value });
             }
             next[index] = value;
+            set[index] = true;
         }
         let candidate = Self {
             declared: self.declared.clone(),
             current: next,
+            set,
         };
         if let Some(concrete) = candidate.to_shape() {
             concrete?;
@@ -206,10 +226,10 @@ impl DynamicShape {
         Ok(())
     }
 
-    /// The concrete shape once every dimension is positive, or `None` while some dynamic
-    /// dimension is still unset.
+    /// The concrete shape once every dimension has a value (0 included), or `None` while
+    /// some dynamic dimension is still unset.
     pub fn to_shape(&self) -> Option<Result<Shape, MetaError>> {
-        if self.current.iter().any(|&d| d <= 0) {
+        if !(0..self.declared.len()).all(|i| self.is_set(i)) {
             return None;
         }
         let dims = self
@@ -251,11 +271,22 @@ mod tests {
     }
 
     #[test]
-    fn zero_empty_and_too_many_dimensions_are_refused() {
-        assert!(matches!(
-            Shape::new(vec![3, 0]),
-            Err(MetaError::ZeroDimension { index: 1 })
-        ));
+    fn zero_dimensions_make_empty_shapes_of_zero_bytes() {
+        let empty = Shape::new(vec![0, 3]).unwrap();
+        assert_eq!(empty.element_count().unwrap(), 0);
+        assert_eq!(empty.byte_size(ElementType::F64).unwrap(), 0);
+        // A zero anywhere keeps even huge other dimensions from overflowing.
+        assert_eq!(
+            Shape::new(vec![usize::MAX, 2, 0])
+                .unwrap()
+                .element_count()
+                .unwrap(),
+            0
+        );
+    }
+
+    #[test]
+    fn empty_and_too_many_dimensions_are_refused() {
         assert!(Shape::new(Vec::<usize>::new()).is_err());
         assert!(Shape::new(vec![1; MAX_DIMENSIONS + 1]).is_err());
         assert!(Shape::new(vec![1; MAX_DIMENSIONS]).is_ok());
@@ -284,7 +315,6 @@ mod tests {
     fn bad_updates_fail_and_change_nothing() {
         let mut s = DynamicShape::new(vec![3, -1]).unwrap();
         let before = s.clone();
-        assert!(s.update(&[1], &[0]).is_err());
         assert!(s.update(&[1], &[-4]).is_err());
         assert!(s.update(&[2], &[4]).is_err());
         assert!(s.update(&[1, 1], &[4]).is_err());
@@ -313,7 +343,30 @@ mod tests {
         assert_eq!(json, r#"{"element_type":"int16","shape":[4,5]}"#);
         assert_eq!(serde_json::from_str::<TypedShape>(&json).unwrap(), t);
         assert!(
-            serde_json::from_str::<TypedShape>(r#"{"element_type":"int16","shape":[0]}"#).is_err()
+            serde_json::from_str::<TypedShape>(r#"{"element_type":"int16","shape":[]}"#).is_err()
         );
+        let empty = serde_json::from_str::<TypedShape>(r#"{"element_type":"int16","shape":[0]}"#);
+        assert_eq!(empty.unwrap().byte_size(), 0);
+    }
+
+    #[test]
+    fn a_dynamic_dimension_set_to_zero_is_set_and_the_markers_keep_their_meaning() {
+        for marker in [-1, 0] {
+            let mut s = DynamicShape::new(vec![marker, 3]).unwrap();
+            assert!(s.to_shape().is_none(), "a marker is unset, whichever it is");
+            assert!(!s.is_set(0) && s.is_set(1));
+            s.update(&[0], &[0]).unwrap();
+            assert!(s.is_set(0));
+            assert_eq!(s.current(), &[0, 3]);
+            let shape = s.to_shape().unwrap().unwrap();
+            assert_eq!(shape.dims(), &[0, 3]);
+            assert_eq!(shape.byte_size(ElementType::F32).unwrap(), 0);
+            assert!(s.is_dynamic() && s.dynamic_indices() == vec![0]);
+            s.update(&[0], &[2]).unwrap();
+            assert_eq!(s.to_shape().unwrap().unwrap().dims(), &[2, 3]);
+        }
+        // A declared 0 is a marker, not an empty dimension: nothing is pre-allocated.
+        let declared_zero = DynamicShape::new(vec![0]).unwrap();
+        assert!(declared_zero.is_dynamic() && declared_zero.to_shape().is_none());
     }
 }

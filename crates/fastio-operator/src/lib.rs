@@ -244,8 +244,14 @@ impl Driver {
                 0,
             ),
         };
+        // Alone, no other operator will ever execute: nothing writes this one's inputs
+        // (pre-allocated ones read as zeroes, sealed so from the start).
+        for entry in &mut plan.entries {
+            if entry.producer != Some(index) {
+                entry.producer = None;
+            }
+        }
         let stage_plan = &mut plan.stages[index];
-        // Alone, no upstream operator will ever execute.
         stage_plan.upstream.clear();
         if let Some(inputs) = paths_from_env(INPUT_PATHS_ENV) {
             stage_plan.inputs = inputs;
@@ -332,12 +338,16 @@ impl Driver {
 
     fn execute(&self, callbacks: &mut impl Callbacks) -> Result<(), OperatorError> {
         let result = self.payload().and_then(|mut payload| {
-            callbacks
+            let result = callbacks
                 .execute(self, &mut payload)
                 .map_err(|e| OperatorError::Phase {
                     phase: Phase::Execute,
                     message: error_chain(e.as_ref()),
-                })
+                });
+            // Outputs are final: their mappings become read-only before anyone reads them
+            // (the context seals their memory when it hears of the end of execute).
+            payload.finish()?;
+            result
             // The payload's entries are unmapped and released here, before the report.
         });
         let failure = result.as_ref().err().map(failure_message);
@@ -395,7 +405,7 @@ fn failure_message(e: &OperatorError) -> String {
 fn describe(handles: &[ReclaimedHandle]) -> String {
     handles
         .iter()
-        .map(|h| format!("{} ({} bytes, {} handle(s))", h.id, h.size, h.count))
+        .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -482,6 +492,13 @@ fn position(entries: &[FastIoEntry], kind: &str, name: &str) -> Result<usize, Co
 }
 
 impl Payload<'_> {
+    /// Makes every output read-only (see [`FastIoEntry::finish`]); the end of execute.
+    pub fn finish(&mut self) -> Result<(), ContextError> {
+        self.fastio_outputs
+            .iter_mut()
+            .try_for_each(FastIoEntry::finish)
+    }
+
     /// The job's Fast I/O context.
     pub fn fastio_context(&self) -> &Context {
         &self.driver.context

@@ -58,6 +58,22 @@ pub enum DefinitionError {
         /// 1-based column of the error, when the parser knows it.
         column: Option<usize>,
     },
+    /// The definition goes past a bound on what reading it may cost: its size
+    /// ([`MAX_DEFINITION_BYTES`](crate::MAX_DEFINITION_BYTES)), the nesting of its
+    /// collections ([`MAX_DEPTH`](crate::MAX_DEPTH)), or its size with YAML aliases
+    /// expanded ([`MAX_NODES`](crate::MAX_NODES),
+    /// [`MAX_SCALAR_BYTES`](crate::MAX_SCALAR_BYTES)). Nothing past the bound was read.
+    #[error("{origin}{}: {what}", position(*line, *column))]
+    Limit {
+        /// The file name or label the text came from.
+        origin: String,
+        /// Which bound, and by how much.
+        what: String,
+        /// 1-based line where the bound was passed, when known.
+        line: Option<usize>,
+        /// 1-based column where the bound was passed, when known.
+        column: Option<usize>,
+    },
     /// The definition is well-formed but breaks one or more rules. Every problem found is
     /// listed, in definition order; the message has one line per problem.
     #[error("{}", DisplayProblems(problems))]
@@ -66,6 +82,17 @@ pub enum DefinitionError {
         origin: String,
         /// Every problem found; never empty.
         problems: Vec<Problem>,
+    },
+    /// A variable set from outside the definition ([`crate::Override`]) applies to no
+    /// operator.
+    #[error("{origin}: cannot set {setting:?}: {reason}")]
+    Override {
+        /// The file name or label the text came from.
+        origin: String,
+        /// The setting, `NAME=VALUE` or `OPERATOR.NAME=VALUE`.
+        setting: String,
+        /// Why it applies to nothing.
+        reason: String,
     },
 }
 
@@ -76,6 +103,15 @@ impl DefinitionError {
             DefinitionError::Invalid { problems, .. } => problems,
             _ => &[],
         }
+    }
+}
+
+/// `:LINE:COLUMN`, or nothing when unknown.
+fn position(line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(line), Some(column)) => format!(":{line}:{column}"),
+        (Some(line), None) => format!(":{line}"),
+        _ => String::new(),
     }
 }
 
@@ -306,6 +342,16 @@ pub enum ProblemKind {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A `${...}` in a command or a variable's value cannot be replaced.
+    #[error("{field} {text:?}: {reason}")]
+    BadSubstitution {
+        /// `command` or `variables`.
+        field: &'static str,
+        /// The argument, or `NAME=value`, as written.
+        text: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// An operator with a container image and no command, in a run that starts processes.
     #[error(
         "command is required to run locally: the operator names container image {image} but neither command nor container.command, and fastio starts operators as local processes, not containers"
@@ -481,6 +527,7 @@ impl ProblemKind {
             ProblemKind::BadRequests { .. } => "requests",
             ProblemKind::BadItem { field, .. } => field,
             ProblemKind::BadVariable { .. } => "variables",
+            ProblemKind::BadSubstitution { field, .. } => field,
             ProblemKind::BadElementType { .. } => "element-type",
             ProblemKind::BadShape { .. } => "shape",
             ProblemKind::RelativePath { .. } | ProblemKind::DuplicatePath { .. } => "path",

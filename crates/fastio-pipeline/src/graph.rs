@@ -39,37 +39,82 @@ pub(crate) fn topological_order(
         return Ok(order);
     }
 
-    // The nodes left are on a cycle or downstream of one. Group those on cycles by mutual
-    // reachability (definitions are small, so the quadratic walk is fine).
-    let left: Vec<usize> = (0..n).filter(|&i| in_degree[i] > 0).collect();
-    let reach = |start: usize| -> BTreeSet<usize> {
-        let mut seen = BTreeSet::new();
-        let mut queue = VecDeque::from([start]);
-        while let Some(node) = queue.pop_front() {
-            for &to in &successors[node] {
-                if seen.insert(to) {
-                    queue.push_back(to);
-                }
-            }
-        }
-        seen
-    };
-    let reachable: BTreeMap<usize, BTreeSet<usize>> = left.iter().map(|&i| (i, reach(i))).collect();
-    let mut done = BTreeSet::new();
-    let mut cycles = Vec::new();
-    for &start in &left {
-        if done.contains(&start) || !reachable[&start].contains(&start) {
+    // The nodes left are on a cycle or downstream of one. Those on cycles are grouped by
+    // mutual reachability: the strongly connected components (Tarjan's algorithm, linear
+    // in nodes and edges). Each group is reported once, from its lowest node.
+    let mut groups: Vec<BTreeSet<usize>> = strongly_connected(n, &successors)
+        .into_iter()
+        .filter(|g| g.len() > 1 || g.iter().any(|&v| successors[v].contains(&v)))
+        .collect();
+    groups.sort_by_key(|g| g.first().copied());
+    let cycles = groups
+        .iter()
+        .map(|group| {
+            let start = *group.first().expect("a group is not empty");
+            shortest_cycle(start, group, &successors)
+        })
+        .collect();
+    Err(cycles)
+}
+
+/// The strongly connected components of the graph, by Tarjan's algorithm without
+/// recursion (a long chain of operators must not overflow the stack).
+fn strongly_connected(n: usize, successors: &[BTreeSet<usize>]) -> Vec<BTreeSet<usize>> {
+    const UNSEEN: usize = usize::MAX;
+    let mut index = vec![UNSEEN; n];
+    let mut low = vec![0; n];
+    let mut on_stack = vec![false; n];
+    let mut stack = Vec::new();
+    let mut next = 0;
+    let mut components = Vec::new();
+    let edges: Vec<Vec<usize>> = successors
+        .iter()
+        .map(|s| s.iter().copied().collect())
+        .collect();
+    for root in 0..n {
+        if index[root] != UNSEEN {
             continue;
         }
-        let group: BTreeSet<usize> = left
-            .iter()
-            .copied()
-            .filter(|&o| reachable[&start].contains(&o) && reachable[&o].contains(&start))
-            .collect();
-        done.extend(group.iter().copied());
-        cycles.push(shortest_cycle(start, &group, &successors));
+        // (node, position of the next edge to follow)
+        let mut call: Vec<(usize, usize)> = vec![(root, 0)];
+        index[root] = next;
+        low[root] = next;
+        next += 1;
+        stack.push(root);
+        on_stack[root] = true;
+        while let Some(&mut (node, ref mut edge)) = call.last_mut() {
+            if let Some(&to) = edges[node].get(*edge) {
+                *edge += 1;
+                if index[to] == UNSEEN {
+                    index[to] = next;
+                    low[to] = next;
+                    next += 1;
+                    stack.push(to);
+                    on_stack[to] = true;
+                    call.push((to, 0));
+                } else if on_stack[to] {
+                    low[node] = low[node].min(index[to]);
+                }
+                continue;
+            }
+            call.pop();
+            if let Some(&(parent, _)) = call.last() {
+                low[parent] = low[parent].min(low[node]);
+            }
+            if low[node] == index[node] {
+                let mut component = BTreeSet::new();
+                while let Some(member) = stack.pop() {
+                    on_stack[member] = false;
+                    component.insert(member);
+                    if member == node {
+                        break;
+                    }
+                }
+                components.push(component);
+            }
+        }
     }
-    Err(cycles)
+    components
 }
 
 /// The shortest path from `start` back to itself through `group`, by breadth-first search:

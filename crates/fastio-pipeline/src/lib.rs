@@ -41,6 +41,13 @@
 //!
 //! # The format
 //!
+//! The user's reference of the format, with examples and fastio's extensions (`${...}`
+//! substitution, variables set from outside, how operators are started, running one
+//! operator alone), is `docs/pipeline-format.md` in the repository. This page summarises
+//! the fields and rules for users of the crate. Variables set from outside the definition
+//! ([`Override`], `fastio run --set`) are applied by [`Pipeline::from_path_with`] before
+//! `${...}` is replaced ([`PIPELINE_DIR`]).
+//!
 //! Top level:
 //!
 //! | field | required | meaning |
@@ -84,6 +91,14 @@
 //! Any other field, at any level, is an error naming it.
 //!
 //! # The rules
+//!
+//! Reading is bounded before anything is parsed: a definition is at most 16 MiB
+//! ([`MAX_DEFINITION_BYTES`]); YAML collections nest at most 64 deep ([`MAX_DEPTH`]; JSON's
+//! parser stops at 128); with its aliases expanded, a YAML definition holds at most
+//! [`MAX_NODES`] nodes and [`MAX_SCALAR_BYTES`] bytes of values. Going past a bound is
+//! [`DefinitionError::Limit`], with the line and column where it happened. Linking and
+//! cycle detection are linear in the size of the definition (Tarjan's strongly connected
+//! components), so 10,000 operators validate in well under a second.
 //!
 //! Parsing stops at the first error of syntax or structure (an unknown field, a string where
 //! a list belongs) and reports the parser's line and column: [`DefinitionError::Syntax`].
@@ -132,6 +147,9 @@
 //!   least 1). **`pull-secrets`** are Kubernetes secret names (lower-case letters, digits,
 //!   `-`, `.`; at most 253). **`models`** have names and **`parameters`** keys follow the
 //!   naming rule above.
+//! * **`${...}`** in `command` names a variable of the operator or `PIPELINE_DIR`; in a
+//!   variable's value only `PIPELINE_DIR`. `$${` is a literal `${`; Clara's `${{ name }}`
+//!   template placeholders are left as written.
 //! * **`uses-driver: false`** is refused on an operator with a shared-memory entry: only the
 //!   driver reaches those.
 //!
@@ -231,16 +249,20 @@
 
 mod error;
 mod graph;
+mod limits;
 mod model;
 pub mod plan;
 mod raw;
+mod substitute;
 mod validate;
 
 pub use error::{
     DefinitionError, Direction, EntryLocation, Format, Location, OperatorLocation, Problem,
     ProblemKind,
 };
+pub use limits::{MAX_DEFINITION_BYTES, MAX_DEPTH, MAX_NODES, MAX_SCALAR_BYTES};
 pub use model::{
     Container, DEFAULT_TIMEOUT, Entry, EntryKind, EntryRef, Link, MAX_TIMEOUT, Operator, Pipeline,
     Requests, Unused,
 };
+pub use substitute::{Override, OverrideSyntaxError, PIPELINE_DIR};

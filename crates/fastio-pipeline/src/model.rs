@@ -19,8 +19,8 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 /// A validated pipeline definition.
 ///
-/// Architecture Invariant: a `Pipeline` only exists when every rule of the crate
-/// documentation holds, so the driver never re-checks names, types or links. Its operators are
+/// Architecture Invariant: a `Pipeline` only exists when every rule of
+/// `docs/pipeline-format.md` holds, so the driver never re-checks names, types or links. Its operators are
 /// in dependency order: every operator comes after all the operators it reads from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pipeline {
@@ -206,7 +206,7 @@ impl EntryKind {
     }
 
     /// Whether the driver allocates the entry before the operator runs: a shared-memory entry
-    /// whose every declared dimension is positive and that is not a string (seed 002).
+    /// whose every declared dimension is positive and that is not a string (Clara's rule).
     pub fn is_preallocatable(&self) -> bool {
         match self {
             EntryKind::Array { shape, .. } => !shape.is_dynamic(),
@@ -391,12 +391,7 @@ impl Pipeline {
     /// Reads, parses and validates a definition file: JSON if its name ends in `.json`, YAML
     /// otherwise. Messages name the file as given.
     pub fn from_path(path: impl AsRef<Path>) -> Result<Self, DefinitionError> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| DefinitionError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_str_in(&text, &path.display().to_string(), Format::from_path(path))
+        Self::from_path_with(path, &[])
     }
 
     /// Parses and validates a YAML definition; `origin` names it in messages.
@@ -411,7 +406,47 @@ impl Pipeline {
 
     /// Parses and validates a definition in the given format; `origin` names it in messages.
     pub fn from_str_in(text: &str, origin: &str, format: Format) -> Result<Self, DefinitionError> {
-        let raw = crate::raw::parse(text, origin, format)?;
+        Self::from_str_with(text, origin, format, &[])
+    }
+
+    /// [`Pipeline::from_path`] with variables set from outside the definition
+    /// (`fastio run --set`), applied before `${...}` is replaced.
+    pub fn from_path_with(
+        path: impl AsRef<Path>,
+        overrides: &[crate::Override],
+    ) -> Result<Self, DefinitionError> {
+        let path = path.as_ref();
+        let read_error = |source| DefinitionError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        // One byte past the limit is enough to refuse it, whatever the file's size.
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut std::io::Read::take(
+                std::fs::File::open(path).map_err(read_error)?,
+                crate::MAX_DEFINITION_BYTES as u64 + 1,
+            ),
+            &mut text,
+        )
+        .map_err(read_error)?;
+        Self::from_str_with(
+            &text,
+            &path.display().to_string(),
+            Format::from_path(path),
+            overrides,
+        )
+    }
+
+    /// [`Pipeline::from_str_in`] with variables set from outside the definition.
+    pub fn from_str_with(
+        text: &str,
+        origin: &str,
+        format: Format,
+        overrides: &[crate::Override],
+    ) -> Result<Self, DefinitionError> {
+        let mut raw = crate::raw::parse(text, origin, format)?;
+        crate::substitute::apply(&mut raw, overrides, origin)?;
         crate::validate::validate(raw, origin)
     }
 

@@ -12,6 +12,7 @@ use serde::de::{self, IgnoredAny, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use crate::error::{DefinitionError, Format};
+use crate::limits::{self, Exceeded};
 
 /// A whole definition.
 #[derive(Debug, Deserialize)]
@@ -141,15 +142,35 @@ pub(crate) fn parse(
             line,
             column,
         };
+    let limit = |e: Exceeded| DefinitionError::Limit {
+        origin: origin.to_owned(),
+        what: e.what,
+        line: e.line,
+        column: e.column,
+    };
+    limits::check_size(text.len()).map_err(limit)?;
     match format {
-        Format::Yaml => serde_yaml_ng::from_str(text).map_err(|e| {
-            let location = e.location();
-            syntax(
-                e.to_string(),
-                location.as_ref().map(|l| l.line()),
-                location.as_ref().map(|l| l.column()),
-            )
-        }),
+        Format::Yaml => {
+            limits::check_brackets(text).map_err(limit)?;
+            let vetted = limits::check_yaml(text).map_err(limit)?;
+            let parsed: RawPipeline = serde_yaml_ng::from_str(text).map_err(|e| {
+                let location = e.location();
+                syntax(
+                    e.to_string(),
+                    location.as_ref().map(|l| l.line()),
+                    location.as_ref().map(|l| l.column()),
+                )
+            })?;
+            if !vetted {
+                // The two parsers disagree on this text; refuse what could not be bounded.
+                return Err(syntax(
+                    "the YAML could not be read in full (an unusual construct?)".to_owned(),
+                    None,
+                    None,
+                ));
+            }
+            Ok(parsed)
+        }
         Format::Json => serde_json::from_str(text).map_err(|e| {
             // serde_json reports line 0 for errors that have no position.
             let known = e.line() > 0;

@@ -214,7 +214,7 @@ pub(crate) fn validate(raw: RawPipeline, origin: &str) -> Result<Pipeline, Defin
         .is_some_and(|v| v < TYPED_SINCE)
         .then_some(api_text.as_str());
     let mut seen_operators: HashMap<String, String> = HashMap::new();
-    let operators: Vec<PartialOperator> = raw_operators
+    let mut operators: Vec<PartialOperator> = raw_operators
         .into_iter()
         .enumerate()
         .map(|(index, raw_op)| {
@@ -227,6 +227,32 @@ pub(crate) fn validate(raw: RawPipeline, origin: &str) -> Result<Pipeline, Defin
             )
         })
         .collect();
+
+    let dir = crate::substitute::definition_dir(origin);
+    for op in &mut operators {
+        let mut problems = crate::substitute::expand_operator(
+            &dir,
+            op.command.as_deref_mut().unwrap_or_default(),
+            &mut op.variables,
+        );
+        // The in-image command reads the same variables (Clara passes them to the
+        // container); only its own problems are new.
+        if let Some(argv) = op.container.as_mut().and_then(|c| c.command.as_deref_mut()) {
+            problems.extend(
+                crate::substitute::expand_operator(&dir, argv, &mut op.variables.clone())
+                    .into_iter()
+                    .filter(|p| p.field == "command"),
+            );
+        }
+        for problem in problems {
+            let kind = ProblemKind::BadSubstitution {
+                field: problem.field,
+                text: problem.text,
+                reason: problem.reason,
+            };
+            c.report(Some(&op.location.clone()), None, kind);
+        }
+    }
 
     if argo {
         // Reported once, naming the first typed entry, rather than once per entry.
@@ -976,6 +1002,20 @@ fn check_kind(
 /// Resolves every input's `from` to an upstream output of the same declaration. Returns the
 /// links that resolved, in definition positions.
 fn check_links(c: &mut Checker<'_>, operators: &[PartialOperator]) -> Vec<Link> {
+    // Lookups by lower-case name, the first of a name winning (duplicates were reported):
+    // one pass each, so that linking is linear in the size of the definition.
+    let mut by_name: HashMap<String, usize> = HashMap::new();
+    // Unnamed outputs are under `None`, which an unnamed input reads.
+    let mut outputs_by_name: HashMap<(usize, Option<String>), usize> = HashMap::new();
+    for (index, op) in operators.iter().enumerate() {
+        if let Some(name) = &op.location.name {
+            by_name.entry(name.to_ascii_lowercase()).or_insert(index);
+        }
+        for (output_index, output) in op.outputs.iter().enumerate() {
+            let key = output.name.as_deref().map(str::to_ascii_lowercase);
+            outputs_by_name.entry((index, key)).or_insert(output_index);
+        }
+    }
     let mut links = Vec::new();
     for (consumer, op) in operators.iter().enumerate() {
         for (input_index, input) in op.inputs.iter().enumerate() {
@@ -995,25 +1035,13 @@ fn check_links(c: &mut Checker<'_>, operators: &[PartialOperator]) -> Vec<Link> 
             let report = |c: &mut Checker<'_>, kind| {
                 c.report(Some(&op.location), Some(&input.location), kind)
             };
-            let Some(producer) = operators.iter().position(|p| {
-                p.location
-                    .name
-                    .as_deref()
-                    .is_some_and(|n| n.eq_ignore_ascii_case(from))
-            }) else {
+            let Some(&producer) = by_name.get(&from.to_ascii_lowercase()) else {
                 report(c, ProblemKind::UnknownOperator { from: from.clone() });
                 continue;
             };
             let upstream = &operators[producer];
-            let Some(output_index) =
-                upstream
-                    .outputs
-                    .iter()
-                    .position(|o| match (o.name.as_deref(), name) {
-                        (Some(have), Some(want)) => have.eq_ignore_ascii_case(want),
-                        (None, None) => true,
-                        _ => false,
-                    })
+            let Some(&output_index) =
+                outputs_by_name.get(&(producer, name.map(str::to_ascii_lowercase)))
             else {
                 let kind = match name {
                     Some(name) => ProblemKind::NoSuchOutput {

@@ -184,10 +184,25 @@ pub(crate) fn count_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<usize> {
     usize::try_from(value).map_err(|_| error(format!("{what} must be >= 0, got {value}")))
 }
 
-/// Reads a Python str, raising `fastio.Error` for anything else.
+/// Reads a Python str, raising `fastio.Error` for anything else, and for a str that is not
+/// valid Unicode text (a lone surrogate, as `os.fsdecode` makes of undecodable bytes).
 pub(crate) fn str_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<String> {
-    obj.extract()
-        .map_err(|_| error(format!("{what} must be a str, not {}", type_name(obj))))
+    let Ok(text) = obj.cast::<pyo3::types::PyString>() else {
+        return Err(error(format!(
+            "{what} must be a str, not {}",
+            type_name(obj)
+        )));
+    };
+    text.to_str().map(str::to_owned).map_err(|_| {
+        let position = text
+            .to_string_lossy()
+            .chars()
+            .position(|c| c == char::REPLACEMENT_CHARACTER)
+            .map_or(String::new(), |i| format!(" at index {i}"));
+        error(format!(
+            "{what} is not valid Unicode text: it holds a lone surrogate{position}"
+        ))
+    })
 }
 
 fn type_name(obj: &Bound<'_, PyAny>) -> String {
@@ -263,10 +278,19 @@ impl FastIOAllocation {
     }
 
     /// Publishes the memory under `name` with a copy of this handle's metadata. The
-    /// handle stays valid.
-    fn publish(&self, py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// handle stays valid. A name is published once (Clara): a taken or freed name raises,
+    /// unless `replace=True`, which replaces that publication in one step (handles got
+    /// from it stay valid). Names: `A-Z a-z 0-9 - _ . / :`, `/` between non-empty parts.
+    #[pyo3(signature = (name, *, replace = false))]
+    fn publish(&self, py: Python<'_>, name: &Bound<'_, PyAny>, replace: bool) -> PyResult<()> {
         let name = str_arg(name, "name")?;
-        self.detached(py, |a| a.publish(&name))
+        self.detached(py, |a| {
+            if replace {
+                a.publish_replacing(&name)
+            } else {
+                a.publish(&name)
+            }
+        })
     }
 
     /// Drops this handle; the memory stays for other handles and publications. Using
@@ -355,8 +379,25 @@ impl FastIOAllocation {
         Ok(false)
     }
 
+    /// `<fastio.FastIOAllocation #3: float32 (2, 3), 24 bytes, read-write>`.
     fn __repr__(&self) -> String {
-        match self.with(|a| Ok(format!("{a:?}"))) {
+        let handle = match &*self.state() {
+            State::Live(h) => h.clone(),
+            State::Released => return "<fastio.FastIOAllocation (released)>".into(),
+            State::Freed => return "<fastio.FastIOAllocation (freed)>".into(),
+        };
+        let text = handle.with(|a| {
+            let typed = match (a.element_type(), a.dimensions()) {
+                (Some(et), Some(dims)) => format!("{et} {}", crate::py_tuple(dims)),
+                _ => "untyped".into(),
+            };
+            let access = match a.access() {
+                fastio_context::Access::ReadOnly => "read-only",
+                fastio_context::Access::ReadWrite => "read-write",
+            };
+            Ok(format!("{}: {typed}, {} bytes, {access}", a.id(), a.size()))
+        });
+        match text {
             Ok(text) => format!("<fastio.FastIOAllocation {text}>"),
             Err(_) => "<fastio.FastIOAllocation (released)>".into(),
         }
@@ -387,7 +428,7 @@ pub(crate) fn set_values(
         || values.is_instance_of::<pyo3::types::PyByteArray>()
         || values.is_instance_of::<pyo3::types::PyMemoryView>();
     if raw {
-        // A buffer: copied byte for byte, no conversion (seed 002).
+        // A buffer: copied byte for byte, no conversion (as Clara's `set_values` does).
         let bytes = py
             .import("builtins")?
             .getattr("bytes")?

@@ -102,12 +102,13 @@ impl View {
         self.len
     }
 
-    fn __repr__(&self) -> String {
+    /// `<fastio.View 24 bytes, format 'f', shape (2, 3), writable>`.
+    fn __repr__(&self, py: Python<'_>) -> String {
         format!(
-            "<fastio.View {} bytes, format {:?}, shape {:?}, {}>",
+            "<fastio.View {} bytes, format {}, shape {}, {}>",
             self.len,
-            self.format,
-            self.shape,
+            crate::py_repr(py, &self.format.to_string_lossy()),
+            crate::py_tuple(&self.shape),
             if self.readonly {
                 "read-only"
             } else {

@@ -2,7 +2,9 @@
 
 use std::sync::Mutex;
 
-use fastio_context::{AccessMode, Context, CreateOptions, Prefault, Server, ServerConfig};
+use fastio_context::{
+    AccessMode, CONTEXT_ENV, Context, CreateOptions, Prefault, Server, ServerConfig,
+};
 use numpy::{PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
@@ -20,12 +22,17 @@ use crate::{IOAccess, error};
 #[pyclass(frozen, module = "fastio")]
 pub struct FastIOContext {
     context: Context,
+    /// What the context is, for `repr()`: "in-process", "connected to '@...'", ...
+    kind: String,
 }
 
 impl FastIOContext {
     /// Wraps a context the operator API made.
     pub(crate) fn wrap(context: Context) -> Self {
-        Self { context }
+        Self {
+            context,
+            kind: "of this operator's job".into(),
+        }
     }
 }
 
@@ -40,14 +47,21 @@ impl FastIOContext {
             None => Context::in_process(),
             Some(b) => Context::in_process_with_pool(count_arg(b, "pool_bytes")? as u64),
         };
-        Ok(Self { context })
+        Ok(Self {
+            context,
+            kind: "in-process".into(),
+        })
     }
 
     /// Joins the context named by the `FASTIO_CONTEXT` environment variable.
     #[staticmethod]
     fn from_env(py: Python<'_>) -> PyResult<Self> {
         let context = py.detach(Context::from_env).map_err(error)?;
-        Ok(Self { context })
+        let address = std::env::var(fastio_context::CONTEXT_ENV).unwrap_or_default();
+        Ok(Self {
+            context,
+            kind: format!("connected to {}", crate::py_repr(py, &address)),
+        })
     }
 
     /// Joins the context server at `address` (`@name` as printed by `fastio serve`, or
@@ -56,7 +70,10 @@ impl FastIOContext {
     fn connect(py: Python<'_>, address: &Bound<'_, PyAny>) -> PyResult<Self> {
         let address = str_arg(address, "address")?;
         let context = py.detach(|| Context::connect(&address)).map_err(error)?;
-        Ok(Self { context })
+        Ok(Self {
+            context,
+            kind: format!("connected to {}", crate::py_repr(py, &address)),
+        })
     }
 
     /// Allocates `size` bytes of zeroed shared memory, reachable only through the
@@ -134,12 +151,17 @@ impl FastIOContext {
 
     /// Publishes a copy of a numpy array (or anything `numpy.asarray` takes) under
     /// `name`: allocates, sets type and dimensions from the array, copies, publishes and
-    /// releases. A 0-d array is published with shape (1,).
+    /// releases. A 0-d array is published with shape (1,); an empty one (a 0 dimension)
+    /// as it is, with zero bytes. With `replace=True` a
+    /// publication (or freed name) that has `name` is replaced instead of raising: the
+    /// way to re-run a notebook cell that publishes.
+    #[pyo3(signature = (array, name, *, replace = false))]
     fn publish_array(
         &self,
         py: Python<'_>,
         array: &Bound<'_, PyAny>,
         name: &Bound<'_, PyAny>,
+        replace: bool,
     ) -> PyResult<()> {
         let name = str_arg(name, "name")?;
         let contiguous = py
@@ -154,20 +176,23 @@ impl FastIOContext {
         if shape.is_empty() {
             shape.push(1);
         }
-        if shape.contains(&0) {
-            return Err(error(format!(
-                "cannot publish an empty array (shape {shape:?}); every dimension must be >= 1"
-            )));
-        }
         with_element_type!(et, T => {
             let typed = contiguous
                 .cast::<PyArrayDyn<T>>()
                 .map_err(|e| error(e.to_string()))?;
             let data = typed.try_readonly().map_err(error)?;
             let slice = data.as_slice().map_err(error)?;
-            py.detach(|| publish_bytes(&self.context, fastio_meta::as_bytes(slice), et, &shape, &name))
+            py.detach(|| publish_bytes(&self.context, fastio_meta::as_bytes(slice), et, &shape, &name, replace))
                 .map_err(error)
         })
+    }
+
+    /// Withdraws the name `name`, whether it names a live publication or a freed one, so
+    /// that it can be published again. Handles got through it stay valid; the memory
+    /// goes when nothing else keeps it. Raises `fastio.Error` for an unknown name.
+    fn unpublish(&self, py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<()> {
+        let name = str_arg(name, "name")?;
+        py.detach(|| self.context.unpublish(&name)).map_err(error)
     }
 
     /// The context's accounting: resources, live_bytes, pooled_segments, pooled_bytes,
@@ -194,8 +219,9 @@ impl FastIOContext {
         Ok(d)
     }
 
+    /// `<fastio.FastIOContext in-process>`, `<fastio.FastIOContext connected to '@...'>`.
     fn __repr__(&self) -> String {
-        format!("<fastio.FastIOContext {:?}>", self.context)
+        format!("<fastio.FastIOContext {}>", self.kind)
     }
 }
 
@@ -208,6 +234,7 @@ fn publish_bytes(
     et: fastio_meta::ElementType,
     shape: &[usize],
     name: &str,
+    replace: bool,
 ) -> Result<(), fastio_context::ContextError> {
     let mut allocation = context.create_with(
         bytes.len(),
@@ -219,7 +246,11 @@ fn publish_bytes(
     )?;
     allocation.set_type_and_dimensions(et, shape)?;
     allocation.write_bytes(0, bytes)?;
-    allocation.publish(name)?;
+    if replace {
+        allocation.publish_replacing(name)?;
+    } else {
+        allocation.publish(name)?;
+    }
     allocation.release()
 }
 
@@ -230,6 +261,26 @@ fn publish_bytes(
 pub struct ContextServer {
     server: Mutex<Option<Server>>,
     address: String,
+    /// Set when `serve()` exported the address: the value `FASTIO_CONTEXT` had before
+    /// (`None`: unset), put back by `stop()`.
+    exported_over: Mutex<Option<Option<String>>>,
+}
+
+/// Sets (`Some`) or removes (`None`) `name` in `os.environ`, which also changes the
+/// process environment that child processes inherit.
+fn set_environ(py: Python<'_>, name: &str, value: Option<&str>) -> PyResult<()> {
+    let environ = py.import("os")?.getattr("environ")?;
+    match value {
+        Some(v) => environ.set_item(name, v),
+        None => environ.del_item(name),
+    }
+}
+
+fn get_environ(py: Python<'_>, name: &str) -> PyResult<Option<String>> {
+    py.import("os")?
+        .getattr("environ")?
+        .call_method1("get", (name,))?
+        .extract()
 }
 
 #[pymethods]
@@ -241,19 +292,36 @@ impl ContextServer {
     }
 
     /// A context in this process over the server's registry.
-    fn context(&self) -> PyResult<FastIOContext> {
+    fn context(&self, py: Python<'_>) -> PyResult<FastIOContext> {
         let server = self.server.lock().unwrap_or_else(|e| e.into_inner());
         match server.as_ref() {
             Some(s) => Ok(FastIOContext {
                 context: s.local_context(),
+                kind: format!(
+                    "in this process, served at {}",
+                    crate::py_repr(py, &self.address)
+                ),
             }),
             None => Err(error("this server was stopped")),
         }
     }
 
     /// Stops accepting new clients; open connections are served until they close.
-    fn stop(&self) {
+    /// `FASTIO_CONTEXT` gets back the value it had before `serve()` exported this
+    /// server's address (unless something else has set it since).
+    fn stop(&self, py: Python<'_>) -> PyResult<()> {
         self.server.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let exported = self
+            .exported_over
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(previous) = exported
+            && get_environ(py, CONTEXT_ENV)?.as_deref() == Some(self.address.as_str())
+        {
+            set_environ(py, CONTEXT_ENV, previous.as_deref())?;
+        }
+        Ok(())
     }
 
     fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
@@ -261,28 +329,55 @@ impl ContextServer {
     }
 
     #[pyo3(signature = (*_args))]
-    fn __exit__(&self, _args: &Bound<'_, PyTuple>) -> bool {
-        self.stop();
-        false
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, PyTuple>) -> PyResult<bool> {
+        self.stop(py)?;
+        Ok(false)
     }
 
-    fn __repr__(&self) -> String {
-        format!("<fastio.ContextServer {}>", self.address)
+    /// `<fastio.ContextServer '@fastio-...'>` (or `(stopped)`).
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let running = self
+            .server
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        let address = crate::py_repr(py, &self.address);
+        if running {
+            format!("<fastio.ContextServer {address}>")
+        } else {
+            format!("<fastio.ContextServer {address} (stopped)>")
+        }
     }
 }
 
 /// Starts a context server in this process (threads of its own) and returns it.
-/// `pool_bytes` bounds its pool of warm segments (default 1 GiB).
+/// `pool_bytes` bounds its pool of warm segments (default 1 GiB). With `export` (the
+/// default) its address is put in `os.environ["FASTIO_CONTEXT"]`, so processes started
+/// from here on (`subprocess`, `multiprocessing`) join it with
+/// `FastIOContext.from_env()`; `stop()` puts the previous value back.
 #[pyfunction]
-#[pyo3(signature = (pool_bytes = None))]
-pub fn serve(pool_bytes: Option<&Bound<'_, PyAny>>) -> PyResult<ContextServer> {
+#[pyo3(signature = (pool_bytes = None, *, export = true))]
+pub fn serve(
+    py: Python<'_>,
+    pool_bytes: Option<&Bound<'_, PyAny>>,
+    export: bool,
+) -> PyResult<ContextServer> {
     let mut config = ServerConfig::default();
     if let Some(b) = pool_bytes {
         config.pool_bytes = count_arg(b, "pool_bytes")? as u64;
     }
     let server = Server::start(config).map_err(error)?;
+    let address = server.address().to_owned();
+    let exported_over = if export {
+        let previous = get_environ(py, CONTEXT_ENV)?;
+        set_environ(py, CONTEXT_ENV, Some(&address))?;
+        Some(previous)
+    } else {
+        None
+    };
     Ok(ContextServer {
-        address: server.address().to_owned(),
+        address,
         server: Mutex::new(Some(server)),
+        exported_over: Mutex::new(exported_over),
     })
 }

@@ -18,6 +18,7 @@ mod allocation;
 mod buffer;
 mod context;
 mod dtype;
+mod listing;
 mod operator;
 
 use pyo3::prelude::*;
@@ -28,6 +29,41 @@ pyo3::create_exception!(
     pyo3::exceptions::PyException,
     "Raised by every failing Fast I/O call; the message says what went wrong."
 );
+
+/// Python's `repr()` of a string, for `__repr__`s that read as Python, not Rust.
+pub(crate) fn py_repr(py: Python<'_>, text: &str) -> String {
+    pyo3::types::PyString::new(py, text)
+        .repr()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|_| format!("'{text}'"))
+}
+
+/// A tuple as Python writes it: `(3,)`, `(2, 3)`.
+pub(crate) fn py_tuple<T: std::fmt::Display>(items: &[T]) -> String {
+    match items {
+        [one] => format!("({one},)"),
+        _ => format!(
+            "({})",
+            items
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// A list of names as Python writes it: `['a', 'b']`.
+pub(crate) fn py_list(py: Python<'_>, names: &[String]) -> String {
+    format!(
+        "[{}]",
+        names
+            .iter()
+            .map(|n| py_repr(py, n))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
 
 /// Turns any displayable error into `fastio.Error` with its message.
 pub(crate) fn error(e: impl std::fmt::Display) -> PyErr {
@@ -42,6 +78,20 @@ pub enum IOAccess {
     ReadOnly,
     /// Reading and writing.
     ReadWrite,
+}
+
+/// Runs the `fastio` command (the same code as the `fastio` binary) with `args` (the
+/// first is the program's name) and returns its exit status. `program_dirs` are where the
+/// command is installed: `fastio run` looks there first, in order, for operator programs. The GIL
+/// is released meanwhile. Used by the `fastio` console script (`fastio._cli`).
+#[pyfunction]
+#[pyo3(signature = (args, program_dirs = Vec::new()))]
+fn cli_main(
+    py: Python<'_>,
+    args: Vec<std::ffi::OsString>,
+    program_dirs: Vec<std::path::PathBuf>,
+) -> i32 {
+    py.detach(|| fastio::cli::main(args, program_dirs))
 }
 
 /// The native module.
@@ -59,6 +109,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<operator::PayloadCollection>()?;
     m.add_class::<operator::FastIOEntry>()?;
     m.add_function(wrap_pyfunction!(context::serve, m)?)?;
+    m.add_function(wrap_pyfunction!(listing::jobs, m)?)?;
+    m.add_function(wrap_pyfunction!(listing::inspect, m)?)?;
+    m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add("CONTEXT_ENV", fastio_context::CONTEXT_ENV)?;
     Ok(())
 }

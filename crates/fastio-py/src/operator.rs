@@ -35,13 +35,13 @@ impl EntryCell {
     }
 }
 
-/// A FastIO entry (seed 002): a typed shared memory input (read-only) or output
+/// A FastIO entry (Clara's typed pipelines): a typed shared memory input (read-only) or output
 /// (read-write) of this operator, declared in the pipeline definition.
 ///
 /// Valid during execute only: afterwards every call raises `fastio.Error`. Numpy views
 /// (`get_numpy()`, `as_numpy()`) share the entry's memory; views kept past execute keep
-/// the mapping (never unmapped under them), but the job reports their references as
-/// reclaimed.
+/// the mapping (never unmapped under them), read-only from then on (a write through one
+/// faults), and the job reports their references as reclaimed.
 #[pyclass(frozen, module = "fastio")]
 pub struct FastIOEntry {
     name: String,
@@ -84,9 +84,16 @@ impl FastIOEntry {
         self.cell()?.detached(py, f)
     }
 
-    /// Ends the entry's life: its handle is released now, or by the last view.
+    /// Ends the entry's life: an output's memory becomes read-only in place (a numpy view
+    /// kept past execute then faults on a write instead of changing what downstream
+    /// operators read), and its handle is released now, or by the last view.
     fn close(&self) {
-        self.cell.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let cell = self.cell.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(cell) = cell {
+            // Only mprotect of a whole live mapping can fail here, which it does not in
+            // practice; the context seals the memory against writes regardless.
+            let _ = cell.lock().finish();
+        }
     }
 
     fn view(&self, read_only: bool) -> PyResult<View> {
@@ -177,8 +184,9 @@ impl FastIOEntry {
     }
 
     /// Sets dynamic dimensions: `new_values[k]` at index `dimensions[k]`. Indices that are
-    /// not dynamic are left unchanged, without an error (seed 002). Once every dimension
-    /// is positive the entry gets memory of that shape. Returns the new shape. Raises
+    /// not dynamic are left unchanged, without an error (as in Clara). A value may be 0 (an
+    /// empty result, as in numpy). Once every dynamic dimension is set the entry gets memory
+    /// of that shape. Returns the new shape. Raises
     /// `fastio.Error` on a pre-allocated entry, an input, or while numpy views of the old
     /// memory exist.
     fn update_shape<'py>(
@@ -305,10 +313,30 @@ impl FastIOEntry {
         Ok(d)
     }
 
-    fn __repr__(&self) -> String {
-        match self.with(|e| Ok(format!("{e:?}"))) {
-            Ok(text) => format!("<fastio.FastIOEntry {text}>"),
-            Err(_) => format!("<fastio.FastIOEntry {:?} (ended)>", self.name),
+    /// `<fastio.FastIOEntry 'mask': output uint8 (256, 512, 512), pre-allocated>`.
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let name = crate::py_repr(py, &self.name);
+        let text = self.with(|e| {
+            let role = match e.access() {
+                AccessMode::ReadOnly => "input",
+                AccessMode::ReadWrite => "output",
+            };
+            let state = if e.is_preallocated() {
+                "pre-allocated"
+            } else if e.is_allocated() {
+                "dynamic, allocated"
+            } else {
+                "dynamic, not allocated yet"
+            };
+            Ok(format!(
+                "{role} {} {}, {state}",
+                e.element_type(),
+                crate::py_tuple(e.shape())
+            ))
+        });
+        match text {
+            Ok(text) => format!("<fastio.FastIOEntry {name}: {text}>"),
+            Err(_) => format!("<fastio.FastIOEntry {name} (execute has returned)>"),
         }
     }
 }
@@ -353,8 +381,13 @@ pub struct PayloadEntry {
 
 #[pymethods]
 impl PayloadEntry {
-    fn __repr__(&self) -> String {
-        format!("<PayloadEntry {:?}: {:?}>", self.name, self.path)
+    /// `<fastio.PayloadEntry 'report': '/out/report'>`.
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!(
+            "<fastio.PayloadEntry {}: {}>",
+            crate::py_repr(py, &self.name),
+            crate::py_repr(py, &self.path)
+        )
     }
 }
 
@@ -411,8 +444,12 @@ impl PayloadCollection {
         self.names.clone()
     }
 
-    fn __repr__(&self) -> String {
-        format!("<PayloadCollection {:?}>", self.names)
+    /// `<fastio.PayloadCollection ['volume', 'mask']>`.
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!(
+            "<fastio.PayloadCollection {}>",
+            crate::py_list(py, &self.names)
+        )
     }
 }
 
@@ -475,13 +512,14 @@ impl Payload {
         self.fastio_outputs.get().__getitem__(py, name)
     }
 
-    fn __repr__(&self) -> String {
+    /// `<fastio.Payload inputs [...], outputs [...], FastIO inputs [...], FastIO outputs [...]>`.
+    fn __repr__(&self, py: Python<'_>) -> String {
         format!(
-            "<Payload disk in {:?} out {:?}, FastIO in {:?} out {:?}>",
-            self.input_entries.get().names,
-            self.output_entries.get().names,
-            self.fastio_inputs.get().names,
-            self.fastio_outputs.get().names,
+            "<fastio.Payload inputs {}, outputs {}, FastIO inputs {}, FastIO outputs {}>",
+            crate::py_list(py, &self.input_entries.get().names),
+            crate::py_list(py, &self.output_entries.get().names),
+            crate::py_list(py, &self.fastio_inputs.get().names),
+            crate::py_list(py, &self.fastio_outputs.get().names),
         )
     }
 }
@@ -655,12 +693,13 @@ impl Driver {
         }
     }
 
-    fn __repr__(&self) -> String {
+    /// `<fastio.Driver job 'demo' (id ...), operator 'threshold'>`.
+    fn __repr__(&self, py: Python<'_>) -> String {
         format!(
-            "<fastio.Driver job {} ({}) stage {:?}>",
-            self.driver.job_name(),
+            "<fastio.Driver job {} (id {}), operator {}>",
+            crate::py_repr(py, self.driver.job_name()),
             self.driver.job_id(),
-            self.driver.stage_name()
+            crate::py_repr(py, self.driver.stage_name()),
         )
     }
 }

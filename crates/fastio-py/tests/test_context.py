@@ -221,8 +221,10 @@ def test_empty_reuses_this_processs_kept_mapping():
 
 def test_empty_refuses_bad_shapes_and_dtypes():
     ctx = fastio.FastIOContext()
+    # A zero dimension is an empty array, as numpy's np.empty((0, 3)); a negative one is not.
+    assert ctx.empty((0, 3), np.float32).as_numpy().shape == (0, 3)
     with pytest.raises(fastio.Error):
-        ctx.empty((0, 3), np.float32)
+        ctx.empty((-1, 3), np.float32)
     with pytest.raises(fastio.Error):
         ctx.empty((2, 3), "not-a-type")
     with pytest.raises(fastio.Error):

@@ -12,7 +12,20 @@ const HUGETLBFS_MAGIC: i64 = 0x958458f6;
 
 /// The seals every segment carries: its size can never change, so no peer can truncate
 /// memory under another's mapping (which would turn reads into SIGBUS).
+///
+/// `F_SEAL_SEAL` is deliberately not among them: the owner adds the write seal later
+/// ([`Segment::seal_writes`]). Only a writable descriptor can add seals, so a holder of a
+/// read-only one cannot.
 const SIZE_SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW);
+
+/// The seal that makes a segment read-only for good ([`Segment::seal_writes`]).
+const WRITE_SEAL: SealFlags = SealFlags::FUTURE_WRITE;
+
+/// The memfd's inode mode: read for its owner only. Opening `/proc/self/fd/N` again
+/// checks the inode's mode, so a process that is not root cannot turn a read-only
+/// descriptor into a writable one by reopening it (its owner can `fchmod` the mode back:
+/// the write seal, not the mode, is what makes memory immutable).
+const INODE_MODE: Mode = Mode::RUSR;
 
 /// Builds a [`Segment`]: `SegmentBuilder::new(len).label("volume").create()`.
 #[derive(Debug, Clone)]
@@ -77,8 +90,9 @@ impl SegmentBuilder {
         self
     }
 
-    /// Creates the memfd, sizes it, reserves its memory and seals it against shrinking and
-    /// growing.
+    /// Creates the memfd, sizes it, reserves its memory, seals it against shrinking and
+    /// growing and sets its inode mode to owner-read-only (so that read-only descriptors of
+    /// it cannot be reopened for writing by a process that is not root).
     ///
     /// The memory is reserved here, not at first touch: a request the machine cannot hold
     /// fails now with [`SegmentError::OutOfMemory`] naming the size, never with SIGBUS
@@ -126,7 +140,8 @@ impl SegmentBuilder {
                 self.headroom_for((len - done) as u64, check)
             })?,
         }
-        rustix::fs::fcntl_add_seals(&fd, SIZE_SEALS | SealFlags::SEAL).map_err(os("seal"))?;
+        rustix::fs::fcntl_add_seals(&fd, SIZE_SEALS).map_err(os("seal"))?;
+        rustix::fs::fchmod(&fd, INODE_MODE).map_err(os("fchmod"))?;
         Segment::new(fd, len, true, false)
     }
 
@@ -192,7 +207,8 @@ impl SegmentBuilder {
         };
         if rustix::fs::ftruncate(&fd, len).is_err()
             || rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, len).is_err()
-            || rustix::fs::fcntl_add_seals(&fd, SIZE_SEALS | SealFlags::SEAL).is_err()
+            || rustix::fs::fcntl_add_seals(&fd, SIZE_SEALS).is_err()
+            || rustix::fs::fchmod(&fd, INODE_MODE).is_err()
         {
             return Ok(None);
         }
@@ -310,6 +326,27 @@ impl Segment {
     /// Whether this descriptor allows writable mappings.
     pub fn is_writable(&self) -> bool {
         self.writable
+    }
+
+    /// Makes the memory read-only for good, through every descriptor in every process:
+    /// adds `F_SEAL_FUTURE_WRITE`, after which `write`, new writable mappings and
+    /// `fallocate(PUNCH_HOLE)` fail for everyone, root included, and read-only mappings can
+    /// no longer be `mprotect`ed writable. Writable mappings that exist already keep working
+    /// (their owners make them read-only with [`crate::Mapping::unpark`]). Needs a
+    /// writable descriptor. Sealing twice is harmless.
+    pub fn seal_writes(&self) -> Result<(), SegmentError> {
+        rustix::fs::fcntl_add_seals(&self.fd, WRITE_SEAL).map_err(|source| SegmentError::Os {
+            op: "seal against writes",
+            size: self.len,
+            source,
+        })
+    }
+
+    /// Whether the memory was sealed against writes ([`Segment::seal_writes`], or
+    /// `F_SEAL_WRITE` added by anyone holding a writable descriptor).
+    pub fn is_write_sealed(&self) -> bool {
+        rustix::fs::fcntl_get_seals(&self.fd)
+            .is_ok_and(|seals| seals.intersects(SealFlags::WRITE | SealFlags::FUTURE_WRITE))
     }
 
     /// A second descriptor for the same memory and access (`dup`).

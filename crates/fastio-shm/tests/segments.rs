@@ -189,6 +189,91 @@ fn oversized_messages_are_refused_before_sending() {
     ));
 }
 
+fn errno_of<T>(r: rustix::io::Result<T>) -> Option<rustix::io::Errno> {
+    r.err()
+}
+
+#[test]
+fn sealed_segments_refuse_every_new_write_path_even_through_a_reopened_descriptor() {
+    let s = segment(8192);
+    let writer = Mapping::new(&s, Access::ReadWrite, Prefault::Lazy).unwrap();
+    writer.write_at(0, b"final").unwrap();
+    let reader = s.read_only().unwrap();
+    assert!(!s.is_write_sealed());
+    s.seal_writes().unwrap();
+    assert!(s.is_write_sealed());
+    s.seal_writes().unwrap();
+    // A writable descriptor reopened from the read-only one (this test runs as root, whom
+    // the inode's mode does not stop): the seal, not the mode, keeps the memory intact.
+    let path = format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&reader.as_fd())
+    );
+    let reopened = rustix::fs::open(
+        path.as_str(),
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    );
+    let fds: Vec<std::os::fd::OwnedFd> = match reopened {
+        Ok(fd) => vec![fd, s.try_clone().unwrap().into_fd()],
+        Err(_) => vec![s.try_clone().unwrap().into_fd()],
+    };
+    for fd in &fds {
+        assert_eq!(
+            errno_of(rustix::io::pwrite(fd, b"tamper", 0)),
+            Some(rustix::io::Errno::PERM)
+        );
+        assert_eq!(
+            errno_of(rustix::fs::fallocate(
+                fd,
+                rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+                0,
+                4096
+            )),
+            Some(rustix::io::Errno::PERM),
+            "punching holes must be refused"
+        );
+        let adopted = Segment::from_fd(rustix::io::dup(fd).unwrap()).unwrap();
+        assert!(
+            Mapping::new(&adopted, Access::ReadWrite, Prefault::Lazy).is_err(),
+            "no new writable mapping"
+        );
+        // A read-only mapping made after the seal cannot be mprotect'ed writable.
+        let mut ro = Mapping::new(&adopted, Access::ReadOnly, Prefault::Lazy).unwrap();
+        assert!(ro.unpark(Access::ReadWrite).is_err());
+    }
+    let mut out = [0u8; 5];
+    Mapping::new(&reader, Access::ReadOnly, Prefault::Lazy)
+        .unwrap()
+        .read_at(0, &mut out)
+        .unwrap();
+    assert_eq!(&out, b"final");
+}
+
+#[test]
+fn the_inode_is_readable_by_its_owner_only() {
+    let s = segment(4096);
+    let mode = rustix::fs::fstat(&s).unwrap().st_mode & 0o777;
+    assert_eq!(mode, 0o400);
+    // Our own read-only reopen still works.
+    assert!(!s.read_only().unwrap().is_writable());
+}
+
+#[test]
+fn a_mapping_made_read_only_refuses_writes_and_can_become_writable_again() {
+    let s = segment(4096);
+    let mut m = Mapping::new(&s, Access::ReadWrite, Prefault::Lazy).unwrap();
+    m.write_at(0, b"a").unwrap();
+    m.unpark(Access::ReadOnly).unwrap();
+    assert_eq!(m.access(), Some(Access::ReadOnly));
+    assert!(matches!(
+        m.write_at(0, b"b"),
+        Err(SegmentError::ReadOnlyMapping)
+    ));
+    m.unpark(Access::ReadWrite).unwrap();
+    m.write_at(0, b"c").unwrap();
+}
+
 #[test]
 fn a_parked_mapping_keeps_its_page_tables_and_refuses_access() {
     const SIZE: usize = 16 << 20;

@@ -7,7 +7,8 @@
 //! - [`context`]: the Fast I/O context, its allocations, its server and clients;
 //! - [`pipeline`]: pipeline definitions (YAML/JSON), their validation and graph;
 //! - [`operator`]: the operator side of a job (life-cycle callbacks, payload, FastIO entries);
-//! - [`driver`]: the pipeline driver behind `fastio run`.
+//! - [`driver`]: the pipeline driver behind `fastio run`;
+//! - [`cli`]: the `fastio` command itself (also the Python package's console script).
 //!
 //! ```
 //! use fastio::{Context, ElementType};
@@ -21,6 +22,10 @@
 
 #![forbid(unsafe_code)]
 
+// The command's code (`cli`) names the crate `fastio::...`, as the binary it came from did.
+extern crate self as fastio;
+
+pub mod cli;
 pub mod doctor;
 
 pub use fastio_context as context;

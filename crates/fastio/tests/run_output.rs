@@ -38,7 +38,7 @@ fn operator_output_is_shown_prefixed_and_kept_in_the_log() {
         !stderr.contains('\x1b'),
         "escape codes off a terminal: {stderr:?}"
     );
-    let log = dir.path().join("out/talk/logs/speaker.log");
+    let log = dir.path().join("out/talk/latest/logs/speaker.log");
     let log = std::fs::read_to_string(log).unwrap();
     assert!(log.contains("hello on stdout\n"), "{log}");
     assert!(log.contains("hello on stderr\n"), "{log}");
@@ -51,10 +51,29 @@ fn quiet_hides_operator_output_but_keeps_the_log() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     // (The summary of the failed job may quote its stderr; the live lines are gone.)
     assert!(!stdout.contains("speaker | hello"), "{stdout}");
-    let log = dir.path().join("out/talk/logs/speaker.log");
+    let log = dir.path().join("out/talk/latest/logs/speaker.log");
     assert!(
         std::fs::read_to_string(log)
             .unwrap()
             .contains("hello on stdout")
     );
+}
+
+#[test]
+fn a_time_limit_beyond_seven_days_is_refused_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let definition = dir.path().join("p.yaml");
+    std::fs::write(
+        &definition,
+        "api-version: 0.5.0\nname: p\noperators:\n- name: a\n  command: [true]\n",
+    )
+    .unwrap();
+    let out = Command::new(FASTIO)
+        .args(["run", "--timeout", "9223372036854775807"])
+        .arg(&definition)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("at most 604800"), "{stderr}");
 }

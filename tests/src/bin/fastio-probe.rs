@@ -88,6 +88,9 @@ fn main() -> anyhow::Result<()> {
             std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())?;
             drop(a);
         }
+        // descriptor-tricks: what a process can do with a read-only descriptor of a
+        // segment it owns (run it as a user that is not root): prints one line per try.
+        "descriptor-tricks" => descriptor_tricks()?,
         // park-and-hold SIZE: create three allocations of SIZE bytes, fill and release them
         // (their mappings are parked and kept), then hold a fourth, filled, and wait to be
         // killed. Says how many mappings are parked.
@@ -115,5 +118,57 @@ fn main() -> anyhow::Result<()> {
         }
         other => bail!("unknown probe command {other:?}"),
     }
+    Ok(())
+}
+
+/// Tries to turn a read-only descriptor writable, before and after the write seal.
+fn descriptor_tricks() -> anyhow::Result<()> {
+    use std::os::fd::{AsFd, AsRawFd};
+
+    use fastio_shm::{Access, Mapping, Prefault, Segment, SegmentBuilder};
+    use rustix::fs::{FallocateFlags, Mode, OFlags};
+    let outcome = |r: Result<(), rustix::io::Errno>| match r {
+        Ok(()) => "allowed".to_owned(),
+        Err(e) => format!("refused ({})", e.raw_os_error()),
+    };
+    let segment = SegmentBuilder::new(4096).label("probe").create()?;
+    let writer = Mapping::new(&segment, Access::ReadWrite, Prefault::Lazy)?;
+    writer.write_at(0, b"final")?;
+    let read_only = segment.read_only()?;
+    let path = format!("/proc/self/fd/{}", read_only.as_fd().as_raw_fd());
+    let reopen = || rustix::fs::open(path.as_str(), OFlags::RDWR | OFlags::CLOEXEC, Mode::empty());
+    say(&format!("reopen {}", outcome(reopen().map(drop))));
+    // The owner can give itself write permission back: the mode stops accidents only.
+    say(&format!(
+        "chmod {}",
+        outcome(rustix::fs::fchmod(&read_only, Mode::RUSR | Mode::WUSR))
+    ));
+    segment.seal_writes()?;
+    let reopened = reopen()?;
+    say("reopened after chmod");
+    say(&format!(
+        "write {}",
+        outcome(rustix::io::pwrite(&reopened, b"tamper", 0).map(drop))
+    ));
+    say(&format!(
+        "punch {}",
+        outcome(rustix::fs::fallocate(
+            &reopened,
+            FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+            0,
+            4096
+        ))
+    ));
+    let adopted = Segment::from_fd(reopened)?;
+    say(&format!(
+        "map-writable {}",
+        match Mapping::new(&adopted, Access::ReadWrite, Prefault::Lazy) {
+            Ok(_) => "allowed".to_owned(),
+            Err(e) => format!("refused ({e})"),
+        }
+    ));
+    let mut out = [0u8; 5];
+    Mapping::new(&read_only, Access::ReadOnly, Prefault::Lazy)?.read_at(0, &mut out)?;
+    say(&format!("data {}", String::from_utf8_lossy(&out)));
     Ok(())
 }

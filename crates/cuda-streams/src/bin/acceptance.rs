@@ -1,4 +1,4 @@
-//! `cuda-streams-acceptance`: the 25 acceptance scenarios of holoscan-streams.md, the
+//! `cuda-streams-acceptance`: the 25 acceptance scenarios of Holoscan's stream semantics, the
 //! cross-process event test and the benchmarks, on a real GPU. Built by `cargo xtask gpu-test`
 //! and run where there is no Rust toolchain.
 //!

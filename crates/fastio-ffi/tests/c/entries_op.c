@@ -101,8 +101,19 @@ static void produce(nvidia_clara_payload *payload) {
     const int64_t zero[1] = {0};
     CHECK_FAILS(nvidia_clara_fastio_entry__update_shape(slices, index7, five, 1),
                 NVIDIA_CLARA_RESULT_INVALID_ARGUMENT, "out of range");
-    CHECK_FAILS(nvidia_clara_fastio_entry__update_shape(slices, index1, zero, 1),
-                NVIDIA_CLARA_RESULT_INVALID_ARGUMENT, "at least 1");
+    const int64_t minus[1] = {-2};
+    CHECK_FAILS(nvidia_clara_fastio_entry__update_shape(slices, index1, minus, 1),
+                NVIDIA_CLARA_RESULT_INVALID_ARGUMENT, "0 (empty) or more");
+    /* An empty result is valid (numpy's semantics): allocated, of zero bytes. */
+    CHECK_OK(nvidia_clara_fastio_entry__update_shape(slices, index1, zero, 1));
+    const int64_t empty[2] = {3, 0};
+    check_shape(slices, 2, empty);
+    CHECK(flag(nvidia_clara_fastio_entry__is_allocated, slices) == 1);
+    CHECK_OK(nvidia_clara_fastio_entry__size(slices, &size));
+    CHECK(size == 0);
+    CHECK_OK(nvidia_clara_fastio_entry__map(slices, &data));
+    CHECK(data != NULL);
+    CHECK_OK(nvidia_clara_fastio_entry__unmap(slices));
     CHECK_FAILS(nvidia_clara_fastio_entry__update_shape(slices, NULL, five, 1),
                 NVIDIA_CLARA_RESULT_INVALID_ARGUMENT, "`dimension_indices` is NULL");
     CHECK_OK(nvidia_clara_fastio_entry__update_shape(slices, index1, five, 1));

@@ -61,7 +61,9 @@ class FastIOAllocation:
     def set_type_and_dimensions(
         self, element_type: ElementTypeLike, dimensions: Sequence[int]
     ) -> None: ...
-    def publish(self, name: str) -> None: ...
+    def publish(self, name: str, *, replace: bool = False) -> None:
+        """Publishes under ``name`` (``A-Z a-z 0-9 - _ . / :``); a taken or freed name
+        raises unless ``replace=True``, which replaces that publication."""
     def release(self) -> None: ...
     def free(self) -> None: ...
     def as_numpy(self) -> npt.NDArray[Any]:
@@ -90,7 +92,12 @@ class FastIOContext:
     def create(self, size: int) -> FastIOAllocation: ...
     def empty(self, shape: int | Sequence[int], dtype: npt.DTypeLike | str) -> FastIOAllocation: ...
     def get(self, name: str, access: IOAccess = ...) -> FastIOAllocation: ...
-    def publish_array(self, array: npt.ArrayLike, name: str) -> None: ...
+    def publish_array(self, array: npt.ArrayLike, name: str, *, replace: bool = False) -> None:
+        """Publishes a copy of ``array``; ``replace=True`` replaces a publication (or
+        freed name) that has ``name`` instead of raising, e.g. in a notebook cell run twice."""
+    def unpublish(self, name: str) -> None:
+        """Withdraws ``name`` (live or freed) so that it can be published again; handles
+        already got stay valid."""
     def stats(self) -> dict[str, int]: ...
 
 class ContextServer:
@@ -103,8 +110,21 @@ class ContextServer:
     def __enter__(self) -> ContextServer: ...
     def __exit__(self, *args: object) -> Literal[False]: ...
 
-def serve(pool_bytes: int | None = None) -> ContextServer:
-    """Starts a context server in this process."""
+def serve(pool_bytes: int | None = None, *, export: bool = True) -> ContextServer:
+    """Starts a context server in this process. With ``export`` (the default) its address
+    goes into ``os.environ["FASTIO_CONTEXT"]``, so child processes started from here on
+    join it with ``FastIOContext.from_env()``; ``stop()`` puts the previous value back."""
+
+def cli_main(args: list[str], program_dirs: list[str] = ...) -> int:
+    """Runs the ``fastio`` command with ``args`` (the first is the program's name) and
+    returns its exit status; the ``fastio`` console script calls it."""
+
+def jobs() -> list[dict[str, Any]]:
+    """The running jobs of this user, oldest first (the records `fastio ps` lists)."""
+
+def inspect(job: str | None = None) -> dict[str, Any]:
+    """One running job as `fastio ls` shows it: {"job": record, "listing": {...}}; `job` is
+    a prefix of its id or its pipeline's name (default: the only running job)."""
 
 class FastIOEntry:
     """A typed shared memory input (read-only) or output (read-write) of this operator.
