@@ -50,6 +50,11 @@ pub(crate) struct HugeState {
     pub(crate) bytes: AtomicU64,
     /// Still in the pool: the collapser stops as soon as the segment is handed out.
     pub(crate) pooled: AtomicBool,
+    /// How far the collapser got: it resumes there the next time the segment rests in
+    /// the pool (huge pages stay in the page cache in between).
+    pub(crate) collapsed_to: AtomicU64,
+    /// Waiting in the collapser's queue (offered once, however often it is pooled).
+    pub(crate) queued: AtomicBool,
 }
 
 /// Which connections mapped a segment, and whether writable (so that the pool can hand it
