@@ -4,7 +4,7 @@
 //! benchmark (benches/python/bench_fastio.py).
 //!
 //! On a fresh checkout `.venv` does not exist: it is created with `python3 -m venv` and
-//! given maturin, numpy and pytest from PyPI. Later runs reuse it (pip then only checks
+//! given maturin, numpy, pytest and kubernetes-validate from PyPI. Later runs reuse it (pip then only checks
 //! that the requirements are met).
 
 use std::path::{Path, PathBuf};
@@ -18,7 +18,13 @@ const VENV: &str = ".venv";
 pub const DIST: &str = "dist";
 /// Programs the wheel carries inside the package (gitignored; filled only during a build).
 const PROGRAMS: &str = "crates/fastio-py/python/fastio/_programs";
-const REQUIREMENTS: &[&str] = &["maturin>=1.16,<2", "numpy>=1.24", "pytest>=8"];
+const REQUIREMENTS: &[&str] = &[
+    "maturin>=1.16,<2",
+    "numpy>=1.24",
+    "pytest>=8",
+    // Kubernetes' schemas, offline: the tests validate the manifests `fastio k8s render` writes.
+    "kubernetes-validate>=1.30",
+];
 
 /// The virtual environment's Python, and the environment to run it in.
 struct Venv {
@@ -180,5 +186,14 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
         "docs/benchmarks.md",
     ];
     argv.extend(args.iter().map(String::as_str));
+    venv.run(&argv)
+}
+
+/// Builds the module into `.venv` and runs the in-place handover benchmark
+/// (benches/python/bench_inplace.py), which writes target/fastio-bench/python.json.
+pub fn bench_inplace(args: &[&str]) -> anyhow::Result<()> {
+    let venv = setup()?;
+    let mut argv = vec!["benches/python/bench_inplace.py"];
+    argv.extend_from_slice(args);
     venv.run(&argv)
 }

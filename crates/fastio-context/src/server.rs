@@ -105,6 +105,21 @@ impl Server {
         Self::listen(Shared::new(registry, Some(job)))
     }
 
+    /// [`Server::start_job`] with some entries filled before any operator starts, each
+    /// `(entry, dims, bytes)`: the inputs of an operator run alone (`fastio run-op`).
+    pub fn start_job_with_inputs(
+        config: ServerConfig,
+        job: Arc<Job>,
+        inputs: &[(crate::job::EntryId, Vec<usize>, Vec<u8>)],
+    ) -> Result<Self, ContextError> {
+        let mut registry = config.registry();
+        registry.define_entries(&job.plan().entries)?;
+        for (entry, dims, bytes) in inputs {
+            registry.fill_entry(*entry, dims, bytes)?;
+        }
+        Self::listen(Shared::new(registry, Some(job)))
+    }
+
     fn listen(shared: Arc<Shared>) -> Result<Self, ContextError> {
         raise_descriptor_limit();
         let name = random_name()?;
@@ -333,10 +348,10 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     fn new(shared: Arc<Shared>, stage: Option<usize>) -> Self {
-        let conn = shared.registry().connect();
+        let peer = shared.connect(stage);
         Self {
             shared,
-            peer: Peer { conn, stage },
+            peer,
             greeted: false,
         }
     }
@@ -370,7 +385,7 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.shared.registry().disconnect(self.peer.conn);
+        self.shared.disconnect(self.peer.conn);
         // Memory that died with the connection is released outside the registry's lock.
         self.shared.bury_dead();
     }
