@@ -6,7 +6,7 @@
 //! warm pool, in 32 MiB steps, stopping as soon as a segment is handed out, and sleeping
 //! three times as long as it worked after each step: it uses at most a quarter of one CPU.
 //! A segment handed out mid-way is resumed where it stopped the next time it rests.
-//! `FASTIO_COLLAPSE=0` (or `ServerConfig::collapse = false`, `fastio serve --no-collapse`)
+//! `FASTIO_COLLAPSE=0` (or `ServerConfig::collapse = false`)
 //! turns it off.
 
 use std::sync::Arc;
