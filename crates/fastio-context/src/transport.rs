@@ -33,6 +33,9 @@ pub(crate) fn lock(registry: &Mutex<Registry>) -> MutexGuard<'_, Registry> {
 pub(crate) struct Shared {
     pub(crate) registry: Mutex<Registry>,
     pub(crate) job: Option<Arc<Job>>,
+    /// The secret operators that join the job (rather than being started by it) present;
+    /// unset, no one may join that way.
+    pub(crate) join_secret: std::sync::OnceLock<crate::protocol::JobSecret>,
 }
 
 impl Shared {
@@ -40,6 +43,7 @@ impl Shared {
         Arc::new(Self {
             registry: Mutex::new(registry),
             job,
+            join_secret: std::sync::OnceLock::new(),
         })
     }
 
@@ -153,6 +157,10 @@ fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<Se
             message: format!(
                 "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"
             ),
+        }),
+        // A session answers it; anywhere else it comes too late.
+        Request::Attach { .. } => refused(RequestError::BadRequest {
+            message: "attach must be the first request on a connection".into(),
         }),
         Request::Create { size, hugetlb } => grant(shared.create(conn, size, hugetlb)),
         Request::Publish {
@@ -484,6 +492,7 @@ impl Transport for SocketTransport {
 fn request_name(request: &Request) -> &'static str {
     match request {
         Request::Hello { .. } => "hello",
+        Request::Attach { .. } => "attach",
         Request::Create { .. } => "create",
         Request::Publish { .. } => "publish",
         Request::Unpublish { .. } => "unpublish",
