@@ -4,7 +4,7 @@
 //! - `localhost/fastio:<version>`: the `fastio` command and the shared libraries it links
 //!   (found with `ldd`), at their usual paths; what a rendered Pod's sidecar runs;
 //! - `localhost/fastio-operator:<version>` (with `--operator`): libfastio.so, the drop-in
-//!   libnvclara.so, clara.h and the Python wheel under /opt/fastio, for operator images to
+//!   libnvclara.so, the C headers and the Python wheel under /opt/fastio, for operator images to
 //!   copy from in a multi-stage build.
 //!
 //! podman reads `packaging/containers.conf` (runc, and limits it may set), which machines
@@ -57,10 +57,12 @@ pub fn image(root: &Path, args: &[String]) -> anyhow::Result<()> {
         let base = context.join("operator");
         install(&lib.join("libfastio.so"), &base.join("lib/libfastio.so"))?;
         std::os::unix::fs::symlink("libfastio.so", base.join("lib/libnvclara.so"))?;
-        install(
-            &root.join("crates/fastio-ffi/include/clara.h"),
-            &base.join("include/clara.h"),
-        )?;
+        // clara.h includes the generated clara_cpd.h: the whole folder goes.
+        for header in std::fs::read_dir(root.join("crates/fastio-ffi/include"))? {
+            let header = header?.path();
+            let name = header.file_name().context("a header without a name")?;
+            install(&header, &base.join("include").join(name))?;
+        }
         let name = wheel.file_name().context("the wheel has no file name")?;
         install(&wheel, &base.join("wheels").join(name))?;
         podman_build(
