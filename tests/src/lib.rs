@@ -131,3 +131,13 @@ pub fn wait_until(
     }
     bail!("condition not met within {timeout:?}")
 }
+
+/// Whether process `pid` is alive (a zombie, dead but not yet reaped, is not).
+pub fn alive(pid: u32) -> bool {
+    // A zombie still has /proc/<pid>; its state letter is Z.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .is_some_and(|r| !r.trim_start().starts_with('Z'))
+    })
+}

@@ -395,14 +395,14 @@ fn sigkill_mid_execute_fails_the_job_and_leaves_nothing_behind() {
     };
     assert!(why.contains("signal 9"), "{why}");
     assert_eq!(report.failure.as_ref().unwrap().0, "victim");
-    assert!(matches!(
+    assert_eq!(
         outcome(&report, "after"),
-        OperatorState::Stopped(_)
-    ));
-    assert!(matches!(
+        &OperatorState::Cancelled("while waiting for inputs".into())
+    );
+    assert_eq!(
         outcome(&report, "bystander"),
-        OperatorState::Stopped(_)
-    ));
+        &OperatorState::Cancelled("during execute".into())
+    );
     assert!(
         job.at("after", "execute begin").is_none(),
         "downstream never executes"
@@ -428,20 +428,57 @@ fn sigkill_mid_execute_fails_the_job_and_leaves_nothing_behind() {
 }
 
 #[test]
-fn the_time_limit_fails_the_job() {
+fn the_time_limit_blames_the_running_operator_not_the_one_waiting_for_it() {
     let job = Job::new();
     let yaml = format!(
-        "api-version: 0.5.0\nname: t\ntimeout: 1\noperators:\n{}",
-        op("slow", &[("EXECUTE", "sleep:60")], "")
+        "api-version: 0.5.0\nname: t\ntimeout: 1\noperators:\n{}{}",
+        op("slow", &[("EXECUTE", "sleep:60")], STREAM_OUT),
+        op("patient", &[], &stream_in("slow")),
     );
     let report = job.run(&yaml);
-    let (_, why) = report.failure.clone().unwrap();
+    let (who, why) = report.failure.clone().unwrap();
+    assert_eq!(who, "slow", "{}", report.render());
     assert!(why.contains("time limit"), "{why}");
     let OperatorState::Failed(why) = outcome(&report, "slow") else {
         panic!("{}", report.render());
     };
     assert!(why.contains("executing when the job's time limit"), "{why}");
+    assert_eq!(
+        outcome(&report, "patient"),
+        &OperatorState::Cancelled("while waiting for inputs".into()),
+        "{}",
+        report.render()
+    );
     assert!(job.at("slow", "execute end").is_none());
+    assert!(job.at("patient", "execute begin").is_none());
+}
+
+#[test]
+fn an_operator_that_had_finished_is_reported_finished_when_another_fails() {
+    let job = Job::new();
+    // `early` finishes execute and cleanup, then lingers before exiting (as an
+    // interpreter tearing down does); `late` fails once early's cleanup has ended.
+    let yaml = format!(
+        "{HEADER}{}{}",
+        op("early", &[("EXIT_DELAY", "30")], STREAM_OUT),
+        op(
+            "late",
+            &[("EXECUTE", "fail"), ("WAIT_FOR", "early cleanup end")],
+            &stream_in("early")
+        ),
+    );
+    let report = job.run(&yaml);
+    assert_eq!(report.failure.as_ref().unwrap().0, "late");
+    assert_eq!(
+        outcome(&report, "early"),
+        &OperatorState::Succeeded,
+        "{}",
+        report.render()
+    );
+    let rendered = report.render();
+    let early_line = rendered.lines().find(|l| l.contains("early")).unwrap();
+    assert!(early_line.ends_with("finished"), "{rendered}");
+    assert!(!rendered.contains("signal 15"), "{rendered}");
 }
 
 #[test]
@@ -488,17 +525,27 @@ fn a_crash_fails_the_job() {
 }
 
 #[test]
-fn references_held_after_execute_are_reported_and_reclaimed() {
+fn references_held_after_execute_are_reclaimed_and_named_by_entry_or_publication() {
     let job = Job::new();
     let report = job.run(&format!(
-        "{HEADER}{}",
-        op("leaky", &[("EXECUTE", "hold")], "")
+        "{HEADER}{}{}{}",
+        op("leaky", &[("EXECUTE", "hold")], ""),
+        op("keeper", &[("EXECUTE", "hold-published:kept")], ""),
+        op("grabber", &[("EXECUTE", "hold-entry")], ONE_ARRAY_OUT),
     ));
     assert!(report.succeeded(), "{}", report.render());
     let reclaimed = &report.operators[0].reclaimed;
     assert_eq!(reclaimed.len(), 1);
     assert_eq!((reclaimed[0].count, reclaimed[0].size), (1, 4096));
-    assert!(report.render().contains("still held after execute"));
+    let held = |operator: usize| report.operators[operator].reclaimed[0].to_string();
+    assert_eq!(held(0), "an unpublished allocation (4096 bytes)");
+    assert_eq!(held(1), "publication \"kept\" (4096 bytes)");
+    assert_eq!(held(2), "entry \"data\" (4096 bytes)");
+    let rendered = report.render();
+    assert!(
+        rendered.contains("reference to entry \"data\" (4096 bytes) still held after execute"),
+        "{rendered}"
+    );
 }
 
 #[test]
@@ -620,4 +667,34 @@ fn killing_the_driver_takes_its_operators_with_it() {
     })
     .unwrap();
     assert!(job.at("waiting", "execute begin").is_none());
+}
+
+#[test]
+fn a_stream_output_holding_files_stops_the_job_unless_replacing_is_allowed() {
+    let job = Job::new();
+    let pipeline = job.pipeline(&format!(
+        "{HEADER}{}",
+        op("writer", &[("EXECUTE", "paths")], STREAM_OUT)
+    ));
+    let mut options = job.options(&pipeline);
+    run_job(&pipeline, &options, &mut |_| {}).unwrap();
+    let greeting = options.output_root.join("writer/done/greeting.txt");
+    assert!(greeting.is_file());
+    let refused = run_job(&pipeline, &options, &mut |_| {}).unwrap_err();
+    assert!(
+        matches!(&refused, fastio::driver::DriverError::OutputNotEmpty { path } if path.ends_with("writer/done")),
+        "{refused}"
+    );
+    assert!(greeting.is_file(), "a refused job deletes nothing");
+    assert_eq!(
+        job.log()
+            .iter()
+            .filter(|(_, rest)| rest.starts_with("pid"))
+            .count(),
+        1,
+        "a refused job starts no operator"
+    );
+    options.replace_outputs = true;
+    let report = run_job(&pipeline, &options, &mut |_| {}).unwrap();
+    assert!(report.succeeded(), "{}", report.render());
 }

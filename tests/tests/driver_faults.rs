@@ -137,10 +137,17 @@ fn the_time_limit_holds_after_a_failure_even_with_a_long_grace_period() {
     let report = job.run_bounded(pipeline, options);
     let (who, _) = report.failure.clone().unwrap();
     assert_eq!(who, "broken");
-    let OperatorState::Stopped(why) = outcome(&report, "stubborn") else {
+    let OperatorState::Cancelled(why) = outcome(&report, "stubborn") else {
         panic!("{}", report.render());
     };
-    assert!(why.contains("SIGKILL"), "{why}");
+    assert_eq!(why, "during execute");
+    let stubborn = report
+        .operators
+        .iter()
+        .find(|o| o.name == "stubborn")
+        .unwrap();
+    let exit = stubborn.exit.as_deref().unwrap_or_default();
+    assert!(exit.contains("SIGKILL"), "{exit}");
     for pid in job.logged("pid") {
         assert!(
             !alive(pid.parse().unwrap()),

@@ -80,6 +80,27 @@ impl Job {
     fn logged(&self, operator: &str, what: &str) -> bool {
         self.at(operator, what).is_some()
     }
+
+    /// The text of the job's output file whose path ends in `tail`
+    /// (`<operator>/<entry folder>/<file>`), wherever under `out` the job put it.
+    fn output(&self, tail: &str) -> String {
+        fn walk(dir: &Path, tail: &str) -> Option<PathBuf> {
+            for entry in std::fs::read_dir(dir).ok()?.flatten() {
+                let path = entry.path();
+                if path.ends_with(tail) && path.is_file() {
+                    return Some(path);
+                }
+                if path.is_dir()
+                    && let Some(found) = walk(&path, tail)
+                {
+                    return Some(found);
+                }
+            }
+            None
+        }
+        let path = walk(&self.path("out"), tail).unwrap_or_else(|| panic!("no {tail} under out"));
+        std::fs::read_to_string(path).unwrap()
+    }
 }
 
 fn outcome<'a>(report: &'a JobReport, operator: &str) -> &'a OperatorState {
@@ -316,10 +337,10 @@ operators:
     assert!(why.contains("execute failed"), "{why}");
     assert!(!marker.exists(), "a plain program ran after the failure");
     for name in ["after", "later"] {
-        let OperatorState::Stopped(why) = outcome(&report, name) else {
+        let OperatorState::Cancelled(why) = outcome(&report, name) else {
             panic!("{}", report.render());
         };
-        assert_eq!(why, "never started: operator broken failed");
+        assert_eq!(why, "before it started");
     }
     let rendered = report.render();
     assert!(rendered.contains("FAILED"), "{rendered}");
@@ -363,7 +384,7 @@ operators:
     assert!(!job.logged("reader", "execute begin"));
     assert!(matches!(
         outcome(&report, "plain-after"),
-        OperatorState::Stopped(_)
+        OperatorState::Cancelled(_)
     ));
     assert!(report.render().contains("cannot read the series"));
 }
@@ -467,12 +488,11 @@ operators:
 "#,
     );
     assert!(report.succeeded(), "{}", report.render());
-    let out = job.path("out");
-    let copied = std::fs::read_to_string(out.join("dicom-reader/unnamed.out/series.dcm")).unwrap();
+    let copied = job.output("dicom-reader/unnamed.out/series.dcm");
     assert_eq!(copied, "DICM series");
-    let trace = std::fs::read_to_string(out.join("dicom-reader/unnamed.out/trace")).unwrap();
+    let trace = job.output("dicom-reader/unnamed.out/trace");
     assert_eq!(trace.trim(), "2");
-    let size = std::fs::read_to_string(out.join("writer/results/size")).unwrap();
+    let size = job.output("writer/results/size");
     assert_eq!(size.trim(), "11");
     // The image information stays in the model for rendering elsewhere.
     let pipeline = Pipeline::from_path(job.path("pipeline.yaml")).unwrap();
@@ -538,8 +558,7 @@ operators:
 "#,
     );
     assert!(report.succeeded(), "{}", report.render());
-    let copied =
-        std::fs::read_to_string(job.path("out/last-i-am/unnamed.out/study/a.txt")).unwrap();
+    let copied = job.output("last-i-am/unnamed.out/study/a.txt");
     assert_eq!(copied, "alpha");
     let first = report
         .entries
@@ -579,7 +598,7 @@ operators:
     assert!(why.contains("time limit"), "{why}");
     assert!(matches!(
         outcome(&report, "after"),
-        OperatorState::Stopped(why) if why.starts_with("never started")
+        OperatorState::Cancelled(why) if why == "before it started"
     ));
     assert!(!marker.exists());
 }
@@ -597,7 +616,7 @@ fn the_clara_example_runs_as_it_is() {
     .unwrap();
     let report = run_job(&pipeline, &job.options(&pipeline), &mut |_| {}).unwrap();
     assert!(report.succeeded(), "{}", report.render());
-    let listing = std::fs::read_to_string(job.path("out/list/listing/files.txt")).unwrap();
+    let listing = job.output("list/listing/files.txt");
     assert_eq!(listing, "a.dcm 1\nb.dcm 2\n");
     let list = pipeline.operator("list").unwrap();
     assert_eq!(list.container().unwrap().reference(), "example/lister:1.10");
@@ -606,4 +625,27 @@ fn the_clara_example_runs_as_it_is() {
         ["/app/list.py"]
     );
     assert_eq!(pipeline.unused().len(), 1, "models is noted");
+}
+
+#[test]
+fn shell_expansions_in_a_clara_command_reach_the_shell_as_written() {
+    // Clara hands `container.command` to the container as it is, and `sh -c` commands
+    // commonly expand the environment with `${...}` (the output folder here, a default
+    // there): a definition written so must run unchanged.
+    let job = Job::new();
+    let report = job.run(
+        r#"api-version: 0.4.0
+name: t
+operators:
+- name: say
+  container:
+    image: example/say
+    command: [sh, -c, 'out=${NVIDIA_CLARA_OUTPUTPATHS#*:}; echo "${GREETING:-none} from ${FASTIO_STAGE}" > "$out/said"']
+  output:
+  - path: /out
+"#,
+    );
+    assert!(report.succeeded(), "{}", report.render());
+    let said = job.output("say/unnamed.out/said");
+    assert_eq!(said, "none from say\n");
 }

@@ -126,7 +126,7 @@ pub fn demo() -> anyhow::Result<()> {
         "target/release/fastio",
         &["run", "examples/demo/pipeline-c.yaml"],
     )?;
-    let report = "fastio-output/demo-c/voxel-report/voxel-report/voxel-report.txt";
+    let report = "fastio-output/demo-c/latest/voxel-report/voxel-report/voxel-report.txt";
     println!("\n{report}:\n{}", std::fs::read_to_string(report)?);
     Ok(())
 }

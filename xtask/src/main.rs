@@ -6,7 +6,10 @@
 //! - `dist`: the Python wheel (the `fastio` module and the `fastio` command), tagged
 //!   manylinux for the glibc it needs, into `dist/`;
 //! - `demo`: runs the demo pipeline (examples/demo/pipeline.yaml) with `fastio run`;
-//! - `bench`: the criterion benchmarks, the pipeline benchmark and the Python benchmark;
+//! - `bench`: the handover benchmarks (`bench-handover`: floor, steady and cold handover
+//!   1 MiB..1 GiB against files, Python in place, the I/O-bound chain pipeline, with the
+//!   plot docs/handover.svg), the criterion benchmarks, the pipeline benchmark and the
+//!   Python benchmark;
 //!   writes their tables into docs/benchmarks.md (`bench-pipeline`: only the demo
 //!   pipeline, shared memory vs files; `bench-python`: only fastio's Python module against
 //!   multiprocessing.shared_memory and np.save/np.load);
@@ -24,6 +27,7 @@ mod capi;
 mod chaos;
 mod fuzz;
 mod gpu;
+mod handover_bench;
 mod image;
 mod pipeline_bench;
 mod python;
@@ -42,10 +46,12 @@ fn main() -> anyhow::Result<()> {
         Some("dist") => python::dist().map(drop),
         Some("demo") => demo(),
         Some("bench") => {
+            handover_bench::bench(&[])?;
             bench::bench(&args[1..])?;
             pipeline_bench::bench_pipeline()?;
             python::bench(&[])
         }
+        Some("bench-handover") => handover_bench::bench(&args[1..]),
         Some("bench-pipeline") => pipeline_bench::bench_pipeline(),
         Some("bench-python") => python::bench(&args[1..]),
         Some("gpu-test") => gpu::gpu_test(&args[1..]),
@@ -57,7 +63,7 @@ fn main() -> anyhow::Result<()> {
         Some("image") => image::image(&root, &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|dist|demo|bench|bench-pipeline|bench-python|gpu-test|gpu-bench|codegen|clib|fuzz|chaos|image>"
+                "usage: cargo xtask <test|dist|demo|bench|bench-handover|bench-pipeline|bench-python|gpu-test|gpu-bench|codegen|clib|fuzz|chaos|image>"
             );
             bail!("unknown or missing command")
         }
@@ -144,7 +150,7 @@ fn demo() -> anyhow::Result<()> {
     if !status.success() {
         bail!("the demo pipeline failed: {status}");
     }
-    let report = Path::new("fastio-output/demo/write-report/report/report.txt");
+    let report = Path::new("fastio-output/demo/latest/write-report/report/report.txt");
     println!(
         "\n{}:\n{}",
         report.display(),

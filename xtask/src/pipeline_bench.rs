@@ -39,6 +39,14 @@ const VARIANTS: [Variant; 3] = [
 ];
 
 fn run_once(variant: &Variant) -> anyhow::Result<Duration> {
+    // Each `fastio run` keeps its results in a folder of its own; the benchmark's are
+    // scratch, removed before each run so that runs do not pile up on disk.
+    match std::fs::remove_dir_all(variant.output) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", variant.output));
+        }
+        _ => {}
+    }
     let start = Instant::now();
     let out = Command::new("target/release/fastio")
         .args([

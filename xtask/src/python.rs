@@ -188,3 +188,12 @@ pub fn bench(args: &[String]) -> anyhow::Result<()> {
     argv.extend(args.iter().map(String::as_str));
     venv.run(&argv)
 }
+
+/// Builds the module into `.venv` and runs the in-place handover benchmark
+/// (benches/python/bench_inplace.py), which writes target/fastio-bench/python.json.
+pub fn bench_inplace(args: &[&str]) -> anyhow::Result<()> {
+    let venv = setup()?;
+    let mut argv = vec!["benches/python/bench_inplace.py"];
+    argv.extend_from_slice(args);
+    venv.run(&argv)
+}

@@ -5,6 +5,7 @@
 //! (seconds per GiB), so it runs on one background thread, only on segments resting in the
 //! warm pool, in 32 MiB steps, stopping as soon as a segment is handed out, and sleeping
 //! three times as long as it worked after each step: it uses at most a quarter of one CPU.
+//! A segment handed out mid-way is resumed where it stopped the next time it rests.
 //! `FASTIO_COLLAPSE=0` (or `ServerConfig::collapse = false`, `fastio serve --no-collapse`)
 //! turns it off.
 
@@ -55,18 +56,25 @@ impl Collapser {
         let size = segment.len() as u64;
         if segment.is_hugetlb()
             || size < fastio_shm::huge_page_size()
-            || huge.bytes.load(Ordering::Relaxed) * 10 >= size * 9
+            || huge.collapsed_to.load(Ordering::Relaxed) >= size
         {
             return;
         }
-        if let Ok(copy) = segment.try_clone() {
-            let _ = self.jobs.send((copy, huge.clone()));
+        if huge.queued.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        match segment.try_clone() {
+            Ok(copy) => {
+                let _ = self.jobs.send((copy, huge.clone()));
+            }
+            Err(_) => huge.queued.store(false, Ordering::Relaxed),
         }
     }
 }
 
 fn run(queue: &Receiver<Job>) {
     while let Ok((segment, huge)) = queue.recv() {
+        huge.queued.store(false, Ordering::Relaxed);
         if !huge.pooled.load(Ordering::Relaxed) {
             continue;
         }
@@ -74,23 +82,34 @@ fn run(queue: &Receiver<Job>) {
             continue;
         };
         let len = mapping.len();
-        let mut offset = 0;
+        let mut offset = huge.collapsed_to.load(Ordering::Relaxed) as usize;
+        // Maps what is already huge (a fault per 2 MiB), so that the count below sees it.
+        let _ = mapping.populate_range(0, offset.min(len));
         while offset < len && huge.pooled.load(Ordering::Relaxed) {
             let n = STEP.min(len - offset);
             let started = Instant::now();
             // Collapsing needs the pages present and up to date: mapping them makes sure.
             let _ = mapping.populate_range(offset, n);
             match mapping.collapse(offset, n) {
-                Ok(()) | Err(rustix::io::Errno::AGAIN) => {}
-                Err(e) => {
-                    tracing::debug!("MADV_COLLAPSE is not available here ({e}); stopping");
+                Ok(()) => {}
+                Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+                    // This kernel cannot collapse shared memory: nothing more to try.
+                    tracing::debug!("MADV_COLLAPSE is not available here; the collapser stops");
                     return;
+                }
+                // No huge page free now (EAGAIN, ENOMEM) or a page busy: try again from
+                // here the next time the segment rests in the pool.
+                Err(e) => {
+                    tracing::debug!("MADV_COLLAPSE of a pooled segment: {e}");
+                    std::thread::sleep(started.elapsed() * 3);
+                    break;
                 }
             }
             offset += n;
+            huge.collapsed_to.store(offset as u64, Ordering::Relaxed);
+            huge.bytes
+                .store(mapping.huge_mapped_bytes(), Ordering::Relaxed);
             std::thread::sleep(started.elapsed() * 3);
         }
-        huge.bytes
-            .store(mapping.huge_mapped_bytes(), Ordering::Relaxed);
     }
 }

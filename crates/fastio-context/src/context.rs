@@ -405,6 +405,17 @@ impl Context {
         }
     }
 
+    /// A listing of the context: its job's operators, its FastIO entries and
+    /// publications with their sizes and holders (what `fastio ls` shows).
+    pub fn inspect(&self) -> Result<crate::listing::Listing, ContextError> {
+        match self.call(Request::Inspect)? {
+            (Response::Listing(listing), _) => Ok(*listing),
+            (other, _) => Err(ContextError::Protocol(format!(
+                "expected a listing, got {other:?}"
+            ))),
+        }
+    }
+
     // The job life-cycle, as the operator API drives it.
 
     /// Joins the job as the operator this connection was made for, and learns its

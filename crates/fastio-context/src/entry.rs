@@ -58,6 +58,11 @@ impl FastIoEntry {
             access,
             CreateOptions {
                 zeroed: false,
+                // Outputs are written whole: populated mapping. Inputs gain nothing from it.
+                prefault: match access {
+                    Access::ReadWrite => fastio_shm::Prefault::Populate,
+                    Access::ReadOnly => fastio_shm::Prefault::Lazy,
+                },
                 ..CreateOptions::default()
             },
         );

@@ -200,6 +200,42 @@ pub struct ReclaimedHandle {
     pub count: u64,
     /// Size of the resource in bytes.
     pub size: usize,
+    /// The FastIO entries whose memory it is (usually none or one).
+    #[serde(default)]
+    pub entries: Vec<String>,
+    /// The names it is published under.
+    #[serde(default)]
+    pub publications: Vec<String>,
+}
+
+impl std::fmt::Display for ReclaimedHandle {
+    /// `entry "mask" (4.0 KiB)`, `publication "ct.series1" (...)`, or, for memory neither
+    /// published nor an entry's, `an unpublished allocation (4096 bytes)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let quoted = |names: &[String]| {
+            names
+                .iter()
+                .map(|n| format!("{n:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match (self.entries.as_slice(), self.publications.as_slice()) {
+            ([], []) => write!(f, "an unpublished allocation ({} bytes)", self.size)?,
+            (entries, []) => write!(f, "entry {} ({} bytes)", quoted(entries), self.size)?,
+            ([], names) => write!(f, "publication {} ({} bytes)", quoted(names), self.size)?,
+            (entries, names) => write!(
+                f,
+                "entry {}, published as {} ({} bytes)",
+                quoted(entries),
+                quoted(names),
+                self.size
+            )?,
+        }
+        if self.count > 1 {
+            write!(f, ", {} references", self.count)?;
+        }
+        Ok(())
+    }
 }
 
 /// Something that happened to a stage, as the driver is told.
@@ -234,7 +270,11 @@ pub struct JobEvent {
 #[derive(Debug, Default)]
 struct StageProgress {
     joined: bool,
+    // Waiting for its inputs / executing (for listings).
+    awaiting: bool,
+    executing: bool,
     executed: Option<bool>,
+    cleaned_up: bool,
 }
 
 #[derive(Debug)]
@@ -324,11 +364,11 @@ impl Job {
             .ok_or(RequestError::NotInJob)?
             .upstream;
         let mut state = self.lock();
+        state.stages[stage].awaiting = true;
         loop {
-            if let Some(reason) = &state.aborted {
-                return Err(RequestError::JobAborted {
-                    reason: reason.clone(),
-                });
+            if let Some(reason) = state.aborted.clone() {
+                state.stages[stage].awaiting = false;
+                return Err(RequestError::JobAborted { reason });
             }
             if upstream
                 .iter()
@@ -338,6 +378,8 @@ impl Job {
             }
             state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
         }
+        state.stages[stage].awaiting = false;
+        state.stages[stage].executing = true;
         drop(state);
         self.emit(stage, JobEventKind::Executing);
         Ok(())
@@ -353,10 +395,17 @@ impl Job {
 
     /// Stage `stage` finished `phase`.
     pub fn finished(&self, stage: usize, phase: Phase, failure: Option<String>) {
-        if phase == Phase::Execute {
-            if let Some(progress) = self.lock().stages.get_mut(stage) {
-                progress.executed = Some(failure.is_none());
+        if let Some(progress) = self.lock().stages.get_mut(stage) {
+            match phase {
+                Phase::Prepare => {}
+                Phase::Execute => {
+                    progress.executing = false;
+                    progress.executed = Some(failure.is_none());
+                }
+                Phase::Cleanup => progress.cleaned_up = true,
             }
+        }
+        if phase == Phase::Execute {
             self.changed.notify_all();
         }
         self.emit(stage, JobEventKind::Finished { phase, failure });
@@ -374,6 +423,36 @@ impl Job {
     pub fn abort(&self, reason: &str) {
         self.lock().aborted.get_or_insert_with(|| reason.to_owned());
         self.changed.notify_all();
+    }
+
+    /// Where each stage is, as the context knows it (for listings): `not joined`,
+    /// `preparing`, `waiting for inputs`, `executing`, `executed`, `execute failed`,
+    /// `done` (cleanup ended). A stage that runs without waiting for its inputs
+    /// (`NVIDIA_CLARA_NOSYNCLOCK`) shows `preparing` until its execute ends.
+    pub fn stage_states(&self) -> Vec<&'static str> {
+        self.lock()
+            .stages
+            .iter()
+            .map(|p| match p {
+                StageProgress { joined: false, .. } => "not joined",
+                StageProgress {
+                    cleaned_up: true, ..
+                } => "done",
+                StageProgress {
+                    executed: Some(true),
+                    ..
+                } => "executed",
+                StageProgress {
+                    executed: Some(false),
+                    ..
+                } => "execute failed",
+                StageProgress {
+                    executing: true, ..
+                } => "executing",
+                StageProgress { awaiting: true, .. } => "waiting for inputs",
+                _ => "preparing",
+            })
+            .collect()
     }
 
     /// Why the job was aborted, if it was.

@@ -35,8 +35,10 @@ mod context;
 mod entry;
 mod error;
 pub mod job;
+pub mod listing;
 mod mapcache;
 pub mod protocol;
+pub mod records;
 pub mod registry;
 pub mod server;
 #[allow(unsafe_code)]

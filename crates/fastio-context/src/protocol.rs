@@ -173,6 +173,9 @@ pub enum Request {
     },
     /// The context's accounting.
     Stats,
+    /// A listing of the context for people: its job's operators, its entries and
+    /// publications with sizes and holders ([`crate::listing::Listing`]).
+    Inspect,
     /// Takes the resource's write mapping for this connection (Clara: one writer at a
     /// time; readers may coexist). Refused while another connection holds it; counted,
     /// so one connection may take it more than once.
@@ -260,6 +263,8 @@ pub enum Response {
     },
     /// Answer to `Stats`.
     Stats(Stats),
+    /// The answer to `Inspect`.
+    Listing(Box<crate::listing::Listing>),
     /// The request was refused.
     Refused(RequestError),
 }

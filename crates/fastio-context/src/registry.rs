@@ -50,6 +50,11 @@ pub(crate) struct HugeState {
     pub(crate) bytes: AtomicU64,
     /// Still in the pool: the collapser stops as soon as the segment is handed out.
     pub(crate) pooled: AtomicBool,
+    /// How far the collapser got: it resumes there the next time the segment rests in
+    /// the pool (huge pages stay in the page cache in between).
+    pub(crate) collapsed_to: AtomicU64,
+    /// Waiting in the collapser's queue (offered once, however often it is pooled).
+    pub(crate) queued: AtomicBool,
 }
 
 /// Which connections mapped a segment, and whether writable (so that the pool can hand it
@@ -289,15 +294,39 @@ impl Registry {
         let held: Vec<ReclaimedHandle> = self
             .held_by(conn)
             .into_iter()
-            .map(|(id, count)| ReclaimedHandle {
-                id,
-                count,
-                size: self.resources.get(&id).map_or(0, |r| r.size),
+            .map(|(id, count)| {
+                let (entries, publications) = self.names_of(id);
+                ReclaimedHandle {
+                    id,
+                    count,
+                    size: self.resources.get(&id).map_or(0, |r| r.size),
+                    entries,
+                    publications,
+                }
             })
             .collect();
         self.disconnect(conn);
         self.connections.insert(conn, HashMap::new());
         held
+    }
+
+    /// The FastIO entries bound to a resource and its live publication names, each
+    /// sorted, for messages that name memory the way its users know it.
+    fn names_of(&self, id: ResourceId) -> (Vec<String>, Vec<String>) {
+        let entries = self
+            .entries
+            .iter()
+            .filter(|e| e.bound.as_ref().is_some_and(|(r, _)| *r == id))
+            .map(|e| e.plan.name.clone())
+            .collect();
+        let mut publications: Vec<String> = self
+            .names
+            .iter()
+            .filter(|(_, state)| matches!(state, NameState::Live { id: r, .. } if *r == id))
+            .map(|(name, _)| name.clone())
+            .collect();
+        publications.sort();
+        (entries, publications)
     }
 
     /// A new private resource of `size` bytes, held once by `conn`, made under the lock
@@ -678,6 +707,61 @@ impl Registry {
         Ok(())
     }
 
+    /// Gives entry `entry` memory of shape `dims` holding `bytes` (C order), before any
+    /// operator runs: how a job of one operator gets its inputs from files. Fixed
+    /// dimensions must be the declared ones.
+    pub fn fill_entry(
+        &mut self,
+        entry: EntryId,
+        dims: &[usize],
+        bytes: &[u8],
+    ) -> Result<(), RequestError> {
+        let index = entry.0 as usize;
+        let slot = self.entry_slot(entry)?;
+        let mismatch = dims.len() != slot.plan.declared.len()
+            || dims
+                .iter()
+                .zip(&slot.plan.declared)
+                .any(|(&d, &declared)| declared > 0 && d as i64 != declared);
+        if mismatch {
+            return Err(RequestError::EntryShape {
+                message: format!(
+                    "{} is declared {:?} (-1 or 0: any), the data has shape {dims:?}",
+                    slot.plan.name, slot.plan.declared
+                ),
+            });
+        }
+        // Fresh memory: what define_entries gave an entry nobody in the job writes is
+        // already sealed against writes.
+        let sealed_after = slot.plan.producer.is_none();
+        let id = self.bind_entry(index, dims, None)?.0;
+        let resource = &self.resources[&id];
+        if bytes.len() != resource.size {
+            return Err(RequestError::EntryShape {
+                message: format!(
+                    "{} needs {} bytes for shape {dims:?}, the data has {}",
+                    self.entries[index].plan.name,
+                    resource.size,
+                    bytes.len()
+                ),
+            });
+        }
+        let mapping = fastio_shm::Mapping::new(
+            &resource.segment,
+            fastio_shm::Access::ReadWrite,
+            fastio_shm::Prefault::Lazy,
+        )
+        .map_err(RequestError::from_segment)?;
+        mapping
+            .write_at(0, bytes)
+            .map_err(RequestError::from_segment)?;
+        drop(mapping);
+        if sealed_after {
+            self.seal_resource(id)?;
+        }
+        Ok(())
+    }
+
     /// Seals the memory of `entries` against writes, for good: their producer has
     /// finished execute, and from now on no descriptor in any process can write it, map it
     /// writable or punch holes in it. Entries without memory are skipped.
@@ -959,6 +1043,46 @@ impl Registry {
             }
         }
         self.release(conn, id)
+    }
+
+    /// What a listing shows of the registry ([`crate::Context::inspect`]).
+    pub(crate) fn snapshot(&self) -> crate::listing::RegistrySnapshot {
+        let entries = self
+            .entries
+            .iter()
+            .map(|e| {
+                e.bound
+                    .as_ref()
+                    .map(|(id, typed)| (*id, typed.shape.dims().to_vec(), typed.byte_size()))
+            })
+            .collect();
+        let publications = self
+            .names
+            .iter()
+            .filter_map(|(name, state)| match state {
+                NameState::Live { id, typed, .. } => Some((
+                    name.clone(),
+                    *id,
+                    typed
+                        .as_ref()
+                        .map(|t| (t.element_type, t.shape.dims().to_vec())),
+                    self.resources.get(id).map_or(0, |r| r.size),
+                )),
+                NameState::Freed => None,
+            })
+            .collect();
+        let handles = self
+            .connections
+            .iter()
+            .flat_map(|(conn, held)| held.iter().map(|(id, h)| (*conn, *id, h.count)))
+            .collect();
+        crate::listing::RegistrySnapshot {
+            stats: self.stats(),
+            entries,
+            publications,
+            sizes: self.resources.iter().map(|(id, r)| (*id, r.size)).collect(),
+            handles,
+        }
     }
 
     /// The registry's accounting.

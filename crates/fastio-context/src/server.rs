@@ -130,6 +130,21 @@ impl Server {
         Self::listen_at(shared, name.to_owned())
     }
 
+    /// [`Server::start_job`] with some entries filled before any operator starts, each
+    /// `(entry, dims, bytes)`: the inputs of an operator run alone (`fastio run-op`).
+    pub fn start_job_with_inputs(
+        config: ServerConfig,
+        job: Arc<Job>,
+        inputs: &[(crate::job::EntryId, Vec<usize>, Vec<u8>)],
+    ) -> Result<Self, ContextError> {
+        let mut registry = config.registry();
+        registry.define_entries(&job.plan().entries)?;
+        for (entry, dims, bytes) in inputs {
+            registry.fill_entry(*entry, dims, bytes)?;
+        }
+        Self::listen(Shared::new(registry, Some(job)))
+    }
+
     fn listen(shared: Arc<Shared>) -> Result<Self, ContextError> {
         let name = random_name()?;
         Self::listen_at(shared, name)
@@ -362,10 +377,10 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     fn new(shared: Arc<Shared>, stage: Option<usize>) -> Self {
-        let conn = shared.registry().connect();
+        let peer = shared.connect(stage);
         Self {
             shared,
-            peer: Peer { conn, stage },
+            peer,
             greeted: false,
         }
     }
@@ -446,13 +461,14 @@ impl Session {
             .position(|s| s.name.eq_ignore_ascii_case(stage))
             .ok_or_else(|| bad(format!("the job has no operator named {stage:?}")))?;
         self.peer.stage = Some(index);
+        self.shared.set_stage(self.peer.conn, index);
         Ok(())
     }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.shared.registry().disconnect(self.peer.conn);
+        self.shared.disconnect(self.peer.conn);
         // Memory that died with the connection is released outside the registry's lock.
         self.shared.bury_dead();
     }

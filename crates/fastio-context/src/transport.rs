@@ -1,6 +1,7 @@
 //! How a [`crate::Context`] reaches its registry: directly in this process, or over a
 //! Unix socket to a context server.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +37,8 @@ pub(crate) struct Shared {
     /// The secret operators that join the job (rather than being started by it) present;
     /// unset, no one may join that way.
     pub(crate) join_secret: std::sync::OnceLock<crate::protocol::JobSecret>,
+    // The job stage each open connection runs (None: not an operator), for listings.
+    peers: Mutex<HashMap<ConnectionId, Option<usize>>>,
 }
 
 impl Shared {
@@ -44,11 +47,41 @@ impl Shared {
             registry: Mutex::new(registry),
             job,
             join_secret: std::sync::OnceLock::new(),
+            peers: Mutex::default(),
         })
     }
 
     pub(crate) fn registry(&self) -> MutexGuard<'_, Registry> {
         lock(&self.registry)
+    }
+
+    /// A new connection to the registry, for stage `stage` of the job or for no stage.
+    pub(crate) fn connect(&self, stage: Option<usize>) -> Peer {
+        let conn = self.registry().connect();
+        self.peers_lock().insert(conn, stage);
+        Peer { conn, stage }
+    }
+
+    /// A connection closed: its handles go.
+    pub(crate) fn disconnect(&self, conn: ConnectionId) {
+        self.registry().disconnect(conn);
+        self.peers_lock().remove(&conn);
+    }
+
+    /// Records that connection `conn` now runs `stage` (an operator that attached).
+    pub(crate) fn set_stage(&self, conn: ConnectionId, stage: usize) {
+        self.peers_lock().insert(conn, Some(stage));
+    }
+
+    fn peers_lock(&self) -> MutexGuard<'_, HashMap<ConnectionId, Option<usize>>> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What `fastio ls` shows. The registry's lock is released before the job's is taken.
+    pub(crate) fn listing(&self) -> crate::listing::Listing {
+        let snapshot = self.registry().snapshot();
+        let peers = self.peers_lock().clone();
+        crate::listing::compose(snapshot, self.job.as_deref(), &peers)
     }
 
     /// Frees the segments that left the registry for good, without its lock: their pages
@@ -179,6 +212,7 @@ fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<Se
         Request::Release { id } => done(shared.registry().release(conn, id)),
         Request::Free { id } => done(shared.registry().free(conn, id)),
         Request::Stats => (Response::Stats(shared.registry().stats()), None),
+        Request::Inspect => (Response::Listing(Box::new(shared.listing())), None),
         Request::AcquireWrite { id } => done(shared.registry().acquire_write(conn, id)),
         Request::ReleaseWrite { id } => done(shared.registry().release_write(conn, id)),
         Request::Join => match job_stage(shared, peer) {
@@ -302,10 +336,10 @@ pub(crate) struct LocalTransport {
 
 impl LocalTransport {
     pub(crate) fn new(shared: Arc<Shared>, stage: Option<usize>) -> Self {
-        let conn = shared.registry().connect();
+        let peer = shared.connect(stage);
         Self {
             shared,
-            peer: Peer { conn, stage },
+            peer,
             owner: std::process::id(),
         }
     }
@@ -326,7 +360,7 @@ impl Transport for LocalTransport {
 
 impl Drop for LocalTransport {
     fn drop(&mut self) {
-        self.shared.registry().disconnect(self.peer.conn);
+        self.shared.disconnect(self.peer.conn);
         self.shared.bury_dead();
     }
 }
@@ -500,6 +534,7 @@ fn request_name(request: &Request) -> &'static str {
         Request::Release { .. } => "release",
         Request::Free { .. } => "free",
         Request::Stats => "stats",
+        Request::Inspect => "inspect",
         Request::AcquireWrite { .. } => "acquire_write",
         Request::ReleaseWrite { .. } => "release_write",
         Request::Join => "join",

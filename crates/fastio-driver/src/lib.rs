@@ -26,10 +26,14 @@
 
 #![deny(unsafe_code)]
 
+mod alone;
+pub mod inspect;
 mod kind;
+pub mod npy;
 mod output;
 mod reap;
 mod report;
+mod results;
 #[allow(unsafe_code)]
 mod sys;
 
@@ -44,14 +48,16 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use fastio_context::job::{Job, JobEvent, JobEventKind, JobPlan, Phase, ReclaimedHandle};
-use fastio_context::{CONTEXT_ENV, Server, ServerConfig};
+use fastio_context::{CONTEXT_ENV, Server, ServerConfig, records};
 use fastio_operator::{INPUT_PATHS_ENV, OUTPUT_PATHS_ENV, format_paths};
 use fastio_pipeline::plan::{DiskLayout, job_plan};
 use fastio_pipeline::{DefinitionError, Pipeline};
 
 pub use kind::{KindReason, OperatorKind};
 pub use output::{MAX_LINE, OutputLine, OutputSink, Stream};
-pub use report::{EntryReport, JobReport, Medium, OperatorReport};
+pub use report::{
+    Artifact, ArtifactKind, EntryReport, JobReport, Medium, OperatorReport, human_bytes,
+};
 
 /// Lines of each operator's stderr kept for the report.
 pub const TAIL_LINES: usize = 20;
@@ -71,15 +77,24 @@ pub const OUTPUT_DRAIN: Duration = Duration::from_secs(1);
 /// How to run a job.
 #[derive(Clone, Debug)]
 pub struct JobOptions {
-    /// Parent of the `stream` output directories (`<root>/<operator>/<output>`); each is
-    /// emptied at the start of the job.
+    /// The job's output folder: parent of the `stream` output directories
+    /// (`<root>/<operator>/<output>`).
     pub output_root: PathBuf,
+    /// Empty `stream` output directories that already hold files (an earlier run's
+    /// results). Without it such a directory stops the job before it starts: a run never
+    /// deletes earlier results unless told to.
+    pub replace_outputs: bool,
+    /// Save every shared-memory output as `<save>/<operator>/<entry>.npy` at the end of the
+    /// job (never over an existing file).
+    pub save: Option<PathBuf>,
     /// The job's payload directory, read by `stream` inputs without `from`.
     pub payload: Option<PathBuf>,
     /// Overrides the definition's time limit.
     pub timeout: Option<Duration>,
     /// How long a stopped operator gets between SIGTERM and SIGKILL.
     pub grace: Duration,
+    /// The job's identifier; a new UUID when `None`.
+    pub job_id: Option<String>,
     /// The context's warm segment pool bound, in bytes.
     pub pool_bytes: u64,
     /// Directories searched first for operator programs named without a `/` (the
@@ -92,6 +107,42 @@ pub struct JobOptions {
     /// Receives every line of every operator's output as it is read (`fastio run` prints
     /// them prefixed with the operator's name).
     pub on_output: Option<OutputSink>,
+    /// Stops the job from outside (the `fastio` command triggers it on SIGINT, SIGTERM
+    /// and SIGHUP): the job fails as interrupted, its operators are cancelled, and the
+    /// report is still built.
+    pub cancel: Cancel,
+}
+
+/// A handle that interrupts a running job from another thread.
+///
+/// The first [`Cancel::cancel`] stops the job as a failure would (operators waiting for
+/// inputs are released, running ones get SIGTERM, then SIGKILL after the grace period);
+/// a second one skips the rest of the grace period (a second Ctrl-C).
+#[derive(Clone, Debug, Default)]
+pub struct Cancel(Arc<Mutex<(Option<String>, u32)>>);
+
+impl Cancel {
+    /// A handle no one has triggered.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Interrupts the job; `reason` is what the report says (e.g. `SIGINT`).
+    pub fn cancel(&self, reason: &str) {
+        let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        state.0.get_or_insert_with(|| reason.to_owned());
+        state.1 += 1;
+    }
+
+    /// Why the job was interrupted, if it was.
+    pub fn reason(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).0.clone()
+    }
+
+    /// The job was interrupted more than once: stop waiting for the grace period.
+    fn urgent(&self) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).1 > 1
+    }
 }
 
 impl JobOptions {
@@ -100,13 +151,17 @@ impl JobOptions {
     pub fn for_pipeline(pipeline: &Pipeline) -> Self {
         Self {
             output_root: PathBuf::from("fastio-output").join(pipeline.name()),
+            replace_outputs: false,
+            save: None,
             payload: None,
             timeout: None,
             grace: Duration::from_secs(2),
+            job_id: None,
             pool_bytes: ServerConfig::default().pool_bytes,
             program_dirs: Vec::new(),
             log_dir: None,
             on_output: None,
+            cancel: Cancel::new(),
         }
     }
 }
@@ -124,6 +179,31 @@ pub enum DriverError {
     /// The time limit is zero or beyond [`fastio_pipeline::MAX_TIMEOUT`].
     #[error("the time limit must be between 1 ms and {} s", fastio_pipeline::MAX_TIMEOUT.as_secs())]
     Timeout,
+    /// A `stream` output directory holds files, and the options do not allow emptying it.
+    #[error(
+        "{} already holds files (an earlier run's results?): choose another output folder, or allow replacing them",
+        path.display()
+    )]
+    OutputNotEmpty {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// `fastio run-op` named an operator the definition does not have.
+    #[error("the definition has no operator {operator:?}; its operators: {}", known.join(", "))]
+    NoSuchOperator {
+        /// The name given.
+        operator: String,
+        /// The definition's operators.
+        known: Vec<String>,
+    },
+    /// An input given to an operator run alone is missing, unknown or unusable.
+    #[error("input {input:?}: {reason}")]
+    Input {
+        /// The input's name.
+        input: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A directory could not be prepared.
     #[error("cannot prepare {path}: {source}")]
     Directory {
@@ -149,12 +229,15 @@ pub enum OperatorState {
     CleaningUp,
     /// Cleanup done; the process is exiting.
     Exiting,
-    /// Finished successfully.
+    /// Went through its whole life-cycle (also when the job failed elsewhere after its
+    /// cleanup ended: its outputs are complete).
     Succeeded,
     /// Failed: why.
     Failed(String),
-    /// Stopped because the job failed elsewhere.
-    Stopped(String),
+    /// Stopped by the driver before its life-cycle ended, because the job failed
+    /// elsewhere, ran out of time while this one only waited, or was interrupted; says
+    /// where it was (`while waiting for inputs`, `during execute`, ...).
+    Cancelled(String),
 }
 
 impl OperatorState {
@@ -162,8 +245,21 @@ impl OperatorState {
     pub fn is_final(&self) -> bool {
         matches!(
             self,
-            OperatorState::Succeeded | OperatorState::Failed(_) | OperatorState::Stopped(_)
+            OperatorState::Succeeded | OperatorState::Failed(_) | OperatorState::Cancelled(_)
         )
+    }
+
+    /// Where an operator in this state was when it was cancelled.
+    fn cancelled_where(&self) -> String {
+        match self {
+            OperatorState::Starting => "before joining the job".into(),
+            OperatorState::Preparing => "during prepare".into(),
+            OperatorState::Waiting => "while waiting for inputs".into(),
+            OperatorState::Executing => "during execute".into(),
+            OperatorState::CleaningUp => "during cleanup".into(),
+            OperatorState::Exiting => "while exiting".into(),
+            final_state => final_state.to_string(),
+        }
     }
 }
 
@@ -176,9 +272,9 @@ impl std::fmt::Display for OperatorState {
             OperatorState::Executing => f.write_str("executing"),
             OperatorState::CleaningUp => f.write_str("cleaning up"),
             OperatorState::Exiting => f.write_str("exiting"),
-            OperatorState::Succeeded => f.write_str("done"),
+            OperatorState::Succeeded => f.write_str("finished"),
             OperatorState::Failed(why) => write!(f, "FAILED: {why}"),
-            OperatorState::Stopped(why) => write!(f, "stopped: {why}"),
+            OperatorState::Cancelled(when) => write!(f, "cancelled {when}"),
         }
     }
 }
@@ -209,7 +305,12 @@ struct Operator {
     execute_ended: Option<Instant>,
     cleaned_up: bool,
     joined: bool,
+    // Why the operator failed, as it reported or as the time limit found it.
     phase_failure: Option<String>,
+    // The operator itself reported a failed phase.
+    reported_failure: bool,
+    // Where it was when the driver stopped the job.
+    cancelled_in: Option<String>,
     exit: Option<String>,
     reclaimed: Vec<ReclaimedHandle>,
     stderr: output::Tail,
@@ -237,40 +338,100 @@ pub fn run_job(
     options: &JobOptions,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<JobReport, DriverError> {
+    run(pipeline, None, options, progress)
+}
+
+/// Runs operator `operator` of `pipeline` alone, as a job of one operator
+/// (`fastio run-op`): its shared-memory inputs hold the arrays of the `.npy` files given
+/// for them, its `stream` inputs read the folders given for them (or empty ones), and it
+/// does not wait for upstream operators. `inputs` maps input names to files or folders;
+/// every shared-memory input needs one. Set [`JobOptions::save`] to keep its outputs.
+pub fn run_operator(
+    pipeline: &Pipeline,
+    operator: &str,
+    inputs: &[(String, PathBuf)],
+    options: &JobOptions,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<JobReport, DriverError> {
+    let index = pipeline
+        .position(operator)
+        .ok_or_else(|| DriverError::NoSuchOperator {
+            operator: operator.to_owned(),
+            known: pipeline
+                .operators()
+                .iter()
+                .map(|o| o.name().to_owned())
+                .collect(),
+        })?;
+    run(pipeline, Some((index, inputs)), options, progress)
+}
+
+fn run(
+    pipeline: &Pipeline,
+    alone: Option<(usize, &[(String, PathBuf)])>,
+    options: &JobOptions,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<JobReport, DriverError> {
     pipeline.check_runs_locally()?;
     let timeout = options.timeout.unwrap_or_else(|| pipeline.timeout());
     if timeout.is_zero() || timeout > fastio_pipeline::MAX_TIMEOUT {
         return Err(DriverError::Timeout);
     }
-    let job_id = fastio_operator::new_job_id();
-    let layout = DiskLayout {
-        output_root: options.output_root.clone(),
-        payload: options
-            .payload
-            .clone()
-            .unwrap_or_else(|| options.output_root.join("payload")),
+    let job_id = options
+        .job_id
+        .clone()
+        .unwrap_or_else(fastio_operator::new_job_id);
+    // Operators run in the definition's folder: the paths they are given must not depend
+    // on it.
+    let absolute = |path: &Path| {
+        std::path::absolute(path).map_err(|source| DriverError::Directory {
+            path: path.to_owned(),
+            source,
+        })
     };
-    let plan = job_plan(pipeline, &job_id, &layout);
-    prepare_directories(&plan)?;
+    let output_root = absolute(&options.output_root)?;
+    let layout = DiskLayout {
+        payload: match &options.payload {
+            Some(payload) => absolute(payload)?,
+            None => output_root.join("payload"),
+        },
+        output_root,
+    };
+    let mut plan = job_plan(pipeline, &job_id, &layout);
+    // Which operators of the definition run, in stage order; data for entries.
+    let (definitions, filled) = match alone {
+        None => (
+            (0..pipeline.operators().len()).collect::<Vec<_>>(),
+            Vec::new(),
+        ),
+        Some((index, inputs)) => {
+            let (single, filled) = alone::plan(plan, index, inputs)?;
+            plan = single;
+            (vec![index], filled)
+        }
+    };
+    let save_dir = options.save.as_deref().map(absolute).transpose()?;
+    prepare_directories(&plan, options.replace_outputs)?;
 
     let (events, inbox) = mpsc::channel();
     let job_events = events.clone();
     let job = Arc::new(Job::new(plan.clone(), move |e| {
         let _ = job_events.send(Event::Job(e));
     }));
-    let server = Server::start_job(
+    let server = Server::start_job_with_inputs(
         ServerConfig {
             pool_bytes: options.pool_bytes,
             ..ServerConfig::default()
         },
         job.clone(),
+        &filled,
     )?;
 
     let start = Instant::now();
     let log_dir = options
         .log_dir
         .clone()
-        .unwrap_or_else(|| options.output_root.join("logs"));
+        .unwrap_or_else(|| layout.output_root.join("logs"));
     std::fs::create_dir_all(&log_dir).map_err(|source| DriverError::Directory {
         path: log_dir.clone(),
         source,
@@ -282,12 +443,13 @@ pub fn run_job(
         plan: &plan,
         server: &server,
         log_dir: &log_dir,
+        definitions: &definitions,
         events,
     };
-    let mut operators: Vec<Operator> = pipeline
-        .operators()
+    let kinds = operator_kinds(pipeline, options);
+    let mut operators: Vec<Operator> = definitions
         .iter()
-        .zip(operator_kinds(pipeline, options))
+        .map(|&d| (&pipeline.operators()[d], kinds[d].clone()))
         .map(|(op, (kind, kind_reason))| Operator {
             name: op.name().to_owned(),
             kind,
@@ -304,6 +466,8 @@ pub fn run_job(
             cleaned_up: false,
             joined: false,
             phase_failure: None,
+            reported_failure: false,
+            cancelled_in: None,
             exit: None,
             reclaimed: Vec::new(),
             stderr: output::Tail::default(),
@@ -319,6 +483,9 @@ pub fn run_job(
             launcher.launch(index, operator, &mut failure);
         }
     }
+    // `fastio ps` and `fastio ls` find the job through its record; a job runs without one
+    // if the runtime folder cannot be used (it is only a window onto the job).
+    let record = publish_record(pipeline, &plan, &server, &layout, &operators);
 
     let mut stop_sent: Option<Instant> = None;
     // When SIGKILL went to every operator still running (end of grace, or time limit).
@@ -327,31 +494,44 @@ pub fn run_job(
     let mut last_watch = Instant::now();
     let deadline = start + timeout;
     loop {
+        if let Some(reason) = options.cancel.reason() {
+            failure.get_or_insert_with(|| (String::new(), format!("interrupted by {reason}")));
+        }
         if let (Some((name, why)), None) = (&failure, stop_sent) {
-            job.abort(&format!("operator {name} failed: {why}"));
+            job.abort(&if name.is_empty() {
+                format!("job stopped: {why}")
+            } else {
+                format!("operator {name} failed: {why}")
+            });
             stop_sent = Some(Instant::now());
             // Plain programs still waiting for their inputs never start.
             for op in operators.iter_mut().filter(|o| !o.launched) {
                 op.ended = Some(Instant::now());
-                op.set(OperatorState::Stopped(format!(
-                    "never started: operator {name} failed"
-                )));
+                op.set(OperatorState::Cancelled("before it started".into()));
             }
-            // An operator that reported its own failure is finishing its cleanup: it
-            // gets the grace period before SIGKILL, the others SIGTERM now.
-            for op in operators
-                .iter()
-                .filter(|o| !o.state.is_final() && o.phase_failure.is_none())
-            {
-                signal(op, rustix::process::Signal::TERM);
+            for op in operators.iter_mut().filter(|o| !o.state.is_final()) {
+                op.cancelled_in = Some(match op.state {
+                    OperatorState::CleaningUp if op.phase_failure.is_none() => {
+                        "during cleanup (its execute had finished)".to_owned()
+                    }
+                    _ => op.state.cancelled_where(),
+                });
+                // An operator that reported its own failure, or whose execute has
+                // finished, is left to finish cleanup within the grace period (its work
+                // is done or its failure already told); the others get SIGTERM now.
+                if !op.reported_failure && op.execute_ended.is_none() {
+                    signal(op, rustix::process::Signal::TERM);
+                }
             }
         }
         let now = Instant::now();
         if now >= deadline && failure.is_none() {
             let limit = report::seconds(timeout);
+            // Operators only waiting for their inputs are not to blame: they are
+            // cancelled like bystanders.
             let running = operators
                 .iter_mut()
-                .filter(|o| !o.state.is_final() && o.launched)
+                .filter(|o| !o.state.is_final() && o.launched && o.state != OperatorState::Waiting)
                 .map(|o| {
                     o.phase_failure = Some(format!(
                         "still {} when the job's time limit ({limit}) was reached",
@@ -369,7 +549,8 @@ pub fn run_job(
         // The grace period ends early at the time limit, which holds whatever happened
         // before it.
         if kill_sent.is_none()
-            && (stop_sent.is_some_and(|s| s.elapsed() >= options.grace) || now >= deadline)
+            && (stop_sent.is_some_and(|s| s.elapsed() >= options.grace || options.cancel.urgent())
+                || now >= deadline)
         {
             kill_sent = Some(now);
         }
@@ -432,17 +613,53 @@ pub fn run_job(
         .flat_map(|o| o.readers.drain(..))
         .collect();
     output::finish(readers, OUTPUT_DRAIN);
-    let report = report::build(
-        pipeline,
-        &plan,
-        &server,
-        &layout,
-        &operators,
-        failure,
-        start.elapsed(),
-    );
+    let (saved, not_saved) = match &save_dir {
+        Some(dir) => results::save(&plan, &server, &operators, dir),
+        None => Default::default(),
+    };
+    let mut report = report::build(pipeline, &definitions, &plan, &server, &layout, &operators);
+    report.failure = failure;
+    report.elapsed = start.elapsed();
+    report.left = results::left_behind(&plan, &layout, saved);
+    report.not_saved = not_saved;
+    drop(record);
     server.close();
     Ok(report)
+}
+
+fn publish_record(
+    pipeline: &Pipeline,
+    plan: &JobPlan,
+    server: &Server,
+    layout: &DiskLayout,
+    operators: &[Operator],
+) -> Option<records::RecordGuard> {
+    let pid = std::process::id();
+    let record = records::JobRecord {
+        job_id: plan.job_id.clone(),
+        pipeline: pipeline.name().to_owned(),
+        definition: std::path::absolute(pipeline.origin()).map_or_else(
+            |_| pipeline.origin().to_owned(),
+            |p| p.display().to_string(),
+        ),
+        driver_pid: pid,
+        driver_start: records::process_start(pid).unwrap_or(0),
+        started: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        output_root: layout.output_root.display().to_string(),
+        context: server.address().to_owned(),
+        operators: operators
+            .iter()
+            .map(|o| records::RecordedOperator {
+                name: o.name.clone(),
+                pid: o.pid.map(|p| p as u32),
+            })
+            .collect(),
+    };
+    records::publish(&record)
+        .inspect_err(|e| tracing::warn!("the job cannot be listed by `fastio ps`: {e}"))
+        .ok()
 }
 
 /// The pids of the operators whose exit has not been seen.
@@ -510,6 +727,7 @@ fn handle(
                     if let Some(why) = failure {
                         let why = format!("{phase} failed: {why}");
                         op.phase_failure.get_or_insert_with(|| why.clone());
+                        op.reported_failure = true;
                         fail(&op.name, why);
                     }
                     match phase {
@@ -567,9 +785,24 @@ fn handle(
             };
             match outcome {
                 Ok(()) => op.set(OperatorState::Succeeded),
-                // Stopped by the driver for another operator's failure.
-                Err(why) if stopping && op.phase_failure.is_none() => {
-                    op.set(OperatorState::Stopped(why));
+                // Its execute and cleanup were done when the driver stopped the job and
+                // killed it on its way out: it finished.
+                Err(_)
+                    if stopping
+                        && op.phase_failure.is_none()
+                        && op.execute_ended.is_some()
+                        && op.cleaned_up =>
+                {
+                    op.set(OperatorState::Succeeded);
+                }
+                // Stopped by the driver for another operator's failure, the time limit or
+                // an interruption.
+                Err(_) if stopping && op.phase_failure.is_none() => {
+                    let when = op
+                        .cancelled_in
+                        .clone()
+                        .unwrap_or_else(|| op.state.cancelled_where());
+                    op.set(OperatorState::Cancelled(when));
                 }
                 Err(why) => {
                     fail(&op.name, why.clone());
@@ -623,21 +856,36 @@ fn signal(op: &Operator, signal: rustix::process::Signal) {
     }
 }
 
-fn prepare_directories(plan: &JobPlan) -> Result<(), DriverError> {
+fn prepare_directories(plan: &JobPlan, replace: bool) -> Result<(), DriverError> {
     let dir_error = |path: &Path, source| DriverError::Directory {
         path: path.to_owned(),
         source,
     };
-    for stage in &plan.stages {
-        for out in &stage.outputs {
-            let path = Path::new(&out.path);
-            match std::fs::remove_dir_all(path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(dir_error(path, e)),
-            }
-            std::fs::create_dir_all(path).map_err(|e| dir_error(path, e))?;
+    // Checked for every output before any is emptied: a refused job touches nothing.
+    let outputs = plan.stages.iter().flat_map(|s| &s.outputs);
+    for out in outputs.clone() {
+        let path = Path::new(&out.path);
+        let holds_files = match std::fs::read_dir(path) {
+            Ok(mut entries) => entries.next().is_some(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(dir_error(path, e)),
+        };
+        if holds_files && !replace {
+            return Err(DriverError::OutputNotEmpty {
+                path: path.to_owned(),
+            });
         }
+    }
+    for out in outputs {
+        let path = Path::new(&out.path);
+        match std::fs::remove_dir_all(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(dir_error(path, e)),
+        }
+        std::fs::create_dir_all(path).map_err(|e| dir_error(path, e))?;
+    }
+    for stage in &plan.stages {
         for input in &stage.inputs {
             let path = Path::new(&input.path);
             std::fs::create_dir_all(path).map_err(|e| dir_error(path, e))?;
@@ -650,10 +898,7 @@ fn prepare_directories(plan: &JobPlan) -> Result<(), DriverError> {
 /// a bare name is looked up in `program_dirs`, then in `PATH` (by the operating system).
 fn resolve_program(pipeline: &Pipeline, options: &JobOptions, program: &str) -> PathBuf {
     if program.contains('/') {
-        let base = Path::new(pipeline.origin())
-            .parent()
-            .unwrap_or(Path::new("."));
-        return base.join(program);
+        return definition_dir(pipeline).join(program);
     }
     options
         .program_dirs
@@ -670,6 +915,8 @@ struct Launcher<'a> {
     plan: &'a JobPlan,
     server: &'a Server,
     log_dir: &'a Path,
+    /// Stage index -> index of the operator in the definition.
+    definitions: &'a [usize],
     events: mpsc::Sender<Event>,
 }
 
@@ -689,7 +936,7 @@ impl Launcher<'_> {
             self.plan,
             self.server,
             self.log_dir,
-            index,
+            (self.definitions[index], index),
             operator,
         ) {
             Ok(mut child) => {
@@ -735,7 +982,7 @@ pub fn operator_kinds(
     options: &JobOptions,
 ) -> Vec<(OperatorKind, KindReason)> {
     let mut seen = kind::Seen::default();
-    let cwd = operator_dir();
+    let cwd = definition_dir(pipeline);
     (0..pipeline.operators().len())
         .map(|index| {
             let program = pipeline.operators()[index]
@@ -747,9 +994,12 @@ pub fn operator_kinds(
         .collect()
 }
 
-/// The folder operator processes start in: the driver's own (they inherit it).
-fn operator_dir() -> PathBuf {
-    std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"))
+/// The folder of the definition, absolute: operators start there, so that relative paths
+/// in their commands read as they do in the definition.
+fn definition_dir(pipeline: &Pipeline) -> PathBuf {
+    let origin =
+        std::path::absolute(pipeline.origin()).unwrap_or_else(|_| pipeline.origin().into());
+    origin.parent().unwrap_or(Path::new("/")).to_owned()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -759,10 +1009,10 @@ fn spawn(
     plan: &JobPlan,
     server: &Server,
     log_dir: &Path,
-    index: usize,
+    (definition, index): (usize, usize),
     operator: &mut Operator,
 ) -> Result<Child, String> {
-    let definition = &pipeline.operators()[index];
+    let definition = &pipeline.operators()[definition];
     let stage = &plan.stages[index];
     let argv = definition.command().ok_or("no command to run it locally")?;
     let program = resolve_program(pipeline, options, &argv[0]);
@@ -782,6 +1032,9 @@ fn spawn(
         .env(JOB_ID_ENV, &plan.job_id)
         .env(fastio_operator::STAGE_ENV, &stage.name)
         .env_remove(fastio_operator::PIPELINE_ENV)
+        // Relative paths in the command (a script, a data file) read as they do in the
+        // definition, whatever folder `fastio run` was started from.
+        .current_dir(definition_dir(pipeline))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,7 +1,7 @@
 //! What a job did: each operator's outcome and times, each entry's bytes and medium.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fastio_context::Server;
@@ -46,6 +46,40 @@ pub struct EntryReport {
     pub medium: Medium,
 }
 
+/// A file or folder the job left on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Artifact {
+    /// Where it is, absolute.
+    pub path: PathBuf,
+    /// What it is.
+    pub kind: ArtifactKind,
+    /// Bytes (of every file under it, for a folder).
+    pub bytes: u64,
+    /// Files (under it, for a folder; 1 for a file).
+    pub files: u64,
+}
+
+/// What a left file or folder is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ArtifactKind {
+    /// The folder of an operator's `stream` output.
+    StreamOutput {
+        /// The operator.
+        operator: String,
+        /// The output's name.
+        entry: String,
+    },
+    /// A shared-memory output saved as `.npy` at the end of the job.
+    Saved {
+        /// The operator.
+        operator: String,
+        /// The output's name.
+        entry: String,
+    },
+    /// Anything else in the job's output folder (logs, the payload folder).
+    Other,
+}
+
 /// One operator's end.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OperatorReport {
@@ -74,12 +108,20 @@ pub struct JobReport {
     pub pipeline: String,
     /// Wall time of the whole job.
     pub elapsed: Duration,
-    /// The operator(s) that failed the job and why, if it failed.
+    /// The operator(s) that failed the job (comma-separated; empty when the job was
+    /// stopped from outside, e.g. interrupted) and why, if it failed.
     pub failure: Option<(String, String)>,
     /// Each operator, in dependency order.
     pub operators: Vec<OperatorReport>,
     /// Each output.
     pub entries: Vec<EntryReport>,
+    /// The job's output folder.
+    pub output_root: PathBuf,
+    /// Every file and folder the job left: stream outputs, saved arrays, the rest of its
+    /// output folder.
+    pub left: Vec<Artifact>,
+    /// Shared-memory outputs that were to be saved and were not, with why.
+    pub not_saved: Vec<(String, String)>,
 }
 
 impl JobReport {
@@ -113,8 +155,8 @@ impl JobReport {
             for h in &op.reclaimed {
                 let _ = writeln!(
                     out,
-                    "  {:name_width$}  reference to {} ({} bytes) still held after execute: reclaimed",
-                    "", h.id, h.size
+                    "  {:name_width$}  reference to {h} still held after execute: reclaimed",
+                    ""
                 );
             }
         }
@@ -141,6 +183,40 @@ impl JobReport {
                 e.medium.to_string(),
             );
         }
+        if !self.left.is_empty() || !self.not_saved.is_empty() {
+            let _ = writeln!(out, "results in {}:", self.output_root.display());
+        }
+        let shown: Vec<String> = self
+            .left
+            .iter()
+            .map(|a| {
+                let relative = a.path.strip_prefix(&self.output_root).unwrap_or(&a.path);
+                let slash = if a.path.is_dir() { "/" } else { "" };
+                format!("{}{slash}", relative.display())
+            })
+            .collect();
+        let path_width = shown.iter().map(String::len).max().unwrap_or(0);
+        for (a, path) in self.left.iter().zip(&shown) {
+            let size = if a.path.is_dir() {
+                let s = if a.files == 1 { "" } else { "s" };
+                format!("{} file{s}, {}", a.files, human_bytes(a.bytes))
+            } else {
+                human_bytes(a.bytes)
+            };
+            let what = match &a.kind {
+                ArtifactKind::StreamOutput { operator, entry } => {
+                    format!("output {operator}.{entry}")
+                }
+                ArtifactKind::Saved { operator, entry } => {
+                    format!("shared memory output {operator}.{entry}, saved")
+                }
+                ArtifactKind::Other => String::new(),
+            };
+            let _ = writeln!(out, "  {path:path_width$}  {size:>22}  {what}");
+        }
+        for (entry, why) in &self.not_saved {
+            let _ = writeln!(out, "  not saved: {entry}: {why}");
+        }
         match &self.failure {
             None => {
                 let _ = writeln!(
@@ -151,9 +227,14 @@ impl JobReport {
                 );
             }
             Some((who, why)) => {
+                let who = if who.is_empty() {
+                    String::new()
+                } else {
+                    format!("{who}: ")
+                };
                 let _ = writeln!(
                     out,
-                    "job {} FAILED after {}: {who}: {why}",
+                    "job {} FAILED after {}: {who}{why}",
                     self.job_id,
                     seconds(self.elapsed)
                 );
@@ -180,7 +261,8 @@ pub fn seconds(d: Duration) -> String {
     }
 }
 
-fn human_bytes(bytes: u64) -> String {
+/// `512 B`, `4.0 KiB`, `1.5 GiB`.
+pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
     let mut value = bytes as f64;
     let mut unit = 0;
@@ -222,22 +304,24 @@ fn dir_bytes(path: &Path) -> u64 {
         .sum()
 }
 
+/// The report of a job that ran the operators `stages` (indices into the definition's
+/// operators, in stage order); failure and elapsed time are the caller's to fill in.
 pub(crate) fn build(
     pipeline: &Pipeline,
+    stages: &[usize],
     plan: &JobPlan,
     server: &Server,
     layout: &DiskLayout,
     operators: &[Operator],
-    failure: Option<(String, String)>,
-    elapsed: Duration,
 ) -> JobReport {
     let mut entries = Vec::new();
-    for (index, op) in pipeline.operators().iter().enumerate() {
+    for (index, op) in stages.iter().map(|&d| &pipeline.operators()[d]).enumerate() {
         for output in op.outputs() {
             let readers = pipeline
                 .readers(op.name(), output.name())
                 .into_iter()
                 .map(|(r, _)| r.name().to_owned())
+                .filter(|r| operators.iter().any(|o| &o.name == r))
                 .collect();
             let (bytes, medium) = match output.kind() {
                 EntryKind::Stream { .. } => (
@@ -287,9 +371,12 @@ pub(crate) fn build(
     JobReport {
         job_id: plan.job_id.clone(),
         pipeline: pipeline.name().to_owned(),
-        elapsed,
-        failure,
+        elapsed: Duration::ZERO,
+        failure: None,
         operators,
         entries,
+        output_root: layout.output_root.clone(),
+        left: Vec::new(),
+        not_saved: Vec::new(),
     }
 }

@@ -405,7 +405,7 @@ fn failure_message(e: &OperatorError) -> String {
 fn describe(handles: &[ReclaimedHandle]) -> String {
     handles
         .iter()
-        .map(|h| format!("{} ({} bytes, {} handle(s))", h.id, h.size, h.count))
+        .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -83,6 +83,17 @@ pub enum DefinitionError {
         /// Every problem found; never empty.
         problems: Vec<Problem>,
     },
+    /// A variable set from outside the definition ([`crate::Override`]) applies to no
+    /// operator.
+    #[error("{origin}: cannot set {setting:?}: {reason}")]
+    Override {
+        /// The file name or label the text came from.
+        origin: String,
+        /// The setting, `NAME=VALUE` or `OPERATOR.NAME=VALUE`.
+        setting: String,
+        /// Why it applies to nothing.
+        reason: String,
+    },
 }
 
 impl DefinitionError {
@@ -331,6 +342,16 @@ pub enum ProblemKind {
         /// What is wrong.
         reason: &'static str,
     },
+    /// A `${...}` in a command or a variable's value cannot be replaced.
+    #[error("{field} {text:?}: {reason}")]
+    BadSubstitution {
+        /// `command` or `variables`.
+        field: &'static str,
+        /// The argument, or `NAME=value`, as written.
+        text: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// An operator with a container image and no command, in a run that starts processes.
     #[error(
         "command is required to run locally: the operator names container image {image} but neither command nor container.command, and fastio starts operators as local processes, not containers"
@@ -506,6 +527,7 @@ impl ProblemKind {
             ProblemKind::BadRequests { .. } => "requests",
             ProblemKind::BadItem { field, .. } => field,
             ProblemKind::BadVariable { .. } => "variables",
+            ProblemKind::BadSubstitution { field, .. } => field,
             ProblemKind::BadElementType { .. } => "element-type",
             ProblemKind::BadShape { .. } => "shape",
             ProblemKind::RelativePath { .. } | ProblemKind::DuplicatePath { .. } => "path",

@@ -41,6 +41,13 @@
 //!
 //! # The format
 //!
+//! The user's reference of the format, with examples and fastio's extensions (`${...}`
+//! substitution, variables set from outside, how operators are started, running one
+//! operator alone), is `docs/pipeline-format.md` in the repository. This page summarises
+//! the fields and rules for users of the crate. Variables set from outside the definition
+//! ([`Override`], `fastio run --set`) are applied by [`Pipeline::from_path_with`] before
+//! `${...}` is replaced ([`PIPELINE_DIR`]).
+//!
 //! Top level:
 //!
 //! | field | required | meaning |
@@ -140,6 +147,9 @@
 //!   least 1). **`pull-secrets`** are Kubernetes secret names (lower-case letters, digits,
 //!   `-`, `.`; at most 253). **`models`** have names and **`parameters`** keys follow the
 //!   naming rule above.
+//! * **`${...}`** in `command` names a variable of the operator or `PIPELINE_DIR`; in a
+//!   variable's value only `PIPELINE_DIR`. `$${` is a literal `${`; Clara's `${{ name }}`
+//!   template placeholders are left as written.
 //! * **`uses-driver: false`** is refused on an operator with a shared-memory entry: only the
 //!   driver reaches those.
 //!
@@ -243,6 +253,7 @@ mod limits;
 mod model;
 pub mod plan;
 mod raw;
+mod substitute;
 mod validate;
 
 pub use error::{
@@ -254,3 +265,4 @@ pub use model::{
     Container, DEFAULT_TIMEOUT, Entry, EntryKind, EntryRef, Link, MAX_TIMEOUT, Operator, Pipeline,
     Requests, Unused,
 };
+pub use substitute::{Override, OverrideSyntaxError, PIPELINE_DIR};

@@ -19,8 +19,8 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 
 /// A validated pipeline definition.
 ///
-/// Architecture Invariant: a `Pipeline` only exists when every rule of the crate
-/// documentation holds, so the driver never re-checks names, types or links. Its operators are
+/// Architecture Invariant: a `Pipeline` only exists when every rule of
+/// `docs/pipeline-format.md` holds, so the driver never re-checks names, types or links. Its operators are
 /// in dependency order: every operator comes after all the operators it reads from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pipeline {
@@ -391,6 +391,30 @@ impl Pipeline {
     /// Reads, parses and validates a definition file: JSON if its name ends in `.json`, YAML
     /// otherwise. Messages name the file as given.
     pub fn from_path(path: impl AsRef<Path>) -> Result<Self, DefinitionError> {
+        Self::from_path_with(path, &[])
+    }
+
+    /// Parses and validates a YAML definition; `origin` names it in messages.
+    pub fn from_yaml_str(text: &str, origin: &str) -> Result<Self, DefinitionError> {
+        Self::from_str_in(text, origin, Format::Yaml)
+    }
+
+    /// Parses and validates a JSON definition; `origin` names it in messages.
+    pub fn from_json_str(text: &str, origin: &str) -> Result<Self, DefinitionError> {
+        Self::from_str_in(text, origin, Format::Json)
+    }
+
+    /// Parses and validates a definition in the given format; `origin` names it in messages.
+    pub fn from_str_in(text: &str, origin: &str, format: Format) -> Result<Self, DefinitionError> {
+        Self::from_str_with(text, origin, format, &[])
+    }
+
+    /// [`Pipeline::from_path`] with variables set from outside the definition
+    /// (`fastio run --set`), applied before `${...}` is replaced.
+    pub fn from_path_with(
+        path: impl AsRef<Path>,
+        overrides: &[crate::Override],
+    ) -> Result<Self, DefinitionError> {
         let path = path.as_ref();
         let read_error = |source| DefinitionError::Read {
             path: path.to_owned(),
@@ -406,22 +430,23 @@ impl Pipeline {
             &mut text,
         )
         .map_err(read_error)?;
-        Self::from_str_in(&text, &path.display().to_string(), Format::from_path(path))
+        Self::from_str_with(
+            &text,
+            &path.display().to_string(),
+            Format::from_path(path),
+            overrides,
+        )
     }
 
-    /// Parses and validates a YAML definition; `origin` names it in messages.
-    pub fn from_yaml_str(text: &str, origin: &str) -> Result<Self, DefinitionError> {
-        Self::from_str_in(text, origin, Format::Yaml)
-    }
-
-    /// Parses and validates a JSON definition; `origin` names it in messages.
-    pub fn from_json_str(text: &str, origin: &str) -> Result<Self, DefinitionError> {
-        Self::from_str_in(text, origin, Format::Json)
-    }
-
-    /// Parses and validates a definition in the given format; `origin` names it in messages.
-    pub fn from_str_in(text: &str, origin: &str, format: Format) -> Result<Self, DefinitionError> {
-        let raw = crate::raw::parse(text, origin, format)?;
+    /// [`Pipeline::from_str_in`] with variables set from outside the definition.
+    pub fn from_str_with(
+        text: &str,
+        origin: &str,
+        format: Format,
+        overrides: &[crate::Override],
+    ) -> Result<Self, DefinitionError> {
+        let mut raw = crate::raw::parse(text, origin, format)?;
+        crate::substitute::apply(&mut raw, overrides, origin)?;
         crate::validate::validate(raw, origin)
     }
 

@@ -214,7 +214,7 @@ pub(crate) fn validate(raw: RawPipeline, origin: &str) -> Result<Pipeline, Defin
         .is_some_and(|v| v < TYPED_SINCE)
         .then_some(api_text.as_str());
     let mut seen_operators: HashMap<String, String> = HashMap::new();
-    let operators: Vec<PartialOperator> = raw_operators
+    let mut operators: Vec<PartialOperator> = raw_operators
         .into_iter()
         .enumerate()
         .map(|(index, raw_op)| {
@@ -227,6 +227,32 @@ pub(crate) fn validate(raw: RawPipeline, origin: &str) -> Result<Pipeline, Defin
             )
         })
         .collect();
+
+    let dir = crate::substitute::definition_dir(origin);
+    for op in &mut operators {
+        let mut problems = crate::substitute::expand_operator(
+            &dir,
+            op.command.as_deref_mut().unwrap_or_default(),
+            &mut op.variables,
+        );
+        // The in-image command reads the same variables (Clara passes them to the
+        // container); only its own problems are new.
+        if let Some(argv) = op.container.as_mut().and_then(|c| c.command.as_deref_mut()) {
+            problems.extend(
+                crate::substitute::expand_operator(&dir, argv, &mut op.variables.clone())
+                    .into_iter()
+                    .filter(|p| p.field == "command"),
+            );
+        }
+        for problem in problems {
+            let kind = ProblemKind::BadSubstitution {
+                field: problem.field,
+                text: problem.text,
+                reason: problem.reason,
+            };
+            c.report(Some(&op.location.clone()), None, kind);
+        }
+    }
 
     if argo {
         // Reported once, naming the first typed entry, rather than once per entry.

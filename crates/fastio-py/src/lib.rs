@@ -18,6 +18,7 @@ mod allocation;
 mod buffer;
 mod context;
 mod dtype;
+mod listing;
 mod operator;
 
 use pyo3::prelude::*;
@@ -108,6 +109,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<operator::PayloadCollection>()?;
     m.add_class::<operator::FastIOEntry>()?;
     m.add_function(wrap_pyfunction!(context::serve, m)?)?;
+    m.add_function(wrap_pyfunction!(listing::jobs, m)?)?;
+    m.add_function(wrap_pyfunction!(listing::inspect, m)?)?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add("CONTEXT_ENV", fastio_context::CONTEXT_ENV)?;
     Ok(())

@@ -275,5 +275,5 @@ def test_a_plain_program_after_a_failed_driver_operator_never_runs(tmp_path):
     assert done.returncode == 1, done.stdout + done.stderr
     assert "reader: execute failed" in done.stdout, done.stdout
     assert "no series in the payload" in done.stdout + done.stderr
-    assert "never started" in done.stdout, done.stdout
+    assert "cancelled before it started" in done.stdout, done.stdout
     assert not marker.exists()

@@ -200,7 +200,7 @@ d.wait_for_completion()
 def test_typed_pipeline_of_python_operators(tmp_path):
     result = run_pipeline(tmp_path, TYPED, {"producer": PRODUCER, "consumer": CONSUMER})
     assert result.returncode == 0, result.stdout + result.stderr
-    assert (tmp_path / "out" / "typed" / "consumer" / "checked" / "ok").read_text() == "ok"
+    assert (tmp_path / "out" / "typed" / "latest" / "consumer" / "checked" / "ok").read_text() == "ok"
 
 
 FAILING = """
@@ -283,7 +283,7 @@ def test_demo_with_a_numpy_threshold_step_reports_what_the_rust_demo_reports(tmp
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
         )
         assert result.returncode == 0, result.stdout + result.stderr
-        reports.append((tmp_path / name / "write-report" / "report" / "report.txt").read_text())
+        reports.append((tmp_path / name / "latest" / "write-report" / "report" / "report.txt").read_text())
     assert "voxels above the threshold" in reports[0]
     assert reports[1] == reports[0]
 

@@ -53,14 +53,26 @@ enum Command {
     /// Shows each operator's output as it comes, each line prefixed with the operator's
     /// name (`threshold | ...`), and each operator's state changes; then a summary: each
     /// operator's outcome and times, each entry's bytes and how it travelled. Every
-    /// operator's full output is kept in `<output>/<pipeline>/logs/<operator>.log`. Exits
-    /// non-zero when the job fails.
+    /// operator's full output is kept in the job's folder, `logs/<operator>.log`. Exits 1
+    /// when the job fails.
+    ///
+    /// Ctrl-C (SIGINT), SIGTERM or SIGHUP stops the job cleanly: operators waiting for
+    /// their inputs never execute, running ones get SIGTERM and, after a grace period,
+    /// SIGKILL (at once on a second Ctrl-C); the summary is still printed, and the
+    /// command exits 128 + the signal's number (130 for Ctrl-C).
     Run {
         /// The pipeline definition file.
         pipeline: std::path::PathBuf,
-        /// Parent of the operators' stream output directories.
+        /// Where results go: each job gets its own folder,
+        /// OUTPUT/<pipeline>/<UTC date>-<time>-<job id prefix>, and OUTPUT/<pipeline>/latest
+        /// links to the newest. Nothing of an earlier run is deleted.
         #[arg(long, default_value = "fastio-output")]
         output: std::path::PathBuf,
+        /// At the end of the job, save every shared-memory output as a numpy file,
+        /// DIR/<operator>/<output>.npy (DIR defaults to the job's folder's `arrays`).
+        /// Existing files are never overwritten.
+        #[arg(long, value_name = "DIR", num_args = 0..=1)]
+        save: Option<Option<std::path::PathBuf>>,
         /// The job's payload directory (stream inputs without `from`).
         #[arg(long)]
         payload: Option<std::path::PathBuf>,
@@ -72,6 +84,69 @@ enum Command {
         /// no progress.
         #[arg(long, short)]
         quiet: bool,
+        /// Set a variable: NAME=VALUE in every operator that declares NAME, or
+        /// OPERATOR.NAME=VALUE in one operator. Repeatable. Commands see the new value
+        /// through ${NAME}.
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<fastio::pipeline::Override>,
+        /// When stderr is not a terminal, print what is still running after this many
+        /// seconds without a change (0: never). On a terminal the display is live.
+        #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+        heartbeat: f64,
+    },
+    /// Run one operator of a pipeline alone, its inputs from files: each shared-memory
+    /// input from a numpy .npy file, each stream input from a folder (or empty). It does
+    /// not wait for upstream operators; its shared-memory outputs are saved as .npy files
+    /// (in the job's folder's `arrays`, or --save DIR) and the summary says where.
+    RunOp {
+        /// The pipeline definition file.
+        pipeline: std::path::PathBuf,
+        /// The operator to run.
+        operator: String,
+        /// An input: NAME=FILE.npy (shared memory) or NAME=FOLDER (stream). Repeatable.
+        #[arg(long = "input", short = 'i', value_name = "NAME=PATH")]
+        inputs: Vec<String>,
+        /// Where results go (a folder per job, as for `run`).
+        #[arg(long, default_value = "fastio-output")]
+        output: std::path::PathBuf,
+        /// Where the outputs are saved as .npy (default: the job's folder's `arrays`).
+        #[arg(long, value_name = "DIR")]
+        save: Option<std::path::PathBuf>,
+        /// Time limit in seconds (default: the definition's `timeout`, else 600).
+        #[arg(long)]
+        timeout: Option<f64>,
+        /// Set a variable, as for `run`. Repeatable.
+        #[arg(long = "set", value_name = "NAME=VALUE")]
+        set: Vec<fastio::pipeline::Override>,
+        /// Print only the summary.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// List the running jobs of this user (found through their records in the user's
+    /// private runtime folder).
+    Ps {
+        /// Print JSON (the job records) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a running job: its operators, FastIO entries and publications, with sizes
+    /// and the operators that hold them.
+    Ls {
+        /// The job: a prefix of its id or its pipeline's name (default: the only running
+        /// job).
+        job: Option<String>,
+        /// Print JSON (the record and the listing) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a running job as `ls` does, refreshed until it ends.
+    Top {
+        /// The job: a prefix of its id or its pipeline's name (default: the only running
+        /// job).
+        job: Option<String>,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
     },
     /// Check a pipeline definition (YAML, or JSON by extension) and list every problem.
     Validate {
@@ -115,6 +190,7 @@ pub fn main(
     match run(cli) {
         Ok(()) => 0,
         Err(e) if e.is::<JobFailed>() => 1,
+        Err(e) if e.is::<Interrupted>() => 128 + e.downcast_ref::<Interrupted>().map_or(0, |i| i.0),
         Err(e) => {
             eprintln!("error: {e:#}");
             1
@@ -162,7 +238,54 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             payload,
             timeout,
             quiet,
-        } => run_pipeline(&pipeline, output, payload, timeout, quiet),
+            set,
+            save,
+            heartbeat,
+        } => run_pipeline(
+            &pipeline,
+            output,
+            payload,
+            timeout,
+            (quiet, heartbeat_interval(heartbeat)?),
+            &set,
+            save,
+        ),
+        Command::RunOp {
+            pipeline,
+            operator,
+            inputs,
+            output,
+            save,
+            timeout,
+            set,
+            quiet,
+        } => run_operator(
+            &pipeline, &operator, &inputs, output, save, timeout, &set, quiet,
+        ),
+        Command::Ps { json } => {
+            let jobs = fastio::driver::inspect::running_jobs()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&jobs)?);
+            } else {
+                print!("{}", fastio::driver::inspect::render_jobs(&jobs));
+            }
+            Ok(())
+        }
+        Command::Ls { job, json } => {
+            let (record, listing) = fastio::driver::inspect::inspect(job.as_deref())?;
+            if json {
+                let both = serde_json::json!({ "job": record, "listing": listing });
+                println!("{}", serde_json::to_string_pretty(&both)?);
+            } else {
+                print!(
+                    "{}",
+                    fastio::driver::inspect::render_listing(&record, &listing)
+                );
+            }
+            Ok(())
+        }
+        Command::Top { job, interval } => top(job.as_deref(), interval),
+
         Command::Validate { pipeline } => {
             let p = load(&pipeline)?;
             println!(
@@ -222,7 +345,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// Loads a pipeline; on failure prints every problem, one per line, and fails.
 fn load(path: &std::path::Path) -> anyhow::Result<fastio::pipeline::Pipeline> {
-    let pipeline = fastio::pipeline::Pipeline::from_path(path).map_err(|e| {
+    load_with(path, &[])
+}
+
+/// [`load`] with variables set on the command line.
+fn load_with(
+    path: &std::path::Path,
+    set: &[fastio::pipeline::Override],
+) -> anyhow::Result<fastio::pipeline::Pipeline> {
+    let pipeline = fastio::pipeline::Pipeline::from_path_with(path, set).map_err(|e| {
+        if let fastio::pipeline::DefinitionError::Override { .. } = e {
+            return anyhow::anyhow!("{e}");
+        }
         eprintln!("{e}");
         anyhow::anyhow!("{} is not a valid pipeline definition", path.display())
     })?;
@@ -273,12 +407,17 @@ fn run_pipeline(
     output: std::path::PathBuf,
     payload: Option<std::path::PathBuf>,
     timeout: Option<f64>,
-    quiet: bool,
+    (quiet, heartbeat): (bool, Option<std::time::Duration>),
+    set: &[fastio::pipeline::Override],
+    save: Option<Option<std::path::PathBuf>>,
 ) -> anyhow::Result<()> {
     use fastio::driver::run_job;
-    let pipeline = load(path)?;
+    let pipeline = load_with(path, set)?;
     let mut options = job_options(&pipeline)?;
-    options.output_root = output.join(pipeline.name());
+    let job_id = fastio::operator::new_job_id();
+    options.output_root = job_folder(&output.join(pipeline.name()), &job_id)?;
+    options.job_id = Some(job_id);
+    options.save = save.map(|dir| dir.unwrap_or_else(|| options.output_root.join("arrays")));
     options.payload = payload;
     if let Some(seconds) = timeout {
         options.timeout = Some(
@@ -293,7 +432,9 @@ fn run_pipeline(
                 })?,
         );
     }
-    let display = std::sync::Arc::new(std::sync::Mutex::new(progress::Display::new(quiet)));
+    let display = std::sync::Arc::new(std::sync::Mutex::new(progress::Display::new(
+        quiet, heartbeat,
+    )));
     if !quiet {
         let display = display.clone();
         let width = pipeline
@@ -307,15 +448,232 @@ fn run_pipeline(
             display.line(&format!("{:width$} | {}", line.operator, line.text));
         }));
     }
+    let interrupts = interrupt::Watch::start(&options.cancel)?;
     let report = run_job(&pipeline, &options, &mut |p| {
         display.lock().unwrap_or_else(|e| e.into_inner()).show(p)
-    })?;
+    })
+    .map_err(anyhow::Error::from);
     display.lock().unwrap_or_else(|p| p.into_inner()).finish();
+    let signal = interrupts.stop();
+    finish_job_folder(&options.output_root, &report)?;
+    let report = report?;
     print!("{}", report.render());
+    std::io::stdout().flush()?;
+    if let Some(signal) = signal {
+        return Err(Interrupted(signal).into());
+    }
     if !report.succeeded() {
         return Err(JobFailed.into());
     }
     Ok(())
+}
+
+/// A job stopped by a signal: the command exits 128 + its number, as a shell does.
+#[derive(Debug)]
+struct Interrupted(i32);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interrupted by signal {}", self.0)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+/// `fastio run-op`.
+#[allow(clippy::too_many_arguments)]
+fn run_operator(
+    path: &std::path::Path,
+    operator: &str,
+    inputs: &[String],
+    output: std::path::PathBuf,
+    save: Option<std::path::PathBuf>,
+    timeout: Option<f64>,
+    set: &[fastio::pipeline::Override],
+    quiet: bool,
+) -> anyhow::Result<()> {
+    use fastio::driver::run_operator;
+    let pipeline = load_with(path, set)?;
+    let inputs = inputs
+        .iter()
+        .map(|text| {
+            let (name, file) = text
+                .split_once('=')
+                .with_context(|| format!("--input {text:?} is not NAME=PATH"))?;
+            Ok((name.to_owned(), std::path::PathBuf::from(file)))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut options = job_options(&pipeline)?;
+    let job_id = fastio::operator::new_job_id();
+    options.output_root = job_folder(&output.join(pipeline.name()), &job_id)?;
+    options.job_id = Some(job_id);
+    options.save = Some(save.unwrap_or_else(|| options.output_root.join("arrays")));
+    if let Some(seconds) = timeout {
+        options.timeout = Some(
+            std::time::Duration::try_from_secs_f64(seconds)
+                .ok()
+                .filter(|d| !d.is_zero() && *d <= fastio::pipeline::MAX_TIMEOUT)
+                .with_context(|| {
+                    format!(
+                        "--timeout must be a positive number of seconds, at most {}",
+                        fastio::pipeline::MAX_TIMEOUT.as_secs()
+                    )
+                })?,
+        );
+    }
+    let interrupts = interrupt::Watch::start(&options.cancel)?;
+    let mut display = progress::Display::new(quiet, heartbeat_interval(30.0)?);
+    let report = run_operator(&pipeline, operator, &inputs, &options, &mut |p| {
+        display.show(p)
+    })
+    .map_err(anyhow::Error::from);
+    display.finish();
+    let signal = interrupts.stop();
+    finish_job_folder(&options.output_root, &report)?;
+    let report = report?;
+    print!("{}", report.render());
+    std::io::stdout().flush()?;
+    if let Some(signal) = signal {
+        return Err(Interrupted(signal).into());
+    }
+    if !report.succeeded() {
+        return Err(JobFailed.into());
+    }
+    Ok(())
+}
+
+/// `--heartbeat`: seconds, 0 for none.
+fn heartbeat_interval(seconds: f64) -> anyhow::Result<Option<std::time::Duration>> {
+    let interval = std::time::Duration::try_from_secs_f64(seconds)
+        .context("--heartbeat must be a number of seconds, 0 or more")?;
+    Ok(Some(interval).filter(|d| !d.is_zero()))
+}
+
+/// `fastio top`: the listing, redrawn every `interval` seconds until the job ends.
+fn top(job: Option<&str>, interval: f64) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let interval = std::time::Duration::try_from_secs_f64(interval)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .context("--interval must be a positive number of seconds")?;
+    // The first look names the job for good: a later one follows that job only.
+    let (record, mut listing) = fastio::driver::inspect::inspect(job)?;
+    let terminal = std::io::stdout().is_terminal();
+    loop {
+        let text = fastio::driver::inspect::render_listing(&record, &listing);
+        let mut out = std::io::stdout().lock();
+        let written = if terminal {
+            // Home, clear, draw.
+            write!(out, "\x1b[H\x1b[2J{text}")
+        } else {
+            writeln!(out, "{text}")
+        }
+        .and_then(|()| out.flush());
+        match written {
+            // The reader went away (`fastio top | head`): done.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            other => other?,
+        }
+        drop(out);
+        std::thread::sleep(interval);
+        match fastio::driver::inspect::inspect(Some(&record.job_id)) {
+            Ok((_, next)) => listing = next,
+            Err(_) => {
+                println!("job {} has ended", record.job_id);
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Creates the job's own folder under `parent`, `<UTC date>-<time>-<job id prefix>` (so
+/// that folders sort by time and no run touches another's), and points `parent/latest`
+/// at it.
+fn job_folder(parent: &std::path::Path, job_id: &str) -> anyhow::Result<std::path::PathBuf> {
+    let stamp: String = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    let name = format!("{}-{}-{}", &stamp[..8], &stamp[8..], &job_id[..8]);
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let folder = parent.join(&name);
+    std::fs::create_dir(&folder).with_context(|| format!("creating {}", folder.display()))?;
+    Ok(folder)
+}
+
+/// After a job ran: points `<parent>/latest` at its folder. A job that could not start
+/// leaves no folder behind (it is removed if still empty) and `latest` as it was.
+fn finish_job_folder<T>(folder: &std::path::Path, ran: &anyhow::Result<T>) -> anyhow::Result<()> {
+    let (Some(parent), Some(name)) = (folder.parent(), folder.file_name()) else {
+        return Ok(());
+    };
+    if ran.is_err() {
+        let _ = std::fs::remove_dir(folder);
+        return Ok(());
+    }
+    // Replaced atomically: a new link under a temporary name renamed over the old one.
+    let latest = parent.join("latest");
+    let temporary = parent.join(format!(".latest-{}", name.to_string_lossy()));
+    std::os::unix::fs::symlink(name, &temporary)
+        .and_then(|()| std::fs::rename(&temporary, &latest))
+        .with_context(|| format!("pointing {} at {}", latest.display(), folder.display()))
+}
+
+mod interrupt {
+    //! Ctrl-C and friends: a signal stops the job through its `Cancel` handle instead of
+    //! killing this process, so the operators are stopped and the summary is printed.
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI32, Ordering};
+
+    use fastio::driver::Cancel;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    use signal_hook::iterator::{Handle, Signals};
+
+    pub struct Watch {
+        handle: Handle,
+        thread: std::thread::JoinHandle<()>,
+        received: Arc<AtomicI32>,
+    }
+
+    impl Watch {
+        /// Catches SIGINT, SIGTERM and SIGHUP from now on, each cancelling the job.
+        pub fn start(cancel: &Cancel) -> anyhow::Result<Self> {
+            let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+            let handle = signals.handle();
+            let received = Arc::new(AtomicI32::new(0));
+            let thread = {
+                let (cancel, received) = (cancel.clone(), received.clone());
+                std::thread::spawn(move || {
+                    for signal in signals.forever() {
+                        let _ = received.compare_exchange(
+                            0,
+                            signal,
+                            Ordering::SeqCst,
+                            Ordering::SeqCst,
+                        );
+                        cancel.cancel(match signal {
+                            SIGINT => "SIGINT",
+                            SIGTERM => "SIGTERM",
+                            _ => "SIGHUP",
+                        });
+                    }
+                })
+            };
+            Ok(Self {
+                handle,
+                thread,
+                received,
+            })
+        }
+
+        /// Stops watching; the first signal received, if any.
+        pub fn stop(self) -> Option<i32> {
+            self.handle.close();
+            let _ = self.thread.join();
+            Some(self.received.load(Ordering::SeqCst)).filter(|&s| s != 0)
+        }
+    }
 }
 
 mod progress {
@@ -335,10 +693,14 @@ mod progress {
         drawn: usize,
         last: Vec<OperatorState>,
         shown: Option<Progress>,
+        last_line: std::time::Duration,
+        // Without a terminal, how long a quiet spell lasts before a heartbeat line says
+        // what is still running.
+        heartbeat: Option<std::time::Duration>,
     }
 
     impl Display {
-        pub fn new(quiet: bool) -> Self {
+        pub fn new(quiet: bool, heartbeat: Option<std::time::Duration>) -> Self {
             Self {
                 quiet,
                 terminal: std::io::stderr().is_terminal(),
@@ -346,6 +708,8 @@ mod progress {
                 drawn: 0,
                 last: Vec::new(),
                 shown: None,
+                last_line: std::time::Duration::ZERO,
+                heartbeat,
             }
         }
 
@@ -399,7 +763,25 @@ mod progress {
                             "[{:>8.3} s] {name:width$}  {state}",
                             progress.elapsed.as_secs_f64()
                         );
+                        self.last_line = progress.elapsed;
                     }
+                }
+                // A long phase prints nothing by itself: say what is still going on.
+                if self
+                    .heartbeat
+                    .is_some_and(|h| progress.elapsed.saturating_sub(self.last_line) >= h)
+                {
+                    for (name, state, time) in &progress.operators {
+                        if !state.is_final() {
+                            let _ = writeln!(
+                                err,
+                                "[{:>8.3} s] {name:width$}  still {state} (for {:.0} s)",
+                                progress.elapsed.as_secs_f64(),
+                                time.as_secs_f64()
+                            );
+                        }
+                    }
+                    self.last_line = progress.elapsed;
                 }
             }
             self.last = progress

@@ -159,9 +159,11 @@ fn run_executes_a_pipeline_and_summarises_it() {
     assert!(stdout.contains("succeeded"), "{stdout}");
     assert!(stdout.contains("generate.volume"), "{stdout}");
     assert!(stdout.contains("2.0 MiB  shared memory"), "{stdout}");
-    let report =
-        std::fs::read_to_string(dir.path().join("out/demo/write-report/report/report.txt"))
-            .unwrap();
+    let report = std::fs::read_to_string(
+        dir.path()
+            .join("out/demo/latest/write-report/report/report.txt"),
+    )
+    .unwrap();
     assert!(report.contains("voxel count: "), "{report}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -38,7 +38,7 @@ fn operator_output_is_shown_prefixed_and_kept_in_the_log() {
         !stderr.contains('\x1b'),
         "escape codes off a terminal: {stderr:?}"
     );
-    let log = dir.path().join("out/talk/logs/speaker.log");
+    let log = dir.path().join("out/talk/latest/logs/speaker.log");
     let log = std::fs::read_to_string(log).unwrap();
     assert!(log.contains("hello on stdout\n"), "{log}");
     assert!(log.contains("hello on stderr\n"), "{log}");
@@ -51,7 +51,7 @@ fn quiet_hides_operator_output_but_keeps_the_log() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     // (The summary of the failed job may quote its stderr; the live lines are gone.)
     assert!(!stdout.contains("speaker | hello"), "{stdout}");
-    let log = dir.path().join("out/talk/logs/speaker.log");
+    let log = dir.path().join("out/talk/latest/logs/speaker.log");
     assert!(
         std::fs::read_to_string(log)
             .unwrap()

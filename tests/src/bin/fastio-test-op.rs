@@ -5,7 +5,9 @@
 //!   for every callback, and `<operator> pid <pid>` at start;
 //! - `EXECUTE=<what>`, what execute does (default `ok`):
 //!   `ok`; `fail` (prints `STDERR`'s text to stderr and returns an error); `exit3`;
-//!   `sleep:<seconds>`; `hold` (creates an allocation and never releases it); `orphan`
+//!   `sleep:<seconds>`; `hold` (creates an allocation and never releases it);
+//!   `hold-published:<name>` (the same, published under `name`); `hold-entry` (opens its
+//!   first output entry a second time and never closes it); `orphan`
 //!   (leaves a `sleep 60` running); `escape` (leaves a `sleep 600` running in a session
 //!   of its own, holding this operator's stdout); `print:<text>` (prints the text on
 //!   stdout and stderr); `bytes` (prints a line that is not UTF-8, then 2 MiB more);
@@ -15,6 +17,12 @@
 //!   `keep-output` (`produce`, keeping a raw pointer to the first output, through which
 //!   cleanup then writes: faults, the output being read-only once execute returned);
 //!   `produce` / `check` (typed entries: see below); `paths` (disk entries).
+//!
+//! - `WAIT_FOR=<text>`: before execute does anything, waits (30 s at most) until a line of
+//!   the `LOG` file starts with `text` (e.g. `early cleanup end`), to order operators
+//!   without timing;
+//! - `SHOW_CWD=1`: logs `cwd <working directory> args <arguments joined by spaces>` at start;
+//! - `EXIT_DELAY=<seconds>`: sleeps that long after cleanup, before the process exits.
 //!
 //! `produce` fills every output: a pre-allocated one with `index + 1` converted from f64
 //! (and checks that update_shape and allocate are refused); a dynamic one gets
@@ -49,6 +57,11 @@ fn log(what: &str) {
 
 fn main() {
     log(&format!("pid {}", std::process::id()));
+    if std::env::var("SHOW_CWD").is_ok_and(|v| v == "1") {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        log(&format!("cwd {} args {}", cwd.display(), args.join(" ")));
+    }
     let driver = match Driver::from_env() {
         Ok(driver) => driver,
         Err(e) => {
@@ -62,7 +75,13 @@ fn main() {
             log("prepare end");
             Ok(())
         })
-        .execute(|_, payload| {
+        .execute(|driver, payload| {
+            if let Ok(text) = std::env::var("WAIT_FOR") {
+                wait_for_log(&text)?;
+            }
+            if std::env::var("EXECUTE").as_deref() == Ok("hold-entry") {
+                hold_entry(driver, payload)?;
+            }
             log("execute begin");
             let result = execute(payload);
             log("execute end");
@@ -81,12 +100,44 @@ fn main() {
             log("cleanup end");
             Ok(())
         });
-    if let Err(e) = driver.run(&mut lifecycle) {
+    let result = driver.run(&mut lifecycle);
+    if let Ok(seconds) = std::env::var("EXIT_DELAY") {
+        std::thread::sleep(std::time::Duration::from_secs_f64(
+            seconds.parse().unwrap_or(0.0),
+        ));
+    }
+    if let Err(e) = result {
         eprintln!("{e}");
         std::process::exit(1);
     }
 }
 
+/// Waits until a line of the log starts with `text`.
+fn wait_for_log(text: &str) -> Result<(), CallbackError> {
+    let path = std::env::var("LOG")?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        if log.lines().any(|l| l.starts_with(text)) {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Err(format!("{text:?} never appeared in the log").into())
+}
+
+/// Opens the first output entry again and leaks the handle past execute.
+fn hold_entry(driver: &Driver, payload: &mut Payload<'_>) -> Result<(), CallbackError> {
+    let info = driver
+        .stage_info()
+        .fastio_outputs
+        .first()
+        .ok_or("hold-entry needs an output entry")?
+        .clone();
+    let entry = fastio::context::FastIoEntry::open(payload.fastio_context(), info)?;
+    std::mem::forget(entry);
+    Ok(())
+}
 /// The first output's address, kept by `keep-output` for cleanup's late write.
 static KEPT_OUTPUT: std::sync::atomic::AtomicPtr<u8> =
     std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
@@ -159,6 +210,14 @@ fn execute(payload: &mut Payload<'_>) -> Result<(), CallbackError> {
             std::mem::forget(allocation);
             Ok(())
         }
+        ("hold-published", name) => {
+            let allocation = payload.fastio_context().create(4096)?;
+            allocation.publish(name)?;
+            std::mem::forget(allocation);
+            Ok(())
+        }
+        // Opened before execute's log line, in `main`.
+        ("hold-entry", _) => Ok(()),
         ("write-input", name) => write_input(payload, name),
         ("produce", _) => produce(payload),
         ("escalate", name) => escalate(payload, name),

@@ -22,6 +22,9 @@ An operator of a pipeline run by ``fastio run`` uses Clara's classes (also impor
     driver.start()
     driver.wait_for_completion()
 
+``fastio.jobs()`` lists the running jobs of this user and ``fastio.inspect(job)`` one job's
+operators, entries and publications with sizes and holders (as ``fastio ps`` / ``fastio ls``).
+
 Every failure raises :class:`fastio.Error` with a message saying what went wrong.
 """
 
@@ -38,6 +41,8 @@ from fastio._native import (
     PayloadCollection,
     PayloadEntry,
     View,
+    inspect,
+    jobs,
     serve,
 )
 
@@ -54,5 +59,7 @@ __all__ = [
     "PayloadCollection",
     "PayloadEntry",
     "View",
+    "inspect",
+    "jobs",
     "serve",
 ]

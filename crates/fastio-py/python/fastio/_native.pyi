@@ -119,6 +119,13 @@ def cli_main(args: list[str], program_dirs: list[str] = ...) -> int:
     """Runs the ``fastio`` command with ``args`` (the first is the program's name) and
     returns its exit status; the ``fastio`` console script calls it."""
 
+def jobs() -> list[dict[str, Any]]:
+    """The running jobs of this user, oldest first (the records `fastio ps` lists)."""
+
+def inspect(job: str | None = None) -> dict[str, Any]:
+    """One running job as `fastio ls` shows it: {"job": record, "listing": {...}}; `job` is
+    a prefix of its id or its pipeline's name (default: the only running job)."""
+
 class FastIOEntry:
     """A typed shared memory input (read-only) or output (read-write) of this operator.
     Valid during execute only."""
