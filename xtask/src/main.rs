@@ -19,6 +19,8 @@
 //! - `fuzz <target> [--count N]`: a long property-based fuzz run (`protocol`);
 //! - `chaos [--rounds N] [--seed S] [--debug]`: the fault suite: random kill -9 of
 //!   operators, drivers, clients and servers, with leak checks (`test` runs 24 rounds).
+//! - `image [--operator]`: the container images (`fastio`, and the operator base), built
+//!   with podman from `packaging/` (docs/kubernetes.md).
 
 mod bench;
 mod capi;
@@ -26,6 +28,7 @@ mod chaos;
 mod fuzz;
 mod gpu;
 mod handover_bench;
+mod image;
 mod pipeline_bench;
 mod python;
 
@@ -57,9 +60,10 @@ fn main() -> anyhow::Result<()> {
         Some("chaos") => chaos::chaos(&args[1..]),
         Some("clib") => capi::clib(&root).map(drop),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
+        Some("image") => image::image(&root, &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|dist|demo|bench|bench-handover|bench-pipeline|bench-python|gpu-test|gpu-bench|codegen|clib|fuzz|chaos>"
+                "usage: cargo xtask <test|dist|demo|bench|bench-handover|bench-pipeline|bench-python|gpu-test|gpu-bench|codegen|clib|fuzz|chaos|image>"
             );
             bail!("unknown or missing command")
         }

@@ -13,6 +13,13 @@ use crate::job::{Job, Phase, ReclaimedHandle, StageInfo};
 use crate::protocol::{AccessMode, EventHandle, Request, ResourceId, Response, Stats};
 use crate::registry::{DEFAULT_POOL_BYTES, Registry};
 use crate::server::CONTEXT_ENV;
+
+/// The abstract socket name of a job that operators join ([`Context::attach_from_env`]).
+pub const JOB_SOCKET_ENV: &str = "FASTIO_JOB_SOCKET";
+/// The job's secret that a joining operator presents.
+pub const JOB_SECRET_ENV: &str = "FASTIO_JOB_SECRET";
+/// The operator's name in the pipeline (also what the pipeline driver sets for operators).
+pub const JOB_STAGE_ENV: &str = "FASTIO_STAGE";
 use crate::transport::{LocalTransport, Shared, SocketTransport, Transport};
 
 /// How [`Context::create_with`] prepares a new allocation.
@@ -141,6 +148,91 @@ impl Context {
         Ok(Self {
             transport: Arc::new(transport),
         })
+    }
+
+    /// Joins, as operator `stage`, the job whose context server listens at `address`
+    /// (`@name`) and was started for operators that join it ([`crate::Server::start_job_at`]),
+    /// proving with the job's `secret` that it belongs. Until the server is up (nothing
+    /// listens at the name yet) it retries for at most `wait`; a refusal (wrong secret,
+    /// unknown stage, another uid) is returned at once. Then [`Context::join`] follows.
+    pub fn attach(
+        address: &str,
+        stage: &str,
+        secret: &str,
+        wait: std::time::Duration,
+    ) -> Result<Self, ContextError> {
+        let fail = |reason: String| ContextError::Connect {
+            address: address.to_owned(),
+            reason,
+        };
+        let name = address
+            .strip_prefix('@')
+            .ok_or_else(|| fail("a job's socket is an abstract name, @name".into()))?;
+        let addr =
+            SocketAddrUnix::new_abstract_name(name.as_bytes()).map_err(|e| fail(e.to_string()))?;
+        let deadline = std::time::Instant::now() + wait;
+        let mut pause = std::time::Duration::from_millis(10);
+        let socket = loop {
+            let socket = rustix::net::socket_with(
+                AddressFamily::UNIX,
+                SocketType::SEQPACKET,
+                SocketFlags::CLOEXEC,
+                None,
+            )
+            .map_err(|e| fail(e.to_string()))?;
+            match rustix::net::connect(&socket, &addr) {
+                Ok(()) => break socket,
+                // Nothing listens there (yet): the server's container may still be starting.
+                Err(rustix::io::Errno::CONNREFUSED) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(pause.min(deadline - std::time::Instant::now()));
+                    pause = (pause * 2).min(std::time::Duration::from_millis(500));
+                }
+                Err(rustix::io::Errno::CONNREFUSED) => {
+                    return Err(fail(format!(
+                        "no context server listens there after {wait:?} (it is not up, or it \
+                         is in another network namespace: another Pod, or the host)"
+                    )));
+                }
+                Err(e) => return Err(fail(e.to_string())),
+            }
+        };
+        let transport = SocketTransport::wrap(socket);
+        match transport.call(&Request::Attach {
+            version: crate::protocol::PROTOCOL_VERSION,
+            stage: stage.to_owned(),
+            secret: crate::protocol::JobSecret(secret.to_owned()),
+        })? {
+            (Response::Welcome { .. }, _) => Ok(Self {
+                transport: Arc::new(transport),
+            }),
+            (Response::Refused(e), _) => Err(e.into()),
+            (other, _) => Err(ContextError::Protocol(format!(
+                "expected a welcome, got {other:?}"
+            ))),
+        }
+    }
+
+    /// [`Context::attach`] with what a container of a job's Pod finds in its environment:
+    /// `FASTIO_JOB_SOCKET` (the abstract name, with or without its `@`),
+    /// `FASTIO_JOB_SECRET` and `FASTIO_STAGE`.
+    pub fn attach_from_env(wait: std::time::Duration) -> Result<Self, ContextError> {
+        let var = |var: &'static str| match std::env::var(var) {
+            Ok(value) if !value.is_empty() => Ok(value),
+            _ => Err(ContextError::Connect {
+                address: format!("${JOB_SOCKET_ENV}"),
+                reason: format!(
+                    "{var} is not set: an operator joins a job with {JOB_SOCKET_ENV}, \
+                     {JOB_SECRET_ENV} and {JOB_STAGE_ENV} (the rendered Pod sets them)"
+                ),
+            }),
+        };
+        let socket = var(JOB_SOCKET_ENV)?;
+        let address = if socket.starts_with('@') {
+            socket
+        } else {
+            format!("@{socket}")
+        };
+        Self::attach(&address, &var(JOB_STAGE_ENV)?, &var(JOB_SECRET_ENV)?, wait)
     }
 
     /// Joins the context named by the `FASTIO_CONTEXT` environment variable.

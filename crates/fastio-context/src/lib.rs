@@ -46,12 +46,14 @@ mod sys;
 mod transport;
 
 pub use collapse::COLLAPSE_ENV;
-pub use context::{Allocation, Context, CreateOptions};
+pub use context::{
+    Allocation, Context, CreateOptions, JOB_SECRET_ENV, JOB_SOCKET_ENV, JOB_STAGE_ENV,
+};
 pub use entry::FastIoEntry;
 pub use error::{ContextError, RequestError};
 pub use fastio_shm::{Access, Prefault};
 pub use mapcache::{
     DEFAULT_MAP_CACHE_BYTES, MAP_CACHE_ENV, MappingStats, mapping_stats, set_mapping_cache_bytes,
 };
-pub use protocol::{AccessMode, EventHandle, ResourceId, SegmentStats, Stats};
+pub use protocol::{AccessMode, EventHandle, JobSecret, ResourceId, SegmentStats, Stats};
 pub use server::{CONTEXT_ENV, Server, ServerConfig, raise_descriptor_limit};

@@ -86,6 +86,25 @@ pub enum AccessMode {
     ReadWrite,
 }
 
+/// A job's secret: compared in constant time and never printed (`Debug` hides it).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobSecret(pub String);
+
+impl std::fmt::Debug for JobSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobSecret(..)")
+    }
+}
+
+impl JobSecret {
+    /// Whether `other` is the same secret, in time that depends only on the lengths.
+    pub fn matches(&self, other: &JobSecret) -> bool {
+        let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
 /// What a client asks of the context.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
@@ -94,6 +113,17 @@ pub enum Request {
     Hello {
         /// The client's [`PROTOCOL_VERSION`].
         version: u32,
+    },
+    /// Opens the conversation of an operator that the job's server did not start (a
+    /// container of a Pod): it names its stage and proves it belongs to the job with the
+    /// job's secret. Answered like [`Request::Hello`]; then the connection is the stage's.
+    Attach {
+        /// The client's [`PROTOCOL_VERSION`].
+        version: u32,
+        /// The operator's name, as in the pipeline definition.
+        stage: String,
+        /// The job's secret.
+        secret: JobSecret,
     },
     /// A new private allocation of `size` bytes; the response carries its descriptor.
     Create {

@@ -22,7 +22,7 @@ use fastio_shm::transfer::{recv_message, send_message, seqpacket_pair};
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
 use crate::job::Job;
-use crate::protocol::{PROTOCOL_VERSION, Request, Response, Stats};
+use crate::protocol::{JobSecret, PROTOCOL_VERSION, Request, Response, Stats};
 use crate::registry::{DEFAULT_POOL_BYTES, DEFAULT_POOL_SEGMENTS, Registry};
 use crate::transport::{Peer, Shared, dispatch};
 use crate::{Context, ContextError, RequestError};
@@ -105,6 +105,31 @@ impl Server {
         Self::listen(Shared::new(registry, Some(job)))
     }
 
+    /// Starts the context server of a pipeline job whose operators were not started by
+    /// it and join over the abstract socket `@name` (the containers of a Kubernetes Pod,
+    /// which share a network namespace): each opens with [`Request::Attach`], naming its
+    /// stage and presenting `secret`. The uid check of every connection still applies.
+    ///
+    /// [`Request::Attach`]: crate::protocol::Request::Attach
+    pub fn start_job_at(
+        config: ServerConfig,
+        job: Arc<Job>,
+        name: &str,
+        secret: JobSecret,
+    ) -> Result<Self, ContextError> {
+        if secret.0.len() < 16 {
+            return Err(ContextError::Connect {
+                address: format!("@{name}"),
+                reason: "the job's secret must have at least 16 characters".into(),
+            });
+        }
+        let mut registry = config.registry();
+        registry.define_entries(&job.plan().entries)?;
+        let shared = Shared::new(registry, Some(job));
+        let _ = shared.join_secret.set(secret);
+        Self::listen_at(shared, name.to_owned())
+    }
+
     /// [`Server::start_job`] with some entries filled before any operator starts, each
     /// `(entry, dims, bytes)`: the inputs of an operator run alone (`fastio run-op`).
     pub fn start_job_with_inputs(
@@ -121,8 +146,12 @@ impl Server {
     }
 
     fn listen(shared: Arc<Shared>) -> Result<Self, ContextError> {
-        raise_descriptor_limit();
         let name = random_name()?;
+        Self::listen_at(shared, name)
+    }
+
+    fn listen_at(shared: Arc<Shared>, name: String) -> Result<Self, ContextError> {
+        raise_descriptor_limit();
         let address = format!("@{name}");
         let io = |what: &str, e: rustix::io::Errno| ContextError::Connect {
             address: address.clone(),
@@ -370,6 +399,22 @@ impl Session {
                 self.greeted |= matches!(answer.0, Response::Welcome { .. });
                 answer
             }
+            Ok(Request::Attach {
+                version,
+                stage,
+                secret,
+            }) if !self.greeted => match self.attach(version, &stage, &secret) {
+                Ok(()) => {
+                    self.greeted = true;
+                    (
+                        Response::Welcome {
+                            version: PROTOCOL_VERSION,
+                        },
+                        None,
+                    )
+                }
+                Err(e) => (Response::Refused(e), None),
+            },
             Ok(_) if !self.greeted => refuse(format!(
                 "the first request on a connection must be hello (protocol version {PROTOCOL_VERSION})"
             )),
@@ -380,6 +425,44 @@ impl Session {
         // reaches the client as an unreadable response rather than a hang.
         let body = serde_json::to_vec(&response).unwrap_or_default();
         (body, segment)
+    }
+}
+
+impl Session {
+    /// Checks an operator that joins a job it was not started by, and makes the connection
+    /// its stage's. A refusal changes nothing: the connection may try again or close.
+    fn attach(
+        &mut self,
+        version: u32,
+        stage: &str,
+        secret: &JobSecret,
+    ) -> Result<(), RequestError> {
+        let bad = |message: String| RequestError::BadRequest { message };
+        if version != PROTOCOL_VERSION {
+            return Err(bad(format!(
+                "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"
+            )));
+        }
+        let (Some(job), Some(expected)) = (&self.shared.job, self.shared.join_secret.get()) else {
+            return Err(bad(
+                "this context server runs no job that operators may join".into(),
+            ));
+        };
+        if !expected.matches(secret) {
+            tracing::warn!("refused an operator claiming stage {stage:?}: wrong job secret");
+            return Err(bad(
+                "wrong job secret: this operator does not belong to the job".into(),
+            ));
+        }
+        let index = job
+            .plan()
+            .stages
+            .iter()
+            .position(|s| s.name.eq_ignore_ascii_case(stage))
+            .ok_or_else(|| bad(format!("the job has no operator named {stage:?}")))?;
+        self.peer.stage = Some(index);
+        self.shared.set_stage(self.peer.conn, index);
+        Ok(())
     }
 }
 

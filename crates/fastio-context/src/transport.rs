@@ -34,6 +34,9 @@ pub(crate) fn lock(registry: &Mutex<Registry>) -> MutexGuard<'_, Registry> {
 pub(crate) struct Shared {
     pub(crate) registry: Mutex<Registry>,
     pub(crate) job: Option<Arc<Job>>,
+    /// The secret operators that join the job (rather than being started by it) present;
+    /// unset, no one may join that way.
+    pub(crate) join_secret: std::sync::OnceLock<crate::protocol::JobSecret>,
     // The job stage each open connection runs (None: not an operator), for listings.
     peers: Mutex<HashMap<ConnectionId, Option<usize>>>,
 }
@@ -43,6 +46,7 @@ impl Shared {
         Arc::new(Self {
             registry: Mutex::new(registry),
             job,
+            join_secret: std::sync::OnceLock::new(),
             peers: Mutex::default(),
         })
     }
@@ -62,6 +66,11 @@ impl Shared {
     pub(crate) fn disconnect(&self, conn: ConnectionId) {
         self.registry().disconnect(conn);
         self.peers_lock().remove(&conn);
+    }
+
+    /// Records that connection `conn` now runs `stage` (an operator that attached).
+    pub(crate) fn set_stage(&self, conn: ConnectionId, stage: usize) {
+        self.peers_lock().insert(conn, Some(stage));
     }
 
     fn peers_lock(&self) -> MutexGuard<'_, HashMap<ConnectionId, Option<usize>>> {
@@ -181,6 +190,10 @@ fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<Se
             message: format!(
                 "protocol version {version} is not supported; this server speaks {PROTOCOL_VERSION}"
             ),
+        }),
+        // A session answers it; anywhere else it comes too late.
+        Request::Attach { .. } => refused(RequestError::BadRequest {
+            message: "attach must be the first request on a connection".into(),
         }),
         Request::Create { size, hugetlb } => grant(shared.create(conn, size, hugetlb)),
         Request::Publish {
@@ -513,6 +526,7 @@ impl Transport for SocketTransport {
 fn request_name(request: &Request) -> &'static str {
     match request {
         Request::Hello { .. } => "hello",
+        Request::Attach { .. } => "attach",
         Request::Create { .. } => "create",
         Request::Publish { .. } => "publish",
         Request::Unpublish { .. } => "unpublish",

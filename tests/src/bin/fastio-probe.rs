@@ -27,6 +27,35 @@ fn main() -> anyhow::Result<()> {
             say(server.address());
             std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink())?;
         }
+        // attach-publish NAME SIZE BYTE: join the job named by FASTIO_JOB_SOCKET as
+        // FASTIO_STAGE (waiting up to 20 s for its server), then create, fill, publish and
+        // print the inode of the memory it mapped.
+        "attach-publish" => {
+            let ctx = Context::attach_from_env(std::time::Duration::from_secs(20))?;
+            say(&format!("stage {}", ctx.join()?.stage_name));
+            let mut a = ctx.create(arg(2)?.parse()?)?;
+            let byte: u8 = arg(3)?.parse()?;
+            a.write_bytes(0, &vec![byte; a.size()])?;
+            say(&format!("inode {}", mapped_inode(a.as_ptr() as usize)?));
+            a.publish(arg(1)?)?;
+            a.release()?;
+            say("published");
+        }
+        // attach-read NAME WAIT_S: join as above (waiting up to WAIT_S), get NAME read-only,
+        // print the inode it mapped and the sum of its bytes.
+        "attach-read" => {
+            let wait = std::time::Duration::from_secs_f64(arg(2)?.parse()?);
+            let ctx = Context::attach_from_env(wait)?;
+            say(&format!("stage {}", ctx.join()?.stage_name));
+            let a = ctx.get_with(arg(1)?, AccessMode::ReadOnly)?;
+            say(&format!("inode {}", mapped_inode(a.as_ptr() as usize)?));
+            let sum: u64 = a
+                .read_bytes(0, a.size())?
+                .iter()
+                .map(|&b| u64::from(b))
+                .sum();
+            say(&format!("sum {sum}"));
+        }
         // publish NAME SIZE BYTE: create, fill, publish, release.
         "publish" => {
             let ctx = Context::from_env()?;
@@ -171,4 +200,27 @@ fn descriptor_tricks() -> anyhow::Result<()> {
     Mapping::new(&read_only, Access::ReadOnly, Prefault::Lazy)?.read_at(0, &mut out)?;
     say(&format!("data {}", String::from_utf8_lossy(&out)));
     Ok(())
+}
+
+/// The inode of the file mapped at `address` in this process (from /proc/self/maps): two
+/// processes that print the same one map the same memory object.
+fn mapped_inode(address: usize) -> anyhow::Result<u64> {
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    for line in maps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let Some((start, end)) = fields.first().and_then(|r| r.split_once('-')) else {
+            continue;
+        };
+        let (start, end) = (
+            usize::from_str_radix(start, 16)?,
+            usize::from_str_radix(end, 16)?,
+        );
+        if (start..end).contains(&address) {
+            return Ok(fields
+                .get(4)
+                .context("a maps line without an inode")?
+                .parse()?);
+        }
+    }
+    bail!("nothing is mapped at {address:#x}")
 }
