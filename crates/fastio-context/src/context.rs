@@ -236,9 +236,21 @@ impl Context {
     }
 
     /// Joins the context named by the `FASTIO_CONTEXT` environment variable.
+    ///
+    /// In a child made by `fork()` from a process whose `fd:N` connection it cannot share,
+    /// it connects to the server's address in `FASTIO_CONTEXT_ADDRESS` instead, when set
+    /// (the pipeline driver sets it for its operators); without it the `Forked` error stays.
     pub fn from_env() -> Result<Self, ContextError> {
         match std::env::var(CONTEXT_ENV) {
-            Ok(address) if !address.is_empty() => Self::connect(&address),
+            Ok(address) if !address.is_empty() => match Self::connect(&address) {
+                Err(forked @ ContextError::Forked { .. }) => {
+                    match std::env::var(crate::server::CONTEXT_ADDRESS_ENV) {
+                        Ok(own) if own.starts_with('@') => Self::connect(&own),
+                        _ => Err(forked),
+                    }
+                }
+                other => other,
+            },
             _ => Err(ContextError::NoContextInEnvironment { var: CONTEXT_ENV }),
         }
     }

@@ -192,7 +192,7 @@ pub enum ContextError {
     },
     /// The connection was made by another process, which this one was forked from.
     #[error(
-        "this context connection belongs to process {owner}, and this is process {pid} (a child made by fork()): connect again from the child (Context::connect with the server's @address, or Context::from_env)"
+        "this context connection belongs to process {owner}, and this is process {pid} (a child made by fork()): connect again from the child (Context::from_env, which in a pipeline job uses FASTIO_CONTEXT_ADDRESS, or Context::connect with the server's @address)"
     )]
     Forked {
         /// The process that made the connection.

@@ -56,4 +56,4 @@ pub use mapcache::{
     DEFAULT_MAP_CACHE_BYTES, MAP_CACHE_ENV, MappingStats, mapping_stats, set_mapping_cache_bytes,
 };
 pub use protocol::{AccessMode, EventHandle, JobSecret, ResourceId, SegmentStats, Stats};
-pub use server::{CONTEXT_ENV, Server, ServerConfig, raise_descriptor_limit};
+pub use server::{CONTEXT_ADDRESS_ENV, CONTEXT_ENV, Server, ServerConfig, raise_descriptor_limit};

@@ -32,6 +32,12 @@ use crate::{Context, ContextError, RequestError};
 /// `@name` is an abstract Unix socket address; `fd:N` an inherited connected socket.
 pub const CONTEXT_ENV: &str = "FASTIO_CONTEXT";
 
+/// The environment variable that holds the server's `@name` address beside an inherited
+/// `fd:N` connection (the pipeline driver sets both for its operators), so that a child
+/// an operator makes with `fork()`, which cannot share its parent's connection, can
+/// connect on its own: [`Context::from_env`](crate::Context::from_env) uses it then.
+pub const CONTEXT_ADDRESS_ENV: &str = "FASTIO_CONTEXT_ADDRESS";
+
 /// Settings of a context server.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {

@@ -48,7 +48,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use fastio_context::job::{Job, JobEvent, JobEventKind, JobPlan, Phase, ReclaimedHandle};
-use fastio_context::{CONTEXT_ENV, Server, ServerConfig, records};
+use fastio_context::{CONTEXT_ADDRESS_ENV, CONTEXT_ENV, Server, ServerConfig, records};
 use fastio_operator::{INPUT_PATHS_ENV, OUTPUT_PATHS_ENV, format_paths};
 use fastio_pipeline::plan::{DiskLayout, job_plan};
 use fastio_pipeline::{DefinitionError, Pipeline};
@@ -1073,6 +1073,7 @@ fn spawn(
             CONTEXT_ENV,
             format!("fd:{}", std::os::fd::AsRawFd::as_raw_fd(&socket)),
         )
+        .env(CONTEXT_ADDRESS_ENV, server.address())
         .env(INPUT_PATHS_ENV, format_paths(&stage.inputs))
         .env(OUTPUT_PATHS_ENV, format_paths(&stage.outputs))
         .env(JOB_ID_ENV, &plan.job_id)

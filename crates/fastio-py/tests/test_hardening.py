@@ -120,3 +120,46 @@ def test_a_read_only_handle_cannot_be_turned_read_write(server):
     assert other.get("alias", fastio.IOAccess.ReadOnly).size == 64
     view = np.asarray(handle)
     assert not view.flags.writeable
+
+
+FORKER = """
+api-version: 0.5.0
+name: forker
+operators:
+- name: parent
+  command: [PYTHON, DIR/parent.py]
+"""
+
+PARENT = """
+import os
+import fastio
+from clara import Driver
+
+def execute(driver, payload):
+    mine = fastio.FastIOContext.from_env()      # the operator's own connection (fd:N)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            # The child cannot share its parent's fd:N connection: from_env connects anew.
+            child = fastio.FastIOContext.from_env()
+            child.create(8).publish("from-the-child")
+            code = 0
+        except Exception as e:
+            print("child:", e, flush=True)
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the forked child could not connect"
+    assert mine.get("from-the-child", fastio.IOAccess.ReadOnly).size == 8
+    open(os.path.join(os.environ["MARK_DIR"], "child-published"), "w").close()
+
+Driver(execute_handler=execute).start()
+"""
+
+
+def test_a_forked_child_of_an_operator_connects_on_its_own(tmp_path):
+    result = run_pipeline(tmp_path, FORKER, {"parent": PARENT}, env={"MARK_DIR": str(tmp_path)})
+    text = result.stdout + result.stderr
+    assert result.returncode == 0, text
+    assert (tmp_path / "child-published").exists(), text
