@@ -1,4 +1,4 @@
-//! The benchmarks of issue 2: fastio against a bare socket round trip, memcpy and files.
+//! The core benchmarks: fastio against a bare socket round trip, memcpy and files.
 //!
 //! One binary plays two roles. Run by `cargo bench` it is the criterion driver: it hosts a
 //! context server and publishes through the server's in-process context. Run with
@@ -59,7 +59,7 @@ fn driver() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Case 1: `get` (map included) of a published allocation by another process, at two
+/// `get` (map included) of a published allocation by another process, at two
 /// sizes, next to one bare round trip between the same two processes.
 fn bench_get(c: &mut Criterion, server: &Server, helper: &Helper) -> anyhow::Result<()> {
     let ctx = server.local_context();
@@ -95,7 +95,7 @@ fn bench_get(c: &mut Criterion, server: &Server, helper: &Helper) -> anyhow::Res
     Ok(())
 }
 
-/// Case 2: create + fill of 256 MiB, fresh against recycled, next to a plain memcpy.
+/// Create + fill of 256 MiB, fresh against recycled, next to a plain memcpy.
 fn bench_create_fill(c: &mut Criterion) -> anyhow::Result<()> {
     let source = filled_buffer(PAYLOAD);
     // Every byte is overwritten, so recycled segments need not be zeroed.
@@ -141,7 +141,7 @@ fn bench_create_fill(c: &mut Criterion) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Case 3: 256 MiB from this process to the helper, through fastio and through files.
+/// 256 MiB from this process to the helper, through fastio and through files.
 fn bench_handover(c: &mut Criterion, server: &Server, helper: &Helper) -> anyhow::Result<()> {
     let source = filled_buffer(PAYLOAD);
     let ctx = server.local_context();

@@ -593,7 +593,7 @@ fn c_operators_share_entries_and_context_allocations_in_a_job() {
     let report = run_job(&pipeline, &options, &mut |_| {}).unwrap();
     assert!(report.succeeded(), "{}", report.render());
     let producer = &report.operators[0];
-    // Case 10: the allocation the producer left unreleased was reclaimed and reported,
+    // The allocation the producer left unreleased was reclaimed and reported,
     // by the job and by the operator's notification.
     assert_eq!(producer.reclaimed.len(), 1, "{}", report.render());
     assert_eq!(producer.reclaimed[0].count, 1);

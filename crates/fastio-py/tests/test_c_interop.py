@@ -1,4 +1,4 @@
-"""Case 16 between Python and C: a [2,3] array of each of the eleven element types goes
+"""Element types between Python and C: a [2,3] array of each of the eleven element types goes
 from Python to a C program (crates/fastio-ffi/tests/c/element_types.c, compiled here
 with the system C compiler against the C API's header and library) and from C back to
 Python, bit for bit, with the right type, dimensions and byte size."""

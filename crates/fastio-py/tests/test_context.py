@@ -1,5 +1,5 @@
-"""FastIOContext and FastIOAllocation: Clara's Python API (seed 001, clara-fastio.md
-section 10 cases 12, 15 and 16), zero-copy views and read-only enforcement."""
+"""FastIOContext and FastIOAllocation: Clara's Python API (lifetime,
+strings and primitives, every element type), zero-copy views and read-only enforcement."""
 
 import numpy as np
 import pytest
@@ -16,7 +16,7 @@ ALL_TYPES = [
 
 
 def test_published_allocation_outlives_its_handle_until_freed(ctx):
-    # Case 12: publish plus the context keep the resource alive after `del`.
+    # Publish plus the context keep the resource alive after `del`.
     a = ctx.create(1024)
     a.publish("buf")
     del a
@@ -28,7 +28,7 @@ def test_published_allocation_outlives_its_handle_until_freed(ctx):
 
 
 def test_publish_array_float16_reads_back_as_float16(ctx):
-    # Case 12, second half.
+    # Publication keeps it alive, second half.
     src = np.arange(12, dtype=np.float16).reshape(3, 4)
     ctx.publish_array(src, "h")
     a = ctx.get("h")
@@ -42,7 +42,7 @@ def test_publish_array_float16_reads_back_as_float16(ctx):
 
 @pytest.mark.parametrize("t", ALL_TYPES, ids=lambda t: np.dtype(t).name)
 def test_every_element_type_round_trips_bit_exact(ctx, t):
-    # Case 16: a [2,3] array of each of the eleven types, bit for bit, right byte size.
+    # A [2,3] array of each of the eleven types, bit for bit, right byte size.
     raw = np.random.default_rng(16).integers(0, 256, 6 * np.dtype(t).itemsize, dtype=np.uint8)
     src = raw.view(t).reshape(2, 3)
     name = "t_" + np.dtype(t).name
@@ -59,7 +59,7 @@ def test_every_element_type_round_trips_bit_exact(ctx, t):
 
 
 def test_string_travels_as_uint8_bytes(ctx):
-    # Case 15 for allocations: a string is uint8[-1]; the bytes come back unchanged.
+    # A string is uint8[-1]; the bytes come back unchanged.
     uid = b"1.2.840.10008.5.1.4.1.1.2"
     ctx.publish_array(np.frombuffer(uid, dtype=np.uint8), "uid")
     a = ctx.get("uid")
@@ -68,7 +68,7 @@ def test_string_travels_as_uint8_bytes(ctx):
 
 
 def test_primitive_is_a_one_element_array(ctx):
-    # Case 15: an f32 primitive is shape [1]; set_values converts a numpy scalar.
+    # An f32 primitive is shape [1]; set_values converts a numpy scalar.
     a = ctx.create(4)
     a.set_type_and_dimensions("f32", [1])
     a.set_values(np.float32(3.5))
@@ -85,7 +85,7 @@ def test_primitive_is_a_one_element_array(ctx):
      ("f16", "float16"), ("f32", "float32"), ("f64", "float64")],
 )
 def test_every_alias_names_the_same_element_type(ctx, short, long):
-    # Case 15: the short Clara names mean what the long names mean (u8 is uint8, not
+    # The short Clara names mean what the long names mean (u8 is uint8, not
     # numpy's uint64).
     a = ctx.create(64)
     a.set_type_and_dimensions(short, [2])

@@ -57,7 +57,7 @@ CHILD_ALL_TYPES = """
 
 
 def test_every_element_type_crosses_processes_bit_exact(server):
-    # Case 16 across processes: there and back again, bit for bit.
+    # Every element type across processes: there and back again, bit for bit.
     ctx = fastio.FastIOContext.connect(server.address)
     rng = np.random.default_rng(7)
     sent = {}

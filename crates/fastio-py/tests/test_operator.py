@@ -1,5 +1,5 @@
-"""Clara operators in Python under `fastio run` (clara-fastio.md section 10, cases 2, 3,
-4, 7, 13, 14 and 15): Driver, Payload, FastIOEntry, and the clara module."""
+"""Clara operators in Python under `fastio run` (Clara's operator
+life-cycle, path variables and FastIO entries): Driver, Payload, FastIOEntry, and the clara module."""
 
 import os
 import subprocess
@@ -78,16 +78,16 @@ def prepare(driver):
 def execute(driver, payload):
     log.append("E")
     assert isinstance(payload, Payload)
-    # Case 2: the application data is the same object in every handler.
+    # The application data is the same object in every handler.
     assert driver.app_data is log
-    # Case 4: handler shapes and properties.
+    # Handler shapes and properties.
     assert isinstance(driver.job_id, uuid.UUID)
     assert driver.job_name == "typed" and driver.stage_name == "producer"
     outs = payload.fastio_output_entries
     assert len(payload.fastio_input_entries) == 0
     assert [e.name for e in outs] == ["grid", "dyn", "dyn0", "uid", "scalar"]
 
-    # Case 13: a pre-allocated output.
+    # A pre-allocated output.
     grid = outs["grid"]
     assert isinstance(grid, FastIOEntry)
     assert grid.is_preallocated and grid.is_allocated and not grid.is_dynamic
@@ -103,7 +103,7 @@ def execute(driver, payload):
             assert "pre-allocated" in str(e), e
     grid.set_values(np.ones((3, 224, 224)))          # float64 converted to float32
 
-    # Case 14: dynamic outputs, with -1 and with 0 as the marker.
+    # Dynamic outputs, with -1 and with 0 as the marker.
     for name, dtype in (("dyn", np.float32), ("dyn0", np.int16)):
         e = outs[name]
         assert e.is_dynamic and not e.is_preallocated and not e.is_allocated
@@ -124,7 +124,7 @@ def execute(driver, payload):
         assert view.flags.writeable and view.dtype == dtype
         view[...] = np.arange(view.size, dtype=dtype).reshape(view.shape) % 1000
 
-    # Case 15: a string and a primitive.
+    # A string and a primitive.
     uid = outs["uid"]
     assert uid.element_type == np.uint8 and uid.shape == (-1,) and uid.is_dynamic
     text = b"1.2.840.10008.5.1.4.1.1.2"
@@ -134,7 +134,7 @@ def execute(driver, payload):
     assert scalar.shape == (1,) and scalar.is_preallocated
     scalar.set_values(np.float32(3.5))
 
-    # Case 7: Clara's path variables.
+    # Clara's path variables.
     out_dir = os.environ["NVIDIA_CLARA_OUTPUTPATHS"].split(":")[1]
     assert out_dir == payload.output_entries["report"].path
     with open(os.path.join(out_dir, "log.txt"), "w") as f:
@@ -183,7 +183,7 @@ def execute(driver, payload):
             pass
     assert ins["uid"].get_bytes() == b"1.2.840.10008.5.1.4.1.1.2"
     assert ins["scalar"].get_numpy()[0] == np.float32(3.5)
-    # Case 7: the disk input is the producer's output directory.
+    # The disk input is the producer's output directory.
     in_dir = os.environ["NVIDIA_CLARA_INPUTPATHS"].split(":")[1]
     with open(os.path.join(in_dir, "log.txt")) as f:
         assert f.read() == "PE"  # written during execute; cleanup comes after
@@ -232,7 +232,7 @@ d.wait_for_completion()
 
 @pytest.mark.parametrize("mode", ["false", "raise"])
 def test_failing_execute_fails_the_job_and_still_cleans_up(tmp_path, mode):
-    # Case 3: execute returning False, or raising clara.Error.
+    # Execute returning False, or raising clara.Error.
     yaml = FAILING.replace("MODE_VALUE", mode)
     result = run_pipeline(tmp_path, yaml, {"op": OP}, env={"MARK_DIR": str(tmp_path)})
     assert result.returncode != 0

@@ -1,5 +1,4 @@
-//! Streams travel with data, across processes, through the Fast I/O context (issue 6,
-//! point 5): the producer holds its stream behind a gate, records an interprocess CUDA
+//! Streams travel with data, across processes, through the Fast I/O context: the producer holds its stream behind a gate, records an interprocess CUDA
 //! event on it, and publishes an allocation carrying the event's handle; a second process
 //! gets the allocation from the context, imports the event from it, and makes its own
 //! stream wait on it. The consumer's stream work must not run before the producer's gate

@@ -1,4 +1,4 @@
-/* Compatibility case 16 (C side): a [2,3] array of every element type crosses processes
+/* Element types between languages (C side): a [2,3] array of every element type crosses processes
  * bit-exactly with the right byte size. Roles:
  *   produce: publishes "c_<type>" for each type, filled with pattern(code, i).
  *   consume: reads "r_<type>" (published by the Rust test process with the same pattern)

@@ -4,8 +4,8 @@
  *   consumer <- grid, slices, note (read-only), and gets and frees "ctx-grid".
  * argv[1] is the role: producer, consumer (in a job), or consumer-alone (run standalone,
  * where the producer never ran). With argv[2] == "leak" the producer leaves one
- * allocation unreleased (compatibility case 10). Covers compatibility cases 13 and 14
- * from C, and case 8 across processes. */
+ * allocation unreleased (it is reclaimed). Covers pre-allocated and dynamic FastIO
+ * entries from C, and an allocation's round trip across processes. */
 #include <stdint.h>
 
 #include "check.h"
@@ -45,7 +45,7 @@ static void produce(nvidia_clara_payload *payload) {
     nvidia_clara_fastio_entry *slices = find(outputs, "slices");
     nvidia_clara_fastio_entry *note = find(outputs, "note");
 
-    /* Case 13: a pre-allocated output. */
+    /* A pre-allocated output. */
     CHECK(flag(nvidia_clara_fastio_entry__is_preallocated, grid) == 1);
     CHECK(flag(nvidia_clara_fastio_entry__is_allocated, grid) == 1);
     CHECK(flag(nvidia_clara_fastio_entry__is_dynamic, grid) == 0);
@@ -80,7 +80,7 @@ static void produce(nvidia_clara_payload *payload) {
     CHECK_FAILS(nvidia_clara_fastio_entry__unmap(grid), NVIDIA_CLARA_RESULT_INVALID_ARGUMENT,
                 "not mapped");
 
-    /* Case 14: a dynamic output. */
+    /* A dynamic output. */
     CHECK(flag(nvidia_clara_fastio_entry__is_allocated, slices) == 0);
     CHECK(flag(nvidia_clara_fastio_entry__is_dynamic, slices) == 1);
     CHECK(flag(nvidia_clara_fastio_entry__is_preallocated, slices) == 0);
@@ -138,7 +138,7 @@ static void produce(nvidia_clara_payload *payload) {
     memcpy(data, uid, strlen(uid));
     CHECK_OK(nvidia_clara_fastio_entry__unmap(note));
 
-    /* Case 8 through the context, with the entries as the dependency edge. */
+    /* A round trip through the context, with the entries as the dependency edge. */
     nvidia_clara_fastio_context *ctx = NULL;
     CHECK_OK(nvidia_clara_payload__fastio_context(payload, &ctx));
     nvidia_clara_fastio_alloc *a = NULL;

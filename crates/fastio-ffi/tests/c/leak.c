@@ -1,4 +1,4 @@
-/* Compatibility case 10, without a driver: an operator exits without releasing its
+/* Reclaiming unreleased handles, without a driver: an operator exits without releasing its
  * handles (one allocation published, one private). The test checks the server's
  * accounting after the process is gone. */
 #include "check.h"

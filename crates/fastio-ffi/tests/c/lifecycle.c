@@ -1,4 +1,4 @@
-/* The driver life-cycle (compatibility cases 1, 2 and 3), run standalone (no job):
+/* The driver life-cycle (prepare, execute, cleanup and their results), run standalone (no job):
  * order of the callbacks, NULL callbacks, application data, a failing execute, the
  * payload's context, allocations left unreleased, and every misuse of the driver and
  * payload handles. */
@@ -85,7 +85,7 @@ static result failing_execute(nvidia_clara_cpd *cpd, nvidia_clara_payload *paylo
 }
 
 int main(void) {
-    /* Case 1 and 2: P, E, C in order; application data is the same pointer throughout. */
+    /* P, E, C in order; application data is the same pointer throughout. */
     struct log log;
     memset(&log, 0, sizeof log);
     nvidia_clara_cpd *cpd = NULL;
@@ -126,7 +126,7 @@ int main(void) {
     CHECK_FAILS(nvidia_clara_cpd__start(cpd, NULL, execute_only, NULL),
                 NVIDIA_CLARA_RESULT_INVALID_HANDLE, "not a live handle");
 
-    /* Case 1, second part: NULL prepare and cleanup are skipped. */
+    /* NULL prepare and cleanup are skipped. */
     memset(&log, 0, sizeof log);
     CHECK_OK(nvidia_clara_cpd__create(NULL, &log, &cpd));
     CHECK_OK(nvidia_clara_cpd__start(cpd, NULL, execute_only, NULL));
@@ -134,7 +134,7 @@ int main(void) {
     CHECK(strcmp(log.events, "E") == 0);
     CHECK_OK(nvidia_clara_cpd__release(cpd));
 
-    /* Case 3: a failing execute fails the run; cleanup still runs. */
+    /* A failing execute fails the run; cleanup still runs. */
     memset(&log, 0, sizeof log);
     CHECK_OK(nvidia_clara_cpd__create(notify, &log, &cpd));
     CHECK_OK(nvidia_clara_cpd__start(cpd, prepare, failing_execute, cleanup));

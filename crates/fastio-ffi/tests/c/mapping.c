@@ -1,4 +1,4 @@
-/* Mapping rules: Clara's writer exclusivity (compatibility case 11, among the handles of
+/* Mapping rules: Clara's writer exclusivity (among the handles of
  * one process), readers beside a writer (dirty reads allowed), and the MMU guard on
  * read-only handles: a write through one faults and changes nothing. */
 #include <signal.h>

@@ -1,4 +1,4 @@
-/* Disk entries of the payload (compatibility cases 5 and 6), standalone, from Clara's
+/* Disk entries of the payload (Clara's path variables), standalone, from Clara's
  * NVIDIA_CLARA_INPUTPATHS / NVIDIA_CLARA_OUTPUTPATHS, which the test sets to
  *   inputs:  "dicom:$DIR/in;:$DIR/in2"   outputs: "report:$DIR/out"
  * with DIR passed as argv[1]. */

@@ -1,4 +1,4 @@
-/* Compatibility case 8 in one process: create, type, map for writing, fill, unmap,
+/* An allocation's round trip in one process: create, type, map for writing, fill, unmap,
  * publish, release; get, read type, dimensions and size, map read-only, check, free.
  * Compiled as C11 and as C++17 (hence the explicit casts). */
 #include "check.h"

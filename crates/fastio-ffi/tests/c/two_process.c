@@ -1,10 +1,10 @@
-/* Compatibility cases 8 and 9 across processes, through the context server named by
+/* Create, publish, get and free across processes, through the context server named by
  * FASTIO_CONTEXT. Roles (argv[1]), each run as its own process, in this order:
  *   produce:    create 3x4 float32, fill 0..11, publish "grid", release.
  *   consume:    get "grid" twice; check type, dimensions, size, values; map one handle,
  *               free the other; the mapping stays readable until it is released.
  *   after-free: get "grid" fails ("was freed"), get "nope" fails; outputs unchanged.
- * Writer exclusivity across processes (case 11), on a published "shared":
+ * Clara's writer exclusivity across processes, on a published "shared":
  *   hold-writer:  maps it for writing, prints MAPPED, then waits on stdin (killed there);
  *   second-busy:  a write map fails (BUSY, "one writer at a time"); a read map works;
  *   second-ok:    a write map works. */
