@@ -739,3 +739,211 @@ impl Drop for HostWord {
         });
     }
 }
+
+/// Pinned host memory from `cuMemHostAlloc` (portable): the speed reference for copies.
+/// Benchmark support; see [`crate::testing`].
+pub struct PinnedBuffer {
+    driver: crate::driver::Driver,
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the buffer is owned by this value; the pointer is only handed out to callers that
+// take their own responsibility (unsafe copies).
+unsafe impl Send for PinnedBuffer {}
+// SAFETY: as above; `&self` gives out nothing but the pointer value.
+unsafe impl Sync for PinnedBuffer {}
+
+impl std::fmt::Debug for PinnedBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PinnedBuffer")
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl PinnedBuffer {
+    /// Allocates `len` bytes of pinned host memory, zero-filled.
+    ///
+    /// # Errors
+    /// A driver error.
+    pub fn new(driver: &crate::driver::Driver, len: usize) -> Result<PinnedBuffer, CudaError> {
+        guarded("cuMemHostAlloc", || {
+            driver.set_current(0)?;
+            let mut host: *mut c_void = std::ptr::null_mut();
+            // SAFETY: valid out-pointer.
+            check("cuMemHostAlloc", unsafe {
+                sys::cuMemHostAlloc(&mut host, len.max(1), 0x1)
+            })?;
+            // SAFETY: `host` points to `len` writable bytes that we own.
+            unsafe { std::ptr::write_bytes(host.cast::<u8>(), 0, len) };
+            Ok(PinnedBuffer {
+                driver: driver.clone(),
+                ptr: host.cast(),
+                len,
+            })
+        })
+    }
+
+    /// The first byte.
+    pub fn as_mut_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for PinnedBuffer {
+    fn drop(&mut self) {
+        let _ = guarded("cuMemFreeHost", || {
+            self.driver.set_current(0)?;
+            // SAFETY: allocated in `new`, freed once; callers finished their copies.
+            check("cuMemFreeHost", unsafe {
+                sys::cuMemFreeHost(self.ptr.cast())
+            })
+        });
+    }
+}
+
+/// A `cuMemAlloc` buffer shared the legacy way (`cuIpcGetMemHandle`): the baseline of the
+/// device hand-over benchmark.
+#[derive(Debug)]
+pub struct LegacyIpcBuffer {
+    driver: crate::driver::Driver,
+    device: i32,
+    dptr: u64,
+}
+
+impl LegacyIpcBuffer {
+    /// Allocates `len` bytes on `device`.
+    ///
+    /// # Errors
+    /// A driver error.
+    pub fn new(
+        driver: &crate::driver::Driver,
+        device: i32,
+        len: usize,
+    ) -> Result<LegacyIpcBuffer, CudaError> {
+        guarded("cuMemAlloc", || {
+            driver.set_current(device)?;
+            let mut dptr: sys::CUdeviceptr = 0;
+            // SAFETY: valid out-pointer.
+            check("cuMemAlloc", unsafe { sys::cuMemAlloc_v2(&mut dptr, len) })?;
+            Ok(LegacyIpcBuffer {
+                driver: driver.clone(),
+                device,
+                dptr,
+            })
+        })
+    }
+
+    /// `cuIpcGetMemHandle`: 64 opaque bytes.
+    ///
+    /// # Errors
+    /// A driver error.
+    pub fn handle(&self) -> Result<[u8; 64], CudaError> {
+        guarded("cuIpcGetMemHandle", || {
+            self.driver.set_current(self.device)?;
+            let mut h = sys::CUipcMemHandle { reserved: [0; 64] };
+            // SAFETY: valid out-pointer; `dptr` is the base of a live cuMemAlloc allocation.
+            check("cuIpcGetMemHandle", unsafe {
+                sys::cuIpcGetMemHandle(&mut h, self.dptr)
+            })?;
+            Ok(h.reserved.map(|c| c as u8))
+        })
+    }
+}
+
+impl Drop for LegacyIpcBuffer {
+    fn drop(&mut self) {
+        let _ = guarded("cuMemFree", || {
+            self.driver.set_current(self.device)?;
+            // SAFETY: allocated in `new`, freed once.
+            check("cuMemFree", unsafe { sys::cuMemFree_v2(self.dptr) })
+        });
+    }
+}
+
+/// A legacy IPC handle opened in this process (`cuIpcOpenMemHandle`); closed on drop.
+#[derive(Debug)]
+pub struct LegacyIpcMapping {
+    driver: crate::driver::Driver,
+    device: i32,
+    /// The device address of the opened buffer.
+    pub dptr: u64,
+}
+
+impl LegacyIpcMapping {
+    /// Opens a handle another process exported, on `device`.
+    ///
+    /// # Errors
+    /// A driver error.
+    pub fn open(
+        driver: &crate::driver::Driver,
+        device: i32,
+        handle: &[u8; 64],
+    ) -> Result<LegacyIpcMapping, CudaError> {
+        guarded("cuIpcOpenMemHandle", || {
+            driver.set_current(device)?;
+            let h = sys::CUipcMemHandle {
+                reserved: handle.map(|b| b as std::ffi::c_char),
+            };
+            let mut dptr: sys::CUdeviceptr = 0;
+            // SAFETY: valid out-pointer; flag 1 = CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS.
+            check("cuIpcOpenMemHandle", unsafe {
+                sys::cuIpcOpenMemHandle_v2(&mut dptr, h, 1)
+            })?;
+            Ok(LegacyIpcMapping {
+                driver: driver.clone(),
+                device,
+                dptr,
+            })
+        })
+    }
+}
+
+impl Drop for LegacyIpcMapping {
+    fn drop(&mut self) {
+        let _ = guarded("cuIpcCloseMemHandle", || {
+            self.driver.set_current(self.device)?;
+            // SAFETY: opened in `open`, closed once.
+            check("cuIpcCloseMemHandle", unsafe {
+                sys::cuIpcCloseMemHandle(self.dptr)
+            })
+        });
+    }
+}
+
+/// Writes `len` bytes of `value` at `dptr` on `device` and waits for the device
+/// (`cuMemsetD8` + `cuCtxSynchronize`), with no access check: the probe of what the hardware
+/// enforces on a read-only mapping. A fault leaves the context unusable, so run it in a process
+/// of its own.
+///
+/// # Errors
+/// The driver's error, from the memset or (for a fault) from the synchronisation.
+pub fn raw_memset_sync(
+    driver: &crate::driver::Driver,
+    device: i32,
+    dptr: u64,
+    len: usize,
+    value: u8,
+) -> Result<(), CudaError> {
+    guarded("cuMemsetD8", || {
+        driver.set_current(device)?;
+        // SAFETY: the driver checks the address against its mappings and reports a fault as an
+        // error; no host memory is touched.
+        check("cuMemsetD8", unsafe {
+            sys::cuMemsetD8_v2(dptr, value, len)
+        })?;
+        // SAFETY: no arguments.
+        check("cuCtxSynchronize", unsafe { sys::cuCtxSynchronize() })
+    })
+}
