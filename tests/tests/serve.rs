@@ -4,8 +4,9 @@
 //! network namespace, started by someone else than the driver. The life-cycle, failures
 //! and the bounded wait for operators to join work as under `fastio run`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use fastio::driver::{
@@ -104,6 +105,23 @@ impl Served {
     }
 }
 
+/// The workspace's `fastio` command (another package's: built here, incrementally).
+fn fastio() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = Path::new(TEST_OP).parent().unwrap().to_owned();
+        let mut build = Command::new(env!("CARGO"));
+        build
+            .args(["build", "--quiet", "-p", "fastio", "--bin", "fastio"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if dir.ends_with("release") {
+            build.arg("--release");
+        }
+        assert!(build.status().unwrap().success(), "building fastio failed");
+        dir.join("fastio")
+    })
+}
+
 fn outcome<'a>(report: &'a JobReport, operator: &str) -> &'a OperatorState {
     &report
         .operators
@@ -186,9 +204,14 @@ fn a_failed_operator_fails_the_served_job_and_its_reader_never_executes() {
     let pipeline = served.pipeline(TWO_OPERATORS);
     let job = served.serve(pipeline, Duration::from_secs(30));
     let check = served.operator("check", &[("EXECUTE", "check")]);
+    // It fails once the reader has prepared and waits for it (not before the reader joins).
     let produce = served.operator(
         "produce",
-        &[("EXECUTE", "fail"), ("STDERR", "no scanner today")],
+        &[
+            ("EXECUTE", "fail"),
+            ("STDERR", "no scanner today"),
+            ("WAIT_FOR", "check prepare end"),
+        ],
     );
     let report = job.join().unwrap().unwrap();
     reap(vec![check, produce]);
@@ -248,4 +271,72 @@ fn a_plain_program_cannot_join_and_is_refused_before_anything_starts() {
     };
     assert!(matches!(err, DriverError::CannotJoin { .. }));
     assert!(!Path::new(&served.dir.path().join("out")).exists());
+}
+
+#[test]
+fn operators_whose_processes_the_server_cannot_see_still_join() {
+    // `fastio k8s serve` in a PID namespace of its own, the operators outside it: as in a
+    // Pod whose containers do not share a process namespace, the server reads their pid
+    // as 0. They join all the same (and the job cannot signal them, which it says if it
+    // has to).
+    let served = Served::new("hidden");
+    served.pipeline(TWO_OPERATORS);
+    let mut server = Command::new("unshare");
+    server
+        .args(["--mount", "--pid", "--fork"])
+        .arg(fastio())
+        .args(["k8s", "serve"])
+        .arg(served.dir.path().join("pipeline.yaml"))
+        .arg("--output")
+        .arg(served.dir.path().join("out"))
+        .args(["--join-wait", "30"])
+        .env("FASTIO_JOB_SOCKET", &served.socket)
+        .env("FASTIO_JOB_SECRET", SECRET)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let server = server.spawn().unwrap();
+    let run = |stage: &str, vars: &[(&str, &str)]| {
+        let mut cmd = Command::new(TEST_OP);
+        cmd.env("FASTIO_JOB_SOCKET", &served.socket)
+            .env("FASTIO_JOB_SECRET", SECRET)
+            .env("FASTIO_STAGE", stage)
+            .env("LOG", served.dir.path().join("log"))
+            .env_remove("FASTIO_CONTEXT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        cmd.spawn().unwrap()
+    };
+    let produce = run("produce", &[("EXECUTE", "produce"), ("SHAPE", "6")]);
+    let check = run(
+        "check",
+        &[
+            ("EXECUTE", "check"),
+            ("SHAPE_grid", "3,224,224"),
+            ("SHAPE_list", "6"),
+        ],
+    );
+    let (produce, check) = (
+        produce.wait_with_output().unwrap(),
+        check.wait_with_output().unwrap(),
+    );
+    let out = server.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{summary}\n{}\nproduce: {}\ncheck: {}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&produce.stderr),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(produce.status.success() && check.status.success());
+    assert!(summary.contains("succeeded"), "{summary}");
+    assert_eq!(
+        std::fs::read_to_string(served.dir.path().join("out/report.txt")).unwrap(),
+        summary
+    );
+    assert_eq!(served.log().matches("check checked").count(), 2);
 }

@@ -319,16 +319,14 @@ fn accept_loop(listener: &OwnedFd, shared: &Arc<Shared>, stopped: &AtomicBool) {
             }
         };
         backoff = Duration::ZERO;
-        match rustix::net::sockopt::socket_peercred(&socket) {
-            Ok(cred) if cred.uid == me => {
+        match crate::sys::peer_credentials(socket.as_fd()) {
+            Ok((pid, uid)) if uid == me.as_raw() => {
                 // 0: the peer's process is outside this PID namespace.
-                let pid = Some(cred.pid.as_raw_nonzero().get()).filter(|&p| p > 0);
+                let pid = Some(pid).filter(|&p| p > 0);
                 spawn_connection(socket, shared.clone(), None, pid);
             }
-            Ok(cred) => tracing::warn!(
-                "refused a client of uid {} (pid {}): only uid {} may join",
-                cred.uid.as_raw(),
-                cred.pid.as_raw_nonzero(),
+            Ok((pid, uid)) => tracing::warn!(
+                "refused a client of uid {uid} (pid {pid}): only uid {} may join",
                 me.as_raw()
             ),
             Err(e) => tracing::warn!("refused a client whose credentials are unreadable: {e}"),

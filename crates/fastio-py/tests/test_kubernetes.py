@@ -18,7 +18,7 @@ CLARA = ROOT / "examples" / "clara" / "pipeline.yaml"
 JOINING = CLARA.read_text().replace(
     "  description: Copy", "  uses-driver: true\n  description: Copy").replace(
     "  description: Write the names", "  uses-driver: true\n  description: Write the names")
-# Native sidecars are on by default from 1.29 and backoffLimitPerIndex is GA in 1.33.
+# backoffLimitPerIndex is GA in 1.33.
 K8S = "1.33"
 
 # Two operators passing 128 MiB of pre-allocated shared memory, and a dynamic entry.
