@@ -252,6 +252,37 @@ fn an_operator_that_never_joins_fails_the_served_job_within_the_join_wait() {
 }
 
 #[test]
+fn the_time_limit_stops_a_served_job_and_its_hung_operator_is_killed() {
+    let served = Served::new("limit");
+    let pipeline = served.pipeline(&TWO_OPERATORS.replace("timeout: 60", "timeout: 2"));
+    let job = served.serve(pipeline, Duration::from_secs(30));
+    let check = served.operator("check", &[("EXECUTE", "check")]);
+    // It would execute for a minute; the server sees its process (a child PID namespace
+    // is visible from its parent), so it can stop it.
+    let produce = served.operator("produce", &[("EXECUTE", "sleep:60")]);
+    let report = job.join().unwrap().unwrap();
+    reap(vec![check, produce]);
+
+    let (who, why) = report.failure.clone().unwrap();
+    assert_eq!(who, "produce", "{}", report.render());
+    assert_eq!(why, "overran the job's time limit of 2.00 s");
+    let OperatorState::Failed(why) = outcome(&report, "produce") else {
+        panic!("{}", report.render());
+    };
+    assert!(
+        why.contains("still executing when the job's time limit"),
+        "{why}"
+    );
+    assert_eq!(
+        outcome(&report, "check"),
+        &OperatorState::Cancelled("while waiting for inputs".into()),
+        "{}",
+        report.render()
+    );
+    assert!(served.at("produce", "execute end").is_none());
+}
+
+#[test]
 fn a_plain_program_cannot_join_and_is_refused_before_anything_starts() {
     let served = Served::new("plain");
     let yaml = format!(
