@@ -7,7 +7,10 @@
 //!    run` of the same definition: the same operators with the same outcomes, the same
 //!    entries (types, bytes, readers, medium), the same result files byte for byte
 //!    (saved arrays, the stream output); times excluded;
-//! 2. many runs: the Indexed Job of examples/demo/pipeline-studies.yaml over the three
+//! 2. a failed run: the same with a `threshold` that fails (its THRESHOLD is not a
+//!    number): the Pod's context server exits 1, and its report names the same failure and
+//!    the same cancelled operators as the local run's;
+//! 3. many runs: the Indexed Job of examples/demo/pipeline-studies.yaml over the three
 //!    studies of examples/demo/studies.txt, its Pod template played once per index with
 //!    the index the Job controller would set, each compared with `fastio run --payload` of
 //!    its study, and the three results checked to differ.
@@ -90,8 +93,65 @@ fn play_all(root: &Path, fastio: &Path, work: &Path) -> anyhow::Result<()> {
             manifests.to_str().context("path")?,
         ],
     )?;
-    let pod = play(&manifests, None, work)?;
+    let pod = play(&manifests, None, work, 0)?;
     compare(&local, &volume.join("fastio-demo"), &pod)?;
+
+    // A failed run: the Pod fails as the local run does.
+    let failing = work.join("failing.yaml");
+    let text = std::fs::read_to_string(&demo)?;
+    ensure!(
+        text.contains("THRESHOLD: 300"),
+        "the demo's threshold variable moved"
+    );
+    std::fs::write(
+        &failing,
+        text.replace("THRESHOLD: 300", "THRESHOLD: not-a-number"),
+    )?;
+    let local = local_run_failing(fastio, &failing, &work.join("local-failing"))?;
+    let manifests = work.join("failing-manifests.yaml");
+    render(
+        fastio,
+        &[
+            failing.to_str().context("path")?,
+            "--name",
+            "fastio-failing",
+            "--output",
+            &out,
+            "-o",
+            manifests.to_str().context("path")?,
+        ],
+    )?;
+    let pod = play(&manifests, None, work, 1)?;
+    let report = std::fs::read_to_string(volume.join("fastio-failing/report.txt"))?;
+    ensure!(
+        pod.contains(&report),
+        "the server's log does not hold its summary"
+    );
+    ensure!(
+        outcomes(&local) == outcomes(&report),
+        "the failed runs differ:\n{:?}\n{:?}",
+        outcomes(&local),
+        outcomes(&report)
+    );
+    let failed = |summary: &str| {
+        summary
+            .lines()
+            .find_map(|l| {
+                l.split_once(" FAILED after ")
+                    .map(|(_, why)| why.split_once(": ").map(|(_, w)| w.to_owned()))
+            })
+            .flatten()
+    };
+    ensure!(
+        failed(&local).is_some() && failed(&local) == failed(&report),
+        "the failures differ: {:?} against {:?}",
+        failed(&local),
+        failed(&report)
+    );
+    eprintln!(
+        "the failed run: the same operators with the same outcomes, the same failure ({})",
+        failed(&report).unwrap_or_default()
+    );
 
     // Many runs: one Pod per study.
     let studies = root.join("examples/demo/studies");
@@ -133,7 +193,7 @@ fn play_all(root: &Path, fastio: &Path, work: &Path) -> anyhow::Result<()> {
             Some(&studies.join(study)),
             &work.join(format!("local-{study}")),
         )?;
-        let pod = play(&manifests, Some(index), work)?;
+        let pod = play(&manifests, Some(index), work, 0)?;
         let run = volume.join("fastio-studies").join(index.to_string());
         compare(&local, &run, &pod)?;
         let result = std::fs::read_to_string(run.join("write-report/report/report.txt"))?;
@@ -184,6 +244,26 @@ fn local_run(
     })
 }
 
+/// A local run expected to fail: its summary.
+fn local_run_failing(fastio: &Path, definition: &Path, output: &Path) -> anyhow::Result<String> {
+    let mut cmd = Command::new(fastio);
+    cmd.arg("run")
+        .arg(definition)
+        .arg("--output")
+        .arg(output)
+        .arg("--quiet");
+    eprintln!("\n$ {}", shown(&cmd));
+    let out = cmd.output()?;
+    ensure!(
+        out.status.code() == Some(1),
+        "the failing pipeline's local run exited with {}",
+        out.status
+    );
+    let summary = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{summary}");
+    Ok(summary)
+}
+
 fn render(fastio: &Path, args: &[&str]) -> anyhow::Result<()> {
     let mut cmd = Command::new(fastio);
     cmd.args(["k8s", "render"]).args(args);
@@ -191,8 +271,14 @@ fn render(fastio: &Path, args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// Plays the rendered manifests as one Pod (for the Job's `index`, if indexed), waits for
-/// it to end, and returns its context server's output; the Pod is removed.
-fn play(manifests: &Path, index: Option<usize>, work: &Path) -> anyhow::Result<String> {
+/// it to end, checks that its context server exited with `expected`, and returns the
+/// server's output; the Pod is removed.
+fn play(
+    manifests: &Path,
+    index: Option<usize>,
+    work: &Path,
+    expected: i64,
+) -> anyhow::Result<String> {
     let (pod, name, deadline) = pod_of(manifests, index, work)?;
     let file = work.join(format!("{name}.pod.json"));
     std::fs::write(&file, serde_json::to_string_pretty(&pod)?)?;
@@ -205,9 +291,10 @@ fn play(manifests: &Path, index: Option<usize>, work: &Path) -> anyhow::Result<S
     let logs = logs?;
     eprintln!("{logs}");
     ensure!(
-        code == 0,
-        "the Pod's context server exited with status {code}: the job failed"
+        code == expected,
+        "the Pod's context server exited with status {code}, not {expected}"
     );
+    eprintln!("the Pod's context server exited with status {code}");
     Ok(logs)
 }
 
