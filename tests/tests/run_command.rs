@@ -587,3 +587,34 @@ fn run_op_runs_one_operator_alone_with_its_inputs_from_npy_files() {
         "{err}"
     );
 }
+
+#[test]
+fn a_process_that_escapes_with_an_empty_environment_and_is_orphaned_at_once_dies_with_the_job() {
+    // A double fork: the subshell starts `setsid env -i ...` in the background and exits at
+    // once, so the escaped process is in a session of its own, carries no job identifier
+    // and has no ancestor in the job before the driver first looks (about a second in).
+    // It writes its pid, then becomes `sleep 600`; the operator waits for the pid and exits.
+    let job = Job::new();
+    let pid_file = job.dir.path().join("escaped.pid");
+    let pf = pid_file.display();
+    let definition = job.definition(&format!(
+        "{HEADER}- name: daemonizer\n  command: [sh, -c, '(setsid env -i /bin/sh -c \"echo \\$\\$ > {pf}.tmp && /bin/mv {pf}.tmp {pf}; exec /bin/sleep 600\" </dev/null >/dev/null 2>&1 &); i=0; while [ ! -s {pf} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done']\n"
+    ));
+    let mut run = job.spawn(&definition, &["--quiet"]);
+    let status = wait(&mut run);
+    let (out, err) = output(run);
+    assert!(status.success(), "{out}\n{err}");
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let sleeping = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.starts_with(b"/bin/sleep\0600"))
+        && fastio_tests::alive(pid);
+    if sleeping {
+        // Not left behind by the test either.
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    assert!(!sleeping, "the escaped process {pid} outlived the job");
+}
