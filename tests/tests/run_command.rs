@@ -610,7 +610,7 @@ fn a_process_that_escapes_with_an_empty_environment_and_is_orphaned_at_once_dies
         .parse()
         .unwrap();
     let sleeping = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .is_ok_and(|c| c.starts_with(b"/bin/sleep\0600"))
+        .is_ok_and(|c| c == b"/bin/sleep\x00600\x00")
         && fastio_tests::alive(pid);
     if sleeping {
         // Not left behind by the test either.
