@@ -8,7 +8,9 @@ use crate::error::CudaError;
 use crate::ipc::EVENT_DISABLE_TIMING;
 use crate::pool::Stream;
 
-pub use crate::cuda::{HostWord, LegacyIpcBuffer, LegacyIpcMapping, PinnedBuffer, raw_memset_sync};
+pub use crate::cuda::{
+    FillKernel, HostWord, LegacyIpcBuffer, LegacyIpcMapping, PinnedBuffer, raw_memset_sync,
+};
 
 /// Creates and destroys one stream (the cost a pool saves).
 ///

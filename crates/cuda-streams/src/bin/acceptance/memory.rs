@@ -12,7 +12,8 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use cuda_streams::testing::{
-    BareEvent, LegacyIpcBuffer, LegacyIpcMapping, PinnedBuffer, SharedHostMemory, raw_memset_sync,
+    BareEvent, FillKernel, LegacyIpcBuffer, LegacyIpcMapping, PinnedBuffer, SharedHostMemory,
+    raw_memset_sync,
 };
 use cuda_streams::{
     CudaError, DeviceAccess, DeviceMapping, DeviceMemory, Driver, InterprocessEvent,
@@ -169,9 +170,19 @@ pub(crate) fn s27(d: &Driver) -> R {
     let data = pattern(mem.size(), 27);
     write_from(&map, &s, 0, &data)?;
     map.memset_async(&s, 0, MIB, 0xA5).ctx("memset")?;
+    // A kernel's writes: word i of [2 MiB, 3 MiB) becomes 0x5000_0000 + i.
+    let kernel = FillKernel::load(d, 0).ctx("load the PTX kernel")?;
+    let words = (MIB / 4) as u32;
+    kernel
+        .launch(&s, map.device_ptr() + 2 * MIB as u64, words, 0x5000_0000)
+        .ctx("launch")?;
     s.synchronize().ctx("sync")?;
     let mut expect = data.clone();
     expect[..MIB].fill(0xA5);
+    for i in 0..words as usize {
+        expect[2 * MIB + 4 * i..2 * MIB + 4 * i + 4]
+            .copy_from_slice(&(0x5000_0000u32 + i as u32).to_le_bytes());
+    }
     let (mine, theirs) = pair()?;
     let mut child = spawn("vmm-reader", &[theirs.as_raw_fd().to_string()])?;
     drop(theirs);
@@ -196,7 +207,7 @@ pub(crate) fn s27(d: &Driver) -> R {
     );
     ensure!(status.success(), "child {status}");
     Ok(format!(
-        "granularity {} KiB; 64 MiB+1 -> {} MiB; export {:.0} us, later exports (dup) {:.1} us; {reply}; child's write seen here",
+        "memset, H2D and a kernel's writes read back in the child; granularity {} KiB; 64 MiB+1 -> {} MiB; export {:.0} us, later exports (dup) {:.1} us; {reply}; child's write seen here",
         g / 1024,
         mem.size() / MIB,
         t_export.as_secs_f64() * 1e6,
@@ -397,13 +408,30 @@ fn ro_probe(dev: i32) -> Result<String, String> {
         "the read-only mapping does not read what was written"
     );
     let write = raw_memset_sync(&d, dev, ro.device_ptr(), 4096, 2);
-    let out = match (&write, enforced) {
-        (Err(e), true) => format!("PROT_READ accepted; a write faults ({e})"),
+    let api = match (&write, enforced) {
+        (Err(e), true) => format!("PROT_READ accepted; cuMemsetD8 refused ({e})"),
         (Ok(()), false) => {
             "PROT_READ refused by the driver; read-write fallback, writes land".into()
         }
-        (Ok(()), true) => return Err("PROT_READ accepted but a write went through".into()),
+        (Ok(()), true) => return Err("PROT_READ accepted but cuMemsetD8 wrote through it".into()),
         (Err(e), false) => format!("PROT_READ refused; write through the fallback failed: {e}"),
+    };
+    if !enforced {
+        return Ok(api);
+    }
+    // A kernel's store through the read-only mapping: the hardware's answer. A fault ends the
+    // context, so this is the last thing this process does.
+    let kernel = FillKernel::load(&d, dev).ctx("load the PTX kernel")?;
+    let launched = kernel.launch(&s, ro.device_ptr(), 1024, 7);
+    let synced = s.synchronize();
+    let out = match (launched, synced) {
+        (Err(e), _) => format!("{api}; kernel launch refused ({e})"),
+        (Ok(()), Err(e)) => format!("{api}; a kernel's store faults ({e})"),
+        (Ok(()), Ok(())) => {
+            return Err(format!(
+                "{api}; but a kernel's store through it went unnoticed"
+            ));
+        }
     };
     Ok(out)
 }
