@@ -131,6 +131,10 @@ pub(crate) trait Backend: Send + Sync + Debug {
         src: *const u8,
         len: usize,
     ) -> Result<(), CudaError>;
+    /// Whether this is the CPU fake of [`fake`].
+    fn is_fake(&self) -> bool {
+        false
+    }
     /// `cuMemcpyDtoHAsync` on `target`.
     ///
     /// # Safety
@@ -435,6 +439,10 @@ pub(crate) mod fake {
             let e = RawEvent(u64::from_le_bytes(b) as usize);
             self.st().events.insert(e, device);
             Ok(e)
+        }
+
+        fn is_fake(&self) -> bool {
+            true
         }
 
         fn mem_granularity(&self, _device: i32) -> Result<usize, CudaError> {

@@ -9,7 +9,8 @@
 //! there. Exit status 0 when every scenario passed or was skipped, 1 on a failure, 2 without a
 //! GPU. `ipc-child HEX` is the child half of the cross-process test; `vmm-reader`, `vmm-producer`,
 //! `vmm-holder`, `ro-probe` and `handover-child` are the other processes of scenarios 27-31 and
-//! of the hand-over benchmark.
+//! of the hand-over benchmark; `fake-import FD SIZE` is the child of the CPU fake's cross-process
+//! test (no GPU needed).
 
 use std::collections::HashSet;
 use std::fmt::Display;

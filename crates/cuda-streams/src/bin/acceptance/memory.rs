@@ -800,6 +800,30 @@ fn handover_child(sock: &UnixStream, event_hex: &str) -> Result<String, String> 
     }
 }
 
+/// The child of the CPU fake's cross-process test (no GPU needed): imports the inherited
+/// descriptor, checks the parent's first 4 KiB (0x5A) and fills the next 4 KiB with 0xC3.
+fn fake_import(fd: Option<&String>, size: Option<&String>) -> Result<String, String> {
+    let fd: i32 = fd.ctx("fd")?.parse().ctx("fd")?;
+    let size: usize = size.ctx("size")?.parse().ctx("size")?;
+    // SAFETY: the parent left this descriptor open across exec for us; nothing else here owns
+    // it, and it stays open until this process exits.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let d = Driver::fake(1);
+    let s = nb_pool(&d, 0, 1, 0)?.allocate().ctx("stream")?;
+    let mem = DeviceMemory::import(&d, fd, 0, size).ctx("import")?;
+    let ro = mem.map(0, DeviceAccess::ReadOnly).ctx("map")?;
+    let got = read_back(&ro, &s, 0, 4096)?;
+    ensure!(got.iter().all(|b| *b == 0x5A), "not the parent's bytes");
+    ensure!(
+        ro.memset_async(&s, 0, 1, 0) == Err(CudaError::ReadOnly),
+        "a write through the read-only mapping was not refused"
+    );
+    let rw = mem.map(0, DeviceAccess::ReadWrite).ctx("map rw")?;
+    rw.memset_async(&s, 4096, 4096, 0xC3).ctx("memset")?;
+    s.synchronize().ctx("sync")?;
+    Ok("read 4096 x 0x5a, wrote 4096 x 0xc3".into())
+}
+
 // ---------------------------------------------------------------- child modes
 
 /// Runs a child mode of this module; `None` when `args[0]` is not one.
@@ -820,6 +844,10 @@ pub(crate) fn child(args: &[String]) -> Option<ExitCode> {
                 println!("OK {s}");
                 s
             }),
+        "fake-import" => fake_import(args.get(1), args.get(2)).map(|s| {
+            println!("OK {s}");
+            s
+        }),
         "handover-child" => inherited(args.get(1))
             .and_then(|s| handover_child(&s, args.get(2).map_or("", String::as_str))),
         _ => return None,
