@@ -1,6 +1,7 @@
 //! `cuda-streams-acceptance`: the 25 acceptance scenarios of Holoscan's stream semantics, the
-//! cross-process event test, device memory across processes (scenarios 27-31: hand-over by
-//! descriptor, kill -9 of the producer, read-only and peer access, host registration) and the
+//! cross-process event test, device memory across processes (scenarios 27-32: hand-over by
+//! descriptor, kill -9 of the producer, read-only and peer access, host registration, a
+//! kernel's output ordered by the carried event) and the
 //! benchmarks, on a real GPU. Built by `cargo xtask gpu-test`
 //! and run where there is no Rust toolchain.
 //!
@@ -8,7 +9,8 @@
 //! and, with `--out DIR` (or the `OUT` environment variable), writes `cuda-streams-results.md`
 //! there. Exit status 0 when every scenario passed or was skipped, 1 on a failure, 2 without a
 //! GPU. `ipc-child HEX` is the child half of the cross-process test; `vmm-reader`, `vmm-producer`,
-//! `vmm-holder`, `ro-probe` and `handover-child` are the other processes of scenarios 27-31 and
+//! `vmm-holder`, `vmm-ordered`, `ro-probe` and `handover-child` are the other processes of
+//! scenarios 27-32 and
 //! of the hand-over benchmark; `fake-import FD SIZE` is the child of the CPU fake's cross-process
 //! test (no GPU needed).
 
@@ -1020,6 +1022,11 @@ fn scenarios() -> Vec<Scenario> {
         (29, "device memory: read-only access", s(memory::s29)),
         (30, "device memory: peer access", Box::new(memory::s30)),
         (31, "host registration: memfd mapping", s(memory::s31)),
+        (
+            32,
+            "device memory: kernel output ordered by the carried event",
+            s(memory::s32),
+        ),
     ]
 }
 

@@ -21,7 +21,7 @@ use cuda_streams::{
     unregister_host,
 };
 
-use super::{Ctx, R, hex, median, nb_pool, unhex};
+use super::{Ctx, GATE_TIMEOUT, R, hex, median, nb_pool, unhex};
 
 /// How long the parent waits for one reply of a child (an 8 GiB step included).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -539,6 +539,105 @@ pub(crate) fn s31(d: &Driver) -> R {
     ))
 }
 
+/// 32: the consumer's read of the producer's kernel output is ordered by the carried
+/// interprocess event, on the GPU: the consumer's copy is enqueued while the producer's kernel
+/// is still held behind a gate, and reads the kernel's values once it runs.
+pub(crate) fn s32(d: &Driver) -> R {
+    const WORDS: u32 = (16 * MIB / 4) as u32;
+    let s = nb_pool(d, 0, 1, 0)?.allocate().ctx("stream")?;
+    let mem = DeviceMemory::create(d, 0, 16 * MIB).ctx("create")?;
+    let map = mem.map(0, DeviceAccess::ReadWrite).ctx("map")?;
+    map.memset_async(&s, 0, mem.size(), 0).ctx("memset")?;
+    s.synchronize().ctx("sync")?;
+    let gate = cuda_streams::testing::HostWord::new(d).ctx("gate")?;
+    gate.gpu_wait_geq(Some(&s), 0, 1)
+        .ctx("block the producer")?;
+    let kernel = FillKernel::load(d, 0).ctx("load the PTX kernel")?;
+    kernel
+        .launch(&s, map.device_ptr(), WORDS, 0x3200_0000)
+        .ctx("launch")?;
+    let ev = InterprocessEvent::new(d, 0).ctx("event")?;
+    ev.record(&s).ctx("record")?;
+    let (mine, theirs) = pair()?;
+    let mut child = spawn("vmm-ordered", &[theirs.as_raw_fd().to_string()])?;
+    drop(theirs);
+    let fd = mem.export_fd().ctx("export")?;
+    let h = ev.export().ctx("export event")?;
+    let sent = send(
+        &mine,
+        &format!("{} {}", mem.size(), hex(h.as_bytes())),
+        Some(fd.as_fd()),
+    );
+    let held = sent.and_then(|()| recv(&mine));
+    // Whatever happened, open the gate so that no stream stays blocked.
+    gate.set(1);
+    let (held, _) = held?;
+    let done = recv(&mine).map(|r| r.0);
+    let status = child.wait().ctx("wait child")?;
+    s.synchronize().ctx("sync")?;
+    let done = done?;
+    ensure!(held.starts_with("HELD"), "consumer: {held}");
+    ensure!(
+        status.success() && done.starts_with("ORDERED"),
+        "consumer: {done} ({status})"
+    );
+    Ok(format!("consumer {held}; {done}"))
+}
+
+/// The consumer of scenario 32.
+fn vmm_ordered(sock: &UnixStream) -> Result<String, String> {
+    let d = Driver::probe().ctx("probe")?;
+    let t = nb_pool(&d, 0, 1, 0)?.allocate().ctx("stream")?;
+    let (text, fd) = recv(sock)?;
+    let mut w = text.split_whitespace();
+    let size: usize = w.next().ctx("size")?.parse().ctx("size")?;
+    let h =
+        IpcEventHandle::from_bytes(&unhex(w.next().ctx("event")?).ctx("hex")?).ctx("64 bytes")?;
+    let mem = DeviceMemory::import(&d, fd.ctx("descriptor")?.as_fd(), 0, size).ctx("import")?;
+    let ro = mem.map(0, DeviceAccess::ReadOnly).ctx("map")?;
+    let ev = InterprocessEvent::import(&d, 0, &h).ctx("import event")?;
+    let host = PinnedBuffer::new(&d, size).ctx("pinned")?;
+    let marker = cuda_streams::testing::HostWord::new(&d).ctx("marker")?;
+    let t0 = Instant::now();
+    ev.make_stream_wait(Some(&t)).ctx("make_stream_wait")?;
+    // SAFETY: `host` lives until the synchronisation below.
+    unsafe { ro.copy_to_host_async(&t, 0, host.as_mut_ptr(), size) }.ctx("D2H")?;
+    marker.gpu_write(Some(&t), 0, 1).ctx("marker")?;
+    let enqueued = t0.elapsed();
+    std::thread::sleep(super::HOLD);
+    let held = marker.get() == 0;
+    send(
+        sock,
+        &format!(
+            "{} (wait + copy + marker enqueued in {:.1} us)",
+            if held { "HELD" } else { "NOT HELD" },
+            us(enqueued)
+        ),
+        None,
+    )?;
+    ensure!(held, "the consumer's copy ran before the producer's kernel");
+    ensure!(
+        super::wait_until(|| marker.get() == 1, GATE_TIMEOUT),
+        "the consumer's copy never ran"
+    );
+    t.synchronize().ctx("sync")?;
+    // SAFETY: the copy into `host` is complete (synchronised above).
+    let got = unsafe { std::slice::from_raw_parts(host.as_mut_ptr().cast_const(), size) };
+    let bad = got
+        .chunks_exact(4)
+        .enumerate()
+        .filter(|(i, c)| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) != 0x3200_0000 + *i as u32)
+        .count();
+    let reply = if bad == 0 {
+        format!("ORDERED: all {} words are the kernel's", size / 4)
+    } else {
+        format!("WRONG: {bad} words are not the kernel's")
+    };
+    send(sock, &reply, None)?;
+    ensure!(bad == 0, "{reply}");
+    Ok(reply)
+}
+
 // ---------------------------------------------------------------- benchmarks
 
 fn us(d: Duration) -> f64 {
@@ -835,6 +934,7 @@ pub(crate) fn child(args: &[String]) -> Option<ExitCode> {
             vmm_producer(&s, size)
         }),
         "vmm-holder" => inherited(args.get(1)).and_then(|s| vmm_holder(&s)),
+        "vmm-ordered" => inherited(args.get(1)).and_then(|s| vmm_ordered(&s)),
         "ro-probe" => args
             .get(1)
             .ctx("device")
