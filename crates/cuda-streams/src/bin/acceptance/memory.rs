@@ -549,25 +549,38 @@ pub(crate) fn s32(d: &Driver) -> R {
     let map = mem.map(0, DeviceAccess::ReadWrite).ctx("map")?;
     map.memset_async(&s, 0, mem.size(), 0).ctx("memset")?;
     s.synchronize().ctx("sync")?;
-    let gate = cuda_streams::testing::HostWord::new(d).ctx("gate")?;
-    gate.gpu_wait_geq(Some(&s), 0, 1)
-        .ctx("block the producer")?;
+    // Everything that may synchronise the context (module load, allocations, the first export)
+    // happens before the producer's stream is blocked: a module load while a stream of the
+    // context waits on a closed gate never returns (seen on the H200).
+    // With lazy module loading the kernel is loaded at its first launch: launch it once (no
+    // words) and let it finish now.
     let kernel = FillKernel::load(d, 0).ctx("load the PTX kernel")?;
     kernel
-        .launch(&s, map.device_ptr(), WORDS, 0x3200_0000)
-        .ctx("launch")?;
+        .launch(&s, map.device_ptr(), 0, 0)
+        .ctx("warm-up launch")?;
+    s.synchronize().ctx("sync")?;
+    let gate = cuda_streams::testing::HostWord::new(d).ctx("gate")?;
     let ev = InterprocessEvent::new(d, 0).ctx("event")?;
-    ev.record(&s).ctx("record")?;
+    let fd = mem.export_fd().ctx("export")?;
     let (mine, theirs) = pair()?;
+    mine.set_read_timeout(Some(Duration::from_secs(20)))
+        .ctx("SO_RCVTIMEO")?;
     let mut child = spawn("vmm-ordered", &[theirs.as_raw_fd().to_string()])?;
     drop(theirs);
-    let fd = mem.export_fd().ctx("export")?;
-    let h = ev.export().ctx("export event")?;
-    let sent = send(
-        &mine,
-        &format!("{} {}", mem.size(), hex(h.as_bytes())),
-        Some(fd.as_fd()),
-    );
+    gate.gpu_wait_geq(Some(&s), 0, 1)
+        .ctx("block the producer")?;
+    let launched = kernel
+        .launch(&s, map.device_ptr(), WORDS, 0x3200_0000)
+        .ctx("launch")
+        .and_then(|()| ev.record(&s).ctx("record"))
+        .and_then(|()| ev.export().ctx("export event"));
+    let sent = launched.and_then(|h| {
+        send(
+            &mine,
+            &format!("{} {}", mem.size(), hex(h.as_bytes())),
+            Some(fd.as_fd()),
+        )
+    });
     let held = sent.and_then(|()| recv(&mine));
     // Whatever happened, open the gate so that no stream stays blocked.
     gate.set(1);
