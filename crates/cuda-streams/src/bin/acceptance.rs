@@ -5,7 +5,7 @@
 //! benchmarks, on a real GPU. Built by `cargo xtask gpu-test`
 //! and run where there is no Rust toolchain.
 //!
-//! Usage: `cuda-streams-acceptance [test|bench|all]` (default `all`). Prints a pass/fail table
+//! Usage: `cuda-streams-acceptance [test|bench|all] [--only 27,32]` (default `all`). Prints a pass/fail table
 //! and, with `--out DIR` (or the `OUT` environment variable), writes `cuda-streams-results.md`
 //! there. Exit status 0 when every scenario passed or was skipped, 1 on a failure, 2 without a
 //! GPU. `ipc-child HEX` is the child half of the cross-process test; `vmm-reader`, `vmm-producer`,
@@ -1040,7 +1040,9 @@ fn main() -> ExitCode {
     }
     let mode = args
         .iter()
-        .find(|a| !a.starts_with("--"))
+        .enumerate()
+        .find(|(i, a)| !a.starts_with("--") && (*i == 0 || !args[i - 1].starts_with("--")))
+        .map(|(_, a)| a)
         .cloned()
         .unwrap_or_else(|| "all".into());
     let out_dir = args
@@ -1063,7 +1065,16 @@ fn main() -> ExitCode {
     let mut failed = false;
     if mode == "test" || mode == "all" {
         report.push_str("| # | scenario | result | notes |\n|---|---|---|---|\n");
+        // `--only 27,32`: a subset of the scenarios.
+        let only: Option<Vec<u32>> = args
+            .iter()
+            .position(|a| a == "--only")
+            .and_then(|i| args.get(i + 1))
+            .map(|l| l.split(',').filter_map(|x| x.trim().parse().ok()).collect());
         for (id, name, f) in scenarios() {
+            if only.as_ref().is_some_and(|o| !o.contains(&id)) {
+                continue;
+            }
             let t0 = Instant::now();
             let o = catch_unwind(AssertUnwindSafe(|| f(&driver)))
                 .unwrap_or_else(|_| Outcome::Fail("panicked".into()));

@@ -550,8 +550,9 @@ pub(crate) fn s32(d: &Driver) -> R {
     map.memset_async(&s, 0, mem.size(), 0).ctx("memset")?;
     s.synchronize().ctx("sync")?;
     // Everything that may synchronise the context (module load, allocations, the first export)
-    // happens before the producer's stream is blocked: a module load while a stream of the
-    // context waits on a closed gate never returns (seen on the H200).
+    // happens before the producer's stream is blocked: on the H200, loading the kernel and
+    // launching it for the first time while a stream of the context waited on a closed gate
+    // hung (module loading may synchronise the context).
     // With lazy module loading the kernel is loaded at its first launch: launch it once (no
     // words) and let it finish now.
     let kernel = FillKernel::load(d, 0).ctx("load the PTX kernel")?;
