@@ -461,7 +461,9 @@ pub unsafe fn register_host(
 
 /// Unregisters a range [`register_host`] registered (`cuMemHostUnregister`): the hook the owner
 /// of a host mapping calls before unmapping it. `Ok(false)` when the range was not registered
-/// (nothing to do), so it can be called on every unmap.
+/// (nothing to do), so it can be called on every unmap. Copies still queued on a stream that
+/// read or write the range must be finished first (synchronise the stream or wait on an event
+/// recorded after them): the driver does not wait for them.
 ///
 /// # Errors
 /// A driver error.
