@@ -463,7 +463,7 @@ pub unsafe fn register_host(
 /// of a host mapping calls before unmapping it. `Ok(false)` when the range was not registered
 /// (nothing to do), so it can be called on every unmap. Copies still queued on a stream that
 /// read or write the range must be finished first (synchronise the stream or wait on an event
-/// recorded after them): the driver does not wait for them.
+/// recorded after them): this function does not wait for them.
 ///
 /// # Errors
 /// A driver error.
