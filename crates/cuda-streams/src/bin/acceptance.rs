@@ -1027,6 +1027,7 @@ fn scenarios() -> Vec<Scenario> {
             "device memory: kernel output ordered by the carried event",
             s(memory::s32),
         ),
+        (33, "device memory: hostile input", s(memory::s33)),
     ]
 }
 

@@ -652,6 +652,46 @@ fn vmm_ordered(sock: &UnixStream) -> Result<String, String> {
     Ok(reply)
 }
 
+/// 33: hostile input to the device-memory calls: clear errors, no panic, nothing leaked.
+pub(crate) fn s33(d: &Driver) -> R {
+    let (free0, total) = memory_info(d, 0).ctx("cuMemGetInfo")?;
+    let mut notes = Vec::new();
+    // A descriptor that is not an exported allocation (a memfd).
+    let host = SharedHostMemory::new(2 * MIB)?;
+    let not_vmm =
+        rustix::fs::memfd_create("not-vmm", rustix::fs::MemfdFlags::CLOEXEC).ctx("memfd")?;
+    rustix::fs::ftruncate(&not_vmm, 2 * MIB as u64).ctx("ftruncate")?;
+    drop(host);
+    match DeviceMemory::import(d, not_vmm.as_fd(), 0, 2 * MIB) {
+        Err(e @ CudaError::Driver { .. }) => notes.push(format!("memfd imported: {e}")),
+        other => return Err(format!("importing a memfd: {other:?}")),
+    }
+    // A real allocation imported with a larger size than it has: the map fails.
+    let mem = DeviceMemory::create(d, 0, 2 * MIB).ctx("create")?;
+    let fd = mem.export_fd().ctx("export")?;
+    match DeviceMemory::import(d, fd.as_fd(), 0, 4 * MIB) {
+        Ok(big) => match big.map(0, DeviceAccess::ReadOnly) {
+            Err(e) => notes.push(format!("oversized import maps: {e}")),
+            Ok(_) => return Err("a 4 MiB mapping of a 2 MiB allocation succeeded".into()),
+        },
+        Err(e) => notes.push(format!("oversized import: {e}")),
+    }
+    let e = mem.map(7, DeviceAccess::ReadWrite).map(|_| ());
+    ensure!(
+        matches!(e, Err(CudaError::InvalidDevice { device: 7, .. })),
+        "map on device 7: {e:?}"
+    );
+    // More than the device has.
+    match DeviceMemory::create(d, 0, total.saturating_mul(2)) {
+        Err(e @ CudaError::Driver { .. }) => notes.push(format!("2x the device: {e}")),
+        other => return Err(format!("allocating twice the device: {other:?}")),
+    }
+    drop((mem, fd));
+    let free1 = memory_info(d, 0).ctx("cuMemGetInfo")?.0;
+    ensure!(free1 >= free0, "{} MiB not freed", (free0 - free1) / MIB);
+    Ok(notes.join("; "))
+}
+
 // ---------------------------------------------------------------- benchmarks
 
 fn us(d: Duration) -> f64 {
