@@ -657,11 +657,9 @@ pub(crate) fn s33(d: &Driver) -> R {
     let (free0, total) = memory_info(d, 0).ctx("cuMemGetInfo")?;
     let mut notes = Vec::new();
     // A descriptor that is not an exported allocation (a memfd).
-    let host = SharedHostMemory::new(2 * MIB)?;
     let not_vmm =
         rustix::fs::memfd_create("not-vmm", rustix::fs::MemfdFlags::CLOEXEC).ctx("memfd")?;
     rustix::fs::ftruncate(&not_vmm, 2 * MIB as u64).ctx("ftruncate")?;
-    drop(host);
     match DeviceMemory::import(d, not_vmm.as_fd(), 0, 2 * MIB) {
         Err(e @ CudaError::Driver { .. }) => notes.push(format!("memfd imported: {e}")),
         other => return Err(format!("importing a memfd: {other:?}")),
