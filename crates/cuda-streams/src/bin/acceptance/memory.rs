@@ -31,6 +31,14 @@ const GIB: usize = 1 << 30;
 
 // ---------------------------------------------------------------- plumbing
 
+/// The wall clock in nanoseconds: one clock for every process of the machine, so a message
+/// can carry its send time (a step of the clock during a run would show as one odd sample).
+fn wall_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 /// Sends `text` and, when given, one descriptor.
 fn send(sock: &UnixStream, text: &str, fd: Option<BorrowedFd<'_>>) -> Result<(), String> {
     use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
@@ -747,14 +755,18 @@ pub(crate) fn benches(d: &Driver) -> Result<Vec<(String, String)>, String> {
             let t0 = Instant::now();
             let fd = mem.export_fd().ctx("export")?;
             get.push(us(t0.elapsed()));
-            send(&mine, &format!("vmm {}", mem.size()), Some(fd.as_fd()))?;
+            send(
+                &mine,
+                &format!("vmm {} {}", mem.size(), wall_ns()),
+                Some(fd.as_fd()),
+            )?;
             drop(fd);
             let (r, _) = recv(&mine)?;
             let t: Vec<f64> = r
                 .split_whitespace()
                 .filter_map(|x| x.parse().ok())
                 .collect();
-            ensure!(t.len() == 3, "child: {r}");
+            ensure!(t.len() == 4, "child: {r}");
             vmm.push(t);
         }
         let col = |i: usize| median(vmm.iter().map(|t| t[i]).collect());
@@ -790,14 +802,17 @@ pub(crate) fn benches(d: &Driver) -> Result<Vec<(String, String)>, String> {
         }
         unregister_host(d, hp, size).ctx("unregister")?;
         rows.push((
-            format!("hand-over {}: VMM get (dup of the exported fd) + import + map", size_name(size)),
             format!(
-                "{:.0} us = get {:.1} + import {:.0} + map {:.0} (child total {:.0}); first export {:.0} us, create {:.0} us",
-                median(get.clone()) + col(0) + col(1),
+                "hand-over {}: VMM get (dup of the exported fd) + fd pass + import + map",
+                size_name(size)
+            ),
+            format!(
+                "{:.0} us = get {:.1} + fd over the socket {:.1} + import {:.0} + map {:.0}; first export {:.0} us, create {:.0} us",
+                median(get.clone()) + col(3) + col(0) + col(1),
                 median(get),
+                col(3),
                 col(0),
                 col(1),
-                col(2),
                 us(t_export),
                 us(t_create)
             ),
@@ -919,6 +934,8 @@ fn handover_child(sock: &UnixStream, event_hex: &str) -> Result<String, String> 
         match words.next() {
             Some("vmm") => {
                 let size: usize = words.next().ctx("size")?.parse().ctx("size")?;
+                let sent: u64 = words.next().ctx("time")?.parse().ctx("time")?;
+                let transit = wall_ns().saturating_sub(sent) as f64 / 1e3;
                 let fd = fd.ctx("descriptor")?;
                 let t0 = Instant::now();
                 let mem = DeviceMemory::import(&d, fd.as_fd(), 0, size).ctx("import")?;
@@ -928,7 +945,12 @@ fn handover_child(sock: &UnixStream, event_hex: &str) -> Result<String, String> 
                 drop((map, mem, fd));
                 send(
                     sock,
-                    &format!("{:.1} {:.1} {:.1}", us(t1 - t0), us(t2 - t1), us(t2 - t0)),
+                    &format!(
+                        "{:.1} {:.1} {:.1} {transit:.1}",
+                        us(t1 - t0),
+                        us(t2 - t1),
+                        us(t2 - t0)
+                    ),
                     None,
                 )?;
             }
