@@ -213,6 +213,7 @@ pub(crate) mod fake {
         registered: HashMap<usize, (usize, bool)>,
         no_peer: bool,
         read_only_unsupported: bool,
+        events_pending: bool,
     }
 
     fn fake_err(call: &'static str, code: &str) -> CudaError {
@@ -287,6 +288,10 @@ pub(crate) mod fake {
         /// Makes the fake refuse read-only access flags, as some drivers do.
         pub(crate) fn set_read_only_unsupported(&self, unsupported: bool) {
             self.st().read_only_unsupported = unsupported;
+        }
+        /// Makes every event report "not complete" (work still running) until switched back.
+        pub(crate) fn set_events_pending(&self, pending: bool) {
+            self.st().events_pending = pending;
         }
         /// Number of live fake allocations (handles or mappings).
         pub(crate) fn live_memory(&self) -> usize {
@@ -411,7 +416,7 @@ pub(crate) mod fake {
             Ok(())
         }
         fn event_complete(&self, _device: i32, _event: RawEvent) -> Result<bool, CudaError> {
-            Ok(true)
+            Ok(!self.st().events_pending)
         }
         fn set_current(&self, device: i32) -> Result<(), CudaError> {
             self.st().log.push(Op::SetCurrent(device));

@@ -367,6 +367,31 @@ impl DeviceMapping {
         }
     }
 
+    /// Enqueues on `stream` a copy of `src`'s bytes to `offset` of the mapping, keeping `src`
+    /// alive until the copy is done ([`Stream::keep_alive`]): the safe form of
+    /// [`DeviceMapping::copy_from_host_async`] for host memory the caller can hand over (a
+    /// `Vec`, an `Arc<[u8]>`, or an owner of a shared-memory mapping).
+    ///
+    /// # Errors
+    /// As [`DeviceMapping::memset_async`]; `src` is dropped (after the stream is drained, if the
+    /// copy was already queued).
+    pub fn copy_from_host_owned_async<T: AsRef<[u8]> + Send + 'static>(
+        &self,
+        stream: &Stream,
+        offset: usize,
+        src: T,
+    ) -> Result<(), CudaError> {
+        // Boxed first: the bytes `as_ref` points at may live inside `T` itself (an array), and
+        // must not move after their address is taken.
+        let boxed = Box::new(src);
+        let bytes: &[u8] = (*boxed).as_ref();
+        let (ptr, len) = (bytes.as_ptr(), bytes.len());
+        // SAFETY: `boxed` owns the bytes and is neither moved out of its allocation nor touched
+        // until `keep_alive` drops it, after the stream's work up to here is done.
+        unsafe { self.copy_from_host_async(stream, offset, ptr, len) }?;
+        stream.keep_alive(boxed)
+    }
+
     /// Enqueues on `stream` a copy of `len` bytes at `offset` of the mapping to host memory at
     /// `dst` (`cuMemcpyDtoHAsync`). Read-only mappings may be copied from.
     ///

@@ -533,13 +533,23 @@ pub(crate) fn s31(d: &Driver) -> R {
         read_back(&map, &s, 0, 4096)?.iter().all(|b| *b == 0xEE),
         "H2D from the read-only view"
     );
+    // The safe form: the source is kept alive by the stream until the copy is done.
+    let owned = pattern(3 * MIB, 311);
+    map.copy_from_host_owned_async(&s, MIB, owned.clone())
+        .ctx("owned H2D")?;
+    let kept = s.release_finished();
+    s.synchronize().ctx("sync")?;
+    ensure!(
+        s.release_finished() == 0 && read_back(&map, &s, MIB, 3 * MIB)? == owned,
+        "owned copy (held {kept} right after queuing)"
+    );
     ensure!(
         unregister_host(d, view.as_ptr(), host.len()).ctx("unregister view")?
             && unregister_host(d, p, host.len()).ctx("unregister")?,
         "unregister"
     );
     Ok(format!(
-        "64 MiB memfd mapping: registered once (cached), H2D/D2H round trip exact; read-only view: plain registration {}, read-only registration works",
+        "64 MiB memfd mapping: registered once (cached), H2D/D2H round trip exact; read-only view: plain registration {}, read-only registration works; owned 3 MiB copy exact, source freed after the sync",
         match plain {
             Ok(_) => "accepted".to_owned(),
             Err(e) => format!("refused ({e})"),
