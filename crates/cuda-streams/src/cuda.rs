@@ -1025,7 +1025,7 @@ impl FillKernel {
     /// Enqueues `fill_u32(dptr, words, base)` on `stream` (a stream of the kernel's device).
     ///
     /// # Errors
-    /// [`CudaError::DeviceMismatch`] or a driver error.
+    /// [`CudaError::WrongStream`] or a driver error.
     pub fn launch(
         &self,
         stream: &crate::pool::Stream,
@@ -1034,8 +1034,8 @@ impl FillKernel {
         base: u32,
     ) -> Result<(), CudaError> {
         if stream.device() != self.device {
-            return Err(CudaError::DeviceMismatch {
-                event_device: self.device,
+            return Err(CudaError::WrongStream {
+                device: self.device,
                 stream_device: stream.device(),
             });
         }

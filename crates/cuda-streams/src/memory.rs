@@ -317,8 +317,8 @@ impl DeviceMapping {
             });
         }
         if stream.device() != self.device {
-            return Err(CudaError::DeviceMismatch {
-                event_device: self.device,
+            return Err(CudaError::WrongStream {
+                device: self.device,
                 stream_device: stream.device(),
             });
         }
@@ -328,7 +328,7 @@ impl DeviceMapping {
     /// Enqueues on `stream` a fill of `len` bytes at `offset` with `value` (`cuMemsetD8Async`).
     ///
     /// # Errors
-    /// [`CudaError::ReadOnly`], [`CudaError::OutOfRange`], [`CudaError::DeviceMismatch`] (the
+    /// [`CudaError::ReadOnly`], [`CudaError::OutOfRange`], [`CudaError::WrongStream`] (the
     /// stream must be on [`DeviceMapping::device`]), or a driver error.
     pub fn memset_async(
         &self,
@@ -400,7 +400,7 @@ impl DeviceMapping {
     /// the stream's work queued so far is done.
     ///
     /// # Errors
-    /// [`CudaError::OutOfRange`], [`CudaError::DeviceMismatch`], or a driver error.
+    /// [`CudaError::OutOfRange`], [`CudaError::WrongStream`], or a driver error.
     pub unsafe fn copy_to_host_async(
         &self,
         stream: &Stream,

@@ -164,8 +164,8 @@ fn peers_map_each_others_memory_or_get_a_clear_error() {
         .expect("memset from the peer");
     assert_eq!(
         peer.memset_async(&s0, 0, 4, 3),
-        Err(CudaError::DeviceMismatch {
-            event_device: 1,
+        Err(CudaError::WrongStream {
+            device: 1,
             stream_device: 0
         }),
         "work on the mapping runs on the device that mapped it"
@@ -359,4 +359,25 @@ fn owned_copies_keep_their_source_until_the_stream_is_past_them() {
         3,
         "the stream's end drains and drops"
     );
+}
+
+#[test]
+fn memory_handles_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<DeviceMemory>();
+    send_sync::<DeviceMapping>();
+    let (_, d) = fake(1);
+    let m = Arc::new(DeviceMemory::create(&d, 0, 1).expect("create"));
+    let fds: Vec<_> = (0..4)
+        .map(|_| {
+            let m = m.clone();
+            std::thread::spawn(move || m.export_fd().expect("export"))
+        })
+        .map(|t| t.join().expect("thread"))
+        .collect();
+    let inodes: std::collections::HashSet<_> = fds
+        .iter()
+        .map(|f| rustix::fs::fstat(f).expect("fstat").st_ino)
+        .collect();
+    assert_eq!(inodes.len(), 1, "one export shared by every thread");
 }

@@ -478,7 +478,7 @@ pub(crate) fn s30(d: &Driver) -> super::Outcome {
         );
         let e = peer.memset_async(&s0, 0, 1, 0);
         ensure!(
-            matches!(e, Err(CudaError::DeviceMismatch { .. })),
+            matches!(e, Err(CudaError::WrongStream { .. })),
             "a device-0 stream on a device-1 mapping: {e:?}"
         );
         Ok("device 1 mapped device 0's memory, wrote 5 MiB; device 0 read it back".into())
