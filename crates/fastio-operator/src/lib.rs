@@ -51,6 +51,9 @@ pub const STAGE_ENV: &str = "FASTIO_STAGE";
 pub const INPUT_PATHS_ENV: &str = "NVIDIA_CLARA_INPUTPATHS";
 /// Disk outputs as `name:path` pairs separated by `;` (Clara's variable).
 pub const OUTPUT_PATHS_ENV: &str = "NVIDIA_CLARA_OUTPUTPATHS";
+/// Seconds an operator that joins a job from its own container (a Pod's) retries while
+/// nothing listens at the job's socket yet; default 60.
+pub const JOIN_WAIT_ENV: &str = "FASTIO_JOIN_WAIT_S";
 /// Set to `1` to execute without waiting for upstream operators (Clara's variable).
 pub const NO_SYNC_LOCK_ENV: &str = "NVIDIA_CLARA_NOSYNCLOCK";
 
@@ -69,6 +72,12 @@ pub enum OperatorError {
     /// The standalone settings are inconsistent.
     #[error("{0}")]
     Standalone(String),
+    /// `FASTIO_JOIN_WAIT_S` is not a number of seconds from 0 to 3600.
+    #[error("{JOIN_WAIT_ENV}={value:?}: expected seconds, from 0 to 3600")]
+    JoinWait {
+        /// The value found.
+        value: String,
+    },
     /// A callback failed (the later phases that must run still ran).
     #[error("{phase} failed: {message}")]
     Phase {
@@ -158,6 +167,21 @@ impl Callbacks for Lifecycle<'_> {
     }
 }
 
+/// How long an operator that joins a job from its own container retries while nothing
+/// listens yet: `FASTIO_JOIN_WAIT_S` seconds, default 60.
+fn join_wait() -> Result<std::time::Duration, OperatorError> {
+    match std::env::var(JOIN_WAIT_ENV) {
+        Err(_) => Ok(std::time::Duration::from_secs(60)),
+        Ok(text) => text
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
+            .filter(|d| *d <= std::time::Duration::from_secs(3600))
+            .ok_or(OperatorError::JoinWait { value: text }),
+    }
+}
+
 /// An operator's link to its job: who it is, and the context it works in.
 #[derive(Debug)]
 pub struct Driver {
@@ -170,9 +194,19 @@ impl Driver {
     /// Joins the job this process was started for by `fastio run` (through
     /// `FASTIO_CONTEXT`), or sets up a standalone run when there is none (see the crate
     /// documentation).
+    ///
+    /// An operator that runs in a container of a job's Pod, which `fastio k8s serve` did
+    /// not start, finds the job in `FASTIO_JOB_SOCKET` (with `FASTIO_JOB_SECRET` and
+    /// `FASTIO_STAGE`) and joins it over the Pod's shared network namespace, retrying for
+    /// `FASTIO_JOIN_WAIT_S` seconds (default 60) while the server's container starts.
     pub fn from_env() -> Result<Self, OperatorError> {
         match std::env::var(fastio_context::CONTEXT_ENV) {
             Ok(address) if !address.is_empty() => Self::join(Context::connect(&address)?),
+            _ if std::env::var_os(fastio_context::JOB_SOCKET_ENV)
+                .is_some_and(|v| !v.is_empty()) =>
+            {
+                Self::join(Context::attach_from_env(join_wait()?)?)
+            }
             _ => Self::standalone_from_env(),
         }
     }
