@@ -50,6 +50,7 @@ pub struct Mapping {
     // Mapped from a writable descriptor: `PROT_WRITE` can be granted later by `mprotect`.
     may_write: bool,
     identity: SegmentIdentity,
+    hugetlb: bool,
 }
 
 impl Mapping {
@@ -79,12 +80,19 @@ impl Mapping {
             access: Some(access),
             may_write: segment.is_writable(),
             identity: segment.identity(),
+            hugetlb: segment.is_hugetlb(),
         })
     }
 
     /// The identity of the mapped segment.
     pub fn identity(&self) -> SegmentIdentity {
         self.identity
+    }
+
+    /// Whether the mapped segment's pages come from the hugetlb pool
+    /// ([`Segment::is_hugetlb`]).
+    pub fn is_hugetlb(&self) -> bool {
+        self.hugetlb
     }
 
     /// Whether the mapping was made from a writable descriptor, so that it can be made
