@@ -38,7 +38,8 @@
  *   nvidia_clara_fastio_context__create_in_process / __connect / __release (a context
  *   outside a pipeline job), nvidia_clara_fastio__get_with_access and __access,
  *   nvidia_clara_cpd__job_id / __job_name / __stage_name,
- *   nvidia_clara_fastio_entry__is_preallocated.
+ *   nvidia_clara_fastio_entry__is_preallocated, nvidia_clara_fastio__create_with_flags
+ *   (NVIDIA_CLARA_FASTIO_CREATE_HUGETLB) and nvidia_clara_fastio__is_hugetlb.
  * - Element type and access are int32_t typedefs with #define'd values, not C enums, so
  *   that an out-of-range value is reported instead of being undefined behaviour.
  * - map: a handle is mapped at most once at a time. A write mapping is exclusive among
@@ -130,6 +131,12 @@ typedef struct nvidia_clara_payload_entry nvidia_clara_payload_entry;
  failure, `nvidia_clara_last_error_message()` says what went wrong.
  */
 typedef int result;
+
+/*
+ Options of `nvidia_clara_fastio__create_with_flags`: an OR of the
+ `NVIDIA_CLARA_FASTIO_CREATE_*` bits, 0 for none. fastio extension.
+ */
+typedef uint32_t nvidia_clara_fastio_create_flags;
 
 /*
  How a handle or a mapping may touch the memory: one of the
@@ -287,6 +294,13 @@ typedef result (*nvidia_clara_cpd_cleanup_callback)(nvidia_clara_cpd *cpd);
  */
 #define NVIDIA_CLARA_FASTIO_ACCESS_READ_WRITE 1
 
+/*
+ Take the memory from the machine's hugetlb pool (`MFD_HUGETLB`, the size rounded up to
+ whole huge pages) where the pool can hold it; ordinary shared memory otherwise
+ (`nvidia_clara_fastio__is_hugetlb` says which).
+ */
+#define NVIDIA_CLARA_FASTIO_CREATE_HUGETLB 1
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -305,6 +319,32 @@ extern "C" {
 result nvidia_clara_fastio__create(nvidia_clara_fastio_context *context,
                                    size_t size,
                                    nvidia_clara_fastio_alloc **alloc_out);
+
+/*
+ nvidia_clara_fastio__create with options: `flags` is 0 or an OR of the
+ `NVIDIA_CLARA_FASTIO_CREATE_*` bits (an unknown bit fails with
+ NVIDIA_CLARA_RESULT_INVALID_ARGUMENT). With NVIDIA_CLARA_FASTIO_CREATE_HUGETLB the
+ memory comes from the machine's hugetlb pool where the pool can hold it, and is
+ ordinary shared memory otherwise: the create succeeds either way and
+ nvidia_clara_fastio__is_hugetlb says which. [fastio extension]
+
+ # Safety
+ `alloc_out` is NULL or valid for writing one pointer.
+ */
+result nvidia_clara_fastio__create_with_flags(nvidia_clara_fastio_context *context,
+                                              size_t size,
+                                              nvidia_clara_fastio_create_flags flags,
+                                              nvidia_clara_fastio_alloc **alloc_out);
+
+/*
+ Writes 1 to `*hugetlb_out` when the allocation's memory comes from the machine's
+ hugetlb pool, 0 otherwise. [fastio extension]
+
+ # Safety
+ `hugetlb_out` is NULL or valid for one write.
+ */
+result nvidia_clara_fastio__is_hugetlb(nvidia_clara_fastio_alloc *alloc,
+                                       int32_t *hugetlb_out);
 
 /*
  Publishes the allocation under `name` (1 to 255 characters of `A-Z a-z 0-9 - _`, and

@@ -202,6 +202,12 @@ fn empty_arrays_are_created_published_and_got_in_c() {
 }
 
 #[test]
+fn hugetlb_on_request_uses_the_pool_or_says_it_fell_back_in_c() {
+    // This machine may have no hugetlb pool: then the fallback is what is checked, for real.
+    assert!(compile_and_run(Build::c("hugetlb.c")).contains(" ok"));
+}
+
+#[test]
 fn publications_are_replaced_or_unpublished_on_purpose_in_c() {
     assert!(compile_and_run(Build::c("republish.c")).contains("republish ok"));
 }

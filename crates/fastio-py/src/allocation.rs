@@ -237,6 +237,13 @@ impl FastIOAllocation {
         })
     }
 
+    /// True when the memory comes from the machine's hugetlb pool (what `create` or
+    /// `empty` with `hugetlb=True` got where the pool could hold it).
+    #[getter]
+    fn hugetlb(&self) -> PyResult<bool> {
+        self.with(|a| Ok(a.is_hugetlb()))
+    }
+
     /// The local element type as a `numpy.dtype`, or None before it is set.
     #[getter]
     fn element_type<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {

@@ -47,6 +47,9 @@ class FastIOAllocation:
     @property
     def access(self) -> IOAccess: ...
     @property
+    def hugetlb(self) -> bool:
+        """True when the memory comes from the machine's hugetlb pool."""
+    @property
     def element_type(self) -> np.dtype[Any] | None:
         """Local element type, or None before set_type_and_dimensions."""
     @property
@@ -89,8 +92,13 @@ class FastIOContext:
     def from_env() -> FastIOContext: ...
     @staticmethod
     def connect(address: str) -> FastIOContext: ...
-    def create(self, size: int) -> FastIOAllocation: ...
-    def empty(self, shape: int | Sequence[int], dtype: npt.DTypeLike | str) -> FastIOAllocation: ...
+    def create(self, size: int, *, hugetlb: bool = False) -> FastIOAllocation:
+        """Zeroed shared memory; ``hugetlb=True`` takes it from the machine's hugetlb pool
+        where the pool can hold it, ordinary memory otherwise (see ``.hugetlb``)."""
+    def empty(
+        self, shape: int | Sequence[int], dtype: npt.DTypeLike | str, *, hugetlb: bool = False
+    ) -> FastIOAllocation:
+        """A typed allocation to fill in place (not zeroed); ``hugetlb`` as for ``create``."""
     def get(self, name: str, access: IOAccess = ...) -> FastIOAllocation: ...
     def publish_array(self, array: npt.ArrayLike, name: str, *, replace: bool = False) -> None:
         """Publishes a copy of ``array``; ``replace=True`` replaces a publication (or
