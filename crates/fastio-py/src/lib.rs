@@ -17,6 +17,7 @@
 mod allocation;
 mod buffer;
 mod context;
+mod dlpack;
 mod dtype;
 mod listing;
 mod operator;
@@ -98,6 +99,7 @@ fn cli_main(
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("Error", m.py().get_type::<Error>())?;
+    m.add("ExportError", dlpack::export_error_type(m.py())?)?;
     m.add_class::<IOAccess>()?;
     m.add_class::<context::FastIOContext>()?;
     m.add_class::<context::ContextServer>()?;

@@ -111,6 +111,21 @@ impl FastIOEntry {
         }
     }
 
+    fn dlpack_export(&self) -> PyResult<crate::dlpack::Export> {
+        let cell = self.cell()?;
+        let keep: Keeper = cell.clone();
+        let entry = cell.lock();
+        match entry.allocation() {
+            Some(a) => Ok(crate::dlpack::of_host(keep, a, false)),
+            None => Err(error(format!(
+                "FastIO entry {:?} has no memory yet (shape {:?}): set its dynamic dimensions \
+                 with update_shape first",
+                self.name,
+                entry.shape()
+            ))),
+        }
+    }
+
     fn numpy<'py>(&self, py: Python<'py>, read_only: bool) -> PyResult<Bound<'py, PyAny>> {
         let view = Bound::new(py, self.view(read_only)?)?;
         py.import("numpy")?.call_method1("asarray", (view,))
@@ -311,6 +326,26 @@ impl FastIOEntry {
         d.set_item("typestr", et.numpy_dtype())?;
         d.set_item("data", view)?;
         Ok(d)
+    }
+
+    /// DLPack export (the Python array API standard), as for `FastIOAllocation`: zero-copy,
+    /// writable for an output, read-only (flagged so) for an input.
+    #[pyo3(signature = (stream = None, *, max_version = None, dl_device = None, copy = None))]
+    fn __dlpack__<'py>(
+        &self,
+        py: Python<'py>,
+        stream: Option<&Bound<'py, PyAny>>,
+        max_version: Option<&Bound<'py, PyAny>>,
+        dl_device: Option<&Bound<'py, PyAny>>,
+        copy: Option<bool>,
+    ) -> PyResult<Py<PyAny>> {
+        self.dlpack_export()?
+            .to_capsule(py, stream, max_version, dl_device, copy)
+    }
+
+    /// `(device_type, device_id)` of the entry's memory, as DLPack numbers them.
+    fn __dlpack_device__(&self) -> PyResult<(u32, i32)> {
+        Ok(self.dlpack_export()?.place().dlpack_device())
     }
 
     /// `<fastio.FastIOEntry 'mask': output uint8 (256, 512, 512), pre-allocated>`.

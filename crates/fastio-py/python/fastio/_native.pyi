@@ -14,6 +14,9 @@ CONTEXT_ENV: str
 class Error(Exception):
     """Raised by every failing Fast I/O call; the message says what went wrong."""
 
+class ExportError(Error, BufferError):
+    """Raised when memory cannot be exported as asked (DLPack, CUDA array interface)."""
+
 class IOAccess(enum.Enum):
     """How a handle may touch its memory."""
 
@@ -74,6 +77,16 @@ class FastIOAllocation:
     def set_values(self, values: npt.ArrayLike | bytes | bytearray | memoryview) -> None: ...
     @property
     def __array_interface__(self) -> dict[str, Any]: ...
+    def __dlpack__(
+        self,
+        stream: int | Any | None = None,
+        *,
+        max_version: tuple[int, int] | None = None,
+        dl_device: tuple[int, int] | None = None,
+        copy: bool | None = None,
+    ) -> Any:
+        """DLPack capsule of the memory (zero-copy unless copy=True; read-only flagged)."""
+    def __dlpack_device__(self) -> tuple[int, int]: ...
     def __buffer__(self, flags: int, /) -> memoryview: ...
     def __enter__(self) -> FastIOAllocation: ...
     def __exit__(self, *args: object) -> Literal[False]: ...
@@ -160,6 +173,16 @@ class FastIOEntry:
     def set_values(self, new_vals: npt.ArrayLike | bytes | bytearray | memoryview) -> None: ...
     @property
     def __array_interface__(self) -> dict[str, Any]: ...
+    def __dlpack__(
+        self,
+        stream: int | Any | None = None,
+        *,
+        max_version: tuple[int, int] | None = None,
+        dl_device: tuple[int, int] | None = None,
+        copy: bool | None = None,
+    ) -> Any:
+        """DLPack capsule of the memory (zero-copy unless copy=True; read-only flagged)."""
+    def __dlpack_device__(self) -> tuple[int, int]: ...
     def __buffer__(self, flags: int, /) -> memoryview: ...
 
 class PayloadEntry:
