@@ -94,7 +94,8 @@ impl Gpu {
                 return Ok(());
             }
         };
-        let context = state.context(stage, inputs, &driver)?;
+        let names: Vec<&str> = inputs.iter().map(FastIoEntry::name).collect();
+        let context = state.context(stage, &names, &driver)?;
         for (name, handle) in &carrying {
             let event = match InterprocessEvent::import(&driver, 0, &IpcEventHandle(handle.0)) {
                 Ok(ev) => ev,
@@ -118,11 +119,7 @@ impl Gpu {
     }
 
     /// The operator's stream (allocated once, held for the run), ordered after every input.
-    pub(crate) fn stream(
-        &self,
-        stage: &str,
-        inputs: &[FastIoEntry],
-    ) -> Result<Stream, OperatorError> {
+    pub(crate) fn stream(&self, stage: &str, inputs: &[&str]) -> Result<Stream, OperatorError> {
         let mut state = self.lock();
         let driver = state.driver(stage)?;
         let context = state.context(stage, inputs, &driver)?;
@@ -209,7 +206,7 @@ impl GpuState {
     fn context(
         &mut self,
         stage: &str,
-        inputs: &[FastIoEntry],
+        inputs: &[&str],
         driver: &CudaDriver,
     ) -> Result<&mut OperatorContext, OperatorError> {
         let context = match self.context.take() {
@@ -217,7 +214,7 @@ impl GpuState {
             None => {
                 let mut builder = OperatorContext::builder(stage).driver(driver.clone());
                 for input in inputs {
-                    builder = builder.input(input.name());
+                    builder = builder.input(*input);
                 }
                 builder
                     .build()

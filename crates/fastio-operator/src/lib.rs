@@ -296,6 +296,18 @@ impl Driver {
         self
     }
 
+    /// The operator's CUDA stream: see [`Payload::cuda_stream`], which is the same call
+    /// (for bindings that reach the driver but not the payload during execute).
+    pub fn cuda_stream(&self) -> Result<cuda_streams::Stream, OperatorError> {
+        let inputs: Vec<&str> = self
+            .info
+            .fastio_inputs
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect();
+        self.gpu.stream(&self.info.stage_name, &inputs)
+    }
+
     /// The job's identifier (a UUID).
     pub fn job_id(&self) -> &str {
         &self.info.job_id
@@ -541,9 +553,7 @@ impl Payload<'_> {
     /// are made final before execute is reported done. Its device is made current on the
     /// calling thread.
     pub fn cuda_stream(&self) -> Result<cuda_streams::Stream, OperatorError> {
-        self.driver
-            .gpu
-            .stream(&self.driver.info.stage_name, &self.fastio_inputs)
+        self.driver.cuda_stream()
     }
 
     /// The job's Fast I/O context.

@@ -497,6 +497,7 @@ fn collection(items: Vec<(String, Py<PyAny>)>) -> PayloadCollection {
 /// the FastIO entries. Valid only during the execute handler.
 #[pyclass(frozen, module = "fastio")]
 pub struct Payload {
+    driver: Py<Driver>,
     context: Py<FastIOContext>,
     input_entries: Py<PayloadCollection>,
     output_entries: Py<PayloadCollection>,
@@ -545,6 +546,19 @@ impl Payload {
     /// The FastIO output `name`.
     fn fastio_output(&self, py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         self.fastio_outputs.get().__getitem__(py, name)
+    }
+
+    /// The operator's CUDA stream, as an int (a `CUstream`/`cudaStream_t`): allocated from
+    /// the operator's stream pool the first time and held for the run, already ordered
+    /// (GPU-side, the host did not wait) after every FastIO input's producer. Queue this
+    /// execute's GPU work on it, e.g. under `torch.cuda.ExternalStream(s)` or
+    /// `cupy.cuda.ExternalStream(s)`; at the end of execute an event recorded on it goes
+    /// with every output, so downstream operators wait for this work. Its device is made
+    /// current. Raises `fastio.Error` where there is no CUDA device.
+    fn cuda_stream(&self, py: Python<'_>) -> PyResult<usize> {
+        let driver = self.driver.get();
+        py.detach(|| driver.driver.cuda_stream().map(|s| s.as_raw()))
+            .map_err(error)
     }
 
     /// `<fastio.Payload inputs [...], outputs [...], FastIO inputs [...], FastIO outputs [...]>`.
@@ -805,7 +819,14 @@ impl Callbacks for PyCallbacks {
         let inputs = open(&info.fastio_inputs)?;
         let outputs = open(&info.fastio_outputs)?;
         Python::attach(|py| {
-            let payload_obj = build_payload(py, driver, payload, inputs, outputs)?;
+            let payload_obj = build_payload(
+                py,
+                self.driver.clone_ref(py),
+                driver,
+                payload,
+                inputs,
+                outputs,
+            )?;
             let args = PyTuple::new(
                 py,
                 [
@@ -826,6 +847,7 @@ impl Callbacks for PyCallbacks {
 
 fn build_payload(
     py: Python<'_>,
+    driver_obj: Py<Driver>,
     driver: &fastio_operator::Driver,
     payload: &fastio_operator::Payload<'_>,
     inputs: Vec<FastIoEntry>,
@@ -849,6 +871,7 @@ fn build_payload(
     Py::new(
         py,
         Payload {
+            driver: driver_obj,
             context: Py::new(py, FastIOContext::wrap(driver.context().clone()))?,
             input_entries: path_entries(py, payload.input_entries())?,
             output_entries: path_entries(py, payload.output_entries())?,
