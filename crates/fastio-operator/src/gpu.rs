@@ -141,7 +141,8 @@ impl Gpu {
         outputs: &mut [FastIoEntry],
     ) -> Result<(), OperatorError> {
         let mut state = self.lock();
-        if !std::mem::take(&mut state.used) {
+        // Nothing to order downstream work after, or nobody downstream to order.
+        if !std::mem::take(&mut state.used) || !outputs.iter().any(FastIoEntry::is_allocated) {
             return Ok(());
         }
         let (Some(driver), Some(context)) = (state.driver.clone(), state.context.as_mut()) else {
@@ -165,11 +166,9 @@ impl Gpu {
         }
         state.recorded.push(event);
         // Host outputs are read on the CPU as soon as execute returns.
-        if outputs.iter().any(FastIoEntry::is_allocated) {
-            stream
-                .synchronize()
-                .map_err(|e| fail("finishing its work on host outputs", e))?;
-        }
+        stream
+            .synchronize()
+            .map_err(|e| fail("finishing its work on host outputs", e))?;
         Ok(())
     }
 

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use fastio_context::job::{EntryId, EntryPlan, Job, JobPlan, StagePlan};
 use fastio_context::{EventHandle, Server, ServerConfig};
 use fastio_meta::ElementType;
+use fastio_operator::cuda_streams::testing::FakeCall;
 use fastio_operator::cuda_streams::{self, Driver as CudaDriver};
 use fastio_operator::{Driver, Lifecycle, OperatorError};
 
@@ -67,13 +68,15 @@ fn fake_event_number(handle: &EventHandle) -> u64 {
 #[test]
 fn an_operator_stream_orders_the_next_operator_after_it_through_the_outputs_event() {
     let server = server();
-    let producer_stream = Arc::new(Mutex::new(None));
 
-    // The producer queues its work on its stream.
+    // The producer queues its work on its stream; the event its output carries is recorded
+    // on that stream.
+    let producer_cuda = CudaDriver::fake(1);
+    let producer_stream = Arc::new(Mutex::new(None));
     let seen = producer_stream.clone();
     Driver::join(server.local_operator_context(0))
         .unwrap()
-        .with_cuda_driver(CudaDriver::fake(1))
+        .with_cuda_driver(producer_cuda.clone())
         .run(&mut Lifecycle::new().execute(move |_, payload| {
             let stream = payload.cuda_stream()?;
             // Held for the run: the same stream again.
@@ -83,54 +86,100 @@ fn an_operator_stream_orders_the_next_operator_after_it_through_the_outputs_even
             Ok(())
         }))
         .unwrap();
-    assert!(producer_stream.lock().unwrap().is_some());
+    let producer_stream = producer_stream.lock().unwrap().unwrap();
+    let recorded = records(&producer_cuda);
+    assert_eq!(recorded.len(), 1, "one event for the outputs: {recorded:?}");
+    assert_eq!(recorded[0].1, producer_stream);
 
-    // The middle operator finds the producer's event on its input, and its own stream (already
-    // ordered after it when execute starts) records a new one for its output.
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let got = events.clone();
+    // The middle operator finds that event on its input; its stream waited on it before
+    // execute ran (nothing is recorded or waited on by execute itself here).
+    let middle_cuda = CudaDriver::fake(1);
+    let observed = Arc::new(Mutex::new(None));
+    let got = observed.clone();
+    let calls = middle_cuda.clone();
     Driver::join(server.local_operator_context(1))
         .unwrap()
-        .with_cuda_driver(CudaDriver::fake(1))
+        .with_cuda_driver(middle_cuda.clone())
         .run(&mut Lifecycle::new().execute(move |_, payload| {
             let input = payload.fastio_input("volume")?;
             let event = input
                 .event()
                 .ok_or("the producer's output carries no event")?;
-            got.lock().unwrap().push(event);
-            let _stream = payload.cuda_stream()?;
+            let waits_before_execute = waits(&calls);
+            let stream = payload.cuda_stream()?;
+            *got.lock().unwrap() = Some((event, waits_before_execute, stream.as_raw()));
             payload.fastio_output("mask")?.set_values(&[2.0f32; 16])?;
             Ok(())
         }))
         .unwrap();
+    let (event, waits_before_execute, middle_stream) = observed.lock().unwrap().take().unwrap();
+    assert_eq!(fake_event_number(&event), recorded[0].0 as u64);
+    assert_eq!(
+        waits_before_execute,
+        vec![(recorded[0].0, Some(middle_stream))],
+        "the middle operator's stream waits on the producer's event, once, before execute"
+    );
+    // Its own output's event is recorded on its stream.
+    assert_eq!(
+        records(&middle_cuda).last().map(|r| r.1),
+        Some(middle_stream)
+    );
 
-    // The consumer sees the middle operator's event.
-    let got = events.clone();
+    // The consumer reads the middle operator's output; it uses no stream, and its fake
+    // shows the wait its receive made all the same (on its own pool's stream).
+    let consumer_cuda = CudaDriver::fake(1);
     Driver::join(server.local_operator_context(2))
         .unwrap()
-        .with_cuda_driver(CudaDriver::fake(1))
+        .with_cuda_driver(consumer_cuda.clone())
         .run(&mut Lifecycle::new().execute(move |_, payload| {
             let input = payload.fastio_input("mask")?;
-            got.lock().unwrap().push(
-                input
-                    .event()
-                    .ok_or("the middle operator's output carries no event")?,
-            );
+            input
+                .event()
+                .ok_or("the middle operator's output carries no event")?;
             assert_eq!(input.to_vec::<f32>()?, vec![2.0; 16]);
             Ok(())
         }))
         .unwrap();
-    let events = events.lock().unwrap();
-    assert_eq!(events.len(), 2);
-    assert!(events.iter().all(|e| fake_event_number(e) > 0));
+    assert_eq!(waits(&consumer_cuda).len(), 1);
+    // It has no outputs: no event is recorded.
+    assert!(records(&consumer_cuda).is_empty());
+}
+
+/// (event, stream) of every record the fake saw.
+fn records(driver: &CudaDriver) -> Vec<(usize, usize)> {
+    cuda_streams::testing::fake_calls(driver)
+        .unwrap()
+        .into_iter()
+        .filter_map(|c| match c {
+            FakeCall::Record {
+                event,
+                stream: Some(stream),
+                ..
+            } => Some((event, stream)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// (event, stream) of every wait the fake saw.
+fn waits(driver: &CudaDriver) -> Vec<(usize, Option<usize>)> {
+    cuda_streams::testing::fake_calls(driver)
+        .unwrap()
+        .into_iter()
+        .filter_map(|c| match c {
+            FakeCall::Wait { event, stream, .. } => Some((event, stream)),
+            _ => None,
+        })
+        .collect()
 }
 
 #[test]
 fn an_operator_that_uses_no_stream_attaches_no_event() {
     let server = server();
+    let cuda = CudaDriver::fake(1);
     Driver::join(server.local_operator_context(0))
         .unwrap()
-        .with_cuda_driver(CudaDriver::fake(1))
+        .with_cuda_driver(cuda.clone())
         .run(&mut Lifecycle::new().execute(|_, payload| {
             payload.fastio_output("volume")?.set_values(&[1.0f32; 16])?;
             Ok(())
@@ -143,6 +192,8 @@ fn an_operator_that_uses_no_stream_attaches_no_event() {
             Ok(())
         }))
         .unwrap();
+    // Not one CUDA record or wait.
+    assert_eq!(cuda_streams::testing::fake_calls(&cuda), Some(vec![]));
 }
 
 #[test]
