@@ -115,6 +115,10 @@ pub(crate) trait ConsumerSync: Send + Sync {
     /// Makes `stream` (a `CUstream` as an integer; 1 and 2 are the legacy and per-thread
     /// default streams) wait for the producer's event.
     fn make_wait(&self, stream: usize) -> Result<(), String>;
+
+    /// A stream of this process already ordered after the producer's work, for the CUDA
+    /// array interface's `stream` (which names a stream the consumer waits on).
+    fn ordered_stream(&self) -> Result<usize, String>;
 }
 
 /// One export of some memory, fixed when it is made: where it is, its element type and
@@ -152,7 +156,6 @@ impl Export {
 
     /// An export of device memory at `device_ptr` on CUDA device `device`; `sync` orders
     /// a consumer's stream after the producer's work (None: nothing to wait for).
-    #[expect(dead_code, reason = "device views are the next commit")]
     pub(crate) fn device(
         keep: Keeper,
         device_ptr: u64,
@@ -178,7 +181,32 @@ impl Export {
         self.place
     }
 
-    fn byte_len(&self) -> usize {
+    /// The address of the first element (a device address for device memory).
+    pub(crate) fn data(&self) -> usize {
+        self.data
+    }
+
+    /// The element type.
+    pub(crate) fn element(&self) -> ElementType {
+        self.element
+    }
+
+    /// The shape, C order.
+    pub(crate) fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The holder may not write the memory.
+    pub(crate) fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// What orders a consumer after the producer, if anything must.
+    pub(crate) fn sync(&self) -> Option<&Arc<dyn ConsumerSync>> {
+        self.sync.as_ref()
+    }
+
+    pub(crate) fn byte_len(&self) -> usize {
         self.shape.iter().product::<usize>() * self.element.size()
     }
 
@@ -229,6 +257,22 @@ impl Export {
                 ));
             }
         }
+        if copy == Some(true) && self.place != Place::Host {
+            return Err(export_error(
+                py,
+                "copy=True is not offered for device memory: export it without a copy and \
+                 copy it with the consumer (e.g. torch's .clone(), CuPy's .copy())",
+            ));
+        }
+        if self.read_only && !versioned && copy != Some(true) {
+            return Err(export_error(
+                py,
+                "this memory is read-only here, and the legacy DLPack capsule a consumer \
+                 gets without max_version cannot say so: call __dlpack__ with \
+                 max_version=(1, 0) (numpy >= 2.1, torch >= 2.5 and CuPy >= 13 do)",
+            ));
+        }
+        // Every refusal is above: a refused request leaves the consumer's stream alone.
         self.synchronise(py, &request)?;
 
         if copy == Some(true) {
@@ -248,14 +292,6 @@ impl Export {
             )?;
             Ok(tensor.into_pyobject(py)?.unbind())
         } else {
-            if self.read_only {
-                return Err(export_error(
-                    py,
-                    "this memory is read-only here, and the legacy DLPack capsule a consumer \
-                     gets without max_version cannot say so: call __dlpack__ with \
-                     max_version=(1, 0) (numpy >= 2.1, torch >= 2.5 and CuPy >= 13 do)",
-                ));
-            }
             let tensor = self.tensor::<DLManagedTensor>(
                 Box::new(self.keep.clone()),
                 self.data,
@@ -317,13 +353,6 @@ impl Export {
         versioned: bool,
         max_version: Option<(u32, u32)>,
     ) -> PyResult<Py<PyAny>> {
-        if self.place != Place::Host {
-            return Err(export_error(
-                py,
-                "copy=True is not offered for device memory: export it without a copy and \
-                 copy it with the consumer (e.g. torch's .clone(), CuPy's .copy())",
-            ));
-        }
         let len = self.byte_len();
         // u64 words keep every element type (at most 8 bytes) aligned.
         let mut words = vec![0u64; len.div_ceil(8)].into_boxed_slice();

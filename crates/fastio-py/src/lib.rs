@@ -17,6 +17,7 @@
 mod allocation;
 mod buffer;
 mod context;
+mod device;
 mod dlpack;
 mod dtype;
 mod listing;
@@ -105,6 +106,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<context::ContextServer>()?;
     m.add_class::<allocation::FastIOAllocation>()?;
     m.add_class::<buffer::View>()?;
+    m.add_class::<device::DeviceView>()?;
     m.add_class::<operator::Driver>()?;
     m.add_class::<operator::Payload>()?;
     m.add_class::<operator::PayloadEntry>()?;

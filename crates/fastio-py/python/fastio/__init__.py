@@ -36,6 +36,7 @@ Every failure raises :class:`fastio.Error` with a message saying what went wrong
 from fastio._native import (
     CONTEXT_ENV,
     ContextServer,
+    DeviceView,
     Driver,
     Error,
     ExportError,
@@ -55,6 +56,7 @@ from fastio._native import (
 __all__ = [
     "CONTEXT_ENV",
     "ContextServer",
+    "DeviceView",
     "Driver",
     "Error",
     "ExportError",
