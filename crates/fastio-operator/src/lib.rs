@@ -179,7 +179,7 @@ pub struct Driver {
     context: Context,
     info: StageInfo,
     standalone: bool,
-    gpu: gpu::Gpu,
+    gpu: Arc<gpu::Gpu>,
 }
 
 impl Driver {
@@ -200,7 +200,7 @@ impl Driver {
             context,
             info,
             standalone: false,
-            gpu: gpu::Gpu::default(),
+            gpu: Arc::default(),
         })
     }
 
@@ -299,13 +299,22 @@ impl Driver {
     /// The operator's CUDA stream: see [`Payload::cuda_stream`], which is the same call
     /// (for bindings that reach the driver but not the payload during execute).
     pub fn cuda_stream(&self) -> Result<cuda_streams::Stream, OperatorError> {
-        let inputs: Vec<&str> = self
-            .info
-            .fastio_inputs
-            .iter()
-            .map(|e| e.name.as_str())
-            .collect();
-        self.gpu.stream(&self.info.stage_name, &inputs)
+        self.cuda_stream_source().cuda_stream()
+    }
+
+    /// A handle that reaches the operator's CUDA stream from anywhere (another thread, a
+    /// C or Python binding's payload object): see [`Payload::cuda_stream`].
+    pub fn cuda_stream_source(&self) -> CudaStreamSource {
+        CudaStreamSource {
+            gpu: self.gpu.clone(),
+            stage: self.info.stage_name.clone(),
+            inputs: self
+                .info
+                .fastio_inputs
+                .iter()
+                .map(|e| e.name.clone())
+                .collect(),
+        }
     }
 
     /// The job's identifier (a UUID).
@@ -436,6 +445,22 @@ impl Driver {
         let failure = result.as_ref().err().map(failure_message);
         self.context.finished(phase, failure)?;
         result
+    }
+}
+
+/// Reaches an operator's CUDA stream ([`Driver::cuda_stream_source`]); cheap to clone.
+#[derive(Clone, Debug)]
+pub struct CudaStreamSource {
+    gpu: Arc<gpu::Gpu>,
+    stage: String,
+    inputs: Vec<String>,
+}
+
+impl CudaStreamSource {
+    /// The operator's CUDA stream: see [`Payload::cuda_stream`].
+    pub fn cuda_stream(&self) -> Result<cuda_streams::Stream, OperatorError> {
+        let inputs: Vec<&str> = self.inputs.iter().map(String::as_str).collect();
+        self.gpu.stream(&self.stage, &inputs)
     }
 }
 
