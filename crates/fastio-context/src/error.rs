@@ -70,6 +70,15 @@ pub enum RequestError {
         /// The name.
         name: String,
     },
+    /// A reader asked to replace or withdraw a publication: only the client that published
+    /// it, or one holding its memory read-write, may.
+    #[error(
+        "{name:?} was published by another client, and this one holds it read-only or not at all: only its publisher or a client holding it read-write may replace or withdraw it"
+    )]
+    NotPublisher {
+        /// The name.
+        name: String,
+    },
     /// The request needs write access, and every handle this client was given to the
     /// resource is read-only.
     #[error("resource #{id} is held read-only by this client; writing needs a read-write handle")]

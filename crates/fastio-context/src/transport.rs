@@ -207,7 +207,7 @@ fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<Se
                 .registry()
                 .publish_as(conn, id, &name, typed, event, replace),
         ),
-        Request::Unpublish { name } => done(shared.registry().unpublish(&name)),
+        Request::Unpublish { name } => done(shared.registry().unpublish(conn, &name)),
         Request::Get { name, access } => grant(shared.registry().get(conn, &name, access)),
         Request::Release { id } => done(shared.registry().release(conn, id)),
         Request::Free { id } => done(shared.registry().free(conn, id)),

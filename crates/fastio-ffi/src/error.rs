@@ -52,6 +52,7 @@ impl From<ContextError> for Error {
                 RequestError::WriterBusy { .. } => NVIDIA_CLARA_RESULT_BUSY,
                 RequestError::InputNotReady { .. } => NVIDIA_CLARA_RESULT_NOT_FOUND,
                 RequestError::ReadOnlyPublication { .. }
+                | RequestError::NotPublisher { .. }
                 | RequestError::ReadOnlyHandle { .. }
                 | RequestError::Sealed { .. } => NVIDIA_CLARA_RESULT_READ_ONLY,
                 RequestError::OutOfMemory { .. }
