@@ -398,7 +398,7 @@ impl Context {
     /// Withdraws the name `name`, whether it names a live publication or one whose
     /// resource was freed, so that it can be published again. Handles already got stay
     /// valid; the memory goes when nothing else keeps it. Fails with
-    /// [`RequestError::UnknownName`](crate::RequestError::UnknownName) when no
+    /// [`UnpublishError::UnknownName`](crate::UnpublishError::UnknownName) when no
     /// publication has the name.
     pub fn unpublish(&self, name: &str) -> Result<(), ContextError> {
         self.call(Request::Unpublish {
@@ -431,7 +431,7 @@ impl Context {
     // The job life-cycle, as the operator API drives it.
 
     /// Joins the job as the operator this connection was made for, and learns its
-    /// entries. Refused with [`RequestError::NotInJob`](crate::RequestError::NotInJob)
+    /// entries. Refused with [`JobError::NotInJob`](crate::JobError::NotInJob)
     /// outside a job.
     pub fn join(&self) -> Result<StageInfo, ContextError> {
         match self.call(Request::Join)? {
@@ -443,7 +443,7 @@ impl Context {
     }
 
     /// Blocks until every upstream operator has finished execute; fails with
-    /// [`RequestError::JobAborted`](crate::RequestError::JobAborted) if the job fails first.
+    /// [`JobError::Aborted`](crate::JobError::Aborted) if the job fails first.
     pub fn await_inputs(&self) -> Result<(), ContextError> {
         self.call(Request::AwaitInputs).map(drop)
     }
@@ -580,11 +580,10 @@ impl Allocation {
         let typed = TypedShape::new(element_type, Shape::new(dims.to_vec())?)?;
         let needed = typed.byte_size();
         if needed > self.size {
-            return Err(crate::RequestError::MetadataTooLarge {
+            return Err(ContextError::MetadataTooLarge {
                 needed,
                 size: self.size,
-            }
-            .into());
+            });
         }
         self.typed = Some(typed);
         Ok(())
@@ -640,7 +639,7 @@ impl Allocation {
     }
 
     /// Takes the resource's write mapping for this client (Clara's writer exclusivity):
-    /// fails with [`RequestError::WriterBusy`](crate::RequestError::WriterBusy) while
+    /// fails with [`WriteError::WriterBusy`](crate::WriteError::WriterBusy) while
     /// another client holds it. Readers are not excluded (dirty reads are allowed, as in
     /// Clara). Given back by [`Allocation::release_write`], or when this client's last
     /// handle to the resource goes or the client disconnects. Advisory: it orders

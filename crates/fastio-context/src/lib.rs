@@ -50,7 +50,10 @@ pub use context::{
     Allocation, Context, CreateOptions, JOB_SECRET_ENV, JOB_SOCKET_ENV, JOB_STAGE_ENV,
 };
 pub use entry::FastIoEntry;
-pub use error::{ContextError, RequestError};
+pub use error::{
+    ContextError, CreateError, EntryError, GetError, JobError, PublishError, ReleaseError,
+    RequestError, UnpublishError, WriteError,
+};
 pub use fastio_shm::{Access, Prefault};
 pub use mapcache::{
     DEFAULT_MAP_CACHE_BYTES, MAP_CACHE_ENV, MappingStats, mapping_stats, set_mapping_cache_bytes,

@@ -14,7 +14,7 @@ use crate::RequestError;
 use crate::job::{EntryId, Phase, ReclaimedHandle, StageInfo};
 
 /// Version of this protocol; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Bytes in an interprocess CUDA event handle (`CUipcEventHandle`).
 pub const EVENT_HANDLE_LEN: usize = 64;
@@ -192,7 +192,7 @@ pub enum Request {
     /// driver made for an operator may join.
     Join,
     /// Blocks until every upstream operator has finished execute; refused with
-    /// [`RequestError::JobAborted`] when the job fails first.
+    /// [`JobError::Aborted`](crate::JobError::Aborted) when the job fails first.
     AwaitInputs,
     /// The operator finished a phase of its life-cycle; `failure` says why it failed.
     /// After execute, the handles the operator still holds are reclaimed and listed in

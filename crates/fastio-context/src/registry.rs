@@ -26,7 +26,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use fastio_meta::{Shape, TypedShape, validate_publication_name};
 use fastio_shm::{Segment, SegmentBuilder};
 
-use crate::RequestError;
+pub use crate::error::MemoryFailure;
+use crate::error::{
+    CreateError, EntryError, GetError, NotHeld, PublishError, ReleaseError, UnpublishError,
+    WriteError,
+};
 use crate::job::{EntryId, EntryPlan, ReclaimedHandle};
 use crate::protocol::{AccessMode, EventHandle, ResourceId, SegmentStats, Stats};
 
@@ -87,6 +91,12 @@ pub struct PooledSegment {
     huge: Arc<HugeState>,
 }
 
+/// Why [`Registry::grant`] refused: turned into the asking operation's error.
+enum Refusal {
+    Sealed,
+    Memory(MemoryFailure),
+}
+
 /// Bytes counted against the headroom while a segment is made outside the lock.
 #[derive(Debug)]
 #[must_use = "give it back with adopt or abandon"]
@@ -97,12 +107,12 @@ pub struct Reservation {
 
 impl Reservation {
     /// Makes the segment (slow: reserves all its memory). Call without the registry lock.
-    pub fn make(&self) -> Result<Segment, RequestError> {
+    pub fn make(&self) -> Result<Segment, MemoryFailure> {
         SegmentBuilder::new(self.size)
             .label("fastio")
             .hugetlb(self.hugetlb)
             .create()
-            .map_err(RequestError::from_segment)
+            .map_err(MemoryFailure::from_segment)
     }
 }
 
@@ -332,7 +342,7 @@ impl Registry {
     /// A new private resource of `size` bytes, held once by `conn`, made under the lock
     /// (for tests and job set-up; the server uses [`Registry::obtain`] and
     /// [`Registry::adopt`] so that making it happens without the lock).
-    pub fn create(&mut self, conn: ConnectionId, size: usize) -> Result<Grant, RequestError> {
+    pub fn create(&mut self, conn: ConnectionId, size: usize) -> Result<Grant, CreateError> {
         let obtained = self.obtain(conn, size, true, false)?;
         let made = match &obtained {
             Obtained::Make(reservation) => Some(reservation.make()),
@@ -357,12 +367,12 @@ impl Registry {
         size: usize,
         writable: bool,
         hugetlb: bool,
-    ) -> Result<Obtained, RequestError> {
+    ) -> Result<Obtained, MemoryFailure> {
         self.obtain_as(conn, size, writable, hugetlb, Recycle::Allowed)
     }
 
     /// [`Registry::obtain`] for a FastIO entry: never a pooled segment.
-    pub fn obtain_fresh(&mut self, size: usize, hugetlb: bool) -> Result<Obtained, RequestError> {
+    pub fn obtain_fresh(&mut self, size: usize, hugetlb: bool) -> Result<Obtained, MemoryFailure> {
         self.obtain_as(ConnectionId(0), size, true, hugetlb, Recycle::Never)
     }
 
@@ -373,7 +383,7 @@ impl Registry {
         writable: bool,
         hugetlb: bool,
         recycle: Recycle,
-    ) -> Result<Obtained, RequestError> {
+    ) -> Result<Obtained, MemoryFailure> {
         let size = size.max(MIN_SEGMENT_BYTES);
         if recycle == Recycle::Allowed
             && let Some(pooled) = self.take_pooled(size, conn, writable, hugetlb)
@@ -387,14 +397,14 @@ impl Registry {
 
     /// Refuses `bytes` more when they, the reservations in flight and the safety margin do
     /// not fit in the memory available now.
-    fn admit(&self, bytes: u64) -> Result<(), RequestError> {
+    fn admit(&self, bytes: u64) -> Result<(), MemoryFailure> {
         if let Some(available) = fastio_shm::available_memory() {
             let wanted = bytes
                 .saturating_add(self.reserving)
                 .saturating_add(fastio_shm::HEADROOM_MARGIN);
             if wanted > available {
                 let free = available.saturating_sub(self.reserving + fastio_shm::HEADROOM_MARGIN);
-                return Err(RequestError::OutOfMemory {
+                return Err(MemoryFailure::OutOfMemory {
                     size: usize::try_from(bytes).unwrap_or(usize::MAX),
                     message: format!(
                         "cannot reserve {bytes} bytes of shared memory: only {free} bytes are available (keeping {} bytes of margin and {} bytes reserved by creates in progress)",
@@ -417,15 +427,15 @@ impl Registry {
     pub fn adopt(
         &mut self,
         obtained: Obtained,
-        made: Option<Result<Segment, RequestError>>,
+        made: Option<Result<Segment, MemoryFailure>>,
         size: usize,
-    ) -> Result<Grant, RequestError> {
+    ) -> Result<Grant, MemoryFailure> {
         let (segment, mapped_by, huge, recycled) = match obtained {
             Obtained::Pooled(p) => (p.segment, p.mapped_by, p.huge, true),
             Obtained::Make(reservation) => {
                 self.abandon(reservation);
                 let segment = made.unwrap_or_else(|| {
-                    Err(RequestError::Internal {
+                    Err(MemoryFailure::System {
                         message: "a reservation was adopted without its segment".into(),
                     })
                 })?;
@@ -441,7 +451,7 @@ impl Registry {
             Ok(copy) => copy,
             Err(e) => {
                 self.dead.push(segment);
-                return Err(RequestError::from_segment(e));
+                return Err(MemoryFailure::from_segment(e));
             }
         };
         let id = ResourceId(self.next_id);
@@ -477,7 +487,7 @@ impl Registry {
 
     /// A new entry resource held by nobody (its caller pins it at once), made under the
     /// lock; never a pooled segment.
-    fn new_resource(&mut self, size: usize) -> Result<Grant, RequestError> {
+    fn new_resource(&mut self, size: usize) -> Result<Grant, MemoryFailure> {
         let obtained = self.obtain_fresh(size, false)?;
         let made = match &obtained {
             Obtained::Make(reservation) => Some(reservation.make()),
@@ -494,7 +504,7 @@ impl Registry {
         name: &str,
         typed: Option<TypedShape>,
         event: Option<EventHandle>,
-    ) -> Result<(), RequestError> {
+    ) -> Result<(), PublishError> {
         self.publish_as(conn, id, name, typed, event, false)
     }
 
@@ -508,21 +518,22 @@ impl Registry {
         typed: Option<TypedShape>,
         event: Option<EventHandle>,
         replace: bool,
-    ) -> Result<(), RequestError> {
-        validate_publication_name(name).map_err(|e| RequestError::InvalidName {
-            message: e.to_string(),
+    ) -> Result<(), PublishError> {
+        validate_publication_name(name).map_err(|e| PublishError::InvalidName {
+            name: name.to_owned(),
+            reason: e.to_string(),
         })?;
         let held = self.check_held(conn, id)?;
         let resource = &self.resources[&id];
         if resource.deleted {
-            return Err(RequestError::Deleted { id: id.0 });
+            return Err(PublishError::Deleted { id: id.0 });
         }
         // Without write access the publication cannot grant it to others either.
         let read_only = !held.writable || resource.sealed;
         if let Some(t) = &typed {
             let need = t.byte_size();
             if need > resource.size {
-                return Err(RequestError::MetadataTooLarge {
+                return Err(PublishError::MetadataTooLarge {
                     needed: need,
                     size: resource.size,
                 });
@@ -530,12 +541,12 @@ impl Registry {
         }
         match self.names.get(name) {
             Some(NameState::Live { .. }) if !replace => {
-                return Err(RequestError::AlreadyPublished {
+                return Err(PublishError::AlreadyPublished {
                     name: name.to_owned(),
                 });
             }
             Some(NameState::Freed) if !replace => {
-                return Err(RequestError::NameFreed {
+                return Err(PublishError::NameFreed {
                     name: name.to_owned(),
                 });
             }
@@ -559,9 +570,9 @@ impl Registry {
 
     /// Withdraws `name`, live or freed, so that it can be published again. Handles got
     /// through it stay valid.
-    pub fn unpublish(&mut self, name: &str) -> Result<(), RequestError> {
+    pub fn unpublish(&mut self, name: &str) -> Result<(), UnpublishError> {
         match self.names.remove(name) {
-            None => Err(RequestError::UnknownName {
+            None => Err(UnpublishError::UnknownName {
                 name: name.to_owned(),
             }),
             state => {
@@ -588,12 +599,12 @@ impl Registry {
         conn: ConnectionId,
         name: &str,
         access: AccessMode,
-    ) -> Result<Grant, RequestError> {
+    ) -> Result<Grant, GetError> {
         let (id, typed, event) = match self.names.get(name) {
             Some(NameState::Live {
                 read_only: true, ..
             }) if access == AccessMode::ReadWrite => {
-                return Err(RequestError::ReadOnlyPublication {
+                return Err(GetError::ReadOnlyPublication {
                     name: name.to_owned(),
                 });
             }
@@ -601,17 +612,23 @@ impl Registry {
                 id, typed, event, ..
             }) => (*id, typed.clone(), *event),
             Some(NameState::Freed) => {
-                return Err(RequestError::NameFreed {
+                return Err(GetError::NameFreed {
                     name: name.to_owned(),
                 });
             }
             None => {
-                return Err(RequestError::UnknownName {
+                return Err(GetError::UnknownName {
                     name: name.to_owned(),
                 });
             }
         };
-        let mut grant = self.grant(conn, id, access, typed)?;
+        let mut grant = self.grant(conn, id, access, typed).map_err(|e| match e {
+            Refusal::Sealed => GetError::Sealed {
+                name: name.to_owned(),
+                id: id.0,
+            },
+            Refusal::Memory(e) => e.into(),
+        })?;
         grant.event = event;
         Ok(grant)
     }
@@ -623,16 +640,16 @@ impl Registry {
         id: ResourceId,
         access: AccessMode,
         typed: Option<TypedShape>,
-    ) -> Result<Grant, RequestError> {
+    ) -> Result<Grant, Refusal> {
         let resource = &self.resources[&id];
         if access == AccessMode::ReadWrite && resource.sealed {
-            return Err(RequestError::Sealed { id: id.0 });
+            return Err(Refusal::Sealed);
         }
         let segment = match access {
             AccessMode::ReadOnly => resource.segment.read_only(),
             AccessMode::ReadWrite => resource.segment.try_clone(),
         }
-        .map_err(RequestError::from_segment)?;
+        .map_err(|e| Refusal::Memory(MemoryFailure::from_segment(e)))?;
         let size = resource.size;
         self.add_handle(conn, id, access == AccessMode::ReadWrite);
         Ok(Grant {
@@ -645,13 +662,31 @@ impl Registry {
         })
     }
 
+    /// [`Registry::grant`] of an entry's memory.
+    fn grant_entry(
+        &mut self,
+        conn: ConnectionId,
+        entry: EntryId,
+        id: ResourceId,
+        access: AccessMode,
+        typed: TypedShape,
+    ) -> Result<Grant, EntryError> {
+        self.grant(conn, id, access, Some(typed))
+            .map_err(|e| match e {
+                Refusal::Sealed => EntryError::Sealed {
+                    name: self.entries[entry.0 as usize].plan.name.clone(),
+                },
+                Refusal::Memory(e) => e.into(),
+            })
+    }
+
     /// Sets up a job's FastIO entries, allocating (zeroed) those whose shape is fully
     /// known. Entry `i` of `plans` becomes `EntryId(i)`.
     ///
     /// The memory of every pre-allocated entry is checked against what is available as a
     /// whole before any of it is allocated: a job that cannot fit fails at once, having
     /// taken nothing.
-    pub fn define_entries(&mut self, plans: &[EntryPlan]) -> Result<(), RequestError> {
+    pub fn define_entries(&mut self, plans: &[EntryPlan]) -> Result<(), EntryError> {
         let mut total = 0u64;
         for plan in plans.iter().filter(|p| p.is_preallocated()) {
             let bytes = plan
@@ -660,22 +695,21 @@ impl Registry {
                 .try_fold(plan.element_type.size() as u64, |acc, &d| {
                     acc.checked_mul(u64::try_from(d).ok()?)
                 })
-                .ok_or_else(|| RequestError::EntryShape {
-                    message: format!(
-                        "FastIO entry {:?} of shape {:?} has more bytes than can be addressed",
-                        plan.name, plan.declared
-                    ),
+                .ok_or_else(|| EntryError::Shape {
+                    name: plan.name.clone(),
+                    dims: plan.declared.iter().map(|&d| d as usize).collect(),
+                    reason: "it has more bytes than can be addressed".into(),
                 })?;
             total = total.saturating_add(bytes);
         }
         self.admit(total).map_err(|e| match e {
-            RequestError::OutOfMemory { message, .. } => RequestError::OutOfMemory {
+            MemoryFailure::OutOfMemory { message, .. } => EntryError::OutOfMemory {
                 size: usize::try_from(total).unwrap_or(usize::MAX),
                 message: format!(
                     "the job's pre-allocated FastIO entries need {total} bytes together; nothing was allocated: {message}"
                 ),
             },
-            other => other,
+            other => other.into(),
         })?;
         for plan in plans {
             self.entries.push(EntrySlot {
@@ -695,8 +729,8 @@ impl Registry {
                         fastio_shm::Access::ReadWrite,
                         fastio_shm::Prefault::Lazy,
                     )
-                    .map_err(RequestError::from_segment)?;
-                    mapping.zero().map_err(RequestError::from_segment)?;
+                    .map_err(MemoryFailure::from_segment)?;
+                    mapping.zero().map_err(MemoryFailure::from_segment)?;
                 }
                 if plan.producer.is_none() {
                     // Nothing in this job writes it: it stays zero for every reader.
@@ -715,7 +749,7 @@ impl Registry {
         entry: EntryId,
         dims: &[usize],
         bytes: &[u8],
-    ) -> Result<(), RequestError> {
+    ) -> Result<(), EntryError> {
         let index = entry.0 as usize;
         let slot = self.entry_slot(entry)?;
         let mismatch = dims.len() != slot.plan.declared.len()
@@ -724,11 +758,10 @@ impl Registry {
                 .zip(&slot.plan.declared)
                 .any(|(&d, &declared)| declared > 0 && d as i64 != declared);
         if mismatch {
-            return Err(RequestError::EntryShape {
-                message: format!(
-                    "{} is declared {:?} (-1 or 0: any), the data has shape {dims:?}",
-                    slot.plan.name, slot.plan.declared
-                ),
+            return Err(EntryError::Shape {
+                name: slot.plan.name.clone(),
+                dims: dims.to_vec(),
+                reason: format!("it is declared {:?} (-1 or 0: any)", slot.plan.declared),
             });
         }
         // Fresh memory: what define_entries gave an entry nobody in the job writes is
@@ -737,10 +770,11 @@ impl Registry {
         let id = self.bind_entry(index, dims, None)?.0;
         let resource = &self.resources[&id];
         if bytes.len() != resource.size {
-            return Err(RequestError::EntryShape {
-                message: format!(
-                    "{} needs {} bytes for shape {dims:?}, the data has {}",
-                    self.entries[index].plan.name,
+            return Err(EntryError::Shape {
+                name: self.entries[index].plan.name.clone(),
+                dims: dims.to_vec(),
+                reason: format!(
+                    "they need {} bytes, the data has {}",
                     resource.size,
                     bytes.len()
                 ),
@@ -751,10 +785,10 @@ impl Registry {
             fastio_shm::Access::ReadWrite,
             fastio_shm::Prefault::Lazy,
         )
-        .map_err(RequestError::from_segment)?;
+        .map_err(MemoryFailure::from_segment)?;
         mapping
             .write_at(0, bytes)
-            .map_err(RequestError::from_segment)?;
+            .map_err(MemoryFailure::from_segment)?;
         drop(mapping);
         if sealed_after {
             self.seal_resource(id)?;
@@ -765,7 +799,7 @@ impl Registry {
     /// Seals the memory of `entries` against writes, for good: their producer has
     /// finished execute, and from now on no descriptor in any process can write it, map it
     /// writable or punch holes in it. Entries without memory are skipped.
-    pub fn seal_entries(&mut self, entries: &[EntryId]) -> Result<(), RequestError> {
+    pub fn seal_entries(&mut self, entries: &[EntryId]) -> Result<(), MemoryFailure> {
         for entry in entries {
             let bound = self
                 .entries
@@ -778,21 +812,21 @@ impl Registry {
         Ok(())
     }
 
-    fn seal_resource(&mut self, id: ResourceId) -> Result<(), RequestError> {
+    fn seal_resource(&mut self, id: ResourceId) -> Result<(), MemoryFailure> {
         if let Some(resource) = self.resources.get_mut(&id) {
             resource
                 .segment
                 .seal_writes()
-                .map_err(RequestError::from_segment)?;
+                .map_err(MemoryFailure::from_segment)?;
             resource.sealed = true;
         }
         Ok(())
     }
 
-    fn entry_slot(&self, entry: EntryId) -> Result<&EntrySlot, RequestError> {
+    fn entry_slot(&self, entry: EntryId) -> Result<&EntrySlot, EntryError> {
         self.entries
             .get(entry.0 as usize)
-            .ok_or(RequestError::UnknownEntry { id: entry.0 })
+            .ok_or(EntryError::UnknownEntry { id: entry.0 })
     }
 
     /// Whether the entry has memory now, and its bytes.
@@ -807,15 +841,15 @@ impl Registry {
         conn: ConnectionId,
         entry: EntryId,
         access: AccessMode,
-    ) -> Result<Grant, RequestError> {
+    ) -> Result<Grant, EntryError> {
         let slot = self.entry_slot(entry)?;
         let Some((id, typed)) = slot.bound.clone() else {
-            return Err(RequestError::EntryNotAllocated {
+            return Err(EntryError::NotAllocated {
                 name: slot.plan.name.clone(),
             });
         };
         let event = slot.event;
-        let mut grant = self.grant(conn, id, access, Some(typed))?;
+        let mut grant = self.grant_entry(conn, entry, id, access, typed)?;
         grant.event = event;
         Ok(grant)
     }
@@ -825,13 +859,13 @@ impl Registry {
         &mut self,
         entry: EntryId,
         event: EventHandle,
-    ) -> Result<(), RequestError> {
+    ) -> Result<(), EntryError> {
         let slot = self
             .entries
             .get_mut(entry.0 as usize)
-            .ok_or(RequestError::UnknownEntry { id: entry.0 })?;
+            .ok_or(EntryError::UnknownEntry { id: entry.0 })?;
         if slot.bound.is_none() {
-            return Err(RequestError::EntryNotAllocated {
+            return Err(EntryError::NotAllocated {
                 name: slot.plan.name.clone(),
             });
         }
@@ -846,10 +880,10 @@ impl Registry {
         conn: ConnectionId,
         entry: EntryId,
         dims: &[usize],
-    ) -> Result<Grant, RequestError> {
+    ) -> Result<Grant, EntryError> {
         self.check_allocate_entry(entry, dims)?;
         let (id, typed, recycled) = self.bind_entry(entry.0 as usize, dims, None)?;
-        let mut grant = self.grant(conn, id, AccessMode::ReadWrite, Some(typed))?;
+        let mut grant = self.grant_entry(conn, entry, id, AccessMode::ReadWrite, typed)?;
         grant.recycled = recycled;
         Ok(grant)
     }
@@ -862,13 +896,13 @@ impl Registry {
         entry: EntryId,
         dims: &[usize],
         memory: Grant,
-    ) -> Result<Grant, RequestError> {
+    ) -> Result<Grant, EntryError> {
         if let Err(e) = self.check_allocate_entry(entry, dims) {
             self.reclaim_if_dead(memory.id);
             return Err(e);
         }
         let (id, typed, recycled) = self.bind_entry(entry.0 as usize, dims, Some(memory))?;
-        let mut grant = self.grant(conn, id, AccessMode::ReadWrite, Some(typed))?;
+        let mut grant = self.grant_entry(conn, entry, id, AccessMode::ReadWrite, typed)?;
         // The producer zeroes a recycled segment as it maps it (as for `create`), rather
         // than the server holding the registry while it clears possibly gigabytes.
         grant.recycled = recycled;
@@ -880,15 +914,12 @@ impl Registry {
         &self,
         entry: EntryId,
         dims: &[usize],
-    ) -> Result<usize, RequestError> {
+    ) -> Result<usize, EntryError> {
         let slot = self.entry_slot(entry)?;
         let plan = &slot.plan;
         if plan.is_preallocated() {
-            return Err(RequestError::EntryShape {
-                message: format!(
-                    "FastIO entry {:?} was pre-allocated with its declared shape; it cannot be allocated again",
-                    plan.name
-                ),
+            return Err(EntryError::Preallocated {
+                name: plan.name.clone(),
             });
         }
         let fits = dims.len() == plan.declared.len()
@@ -897,15 +928,19 @@ impl Registry {
                 .zip(&plan.declared)
                 .all(|(&d, &declared)| declared <= 0 || d as i64 == declared);
         if !fits {
-            return Err(RequestError::EntryShape {
-                message: format!(
-                    "dimensions {dims:?} do not fit FastIO entry {:?} declared as {:?}: every dimension must equal the declaration where it is not dynamic",
-                    plan.name, plan.declared
+            return Err(EntryError::Shape {
+                name: plan.name.clone(),
+                dims: dims.to_vec(),
+                reason: format!(
+                    "it is declared {:?}, and every dimension must equal the declaration where it is not dynamic",
+                    plan.declared
                 ),
             });
         }
-        let shape_error = |e: fastio_meta::MetaError| RequestError::EntryShape {
-            message: e.to_string(),
+        let shape_error = |e: fastio_meta::MetaError| EntryError::Shape {
+            name: plan.name.clone(),
+            dims: dims.to_vec(),
+            reason: e.to_string(),
         };
         let typed = TypedShape::new(
             plan.element_type,
@@ -923,10 +958,13 @@ impl Registry {
         index: usize,
         dims: &[usize],
         memory: Option<Grant>,
-    ) -> Result<(ResourceId, TypedShape, bool), RequestError> {
+    ) -> Result<(ResourceId, TypedShape, bool), EntryError> {
         let element_type = self.entries[index].plan.element_type;
-        let shape_error = |e: fastio_meta::MetaError| RequestError::EntryShape {
-            message: e.to_string(),
+        let name = self.entries[index].plan.name.clone();
+        let shape_error = |e: fastio_meta::MetaError| EntryError::Shape {
+            name: name.clone(),
+            dims: dims.to_vec(),
+            reason: e.to_string(),
         };
         let typed = TypedShape::new(
             element_type,
@@ -953,7 +991,7 @@ impl Registry {
     }
 
     /// Drops one handle `conn` holds.
-    pub fn release(&mut self, conn: ConnectionId, id: ResourceId) -> Result<(), RequestError> {
+    pub fn release(&mut self, conn: ConnectionId, id: ResourceId) -> Result<(), ReleaseError> {
         self.check_held(conn, id)?;
         let held = self
             .connections
@@ -977,32 +1015,24 @@ impl Registry {
 
     /// Takes the write mapping of a resource `conn` holds: refused while another
     /// connection has it.
-    pub fn acquire_write(
-        &mut self,
-        conn: ConnectionId,
-        id: ResourceId,
-    ) -> Result<(), RequestError> {
+    pub fn acquire_write(&mut self, conn: ConnectionId, id: ResourceId) -> Result<(), WriteError> {
         if !self.check_held(conn, id)?.writable {
-            return Err(RequestError::ReadOnlyHandle { id: id.0 });
+            return Err(WriteError::ReadOnlyHandle { id: id.0 });
         }
         let resource = self.resources.get_mut(&id).expect("held resources exist");
         if resource.sealed {
-            return Err(RequestError::Sealed { id: id.0 });
+            return Err(WriteError::Sealed { id: id.0 });
         }
         match &mut resource.writer {
             Some((w, count)) if *w == conn => *count += 1,
-            Some(_) => return Err(RequestError::WriterBusy { id: id.0 }),
+            Some(_) => return Err(WriteError::WriterBusy { id: id.0 }),
             None => resource.writer = Some((conn, 1)),
         }
         Ok(())
     }
 
     /// Gives back one write mapping `conn` took.
-    pub fn release_write(
-        &mut self,
-        conn: ConnectionId,
-        id: ResourceId,
-    ) -> Result<(), RequestError> {
+    pub fn release_write(&mut self, conn: ConnectionId, id: ResourceId) -> Result<(), WriteError> {
         self.check_held(conn, id)?;
         let resource = self.resources.get_mut(&id).expect("held resources exist");
         match &mut resource.writer {
@@ -1013,14 +1043,12 @@ impl Registry {
                 }
                 Ok(())
             }
-            _ => Err(RequestError::BadRequest {
-                message: format!("resource {id} is not mapped for writing by this client"),
-            }),
+            _ => Err(WriteError::NotWriter { id: id.0 }),
         }
     }
 
     /// Marks a held resource deleted, so that its names stop resolving, and drops the handle.
-    pub fn free(&mut self, conn: ConnectionId, id: ResourceId) -> Result<(), RequestError> {
+    pub fn free(&mut self, conn: ConnectionId, id: ResourceId) -> Result<(), ReleaseError> {
         self.check_held(conn, id)?;
         // A bound entry must keep its memory for the readers still to come.
         if let Some(slot) = self
@@ -1028,11 +1056,9 @@ impl Registry {
             .iter()
             .find(|e| e.bound.as_ref().is_some_and(|(b, _)| *b == id))
         {
-            return Err(RequestError::EntryAccess {
-                message: format!(
-                    "resource {id} is the memory of FastIO entry {:?}, which the job manages: it cannot be freed; release the handle instead",
-                    slot.plan.name
-                ),
+            return Err(ReleaseError::EntryMemory {
+                id: id.0,
+                entry: slot.plan.name.clone(),
             });
         }
         let resource = self.resources.get_mut(&id).expect("held resources exist");
@@ -1156,7 +1182,7 @@ impl Registry {
         }
     }
 
-    fn check_held(&self, conn: ConnectionId, id: ResourceId) -> Result<Held, RequestError> {
+    fn check_held(&self, conn: ConnectionId, id: ResourceId) -> Result<Held, NotHeld> {
         let held = self
             .connections
             .get(&conn)
@@ -1164,7 +1190,7 @@ impl Registry {
             .copied()
             .unwrap_or_default();
         if held.count == 0 {
-            return Err(RequestError::NotHeld { id: id.0 });
+            return Err(NotHeld(id.0));
         }
         Ok(held)
     }
@@ -1312,7 +1338,7 @@ mod tests {
         assert_eq!(r.stats().resources, 0);
         assert!(matches!(
             r.get(a, "buf", AccessMode::ReadOnly),
-            Err(RequestError::NameFreed { .. })
+            Err(GetError::NameFreed { .. })
         ));
     }
 
@@ -1338,7 +1364,7 @@ mod tests {
         r.publish(c, g.id, "n", None, None).unwrap();
         assert!(matches!(
             r.publish(c, g.id, "n", None, None),
-            Err(RequestError::AlreadyPublished { .. })
+            Err(PublishError::AlreadyPublished { .. })
         ));
         r.publish(c, g.id, "n2", typed(&[2, 5]), None).unwrap();
         assert_eq!(r.stats().publications, 2);
@@ -1351,17 +1377,17 @@ mod tests {
         let g = r.create(a, 10).unwrap();
         assert!(matches!(
             r.publish(b, g.id, "n", None, None),
-            Err(RequestError::NotHeld { .. })
+            Err(PublishError::NotHeld { .. })
         ));
         assert!(matches!(
             r.release(b, g.id),
-            Err(RequestError::NotHeld { .. })
+            Err(ReleaseError::NotHeld { .. })
         ));
-        assert!(matches!(r.free(b, g.id), Err(RequestError::NotHeld { .. })));
+        assert!(matches!(r.free(b, g.id), Err(ReleaseError::NotHeld { .. })));
         r.release(a, g.id).unwrap();
         assert!(matches!(
             r.release(a, g.id),
-            Err(RequestError::NotHeld { .. })
+            Err(ReleaseError::NotHeld { .. })
         ));
     }
 
@@ -1372,7 +1398,7 @@ mod tests {
         let g = r.create(c, 10).unwrap();
         assert!(matches!(
             r.publish(c, g.id, "n", typed(&[11]), None),
-            Err(RequestError::MetadataTooLarge {
+            Err(PublishError::MetadataTooLarge {
                 needed: 11,
                 size: 10
             })
@@ -1517,7 +1543,7 @@ mod writer_tests {
         r.acquire_write(a, g.id).unwrap();
         assert_eq!(
             r.acquire_write(b, g.id),
-            Err(RequestError::WriterBusy { id: g.id.0 })
+            Err(WriteError::WriterBusy { id: g.id.0 })
         );
         r.release_write(a, g.id).unwrap();
         assert!(r.acquire_write(b, g.id).is_err(), "a still holds one");
@@ -1563,7 +1589,7 @@ mod entry_tests {
             .collect();
         let mut r = Registry::new(0);
         let err = r.define_entries(&plans).unwrap_err();
-        assert!(matches!(err, RequestError::OutOfMemory { .. }), "{err}");
+        assert!(matches!(err, EntryError::OutOfMemory { .. }), "{err}");
         assert!(err.to_string().contains("nothing was allocated"), "{err}");
         let s = r.stats();
         assert_eq!((s.segments_created, s.resources, s.live_bytes), (0, 0, 0));
@@ -1577,7 +1603,7 @@ mod entry_tests {
         let g = r.allocate_entry(c, EntryId(0), &[4]).unwrap();
         assert!(matches!(
             r.free(c, g.id),
-            Err(RequestError::EntryAccess { .. })
+            Err(ReleaseError::EntryMemory { .. })
         ));
         r.release(c, g.id).unwrap();
         // The entry still holds it: a reader opens it.
@@ -1642,7 +1668,7 @@ mod read_only_tests {
         r.publish(reader, input.id, "alias", None, None).unwrap();
         assert_eq!(
             r.get(other, "alias", AccessMode::ReadWrite).unwrap_err(),
-            RequestError::ReadOnlyPublication {
+            GetError::ReadOnlyPublication {
                 name: "alias".into()
             }
         );
@@ -1662,7 +1688,7 @@ mod read_only_tests {
         r.get(b, "w", AccessMode::ReadOnly).unwrap();
         assert_eq!(
             r.acquire_write(b, g.id),
-            Err(RequestError::ReadOnlyHandle { id: g.id.0 })
+            Err(WriteError::ReadOnlyHandle { id: g.id.0 })
         );
         r.acquire_write(a, g.id).unwrap();
     }
@@ -1681,16 +1707,21 @@ mod read_only_tests {
         assert_eq!(
             r.open_entry(producer, EntryId(0), AccessMode::ReadWrite)
                 .unwrap_err(),
-            RequestError::Sealed { id: out.id.0 }
+            EntryError::Sealed {
+                name: "volume".into()
+            }
         );
         assert_eq!(
             r.get(reader, "published-output", AccessMode::ReadWrite)
                 .unwrap_err(),
-            RequestError::Sealed { id: out.id.0 }
+            GetError::Sealed {
+                name: "published-output".into(),
+                id: out.id.0
+            }
         );
         assert_eq!(
             r.acquire_write(producer, out.id),
-            Err(RequestError::Sealed { id: out.id.0 })
+            Err(WriteError::Sealed { id: out.id.0 })
         );
         // Descriptor tricks on a reader's descriptor: reopened for writing (as root, whom
         // the inode's mode does not stop), it still cannot write, punch or map writable.
@@ -1743,7 +1774,7 @@ mod read_only_tests {
         let c = r.connect();
         assert!(matches!(
             r.open_entry(c, EntryId(0), AccessMode::ReadWrite),
-            Err(RequestError::Sealed { .. })
+            Err(EntryError::Sealed { .. })
         ));
     }
 }

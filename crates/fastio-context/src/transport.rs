@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use fastio_shm::Segment;
 use fastio_shm::transfer::{recv_message, send_message};
 
+use crate::error::{CreateError, EntryError, JobError, MemoryFailure};
 use crate::job::{EntryId, Job, Phase};
 use crate::protocol::{AccessMode, PROTOCOL_VERSION, Request, Response};
 use crate::registry::{ConnectionId, Grant, Obtained, Registry};
@@ -95,12 +96,7 @@ impl Shared {
 
     /// A resource of `size` bytes held by `conn`, made without holding the registry's lock
     /// while its memory is reserved.
-    fn create(
-        &self,
-        conn: ConnectionId,
-        size: usize,
-        hugetlb: bool,
-    ) -> Result<Grant, RequestError> {
+    fn create(&self, conn: ConnectionId, size: usize, hugetlb: bool) -> Result<Grant, CreateError> {
         let obtained = self.registry().obtain(conn, size, true, hugetlb)?;
         let (mut registry, grant) = self.adopt(obtained, size)?;
         registry.hold_new(conn, grant.id);
@@ -114,7 +110,7 @@ impl Shared {
         &self,
         obtained: Obtained,
         size: usize,
-    ) -> Result<(MutexGuard<'_, Registry>, Grant), RequestError> {
+    ) -> Result<(MutexGuard<'_, Registry>, Grant), MemoryFailure> {
         let made = match &obtained {
             Obtained::Make(reservation) => Some(reservation.make()),
             Obtained::Pooled(_) => None,
@@ -130,7 +126,7 @@ impl Shared {
         conn: ConnectionId,
         entry: EntryId,
         dims: &[usize],
-    ) -> Result<Grant, RequestError> {
+    ) -> Result<Grant, EntryError> {
         let size = self.registry().check_allocate_entry(entry, dims)?;
         // Entry memory is always fresh (see `Registry::obtain_fresh`).
         let obtained = self.registry().obtain_fresh(size, false)?;
@@ -159,9 +155,12 @@ pub(crate) fn dispatch(
     answer
 }
 
-fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<Segment>) {
-    let refused = |e: RequestError| (Response::Refused(e), None);
-    let grant = |g: Result<Grant, RequestError>| match g {
+fn refused(e: impl Into<RequestError>) -> (Response, Option<Segment>) {
+    (Response::Refused(e.into()), None)
+}
+
+fn grant<E: Into<RequestError>>(g: Result<Grant, E>) -> (Response, Option<Segment>) {
+    match g {
         Ok(g) => (
             Response::Handle {
                 id: g.id,
@@ -173,11 +172,17 @@ fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<Se
             Some(g.segment),
         ),
         Err(e) => refused(e),
-    };
-    let done = |r: Result<(), RequestError>| match r {
+    }
+}
+
+fn done<E: Into<RequestError>>(r: Result<(), E>) -> (Response, Option<Segment>) {
+    match r {
         Ok(()) => (Response::Done, None),
         Err(e) => refused(e),
-    };
+    }
+}
+
+fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<Segment>) {
     let conn = peer.conn;
     match request {
         Request::Hello { version } if version == PROTOCOL_VERSION => (
@@ -264,10 +269,10 @@ fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<Se
     }
 }
 
-fn job_stage(shared: &Shared, peer: Peer) -> Result<(&Job, usize), RequestError> {
+fn job_stage(shared: &Shared, peer: Peer) -> Result<(&Job, usize), JobError> {
     match (&shared.job, peer.stage) {
         (Some(job), Some(stage)) => Ok((job, stage)),
-        _ => Err(RequestError::NotInJob),
+        _ => Err(JobError::NotInJob),
     }
 }
 
@@ -280,38 +285,30 @@ fn entry_access(
     peer: Peer,
     entry: EntryId,
     access: AccessMode,
-) -> Result<(), RequestError> {
-    let (job, stage) = job_stage(shared, peer)?;
+) -> Result<(), EntryError> {
+    let (job, stage) = job_stage(shared, peer).map_err(|_| EntryError::NotInJob)?;
     let plan = job.plan();
     let entry_plan = plan
         .entries
         .get(entry.0 as usize)
-        .ok_or(RequestError::UnknownEntry { id: entry.0 })?;
+        .ok_or(EntryError::UnknownEntry { id: entry.0 })?;
     let name = &entry_plan.name;
     match (plan.access(stage, entry), access) {
         (Some(AccessMode::ReadWrite), AccessMode::ReadWrite) if job.has_executed(stage) => {
-            Err(RequestError::EntryAccess {
-                message: format!(
-                    "FastIO output {name:?} is final: this operator has finished execute"
-                ),
-            })
+            Err(EntryError::OutputFinal { name: name.clone() })
         }
         (Some(AccessMode::ReadOnly), _)
             if entry_plan.producer.is_some_and(|p| !job.has_executed(p)) =>
         {
-            Err(RequestError::InputNotReady { name: name.clone() })
+            Err(EntryError::InputNotReady { name: name.clone() })
         }
         (Some(AccessMode::ReadWrite), _) | (Some(AccessMode::ReadOnly), AccessMode::ReadOnly) => {
             Ok(())
         }
-        (Some(AccessMode::ReadOnly), AccessMode::ReadWrite) => Err(RequestError::EntryAccess {
-            message: format!("FastIO entry {name:?} is an input of this operator: it is read-only"),
-        }),
-        (None, _) => Err(RequestError::EntryAccess {
-            message: format!(
-                "FastIO entry {name:?} is neither an input nor an output of this operator"
-            ),
-        }),
+        (Some(AccessMode::ReadOnly), AccessMode::ReadWrite) => {
+            Err(EntryError::InputReadOnly { name: name.clone() })
+        }
+        (None, _) => Err(EntryError::NotOfOperator { name: name.clone() }),
     }
 }
 

@@ -2,7 +2,10 @@
 //! and the wider set of publication names; run over both transports (in-process and the
 //! socket), which share one dispatch.
 
-use fastio_context::{Context, ContextError, RequestError, Server, ServerConfig};
+use fastio_context::{
+    Context, ContextError, GetError, PublishError, RequestError, Server, ServerConfig,
+    UnpublishError,
+};
 
 /// Runs `check` on an in-process context and on two clients of a server.
 fn both(check: impl Fn(&Context, &Context)) {
@@ -26,7 +29,13 @@ fn publishing_a_taken_name_is_refused_by_default_and_says_how_to_replace_it() {
     both(|a, _| {
         a.publish_slice(&[1u8], &[1], "x").unwrap();
         let e = refused(a.publish_slice(&[2u8], &[1], "x").unwrap_err());
-        assert!(matches!(e, RequestError::AlreadyPublished { .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                RequestError::Publish(PublishError::AlreadyPublished { .. })
+            ),
+            "{e}"
+        );
         assert!(e.to_string().contains("replace it or unpublish it"), "{e}");
     });
 }
@@ -78,7 +87,10 @@ fn a_freed_name_can_be_replaced_or_unpublished_and_published_again() {
         a.publish_slice(&[1u8], &[1], "n").unwrap();
         b.get("n").unwrap().free().unwrap();
         let e = refused(a.publish_slice(&[2u8], &[1], "n").unwrap_err());
-        assert!(matches!(e, RequestError::NameFreed { .. }), "{e}");
+        assert!(
+            matches!(e, RequestError::Publish(PublishError::NameFreed { .. })),
+            "{e}"
+        );
 
         let x = a.create(1).unwrap();
         x.publish_replacing("n").unwrap();
@@ -88,7 +100,7 @@ fn a_freed_name_can_be_replaced_or_unpublished_and_published_again() {
         b.unpublish("n").unwrap();
         assert!(matches!(
             refused(a.get("n").unwrap_err()),
-            RequestError::UnknownName { .. }
+            RequestError::Get(GetError::UnknownName { .. })
         ));
         a.publish_slice(&[3u8], &[1], "n").unwrap();
         assert_eq!(b.get("n").unwrap().to_vec::<u8>().unwrap(), vec![3]);
@@ -107,7 +119,7 @@ fn unpublishing_withdraws_the_name_and_frees_memory_nobody_holds() {
         assert_eq!(after.publications, before.publications);
         assert!(matches!(
             refused(b.unpublish("tmp").unwrap_err()),
-            RequestError::UnknownName { .. }
+            RequestError::Unpublish(UnpublishError::UnknownName { .. })
         ));
     });
 }
@@ -136,7 +148,10 @@ fn publication_names_take_dots_slashes_and_colons_but_stay_safe_paths() {
         }
         for bad in ["/abs", "a/../b", "a//b", "tail/", "a b"] {
             let e = refused(a.publish_slice(&[1u8], &[1], bad).unwrap_err());
-            assert!(matches!(e, RequestError::InvalidName { .. }), "{bad}: {e}");
+            assert!(
+                matches!(e, RequestError::Publish(PublishError::InvalidName { .. })),
+                "{bad}: {e}"
+            );
         }
     });
 }

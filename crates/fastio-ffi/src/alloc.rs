@@ -140,17 +140,8 @@ pub unsafe extern "C" fn nvidia_clara_fastio__publish(
     name: *const c_char,
 ) -> result {
     guard("nvidia_clara_fastio__publish", || {
-        // SAFETY: NULL or NUL-terminated by the C caller's contract.
-        let name = unsafe { str_arg(name, "name") }?;
-        let (_, context_token) = context_of(context)?;
-        with_alloc(alloc, |live| {
-            if live.context != context_token {
-                return Err(Error::invalid(
-                    "`alloc` belongs to another context than `context`",
-                ));
-            }
-            Ok(live.allocation.publish(name)?)
-        })
+        // SAFETY: forwarded: the same contract as this function's.
+        unsafe { publish(context, alloc, name, Publish::Once) }
     })
 }
 
@@ -169,17 +160,41 @@ pub unsafe extern "C" fn nvidia_clara_fastio__publish_replace(
     name: *const c_char,
 ) -> result {
     guard("nvidia_clara_fastio__publish_replace", || {
-        // SAFETY: NULL or NUL-terminated by the C caller's contract.
-        let name = unsafe { str_arg(name, "name") }?;
-        let (_, context_token) = context_of(context)?;
-        with_alloc(alloc, |live| {
-            if live.context != context_token {
-                return Err(Error::invalid(
-                    "`alloc` belongs to another context than `context`",
-                ));
-            }
-            Ok(live.allocation.publish_replacing(name)?)
-        })
+        // SAFETY: forwarded: the same contract as this function's.
+        unsafe { publish(context, alloc, name, Publish::Replacing) }
+    })
+}
+
+/// Whether a publish may replace a publication that has the name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Publish {
+    Once,
+    Replacing,
+}
+
+/// The body of both publish functions.
+///
+/// # Safety
+/// `name` is NULL or a NUL-terminated string.
+unsafe fn publish(
+    context: *mut nvidia_clara_fastio_context,
+    alloc: *mut nvidia_clara_fastio_alloc,
+    name: *const c_char,
+    how: Publish,
+) -> Result<(), Error> {
+    // SAFETY: NULL or NUL-terminated by the C caller's contract.
+    let name = unsafe { str_arg(name, "name") }?;
+    let (_, context_token) = context_of(context)?;
+    with_alloc(alloc, |live| {
+        if live.context != context_token {
+            return Err(Error::invalid(
+                "`alloc` belongs to another context than `context`",
+            ));
+        }
+        Ok(match how {
+            Publish::Once => live.allocation.publish(name),
+            Publish::Replacing => live.allocation.publish_replacing(name),
+        }?)
     })
 }
 

@@ -31,7 +31,9 @@ impl Handle {
     fn with<T>(&self, f: impl FnOnce(&mut Allocation) -> PyResult<T>) -> PyResult<T> {
         match self.lock().as_mut() {
             Some(a) => f(a),
-            None => Err(error("this allocation was released")),
+            None => Err(crate::InvalidHandleError::new_err(
+                "this allocation was released",
+            )),
         }
     }
 
@@ -45,10 +47,13 @@ impl Handle {
         f: impl FnOnce(&mut Allocation) -> Result<T, ContextError> + Send,
     ) -> PyResult<T> {
         py.detach(|| match self.lock().as_mut() {
-            Some(a) => f(a).map_err(|e| e.to_string()),
-            None => Err("this allocation was released".to_owned()),
+            Some(a) => f(a).map_err(Some),
+            None => Err(None),
         })
-        .map_err(error)
+        .map_err(|e| match e {
+            Some(e) => crate::context_error(&e),
+            None => crate::InvalidHandleError::new_err("this allocation was released"),
+        })
     }
 }
 
@@ -104,10 +109,12 @@ impl FastIOAllocation {
     fn handle(&self) -> PyResult<Arc<Handle>> {
         match &*self.state() {
             State::Live(h) => Ok(h.clone()),
-            State::Released => Err(error(
+            State::Released => Err(crate::InvalidHandleError::new_err(
                 "this allocation was released; get it again by name to use it",
             )),
-            State::Freed => Err(error("this allocation was freed")),
+            State::Freed => Err(crate::InvalidHandleError::new_err(
+                "this allocation was freed",
+            )),
         }
     }
 
@@ -141,8 +148,16 @@ impl FastIOAllocation {
             let mut state = self.state();
             match &*state {
                 State::Live(_) => {}
-                State::Released => return Err(error("this allocation was already released")),
-                State::Freed => return Err(error("this allocation was already freed")),
+                State::Released => {
+                    return Err(crate::InvalidHandleError::new_err(
+                        "this allocation was already released",
+                    ));
+                }
+                State::Freed => {
+                    return Err(crate::InvalidHandleError::new_err(
+                        "this allocation was already freed",
+                    ));
+                }
             }
             let next = if free { State::Freed } else { State::Released };
             match std::mem::replace(&mut *state, next) {
@@ -178,10 +193,15 @@ impl FastIOAllocation {
 
 /// Reads a Python int as a count, raising `fastio.Error` for anything else.
 pub(crate) fn count_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<usize> {
-    let value: i128 = obj
-        .extract()
-        .map_err(|_| error(format!("{what} must be an int, not {}", type_name(obj))))?;
-    usize::try_from(value).map_err(|_| error(format!("{what} must be >= 0, got {value}")))
+    let value: i128 = obj.extract().map_err(|_| {
+        crate::InvalidArgumentError::new_err(format!(
+            "{what} must be an int, not {}",
+            type_name(obj)
+        ))
+    })?;
+    usize::try_from(value).map_err(|_| {
+        crate::InvalidArgumentError::new_err(format!("{what} must be >= 0, got {value}"))
+    })
 }
 
 /// Reads a Python str, raising `fastio.Error` for anything else, and for a str that is not

@@ -25,11 +25,17 @@ An operator of a pipeline run by ``fastio run`` uses Clara's classes (also impor
 ``fastio.jobs()`` lists the running jobs of this user and ``fastio.inspect(job)`` one job's
 operators, entries and publications with sizes and holders (as ``fastio ps`` / ``fastio ls``).
 
-Every failure raises :class:`fastio.Error` with a message saying what went wrong.
+Every failure raises :class:`fastio.Error` with a message saying what went wrong, or one of
+its subclasses that says which kind of failure it was: ``NotFoundError``,
+``AlreadyPublishedError``, ``ReadOnlyError``, ``BusyError``, ``InvalidHandleError``,
+``InvalidArgumentError``, ``OutOfMemoryError``, ``JobError``, ``ContextGoneError``.
 """
 
 from fastio._native import (
     CONTEXT_ENV,
+    AlreadyPublishedError,
+    BusyError,
+    ContextGoneError,
     ContextServer,
     Driver,
     Error,
@@ -37,9 +43,15 @@ from fastio._native import (
     FastIOContext,
     FastIOEntry,
     IOAccess,
+    InvalidArgumentError,
+    InvalidHandleError,
+    JobError,
+    NotFoundError,
+    OutOfMemoryError,
     Payload,
     PayloadCollection,
     PayloadEntry,
+    ReadOnlyError,
     View,
     inspect,
     jobs,
@@ -48,6 +60,9 @@ from fastio._native import (
 
 __all__ = [
     "CONTEXT_ENV",
+    "AlreadyPublishedError",
+    "BusyError",
+    "ContextGoneError",
     "ContextServer",
     "Driver",
     "Error",
@@ -55,9 +70,15 @@ __all__ = [
     "FastIOContext",
     "FastIOEntry",
     "IOAccess",
+    "InvalidArgumentError",
+    "InvalidHandleError",
+    "JobError",
+    "NotFoundError",
+    "OutOfMemoryError",
     "Payload",
     "PayloadCollection",
     "PayloadEntry",
+    "ReadOnlyError",
     "View",
     "inspect",
     "jobs",

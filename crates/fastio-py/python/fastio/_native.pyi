@@ -14,6 +14,33 @@ CONTEXT_ENV: str
 class Error(Exception):
     """Raised by every failing Fast I/O call; the message says what went wrong."""
 
+class NotFoundError(Error):
+    """No publication, entry or metadata of that name or kind (C: NOT_FOUND)."""
+
+class AlreadyPublishedError(Error):
+    """The name is taken: published already, or freed and not yet withdrawn."""
+
+class ReadOnlyError(Error):
+    """Writing was asked of memory this handle or operator may only read (C: READ_ONLY)."""
+
+class BusyError(Error):
+    """Another handle holds the write mapping: one writer at a time (C: BUSY)."""
+
+class InvalidHandleError(Error):
+    """The handle was released or freed, or was never this client's (C: INVALID_HANDLE)."""
+
+class InvalidArgumentError(Error):
+    """A bad name, type, shape or size (C: INVALID_ARGUMENT)."""
+
+class OutOfMemoryError(Error):
+    """The machine cannot hold the memory asked for."""
+
+class JobError(Error):
+    """A pipeline job's request failed: not in a job, joined twice, or the job aborted."""
+
+class ContextGoneError(Error):
+    """The context cannot be reached: no server, it went away, it timed out, or this process was forked from the one that connected."""
+
 class IOAccess(enum.Enum):
     """How a handle may touch its memory."""
 
