@@ -160,11 +160,11 @@ fn released_or_foreign_handles_are_refused_by_the_server() {
     })) else {
         panic!("no handle")
     };
-    assert_eq!(ask(&json(&Request::Release { id })), Response::Done);
+    assert_eq!(ask(&json(&Request::Release { id, handle: 0 })), Response::Done);
     // Double release, and use after release:
     for request in [
-        Request::Release { id },
-        Request::Free { id },
+        Request::Release { id, handle: 0 },
+        Request::Free { id, handle: 0 },
         Request::Publish {
             id,
             name: "x".into(),

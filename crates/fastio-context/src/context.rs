@@ -295,6 +295,7 @@ impl Context {
             Ok(mapping) => Ok(Allocation {
                 context: self.clone(),
                 id,
+                handle: next_handle(),
                 mapping: Some(mapping),
                 size,
                 typed,
@@ -304,7 +305,7 @@ impl Context {
             }),
             Err(e) => {
                 // The context counted the handle; give it back before reporting.
-                let _ = self.call(Request::Release { id });
+                let _ = self.call(Request::Release { id, handle: 0 });
                 Err(e.into())
             }
         }
@@ -511,6 +512,8 @@ fn inherited_connection(
 pub struct Allocation {
     context: Context,
     id: ResourceId,
+    // This process's number for the handle, which the context knows its write mapping by.
+    handle: u64,
     // `Some` while the handle is live: it is unmapped as it is given up.
     mapping: Option<Mapping>,
     size: usize,
@@ -638,25 +641,34 @@ impl Allocation {
         self.event
     }
 
-    /// Takes the resource's write mapping for this client (Clara's writer exclusivity):
-    /// fails with [`WriteError::WriterBusy`](crate::WriteError::WriterBusy) while
-    /// another client holds it. Readers are not excluded (dirty reads are allowed, as in
-    /// Clara). Given back by [`Allocation::release_write`], or when this client's last
-    /// handle to the resource goes or the client disconnects. Advisory: it orders
-    /// cooperating writers; the memory itself stays writable through this handle.
+    /// Takes the resource's write mapping for this handle (Clara's writer exclusivity:
+    /// a second writer fails to map): fails with
+    /// [`WriteError::WriterBusy`](crate::WriteError::WriterBusy) while another handle,
+    /// in this process or any other of the context, holds it. Readers are not excluded
+    /// (dirty reads are allowed, as in Clara). Counted: a handle may take it more than
+    /// once. Given back by [`Allocation::release_write`], or when this handle is
+    /// released, freed or dropped, or its process's connection closes (even by SIGKILL).
+    /// Advisory: it orders cooperating writers; the memory itself stays writable through
+    /// this handle.
     pub fn acquire_write(&self) -> Result<(), ContextError> {
         if self.access == Access::ReadOnly {
             return Err(ContextError::ReadOnly);
         }
         self.context
-            .call(Request::AcquireWrite { id: self.id })
+            .call(Request::AcquireWrite {
+                id: self.id,
+                handle: self.handle,
+            })
             .map(drop)
     }
 
-    /// Gives back one [`Allocation::acquire_write`].
+    /// Gives back one [`Allocation::acquire_write`] of this handle.
     pub fn release_write(&self) -> Result<(), ContextError> {
         self.context
-            .call(Request::ReleaseWrite { id: self.id })
+            .call(Request::ReleaseWrite {
+                id: self.id,
+                handle: self.handle,
+            })
             .map(drop)
     }
 
@@ -681,10 +693,11 @@ impl Allocation {
         if let Some(mapping) = self.mapping.take() {
             crate::mapcache::park(mapping);
         }
+        let (id, handle) = (self.id, self.handle);
         let request = if free {
-            Request::Free { id: self.id }
+            Request::Free { id, handle }
         } else {
-            Request::Release { id: self.id }
+            Request::Release { id, handle }
         };
         self.context.call(request).map(drop)
     }
@@ -802,6 +815,14 @@ impl Allocation {
         // SAFETY: as in `view`, plus the mapping is writable (checked by `as_mut_ptr`).
         Ok(unsafe { crate::sys::view_mut(ptr.cast(), &dims) })
     }
+}
+
+/// A number for a new handle, unique in this process (so within each of its connections):
+/// the context knows which handle holds a write mapping by it. Never 0, which on the wire
+/// means "not said".
+fn next_handle() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Drop for Allocation {

@@ -161,32 +161,44 @@ pub enum Request {
         /// The access wanted.
         access: AccessMode,
     },
-    /// Drops one handle this connection holds.
+    /// Drops one handle this connection holds; the write mapping goes with it if this
+    /// handle held it.
     Release {
         /// The resource.
         id: ResourceId,
+        /// The client's number for the handle (0: not said).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        handle: u64,
     },
-    /// Marks a held resource deleted (its names stop resolving) and drops one handle.
+    /// Marks a held resource deleted (its names stop resolving) and drops one handle, as
+    /// `Release` does.
     Free {
         /// The resource.
         id: ResourceId,
+        /// The client's number for the handle (0: not said).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        handle: u64,
     },
     /// The context's accounting.
     Stats,
     /// A listing of the context for people: its job's operators, its entries and
     /// publications with sizes and holders ([`crate::listing::Listing`]).
     Inspect,
-    /// Takes the resource's write mapping for this connection (Clara: one writer at a
-    /// time; readers may coexist). Refused while another connection holds it; counted,
-    /// so one connection may take it more than once.
+    /// Takes the resource's write mapping for one handle of this connection (Clara: one
+    /// writer at a time; readers may coexist). Refused while another handle, of this
+    /// connection or another, holds it; counted, so one handle may take it more than once.
     AcquireWrite {
         /// The resource, which this connection must hold.
         id: ResourceId,
+        /// The client's number for the handle, unique within the connection.
+        handle: u64,
     },
-    /// Gives back one `AcquireWrite`.
+    /// Gives back one `AcquireWrite` of the same handle.
     ReleaseWrite {
         /// The resource.
         id: ResourceId,
+        /// The client's number for the handle.
+        handle: u64,
     },
     /// An operator joins its job: the answer is [`Response::Joined`]. Only connections the
     /// driver made for an operator may join.
@@ -227,6 +239,10 @@ pub enum Request {
         /// fixed.
         dims: Vec<usize>,
     },
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What the context answers.

@@ -91,6 +91,15 @@ pub struct PooledSegment {
     huge: Arc<HugeState>,
 }
 
+/// Who holds a resource's write mapping: one handle of one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Writer {
+    conn: ConnectionId,
+    handle: u64,
+    // How many times the handle took it.
+    count: u32,
+}
+
 /// Why [`Registry::grant`] refused: turned into the asking operation's error.
 enum Refusal {
     Sealed,
@@ -126,16 +135,17 @@ struct Resource {
     // Live publications and FastIO entries bound to it: each keeps it alive.
     pins: usize,
     handles: u64,
-    // The connection holding the write mapping, and how many times it took it.
-    writer: Option<(ConnectionId, u32)>,
+    // The handle holding the write mapping (its connection and the client's number for
+    // it), and how many times it took it.
+    writer: Option<Writer>,
     // Sealed against writes (a job output whose producer has finished execute).
     sealed: bool,
 }
 
 impl Resource {
-    /// `conn` stops writing, if it was the writer.
+    /// `conn` stops writing, if one of its handles was the writer.
     fn drop_writer(&mut self, conn: ConnectionId) {
-        if self.writer.is_some_and(|(w, _)| w == conn) {
+        if self.writer.is_some_and(|w| w.conn == conn) {
             self.writer = None;
         }
     }
@@ -990,6 +1000,42 @@ impl Registry {
         Ok((grant.id, typed, grant.recycled))
     }
 
+    /// [`Registry::release`] of handle `handle` (the client's number for it; 0: not
+    /// said): its write mapping goes with it.
+    pub fn release_handle(
+        &mut self,
+        conn: ConnectionId,
+        id: ResourceId,
+        handle: u64,
+    ) -> Result<(), ReleaseError> {
+        self.check_held(conn, id)?;
+        self.drop_handle_writer(conn, id, handle);
+        self.release(conn, id)
+    }
+
+    /// [`Registry::free`] of handle `handle`: its write mapping goes with it.
+    pub fn free_handle(
+        &mut self,
+        conn: ConnectionId,
+        id: ResourceId,
+        handle: u64,
+    ) -> Result<(), ReleaseError> {
+        self.check_held(conn, id)?;
+        self.drop_handle_writer(conn, id, handle);
+        self.free(conn, id)
+    }
+
+    fn drop_handle_writer(&mut self, conn: ConnectionId, id: ResourceId, handle: u64) {
+        if let Some(resource) = self.resources.get_mut(&id)
+            && handle != 0
+            && resource
+                .writer
+                .is_some_and(|w| w.conn == conn && w.handle == handle)
+        {
+            resource.writer = None;
+        }
+    }
+
     /// Drops one handle `conn` holds.
     pub fn release(&mut self, conn: ConnectionId, id: ResourceId) -> Result<(), ReleaseError> {
         self.check_held(conn, id)?;
@@ -1013,9 +1059,15 @@ impl Registry {
         Ok(())
     }
 
-    /// Takes the write mapping of a resource `conn` holds: refused while another
-    /// connection has it.
-    pub fn acquire_write(&mut self, conn: ConnectionId, id: ResourceId) -> Result<(), WriteError> {
+    /// Takes the write mapping of a resource `conn` holds for its handle `handle` (the
+    /// client's number for it): refused while another handle, of this connection or
+    /// another, has it (Clara: a second writer fails to map). Counted per handle.
+    pub fn acquire_write(
+        &mut self,
+        conn: ConnectionId,
+        id: ResourceId,
+        handle: u64,
+    ) -> Result<(), WriteError> {
         if !self.check_held(conn, id)?.writable {
             return Err(WriteError::ReadOnlyHandle { id: id.0 });
         }
@@ -1024,21 +1076,32 @@ impl Registry {
             return Err(WriteError::Sealed { id: id.0 });
         }
         match &mut resource.writer {
-            Some((w, count)) if *w == conn => *count += 1,
+            Some(w) if w.conn == conn && w.handle == handle => w.count += 1,
             Some(_) => return Err(WriteError::WriterBusy { id: id.0 }),
-            None => resource.writer = Some((conn, 1)),
+            None => {
+                resource.writer = Some(Writer {
+                    conn,
+                    handle,
+                    count: 1,
+                })
+            }
         }
         Ok(())
     }
 
-    /// Gives back one write mapping `conn` took.
-    pub fn release_write(&mut self, conn: ConnectionId, id: ResourceId) -> Result<(), WriteError> {
+    /// Gives back one write mapping that handle `handle` of `conn` took.
+    pub fn release_write(
+        &mut self,
+        conn: ConnectionId,
+        id: ResourceId,
+        handle: u64,
+    ) -> Result<(), WriteError> {
         self.check_held(conn, id)?;
         let resource = self.resources.get_mut(&id).expect("held resources exist");
         match &mut resource.writer {
-            Some((w, count)) if *w == conn => {
-                *count -= 1;
-                if *count == 0 {
+            Some(w) if w.conn == conn && w.handle == handle => {
+                w.count -= 1;
+                if w.count == 0 {
                     resource.writer = None;
                 }
                 Ok(())
@@ -1533,29 +1596,62 @@ mod writer_tests {
     use super::*;
 
     #[test]
-    fn one_connection_writes_at_a_time_until_it_lets_go() {
+    fn one_handle_writes_at_a_time_until_it_lets_go() {
         let mut r = Registry::new(0);
         let (a, b) = (r.connect(), r.connect());
         let g = r.create(a, 64).unwrap();
         r.publish(a, g.id, "w", None, None).unwrap();
         r.get(b, "w", AccessMode::ReadWrite).unwrap();
-        r.acquire_write(a, g.id).unwrap();
-        r.acquire_write(a, g.id).unwrap();
+        r.acquire_write(a, g.id, 1).unwrap();
+        r.acquire_write(a, g.id, 1).unwrap();
         assert_eq!(
-            r.acquire_write(b, g.id),
+            r.acquire_write(b, g.id, 1),
             Err(WriteError::WriterBusy { id: g.id.0 })
         );
-        r.release_write(a, g.id).unwrap();
-        assert!(r.acquire_write(b, g.id).is_err(), "a still holds one");
-        r.release_write(a, g.id).unwrap();
-        r.acquire_write(b, g.id).unwrap();
+        r.release_write(a, g.id, 1).unwrap();
+        assert!(r.acquire_write(b, g.id, 1).is_err(), "a still holds one");
+        r.release_write(a, g.id, 1).unwrap();
+        r.acquire_write(b, g.id, 1).unwrap();
         // A writer that goes away, by release or disconnect, lets the next one in.
         r.disconnect(b);
-        r.acquire_write(a, g.id).unwrap();
+        r.acquire_write(a, g.id, 1).unwrap();
         r.release(a, g.id).unwrap();
         let c = r.connect();
         r.get(c, "w", AccessMode::ReadWrite).unwrap();
-        r.acquire_write(c, g.id).unwrap();
+        r.acquire_write(c, g.id, 1).unwrap();
+    }
+
+    #[test]
+    fn a_second_handle_of_the_same_connection_is_a_second_writer() {
+        let mut r = Registry::new(0);
+        let a = r.connect();
+        let g = r.create(a, 64).unwrap();
+        r.publish(a, g.id, "w", None, None).unwrap();
+        r.get(a, "w", AccessMode::ReadWrite).unwrap();
+        r.acquire_write(a, g.id, 1).unwrap();
+        assert_eq!(
+            r.acquire_write(a, g.id, 2),
+            Err(WriteError::WriterBusy { id: g.id.0 })
+        );
+        // Only the writer gives it back.
+        assert_eq!(
+            r.release_write(a, g.id, 2),
+            Err(WriteError::NotWriter { id: g.id.0 })
+        );
+        // Releasing the writing handle lets go, though the connection holds another.
+        r.release_handle(a, g.id, 1).unwrap();
+        r.acquire_write(a, g.id, 2).unwrap();
+        // Releasing another handle does not.
+        let other = r.get(a, "w", AccessMode::ReadWrite).unwrap();
+        r.release_handle(a, other.id, 3).unwrap();
+        assert_eq!(
+            r.acquire_write(a, g.id, 4),
+            Err(WriteError::WriterBusy { id: g.id.0 })
+        );
+        // Freeing the writing handle lets go too.
+        let third = r.get(a, "w", AccessMode::ReadWrite).unwrap();
+        r.free_handle(a, g.id, 2).unwrap();
+        r.acquire_write(a, third.id, 5).unwrap();
     }
 }
 
@@ -1687,10 +1783,10 @@ mod read_only_tests {
         r.publish(a, g.id, "w", None, None).unwrap();
         r.get(b, "w", AccessMode::ReadOnly).unwrap();
         assert_eq!(
-            r.acquire_write(b, g.id),
+            r.acquire_write(b, g.id, 1),
             Err(WriteError::ReadOnlyHandle { id: g.id.0 })
         );
-        r.acquire_write(a, g.id).unwrap();
+        r.acquire_write(a, g.id, 1).unwrap();
     }
 
     #[test]
@@ -1720,7 +1816,7 @@ mod read_only_tests {
             }
         );
         assert_eq!(
-            r.acquire_write(producer, out.id),
+            r.acquire_write(producer, out.id, 1),
             Err(WriteError::Sealed { id: out.id.0 })
         );
         // Descriptor tricks on a reader's descriptor: reopened for writing (as root, whom

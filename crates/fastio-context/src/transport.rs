@@ -214,12 +214,16 @@ fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<Se
         ),
         Request::Unpublish { name } => done(shared.registry().unpublish(&name)),
         Request::Get { name, access } => grant(shared.registry().get(conn, &name, access)),
-        Request::Release { id } => done(shared.registry().release(conn, id)),
-        Request::Free { id } => done(shared.registry().free(conn, id)),
+        Request::Release { id, handle } => done(shared.registry().release_handle(conn, id, handle)),
+        Request::Free { id, handle } => done(shared.registry().free_handle(conn, id, handle)),
         Request::Stats => (Response::Stats(shared.registry().stats()), None),
         Request::Inspect => (Response::Listing(Box::new(shared.listing())), None),
-        Request::AcquireWrite { id } => done(shared.registry().acquire_write(conn, id)),
-        Request::ReleaseWrite { id } => done(shared.registry().release_write(conn, id)),
+        Request::AcquireWrite { id, handle } => {
+            done(shared.registry().acquire_write(conn, id, handle))
+        }
+        Request::ReleaseWrite { id, handle } => {
+            done(shared.registry().release_write(conn, id, handle))
+        }
         Request::Join => match job_stage(shared, peer) {
             Ok((job, stage)) => match job.join(stage) {
                 Ok(info) => (Response::Joined(Box::new(info)), None),

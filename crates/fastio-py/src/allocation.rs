@@ -325,6 +325,24 @@ impl FastIOAllocation {
         self.give_up(py, true)
     }
 
+    /// Takes the write mapping of the memory for this handle (Clara's writer exclusivity:
+    /// a second writer fails to map): raises `fastio.BusyError` while another handle, in
+    /// this process or any other of the context, holds it, and `fastio.ReadOnlyError` on
+    /// a read-only handle. Readers are not excluded (dirty reads are allowed, as in
+    /// Clara). Counted: this handle may take it more than once. Given back by
+    /// `release_write()`, or when the handle is released, freed or collected, or its
+    /// process exits (even killed). Advisory: it orders cooperating writers; views stay
+    /// writable without it.
+    fn acquire_write(&self, py: Python<'_>) -> PyResult<()> {
+        self.detached(py, |a| a.acquire_write())
+    }
+
+    /// Gives back one `acquire_write()` of this handle; raises `fastio.InvalidHandleError`
+    /// when this handle does not hold the write mapping.
+    fn release_write(&self, py: Python<'_>) -> PyResult<()> {
+        self.detached(py, |a| a.release_write())
+    }
+
     /// A zero-copy numpy array over the memory, with the local element type and shape
     /// (a flat uint8 array before they are set). Writable when this handle may write.
     fn as_numpy<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {

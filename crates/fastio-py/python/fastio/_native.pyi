@@ -93,6 +93,13 @@ class FastIOAllocation:
         raises unless ``replace=True``, which replaces that publication."""
     def release(self) -> None: ...
     def free(self) -> None: ...
+    def acquire_write(self) -> None:
+        """Takes the write mapping for this handle (one writer at a time, in every process
+        of the context); raises ``BusyError`` while another handle holds it,
+        ``ReadOnlyError`` on a read-only handle. Given back by ``release_write()`` or when
+        the handle goes."""
+    def release_write(self) -> None:
+        """Gives back one ``acquire_write()`` of this handle."""
     def as_numpy(self) -> npt.NDArray[Any]:
         """Zero-copy view: local type and shape (flat uint8 when untyped)."""
     def get_numpy(self) -> npt.NDArray[Any]:
