@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+pub mod job;
+
 /// A running probe process.
 pub struct Probe {
     child: Child,

@@ -160,7 +160,10 @@ fn released_or_foreign_handles_are_refused_by_the_server() {
     })) else {
         panic!("no handle")
     };
-    assert_eq!(ask(&json(&Request::Release { id, handle: 0 })), Response::Done);
+    assert_eq!(
+        ask(&json(&Request::Release { id, handle: 0 })),
+        Response::Done
+    );
     // Double release, and use after release:
     for request in [
         Request::Release { id, handle: 0 },

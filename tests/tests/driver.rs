@@ -3,82 +3,10 @@
 //! failures (failed execute, crash, SIGKILL, time limit), leaked references, disk entries.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fastio::driver::{JobOptions, JobReport, OperatorState, run_job};
-use fastio::pipeline::Pipeline;
-
-struct Job {
-    dir: tempfile::TempDir,
-}
-
-impl Job {
-    fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("log")
-    }
-
-    /// Parses a definition whose operators all run fastio-test-op; `LOG` is filled in.
-    fn pipeline(&self, yaml: &str) -> Pipeline {
-        let yaml = yaml.replace("$LOG", &self.log_path().display().to_string());
-        let path = self.dir.path().join("pipeline.yaml");
-        std::fs::write(&path, yaml).unwrap();
-        Pipeline::from_path(&path).unwrap()
-    }
-
-    fn options(&self, pipeline: &Pipeline) -> JobOptions {
-        let mut options = JobOptions::for_pipeline(pipeline);
-        options.output_root = self.dir.path().join("out");
-        options.grace = Duration::from_millis(500);
-        options.program_dirs = vec![
-            Path::new(env!("CARGO_BIN_EXE_fastio-test-op"))
-                .parent()
-                .unwrap()
-                .to_owned(),
-        ];
-        options
-    }
-
-    fn run(&self, yaml: &str) -> JobReport {
-        let pipeline = self.pipeline(yaml);
-        run_job(&pipeline, &self.options(&pipeline), &mut |_| {}).unwrap()
-    }
-
-    /// Log lines as (operator, rest).
-    fn log(&self) -> Vec<(String, String)> {
-        std::fs::read_to_string(self.log_path())
-            .unwrap_or_default()
-            .lines()
-            .map(|l| {
-                let (who, rest) = l.split_once(' ').unwrap();
-                (who.to_owned(), rest.to_owned())
-            })
-            .collect()
-    }
-
-    /// When `operator` logged `what` (nanoseconds since the epoch).
-    fn at(&self, operator: &str, what: &str) -> Option<u128> {
-        self.log().into_iter().find_map(|(who, rest)| {
-            let (event, time) = rest.rsplit_once(' ')?;
-            (who == operator && event == what).then(|| time.parse().unwrap())
-        })
-    }
-}
-
-fn outcome<'a>(report: &'a JobReport, operator: &str) -> &'a OperatorState {
-    &report
-        .operators
-        .iter()
-        .find(|o| o.name == operator)
-        .unwrap()
-        .outcome
-}
+use fastio::driver::{OperatorState, run_job};
+use fastio_tests::job::outcome;
 
 const HEADER: &str = "api-version: 0.5.0\nname: t\noperators:\n";
 
@@ -100,7 +28,7 @@ fn stream_in(from: &str) -> String {
 
 #[test]
 fn prepare_runs_before_upstream_execute_ends_and_execute_after_it() {
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     let yaml = format!(
         "{HEADER}{}{}",
         op("first", &[("EXECUTE", "sleep:0.5")], STREAM_OUT),
@@ -113,7 +41,7 @@ fn prepare_runs_before_upstream_execute_ends_and_execute_after_it() {
     assert!(job.at("second", "execute begin").unwrap() > first_executed);
     for operator in ["first", "second"] {
         let order: Vec<String> = job
-            .log()
+            .events()
             .into_iter()
             .filter(|(who, rest)| who == operator && !rest.starts_with("pid"))
             .map(|(_, rest)| rest.rsplit_once(' ').unwrap().0.to_owned())
@@ -168,11 +96,11 @@ fn typed_pipeline(marker: i64) -> String {
 #[test]
 fn dynamic_dimensions_change_only_at_their_indices_and_reach_the_reader() {
     for marker in [-1, 0] {
-        let job = Job::new();
+        let job = fastio_tests::job_dir!();
         let report = job.run(&typed_pipeline(marker));
         assert!(report.succeeded(), "marker {marker}: {}", report.render());
         let checked: Vec<String> = job
-            .log()
+            .events()
             .into_iter()
             .filter(|(who, rest)| who == "check" && rest.starts_with("checked"))
             .map(|(_, rest)| rest.split(' ').nth(1).unwrap().to_owned())
@@ -200,7 +128,7 @@ fn one_array_in(from: &str) -> String {
 
 #[test]
 fn a_write_to_an_input_faults() {
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     let yaml = format!(
         "{HEADER}{}{}",
         op("source", &[("EXECUTE", "produce")], ONE_ARRAY_OUT),
@@ -296,7 +224,7 @@ fn an_input_entry_refuses_writes_keeps_its_data_and_carries_the_producers_event(
 
 #[test]
 fn a_write_through_an_output_kept_past_execute_faults_and_never_lands() {
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     let yaml = format!(
         "{HEADER}{}{}",
         op("source", &[("EXECUTE", "keep-output")], ONE_ARRAY_OUT),
@@ -313,7 +241,7 @@ fn a_write_through_an_output_kept_past_execute_faults_and_never_lands() {
 
 #[test]
 fn a_reader_cannot_publish_its_input_and_get_it_read_write() {
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     let yaml = format!(
         "{HEADER}{}{}",
         op("source", &[("EXECUTE", "produce")], ONE_ARRAY_OUT),
@@ -326,7 +254,7 @@ fn a_reader_cannot_publish_its_input_and_get_it_read_write() {
     let report = job.run(&yaml);
     assert!(report.succeeded(), "{}", report.render());
     let refused = job
-        .log()
+        .events()
         .into_iter()
         .find_map(|(who, rest)| {
             (who == "vandal")
@@ -348,18 +276,9 @@ fn memfds_of_this_process() -> usize {
         .count()
 }
 
-fn alive(pid: u32) -> bool {
-    // A zombie still has /proc/<pid>; its state letter is Z.
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit(')')
-            .next()
-            .is_some_and(|r| !r.trim_start().starts_with('Z'))
-    })
-}
-
 #[test]
 fn sigkill_mid_execute_fails_the_job_and_leaves_nothing_behind() {
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     let yaml = format!(
         "{HEADER}{}{}{}",
         op("victim", &[("EXECUTE", "sleep:60")], ONE_ARRAY_OUT),
@@ -419,11 +338,11 @@ fn sigkill_mid_execute_fails_the_job_and_leaves_nothing_behind() {
         job.at("bystander", "execute end").is_none(),
         "the bystander was stopped"
     );
-    for (who, rest) in job.log() {
+    for (who, rest) in job.events() {
         if let Some(pid) = rest.strip_prefix("pid ") {
             let pid = pid.split(' ').next().unwrap();
             assert!(
-                !alive(pid.parse().unwrap()),
+                !fastio_tests::alive(pid.parse().unwrap()),
                 "{who} ({pid}) outlived the job"
             );
         }
@@ -437,7 +356,7 @@ fn sigkill_mid_execute_fails_the_job_and_leaves_nothing_behind() {
 
 #[test]
 fn the_time_limit_blames_the_running_operator_not_the_one_waiting_for_it() {
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     let yaml = format!(
         "api-version: 0.5.0\nname: t\ntimeout: 1\noperators:\n{}{}",
         op("slow", &[("EXECUTE", "sleep:60")], STREAM_OUT),
@@ -463,7 +382,7 @@ fn the_time_limit_blames_the_running_operator_not_the_one_waiting_for_it() {
 
 #[test]
 fn an_operator_that_had_finished_is_reported_finished_when_another_fails() {
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     // `early` finishes execute and cleanup, then lingers before exiting (as an
     // interpreter tearing down does); `late` fails once early's cleanup has ended.
     let yaml = format!(
@@ -491,7 +410,7 @@ fn an_operator_that_had_finished_is_reported_finished_when_another_fails() {
 
 #[test]
 fn a_failed_execute_is_reported_with_its_stderr_and_cleanup_still_runs() {
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     let yaml = format!(
         "{HEADER}{}{}",
         op(
@@ -521,7 +440,7 @@ fn a_failed_execute_is_reported_with_its_stderr_and_cleanup_still_runs() {
 
 #[test]
 fn a_crash_fails_the_job() {
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     let report = job.run(&format!(
         "{HEADER}{}",
         op("crash", &[("EXECUTE", "exit3")], "")
@@ -534,7 +453,7 @@ fn a_crash_fails_the_job() {
 
 #[test]
 fn references_held_after_execute_are_reclaimed_and_named_by_entry_or_publication() {
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     let report = job.run(&format!(
         "{HEADER}{}{}{}",
         op("leaky", &[("EXECUTE", "hold")], ""),
@@ -558,7 +477,7 @@ fn references_held_after_execute_are_reclaimed_and_named_by_entry_or_publication
 
 #[test]
 fn disk_entries_reach_readers_through_clara_path_variables() {
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     let yaml = format!(
         "{HEADER}{}{}",
         op("writer", &[("EXECUTE", "paths")], STREAM_OUT),
@@ -569,7 +488,7 @@ fn disk_entries_reach_readers_through_clara_path_variables() {
     assert!(
         job.at("reader", "read hello_from_writer").is_some(),
         "{:?}",
-        job.log()
+        job.events()
     );
     let done = report.entries.iter().find(|e| e.name == "done").unwrap();
     assert_eq!(done.bytes, Some("hello from writer".len() as u64));
@@ -578,9 +497,9 @@ fn disk_entries_reach_readers_through_clara_path_variables() {
 
 #[test]
 fn an_operator_runs_alone_with_its_entries_from_the_definition() {
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     let yaml = typed_pipeline(-1).replace("$LOG", &job.log_path().display().to_string());
-    let path = job.dir.path().join("pipeline.yaml");
+    let path = job.root().join("pipeline.yaml");
     std::fs::write(&path, yaml).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_fastio-test-op"))
         .env_remove(fastio::CONTEXT_ENV)
@@ -589,7 +508,7 @@ fn an_operator_runs_alone_with_its_entries_from_the_definition() {
         .env("EXECUTE", "produce")
         .env("SHAPE", "9,5,9,7")
         .env("LOG", job.log_path())
-        .current_dir(job.dir.path())
+        .current_dir(job.root())
         .output()
         .unwrap();
     assert!(
@@ -602,7 +521,7 @@ fn an_operator_runs_alone_with_its_entries_from_the_definition() {
     assert!(
         job.at("produce", "shape cube [3, 5, 224, 7]").is_some(),
         "{:?}",
-        job.log()
+        job.events()
     );
 
     // An input of an operator run alone is pre-allocated and reads as zeroes: the check
@@ -613,7 +532,7 @@ fn an_operator_runs_alone_with_its_entries_from_the_definition() {
         .env("FASTIO_STAGE", "check")
         .env("EXECUTE", "check")
         .env("SHAPE_grid", "3,224,224")
-        .current_dir(job.dir.path())
+        .current_dir(job.root())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
@@ -623,35 +542,35 @@ fn an_operator_runs_alone_with_its_entries_from_the_definition() {
 
 #[test]
 fn processes_an_operator_leaves_behind_go_with_the_job() {
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     let report = job.run(&format!(
         "{HEADER}{}",
         op("parent", &[("EXECUTE", "orphan")], "")
     ));
     assert!(report.succeeded(), "{}", report.render());
     let orphan = job
-        .log()
+        .events()
         .into_iter()
         .find_map(|(_, rest)| rest.strip_prefix("orphan ").map(str::to_owned))
         .unwrap();
     let pid: u32 = orphan.split(' ').next().unwrap().parse().unwrap();
-    fastio_tests::wait_until(Duration::from_secs(5), || Ok(!alive(pid))).unwrap();
+    fastio_tests::wait_until(Duration::from_secs(5), || Ok(!fastio_tests::alive(pid))).unwrap();
 }
 
 #[test]
 fn killing_the_driver_takes_its_operators_with_it() {
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     let yaml = format!(
         "{HEADER}{}{}",
         op("long", &[("EXECUTE", "sleep:60")], ONE_ARRAY_OUT),
         op("waiting", &[], &one_array_in("long")),
     )
     .replace("$LOG", &job.log_path().display().to_string());
-    let path = job.dir.path().join("pipeline.yaml");
+    let path = job.root().join("pipeline.yaml");
     std::fs::write(&path, yaml).unwrap();
     let mut driver = std::process::Command::new(env!("CARGO_BIN_EXE_fastio-test-driver"))
         .arg(&path)
-        .arg(job.dir.path().join("out"))
+        .arg(job.root().join("out"))
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -662,7 +581,7 @@ fn killing_the_driver_takes_its_operators_with_it() {
     driver.kill().unwrap(); // SIGKILL: no clean-up code of the driver runs
     driver.wait().unwrap();
     let pids: Vec<u32> = job
-        .log()
+        .events()
         .into_iter()
         .filter_map(|(_, rest)| {
             rest.strip_prefix("pid ")
@@ -671,7 +590,7 @@ fn killing_the_driver_takes_its_operators_with_it() {
         .collect();
     assert_eq!(pids.len(), 2);
     fastio_tests::wait_until(Duration::from_secs(5), || {
-        Ok(pids.iter().all(|&p| !alive(p)))
+        Ok(pids.iter().all(|&p| !fastio_tests::alive(p)))
     })
     .unwrap();
     assert!(job.at("waiting", "execute begin").is_none());
@@ -679,7 +598,7 @@ fn killing_the_driver_takes_its_operators_with_it() {
 
 #[test]
 fn a_stream_output_holding_files_stops_the_job_unless_replacing_is_allowed() {
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     let pipeline = job.pipeline(&format!(
         "{HEADER}{}",
         op("writer", &[("EXECUTE", "paths")], STREAM_OUT)
@@ -695,7 +614,7 @@ fn a_stream_output_holding_files_stops_the_job_unless_replacing_is_allowed() {
     );
     assert!(greeting.is_file(), "a refused job deletes nothing");
     assert_eq!(
-        job.log()
+        job.events()
             .iter()
             .filter(|(_, rest)| rest.starts_with("pid"))
             .count(),

@@ -4,94 +4,37 @@
 //! log files. Each job runs on a thread with a bound, so a hang fails the test instead of
 //! stalling the run.
 
-use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fastio::driver::{JobOptions, JobReport, OperatorState, OutputSink, Stream, run_job};
 use fastio::pipeline::Pipeline;
+use fastio_tests::job::{JobDir, outcome};
 
 /// Longer than any of these jobs takes when the driver is right.
 const BOUND: Duration = Duration::from_secs(60);
 
-fn test_op() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_fastio-test-op"))
+/// Runs the job on a thread; fails the test if it does not end within [`BOUND`].
+fn run_bounded(pipeline: Pipeline, options: JobOptions) -> JobReport {
+    let (done, result) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(run_job(&pipeline, &options, &mut |_| {}).unwrap());
+    });
+    result
+        .recv_timeout(BOUND)
+        .expect("the driver did not end the job within the bound: it hangs")
 }
 
-struct Job {
-    dir: tempfile::TempDir,
-}
-
-impl Job {
-    fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("log")
-    }
-
-    fn pipeline(&self, yaml: &str) -> Pipeline {
-        let yaml = yaml
-            .replace("$LOG", &self.log_path().display().to_string())
-            .replace("$OP", &test_op().display().to_string());
-        let path = self.dir.path().join("pipeline.yaml");
-        std::fs::write(&path, yaml).unwrap();
-        Pipeline::from_path(&path).unwrap()
-    }
-
-    fn options(&self, pipeline: &Pipeline) -> JobOptions {
-        let mut options = JobOptions::for_pipeline(pipeline);
-        options.output_root = self.dir.path().join("out");
-        options.grace = Duration::from_millis(500);
-        options.program_dirs = vec![test_op().parent().unwrap().to_owned()];
-        options
-    }
-
-    /// Runs the job on a thread; fails the test if it does not end within [`BOUND`].
-    fn run_bounded(&self, pipeline: Pipeline, options: JobOptions) -> JobReport {
-        let (done, result) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = done.send(run_job(&pipeline, &options, &mut |_| {}).unwrap());
-        });
-        result
-            .recv_timeout(BOUND)
-            .expect("the driver did not end the job within the bound: it hangs")
-    }
-
-    /// Values logged as `<operator> <key> <value> <time>`.
-    fn logged(&self, key: &str) -> Vec<String> {
-        std::fs::read_to_string(self.log_path())
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let mut words = l.split(' ');
-                words.next()?;
-                (words.next()? == key).then(|| words.next().map(str::to_owned))?
-            })
-            .collect()
-    }
-}
-
-fn alive(pid: u32) -> bool {
-    // A zombie still has /proc/<pid>; its state letter is Z.
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit(')')
-            .next()
-            .is_some_and(|r| !r.trim_start().starts_with('Z'))
-    })
-}
-
-fn outcome<'a>(report: &'a JobReport, operator: &str) -> &'a OperatorState {
-    &report
-        .operators
-        .iter()
-        .find(|o| o.name == operator)
-        .unwrap()
-        .outcome
+/// Values logged as `<operator> <key> <value> <time>`.
+fn logged(job: &JobDir, key: &str) -> Vec<String> {
+    job.events()
+        .into_iter()
+        .filter_map(|(_, rest)| {
+            let mut words = rest.split(' ');
+            (words.next()? == key).then(|| words.next().map(str::to_owned))?
+        })
+        .collect()
 }
 
 #[test]
@@ -100,7 +43,7 @@ fn a_job_event_after_an_operators_exit_does_not_revive_it() {
     // while `stubborn` (which ignores SIGTERM by then) keeps the job going through the
     // grace period. A shell wrapper looks like a plain program: `uses-driver: true` says
     // it stands for a driver operator, which must join before it exits.
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     let pipeline = job.pipeline(
         "api-version: 0.5.0\nname: t\noperators:\n\
          - name: wrapped\n  command: [sh, -c, 'sleep 1; (sleep 0.5; exec \"$0\") & exit 0', $OP]\n  \
@@ -111,13 +54,17 @@ fn a_job_event_after_an_operators_exit_does_not_revive_it() {
     );
     let mut options = job.options(&pipeline);
     options.grace = Duration::from_secs(2);
-    let report = job.run_bounded(pipeline, options);
+    let report = run_bounded(pipeline, options);
     let OperatorState::Failed(why) = outcome(&report, "wrapped") else {
         panic!("{}", report.render());
     };
     assert!(why.contains("without joining"), "{why}");
     // The late operator did join (the event the driver had to ignore).
-    fastio_tests::wait_until(Duration::from_secs(5), || Ok(job.logged("pid").len() == 2)).unwrap();
+    fastio_tests::wait_until(
+        Duration::from_secs(5),
+        || Ok(logged(&job, "pid").len() == 2),
+    )
+    .unwrap();
 }
 
 #[test]
@@ -125,7 +72,7 @@ fn the_time_limit_holds_after_a_failure_even_with_a_long_grace_period() {
     // `broken` fails after half a second; `stubborn` ignores SIGTERM (an ignored signal
     // stays ignored across exec) and sleeps. The grace period is an hour: only the time
     // limit ends it.
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     let pipeline = job.pipeline(
         "api-version: 0.5.0\nname: t\ntimeout: 2\noperators:\n\
          - name: broken\n  command: [sh, -c, 'sleep 0.5; exit 3']\n\
@@ -134,7 +81,7 @@ fn the_time_limit_holds_after_a_failure_even_with_a_long_grace_period() {
     );
     let mut options = job.options(&pipeline);
     options.grace = Duration::from_secs(3600);
-    let report = job.run_bounded(pipeline, options);
+    let report = run_bounded(pipeline, options);
     let (who, _) = report.failure.clone().unwrap();
     assert_eq!(who, "broken");
     let OperatorState::Cancelled(why) = outcome(&report, "stubborn") else {
@@ -148,9 +95,9 @@ fn the_time_limit_holds_after_a_failure_even_with_a_long_grace_period() {
         .unwrap();
     let exit = stubborn.exit.as_deref().unwrap_or_default();
     assert!(exit.contains("SIGKILL"), "{exit}");
-    for pid in job.logged("pid") {
+    for pid in logged(&job, "pid") {
         assert!(
-            !alive(pid.parse().unwrap()),
+            !fastio_tests::alive(pid.parse().unwrap()),
             "operator {pid} outlived the job"
         );
     }
@@ -158,14 +105,14 @@ fn the_time_limit_holds_after_a_failure_even_with_a_long_grace_period() {
 
 #[test]
 fn output_that_is_not_utf8_is_read_through_and_kept() {
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     let pipeline = job.pipeline(
         "api-version: 0.5.0\nname: t\noperators:\n\
          - name: noisy\n  command: [fastio-test-op]\n  variables:\n    EXECUTE: bytes\n",
     );
     let options = job.options(&pipeline);
     let log = options.output_root.join("logs").join("noisy.log");
-    let report = job.run_bounded(pipeline, options);
+    let report = run_bounded(pipeline, options);
     assert!(report.succeeded(), "{}", report.render());
     let bytes = std::fs::read(log).unwrap();
     assert!(
@@ -177,28 +124,30 @@ fn output_that_is_not_utf8_is_read_through_and_kept() {
 
 #[test]
 fn a_process_that_escapes_into_its_own_session_neither_stalls_nor_outlives_the_job() {
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     let pipeline = job.pipeline(
         "api-version: 0.5.0\nname: t\noperators:\n\
          - name: daemonizer\n  command: [fastio-test-op]\n  \
          variables:\n    LOG: $LOG\n    EXECUTE: escape\n",
     );
     let options = job.options(&pipeline);
-    let report = job.run_bounded(pipeline, options);
+    let report = run_bounded(pipeline, options);
     assert!(report.succeeded(), "{}", report.render());
-    let escaped: Vec<u32> = job
-        .logged("escaped")
+    let escaped: Vec<u32> = logged(&job, "escaped")
         .iter()
         .map(|p| p.parse().unwrap())
         .collect();
     assert_eq!(escaped.len(), 1);
     // It was in a session of its own: the process-group kill did not reach it.
-    fastio_tests::wait_until(Duration::from_secs(5), || Ok(!alive(escaped[0]))).unwrap();
+    fastio_tests::wait_until(Duration::from_secs(5), || {
+        Ok(!fastio_tests::alive(escaped[0]))
+    })
+    .unwrap();
 }
 
 #[test]
 fn operator_output_reaches_the_caller_prefixed_and_the_log_file() {
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     let pipeline = job.pipeline(
         "api-version: 0.5.0\nname: t\noperators:\n\
          - name: speaker\n  command: [fastio-test-op]\n  variables:\n    EXECUTE: \"print:hello\"\n",
@@ -212,7 +161,7 @@ fn operator_output_reaches_the_caller_prefixed_and_the_log_file() {
             .push((line.operator.to_owned(), line.stream, line.text.to_owned()));
     }));
     let log = options.output_root.join("logs").join("speaker.log");
-    let report = job.run_bounded(pipeline, options);
+    let report = run_bounded(pipeline, options);
     assert!(report.succeeded(), "{}", report.render());
     let lines = lines.lock().unwrap().clone();
     assert!(lines.contains(&("speaker".into(), Stream::Stdout, "hello on stdout".into())));
@@ -225,7 +174,7 @@ fn operator_output_reaches_the_caller_prefixed_and_the_log_file() {
 #[test]
 fn a_time_limit_beyond_the_maximum_is_refused_not_a_panic() {
     // A timeout of i64::MAX seconds used to overflow the deadline arithmetic.
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     let pipeline = job.pipeline(
         "api-version: 0.5.0\nname: t\noperators:\n- name: a\n  command: [fastio-test-op]\n",
     );
@@ -263,8 +212,8 @@ fn the_end_of_the_job_signals_no_process_group_that_took_an_exited_operators_pid
     // `early` exits at once; `late` keeps the job going until told. Whatever takes early's
     // pid meanwhile (here a process that leads a group of that number, as any shell job
     // does) is not the job's: the kill of early's process group at the end must miss it.
-    let job = Job::new();
-    let dir = job.dir.path().display().to_string();
+    let job = fastio_tests::job_dir!();
+    let dir = job.root().display().to_string();
     let pipeline = job.pipeline(&format!(
         "api-version: 0.5.0\nname: t\noperators:\n\
          - name: early\n  command: [sh, -c, 'echo $$ > {dir}/early.pid']\n\
@@ -275,7 +224,7 @@ fn the_end_of_the_job_signals_no_process_group_that_took_an_exited_operators_pid
     std::thread::spawn(move || {
         let _ = done.send(run_job(&pipeline, &options, &mut |_| {}).unwrap());
     });
-    let pid_file = job.dir.path().join("early.pid");
+    let pid_file = job.root().join("early.pid");
     let mut early = 0;
     fastio_tests::wait_until(Duration::from_secs(20), || {
         early = std::fs::read_to_string(&pid_file)
@@ -291,10 +240,10 @@ fn the_end_of_the_job_signals_no_process_group_that_took_an_exited_operators_pid
     let victim = if freed {
         Some(take_pid(early).expect("could not take the freed pid"))
     } else {
-        assert!(!alive(early), "early's process still runs");
+        assert!(!fastio_tests::alive(early), "early's process still runs");
         None
     };
-    std::fs::write(job.dir.path().join("go"), "").unwrap();
+    std::fs::write(job.root().join("go"), "").unwrap();
     let report = result
         .recv_timeout(BOUND)
         .expect("the driver did not end the job within the bound: it hangs");

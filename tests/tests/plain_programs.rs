@@ -5,111 +5,56 @@
 //! requests, pull-secrets, unnamed streams, untyped 0.4.0 files) run locally.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use fastio::driver::{
     DriverError, JobOptions, JobReport, KindReason, OperatorKind, OperatorState, operator_kinds,
     run_job,
 };
 use fastio::pipeline::Pipeline;
+use fastio_tests::job::{JobDir, outcome};
 
-struct Job {
-    dir: tempfile::TempDir,
+/// Writes a script into the job's folder; returns its absolute path.
+fn script(job: &JobDir, name: &str, text: &str) -> String {
+    let path = job.path(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
 }
 
-impl Job {
-    fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
+/// [`JobDir::options`], with the payload folder in the job's folder.
+fn options(job: &JobDir, pipeline: &Pipeline) -> JobOptions {
+    let mut options = job.options(pipeline);
+    options.payload = Some(job.path("payload"));
+    options
+}
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
+fn run(job: &JobDir, yaml: &str) -> JobReport {
+    let pipeline = job.pipeline(yaml);
+    run_job(&pipeline, &options(job, &pipeline), &mut |_| {}).unwrap()
+}
 
-    /// Writes a script into the job's folder; returns its absolute path.
-    fn script(&self, name: &str, text: &str) -> String {
-        let path = self.path(name);
-        std::fs::write(&path, text).unwrap();
-        path.display().to_string()
-    }
+fn logged(job: &JobDir, operator: &str, what: &str) -> bool {
+    job.at(operator, what).is_some()
+}
 
-    /// The definition with `$LOG` and `$DIR` filled in.
-    fn pipeline(&self, yaml: &str) -> Pipeline {
-        let yaml = yaml
-            .replace("$LOG", &self.path("log").display().to_string())
-            .replace("$DIR", &self.dir.path().display().to_string());
-        let path = self.path("pipeline.yaml");
-        std::fs::write(&path, yaml).unwrap();
-        Pipeline::from_path(&path).unwrap()
-    }
-
-    fn options(&self, pipeline: &Pipeline) -> JobOptions {
-        let mut options = JobOptions::for_pipeline(pipeline);
-        options.output_root = self.path("out");
-        options.payload = Some(self.path("payload"));
-        options.grace = Duration::from_millis(500);
-        options.program_dirs = vec![
-            Path::new(env!("CARGO_BIN_EXE_fastio-test-op"))
-                .parent()
-                .unwrap()
-                .to_owned(),
-        ];
-        options
-    }
-
-    fn run(&self, yaml: &str) -> JobReport {
-        let pipeline = self.pipeline(yaml);
-        run_job(&pipeline, &self.options(&pipeline), &mut |_| {}).unwrap()
-    }
-
-    /// When `operator` logged `what` (nanoseconds since the epoch); lines read
-    /// `<operator> <what> <nanoseconds>`.
-    fn at(&self, operator: &str, what: &str) -> Option<u128> {
-        std::fs::read_to_string(self.path("log"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| {
-                let (who, rest) = l.split_once(' ')?;
-                let (event, time) = rest.rsplit_once(' ')?;
-                (who == operator && event == what).then(|| time.parse().unwrap())
-            })
-    }
-
-    fn logged(&self, operator: &str, what: &str) -> bool {
-        self.at(operator, what).is_some()
-    }
-
-    /// The text of the job's output file whose path ends in `tail`
-    /// (`<operator>/<entry folder>/<file>`), wherever under `out` the job put it.
-    fn output(&self, tail: &str) -> String {
-        fn walk(dir: &Path, tail: &str) -> Option<PathBuf> {
-            for entry in std::fs::read_dir(dir).ok()?.flatten() {
-                let path = entry.path();
-                if path.ends_with(tail) && path.is_file() {
-                    return Some(path);
-                }
-                if path.is_dir()
-                    && let Some(found) = walk(&path, tail)
-                {
-                    return Some(found);
-                }
+/// The text of the job's output file whose path ends in `tail`
+/// (`<operator>/<entry folder>/<file>`), wherever under `out` the job put it.
+fn output(job: &JobDir, tail: &str) -> String {
+    fn walk(dir: &Path, tail: &str) -> Option<PathBuf> {
+        for entry in std::fs::read_dir(dir).ok()?.flatten() {
+            let path = entry.path();
+            if path.ends_with(tail) && path.is_file() {
+                return Some(path);
             }
-            None
+            if path.is_dir()
+                && let Some(found) = walk(&path, tail)
+            {
+                return Some(found);
+            }
         }
-        let path = walk(&self.path("out"), tail).unwrap_or_else(|| panic!("no {tail} under out"));
-        std::fs::read_to_string(path).unwrap()
+        None
     }
-}
-
-fn outcome<'a>(report: &'a JobReport, operator: &str) -> &'a OperatorState {
-    &report
-        .operators
-        .iter()
-        .find(|o| o.name == operator)
-        .unwrap_or_else(|| panic!("no operator {operator}"))
-        .outcome
+    let path = walk(&job.path("out"), tail).unwrap_or_else(|| panic!("no {tail} under out"));
+    std::fs::read_to_string(path).unwrap()
 }
 
 /// A shell script that logs its start and end the way fastio-test-op does, and copies
@@ -147,12 +92,14 @@ log("end")
 
 #[test]
 fn plain_programs_start_after_their_inputs_and_hand_their_outputs_on() {
-    let job = Job::new();
-    let copy = job.script("copy.sh", &copy_script("0.3"));
-    let shout = job.script("shout.py", SHOUT_PY);
+    let job = fastio_tests::job_dir!();
+    let copy = script(&job, "copy.sh", &copy_script("0.3"));
+    let shout = script(&job, "shout.py", SHOUT_PY);
     // Definition order differs from dependency order on purpose.
-    let report = job.run(&format!(
-        r#"api-version: 0.5.0
+    let report = run(
+        &job,
+        &format!(
+            r#"api-version: 0.5.0
 name: mixed
 operators:
 - name: last
@@ -187,14 +134,15 @@ operators:
   - name: loud
     path: /out
 "#
-    ));
+        ),
+    );
     assert!(report.succeeded(), "{}", report.render());
     for name in ["first", "copy", "shout", "last"] {
         assert_eq!(outcome(&report, name), &OperatorState::Succeeded);
     }
     // The data went through all four, each reading what the one before wrote.
     assert!(
-        job.logged("last", "read HELLO_FROM_FIRST"),
+        logged(&job, "last", "read HELLO_FROM_FIRST"),
         "{}",
         std::fs::read_to_string(job.path("log")).unwrap()
     );
@@ -232,11 +180,11 @@ operators:
 
 #[test]
 fn the_kind_of_each_operator_follows_the_documented_rule() {
-    let job = Job::new();
-    let copy = job.script("copy.sh", &copy_script("0"));
-    let shout = job.script("shout.py", SHOUT_PY);
-    let driver_py = job.script("op.py", "import os\nfrom clara import Driver\n");
-    let shebang = job.script("op", "#!/usr/bin/env python3\nimport fastio\n");
+    let job = fastio_tests::job_dir!();
+    let copy = script(&job, "copy.sh", &copy_script("0"));
+    let shout = script(&job, "shout.py", SHOUT_PY);
+    let driver_py = script(&job, "op.py", "import os\nfrom clara import Driver\n");
+    let shebang = script(&job, "op", "#!/usr/bin/env python3\nimport fastio\n");
     let pipeline = job.pipeline(&format!(
         r#"api-version: 0.5.0
 name: kinds
@@ -267,7 +215,7 @@ operators:
   command: [env, PYTHONUNBUFFERED=1, python3, {driver_py}]
 "#
     ));
-    let kinds = operator_kinds(&pipeline, &job.options(&pipeline));
+    let kinds = operator_kinds(&pipeline, &options(&job, &pipeline));
     let got: Vec<(&str, OperatorKind)> = pipeline
         .operators()
         .iter()
@@ -301,10 +249,12 @@ operators:
 
 #[test]
 fn a_plain_program_downstream_of_a_failed_operator_never_starts() {
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     let marker = job.path("ran");
-    let report = job.run(&format!(
-        r#"api-version: 0.5.0
+    let report = run(
+        &job,
+        &format!(
+            r#"api-version: 0.5.0
 name: t
 operators:
 - name: broken
@@ -330,8 +280,9 @@ operators:
   - name: x
     path: /out
 "#,
-        marker = marker.display()
-    ));
+            marker = marker.display()
+        ),
+    );
     let (who, why) = report.failure.clone().unwrap();
     assert_eq!(who, "broken");
     assert!(why.contains("execute failed"), "{why}");
@@ -349,8 +300,9 @@ operators:
 
 #[test]
 fn a_plain_program_that_exits_non_zero_fails_the_job() {
-    let job = Job::new();
-    let report = job.run(
+    let job = fastio_tests::job_dir!();
+    let report = run(
+        &job,
         r#"api-version: 0.5.0
 name: t
 operators:
@@ -381,7 +333,7 @@ operators:
         .unwrap();
     assert_eq!(convert.stderr_tail, ["cannot read the series"]);
     // The driver operator waiting for the output never executed.
-    assert!(!job.logged("reader", "execute begin"));
+    assert!(!logged(&job, "reader", "execute begin"));
     assert!(matches!(
         outcome(&report, "plain-after"),
         OperatorState::Cancelled(_)
@@ -392,8 +344,9 @@ operators:
 #[test]
 fn a_driver_program_declared_plain_still_runs_correctly_after_its_inputs() {
     // The safe side of a wrong guess: declared plain, it starts late and joins the job.
-    let job = Job::new();
-    let report = job.run(
+    let job = fastio_tests::job_dir!();
+    let report = run(
+        &job,
         r#"api-version: 0.5.0
 name: t
 operators:
@@ -414,15 +367,16 @@ operators:
 "#,
     );
     assert!(report.succeeded(), "{}", report.render());
-    assert!(job.logged("reader", "read hello_from_writer"));
+    assert!(logged(&job, "reader", "read hello_from_writer"));
     assert!(job.at("writer", "execute end").unwrap() < job.at("reader", "prepare begin").unwrap());
-    assert!(job.logged("reader", "cleanup end"));
+    assert!(logged(&job, "reader", "cleanup end"));
 }
 
 #[test]
 fn a_program_declared_to_use_the_driver_that_never_joins_fails_the_job() {
-    let job = Job::new();
-    let report = job.run(
+    let job = fastio_tests::job_dir!();
+    let report = run(
+        &job,
         "api-version: 0.5.0\nname: t\noperators:\n- name: plain\n  command: [\"true\"]\n  uses-driver: true\n",
     );
     let OperatorState::Failed(why) = outcome(&report, "plain") else {
@@ -435,17 +389,20 @@ fn a_program_declared_to_use_the_driver_that_never_joins_fails_the_job() {
         "{why}"
     );
     // Undeclared, the same program is plain and succeeds.
-    let report =
-        job.run("api-version: 0.5.0\nname: t\noperators:\n- name: plain\n  command: [\"true\"]\n");
+    let report = run(
+        &job,
+        "api-version: 0.5.0\nname: t\noperators:\n- name: plain\n  command: [\"true\"]\n",
+    );
     assert!(report.succeeded(), "{}", report.render());
 }
 
 #[test]
 fn a_clara_definition_with_container_blocks_runs_the_commands_it_names() {
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     std::fs::create_dir_all(job.path("payload")).unwrap();
     std::fs::write(job.path("payload/series.dcm"), "DICM series").unwrap();
-    let report = job.run(
+    let report = run(
+        &job,
         r#"api-version: 0.5.0
 orchestrator: Clara
 name: ct-seg
@@ -488,11 +445,11 @@ operators:
 "#,
     );
     assert!(report.succeeded(), "{}", report.render());
-    let copied = job.output("dicom-reader/unnamed.out/series.dcm");
+    let copied = output(&job, "dicom-reader/unnamed.out/series.dcm");
     assert_eq!(copied, "DICM series");
-    let trace = job.output("dicom-reader/unnamed.out/trace");
+    let trace = output(&job, "dicom-reader/unnamed.out/trace");
     assert_eq!(trace.trim(), "2");
-    let size = job.output("writer/results/size");
+    let size = output(&job, "writer/results/size");
     assert_eq!(size.trim(), "11");
     // The image information stays in the model for rendering elsewhere.
     let pipeline = Pipeline::from_path(job.path("pipeline.yaml")).unwrap();
@@ -507,13 +464,13 @@ operators:
 
 #[test]
 fn an_image_without_a_command_stops_a_local_run_before_anything_starts() {
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     let marker = job.path("ran");
     let pipeline = job.pipeline(&format!(
         "api-version: 0.5.0\nname: t\noperators:\n- name: first\n  command: [sh, -c, \"touch {}\"]\n- name: reader\n  container:\n    image: example/reader\n    tag: 0.1.0\n",
         marker.display()
     ));
-    let error = run_job(&pipeline, &job.options(&pipeline), &mut |_| {}).unwrap_err();
+    let error = run_job(&pipeline, &options(&job, &pipeline), &mut |_| {}).unwrap_err();
     assert!(matches!(error, DriverError::Definition(_)), "{error}");
     let text = error.to_string();
     assert!(
@@ -529,10 +486,11 @@ fn an_untyped_clara_0_4_pipeline_runs() {
     // Clara's own untyped example, with its copies made through the path variables (a
     // container would find its volumes at the declared paths; a local process is told them
     // in NVIDIA_CLARA_INPUTPATHS / NVIDIA_CLARA_OUTPUTPATHS).
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     std::fs::create_dir_all(job.path("payload/study")).unwrap();
     std::fs::write(job.path("payload/study/a.txt"), "alpha").unwrap();
-    let report = job.run(
+    let report = run(
+        &job,
         r#"api-version: 0.4.0
 name: we-love-operators
 operators:
@@ -558,7 +516,7 @@ operators:
 "#,
     );
     assert!(report.succeeded(), "{}", report.render());
-    let copied = job.output("last-i-am/unnamed.out/study/a.txt");
+    let copied = output(&job, "last-i-am/unnamed.out/study/a.txt");
     assert_eq!(copied, "alpha");
     let first = report
         .entries
@@ -573,10 +531,12 @@ operators:
 
 #[test]
 fn the_time_limit_ends_a_job_whose_plain_program_still_waits_for_its_inputs() {
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     let marker = job.path("ran");
-    let report = job.run(&format!(
-        r#"api-version: 0.5.0
+    let report = run(
+        &job,
+        &format!(
+            r#"api-version: 0.5.0
 name: t
 timeout: 1
 operators:
@@ -591,8 +551,9 @@ operators:
   - from: slow
     path: /in
 "#,
-        marker = marker.display()
-    ));
+            marker = marker.display()
+        ),
+    );
     let (who, why) = report.failure.clone().unwrap();
     assert_eq!(who, "slow", "only the running operator is blamed");
     assert!(why.contains("time limit"), "{why}");
@@ -605,7 +566,7 @@ operators:
 
 #[test]
 fn the_clara_example_runs_as_it_is() {
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     std::fs::create_dir_all(job.path("payload")).unwrap();
     std::fs::write(job.path("payload/b.dcm"), "bb").unwrap();
     std::fs::write(job.path("payload/a.dcm"), "a").unwrap();
@@ -614,9 +575,9 @@ fn the_clara_example_runs_as_it_is() {
         "/../examples/clara/pipeline.yaml"
     ))
     .unwrap();
-    let report = run_job(&pipeline, &job.options(&pipeline), &mut |_| {}).unwrap();
+    let report = run_job(&pipeline, &options(&job, &pipeline), &mut |_| {}).unwrap();
     assert!(report.succeeded(), "{}", report.render());
-    let listing = job.output("list/listing/files.txt");
+    let listing = output(&job, "list/listing/files.txt");
     assert_eq!(listing, "a.dcm 1\nb.dcm 2\n");
     let list = pipeline.operator("list").unwrap();
     assert_eq!(list.container().unwrap().reference(), "example/lister:1.10");
@@ -632,8 +593,9 @@ fn shell_expansions_in_a_clara_command_reach_the_shell_as_written() {
     // Clara hands `container.command` to the container as it is, and `sh -c` commands
     // commonly expand the environment with `${...}` (the output folder here, a default
     // there): a definition written so must run unchanged.
-    let job = Job::new();
-    let report = job.run(
+    let job = fastio_tests::job_dir!();
+    let report = run(
+        &job,
         r#"api-version: 0.4.0
 name: t
 operators:
@@ -646,6 +608,6 @@ operators:
 "#,
     );
     assert!(report.succeeded(), "{}", report.render());
-    let said = job.output("say/unnamed.out/said");
+    let said = output(&job, "say/unnamed.out/said");
     assert_eq!(said, "none from say\n");
 }

@@ -6,6 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use fastio_tests::job::JobDir;
+
 /// The workspace's `fastio` command. It belongs to another package, so Cargo does not
 /// build it for these tests: build it here (incremental, so it is never stale), into the
 /// target directory that holds this package's programs.
@@ -29,68 +31,32 @@ fn fastio() -> &'static Path {
     })
 }
 
-/// A job's folder: its definition, the operators' log, its outputs.
-struct Job {
-    dir: tempfile::TempDir,
+/// `fastio run <definition> --output <job folder>/out ARGS`, output captured.
+fn spawn(job: &JobDir, definition: &Path, args: &[&str]) -> Child {
+    Command::new(fastio())
+        .arg("run")
+        .arg(definition)
+        .arg("--output")
+        .arg(job.path("out"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
-impl Job {
-    fn new() -> Self {
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
+/// Whether a line of the operators' log starts with `line_start`.
+fn logged(job: &JobDir, line_start: &str) -> bool {
+    job.log_lines().iter().any(|l| l.starts_with(line_start))
+}
 
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("log")
-    }
-
-    /// Writes a definition (`$LOG` filled in) and returns its path.
-    fn definition(&self, yaml: &str) -> PathBuf {
-        let path = self.dir.path().join("pipeline.yaml");
-        let yaml = yaml.replace("$LOG", &self.log_path().display().to_string());
-        std::fs::write(&path, yaml).unwrap();
-        path
-    }
-
-    /// `fastio run <definition> --output <dir>/out ARGS`, output captured.
-    fn spawn(&self, definition: &Path, args: &[&str]) -> Child {
-        Command::new(fastio())
-            .arg("run")
-            .arg(definition)
-            .arg("--output")
-            .arg(self.dir.path().join("out"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    }
-
-    /// The operators' log lines.
-    fn log(&self) -> Vec<String> {
-        std::fs::read_to_string(self.log_path())
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-
-    fn logged(&self, line_start: &str) -> bool {
-        std::fs::read_to_string(self.log_path())
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.starts_with(line_start))
-    }
-
-    fn pids(&self) -> Vec<u32> {
-        std::fs::read_to_string(self.log_path())
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split_once(" pid ")?.1.split(' ').next()?.parse().ok())
-            .collect()
-    }
+/// The pids the operators logged (`<operator> pid <pid> ...`).
+fn pids(job: &JobDir) -> Vec<u32> {
+    job.log_lines()
+        .iter()
+        .filter_map(|l| l.split_once(" pid ")?.1.split(' ').next()?.parse().ok())
+        .collect()
 }
 
 const HEADER: &str = "api-version: 0.5.0\nname: t\noperators:\n";
@@ -130,18 +96,18 @@ fn output(child: Child) -> (String, String) {
 
 #[test]
 fn ctrl_c_cancels_the_job_prints_the_summary_and_leaves_no_process() {
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     let definition = job.definition(&format!(
         "{HEADER}{}{}{}",
         op("quick", &[], ""),
         op("long", &[("EXECUTE", "sleep:60")], STREAM_OUT),
         op("waiting", &[], STREAM_IN),
     ));
-    let mut run = job.spawn(&definition, &[]);
+    let mut run = spawn(&job, &definition, &[]);
     fastio_tests::wait_until(Duration::from_secs(30), || {
-        Ok(job.logged("long execute begin")
-            && job.logged("waiting prepare end")
-            && job.logged("quick cleanup end"))
+        Ok(logged(&job, "long execute begin")
+            && logged(&job, "waiting prepare end")
+            && logged(&job, "quick cleanup end"))
     })
     .unwrap();
     let pid = rustix::process::Pid::from_raw(run.id() as i32).unwrap();
@@ -169,17 +135,17 @@ fn ctrl_c_cancels_the_job_prints_the_summary_and_leaves_no_process() {
     assert!(stdout.contains("FAILED after"), "{stdout}");
     assert!(stdout.contains("interrupted by SIGINT"), "{stdout}");
     assert!(status.signal().is_none(), "the command handled the signal");
-    let pids = job.pids();
+    let pids = pids(&job);
     assert_eq!(pids.len(), 3, "{pids:?}");
     for pid in pids {
         fastio_tests::wait_until(Duration::from_secs(5), || Ok(!fastio_tests::alive(pid))).unwrap();
     }
-    assert!(!job.logged("waiting execute begin"));
+    assert!(!logged(&job, "waiting execute begin"));
 }
 
 #[test]
 fn operators_start_in_the_definition_folder_with_variables_set_on_the_command_line() {
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     let definition = job.definition(&format!(
         "{HEADER}- name: show\n  command: [fastio-test-op, \"${{PIPELINE_DIR}}/scan.npy\", \"--mode=${{MODE}}\"]\n  \
          variables:\n    LOG: $LOG\n    SHOW_CWD: 1\n    MODE: slow\n{STREAM_OUT}"
@@ -198,7 +164,7 @@ fn operators_start_in_the_definition_folder_with_variables_set_on_the_command_li
         String::from_utf8_lossy(&run.stdout),
         String::from_utf8_lossy(&run.stderr)
     );
-    let folder = std::fs::canonicalize(job.dir.path()).unwrap();
+    let folder = std::fs::canonicalize(job.root()).unwrap();
     let log = std::fs::read_to_string(job.log_path()).unwrap();
     let shown = log
         .lines()
@@ -209,7 +175,7 @@ fn operators_start_in_the_definition_folder_with_variables_set_on_the_command_li
     let args = args.rsplit_once(' ').unwrap().0; // the log's timestamp
     assert_eq!(
         args,
-        format!("{}/scan.npy --mode=quick", job.dir.path().display())
+        format!("{}/scan.npy --mode=quick", job.root().display())
     );
     // A relative --output is the caller's, not the definition's.
     assert!(elsewhere.path().join("results/t/latest/show/done").is_dir());
@@ -246,7 +212,7 @@ fn produced(count: usize, element_type: fastio::ElementType) -> Vec<u8> {
 
 #[test]
 fn save_writes_each_shared_memory_output_as_npy_holding_what_was_written() {
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     let definition = job.definition(&format!(
         "{HEADER}{}",
         op(
@@ -255,8 +221,8 @@ fn save_writes_each_shared_memory_output_as_npy_holding_what_was_written() {
             TYPED_OUT
         )
     ));
-    let saved = job.dir.path().join("saved");
-    let run = job.spawn(&definition, &["--save", saved.to_str().unwrap()]);
+    let saved = job.root().join("saved");
+    let run = spawn(&job, &definition, &["--save", saved.to_str().unwrap()]);
     let (stdout, stderr) = output(run);
     assert!(stdout.contains("succeeded"), "{stdout}{stderr}");
     use fastio::ElementType::{F16, F32, I16, U8};
@@ -282,7 +248,7 @@ fn save_writes_each_shared_memory_output_as_npy_holding_what_was_written() {
 
     // A second run never overwrites what the first saved.
     let before = std::fs::read(saved.join("produce/grid.npy")).unwrap();
-    let run = job.spawn(&definition, &["--save", saved.to_str().unwrap()]);
+    let run = spawn(&job, &definition, &["--save", saved.to_str().unwrap()]);
     let (stdout, _) = output(run);
     assert!(
         stdout.contains("not saved: produce.grid:") && stdout.contains("exists"),
@@ -296,14 +262,14 @@ fn save_writes_each_shared_memory_output_as_npy_holding_what_was_written() {
 
 #[test]
 fn each_run_keeps_its_results_in_a_folder_of_its_own() {
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     let definition = job.definition(&format!(
         "{HEADER}{}",
         op("writer", &[("EXECUTE", "paths")], STREAM_OUT)
     ));
     let mut folders = Vec::new();
     for _ in 0..2 {
-        let run = job.spawn(&definition, &[]);
+        let run = spawn(&job, &definition, &[]);
         let (stdout, stderr) = output(run);
         let folder = stdout
             .lines()
@@ -326,7 +292,7 @@ fn each_run_keeps_its_results_in_a_folder_of_its_own() {
             .is_file(),
         "the second run left the first one's results alone"
     );
-    let latest = job.dir.path().join("out/t/latest");
+    let latest = job.root().join("out/t/latest");
     assert_eq!(
         std::fs::canonicalize(latest).unwrap(),
         std::fs::canonicalize(&folders[1]).unwrap()
@@ -356,7 +322,7 @@ fn job_id_of(definition: &Path) -> String {
 
 #[test]
 fn ls_on_a_running_job_lists_its_operators_entries_publications_and_holders() {
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     let reads = "  input:\n  - name: grid\n    from: produce\n    type: array\n    element-type: float32\n    shape: [3, 4]\n  \
          - name: cube\n    from: produce\n    type: array\n    element-type: int16\n    shape: [2, -1]\n";
     let definition = job.definition(&format!(
@@ -369,9 +335,9 @@ fn ls_on_a_running_job_lists_its_operators_entries_publications_and_holders() {
         op("keeper", &[("EXECUTE", "hold-published:kept")], ""),
         op("slow", &[("EXECUTE", "sleep:60")], reads),
     ));
-    let mut run = job.spawn(&definition, &[]);
+    let mut run = spawn(&job, &definition, &[]);
     fastio_tests::wait_until(Duration::from_secs(30), || {
-        Ok(job.logged("slow execute begin") && job.logged("keeper execute end"))
+        Ok(logged(&job, "slow execute begin") && logged(&job, "keeper execute end"))
     })
     .unwrap();
     let id = job_id_of(&definition);
@@ -474,12 +440,12 @@ fn job_records_are_refused_in_a_folder_others_can_read() {
 
 #[test]
 fn a_long_phase_gets_heartbeat_lines_when_output_is_not_a_terminal() {
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     let definition = job.definition(&format!(
         "{HEADER}{}",
         op("long", &[("EXECUTE", "sleep:2")], "")
     ));
-    let run = job.spawn(&definition, &["--heartbeat", "0.3"]);
+    let run = spawn(&job, &definition, &["--heartbeat", "0.3"]);
     let (stdout, stderr) = output(run);
     assert!(stdout.contains("succeeded"), "{stdout}{stderr}");
     assert!(
@@ -492,7 +458,7 @@ fn a_long_phase_gets_heartbeat_lines_when_output_is_not_a_terminal() {
 
 #[test]
 fn run_op_runs_one_operator_alone_with_its_inputs_from_npy_files() {
-    let job = Job::new();
+    let job = fastio_tests::job_dir!();
     let typed = TYPED_OUT.replace("  - name: done\n    type: stream\n    path: /done\n", "");
     let reads = "  input:\n  - name: grid\n    from: produce\n    type: array\n    element-type: float32\n    shape: [3, 4]\n  \
          - name: cube\n    from: produce\n    type: array\n    element-type: int16\n    shape: [2, -1]\n  \
@@ -517,8 +483,12 @@ fn run_op_runs_one_operator_alone_with_its_inputs_from_npy_files() {
         ),
     ));
     // The producer's outputs, saved by a run of the whole pipeline...
-    let saved = job.dir.path().join("saved");
-    let (stdout, stderr) = output(job.spawn(&definition, &["--save", saved.to_str().unwrap()]));
+    let saved = job.root().join("saved");
+    let (stdout, stderr) = output(spawn(
+        &job,
+        &definition,
+        &["--save", saved.to_str().unwrap()],
+    ));
     assert!(stdout.contains("succeeded"), "{stdout}{stderr}");
     // ...are the inputs of the checker run alone: it fails unless each holds what
     // `produce` wrote, with its shape.
@@ -535,7 +505,7 @@ fn run_op_runs_one_operator_alone_with_its_inputs_from_npy_files() {
             .arg(&definition)
             .arg("check")
             .arg("--output")
-            .arg(job.dir.path().join("out"));
+            .arg(job.root().join("out"));
         for arg in extra {
             command.args(["--input", arg]);
         }
@@ -545,7 +515,7 @@ fn run_op_runs_one_operator_alone_with_its_inputs_from_npy_files() {
         .iter()
         .map(|n| input(n))
         .collect();
-    let before = job.log().len();
+    let before = job.log_lines().len();
     let alone = run_op(&all);
     let text = String::from_utf8_lossy(&alone.stdout);
     assert!(
@@ -557,14 +527,14 @@ fn run_op_runs_one_operator_alone_with_its_inputs_from_npy_files() {
         text.contains("check") && text.contains("finished"),
         "{text}"
     );
-    let checked: Vec<String> = job.log()[before..]
+    let checked: Vec<String> = job.log_lines()[before..]
         .iter()
         .filter(|l| l.starts_with("check checked"))
         .map(|l| l.split(' ').nth(2).unwrap().to_owned())
         .collect();
     assert_eq!(checked, ["grid", "cube", "uid", "spacing"]);
     assert!(
-        !job.log()[before..]
+        !job.log_lines()[before..]
             .iter()
             .any(|l| l.starts_with("produce ")),
         "the producer did not run"
@@ -586,4 +556,35 @@ fn run_op_runs_one_operator_alone_with_its_inputs_from_npy_files() {
         err.contains("holds int16, the input is declared float32"),
         "{err}"
     );
+}
+
+#[test]
+fn a_process_that_escapes_with_an_empty_environment_and_is_orphaned_at_once_dies_with_the_job() {
+    // A double fork: the subshell starts `setsid env -i ...` in the background and exits at
+    // once, so the escaped process is in a session of its own, carries no job identifier
+    // and has no ancestor in the job before the driver first looks (about a second in).
+    // It writes its pid, then becomes `sleep 600`; the operator waits for the pid and exits.
+    let job = fastio_tests::job_dir!();
+    let pid_file = job.root().join("escaped.pid");
+    let pf = pid_file.display();
+    let definition = job.definition(&format!(
+        "{HEADER}- name: daemonizer\n  command: [sh, -c, '(setsid env -i /bin/sh -c \"echo \\$\\$ > {pf}.tmp && /bin/mv {pf}.tmp {pf}; exec /bin/sleep 600\" </dev/null >/dev/null 2>&1 &); i=0; while [ ! -s {pf} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done']\n"
+    ));
+    let mut run = spawn(&job, &definition, &["--quiet"]);
+    let status = wait(&mut run);
+    let (out, err) = output(run);
+    assert!(status.success(), "{out}\n{err}");
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let sleeping = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c == b"/bin/sleep\x00600\x00")
+        && fastio_tests::alive(pid);
+    if sleeping {
+        // Not left behind by the test either.
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    assert!(!sleeping, "the escaped process {pid} outlived the job");
 }

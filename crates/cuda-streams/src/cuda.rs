@@ -7,13 +7,34 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaContext, result, sys};
 
-use crate::backend::{Backend, HostFn, RawEvent, RawStream, Target};
+use crate::backend::{Backend, HostFn, Mapped, RawEvent, RawMem, RawStream, Target};
 use crate::error::CudaError;
+use crate::memory::DeviceAccess;
+
+/// `CU_MEMHOSTREGISTER_PORTABLE`: the registration counts for every context.
+const HOST_REGISTER_PORTABLE: u32 = 0x1;
+/// `CU_MEMHOSTREGISTER_READ_ONLY`: the device only reads the memory (required for memory
+/// mapped without write permission).
+const HOST_REGISTER_READ_ONLY: u32 = 0x8;
+
+/// The allocation properties of pinned device memory on `device` exportable as a POSIX fd.
+fn vmm_prop(device: i32) -> sys::CUmemAllocationProp {
+    // SAFETY: a plain C struct of integers, enums whose 0 is a valid variant (`INVALID`) and a
+    // null pointer; all-zero is the documented "no options" value.
+    let mut prop: sys::CUmemAllocationProp = unsafe { std::mem::zeroed() };
+    prop.type_ = sys::CUmemAllocationType::CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.requestedHandleTypes =
+        sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+    prop.location.type_ = sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE;
+    prop.location.id = device;
+    prop
+}
 
 /// Checks the driver's presence exactly once per call site; the caller caches the answer.
 pub(crate) fn probe() -> Result<CudaBackend, CudaError> {
@@ -49,6 +70,13 @@ fn drv(call: &'static str, e: cudarc::driver::DriverError) -> CudaError {
     CudaError::Driver {
         call,
         code: format!("{:?}", e.0),
+    }
+}
+
+fn drv_code(call: &'static str, code: &str) -> CudaError {
+    CudaError::Driver {
+        call,
+        code: code.into(),
     }
 }
 
@@ -299,6 +327,282 @@ impl Backend for CudaBackend {
             Ok(RawEvent(e as usize))
         })
     }
+
+    fn mem_granularity(&self, device: i32) -> Result<usize, CudaError> {
+        guarded("cuMemGetAllocationGranularity", || {
+            self.bind(device)?;
+            let prop = vmm_prop(device);
+            let mut g = 0usize;
+            // SAFETY: valid out-pointer and property struct.
+            check("cuMemGetAllocationGranularity", unsafe {
+                sys::cuMemGetAllocationGranularity(
+                    &mut g,
+                    &prop,
+                    sys::CUmemAllocationGranularity_flags::CU_MEM_ALLOC_GRANULARITY_MINIMUM,
+                )
+            })?;
+            Ok(g)
+        })
+    }
+
+    fn mem_create(&self, device: i32, size: usize) -> Result<RawMem, CudaError> {
+        guarded("cuMemCreate", || {
+            self.bind(device)?;
+            let prop = vmm_prop(device);
+            let mut h: sys::CUmemGenericAllocationHandle = 0;
+            // SAFETY: valid out-pointer and property struct; `size` is a granularity multiple.
+            check("cuMemCreate", unsafe {
+                sys::cuMemCreate(&mut h, size, &prop, 0)
+            })?;
+            Ok(RawMem(h))
+        })
+    }
+
+    fn mem_export(&self, device: i32, mem: RawMem) -> Result<OwnedFd, CudaError> {
+        guarded("cuMemExportToShareableHandle", || {
+            self.bind(device)?;
+            let mut fd: std::ffi::c_int = -1;
+            // SAFETY: for the POSIX handle type the out-parameter is an `int`.
+            check("cuMemExportToShareableHandle", unsafe {
+                sys::cuMemExportToShareableHandle(
+                    (&raw mut fd).cast::<c_void>(),
+                    mem.0,
+                    sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
+                    0,
+                )
+            })?;
+            if fd < 0 {
+                return Err(drv_code(
+                    "cuMemExportToShareableHandle",
+                    "negative descriptor",
+                ));
+            }
+            // SAFETY: the driver created this descriptor for us and nothing else owns it.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        })
+    }
+
+    fn mem_import(
+        &self,
+        device: i32,
+        fd: BorrowedFd<'_>,
+        _size: usize,
+    ) -> Result<RawMem, CudaError> {
+        guarded("cuMemImportFromShareableHandle", || {
+            self.bind(device)?;
+            let mut h: sys::CUmemGenericAllocationHandle = 0;
+            // SAFETY: for the POSIX handle type the "handle" is the descriptor's value cast to a
+            // pointer; the driver does not take ownership of the descriptor.
+            check("cuMemImportFromShareableHandle", unsafe {
+                sys::cuMemImportFromShareableHandle(
+                    &mut h,
+                    fd.as_raw_fd() as usize as *mut c_void,
+                    sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
+                )
+            })?;
+            // The memory must live on the device the caller named: mapping decisions (peer
+            // access) depend on it.
+            let mut prop = vmm_prop(device);
+            // SAFETY: valid out-pointer; `h` is the handle just imported.
+            let r = unsafe { sys::cuMemGetAllocationPropertiesFromHandle(&mut prop, h) };
+            if r == sys::CUresult::CUDA_SUCCESS && prop.location.id != device {
+                // SAFETY: `h` was imported above and is released once, here.
+                let _ = unsafe { sys::cuMemRelease(h) };
+                return Err(CudaError::InvalidArgument {
+                    call: "cuMemImportFromShareableHandle",
+                    reason: format!(
+                        "the memory lives on device {}, not on device {device}",
+                        prop.location.id
+                    ),
+                });
+            }
+            Ok(RawMem(h))
+        })
+    }
+
+    fn mem_release(&self, device: i32, mem: RawMem) -> Result<(), CudaError> {
+        guarded("cuMemRelease", || {
+            self.bind(device)?;
+            // SAFETY: the handle came from `mem_create` / `mem_import` and is released once, by
+            // its owner's drop.
+            check("cuMemRelease", unsafe { sys::cuMemRelease(mem.0) })
+        })
+    }
+
+    fn mem_map(
+        &self,
+        mem: RawMem,
+        size: usize,
+        on_device: i32,
+        access: DeviceAccess,
+    ) -> Result<Mapped, CudaError> {
+        guarded("cuMemMap", || {
+            self.bind(on_device)?;
+            let mut ptr: sys::CUdeviceptr = 0;
+            // SAFETY: valid out-pointer; alignment 0 = the granularity; no fixed address.
+            check("cuMemAddressReserve", unsafe {
+                sys::cuMemAddressReserve(&mut ptr, size, 0, 0, 0)
+            })?;
+            // SAFETY: `ptr..ptr+size` was just reserved; the handle is live.
+            let r = unsafe { sys::cuMemMap(ptr, size, 0, mem.0, 0) };
+            if let Err(e) = check("cuMemMap", r) {
+                // SAFETY: reserved above, freed once.
+                let _ = unsafe { sys::cuMemAddressFree(ptr, size) };
+                return Err(e);
+            }
+            let set = |flags| {
+                let desc = sys::CUmemAccessDesc {
+                    location: sys::CUmemLocation {
+                        type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE,
+                        id: on_device,
+                    },
+                    flags,
+                };
+                // SAFETY: `ptr..ptr+size` is mapped; one valid descriptor.
+                unsafe { sys::cuMemSetAccess(ptr, size, &desc, 1) }
+            };
+            let rw = sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+            let (r, enforced) = match access {
+                DeviceAccess::ReadWrite => (set(rw), true),
+                DeviceAccess::ReadOnly => {
+                    match set(sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READ) {
+                        sys::CUresult::CUDA_SUCCESS => (sys::CUresult::CUDA_SUCCESS, true),
+                        refused => {
+                            tracing::debug!(
+                                ?refused,
+                                "read-only device access refused; mapping read-write"
+                            );
+                            (set(rw), false)
+                        }
+                    }
+                }
+            };
+            if let Err(e) = check("cuMemSetAccess", r) {
+                // SAFETY: mapped and reserved above; undone once, in reverse order.
+                unsafe {
+                    let _ = sys::cuMemUnmap(ptr, size);
+                    let _ = sys::cuMemAddressFree(ptr, size);
+                }
+                return Err(e);
+            }
+            Ok(Mapped { ptr, enforced })
+        })
+    }
+
+    fn mem_unmap(&self, on_device: i32, ptr: u64, size: usize) -> Result<(), CudaError> {
+        guarded("cuMemUnmap", || {
+            self.bind(on_device)?;
+            // SAFETY: `ptr..ptr+size` is a mapping `mem_map` made, unmapped once by its owner.
+            check("cuMemUnmap", unsafe { sys::cuMemUnmap(ptr, size) })?;
+            // SAFETY: the range `mem_map` reserved, freed once, after the unmap.
+            check("cuMemAddressFree", unsafe {
+                sys::cuMemAddressFree(ptr, size)
+            })
+        })
+    }
+
+    fn mem_info(&self, device: i32) -> Result<(usize, usize), CudaError> {
+        guarded("cuMemGetInfo", || {
+            self.bind(device)?;
+            let (mut free, mut total) = (0usize, 0usize);
+            // SAFETY: valid out-pointers; a context is current.
+            check("cuMemGetInfo", unsafe {
+                sys::cuMemGetInfo_v2(&mut free, &mut total)
+            })?;
+            Ok((free, total))
+        })
+    }
+
+    fn can_access_peer(&self, accessor: i32, owner: i32) -> Result<bool, CudaError> {
+        if accessor == owner {
+            return Ok(true);
+        }
+        guarded("cuDeviceCanAccessPeer", || {
+            let mut can = 0;
+            // SAFETY: valid out-pointer; ordinals checked by the caller.
+            check("cuDeviceCanAccessPeer", unsafe {
+                sys::cuDeviceCanAccessPeer(&mut can, accessor, owner)
+            })?;
+            Ok(can != 0)
+        })
+    }
+
+    fn host_register(&self, ptr: usize, len: usize, read_only: bool) -> Result<(), CudaError> {
+        guarded("cuMemHostRegister", || {
+            self.bind(0)?;
+            let flags = HOST_REGISTER_PORTABLE
+                | if read_only {
+                    HOST_REGISTER_READ_ONLY
+                } else {
+                    0
+                };
+            // SAFETY: the caller of `register_host` guarantees the range is mapped until it is
+            // unregistered; the driver validates it.
+            check("cuMemHostRegister", unsafe {
+                sys::cuMemHostRegister_v2(ptr as *mut c_void, len, flags)
+            })
+        })
+    }
+
+    fn host_unregister(&self, ptr: usize) -> Result<(), CudaError> {
+        guarded("cuMemHostUnregister", || {
+            self.bind(0)?;
+            // SAFETY: `ptr` starts a range `host_register` registered.
+            check("cuMemHostUnregister", unsafe {
+                sys::cuMemHostUnregister(ptr as *mut c_void)
+            })
+        })
+    }
+
+    fn memset_async(
+        &self,
+        target: Target,
+        dptr: u64,
+        value: u8,
+        len: usize,
+    ) -> Result<(), CudaError> {
+        guarded("cuMemsetD8Async", || {
+            let s = self.target(target)?;
+            // SAFETY: the caller checked that the range lies in a live writable mapping.
+            check("cuMemsetD8Async", unsafe {
+                sys::cuMemsetD8Async(dptr, value, len, s)
+            })
+        })
+    }
+
+    unsafe fn copy_htod_async(
+        &self,
+        target: Target,
+        dptr: u64,
+        src: *const u8,
+        len: usize,
+    ) -> Result<(), CudaError> {
+        guarded("cuMemcpyHtoDAsync", || {
+            let s = self.target(target)?;
+            // SAFETY: the destination lies in a live mapping (checked by the caller); the
+            // caller of this unsafe fn keeps `src` readable until the copy is done.
+            check("cuMemcpyHtoDAsync", unsafe {
+                sys::cuMemcpyHtoDAsync_v2(dptr, src.cast::<c_void>(), len, s)
+            })
+        })
+    }
+
+    unsafe fn copy_dtoh_async(
+        &self,
+        target: Target,
+        dst: *mut u8,
+        dptr: u64,
+        len: usize,
+    ) -> Result<(), CudaError> {
+        guarded("cuMemcpyDtoHAsync", || {
+            let s = self.target(target)?;
+            // SAFETY: the source lies in a live mapping (checked by the caller); the caller of
+            // this unsafe fn keeps `dst` writable until the copy is done.
+            check("cuMemcpyDtoHAsync", unsafe {
+                sys::cuMemcpyDtoHAsync_v2(dst.cast::<c_void>(), dptr, len, s)
+            })
+        })
+    }
 }
 
 /// One pinned, device-mapped host word that GPU streams can wait on and write to
@@ -434,4 +738,212 @@ impl Drop for HostWord {
             check("cuMemFreeHost", unsafe { sys::cuMemFreeHost(self.host) })
         });
     }
+}
+
+/// Pinned host memory from `cuMemHostAlloc` (portable): the speed reference for copies.
+/// Benchmark support; see [`crate::testing`].
+pub struct PinnedBuffer {
+    driver: crate::driver::Driver,
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the buffer is owned by this value; the pointer is only handed out to callers that
+// take their own responsibility (unsafe copies).
+unsafe impl Send for PinnedBuffer {}
+// SAFETY: as above; `&self` gives out nothing but the pointer value.
+unsafe impl Sync for PinnedBuffer {}
+
+impl std::fmt::Debug for PinnedBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PinnedBuffer")
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl PinnedBuffer {
+    /// Allocates `len` bytes of pinned host memory, zero-filled.
+    ///
+    /// # Errors
+    /// A driver error.
+    pub fn new(driver: &crate::driver::Driver, len: usize) -> Result<PinnedBuffer, CudaError> {
+        guarded("cuMemHostAlloc", || {
+            driver.set_current(0)?;
+            let mut host: *mut c_void = std::ptr::null_mut();
+            // SAFETY: valid out-pointer.
+            check("cuMemHostAlloc", unsafe {
+                sys::cuMemHostAlloc(&mut host, len.max(1), 0x1)
+            })?;
+            // SAFETY: `host` points to `len` writable bytes that we own.
+            unsafe { std::ptr::write_bytes(host.cast::<u8>(), 0, len) };
+            Ok(PinnedBuffer {
+                driver: driver.clone(),
+                ptr: host.cast(),
+                len,
+            })
+        })
+    }
+
+    /// The first byte.
+    pub fn as_mut_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for PinnedBuffer {
+    fn drop(&mut self) {
+        let _ = guarded("cuMemFreeHost", || {
+            self.driver.set_current(0)?;
+            // SAFETY: allocated in `new`, freed once; callers finished their copies.
+            check("cuMemFreeHost", unsafe {
+                sys::cuMemFreeHost(self.ptr.cast())
+            })
+        });
+    }
+}
+
+/// A `cuMemAlloc` buffer shared the legacy way (`cuIpcGetMemHandle`): the baseline of the
+/// device hand-over benchmark.
+#[derive(Debug)]
+pub struct LegacyIpcBuffer {
+    driver: crate::driver::Driver,
+    device: i32,
+    dptr: u64,
+}
+
+impl LegacyIpcBuffer {
+    /// Allocates `len` bytes on `device`.
+    ///
+    /// # Errors
+    /// A driver error.
+    pub fn new(
+        driver: &crate::driver::Driver,
+        device: i32,
+        len: usize,
+    ) -> Result<LegacyIpcBuffer, CudaError> {
+        guarded("cuMemAlloc", || {
+            driver.set_current(device)?;
+            let mut dptr: sys::CUdeviceptr = 0;
+            // SAFETY: valid out-pointer.
+            check("cuMemAlloc", unsafe { sys::cuMemAlloc_v2(&mut dptr, len) })?;
+            Ok(LegacyIpcBuffer {
+                driver: driver.clone(),
+                device,
+                dptr,
+            })
+        })
+    }
+
+    /// `cuIpcGetMemHandle`: 64 opaque bytes.
+    ///
+    /// # Errors
+    /// A driver error.
+    pub fn handle(&self) -> Result<[u8; 64], CudaError> {
+        guarded("cuIpcGetMemHandle", || {
+            self.driver.set_current(self.device)?;
+            let mut h = sys::CUipcMemHandle { reserved: [0; 64] };
+            // SAFETY: valid out-pointer; `dptr` is the base of a live cuMemAlloc allocation.
+            check("cuIpcGetMemHandle", unsafe {
+                sys::cuIpcGetMemHandle(&mut h, self.dptr)
+            })?;
+            Ok(h.reserved.map(|c| c as u8))
+        })
+    }
+}
+
+impl Drop for LegacyIpcBuffer {
+    fn drop(&mut self) {
+        let _ = guarded("cuMemFree", || {
+            self.driver.set_current(self.device)?;
+            // SAFETY: allocated in `new`, freed once.
+            check("cuMemFree", unsafe { sys::cuMemFree_v2(self.dptr) })
+        });
+    }
+}
+
+/// A legacy IPC handle opened in this process (`cuIpcOpenMemHandle`); closed on drop.
+#[derive(Debug)]
+pub struct LegacyIpcMapping {
+    driver: crate::driver::Driver,
+    device: i32,
+    /// The device address of the opened buffer.
+    pub dptr: u64,
+}
+
+impl LegacyIpcMapping {
+    /// Opens a handle another process exported, on `device`.
+    ///
+    /// # Errors
+    /// A driver error.
+    pub fn open(
+        driver: &crate::driver::Driver,
+        device: i32,
+        handle: &[u8; 64],
+    ) -> Result<LegacyIpcMapping, CudaError> {
+        guarded("cuIpcOpenMemHandle", || {
+            driver.set_current(device)?;
+            let h = sys::CUipcMemHandle {
+                reserved: handle.map(|b| b as std::ffi::c_char),
+            };
+            let mut dptr: sys::CUdeviceptr = 0;
+            // SAFETY: valid out-pointer; flag 1 = CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS.
+            check("cuIpcOpenMemHandle", unsafe {
+                sys::cuIpcOpenMemHandle_v2(&mut dptr, h, 1)
+            })?;
+            Ok(LegacyIpcMapping {
+                driver: driver.clone(),
+                device,
+                dptr,
+            })
+        })
+    }
+}
+
+impl Drop for LegacyIpcMapping {
+    fn drop(&mut self) {
+        let _ = guarded("cuIpcCloseMemHandle", || {
+            self.driver.set_current(self.device)?;
+            // SAFETY: opened in `open`, closed once.
+            check("cuIpcCloseMemHandle", unsafe {
+                sys::cuIpcCloseMemHandle(self.dptr)
+            })
+        });
+    }
+}
+
+/// Writes `len` bytes of `value` at `dptr` on `device` and waits for the device
+/// (`cuMemsetD8` + `cuCtxSynchronize`), with no access check: the probe of what the hardware
+/// enforces on a read-only mapping. A fault leaves the context unusable, so run it in a process
+/// of its own.
+///
+/// # Errors
+/// The driver's error, from the memset or (for a fault) from the synchronisation.
+pub fn raw_memset_sync(
+    driver: &crate::driver::Driver,
+    device: i32,
+    dptr: u64,
+    len: usize,
+    value: u8,
+) -> Result<(), CudaError> {
+    guarded("cuMemsetD8", || {
+        driver.set_current(device)?;
+        // SAFETY: the driver checks the address against its mappings and reports a fault as an
+        // error; no host memory is touched.
+        check("cuMemsetD8", unsafe {
+            sys::cuMemsetD8_v2(dptr, value, len)
+        })?;
+        // SAFETY: no arguments.
+        check("cuCtxSynchronize", unsafe { sys::cuCtxSynchronize() })
+    })
 }

@@ -4,6 +4,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::backend::Backend;
 use crate::error::CudaError;
+use crate::memory::HostRegistry;
 
 /// A handle on a usable CUDA driver with at least one device. Cheap to clone.
 ///
@@ -13,6 +14,9 @@ use crate::error::CudaError;
 #[derive(Clone, Debug)]
 pub struct Driver {
     pub(crate) backend: Arc<dyn Backend>,
+    /// This process's host registrations (one registry per driver; the probed driver is one
+    /// per process).
+    pub(crate) host: Arc<HostRegistry>,
 }
 
 impl Driver {
@@ -27,6 +31,7 @@ impl Driver {
             .get_or_init(|| {
                 crate::cuda::probe().map(|b| Driver {
                     backend: Arc::new(b),
+                    host: Arc::default(),
                 })
             })
             .clone()
@@ -45,9 +50,34 @@ impl Driver {
         self.backend.set_current(device)
     }
 
-    /// A driver over the CPU fake, for unit tests.
-    #[cfg(test)]
+    /// A driver over the crate's CPU fake with `devices` devices, for tests of code built on
+    /// this crate on machines without a GPU. Streams and events are numbered handles; device
+    /// memory is real shared memory (a memfd per allocation, exported as a duplicate descriptor,
+    /// mapped with `mmap`, so a fake device pointer is a host address); granularity 2 MiB,
+    /// 16 GiB per device, every pair of devices peers; host registration is only recorded.
+    pub fn fake(devices: usize) -> Driver {
+        Driver::from_backend(crate::backend::fake::FakeBackend::new(devices.max(1)))
+    }
+
+    /// Whether this driver is the CPU fake of [`Driver::fake`].
+    pub fn is_fake(&self) -> bool {
+        format!("{:?}", self.backend).starts_with("FakeBackend")
+    }
+
+    /// `InvalidDevice` unless `0 <= device < device_count`.
+    pub(crate) fn check_device(&self, device: i32) -> Result<(), CudaError> {
+        let count = self.backend.device_count();
+        if device < 0 || device as usize >= count {
+            return Err(CudaError::InvalidDevice { device, count });
+        }
+        Ok(())
+    }
+
+    /// A driver over `backend`.
     pub(crate) fn from_backend(backend: Arc<dyn Backend>) -> Driver {
-        Driver { backend }
+        Driver {
+            backend,
+            host: Arc::default(),
+        }
     }
 }

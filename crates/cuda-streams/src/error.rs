@@ -2,6 +2,7 @@
 
 /// A failure of the CUDA driver itself, or its absence.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CudaError {
     /// No usable CUDA driver or device on this machine (no `libcuda`, `cuInit` failed, or zero
     /// devices). The GPU paths are disabled; this is never a panic.
@@ -36,6 +37,36 @@ pub enum CudaError {
         event_device: i32,
         /// The stream's device.
         stream_device: i32,
+    },
+    /// An argument the driver would refuse, caught before the call (a zero size, a size off the
+    /// granularity, an overlapping host range).
+    #[error("{call}: {reason}")]
+    InvalidArgument {
+        /// The driver function the arguments were meant for.
+        call: &'static str,
+        /// What is wrong with them.
+        reason: String,
+    },
+    /// A device asked to map memory of another device it is not a peer of.
+    #[error("device {accessor} has no peer access to memory of device {owner}")]
+    NoPeerAccess {
+        /// The device the memory lives on.
+        owner: i32,
+        /// The device that asked for access.
+        accessor: i32,
+    },
+    /// A write through a read-only mapping, refused before it reached the GPU.
+    #[error("the device memory is mapped read-only")]
+    ReadOnly,
+    /// A copy or fill outside the mapping.
+    #[error("range {offset}+{len} is outside the {size}-byte device mapping")]
+    OutOfRange {
+        /// Start of the range.
+        offset: usize,
+        /// Length of the range.
+        len: usize,
+        /// Size of the mapping.
+        size: usize,
     },
 }
 

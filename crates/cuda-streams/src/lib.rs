@@ -22,6 +22,7 @@ mod cuda;
 mod driver;
 mod error;
 mod ipc;
+mod memory;
 mod message;
 mod operator;
 mod pool;
@@ -29,12 +30,18 @@ mod pool;
 pub mod testing;
 
 #[cfg(test)]
+mod memory_tests;
+#[cfg(test)]
 mod tests;
 
 pub use condition::{ConditionNotifier, SchedulingStatus, StreamCondition};
 pub use driver::Driver;
 pub use error::{CudaError, PoolError, StreamError};
 pub use ipc::{InterprocessEvent, IpcEventHandle};
+pub use memory::{
+    DeviceAccess, DeviceMapping, DeviceMemory, can_access_peer, granularity, is_host_registered,
+    memory_info, register_host, unregister_host,
+};
 pub use message::{Message, MessageId, MessageQueue};
 pub use operator::{INTERNAL_STREAM, OperatorBuilder, OperatorContext, StreamWarning};
 pub use pool::{PoolStats, Stream, StreamFlags, StreamId, StreamPool, StreamPoolConfig};

@@ -400,7 +400,10 @@ impl Context {
     /// resource was freed, so that it can be published again. Handles already got stay
     /// valid; the memory goes when nothing else keeps it. Fails with
     /// [`UnpublishError::UnknownName`](crate::UnpublishError::UnknownName) when no
-    /// publication has the name.
+    /// publication has the name, and with
+    /// [`UnpublishError::NotPublisher`](crate::UnpublishError::NotPublisher) when this client
+    /// neither published it nor holds its memory read-write (a reader may not take it from
+    /// the others).
     pub fn unpublish(&self, name: &str) -> Result<(), ContextError> {
         self.call(Request::Unpublish {
             name: name.to_owned(),
@@ -606,7 +609,9 @@ impl Allocation {
     /// in one step: a `get` sees the old resource or this one, never no publication.
     /// Handles already got from the old publication stay valid; its memory goes when
     /// nothing else keeps it. The deliberate way to publish a name again (a notebook
-    /// cell run twice, a result recomputed).
+    /// cell run twice, a result recomputed). Replacing another client's publication needs
+    /// its memory held read-write
+    /// ([`RequestError::NotPublisher`](crate::RequestError::NotPublisher) otherwise).
     pub fn publish_replacing(&self, name: &str) -> Result<(), ContextError> {
         self.publish_inner(name, None, true)
     }
@@ -678,7 +683,9 @@ impl Allocation {
     }
 
     /// Marks the resource deleted, so that later gets of any of its names fail, and drops
-    /// this handle. Other handles and their mappings stay valid until released.
+    /// this handle. Other handles and their mappings stay valid until released. A client
+    /// that only reads the resource (every handle it got was read-only, and it did not
+    /// publish it) is refused: freeing would take it from the others.
     pub fn free(mut self) -> Result<(), ContextError> {
         self.give_up(true)
     }

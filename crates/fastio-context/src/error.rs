@@ -70,6 +70,15 @@ pub enum PublishError {
         /// The name.
         name: String,
     },
+    /// A reader asked to replace a publication: only the client that published it, or
+    /// one holding its memory read-write, may.
+    #[error(
+        "{name:?} was published by another client, and this one holds it read-only or not at all: only its publisher or a client holding it read-write may replace or withdraw it"
+    )]
+    NotPublisher {
+        /// The name.
+        name: String,
+    },
     /// The resource published under this name was freed; the name stays taken.
     #[error(
         "{name:?} was freed; it can no longer be got, nor published again unless replaced or unpublished first"
@@ -87,6 +96,15 @@ pub enum UnpublishError {
     /// No publication, live or freed, has this name.
     #[error("no publication named {name:?} in this context")]
     UnknownName {
+        /// The name.
+        name: String,
+    },
+    /// A reader asked to withdraw a publication: only the client that published it, or
+    /// one holding its memory read-write, may.
+    #[error(
+        "{name:?} was published by another client, and this one holds it read-only or not at all: only its publisher or a client holding it read-write may replace or withdraw it"
+    )]
+    NotPublisher {
         /// The name.
         name: String,
     },
@@ -140,6 +158,15 @@ pub enum ReleaseError {
     /// The connection holds no handle to the resource (released, or never held).
     #[error("resource #{id} is not held by this client: the handle was released or never obtained")]
     NotHeld {
+        /// The resource.
+        id: u64,
+    },
+    /// `free` through a read-only handle by a client that did not publish the memory:
+    /// freeing takes it from every holder and name, which a reader may not.
+    #[error(
+        "resource #{id} is held read-only by this client, which did not publish it; freeing needs a read-write handle"
+    )]
+    ReadOnlyHandle {
         /// The resource.
         id: u64,
     },

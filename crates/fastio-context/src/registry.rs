@@ -159,8 +159,15 @@ enum NameState {
         event: Option<EventHandle>,
         // Published by a connection that could not write: it gives read-only handles only.
         read_only: bool,
+        // Who published it: it, or a connection that can write the memory, may replace or
+        // withdraw it; a reader may not.
+        publisher: ConnectionId,
     },
-    Freed,
+    Freed {
+        publisher: ConnectionId,
+        // Who freed the memory (with a read-write handle).
+        freed_by: ConnectionId,
+    },
 }
 
 /// The handles one connection holds to one resource.
@@ -555,8 +562,13 @@ impl Registry {
                     name: name.to_owned(),
                 });
             }
-            Some(NameState::Freed) if !replace => {
+            Some(NameState::Freed { .. }) if !replace => {
                 return Err(PublishError::NameFreed {
+                    name: name.to_owned(),
+                });
+            }
+            Some(state) if !self.may_change(conn, state) => {
+                return Err(PublishError::NotPublisher {
                     name: name.to_owned(),
                 });
             }
@@ -572,6 +584,7 @@ impl Registry {
                 typed,
                 event,
                 read_only,
+                publisher: conn,
             },
         );
         self.unpin(replaced);
@@ -579,16 +592,40 @@ impl Registry {
     }
 
     /// Withdraws `name`, live or freed, so that it can be published again. Handles got
-    /// through it stay valid.
-    pub fn unpublish(&mut self, name: &str) -> Result<(), UnpublishError> {
-        match self.names.remove(name) {
+    /// through it stay valid. Only its publisher, or a connection holding its memory
+    /// read-write, may (a reader must not take it away from the others).
+    pub fn unpublish(&mut self, conn: ConnectionId, name: &str) -> Result<(), UnpublishError> {
+        match self.names.get(name) {
             None => Err(UnpublishError::UnknownName {
                 name: name.to_owned(),
             }),
-            state => {
+            Some(state) if !self.may_change(conn, state) => Err(UnpublishError::NotPublisher {
+                name: name.to_owned(),
+            }),
+            Some(_) => {
+                let state = self.names.remove(name);
                 self.unpin(state);
                 Ok(())
             }
+        }
+    }
+
+    /// Whether `conn` may replace or withdraw the publication `state`: it published it,
+    /// holds its memory read-write, or freed it.
+    fn may_change(&self, conn: ConnectionId, state: &NameState) -> bool {
+        match *state {
+            NameState::Live { id, publisher, .. } => {
+                publisher == conn
+                    || self
+                        .connections
+                        .get(&conn)
+                        .and_then(|m| m.get(&id))
+                        .is_some_and(|h| h.count > 0 && h.writable)
+            }
+            NameState::Freed {
+                publisher,
+                freed_by,
+            } => publisher == conn || freed_by == conn,
         }
     }
 
@@ -621,7 +658,7 @@ impl Registry {
             Some(NameState::Live {
                 id, typed, event, ..
             }) => (*id, typed.clone(), *event),
-            Some(NameState::Freed) => {
+            Some(NameState::Freed { .. }) => {
                 return Err(GetError::NameFreed {
                     name: name.to_owned(),
                 });
@@ -1111,8 +1148,16 @@ impl Registry {
     }
 
     /// Marks a held resource deleted, so that its names stop resolving, and drops the handle.
+    /// Needs a read-write handle, or to have published it.
     pub fn free(&mut self, conn: ConnectionId, id: ResourceId) -> Result<(), ReleaseError> {
-        self.check_held(conn, id)?;
+        // Freeing takes the memory from every holder and name: a reader may not (its
+        // publisher may, from any handle).
+        let published_here = self.names.values().any(|s| {
+            matches!(s, NameState::Live { id: live, publisher, .. } if *live == id && *publisher == conn)
+        });
+        if !self.check_held(conn, id)?.writable && !published_here {
+            return Err(ReleaseError::ReadOnlyHandle { id: id.0 });
+        }
         // A bound entry must keep its memory for the readers still to come.
         if let Some(slot) = self
             .entries
@@ -1127,8 +1172,17 @@ impl Registry {
         let resource = self.resources.get_mut(&id).expect("held resources exist");
         resource.deleted = true;
         for state in self.names.values_mut() {
-            if matches!(state, NameState::Live { id: live, .. } if *live == id) {
-                *state = NameState::Freed;
+            if let NameState::Live {
+                id: live,
+                publisher,
+                ..
+            } = *state
+                && live == id
+            {
+                *state = NameState::Freed {
+                    publisher,
+                    freed_by: conn,
+                };
             }
         }
         self.release(conn, id)
@@ -1157,7 +1211,7 @@ impl Registry {
                         .map(|t| (t.element_type, t.shape.dims().to_vec())),
                     self.resources.get(id).map_or(0, |r| r.size),
                 )),
-                NameState::Freed => None,
+                NameState::Freed { .. } => None,
             })
             .collect();
         let handles = self
@@ -1397,12 +1451,31 @@ mod tests {
         assert_eq!(r.stats().resources, 1, "publication keeps it");
         let h = r.get(b, "buf", AccessMode::ReadOnly).unwrap();
         assert!(!h.segment.is_writable());
+        // A reader cannot take it from the others.
+        assert_eq!(
+            r.free(b, h.id),
+            Err(ReleaseError::ReadOnlyHandle { id: h.id.0 })
+        );
+        let h = r.get(b, "buf", AccessMode::ReadWrite).unwrap();
         r.free(b, h.id).unwrap();
+        r.release(b, h.id).unwrap();
         assert_eq!(r.stats().resources, 0);
         assert!(matches!(
             r.get(a, "buf", AccessMode::ReadOnly),
             Err(GetError::NameFreed { .. })
         ));
+    }
+
+    #[test]
+    fn its_publisher_may_free_a_resource_from_a_read_only_handle() {
+        let mut r = Registry::new(0);
+        let a = r.connect();
+        let g = r.create(a, 100).unwrap();
+        r.publish(a, g.id, "mine", None, None).unwrap();
+        r.release(a, g.id).unwrap();
+        let h = r.get(a, "mine", AccessMode::ReadOnly).unwrap();
+        r.free(a, h.id).unwrap();
+        assert_eq!(r.stats().resources, 0);
     }
 
     #[test]

@@ -212,7 +212,7 @@ fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<Se
                 .registry()
                 .publish_as(conn, id, &name, typed, event, replace),
         ),
-        Request::Unpublish { name } => done(shared.registry().unpublish(&name)),
+        Request::Unpublish { name } => done(shared.registry().unpublish(conn, &name)),
         Request::Get { name, access } => grant(shared.registry().get(conn, &name, access)),
         Request::Release { id, handle } => done(shared.registry().release_handle(conn, id, handle)),
         Request::Free { id, handle } => done(shared.registry().free_handle(conn, id, handle)),

@@ -3,8 +3,8 @@
 //! socket), which share one dispatch.
 
 use fastio_context::{
-    Context, ContextError, GetError, PublishError, RequestError, Server, ServerConfig,
-    UnpublishError,
+    AccessMode, Context, ContextError, GetError, PublishError, ReleaseError, RequestError, Server,
+    ServerConfig, UnpublishError,
 };
 
 /// Runs `check` on an in-process context and on two clients of a server.
@@ -113,7 +113,7 @@ fn unpublishing_withdraws_the_name_and_frees_memory_nobody_holds() {
         let before = a.stats().unwrap();
         a.publish_slice(&[5u16; 100], &[100], "tmp").unwrap();
         assert_eq!(a.stats().unwrap().resources, before.resources + 1);
-        b.unpublish("tmp").unwrap();
+        a.unpublish("tmp").unwrap();
         let after = a.stats().unwrap();
         assert_eq!(after.resources, before.resources);
         assert_eq!(after.publications, before.publications);
@@ -132,9 +132,9 @@ fn a_resource_published_under_two_names_lives_until_both_are_withdrawn() {
         x.publish("one").unwrap();
         x.publish("two").unwrap();
         x.release().unwrap();
-        b.unpublish("one").unwrap();
-        assert_eq!(a.stats().unwrap().resources, before + 1);
-        b.unpublish("two").unwrap();
+        a.unpublish("one").unwrap();
+        assert_eq!(b.stats().unwrap().resources, before + 1);
+        a.unpublish("two").unwrap();
         assert_eq!(a.stats().unwrap().resources, before);
     });
 }
@@ -154,4 +154,75 @@ fn publication_names_take_dots_slashes_and_colons_but_stay_safe_paths() {
             );
         }
     });
+}
+
+#[test]
+fn a_reader_can_neither_withdraw_nor_replace_nor_free_a_publication_of_another_client() {
+    let server = Server::start(ServerConfig::default()).unwrap();
+    let client = || Context::connect(server.address()).unwrap();
+    let (producer, reader, bystander) = (client(), client(), client());
+    producer
+        .publish_slice(&[1u8, 2, 3], &[3], "result")
+        .unwrap();
+    let held = reader.get_with("result", AccessMode::ReadOnly).unwrap();
+    for who in [&reader, &bystander] {
+        let e = refused(who.unpublish("result").unwrap_err());
+        assert!(
+            matches!(
+                e,
+                RequestError::Unpublish(UnpublishError::NotPublisher { .. })
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("only its publisher"), "{e}");
+        let mut mine = who.create(3).unwrap();
+        mine.set_type_and_dimensions(fastio_meta::ElementType::U8, &[3])
+            .unwrap();
+        mine.copy_from_slice(&[9u8, 9, 9]).unwrap();
+        let e = refused(mine.publish_replacing("result").unwrap_err());
+        assert!(
+            matches!(e, RequestError::Publish(PublishError::NotPublisher { .. })),
+            "{e}"
+        );
+        mine.release().unwrap();
+    }
+    // Freeing would take the memory from every holder and the name from every getter.
+    let e = refused(held.free().unwrap_err());
+    assert!(
+        matches!(
+            e,
+            RequestError::Release(ReleaseError::ReadOnlyHandle { .. })
+        ),
+        "{e}"
+    );
+    assert_eq!(
+        bystander
+            .get_with("result", AccessMode::ReadOnly)
+            .unwrap()
+            .to_vec::<u8>()
+            .unwrap(),
+        vec![1, 2, 3],
+        "the publication is the producer's still"
+    );
+
+    // A client that holds the memory read-write may replace it; the new publication is
+    // then that client's to withdraw.
+    let writer = client();
+    let _writable = writer.get("result").unwrap();
+    let new = writer.create(1).unwrap();
+    new.publish_replacing("result").unwrap();
+    new.release().unwrap();
+    let e = refused(reader.unpublish("result").unwrap_err());
+    assert!(
+        matches!(
+            e,
+            RequestError::Unpublish(UnpublishError::NotPublisher { .. })
+        ),
+        "{e}"
+    );
+    writer.unpublish("result").unwrap();
+    assert!(matches!(
+        refused(bystander.get("result").unwrap_err()),
+        RequestError::Get(GetError::UnknownName { .. })
+    ));
 }

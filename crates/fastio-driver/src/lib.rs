@@ -111,6 +111,15 @@ pub struct JobOptions {
     /// and SIGHUP): the job fails as interrupted, its operators are cancelled, and the
     /// report is still built.
     pub cancel: Cancel,
+    /// The calling process exists for this job alone, as `fastio run`'s does: every
+    /// process it has as a descendant other than the operators belongs to the job, and is
+    /// killed and reaped at the end of the job. That catches a process that escaped its
+    /// operator's process group and cleared its environment after its ancestors exited
+    /// (the driver's process is a child subreaper, so it is re-parented there). Leave it
+    /// off in a process that starts children of its own or runs several jobs at a time:
+    /// the driver then recognises the job's processes by ancestry, process group and
+    /// `FASTIO_JOB_ID`, which such a process can evade.
+    pub dedicated_process: bool,
 }
 
 /// A handle that interrupts a running job from another thread.
@@ -162,6 +171,7 @@ impl JobOptions {
             log_dir: None,
             on_output: None,
             cancel: Cancel::new(),
+            dedicated_process: false,
         }
     }
 }
@@ -317,7 +327,26 @@ struct Operator {
     readers: Vec<output::Reader>,
     /// The exited process, not yet reaped: while it is a zombie its pid cannot be reused,
     /// so signalling the process group `pid` reaches only what the operator started.
-    exited: Option<Child>,
+    exited: Option<ExitedChild>,
+}
+
+/// An operator's process that has exited and is not reaped yet. Dropping it reaps it,
+/// whichever path drops it (the end of the job, or an exit reported after the driver
+/// stopped listening), so a caller that runs many jobs is left no zombie.
+struct ExitedChild(Child);
+
+impl Drop for ExitedChild {
+    fn drop(&mut self) {
+        use rustix::process::{WaitId, WaitIdOptions, waitid};
+        if let Some(pid) = rustix::process::Pid::from_raw(self.0.id() as i32) {
+            // It has exited (`wait_unreaped` said so): this does not wait. Its pid stays
+            // ours until this call, so it cannot name another process.
+            let _ = waitid(
+                WaitId::Pid(pid),
+                WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+            );
+        }
+    }
 }
 
 impl Operator {
@@ -332,7 +361,7 @@ impl Operator {
 enum Event {
     Job(JobEvent),
     /// The operator's process exited; it is handed back unreaped (see [`wait_unreaped`]).
-    Exited(usize, std::io::Result<ExitStatus>, Child),
+    Exited(usize, std::io::Result<ExitStatus>, ExitedChild),
 }
 
 /// Runs one job of `pipeline` to the end. `progress` is called at every change of an
@@ -440,7 +469,7 @@ fn run(
         path: log_dir.clone(),
         source,
     })?;
-    let mut escapees = reap::Escapees::new(&job_id);
+    let mut escapees = reap::Escapees::new(&job_id, options.dedicated_process);
     let launcher = Launcher {
         pipeline,
         options,
@@ -583,7 +612,7 @@ fn run(
             break;
         }
         if last_watch.elapsed() >= Duration::from_secs(1) {
-            escapees.watch(&running_pids(&operators));
+            escapees.watch(&running_pids(&operators), &started_pids(&operators));
             last_watch = Instant::now();
         }
         // The job keeps a sender for as long as it lives, so the channel never
@@ -612,13 +641,16 @@ fn run(
     for op in &operators {
         signal(op, rustix::process::Signal::KILL);
     }
-    escapees.kill_all(&running_pids(&operators), KILL_WAIT);
+    escapees.kill_all(
+        &running_pids(&operators),
+        &started_pids(&operators),
+        KILL_WAIT,
+    );
     // Only now, with every group signalled, may the operators' pids be reused.
     for op in &mut operators {
-        if let Some(mut child) = op.exited.take() {
-            let _ = child.wait();
-        }
+        drop(op.exited.take());
     }
+    drop(escapees);
     let readers = operators
         .iter_mut()
         .flat_map(|o| o.readers.drain(..))
@@ -671,6 +703,11 @@ fn publish_record(
     records::publish(&record)
         .inspect_err(|e| tracing::warn!("the job cannot be listed by `fastio ps`: {e}"))
         .ok()
+}
+
+/// The pids of every operator started (their process groups are the job's).
+fn started_pids(operators: &[Operator]) -> Vec<i32> {
+    operators.iter().filter_map(|o| o.pid).collect()
 }
 
 /// The pids of the operators whose exit has not been seen.
@@ -993,7 +1030,8 @@ impl Launcher<'_> {
                 let events = self.events.clone();
                 thread::spawn(move || {
                     let status = wait_unreaped(&child);
-                    let _ = events.send(Event::Exited(index, status, child));
+                    // Sent after the job ended, it is dropped, and so reaped.
+                    let _ = events.send(Event::Exited(index, status, ExitedChild(child)));
                 });
             }
             Err(e) => {

@@ -55,9 +55,11 @@ pub(crate) fn refusal_code(r: &RequestError) -> result {
             }
             // As a get of the name: the freed publication is not found.
             PublishError::NameFreed { .. } => NVIDIA_CLARA_RESULT_NOT_FOUND,
+            PublishError::NotPublisher { .. } => NVIDIA_CLARA_RESULT_READ_ONLY,
         },
         RequestError::Unpublish(e) => match e {
             UnpublishError::UnknownName { .. } => NVIDIA_CLARA_RESULT_NOT_FOUND,
+            UnpublishError::NotPublisher { .. } => NVIDIA_CLARA_RESULT_READ_ONLY,
         },
         RequestError::Get(e) => match e {
             GetError::UnknownName { .. } | GetError::NameFreed { .. } => {
@@ -70,6 +72,7 @@ pub(crate) fn refusal_code(r: &RequestError) -> result {
         },
         RequestError::Release(e) => match e {
             ReleaseError::NotHeld { .. } => NVIDIA_CLARA_RESULT_INVALID_HANDLE,
+            ReleaseError::ReadOnlyHandle { .. } => NVIDIA_CLARA_RESULT_READ_ONLY,
             ReleaseError::EntryMemory { .. } => NVIDIA_CLARA_RESULT_INVALID_ARGUMENT,
         },
         RequestError::Write(e) => match e {
@@ -248,6 +251,18 @@ mod tests {
             (
                 UnpublishError::UnknownName { name: name() }.into(),
                 NVIDIA_CLARA_RESULT_NOT_FOUND,
+            ),
+            (
+                UnpublishError::NotPublisher { name: name() }.into(),
+                NVIDIA_CLARA_RESULT_READ_ONLY,
+            ),
+            (
+                PublishError::NotPublisher { name: name() }.into(),
+                NVIDIA_CLARA_RESULT_READ_ONLY,
+            ),
+            (
+                ReleaseError::ReadOnlyHandle { id: 1 }.into(),
+                NVIDIA_CLARA_RESULT_READ_ONLY,
             ),
             (
                 GetError::UnknownName { name: name() }.into(),

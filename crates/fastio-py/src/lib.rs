@@ -113,9 +113,11 @@ fn refusal_class<'py>(py: Python<'py>, r: &RequestError) -> Bound<'py, pyo3::typ
             PublishError::AlreadyPublished { .. } | PublishError::NameFreed { .. } => {
                 py.get_type::<AlreadyPublishedError>()
             }
+            PublishError::NotPublisher { .. } => py.get_type::<ReadOnlyError>(),
         },
         RequestError::Unpublish(e) => match e {
             UnpublishError::UnknownName { .. } => py.get_type::<NotFoundError>(),
+            UnpublishError::NotPublisher { .. } => py.get_type::<ReadOnlyError>(),
         },
         RequestError::Get(e) => match e {
             GetError::UnknownName { .. } | GetError::NameFreed { .. } => {
@@ -128,6 +130,7 @@ fn refusal_class<'py>(py: Python<'py>, r: &RequestError) -> Bound<'py, pyo3::typ
         },
         RequestError::Release(e) => match e {
             ReleaseError::NotHeld { .. } => py.get_type::<InvalidHandleError>(),
+            ReleaseError::ReadOnlyHandle { .. } => py.get_type::<ReadOnlyError>(),
             ReleaseError::EntryMemory { .. } => py.get_type::<InvalidArgumentError>(),
         },
         RequestError::Write(e) => match e {

@@ -386,6 +386,9 @@ fn job_options(
     options
         .program_dirs
         .extend(PROGRAM_DIRS.get().into_iter().flatten().cloned());
+    // This process runs one job and starts nothing else: whatever descends from it, but
+    // the operators, is the job's, however it escaped.
+    options.dedicated_process = true;
     Ok(options)
 }
 

@@ -1,11 +1,15 @@
 //! `cuda-streams-acceptance`: the 25 acceptance scenarios of Holoscan's stream semantics, the
-//! cross-process event test and the benchmarks, on a real GPU. Built by `cargo xtask gpu-test`
+//! cross-process event test, device memory across processes (scenarios 27-31: hand-over by
+//! descriptor, kill -9 of the producer, read-only and peer access, host registration) and the
+//! benchmarks, on a real GPU. Built by `cargo xtask gpu-test`
 //! and run where there is no Rust toolchain.
 //!
 //! Usage: `cuda-streams-acceptance [test|bench|all]` (default `all`). Prints a pass/fail table
 //! and, with `--out DIR` (or the `OUT` environment variable), writes `cuda-streams-results.md`
 //! there. Exit status 0 when every scenario passed or was skipped, 1 on a failure, 2 without a
-//! GPU. `ipc-child HEX` is the child half of the cross-process test.
+//! GPU. `ipc-child HEX` is the child half of the cross-process test; `vmm-reader`, `vmm-producer`,
+//! `vmm-holder`, `ro-probe` and `handover-child` are the other processes of scenarios 27-31 and
+//! of the hand-over benchmark.
 
 use std::collections::HashSet;
 use std::fmt::Display;
@@ -52,6 +56,9 @@ macro_rules! ensure {
         }
     };
 }
+
+#[path = "acceptance/memory.rs"]
+mod memory;
 
 const GATE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a gated stream is watched to show that it does not run ahead.
@@ -1003,6 +1010,15 @@ fn scenarios() -> Vec<Scenario> {
         (24, "multi-GPU ordering", Box::new(s24)),
         (25, "thread safety", s(s25)),
         (26, "interprocess event (2 processes)", s(s26)),
+        (
+            27,
+            "device memory: written in A, read in B (fd over a socket)",
+            s(memory::s27),
+        ),
+        (28, "device memory: kill -9 of the producer", s(memory::s28)),
+        (29, "device memory: read-only access", s(memory::s29)),
+        (30, "device memory: peer access", Box::new(memory::s30)),
+        (31, "host registration: memfd mapping", s(memory::s31)),
     ]
 }
 
@@ -1010,6 +1026,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("ipc-child") {
         return ipc_child(args.get(1).map_or("", String::as_str));
+    }
+    if let Some(code) = memory::child(&args) {
+        return code;
     }
     let mode = args
         .iter()
@@ -1060,7 +1079,10 @@ fn main() -> ExitCode {
     }
     if mode == "bench" || mode == "all" {
         report.push_str("| benchmark | median |\n|---|---|\n");
-        match benches(&driver) {
+        match benches(&driver).and_then(|mut rows| {
+            rows.extend(memory::benches(&driver)?);
+            Ok(rows)
+        }) {
             Ok(rows) => {
                 for (k, v) in rows {
                     report.push_str(&format!("| {k} | {v} |\n"));
