@@ -22,6 +22,15 @@ pub enum CreateError {
         /// The full message, with the size and what is available.
         message: String,
     },
+    /// Device memory could not be made: no CUDA driver, no such device, or the driver
+    /// refused (a full device among them).
+    #[error("cannot make {memory} memory: {reason}")]
+    Device {
+        /// The memory asked for.
+        memory: crate::protocol::MemoryKind,
+        /// What the CUDA driver (or its absence) said.
+        reason: String,
+    },
     /// The memory could not be made (an operating-system call failed).
     #[error("the context server could not make the memory: {message}")]
     System {

@@ -32,6 +32,7 @@
 
 mod collapse;
 mod context;
+pub mod device;
 mod entry;
 mod error;
 pub mod job;
@@ -58,5 +59,8 @@ pub use fastio_shm::{Access, Prefault};
 pub use mapcache::{
     DEFAULT_MAP_CACHE_BYTES, MAP_CACHE_ENV, MappingStats, mapping_stats, set_mapping_cache_bytes,
 };
-pub use protocol::{AccessMode, EventHandle, JobSecret, ResourceId, SegmentStats, Stats};
+pub use protocol::{
+    AccessMode, EventHandle, JobSecret, MemoryKind, MemoryKindError, ResourceId, SegmentStats,
+    Stats,
+};
 pub use server::{CONTEXT_ADDRESS_ENV, CONTEXT_ENV, Server, ServerConfig, raise_descriptor_limit};

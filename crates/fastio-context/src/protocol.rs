@@ -67,6 +67,83 @@ impl<'de> Deserialize<'de> for EventHandle {
     }
 }
 
+/// Where a resource's memory lives: host memory (a sealed memfd) or the memory of one
+/// CUDA device (a VMM allocation exported as a POSIX descriptor). Written `host` or
+/// `cuda:N` (on the wire, in listings and in pipeline definitions).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MemoryKind {
+    /// Host memory shared through a sealed memfd.
+    #[default]
+    Host,
+    /// Memory of CUDA device `device` (as the context's process numbers devices).
+    Cuda {
+        /// The device's ordinal.
+        device: i32,
+    },
+}
+
+impl MemoryKind {
+    /// Whether it is host memory.
+    pub fn is_host(&self) -> bool {
+        *self == MemoryKind::Host
+    }
+}
+
+impl std::fmt::Display for MemoryKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MemoryKind::Host => f.write_str("host"),
+            MemoryKind::Cuda { device } => write!(f, "cuda:{device}"),
+        }
+    }
+}
+
+/// Why a text is not a [`MemoryKind`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{text:?} is not a memory kind: write `host` or `cuda:N` with N a device ordinal (0, 1, ...)"
+)]
+pub struct MemoryKindError {
+    /// The text.
+    pub text: String,
+}
+
+impl std::str::FromStr for MemoryKind {
+    type Err = MemoryKindError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || MemoryKindError {
+            text: text.to_owned(),
+        };
+        match text {
+            "host" => Ok(MemoryKind::Host),
+            _ => {
+                let digits = text.strip_prefix("cuda:").ok_or_else(bad)?;
+                // Digits only: no sign, no spaces, no `+`.
+                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(bad());
+                }
+                let device = digits.parse::<i32>().map_err(|_| bad())?;
+                Ok(MemoryKind::Cuda { device })
+            }
+        }
+    }
+}
+
+// As text on the wire, like the pipeline definition writes it.
+impl Serialize for MemoryKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MemoryKind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Identifies a shared memory resource within one context.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ResourceId(pub u64);
@@ -332,4 +409,45 @@ pub struct SegmentStats {
     pub huge_page_bytes: u64,
     /// Whether its pages come from the hugetlb pool.
     pub hugetlb: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_kinds_read_and_write_as_host_or_cuda_n() {
+        for (text, kind) in [
+            ("host", MemoryKind::Host),
+            ("cuda:0", MemoryKind::Cuda { device: 0 }),
+            ("cuda:7", MemoryKind::Cuda { device: 7 }),
+        ] {
+            assert_eq!(text.parse::<MemoryKind>(), Ok(kind));
+            assert_eq!(kind.to_string(), text);
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("{text:?}"));
+            assert_eq!(serde_json::from_str::<MemoryKind>(&json).unwrap(), kind);
+        }
+        assert_eq!(MemoryKind::default(), MemoryKind::Host);
+    }
+
+    #[test]
+    fn malformed_memory_kinds_are_refused_with_the_accepted_forms() {
+        for bad in [
+            "",
+            "Host",
+            "cuda",
+            "cuda:",
+            "cuda:-1",
+            "cuda:+1",
+            "cuda: 1",
+            "cuda:x",
+            "gpu:0",
+            "cuda:99999999999",
+        ] {
+            let e = bad.parse::<MemoryKind>().unwrap_err();
+            assert!(e.to_string().contains("`cuda:N`"), "{bad}: {e}");
+            assert!(serde_json::from_str::<MemoryKind>(&format!("{bad:?}")).is_err());
+        }
+    }
 }

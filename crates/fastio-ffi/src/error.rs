@@ -41,9 +41,9 @@ impl Error {
 pub(crate) fn refusal_code(r: &RequestError) -> result {
     match r {
         RequestError::Create(e) => match e {
-            CreateError::OutOfMemory { .. } | CreateError::System { .. } => {
-                NVIDIA_CLARA_RESULT_FAILED
-            }
+            CreateError::OutOfMemory { .. }
+            | CreateError::Device { .. }
+            | CreateError::System { .. } => NVIDIA_CLARA_RESULT_FAILED,
         },
         RequestError::Publish(e) => match e {
             PublishError::InvalidName { .. } | PublishError::MetadataTooLarge { .. } => {
@@ -212,6 +212,14 @@ mod tests {
                 CreateError::OutOfMemory {
                     size: oom().1,
                     message: oom().0,
+                }
+                .into(),
+                NVIDIA_CLARA_RESULT_FAILED,
+            ),
+            (
+                CreateError::Device {
+                    memory: fastio_context::MemoryKind::Cuda { device: 0 },
+                    reason: name(),
                 }
                 .into(),
                 NVIDIA_CLARA_RESULT_FAILED,

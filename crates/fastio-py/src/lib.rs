@@ -79,6 +79,12 @@ pyo3::create_exception!(
 );
 pyo3::create_exception!(
     fastio,
+    DeviceError,
+    Error,
+    "Device memory could not be made: no CUDA driver, no such device, or the driver refused."
+);
+pyo3::create_exception!(
+    fastio,
     JobError,
     Error,
     "A pipeline job's request failed: not in a job, joined twice, or the job aborted."
@@ -101,6 +107,7 @@ fn refusal_class<'py>(py: Python<'py>, r: &RequestError) -> Bound<'py, pyo3::typ
     match r {
         RequestError::Create(e) => match e {
             CreateError::OutOfMemory { .. } => py.get_type::<OutOfMemoryError>(),
+            CreateError::Device { .. } => py.get_type::<DeviceError>(),
             CreateError::System { .. } => py.get_type::<Error>(),
         },
         RequestError::Publish(e) => match e {
@@ -280,6 +287,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     m.add("OutOfMemoryError", m.py().get_type::<OutOfMemoryError>())?;
     m.add("JobError", m.py().get_type::<JobError>())?;
+    m.add("DeviceError", m.py().get_type::<DeviceError>())?;
     m.add("ContextGoneError", m.py().get_type::<ContextGoneError>())?;
     m.add_class::<IOAccess>()?;
     m.add_class::<context::FastIOContext>()?;

@@ -14,6 +14,7 @@ KINDS = [
     fastio.InvalidHandleError,
     fastio.InvalidArgumentError,
     fastio.OutOfMemoryError,
+    fastio.DeviceError,
     fastio.JobError,
     fastio.ContextGoneError,
 ]

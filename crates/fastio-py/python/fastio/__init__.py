@@ -28,7 +28,8 @@ operators, entries and publications with sizes and holders (as ``fastio ps`` / `
 Every failure raises :class:`fastio.Error` with a message saying what went wrong, or one of
 its subclasses that says which kind of failure it was: ``NotFoundError``,
 ``AlreadyPublishedError``, ``ReadOnlyError``, ``BusyError``, ``InvalidHandleError``,
-``InvalidArgumentError``, ``OutOfMemoryError``, ``JobError``, ``ContextGoneError``.
+``InvalidArgumentError``, ``OutOfMemoryError``, ``DeviceError``, ``JobError``,
+``ContextGoneError``.
 """
 
 from fastio._native import (
@@ -37,6 +38,7 @@ from fastio._native import (
     BusyError,
     ContextGoneError,
     ContextServer,
+    DeviceError,
     Driver,
     Error,
     FastIOAllocation,
@@ -64,6 +66,7 @@ __all__ = [
     "BusyError",
     "ContextGoneError",
     "ContextServer",
+    "DeviceError",
     "Driver",
     "Error",
     "FastIOAllocation",

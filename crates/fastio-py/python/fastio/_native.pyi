@@ -35,6 +35,9 @@ class InvalidArgumentError(Error):
 class OutOfMemoryError(Error):
     """The machine cannot hold the memory asked for."""
 
+class DeviceError(Error):
+    """Device memory could not be made: no CUDA driver, no such device, or the driver refused."""
+
 class JobError(Error):
     """A pipeline job's request failed: not in a job, joined twice, or the job aborted."""
 
