@@ -157,6 +157,7 @@ fn released_or_foreign_handles_are_refused_by_the_server() {
     let Response::Handle { id, .. } = ask(&json(&Request::Create {
         size: 64,
         hugetlb: false,
+        kind: Default::default(),
     })) else {
         panic!("no handle")
     };

@@ -549,6 +549,25 @@ pub enum ContextError {
         /// Bytes the allocation has.
         size: usize,
     },
+    /// A host-only call (pointer, copy, view) on device memory.
+    #[error(
+        "this allocation is {kind} memory, which has no host address: map it on its device (map_device) or copy it through cuda-streams"
+    )]
+    NotHostMemory {
+        /// Where the memory lives.
+        kind: crate::protocol::MemoryKind,
+    },
+    /// A device-only call on host memory.
+    #[error("this allocation is host memory; it has no device pointer")]
+    NotDeviceMemory,
+    /// Device memory could not be imported or mapped in this process.
+    #[error("cannot map {kind} memory in this process: {reason}")]
+    Device {
+        /// Where the memory lives.
+        kind: crate::protocol::MemoryKind,
+        /// What the CUDA driver (or its absence) said.
+        reason: String,
+    },
     /// The allocation is read-only in this process.
     #[error("this handle is read-only; it cannot be written")]
     ReadOnly,

@@ -48,7 +48,7 @@ mod transport;
 
 pub use collapse::COLLAPSE_ENV;
 pub use context::{
-    Allocation, Context, CreateOptions, JOB_SECRET_ENV, JOB_SOCKET_ENV, JOB_STAGE_ENV,
+    Allocation, Context, CreateOptions, DeviceView, JOB_SECRET_ENV, JOB_SOCKET_ENV, JOB_STAGE_ENV,
 };
 pub use entry::FastIoEntry;
 pub use error::{

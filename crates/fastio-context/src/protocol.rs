@@ -209,6 +209,9 @@ pub enum Request {
         /// Huge pages from the hugetlb pool wanted (ordinary memory where it has too few).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         hugetlb: bool,
+        /// Where the memory lives (host when absent).
+        #[serde(default, skip_serializing_if = "MemoryKind::is_host")]
+        kind: MemoryKind,
     },
     /// Publishes a held resource under `name` with the given metadata.
     Publish {
@@ -322,6 +325,10 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+fn is_zero_usize(n: &usize) -> bool {
+    *n == 0
+}
+
 /// What the context answers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case", deny_unknown_fields)]
@@ -346,6 +353,14 @@ pub enum Response {
         /// The publication's interprocess CUDA event, if it has one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         event: Option<EventHandle>,
+        /// Where the memory lives: the descriptor is a sealed memfd for host memory, an
+        /// exported CUDA allocation for device memory.
+        #[serde(default, skip_serializing_if = "MemoryKind::is_host")]
+        kind: MemoryKind,
+        /// For device memory, the allocation's size (a multiple of the device's
+        /// granularity), which importing it needs; 0 for host memory.
+        #[serde(default, skip_serializing_if = "is_zero_usize")]
+        device_bytes: usize,
     },
     /// Answer to `Join`: who the operator is and what it reads and writes.
     Joined(Box<StageInfo>),
@@ -393,7 +408,16 @@ pub struct Stats {
     /// background collapser.
     #[serde(default)]
     pub huge_page_bytes: u64,
-    /// Every segment the context holds: live resources first, then the warm pool.
+    /// Bytes of device memory behind live resources.
+    #[serde(default)]
+    pub device_live_bytes: u64,
+    /// Device allocations kept warm for reuse, over all devices.
+    #[serde(default)]
+    pub device_pooled: usize,
+    /// Their bytes.
+    #[serde(default)]
+    pub device_pooled_bytes: u64,
+    /// Every segment the context holds: live resources first, then the warm pools.
     #[serde(default)]
     pub segments: Vec<SegmentStats>,
 }
@@ -409,6 +433,9 @@ pub struct SegmentStats {
     pub huge_page_bytes: u64,
     /// Whether its pages come from the hugetlb pool.
     pub hugetlb: bool,
+    /// Where it lives.
+    #[serde(default, skip_serializing_if = "MemoryKind::is_host")]
+    pub kind: MemoryKind,
 }
 
 #[cfg(test)]

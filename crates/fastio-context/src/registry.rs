@@ -26,13 +26,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use fastio_meta::{Shape, TypedShape, validate_publication_name};
 use fastio_shm::{Segment, SegmentBuilder};
 
+use crate::device::DevicePool;
 pub use crate::error::MemoryFailure;
 use crate::error::{
     CreateError, EntryError, GetError, NotHeld, PublishError, ReleaseError, UnpublishError,
     WriteError,
 };
 use crate::job::{EntryId, EntryPlan, ReclaimedHandle};
-use crate::protocol::{AccessMode, EventHandle, ResourceId, SegmentStats, Stats};
+use crate::protocol::{AccessMode, EventHandle, MemoryKind, ResourceId, SegmentStats, Stats};
 
 /// Identifies a connection (a client, or an in-process context) to the registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -91,6 +92,12 @@ pub struct PooledSegment {
     huge: Arc<HugeState>,
 }
 
+fn host_only(id: ResourceId) -> MemoryFailure {
+    MemoryFailure::System {
+        message: format!("resource {id} is device memory; this needs host memory"),
+    }
+}
+
 /// Who holds a resource's write mapping: one handle of one connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Writer {
@@ -125,9 +132,43 @@ impl Reservation {
     }
 }
 
+/// The memory behind a resource.
+#[derive(Debug)]
+enum Memory {
+    /// A sealed memfd.
+    Host(Segment),
+    /// A CUDA VMM allocation (the context's own handle to it).
+    Device(cuda_streams::DeviceMemory),
+}
+
+impl Memory {
+    fn len(&self) -> usize {
+        match self {
+            Memory::Host(segment) => segment.len(),
+            Memory::Device(memory) => memory.size(),
+        }
+    }
+
+    fn kind(&self) -> MemoryKind {
+        match self {
+            Memory::Host(_) => MemoryKind::Host,
+            Memory::Device(memory) => MemoryKind::Cuda {
+                device: memory.device(),
+            },
+        }
+    }
+
+    fn host(&self) -> Option<&Segment> {
+        match self {
+            Memory::Host(segment) => Some(segment),
+            Memory::Device(_) => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Resource {
-    segment: Segment,
+    memory: Memory,
     mapped_by: MappedBy,
     huge: Arc<HugeState>,
     size: usize,
@@ -210,8 +251,32 @@ pub struct Grant {
     pub recycled: bool,
     /// The publication's interprocess CUDA event, if any.
     pub event: Option<EventHandle>,
-    /// A descriptor for the client (read-only when the access asked was read-only).
-    pub segment: Segment,
+    /// Where the memory lives.
+    pub kind: MemoryKind,
+    /// For device memory, the allocation's size (which importing it needs); 0 for host.
+    pub device_bytes: usize,
+    /// The descriptor for the client.
+    pub memory: GrantedMemory,
+}
+
+/// The descriptor a [`Grant`] hands out.
+#[derive(Debug)]
+pub enum GrantedMemory {
+    /// A host segment (read-only when the access asked was read-only).
+    Host(Segment),
+    /// An exported device allocation (CUDA has no read-only descriptor: read-only access is
+    /// asked for when the client maps it).
+    Device(std::os::fd::OwnedFd),
+}
+
+impl Grant {
+    /// The host segment, for host memory.
+    pub fn segment(&self) -> Option<&Segment> {
+        match &self.memory {
+            GrantedMemory::Host(segment) => Some(segment),
+            GrantedMemory::Device(_) => None,
+        }
+    }
 }
 
 /// The registry of one context.
@@ -222,6 +287,8 @@ pub struct Registry {
     entries: Vec<EntrySlot>,
     connections: HashMap<ConnectionId, HashMap<ResourceId, Held>>,
     pool: Vec<Pooled>,
+    // The warm pool of device memory, per device.
+    device_pool: DevicePool,
     pool_bytes: u64,
     pool_limit: u64,
     pool_segments: usize,
@@ -248,6 +315,7 @@ impl Registry {
             entries: Vec::new(),
             connections: HashMap::new(),
             pool: Vec::new(),
+            device_pool: DevicePool::new(pool_limit),
             pool_bytes: 0,
             pool_limit,
             pool_segments: DEFAULT_POOL_SEGMENTS,
@@ -476,7 +544,7 @@ impl Registry {
         self.resources.insert(
             id,
             Resource {
-                segment,
+                memory: Memory::Host(segment),
                 mapped_by,
                 huge,
                 size,
@@ -493,8 +561,65 @@ impl Registry {
             typed: None,
             recycled,
             event: None,
-            segment: client_copy,
+            kind: MemoryKind::Host,
+            device_bytes: 0,
+            memory: GrantedMemory::Host(client_copy),
         })
+    }
+
+    /// A new private resource of at least `size` bytes on CUDA device `device`, held once
+    /// by `conn`: from the device's warm pool, or made through the CUDA driver. Device
+    /// memory is not host memory: it is not counted against the host's headroom.
+    pub fn create_device(
+        &mut self,
+        conn: ConnectionId,
+        device: i32,
+        size: usize,
+    ) -> Result<Grant, CreateError> {
+        let (memory, recycled) = self.device_pool.obtain(device, size)?;
+        let device_bytes = memory.size();
+        let client = memory.export_fd().map_err(|e| CreateError::Device {
+            memory: MemoryKind::Cuda { device },
+            reason: e.to_string(),
+        })?;
+        if !recycled {
+            self.created += 1;
+        } else {
+            self.recycled += 1;
+        }
+        let id = ResourceId(self.next_id);
+        self.next_id += 1;
+        self.resources.insert(
+            id,
+            Resource {
+                memory: Memory::Device(memory),
+                mapped_by: Vec::new(),
+                huge: Arc::new(HugeState::default()),
+                size,
+                deleted: false,
+                pins: 0,
+                handles: 0,
+                writer: None,
+                sealed: false,
+            },
+        );
+        self.add_handle(conn, id, true);
+        Ok(Grant {
+            id,
+            size,
+            typed: None,
+            recycled,
+            event: None,
+            kind: MemoryKind::Cuda { device },
+            device_bytes,
+            memory: GrantedMemory::Device(client),
+        })
+    }
+
+    /// Makes device memory through `driver` from now on (cuda-streams' fake in tests);
+    /// without it, the machine's CUDA driver is found on the first device create.
+    pub fn set_device_driver(&mut self, driver: cuda_streams::Driver) {
+        self.device_pool = DevicePool::with_driver(driver, self.pool_limit);
     }
 
     /// Holds a newly adopted resource once for `conn` (the end of a create).
@@ -692,11 +817,26 @@ impl Registry {
         if access == AccessMode::ReadWrite && resource.sealed {
             return Err(Refusal::Sealed);
         }
-        let segment = match access {
-            AccessMode::ReadOnly => resource.segment.read_only(),
-            AccessMode::ReadWrite => resource.segment.try_clone(),
-        }
-        .map_err(|e| Refusal::Memory(MemoryFailure::from_segment(e)))?;
+        let kind = resource.memory.kind();
+        let device_bytes = match &resource.memory {
+            Memory::Host(_) => 0,
+            Memory::Device(device) => device.size(),
+        };
+        let memory = match &resource.memory {
+            Memory::Host(segment) => match access {
+                AccessMode::ReadOnly => segment.read_only(),
+                AccessMode::ReadWrite => segment.try_clone(),
+            }
+            .map(GrantedMemory::Host)
+            .map_err(|e| Refusal::Memory(MemoryFailure::from_segment(e)))?,
+            Memory::Device(device) => {
+                device.export_fd().map(GrantedMemory::Device).map_err(|e| {
+                    Refusal::Memory(MemoryFailure::System {
+                        message: e.to_string(),
+                    })
+                })?
+            }
+        };
         let size = resource.size;
         self.add_handle(conn, id, access == AccessMode::ReadWrite);
         Ok(Grant {
@@ -705,7 +845,9 @@ impl Registry {
             typed,
             recycled: false,
             event: None,
-            segment,
+            kind,
+            device_bytes,
+            memory,
         })
     }
 
@@ -772,7 +914,7 @@ impl Registry {
                     // Readers open pre-allocated entries as they are: zero them here (a
                     // new job's pool is empty, so this is the rare case).
                     let mapping = fastio_shm::Mapping::new(
-                        &self.resources[&id].segment,
+                        self.host_segment(id)?,
                         fastio_shm::Access::ReadWrite,
                         fastio_shm::Prefault::Lazy,
                     )
@@ -827,8 +969,9 @@ impl Registry {
                 ),
             });
         }
+        let segment = resource.memory.host().ok_or_else(|| host_only(id))?;
         let mapping = fastio_shm::Mapping::new(
-            &resource.segment,
+            segment,
             fastio_shm::Access::ReadWrite,
             fastio_shm::Prefault::Lazy,
         )
@@ -861,13 +1004,22 @@ impl Registry {
 
     fn seal_resource(&mut self, id: ResourceId) -> Result<(), MemoryFailure> {
         if let Some(resource) = self.resources.get_mut(&id) {
-            resource
-                .segment
-                .seal_writes()
-                .map_err(MemoryFailure::from_segment)?;
+            // Device memory has no seal: its readers map it read-only where the driver
+            // allows, and the context refuses it read-write from now on.
+            if let Memory::Host(segment) = &resource.memory {
+                segment.seal_writes().map_err(MemoryFailure::from_segment)?;
+            }
             resource.sealed = true;
         }
         Ok(())
+    }
+
+    /// The host segment of resource `id` (FastIO entries are host memory).
+    fn host_segment(&self, id: ResourceId) -> Result<&Segment, MemoryFailure> {
+        self.resources[&id]
+            .memory
+            .host()
+            .ok_or_else(|| host_only(id))
     }
 
     fn entry_slot(&self, entry: EntryId) -> Result<&EntrySlot, EntryError> {
@@ -1235,8 +1387,17 @@ impl Registry {
             live_bytes: self
                 .resources
                 .values()
-                .map(|r| r.segment.len() as u64)
+                .filter(|r| r.memory.kind().is_host())
+                .map(|r| r.memory.len() as u64)
                 .sum(),
+            device_live_bytes: self
+                .resources
+                .values()
+                .filter(|r| !r.memory.kind().is_host())
+                .map(|r| r.memory.len() as u64)
+                .sum(),
+            device_pooled: self.device_pool.stats().pooled,
+            device_pooled_bytes: self.device_pool.stats().pooled_bytes,
             pooled_segments: self.pool.len(),
             pooled_bytes: self.pool_bytes,
             publications: self
@@ -1263,15 +1424,25 @@ impl Registry {
                     .iter()
                     .map(|(id, r)| SegmentStats {
                         resource: Some(*id),
-                        bytes: r.segment.len() as u64,
+                        bytes: r.memory.len() as u64,
                         huge_page_bytes: r.huge.bytes.load(Ordering::Relaxed),
-                        hugetlb: r.segment.is_hugetlb(),
+                        hugetlb: r.memory.host().is_some_and(Segment::is_hugetlb),
+                        kind: r.memory.kind(),
                     })
                     .chain(self.pool.iter().map(|p| SegmentStats {
                         resource: None,
                         bytes: p.segment.len() as u64,
                         huge_page_bytes: p.huge.bytes.load(Ordering::Relaxed),
                         hugetlb: p.segment.is_hugetlb(),
+                        kind: MemoryKind::Host,
+                    }))
+                    .chain(self.device_pool.pooled().into_iter().map(|(kind, bytes)| {
+                        SegmentStats {
+                            resource: None,
+                            bytes: bytes as u64,
+                            kind,
+                            ..SegmentStats::default()
+                        }
                     }))
                     .collect();
                 list.sort_by_key(|s| (s.resource.is_none(), s.resource));
@@ -1321,15 +1492,23 @@ impl Registry {
             return;
         }
         let resource = self.resources.remove(&id).expect("checked above");
-        let len = resource.segment.len() as u64;
+        let segment = match resource.memory {
+            Memory::Host(segment) => segment,
+            // No handle to it is left anywhere: the device's warm pool takes it.
+            Memory::Device(memory) => {
+                self.device_pool.give_back(memory);
+                return;
+            }
+        };
+        let len = segment.len() as u64;
         // A write-sealed segment can never be written again (any writable descriptor may
         // have sealed it): it is closed, never pooled.
         if len > self.pool_limit
             || self.pool_segments == 0
             || resource.sealed
-            || resource.segment.is_write_sealed()
+            || segment.is_write_sealed()
         {
-            self.dead.push(resource.segment);
+            self.dead.push(segment);
             return;
         }
         // Admission follows use: the least recently used segments make room.
@@ -1340,10 +1519,10 @@ impl Registry {
         mapped_by.retain(|(c, _)| self.connections.contains_key(c));
         resource.huge.pooled.store(true, Ordering::Relaxed);
         if let Some(collapser) = &self.collapser {
-            collapser.offer(&resource.segment, &resource.huge);
+            collapser.offer(&segment, &resource.huge);
         }
         self.pool.push(Pooled {
-            segment: resource.segment,
+            segment,
             mapped_by,
             last_use: self.tick,
             huge: resource.huge,
@@ -1450,7 +1629,7 @@ mod tests {
         r.release(a, g.id).unwrap();
         assert_eq!(r.stats().resources, 1, "publication keeps it");
         let h = r.get(b, "buf", AccessMode::ReadOnly).unwrap();
-        assert!(!h.segment.is_writable());
+        assert!(!h.segment().unwrap().is_writable());
         // A reader cannot take it from the others.
         assert_eq!(
             r.free(b, h.id),
@@ -1591,13 +1770,16 @@ mod pool_tests {
         let (a, b) = (r.connect(), r.connect());
         let ga = r.create(a, 8192).unwrap();
         let gb = r.create(b, 8192).unwrap();
-        let (ia, ib) = (ga.segment.identity(), gb.segment.identity());
+        let (ia, ib) = (
+            ga.segment().unwrap().identity(),
+            gb.segment().unwrap().identity(),
+        );
         // a's segment enters the pool first: of two equal sizes, the one picked without a
         // preference.
         r.release(a, ga.id).unwrap();
         r.release(b, gb.id).unwrap();
-        assert_eq!(r.create(b, 8192).unwrap().segment.identity(), ib);
-        assert_eq!(r.create(a, 8192).unwrap().segment.identity(), ia);
+        assert_eq!(r.create(b, 8192).unwrap().segment().unwrap().identity(), ib);
+        assert_eq!(r.create(a, 8192).unwrap().segment().unwrap().identity(), ia);
     }
 
     #[test]
@@ -1644,7 +1826,10 @@ mod pool_tests {
         let mut r = Registry::new(0);
         let c = r.connect();
         let g = r.create(c, 1 << 20).unwrap();
-        let client = g.segment;
+        let client = match g.memory {
+            GrantedMemory::Host(segment) => segment,
+            GrantedMemory::Device(_) => unreachable!("host memory was asked for"),
+        };
         let m = fastio_shm::Mapping::new(
             &client,
             fastio_shm::Access::ReadWrite,
@@ -1842,7 +2027,7 @@ mod read_only_tests {
             }
         );
         let got = r.get(other, "alias", AccessMode::ReadOnly).unwrap();
-        assert!(!got.segment.is_writable());
+        assert!(!got.segment().unwrap().is_writable());
         // Nor does a second publication by a read-only holder of the alias grant more.
         r.publish(other, got.id, "alias2", None, None).unwrap();
         assert!(r.get(other, "alias2", AccessMode::ReadWrite).is_err());
@@ -1899,7 +2084,7 @@ mod read_only_tests {
             .unwrap();
         let path = format!(
             "/proc/self/fd/{}",
-            std::os::fd::AsFd::as_fd(&input.segment).as_raw_fd()
+            std::os::fd::AsFd::as_fd(input.segment().unwrap()).as_raw_fd()
         );
         if let Ok(fd) = rustix::fs::open(
             path.as_str(),
@@ -1931,7 +2116,7 @@ mod read_only_tests {
         }
         // A segment a client sealed itself is closed when it dies, not pooled.
         let private = r.create(reader, 4096).unwrap();
-        private.segment.seal_writes().unwrap();
+        private.segment().unwrap().seal_writes().unwrap();
         r.release(reader, private.id).unwrap();
         assert_eq!(r.stats().pooled_segments, 0);
     }

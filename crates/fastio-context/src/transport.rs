@@ -8,18 +8,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use fastio_shm::Segment;
 use fastio_shm::transfer::{recv_message, send_message};
 
 use crate::error::{CreateError, EntryError, JobError, MemoryFailure};
 use crate::job::{EntryId, Job, Phase};
-use crate::protocol::{AccessMode, PROTOCOL_VERSION, Request, Response};
-use crate::registry::{ConnectionId, Grant, Obtained, Registry};
+use crate::protocol::{AccessMode, MemoryKind, PROTOCOL_VERSION, Request, Response};
+use crate::registry::{ConnectionId, Grant, GrantedMemory, Obtained, Registry};
 use crate::{ContextError, RequestError};
 
 /// One request/response exchange with the registry.
 pub(crate) trait Transport: Send + Sync + fmt::Debug {
-    fn call(&self, request: &Request) -> Result<(Response, Option<Segment>), ContextError>;
+    fn call(&self, request: &Request) -> Result<(Response, Option<GrantedMemory>), ContextError>;
 }
 
 /// Locks the registry, recovering it if a thread panicked while holding the lock: every
@@ -149,17 +148,17 @@ pub(crate) fn dispatch(
     shared: &Shared,
     peer: Peer,
     request: Request,
-) -> (Response, Option<Segment>) {
+) -> (Response, Option<GrantedMemory>) {
     let answer = answer(shared, peer, request);
     shared.bury_dead();
     answer
 }
 
-fn refused(e: impl Into<RequestError>) -> (Response, Option<Segment>) {
+fn refused(e: impl Into<RequestError>) -> (Response, Option<GrantedMemory>) {
     (Response::Refused(e.into()), None)
 }
 
-fn grant<E: Into<RequestError>>(g: Result<Grant, E>) -> (Response, Option<Segment>) {
+fn grant<E: Into<RequestError>>(g: Result<Grant, E>) -> (Response, Option<GrantedMemory>) {
     match g {
         Ok(g) => (
             Response::Handle {
@@ -168,21 +167,23 @@ fn grant<E: Into<RequestError>>(g: Result<Grant, E>) -> (Response, Option<Segmen
                 typed: g.typed,
                 recycled: g.recycled,
                 event: g.event,
+                kind: g.kind,
+                device_bytes: g.device_bytes,
             },
-            Some(g.segment),
+            Some(g.memory),
         ),
         Err(e) => refused(e),
     }
 }
 
-fn done<E: Into<RequestError>>(r: Result<(), E>) -> (Response, Option<Segment>) {
+fn done<E: Into<RequestError>>(r: Result<(), E>) -> (Response, Option<GrantedMemory>) {
     match r {
         Ok(()) => (Response::Done, None),
         Err(e) => refused(e),
     }
 }
 
-fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<Segment>) {
+fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<GrantedMemory>) {
     let conn = peer.conn;
     match request {
         Request::Hello { version } if version == PROTOCOL_VERSION => (
@@ -200,7 +201,16 @@ fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<Se
         Request::Attach { .. } => refused(RequestError::BadRequest {
             message: "attach must be the first request on a connection".into(),
         }),
-        Request::Create { size, hugetlb } => grant(shared.create(conn, size, hugetlb)),
+        Request::Create {
+            size,
+            hugetlb,
+            kind,
+        } => match kind {
+            MemoryKind::Host => grant(shared.create(conn, size, hugetlb)),
+            MemoryKind::Cuda { device } => {
+                grant(shared.registry().create_device(conn, device, size))
+            }
+        },
         Request::Publish {
             id,
             name,
@@ -353,7 +363,7 @@ impl fmt::Debug for LocalTransport {
 }
 
 impl Transport for LocalTransport {
-    fn call(&self, request: &Request) -> Result<(Response, Option<Segment>), ContextError> {
+    fn call(&self, request: &Request) -> Result<(Response, Option<GrantedMemory>), ContextError> {
         check_owner(self.owner)?;
         Ok(dispatch(&self.shared, self.peer, request.clone()))
     }
@@ -476,7 +486,7 @@ impl SocketTransport {
 }
 
 impl Transport for SocketTransport {
-    fn call(&self, request: &Request) -> Result<(Response, Option<Segment>), ContextError> {
+    fn call(&self, request: &Request) -> Result<(Response, Option<GrantedMemory>), ContextError> {
         check_owner(self.owner)?;
         if self.broken.load(Ordering::SeqCst) {
             return Err(ContextError::OutOfStep);
@@ -510,8 +520,17 @@ impl Transport for SocketTransport {
         let response: Response = serde_json::from_slice(&received.body)
             .map_err(|e| ContextError::Protocol(format!("unreadable response: {e}")))?;
         let mut fds = received.fds.into_iter();
-        let segment = match (&response, fds.next()) {
-            (Response::Handle { .. }, Some(fd)) => Some(Segment::from_fd(fd)?),
+        let memory = match (&response, fds.next()) {
+            (
+                Response::Handle {
+                    kind: MemoryKind::Host,
+                    ..
+                },
+                Some(fd),
+            ) => Some(GrantedMemory::Host(fastio_shm::Segment::from_fd(fd)?)),
+            // An exported CUDA allocation: opaque to this layer, imported by cuda-streams
+            // when the client maps it.
+            (Response::Handle { .. }, Some(fd)) => Some(GrantedMemory::Device(fd)),
             (Response::Handle { .. }, None) => {
                 return Err(ContextError::Protocol(
                     "a handle arrived without its descriptor".into(),
@@ -519,7 +538,7 @@ impl Transport for SocketTransport {
             }
             (_, _) => None,
         };
-        Ok((response, segment))
+        Ok((response, memory))
     }
 }
 

@@ -477,6 +477,13 @@ pub unsafe extern "C" fn nvidia_clara_fastio__map(
             let Live {
                 allocation, mapped, ..
             } = live;
+            // Device memory has no host address to hand out.
+            if !allocation.kind().is_host() {
+                return Err(fastio_context::ContextError::NotHostMemory {
+                    kind: allocation.kind(),
+                }
+                .into());
+            }
             if let Some(mapped) = *mapped {
                 return Err(Error::new(
                     NVIDIA_CLARA_RESULT_BUSY,

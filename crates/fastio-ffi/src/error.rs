@@ -118,6 +118,10 @@ pub(crate) fn context_code(e: &ContextError) -> result {
         }
         ContextError::ReadOnly => NVIDIA_CLARA_RESULT_READ_ONLY,
         ContextError::Untyped => NVIDIA_CLARA_RESULT_NOT_FOUND,
+        ContextError::NotHostMemory { .. } | ContextError::NotDeviceMemory => {
+            NVIDIA_CLARA_RESULT_INVALID_ARGUMENT
+        }
+        ContextError::Device { .. } => NVIDIA_CLARA_RESULT_FAILED,
         ContextError::WrongElementType { .. } | ContextError::LengthMismatch { .. } => {
             NVIDIA_CLARA_RESULT_INVALID_ARGUMENT
         }

@@ -134,7 +134,7 @@ impl FastIOAllocation {
     pub(crate) fn view(&self) -> PyResult<View> {
         let handle = self.handle()?;
         let keep: buffer::Keeper = handle.clone();
-        handle.with(|a| Ok(View::of(keep, a, false)))
+        handle.with(|a| View::of(keep, a, false))
     }
 
     /// A zero-copy numpy array over the memory.

@@ -182,6 +182,10 @@ fn context_error_class<'py>(py: Python<'py>, e: &ContextError) -> Bound<'py, pyo
         | ContextError::LengthMismatch { .. } => py.get_type::<InvalidArgumentError>(),
         ContextError::ReadOnly => py.get_type::<ReadOnlyError>(),
         ContextError::Untyped => py.get_type::<NotFoundError>(),
+        ContextError::NotHostMemory { .. } | ContextError::NotDeviceMemory => {
+            py.get_type::<InvalidArgumentError>()
+        }
+        ContextError::Device { .. } => py.get_type::<DeviceError>(),
         ContextError::ServerGone(_)
         | ContextError::Connect { .. }
         | ContextError::NoContextInEnvironment { .. }

@@ -101,7 +101,7 @@ impl FastIOEntry {
         let keep: Keeper = cell.clone();
         let entry = cell.lock();
         match entry.allocation() {
-            Some(a) => Ok(View::of(keep, a, read_only)),
+            Some(a) => View::of(keep, a, read_only),
             None => Err(crate::NotFoundError::new_err(format!(
                 "FastIO entry {:?} has no memory yet (shape {:?}): set its dynamic dimensions \
                  with update_shape first",
