@@ -239,6 +239,13 @@ pub enum JobError {
     /// The operator joined its job before.
     #[error("this operator has already joined the job")]
     AlreadyJoined,
+    /// An operator joining from elsewhere claimed a stage another has taken (a restarted
+    /// or duplicated container cannot replay an operator's part of the job).
+    #[error("operator {stage:?} has already joined this job; a stage is taken once")]
+    StageTaken {
+        /// The operator's name.
+        stage: String,
+    },
     /// The job failed before this operator's inputs were ready.
     #[error("the job was aborted: {reason}")]
     Aborted {

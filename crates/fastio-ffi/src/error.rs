@@ -85,9 +85,10 @@ pub(crate) fn refusal_code(r: &RequestError) -> result {
             WriteError::WriterBusy { .. } => NVIDIA_CLARA_RESULT_BUSY,
         },
         RequestError::Job(e) => match e {
-            JobError::NotInJob | JobError::AlreadyJoined | JobError::Aborted { .. } => {
-                NVIDIA_CLARA_RESULT_FAILED
-            }
+            JobError::NotInJob
+            | JobError::AlreadyJoined
+            | JobError::StageTaken { .. }
+            | JobError::Aborted { .. } => NVIDIA_CLARA_RESULT_FAILED,
         },
         RequestError::Entry(e) => match e {
             EntryError::UnknownEntry { .. }
@@ -334,6 +335,10 @@ mod tests {
             ),
             (JobError::NotInJob.into(), NVIDIA_CLARA_RESULT_FAILED),
             (JobError::AlreadyJoined.into(), NVIDIA_CLARA_RESULT_FAILED),
+            (
+                JobError::StageTaken { stage: name() }.into(),
+                NVIDIA_CLARA_RESULT_FAILED,
+            ),
             (
                 JobError::Aborted { reason: name() }.into(),
                 NVIDIA_CLARA_RESULT_FAILED,

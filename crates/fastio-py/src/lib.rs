@@ -18,6 +18,8 @@
 mod allocation;
 mod buffer;
 mod context;
+mod device;
+mod dlpack;
 mod dtype;
 mod listing;
 mod operator;
@@ -150,7 +152,9 @@ fn refusal_class<'py>(py: Python<'py>, r: &RequestError) -> Bound<'py, pyo3::typ
             WriteError::WriterBusy { .. } => py.get_type::<BusyError>(),
         },
         RequestError::Job(e) => match e {
-            Job::NotInJob | Job::AlreadyJoined | Job::Aborted { .. } => py.get_type::<JobError>(),
+            Job::NotInJob | Job::AlreadyJoined | Job::StageTaken { .. } | Job::Aborted { .. } => {
+                py.get_type::<JobError>()
+            }
         },
         RequestError::Entry(e) => match e {
             EntryError::UnknownEntry { .. }
@@ -293,11 +297,13 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("JobError", m.py().get_type::<JobError>())?;
     m.add("DeviceError", m.py().get_type::<DeviceError>())?;
     m.add("ContextGoneError", m.py().get_type::<ContextGoneError>())?;
+    m.add("ExportError", dlpack::export_error_type(m.py())?)?;
     m.add_class::<IOAccess>()?;
     m.add_class::<context::FastIOContext>()?;
     m.add_class::<context::ContextServer>()?;
     m.add_class::<allocation::FastIOAllocation>()?;
     m.add_class::<buffer::View>()?;
+    m.add_class::<device::DeviceView>()?;
     m.add_class::<operator::Driver>()?;
     m.add_class::<operator::Payload>()?;
     m.add_class::<operator::PayloadEntry>()?;

@@ -22,6 +22,10 @@ An operator of a pipeline run by ``fastio run`` uses Clara's classes (also impor
     driver.start()
     driver.wait_for_completion()
 
+Allocations and entries also speak DLPack: ``numpy.from_dlpack(a)`` or
+``torch.from_dlpack(a)`` share the memory without a copy (read-only where the holder may
+not write).
+
 ``fastio.jobs()`` lists the running jobs of this user and ``fastio.inspect(job)`` one job's
 operators, entries and publications with sizes and holders (as ``fastio ps`` / ``fastio ls``).
 
@@ -29,7 +33,8 @@ Every failure raises :class:`fastio.Error` with a message saying what went wrong
 its subclasses that says which kind of failure it was: ``NotFoundError``,
 ``AlreadyPublishedError``, ``ReadOnlyError``, ``BusyError``, ``InvalidHandleError``,
 ``InvalidArgumentError``, ``OutOfMemoryError``, ``DeviceError``, ``JobError``,
-``ContextGoneError``.
+``ContextGoneError`` (and :class:`fastio.ExportError`, also a ``BufferError``, when memory
+cannot be exported as asked).
 """
 
 from fastio._native import (
@@ -39,8 +44,10 @@ from fastio._native import (
     ContextGoneError,
     ContextServer,
     DeviceError,
+    DeviceView,
     Driver,
     Error,
+    ExportError,
     FastIOAllocation,
     FastIOContext,
     FastIOEntry,
@@ -67,8 +74,10 @@ __all__ = [
     "ContextGoneError",
     "ContextServer",
     "DeviceError",
+    "DeviceView",
     "Driver",
     "Error",
+    "ExportError",
     "FastIOAllocation",
     "FastIOContext",
     "FastIOEntry",
