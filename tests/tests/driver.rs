@@ -257,6 +257,37 @@ fn a_reader_cannot_publish_its_input_and_get_it_read_write() {
     assert!(refused.contains("read-only"), "{refused}");
 }
 
+#[test]
+fn a_reader_can_neither_withdraw_nor_replace_a_publication_of_another_operator() {
+    // The reader's execute starts once the publisher's has ended (it reads its output),
+    // so the publication is there to be disturbed.
+    let job = fastio_tests::job_dir!();
+    let yaml = format!(
+        "{HEADER}{}{}",
+        op("publisher", &[("EXECUTE", "publish:shared")], ONE_ARRAY_OUT),
+        op(
+            "vandal",
+            &[("EXECUTE", "disturb:shared")],
+            &one_array_in("publisher")
+        ),
+    );
+    let report = job.run(&yaml);
+    assert!(report.succeeded(), "{}", report.render());
+    let refusals: Vec<String> = job
+        .events()
+        .into_iter()
+        .filter_map(|(who, rest)| {
+            (who == "vandal")
+                .then(|| rest.strip_prefix("disturb refused: ").map(str::to_owned))
+                .flatten()
+        })
+        .collect();
+    assert_eq!(refusals.len(), 2, "{refusals:?}");
+    for why in refusals {
+        assert!(why.contains("only_its_publisher"), "{why}");
+    }
+}
+
 fn memfds_of_this_process() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .unwrap()
