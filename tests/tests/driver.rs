@@ -265,6 +265,37 @@ fn a_reader_cannot_publish_its_input_and_get_it_read_write() {
     assert!(refused.contains("read-only"), "{refused}");
 }
 
+#[test]
+fn a_reader_can_neither_withdraw_nor_replace_a_publication_of_another_operator() {
+    // The reader's execute starts once the publisher's has ended (it reads its output),
+    // so the publication is there to be disturbed.
+    let job = fastio_tests::job_dir!();
+    let yaml = format!(
+        "{HEADER}{}{}",
+        op("publisher", &[("EXECUTE", "publish:shared")], ONE_ARRAY_OUT),
+        op(
+            "vandal",
+            &[("EXECUTE", "disturb:shared")],
+            &one_array_in("publisher")
+        ),
+    );
+    let report = job.run(&yaml);
+    assert!(report.succeeded(), "{}", report.render());
+    let refusals: Vec<String> = job
+        .events()
+        .into_iter()
+        .filter_map(|(who, rest)| {
+            (who == "vandal")
+                .then(|| rest.strip_prefix("disturb refused: ").map(str::to_owned))
+                .flatten()
+        })
+        .collect();
+    assert_eq!(refusals.len(), 2, "{refusals:?}");
+    for why in refusals {
+        assert!(why.contains("only_its_publisher"), "{why}");
+    }
+}
+
 fn memfds_of_this_process() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .unwrap()
@@ -289,20 +320,21 @@ fn sigkill_mid_execute_fails_the_job_and_leaves_nothing_behind() {
     let options = job.options(&pipeline);
     let log = job.log_path();
     let killer = std::thread::spawn(move || {
-        // Once the victim executes, kill it.
-        let find = |what: &str| {
+        // Once the victim executes and `after` has prepared (so that it waits for its
+        // inputs, rather than still starting), kill the victim.
+        let find = |who: &str, what: &str| {
             std::fs::read_to_string(&log).ok().and_then(|text| {
                 text.lines().find_map(|l| {
-                    let rest = l.strip_prefix("victim ")?;
+                    let rest = l.strip_prefix(who)?.strip_prefix(' ')?;
                     rest.starts_with(what).then(|| rest.to_owned())
                 })
             })
         };
         fastio_tests::wait_until(Duration::from_secs(30), || {
-            Ok(find("execute begin").is_some())
+            Ok(find("victim", "execute begin").is_some() && find("after", "prepare end").is_some())
         })
         .unwrap();
-        let pid: i32 = find("pid")
+        let pid: i32 = find("victim", "pid")
             .unwrap()
             .split(' ')
             .nth(1)

@@ -14,6 +14,10 @@
 //!   `write-input:<name>` (tries the API, then writes through a raw pointer: faults);
 //!   `escalate:<name>` (publishes its read-only input under a new name and tries to get
 //!   that read-write and write through it; logs `escalation refused: <why>` or fails);
+//!   `publish:<name>` (publishes 8 bytes, 1 to 8, under `name` and releases its handle);
+//!   `disturb:<name>` (tries to withdraw `name` and to replace it with its own bytes;
+//!   logs `disturb refused: <why>` for each refusal, fails if either is allowed or the
+//!   publication no longer holds 1 to 8);
 //!   `keep-output` (`produce`, keeping a raw pointer to the first output, through which
 //!   cleanup then writes: faults, the output being read-only once execute returned);
 //!   `produce` / `check` (typed entries: see below); `paths` (disk entries).
@@ -221,6 +225,14 @@ fn execute(payload: &mut Payload<'_>) -> Result<(), CallbackError> {
         ("write-input", name) => write_input(payload, name),
         ("produce", _) => produce(payload),
         ("escalate", name) => escalate(payload, name),
+        ("publish", name) => {
+            let mut allocation = payload.fastio_context().create(8)?;
+            allocation.write_bytes(0, &[1, 2, 3, 4, 5, 6, 7, 8])?;
+            allocation.publish(name)?;
+            allocation.release()?;
+            Ok(())
+        }
+        ("disturb", name) => disturb(payload, name),
         ("keep-output", _) => {
             produce(payload)?;
             let output = &mut payload.fastio_outputs()[0];
@@ -314,6 +326,33 @@ fn escalate(payload: &mut Payload<'_>, name: &str) -> Result<(), CallbackError> 
             Ok(())
         }
     }
+}
+
+fn disturb(payload: &mut Payload<'_>, name: &str) -> Result<(), CallbackError> {
+    let context = payload.fastio_context();
+    let refused = |e: fastio::ContextError| {
+        log(&format!(
+            "disturb refused: {}",
+            e.to_string().replace(' ', "_")
+        ));
+    };
+    match context.unpublish(name) {
+        Ok(()) => return Err(format!("{name} was withdrawn by a reader").into()),
+        Err(e) => refused(e),
+    }
+    let mut mine = context.create(8)?;
+    mine.write_bytes(0, &[0xAB; 8])?;
+    match mine.publish_replacing(name) {
+        Ok(()) => return Err(format!("{name} was replaced by a reader").into()),
+        Err(e) => refused(e),
+    }
+    mine.release()?;
+    let held = context.get_with(name, fastio::AccessMode::ReadOnly)?;
+    if held.read_bytes(0, 8)? != [1, 2, 3, 4, 5, 6, 7, 8] {
+        return Err(format!("{name} no longer holds its publisher's bytes").into());
+    }
+    held.release()?;
+    Ok(())
 }
 
 fn paths(payload: &mut Payload<'_>) -> Result<(), CallbackError> {
