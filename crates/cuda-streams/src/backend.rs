@@ -80,6 +80,10 @@ pub(crate) trait Backend: Send + Sync + Debug {
     fn ipc_export_event(&self, device: i32, event: RawEvent) -> Result<[u8; 64], CudaError>;
     /// `cuIpcOpenEventHandle`.
     fn ipc_import_event(&self, device: i32, handle: &[u8; 64]) -> Result<RawEvent, CudaError>;
+    /// The records and waits made so far, for tests: the CPU fake's log; `None` for the driver.
+    fn calls(&self) -> Option<Vec<crate::foreign::FakeCall>> {
+        None
+    }
 
     /// `cuMemGetAllocationGranularity` (minimum) of pinned device memory with a POSIX-fd handle.
     fn mem_granularity(&self, device: i32) -> Result<usize, CudaError>;
@@ -269,6 +273,27 @@ pub(crate) mod fake {
         fn st(&self) -> std::sync::MutexGuard<'_, State> {
             self.state.lock().unwrap_or_else(|e| e.into_inner())
         }
+        pub(crate) fn calls_seen(&self) -> Vec<crate::foreign::FakeCall> {
+            use crate::foreign::FakeCall;
+            let raw = |t: &Target| t.stream.map(|s| s.0);
+            self.st()
+                .log
+                .iter()
+                .filter_map(|op| match op {
+                    Op::Record { event, target } => Some(FakeCall::Record {
+                        event: event.0,
+                        device: target.device,
+                        stream: raw(target),
+                    }),
+                    Op::Wait { target, event } => Some(FakeCall::Wait {
+                        event: event.0,
+                        device: target.device,
+                        stream: raw(target),
+                    }),
+                    _ => None,
+                })
+                .collect()
+        }
         pub(crate) fn log(&self) -> Vec<Op> {
             self.st().log.clone()
         }
@@ -437,6 +462,9 @@ pub(crate) mod fake {
             let mut h = [0u8; 64];
             h[..8].copy_from_slice(&(event.0 as u64).to_le_bytes());
             Ok(h)
+        }
+        fn calls(&self) -> Option<Vec<crate::foreign::FakeCall>> {
+            Some(self.calls_seen())
         }
         fn ipc_import_event(&self, device: i32, handle: &[u8; 64]) -> Result<RawEvent, CudaError> {
             let mut b = [0u8; 8];

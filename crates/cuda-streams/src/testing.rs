@@ -186,3 +186,12 @@ impl Drop for ReadOnlyView {
         let _ = unsafe { rustix::mm::munmap(self.ptr.cast(), self.len) };
     }
 }
+
+pub use crate::foreign::FakeCall;
+
+/// The records and waits `driver` has made so far, in order, when it is the CPU fake of
+/// [`Driver::fake`]; `None` for a real driver. Lets tests of crates built on this one check
+/// which stream waited on which event.
+pub fn fake_calls(driver: &Driver) -> Option<Vec<FakeCall>> {
+    driver.backend.calls()
+}

@@ -18,8 +18,9 @@ use fastio_shm::{Access, Mapping, Prefault, Segment, ShmemThp};
 
 use crate::registry::HugeState;
 
-/// Environment variable that turns the collapser off when `0`.
-pub const COLLAPSE_ENV: &str = "FASTIO_COLLAPSE";
+/// Environment variable that turns the collapser off when `0` (and the collapse of new
+/// segments at create, see [`fastio_shm::Reserve::Collapse`]).
+pub const COLLAPSE_ENV: &str = fastio_shm::COLLAPSE_ENV;
 
 const STEP: usize = 32 << 20;
 
@@ -36,7 +37,7 @@ impl Collapser {
     /// Starts the thread, or `None` where collapsing is off or cannot work (huge pages
     /// denied, no transparent huge pages at all).
     pub(crate) fn start() -> Option<Self> {
-        if std::env::var(COLLAPSE_ENV).is_ok_and(|v| v.trim() == "0") {
+        if !fastio_shm::collapse_allowed() {
             return None;
         }
         match ShmemThp::current() {

@@ -557,6 +557,12 @@ impl Allocation {
         self.access
     }
 
+    /// Whether the memory comes from the hugetlb pool: what a create with
+    /// [`CreateOptions::hugetlb`] got (ordinary memory where the pool could not hold it).
+    pub fn is_hugetlb(&self) -> bool {
+        self.mapping.as_ref().is_some_and(Mapping::is_hugetlb)
+    }
+
     /// Local type and dimensions, if set.
     pub fn typed_shape(&self) -> Option<&TypedShape> {
         self.typed.as_ref()

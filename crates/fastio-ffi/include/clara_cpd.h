@@ -38,7 +38,8 @@
  *   nvidia_clara_fastio_context__create_in_process / __connect / __release (a context
  *   outside a pipeline job), nvidia_clara_fastio__get_with_access and __access,
  *   nvidia_clara_cpd__job_id / __job_name / __stage_name,
- *   nvidia_clara_fastio_entry__is_preallocated.
+ *   nvidia_clara_fastio_entry__is_preallocated, nvidia_clara_fastio__create_with_flags
+ *   (NVIDIA_CLARA_FASTIO_CREATE_HUGETLB) and nvidia_clara_fastio__is_hugetlb.
  * - Element type and access are int32_t typedefs with #define'd values, not C enums, so
  *   that an out-of-range value is reported instead of being undefined behaviour.
  * - map: a handle is mapped at most once at a time. A write mapping is exclusive among
@@ -132,6 +133,12 @@ typedef struct nvidia_clara_payload_entry nvidia_clara_payload_entry;
 typedef int result;
 
 /*
+ Options of `nvidia_clara_fastio__create_with_flags`: an OR of the
+ `NVIDIA_CLARA_FASTIO_CREATE_*` bits, 0 for none. fastio extension.
+ */
+typedef uint32_t nvidia_clara_fastio_create_flags;
+
+/*
  How a handle or a mapping may touch the memory: one of the
  `NVIDIA_CLARA_FASTIO_ACCESS_*` values.
  */
@@ -170,6 +177,18 @@ typedef result (*nvidia_clara_cpd_execute_callback)(nvidia_clara_cpd *cpd,
  Called once at the end, also after a failure. Return 0 on success.
  */
 typedef result (*nvidia_clara_cpd_cleanup_callback)(nvidia_clara_cpd *cpd);
+
+/*
+ An interprocess CUDA event handle: the 64 bytes of `CUipcEventHandle` /
+ `cudaIpcEventHandle_t` (same size and layout; copy it into one with `memcpy`), which
+ `cuIpcOpenEventHandle` opens in another process.
+ */
+typedef struct {
+  /*
+   The handle's bytes.
+   */
+  char reserved[64];
+} nvidia_clara_fastio_cuda_event;
 
 /*
  Success.
@@ -287,6 +306,13 @@ typedef result (*nvidia_clara_cpd_cleanup_callback)(nvidia_clara_cpd *cpd);
  */
 #define NVIDIA_CLARA_FASTIO_ACCESS_READ_WRITE 1
 
+/*
+ Take the memory from the machine's hugetlb pool (`MFD_HUGETLB`, the size rounded up to
+ whole huge pages) where the pool can hold it; ordinary shared memory otherwise
+ (`nvidia_clara_fastio__is_hugetlb` says which).
+ */
+#define NVIDIA_CLARA_FASTIO_CREATE_HUGETLB 1
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -305,6 +331,32 @@ extern "C" {
 result nvidia_clara_fastio__create(nvidia_clara_fastio_context *context,
                                    size_t size,
                                    nvidia_clara_fastio_alloc **alloc_out);
+
+/*
+ nvidia_clara_fastio__create with options: `flags` is 0 or an OR of the
+ `NVIDIA_CLARA_FASTIO_CREATE_*` bits (an unknown bit fails with
+ NVIDIA_CLARA_RESULT_INVALID_ARGUMENT). With NVIDIA_CLARA_FASTIO_CREATE_HUGETLB the
+ memory comes from the machine's hugetlb pool where the pool can hold it, and is
+ ordinary shared memory otherwise: the create succeeds either way and
+ nvidia_clara_fastio__is_hugetlb says which. [fastio extension]
+
+ # Safety
+ `alloc_out` is NULL or valid for writing one pointer.
+ */
+result nvidia_clara_fastio__create_with_flags(nvidia_clara_fastio_context *context,
+                                              size_t size,
+                                              nvidia_clara_fastio_create_flags flags,
+                                              nvidia_clara_fastio_alloc **alloc_out);
+
+/*
+ Writes 1 to `*hugetlb_out` when the allocation's memory comes from the machine's
+ hugetlb pool, 0 otherwise. [fastio extension]
+
+ # Safety
+ `hugetlb_out` is NULL or valid for one write.
+ */
+result nvidia_clara_fastio__is_hugetlb(nvidia_clara_fastio_alloc *alloc,
+                                       int32_t *hugetlb_out);
 
 /*
  Publishes the allocation under `name` (1 to 255 characters of `A-Z a-z 0-9 - _`, and
@@ -681,6 +733,48 @@ result nvidia_clara_payload_entry__path(nvidia_clara_payload_entry *entry,
                                         char *buffer,
                                         int buffer_size,
                                         size_t *len_out);
+
+/*
+ Writes the interprocess event handle a producer attached to what it published (the event
+ it recorded on its stream after the writes) to `*event_out` and 1 to `*has_event_out`;
+ 0 to `*has_event_out`, and nothing to `*event_out`, when it attached none. Open it with
+ `cuIpcOpenEventHandle` and make your stream wait on it (`cuStreamWaitEvent`): the GPU
+ orders your work after the producer's, the host never waits. fastio extension.
+
+ # Safety
+ `event_out` and `has_event_out` are NULL or valid for one write.
+ */
+result nvidia_clara_fastio__cuda_event(nvidia_clara_fastio_alloc *alloc,
+                                       nvidia_clara_fastio_cuda_event *event_out,
+                                       int *has_event_out);
+
+/*
+ Writes the interprocess event handle that goes with the FastIO entry's memory: for an
+ input, the one its producer attached (an operator's stream is recorded at the end of
+ its execute), as `nvidia_clara_fastio__cuda_event` does. fastio extension.
+
+ # Safety
+ `event_out` and `has_event_out` are NULL or valid for one write.
+ */
+result nvidia_clara_fastio_entry__cuda_event(nvidia_clara_fastio_entry *entry,
+                                             nvidia_clara_fastio_cuda_event *event_out,
+                                             int *has_event_out);
+
+/*
+ Writes the operator's CUDA stream (a `CUstream` / `cudaStream_t`) to `*stream_out`:
+ allocated from the operator's stream pool the first time and held for the run, already
+ ordered after every FastIO input's producer (GPU-side: the host did not wait), with its
+ device made current on the calling thread. Queue execute's GPU work on it: at the end of
+ execute an event recorded on it goes with every output, so downstream operators wait
+ for this work (Holoscan's `receive_cuda_stream`). Fails with
+ NVIDIA_CLARA_RESULT_FAILED and a message where there is no CUDA device. fastio
+ extension.
+
+ # Safety
+ `stream_out` is NULL or valid for writing one pointer.
+ */
+result nvidia_clara_payload__cuda_stream(nvidia_clara_payload *payload,
+                                         void **stream_out);
 
 /*
  The entry's name in the pipeline definition, with the buffer protocol of

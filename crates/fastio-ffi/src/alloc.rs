@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::ffi::{c_char, c_void};
 use std::sync::{LazyLock, Mutex};
 
-use fastio_context::{Access, AccessMode, Allocation, Context, ResourceId};
+use fastio_context::{Access, AccessMode, Allocation, Context, CreateOptions, ResourceId};
 use fastio_meta::ElementType;
 
 use crate::context::CONTEXTS;
@@ -53,15 +53,15 @@ fn hand_out(
 }
 
 /// A live handle, as the body of a function sees it.
-struct Live<'a> {
-    allocation: &'a mut Allocation,
+pub(crate) struct Live<'a> {
+    pub(crate) allocation: &'a mut Allocation,
     mapped: &'a mut Option<Access>,
     context: u64,
     token: u64,
 }
 
 /// Runs `f` on the live allocation behind `alloc`, holding its lock.
-fn with_alloc<R>(
+pub(crate) fn with_alloc<R>(
     alloc: *const nvidia_clara_fastio_alloc,
     f: impl FnOnce(Live<'_>) -> Result<R, Error>,
 ) -> Result<R, Error> {
@@ -121,6 +121,57 @@ pub unsafe extern "C" fn nvidia_clara_fastio__create(
         non_null(alloc_out, "alloc_out")?;
         let (context, token) = context_of(context)?;
         hand_out(context.create(size)?, token, alloc_out)
+    })
+}
+
+/// nvidia_clara_fastio__create with options: `flags` is 0 or an OR of the
+/// `NVIDIA_CLARA_FASTIO_CREATE_*` bits (an unknown bit fails with
+/// NVIDIA_CLARA_RESULT_INVALID_ARGUMENT). With NVIDIA_CLARA_FASTIO_CREATE_HUGETLB the
+/// memory comes from the machine's hugetlb pool where the pool can hold it, and is
+/// ordinary shared memory otherwise: the create succeeds either way and
+/// nvidia_clara_fastio__is_hugetlb says which. [fastio extension]
+///
+/// # Safety
+/// `alloc_out` is NULL or valid for writing one pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvidia_clara_fastio__create_with_flags(
+    context: *mut nvidia_clara_fastio_context,
+    size: usize,
+    flags: nvidia_clara_fastio_create_flags,
+    alloc_out: *mut *mut nvidia_clara_fastio_alloc,
+) -> result {
+    guard("nvidia_clara_fastio__create_with_flags", || {
+        non_null(alloc_out, "alloc_out")?;
+        let unknown = flags & !NVIDIA_CLARA_FASTIO_CREATE_HUGETLB;
+        if unknown != 0 {
+            return Err(Error::invalid(format!(
+                "`flags` has unknown bits {unknown:#x}; known: NVIDIA_CLARA_FASTIO_CREATE_HUGETLB (1)"
+            )));
+        }
+        let (context, token) = context_of(context)?;
+        let options = CreateOptions {
+            hugetlb: flags & NVIDIA_CLARA_FASTIO_CREATE_HUGETLB != 0,
+            ..CreateOptions::default()
+        };
+        hand_out(context.create_with(size, options)?, token, alloc_out)
+    })
+}
+
+/// Writes 1 to `*hugetlb_out` when the allocation's memory comes from the machine's
+/// hugetlb pool, 0 otherwise. [fastio extension]
+///
+/// # Safety
+/// `hugetlb_out` is NULL or valid for one write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvidia_clara_fastio__is_hugetlb(
+    alloc: *mut nvidia_clara_fastio_alloc,
+    hugetlb_out: *mut i32,
+) -> result {
+    guard("nvidia_clara_fastio__is_hugetlb", || {
+        non_null(hugetlb_out, "hugetlb_out")?;
+        let hugetlb = with_alloc(alloc, |live| Ok(live.allocation.is_hugetlb()))?;
+        // SAFETY: checked non-NULL; writable by the C caller's contract.
+        unsafe { write_out(hugetlb_out, i32::from(hugetlb), "hugetlb_out") }
     })
 }
 

@@ -73,6 +73,15 @@ pub const NVIDIA_CLARA_FASTIO_ACCESS_READ_ONLY: nvidia_clara_fastio_access = 0;
 /// Read and write.
 pub const NVIDIA_CLARA_FASTIO_ACCESS_READ_WRITE: nvidia_clara_fastio_access = 1;
 
+/// Options of `nvidia_clara_fastio__create_with_flags`: an OR of the
+/// `NVIDIA_CLARA_FASTIO_CREATE_*` bits, 0 for none. fastio extension.
+pub type nvidia_clara_fastio_create_flags = u32;
+
+/// Take the memory from the machine's hugetlb pool (`MFD_HUGETLB`, the size rounded up to
+/// whole huge pages) where the pool can hold it; ordinary shared memory otherwise
+/// (`nvidia_clara_fastio__is_hugetlb` says which).
+pub const NVIDIA_CLARA_FASTIO_CREATE_HUGETLB: nvidia_clara_fastio_create_flags = 1;
+
 /// The most dimensions an allocation's metadata may have.
 pub const NVIDIA_CLARA_FASTIO_MAX_DIMENSIONS: usize = 64;
 

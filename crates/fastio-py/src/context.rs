@@ -77,22 +77,38 @@ impl FastIOContext {
     }
 
     /// Allocates `size` bytes of zeroed shared memory, reachable only through the
-    /// returned allocation until it is published.
-    fn create(&self, py: Python<'_>, size: &Bound<'_, PyAny>) -> PyResult<FastIOAllocation> {
+    /// returned allocation until it is published. With `hugetlb=True` the memory comes
+    /// from the machine's hugetlb pool where it can hold it, and is ordinary shared memory
+    /// otherwise: the allocation's `hugetlb` says which.
+    #[pyo3(signature = (size, *, hugetlb = false))]
+    fn create(
+        &self,
+        py: Python<'_>,
+        size: &Bound<'_, PyAny>,
+        hugetlb: bool,
+    ) -> PyResult<FastIOAllocation> {
         let size = count_arg(size, "size")?;
-        let allocation = py.detach(|| self.context.create(size)).map_err(error)?;
+        let options = CreateOptions {
+            hugetlb,
+            ..CreateOptions::default()
+        };
+        let allocation = py
+            .detach(|| self.context.create_with(size, options))
+            .map_err(error)?;
         Ok(FastIOAllocation::new(allocation))
     }
 
     /// A new allocation typed `dtype` with `shape` (an int or a sequence of ints), whose
     /// bytes are left as they are (like `numpy.empty`: a recycled segment is not zeroed).
     /// For computing in place: fill `as_numpy()`, then `publish(name)`; no copy is made,
-    /// unlike `publish_array`.
+    /// unlike `publish_array`. `hugetlb=True` as for `create`.
+    #[pyo3(signature = (shape, dtype, *, hugetlb = false))]
     fn empty(
         &self,
         py: Python<'_>,
         shape: &Bound<'_, PyAny>,
         dtype: &Bound<'_, PyAny>,
+        hugetlb: bool,
     ) -> PyResult<FastIOAllocation> {
         let et = dtype::from_python(dtype)?;
         let dims = match shape.extract::<usize>() {
@@ -109,7 +125,7 @@ impl FastIOContext {
                     CreateOptions {
                         zeroed: false,
                         prefault: Prefault::Populate,
-                        hugetlb: false,
+                        hugetlb,
                     },
                 )
             })

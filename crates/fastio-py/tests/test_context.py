@@ -229,3 +229,36 @@ def test_empty_refuses_bad_shapes_and_dtypes():
         ctx.empty((2, 3), "not-a-type")
     with pytest.raises(fastio.Error):
         ctx.empty((1 << 40, 1 << 40), np.float64)
+
+
+def _hugetlb_pages_free():
+    """Free pages of the machine's hugetlb pool and their size, from /proc/meminfo."""
+    info = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            info[key] = int(value.split()[0])
+    return info.get("HugePages_Free", 0), info.get("Hugepagesize", 2048) * 1024
+
+
+def test_hugetlb_is_used_where_the_pool_holds_it_and_ordinary_memory_otherwise():
+    ctx = fastio.FastIOContext()
+    size = 8 << 20
+    free, page = _hugetlb_pages_free()
+    fits = free * page >= size
+    a = ctx.empty(size, "uint8", hugetlb=True)
+    # The allocation says which memory it got; either way it works the same.
+    assert a.hugetlb is fits
+    arr = a.as_numpy()
+    arr[:] = 7
+    a.publish("huge")
+    del arr
+    a.release()
+    got = ctx.get("huge", IOAccess.ReadOnly)
+    assert got.hugetlb is fits
+    assert int(got.as_numpy().sum()) == 7 * size
+    b = ctx.create(4096, hugetlb=True)
+    assert b.hugetlb is (free * page >= 4096)
+    assert bytes(b.as_numpy()[:4]) == b"\0\0\0\0"
+    c = ctx.create(4096)
+    assert c.hugetlb is False

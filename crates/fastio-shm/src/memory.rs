@@ -201,6 +201,41 @@ pub fn huge_page_size() -> u64 {
     meminfo_kib("Hugepagesize").map_or(2 << 20, |k| k * 1024)
 }
 
+/// Environment variable that, set to `0`, keeps fastio from collapsing shared memory into
+/// huge pages with `MADV_COLLAPSE` (at create and in the background): for machines where
+/// fresh huge pages cost more than they save (e.g. a VM whose free memory is handed back
+/// to its host, so that every fresh page costs the host a fault).
+pub const COLLAPSE_ENV: &str = "FASTIO_COLLAPSE";
+
+/// Whether [`COLLAPSE_ENV`] allows collapsing.
+pub fn collapse_allowed() -> bool {
+    !std::env::var(COLLAPSE_ENV).is_ok_and(|v| v.trim() == "0")
+}
+
+/// Bytes the kernel holds free in blocks of at least one huge page, from
+/// `/proc/buddyinfo` (every zone of every node): what huge pages can be had now without
+/// compacting memory. `None` where the file cannot be read.
+pub fn free_huge_page_bytes() -> Option<u64> {
+    let huge = huge_page_size();
+    let order = (huge / 4096).trailing_zeros() as usize;
+    parse_buddyinfo(&fs::read_to_string("/proc/buddyinfo").ok()?, order).map(|pages| pages * huge)
+}
+
+/// Free blocks of `order` and more in `text` (the format of `/proc/buddyinfo`), counted in
+/// blocks of `order`.
+fn parse_buddyinfo(text: &str, order: usize) -> Option<u64> {
+    let mut total = 0u64;
+    for line in text.lines() {
+        // "Node 0, zone   Normal  56748  32349 ...": counts by order from 0.
+        let counts = line.split_once("zone")?.1.split_whitespace().skip(1);
+        for (k, count) in counts.enumerate().skip(order) {
+            let count: u64 = count.parse().ok()?;
+            total = total.saturating_add(count << (k - order));
+        }
+    }
+    Some(total)
+}
+
 /// The hugetlb pool of the default huge page size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HugetlbPool {
@@ -265,4 +300,16 @@ pub fn resident_bytes(addr: usize) -> Option<u64> {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map(|k| k * 1024)
     })
+}
+
+#[cfg(test)]
+mod buddy_tests {
+    #[test]
+    fn free_blocks_of_a_huge_page_and_more_are_counted_in_huge_pages() {
+        let text = "Node 0, zone      DMA      0      0      0      0      0      0      0      0      1      1      3 \n\
+                    Node 0, zone    DMA32   8450   6786   5629   4017   2525   1924   1377    953    579    173     33 \n";
+        // Order 9: 1 + 173; order 10 counts twice: 3 + 33.
+        assert_eq!(super::parse_buddyinfo(text, 9), Some(174 + 2 * 36));
+        assert_eq!(super::parse_buddyinfo("garbage", 9), None);
+    }
 }

@@ -367,3 +367,38 @@ fn large_mappings_start_on_a_huge_page_boundary() {
     let m = Mapping::new(&s, Access::ReadOnly, Prefault::Lazy).unwrap();
     assert_eq!(m.as_ptr() as u64 % fastio_shm::huge_page_size(), 0);
 }
+
+#[test]
+fn reserving_by_collapse_gives_zeroed_huge_pages_and_reserves_every_byte() {
+    // The path taken under shmem THP `never`: one page populated per huge page, then
+    // MADV_COLLAPSE. A length that is not a whole number of huge pages gets its tail by
+    // fallocate.
+    let huge = fastio_shm::huge_page_size() as usize;
+    let size = 4 * huge + 12_345;
+    let s = SegmentBuilder::new(size)
+        .reserve(fastio_shm::Reserve::Collapse)
+        .create()
+        .unwrap();
+    let blocks = rustix::fs::fstat(&s).unwrap().st_blocks as u64;
+    assert!(
+        blocks * 512 >= size as u64,
+        "only {blocks} blocks reserved for {size} bytes"
+    );
+    let m = Mapping::new(&s, Access::ReadWrite, Prefault::Populate).unwrap();
+    let mut all = vec![1u8; size];
+    m.read_at(0, &mut all).unwrap();
+    assert!(all.iter().all(|&b| b == 0), "a fresh segment reads as zero");
+    m.write_at(size - 1, b"z").unwrap();
+    let collapsible = !matches!(
+        fastio_shm::ShmemThp::current(),
+        None | Some(fastio_shm::ShmemThp::Deny)
+    );
+    if collapsible {
+        assert!(
+            m.huge_mapped_bytes() >= 4 * huge as u64,
+            "{} bytes huge-mapped of {size} (shmem THP {:?})",
+            m.huge_mapped_bytes(),
+            fastio_shm::ShmemThp::current()
+        );
+    }
+}

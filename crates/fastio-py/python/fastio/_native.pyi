@@ -14,6 +14,9 @@ CONTEXT_ENV: str
 class Error(Exception):
     """Raised by every failing Fast I/O call; the message says what went wrong."""
 
+class ExportError(Error, BufferError):
+    """Raised when memory cannot be exported as asked (DLPack, CUDA array interface)."""
+
 class IOAccess(enum.Enum):
     """How a handle may touch its memory."""
 
@@ -31,6 +34,33 @@ class View:
     def __len__(self) -> int: ...
     def __buffer__(self, flags: int, /) -> memoryview: ...
 
+class DeviceView:
+    """Fast I/O memory on a CUDA device, for torch.from_dlpack / cupy.asarray without a copy."""
+
+    @property
+    def __cuda_array_interface__(self) -> dict[str, Any]: ...
+    def __dlpack__(
+        self,
+        stream: int | Any | None = None,
+        *,
+        max_version: tuple[int, int] | None = None,
+        dl_device: tuple[int, int] | None = None,
+        copy: bool | None = None,
+    ) -> Any: ...
+    def __dlpack_device__(self) -> tuple[int, int]: ...
+    @property
+    def ptr(self) -> int: ...
+    @property
+    def device(self) -> int: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def readonly(self) -> bool: ...
+    @property
+    def nbytes(self) -> int: ...
+
 class FastIOAllocation:
     """A handle to a Fast I/O memory resource, with its own local metadata.
 
@@ -46,6 +76,9 @@ class FastIOAllocation:
         """The context's id of the memory resource."""
     @property
     def access(self) -> IOAccess: ...
+    @property
+    def hugetlb(self) -> bool:
+        """True when the memory comes from the machine's hugetlb pool."""
     @property
     def element_type(self) -> np.dtype[Any] | None:
         """Local element type, or None before set_type_and_dimensions."""
@@ -74,6 +107,16 @@ class FastIOAllocation:
     def set_values(self, values: npt.ArrayLike | bytes | bytearray | memoryview) -> None: ...
     @property
     def __array_interface__(self) -> dict[str, Any]: ...
+    def __dlpack__(
+        self,
+        stream: int | Any | None = None,
+        *,
+        max_version: tuple[int, int] | None = None,
+        dl_device: tuple[int, int] | None = None,
+        copy: bool | None = None,
+    ) -> Any:
+        """DLPack capsule of the memory (zero-copy unless copy=True; read-only flagged)."""
+    def __dlpack_device__(self) -> tuple[int, int]: ...
     def __buffer__(self, flags: int, /) -> memoryview: ...
     def __enter__(self) -> FastIOAllocation: ...
     def __exit__(self, *args: object) -> Literal[False]: ...
@@ -89,8 +132,13 @@ class FastIOContext:
     def from_env() -> FastIOContext: ...
     @staticmethod
     def connect(address: str) -> FastIOContext: ...
-    def create(self, size: int) -> FastIOAllocation: ...
-    def empty(self, shape: int | Sequence[int], dtype: npt.DTypeLike | str) -> FastIOAllocation: ...
+    def create(self, size: int, *, hugetlb: bool = False) -> FastIOAllocation:
+        """Zeroed shared memory; ``hugetlb=True`` takes it from the machine's hugetlb pool
+        where the pool can hold it, ordinary memory otherwise (see ``.hugetlb``)."""
+    def empty(
+        self, shape: int | Sequence[int], dtype: npt.DTypeLike | str, *, hugetlb: bool = False
+    ) -> FastIOAllocation:
+        """A typed allocation to fill in place (not zeroed); ``hugetlb`` as for ``create``."""
     def get(self, name: str, access: IOAccess = ...) -> FastIOAllocation: ...
     def publish_array(self, array: npt.ArrayLike, name: str, *, replace: bool = False) -> None:
         """Publishes a copy of ``array``; ``replace=True`` replaces a publication (or
@@ -160,6 +208,16 @@ class FastIOEntry:
     def set_values(self, new_vals: npt.ArrayLike | bytes | bytearray | memoryview) -> None: ...
     @property
     def __array_interface__(self) -> dict[str, Any]: ...
+    def __dlpack__(
+        self,
+        stream: int | Any | None = None,
+        *,
+        max_version: tuple[int, int] | None = None,
+        dl_device: tuple[int, int] | None = None,
+        copy: bool | None = None,
+    ) -> Any:
+        """DLPack capsule of the memory (zero-copy unless copy=True; read-only flagged)."""
+    def __dlpack_device__(self) -> tuple[int, int]: ...
     def __buffer__(self, flags: int, /) -> memoryview: ...
 
 class PayloadEntry:
@@ -194,6 +252,8 @@ class Payload:
     def fastio_output_entries(self) -> PayloadCollection: ...
     def fastio_input(self, name: str) -> FastIOEntry: ...
     def fastio_output(self, name: str) -> FastIOEntry: ...
+    def cuda_stream(self) -> int:
+        """The operator's CUDA stream (held for the run), ordered after every input's producer."""
 
 class Driver:
     """An operator's link to its job, and the runner of its life-cycle."""
