@@ -1080,3 +1080,28 @@ impl Drop for FillKernel {
         });
     }
 }
+
+/// Enqueues on `stream` a copy of `len` bytes from the device address `dptr` (any mapping of
+/// the stream's device, e.g. a pointer another layer mapped) to host memory at `dst`
+/// (`cuMemcpyDtoHAsync`). For tests that hold a raw device pointer rather than a
+/// [`crate::DeviceMapping`].
+///
+/// # Safety
+/// `dptr..dptr+len` must be mapped for the stream's device until the copy is done, and
+/// `dst..dst+len` writable and untouched by others until then.
+///
+/// # Errors
+/// A driver error.
+pub unsafe fn raw_copy_to_host_async(
+    stream: &crate::pool::Stream,
+    dptr: u64,
+    dst: *mut u8,
+    len: usize,
+) -> Result<(), CudaError> {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe {
+        stream
+            .backend()
+            .copy_dtoh_async(stream.target(), dst, dptr, len)
+    }
+}

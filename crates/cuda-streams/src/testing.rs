@@ -9,7 +9,8 @@ use crate::ipc::EVENT_DISABLE_TIMING;
 use crate::pool::Stream;
 
 pub use crate::cuda::{
-    FillKernel, HostWord, LegacyIpcBuffer, LegacyIpcMapping, PinnedBuffer, raw_memset_sync,
+    FillKernel, HostWord, LegacyIpcBuffer, LegacyIpcMapping, PinnedBuffer, raw_copy_to_host_async,
+    raw_memset_sync,
 };
 
 /// Creates and destroys one stream (the cost a pool saves).

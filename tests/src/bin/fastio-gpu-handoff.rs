@@ -7,6 +7,12 @@
 //! Run on a GPU machine (it is in the `cargo xtask gpu-test` bundle): prints `PASS ...` and
 //! exits 0; without a CUDA driver it says so and exits 2.
 //!
+//! `fastio-gpu-handoff device` does the same with the data on the GPU: the context makes a
+//! `cuda:0` allocation, the producer fills it with a kernel held behind a gate and publishes
+//! it with its event; the consumer gets it read-only through the context, maps it, makes its
+//! stream wait on the event and copies it out: held while the gate is closed, then every word
+//! is the kernel's.
+//!
 //! `fastio-gpu-handoff copy-bench` measures H2D / D2H between a real Fast I/O host allocation
 //! (created through a context server, registered with CUDA once) and device memory, next to
 //! pinned memory and to the same allocation unregistered; and H2D from a reader's read-only
@@ -144,6 +150,123 @@ fn consumer() -> ExitCode {
     }
 }
 
+// ---------------------------------------------------------------- a device allocation
+
+const WORDS: u32 = 4 << 20;
+const BASE: u32 = 0x4400_0000;
+
+fn device_producer(driver: &Driver) -> R<String> {
+    use cuda_streams::testing::FillKernel;
+    use fastio::context::MemoryKind;
+    let s = |x: &dyn std::fmt::Display| x.to_string();
+    let pool = StreamPool::new(driver, StreamPoolConfig::new(0, 1, 0, 1, 0)).map_err(|x| s(&x))?;
+    let stream = pool.allocate().map_err(|x| s(&x))?;
+    let server = Server::start(ServerConfig::default()).map_err(|x| s(&x))?;
+    let ctx = Context::connect(server.address()).map_err(|x| s(&x))?;
+    let volume = ctx
+        .create_in(MemoryKind::Cuda { device: 0 }, WORDS as usize * 4)
+        .map_err(|x| format!("create on cuda:0 through the context: {x}"))?;
+    let view = volume.map_device(driver).map_err(|x| s(&x))?;
+    // Load and warm the kernel before the stream is gated (a module load waits for the context).
+    let kernel = FillKernel::load(driver, 0).map_err(|x| s(&x))?;
+    kernel
+        .launch(&stream, view.device_ptr, 0, 0)
+        .map_err(|x| s(&x))?;
+    stream.synchronize().map_err(|x| s(&x))?;
+    let gate = HostWord::new(driver).map_err(|x| s(&x))?;
+    let event = InterprocessEvent::new(driver, 0).map_err(|x| s(&x))?;
+    gate.gpu_wait_geq(Some(&stream), 0, 1).map_err(|x| s(&x))?;
+    let queued = kernel
+        .launch(&stream, view.device_ptr, WORDS, BASE)
+        .and_then(|()| event.record(&stream))
+        .and_then(|()| event.export())
+        .map_err(|x| s(&x))
+        .and_then(|h| {
+            volume
+                .publish_with_event("volume", EventHandle(*h.as_bytes()))
+                .map_err(|x| s(&x))
+        });
+    let run = queued.and_then(|()| {
+        let exe = std::env::current_exe().map_err(|x| s(&x))?;
+        let mut child = Command::new(exe)
+            .arg("device-consumer")
+            .env(fastio::CONTEXT_ENV, server.address())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|x| s(&x))?;
+        let mut out = BufReader::new(child.stdout.take().ok_or("no child stdout")?);
+        let mut first = String::new();
+        let read = out.read_line(&mut first).map_err(|x| s(&x));
+        gate.set(1);
+        read?;
+        let rest: Vec<String> = out.lines().map_while(Result::ok).collect();
+        let status = child.wait().map_err(|x| s(&x))?;
+        Ok((first.trim().to_owned(), rest.join(" "), status))
+    });
+    gate.set(1);
+    stream.synchronize().map_err(|x| s(&x))?;
+    let (first, rest, status) = run?;
+    if !first.starts_with("HELD") || !status.success() || !rest.starts_with("ORDERED") {
+        return Err(format!("consumer: {first} {rest} ({status})"));
+    }
+    volume.release().map_err(|x| s(&x))?;
+    Ok(format!(
+        "a cuda:0 allocation made by the context, filled by a kernel in this process, read in another through the context with the carried event; consumer {first}; {rest}"
+    ))
+}
+
+fn device_consumer(driver: &Driver) -> R<String> {
+    use cuda_streams::testing::{PinnedBuffer, raw_copy_to_host_async};
+    let s = |x: &dyn std::fmt::Display| x.to_string();
+    let ctx = Context::from_env().map_err(|x| s(&x))?;
+    let volume = ctx
+        .get_with("volume", fastio::AccessMode::ReadOnly)
+        .map_err(|x| s(&x))?;
+    let view = volume.map_device(driver).map_err(|x| s(&x))?;
+    let handle = volume.event().ok_or("the publication carried no event")?;
+    let handle = IpcEventHandle::from_bytes(&handle.0).ok_or("bad handle")?;
+    let event = InterprocessEvent::import(driver, 0, &handle).map_err(|x| s(&x))?;
+    let pool = StreamPool::new(driver, StreamPoolConfig::new(0, 1, 0, 1, 0)).map_err(|x| s(&x))?;
+    let stream = pool.allocate().map_err(|x| s(&x))?;
+    let len = WORDS as usize * 4;
+    let host = PinnedBuffer::new(driver, len).map_err(|x| s(&x))?;
+    let marker = HostWord::new(driver).map_err(|x| s(&x))?;
+    let start = Instant::now();
+    event.make_stream_wait(Some(&stream)).map_err(|x| s(&x))?;
+    // SAFETY: `view` stays mapped (the handle lives) and `host` stays allocated until the
+    // synchronisation below.
+    unsafe { raw_copy_to_host_async(&stream, view.device_ptr, host.as_mut_ptr(), len) }
+        .map_err(|x| s(&x))?;
+    marker.gpu_write(Some(&stream), 0, 1).map_err(|x| s(&x))?;
+    let took = start.elapsed();
+    std::thread::sleep(HOLD);
+    if marker.get() != 0 {
+        return Err("the consumer's copy ran before the producer's kernel".into());
+    }
+    println!(
+        "HELD (wait + copy enqueued in {:.1} us; read-only mapping enforced by the driver: {})",
+        took.as_secs_f64() * 1e6,
+        view.read_only_enforced
+    );
+    let _ = std::io::stdout().flush();
+    fastio_tests::wait_until(TIMEOUT, || Ok(marker.get() == 1))
+        .map_err(|_| "the consumer's copy never ran".to_owned())?;
+    stream.synchronize().map_err(|x| s(&x))?;
+    // SAFETY: the copy into `host` is complete (synchronised above).
+    let got = unsafe { std::slice::from_raw_parts(host.as_mut_ptr().cast_const(), len) };
+    let wrong = got
+        .chunks_exact(4)
+        .enumerate()
+        .filter(|(i, w)| u32::from_le_bytes([w[0], w[1], w[2], w[3]]) != BASE + *i as u32)
+        .count();
+    if wrong != 0 {
+        return Err(format!("{wrong} of {WORDS} words are not the kernel's"));
+    }
+    volume.release().map_err(|x| s(&x))?;
+    Ok(format!("ORDERED: all {WORDS} words are the kernel's"))
+}
+
 /// GB/s of `f` over `len` bytes: median of 5 after one warm-up (each call ends synchronised).
 fn gbps(len: usize, mut f: impl FnMut() -> R<()>) -> R<f64> {
     f()?;
@@ -244,6 +367,27 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Some("consumer") => consumer(),
+        Some(mode @ ("device" | "device-consumer")) => {
+            let driver = match probe() {
+                Ok(d) => d,
+                Err(code) => return code,
+            };
+            let (r, pass) = if mode == "device" {
+                (device_producer(&driver), "PASS")
+            } else {
+                (device_consumer(&driver), "")
+            };
+            match r {
+                Ok(report) => {
+                    println!("{pass}{}{report}", if pass.is_empty() { "" } else { " " });
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    println!("FAIL {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         _ => producer(),
     }
 }
