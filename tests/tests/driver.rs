@@ -167,6 +167,7 @@ fn an_input_entry_refuses_writes_keeps_its_data_and_carries_the_producers_event(
             stage("reader", vec![EntryId(0)], vec![]),
         ],
         entries: vec![EntryPlan {
+            memory: Default::default(),
             name: "data".into(),
             producer: Some(0),
             element_type: fastio::ElementType::U16,

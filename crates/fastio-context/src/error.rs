@@ -353,6 +353,16 @@ pub enum EntryError {
         /// The full message, with the size and what is available.
         message: String,
     },
+    /// A device entry's memory could not be made on its device.
+    #[error("FastIO entry {name:?} cannot be allocated on {memory}: {reason}")]
+    Device {
+        /// The entry.
+        name: String,
+        /// Where it was to live.
+        memory: crate::protocol::MemoryKind,
+        /// What the CUDA driver (or its absence) said.
+        reason: String,
+    },
     /// An operating-system call failed.
     #[error("the context server failed on the entry's memory: {message}")]
     System {

@@ -120,6 +120,9 @@ pub struct EntryPlan {
     pub element_type: ElementType,
     /// Declared shape, `-1` or `0` marking dynamic dimensions.
     pub declared: Vec<i64>,
+    /// Where its memory lives (a pipeline definition's `device: cuda:N`; host memory by
+    /// default). Device entries are pre-allocated, so their shape is fully known.
+    pub memory: crate::protocol::MemoryKind,
 }
 
 impl EntryPlan {

@@ -312,6 +312,7 @@ mod tests {
                 },
             ],
             entries: vec![EntryPlan {
+                memory: Default::default(),
                 name: "volume".into(),
                 producer: Some(0),
                 element_type: ElementType::U8,

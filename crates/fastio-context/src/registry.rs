@@ -576,6 +576,13 @@ impl Registry {
         device: i32,
         size: usize,
     ) -> Result<Grant, CreateError> {
+        let grant = self.new_device_resource(device, size)?;
+        self.add_handle(conn, grant.id, true);
+        Ok(grant)
+    }
+
+    /// A new resource of device memory held by nobody yet.
+    fn new_device_resource(&mut self, device: i32, size: usize) -> Result<Grant, CreateError> {
         let (memory, recycled) = self.device_pool.obtain(device, size)?;
         let device_bytes = memory.size();
         let client = memory.export_fd().map_err(|e| CreateError::Device {
@@ -603,7 +610,6 @@ impl Registry {
                 sealed: false,
             },
         );
-        self.add_handle(conn, id, true);
         Ok(Grant {
             id,
             size,
@@ -889,7 +895,10 @@ impl Registry {
                     dims: plan.declared.iter().map(|&d| d as usize).collect(),
                     reason: "it has more bytes than can be addressed".into(),
                 })?;
-            total = total.saturating_add(bytes);
+            // Device entries take no host memory.
+            if plan.memory.is_host() {
+                total = total.saturating_add(bytes);
+            }
         }
         self.admit(total).map_err(|e| match e {
             MemoryFailure::OutOfMemory { message, .. } => EntryError::OutOfMemory {
@@ -909,8 +918,23 @@ impl Registry {
             if plan.is_preallocated() {
                 let dims: Vec<usize> = plan.declared.iter().map(|&d| d as usize).collect();
                 let index = self.entries.len() - 1;
-                let (id, _, recycled) = self.bind_entry(index, &dims, None)?;
-                if recycled {
+                let memory = match plan.memory {
+                    MemoryKind::Host => None,
+                    // Made on its device now; its bytes are whatever the device held.
+                    MemoryKind::Cuda { device } => {
+                        let bytes = plan.element_type.size() * dims.iter().product::<usize>();
+                        let grant = self.new_device_resource(device, bytes).map_err(|e| {
+                            EntryError::Device {
+                                name: plan.name.clone(),
+                                memory: plan.memory,
+                                reason: e.to_string(),
+                            }
+                        })?;
+                        Some(grant)
+                    }
+                };
+                let (id, _, recycled) = self.bind_entry(index, &dims, memory)?;
+                if recycled && plan.memory.is_host() {
                     // Readers open pre-allocated entries as they are: zero them here (a
                     // new job's pool is empty, so this is the rare case).
                     let mapping = fastio_shm::Mapping::new(
@@ -1920,6 +1944,7 @@ mod entry_tests {
 
     fn dynamic_entry() -> EntryPlan {
         EntryPlan {
+            memory: Default::default(),
             name: "slices".into(),
             producer: Some(0),
             element_type: ElementType::I32,
@@ -1935,6 +1960,7 @@ mod entry_tests {
         let each = available / 8;
         let plans: Vec<EntryPlan> = (0..10)
             .map(|i| EntryPlan {
+                memory: Default::default(),
                 name: format!("volume{i}"),
                 producer: Some(0),
                 element_type: ElementType::U8,
@@ -2002,6 +2028,7 @@ mod read_only_tests {
 
     fn entry(producer: Option<usize>) -> EntryPlan {
         EntryPlan {
+            memory: Default::default(),
             name: "volume".into(),
             producer,
             element_type: ElementType::U8,
@@ -2119,6 +2146,56 @@ mod read_only_tests {
         private.segment().unwrap().seal_writes().unwrap();
         r.release(reader, private.id).unwrap();
         assert_eq!(r.stats().pooled_segments, 0);
+    }
+
+    #[test]
+    fn a_device_entry_is_made_on_its_device_written_by_its_producer_and_read_only_after() {
+        let mut r = Registry::new(1 << 20);
+        r.set_device_driver(cuda_streams::Driver::fake(2));
+        let cuda1 = MemoryKind::Cuda { device: 1 };
+        let plan = EntryPlan {
+            memory: cuda1,
+            ..entry(Some(0))
+        };
+        r.define_entries(&[plan]).unwrap();
+        // Device entries take no host memory.
+        assert_eq!(r.stats().live_bytes, 0);
+        assert_eq!(r.stats().device_live_bytes, 2 << 20);
+        let (producer, reader) = (r.connect(), r.connect());
+        let out = r
+            .open_entry(producer, EntryId(0), AccessMode::ReadWrite)
+            .unwrap();
+        assert_eq!(out.kind, cuda1);
+        assert!(matches!(out.memory, GrantedMemory::Device(_)));
+        assert_eq!(out.device_bytes, 2 << 20);
+        r.seal_entries(&[EntryId(0)]).unwrap();
+        assert_eq!(
+            r.open_entry(producer, EntryId(0), AccessMode::ReadWrite)
+                .unwrap_err(),
+            EntryError::Sealed {
+                name: "volume".into()
+            }
+        );
+        let input = r
+            .open_entry(reader, EntryId(0), AccessMode::ReadOnly)
+            .unwrap();
+        assert_eq!(input.kind, cuda1);
+    }
+
+    #[test]
+    fn a_device_entry_without_its_device_fails_the_job_at_set_up() {
+        let mut r = Registry::new(0);
+        r.set_device_driver(cuda_streams::Driver::fake(1));
+        let plan = EntryPlan {
+            memory: MemoryKind::Cuda { device: 4 },
+            ..entry(Some(0))
+        };
+        let e = r.define_entries(&[plan]).unwrap_err();
+        assert!(
+            matches!(&e, EntryError::Device { name, .. } if name == "volume"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("cuda:4"), "{e}");
     }
 
     #[test]

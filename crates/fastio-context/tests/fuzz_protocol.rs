@@ -241,6 +241,7 @@ fn job_plan() -> JobPlan {
         fastio_outputs: outputs,
     };
     let entry = |name: &str, declared: Vec<i64>| EntryPlan {
+        memory: Default::default(),
         name: name.into(),
         producer: Some(0),
         element_type: ElementType::F32,

@@ -102,9 +102,10 @@ pub(crate) fn refusal_code(r: &RequestError) -> result {
             | EntryError::Preallocated { .. }
             | EntryError::ShapeUnset { .. }
             | EntryError::Shape { .. } => NVIDIA_CLARA_RESULT_INVALID_ARGUMENT,
-            EntryError::NotInJob | EntryError::OutOfMemory { .. } | EntryError::System { .. } => {
-                NVIDIA_CLARA_RESULT_FAILED
-            }
+            EntryError::NotInJob
+            | EntryError::OutOfMemory { .. }
+            | EntryError::Device { .. }
+            | EntryError::System { .. } => NVIDIA_CLARA_RESULT_FAILED,
         },
         RequestError::BadRequest { .. } => NVIDIA_CLARA_RESULT_FAILED,
     }
@@ -407,6 +408,15 @@ mod tests {
                 EntryError::OutOfMemory {
                     size: oom().1,
                     message: oom().0,
+                }
+                .into(),
+                NVIDIA_CLARA_RESULT_FAILED,
+            ),
+            (
+                EntryError::Device {
+                    name: name(),
+                    memory: fastio_context::MemoryKind::Cuda { device: 0 },
+                    reason: name(),
                 }
                 .into(),
                 NVIDIA_CLARA_RESULT_FAILED,

@@ -24,6 +24,7 @@ fn job() -> Arc<Job> {
         fastio_outputs: outputs,
     };
     let entry = |name: &str, producer, declared| EntryPlan {
+        memory: Default::default(),
         name: name.into(),
         producer: Some(producer),
         element_type: ElementType::F32,

@@ -416,6 +416,14 @@ pub enum ProblemKind {
         /// What the parser said.
         reason: String,
     },
+    /// `device` names no memory kind.
+    #[error("device {text:?} is not a place memory can live: {reason}")]
+    BadDevice {
+        /// The text given.
+        text: String,
+        /// What the parser said.
+        reason: String,
+    },
     /// `shape` breaks the declared-shape rules.
     #[error("shape {shape:?} is invalid: {reason}")]
     BadShape {
@@ -518,6 +526,7 @@ impl ProblemKind {
             ProblemKind::NoOperators => "operators",
             ProblemKind::BadApiVersion { .. } => "api-version",
             ProblemKind::TypedNeedsNewerVersion { .. } | ProblemKind::UnknownType { .. } => "type",
+            ProblemKind::BadDevice { .. } => "device",
             ProblemKind::UnknownOrchestrator { .. } | ProblemKind::ArgoWithTypedEntries { .. } => {
                 "orchestrator"
             }

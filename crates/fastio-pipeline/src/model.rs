@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fastio_context::MemoryKind;
 use fastio_meta::{DynamicShape, ElementType};
 
 use crate::error::{DefinitionError, Direction, Format, Location, Problem, ProblemKind};
@@ -138,6 +139,7 @@ pub struct Entry {
     pub(crate) name: String,
     pub(crate) from: Option<String>,
     pub(crate) kind: EntryKind,
+    pub(crate) memory: MemoryKind,
 }
 
 /// What an entry carries and where it lives: on disk (`stream`) or in shared memory (the
@@ -255,6 +257,12 @@ impl fmt::Display for EntryKind {
 }
 
 impl Entry {
+    /// Where the entry's memory lives: host memory, or a CUDA device for an array output
+    /// that says `device: cuda:N` (an input is where its producer's output is).
+    pub fn memory(&self) -> MemoryKind {
+        self.memory
+    }
+
     /// The entry's name. Names compare case-insensitively; this is the spelling of the
     /// definition. An unnamed input (only a payload stream input may be unnamed, and at most one
     /// per operator) has the empty name, as in Clara, whose C API reports it as `""`.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use fastio_context::job::{EntryId, EntryPlan, JobPlan, PathEntry, StagePlan};
 use fastio_meta::ElementType;
 
-use crate::{EntryKind, Pipeline};
+use crate::{Entry, EntryKind, Pipeline};
 
 /// Where a job's `stream` entries live on disk.
 ///
@@ -53,7 +53,7 @@ pub fn job_plan(pipeline: &Pipeline, job_id: &str, layout: &DiskLayout) -> JobPl
     let mut produced = Vec::new();
     for (index, op) in operators.iter().enumerate() {
         for output in op.outputs() {
-            if let Some(plan) = entry_plan(output.name(), output.kind(), Some(index)) {
+            if let Some(plan) = entry_plan(output, Some(index)) {
                 produced.push((
                     (index, output.name().to_owned()),
                     EntryId(entries.len() as u32),
@@ -86,7 +86,7 @@ pub fn job_plan(pipeline: &Pipeline, job_id: &str, layout: &DiskLayout) -> JobPl
                     name: input.name().to_owned(),
                     path: text(&layout.payload),
                 }),
-                (kind, source) => {
+                (_, source) => {
                     let key = source.map(|u| (u, input.name().to_owned()));
                     let found = key.and_then(|k| produced.iter().find(|(p, _)| *p == k));
                     let id = match found {
@@ -94,7 +94,7 @@ pub fn job_plan(pipeline: &Pipeline, job_id: &str, layout: &DiskLayout) -> JobPl
                         None => {
                             // Validation admits no shared memory input without a producer;
                             // should one appear, it reads memory nobody writes.
-                            let plan = entry_plan(input.name(), kind, None)
+                            let plan = entry_plan(input, None)
                                 .expect("a non-stream entry is shared memory");
                             entries.push(plan);
                             EntryId(entries.len() as u32 - 1)
@@ -127,8 +127,8 @@ pub fn job_plan(pipeline: &Pipeline, job_id: &str, layout: &DiskLayout) -> JobPl
     }
 }
 
-fn entry_plan(name: &str, kind: &EntryKind, producer: Option<usize>) -> Option<EntryPlan> {
-    let (element_type, declared) = match kind {
+fn entry_plan(entry: &Entry, producer: Option<usize>) -> Option<EntryPlan> {
+    let (element_type, declared) = match entry.kind() {
         EntryKind::Stream { .. } => return None,
         EntryKind::Array {
             element_type,
@@ -138,10 +138,11 @@ fn entry_plan(name: &str, kind: &EntryKind, producer: Option<usize>) -> Option<E
         EntryKind::Primitive(t) => (*t, vec![1]),
     };
     Some(EntryPlan {
-        name: name.to_owned(),
+        name: entry.name().to_owned(),
         producer,
         element_type,
         declared,
+        memory: entry.memory(),
     })
 }
 

@@ -93,6 +93,8 @@ pub(crate) struct RawEntry {
     pub type_name: Option<String>,
     pub element_type: Option<String>,
     pub shape: Option<Vec<i64>>,
+    /// fastio extension: where an array output lives (`cuda:N`; host memory without it).
+    pub device: Option<String>,
 }
 
 /// A scalar written as a string, number or boolean, kept as text: `CLARA_TRACE: 2` and

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use fastio_context::MemoryKind;
 use fastio_meta::{DynamicShape, ElementType, MetaError, validate_name};
 
 use crate::error::{
@@ -93,6 +94,7 @@ struct PartialEntry {
     name: Option<String>,
     from: Option<String>,
     kind: Option<EntryKind>,
+    memory: MemoryKind,
 }
 
 /// An operator as far as it could be checked alone.
@@ -825,12 +827,69 @@ fn check_entry(
         _ => {}
     }
 
+    let memory = check_device(c, op, at, direction, kind.as_ref(), raw.device.as_deref());
+
     PartialEntry {
         location,
         name: raw.name,
         // An output's `from` was reported above; keep only inputs' for linking.
         from: raw.from.filter(|_| direction == Direction::Input),
         kind,
+        memory,
+    }
+}
+
+/// Where an entry lives (fastio extension `device: cuda:N`): only an array output with a
+/// fully known shape may say, since the job allocates it on the device before any operator
+/// runs (an input is where its producer's output is).
+fn check_device(
+    c: &mut Checker<'_>,
+    op: Option<&OperatorLocation>,
+    at: Option<&EntryLocation>,
+    direction: Direction,
+    kind: Option<&EntryKind>,
+    device: Option<&str>,
+) -> MemoryKind {
+    let Some(text) = device else {
+        return MemoryKind::Host;
+    };
+    let memory = match text.parse::<MemoryKind>() {
+        Ok(memory) => memory,
+        Err(e) => {
+            c.report(
+                op,
+                at,
+                ProblemKind::BadDevice {
+                    text: text.to_owned(),
+                    reason: e.to_string(),
+                },
+            );
+            return MemoryKind::Host;
+        }
+    };
+    let forbidden = match (direction, kind) {
+        (Direction::Input, _) => {
+            Some("an input lives where its producer's output does: say `device` on that output")
+        }
+        (Direction::Output, Some(EntryKind::Array { shape, .. })) if shape.is_dynamic() => Some(
+            "only an array whose shape is fully known may live on a device (the job allocates it there before the operators run)",
+        ),
+        (Direction::Output, Some(EntryKind::Array { .. })) | (Direction::Output, None) => None,
+        (Direction::Output, Some(_)) => Some("only an array may live on a device"),
+    };
+    match forbidden {
+        Some(reason) => {
+            c.report(
+                op,
+                at,
+                ProblemKind::Forbidden {
+                    field: "device",
+                    reason,
+                },
+            );
+            MemoryKind::Host
+        }
+        None => memory,
     }
 }
 
@@ -1145,6 +1204,7 @@ fn assemble(
                 name: e.name.unwrap_or_default(),
                 from: None,
                 kind: e.kind.expect("validated"),
+                memory: e.memory,
             })
             .collect::<Vec<_>>()
     };
@@ -1188,8 +1248,15 @@ fn assemble(
             .expect("present")
             .name
             .clone();
+        let memory = slots[order[link.output.operator]]
+            .as_ref()
+            .expect("present")
+            .outputs[link.output.entry]
+            .memory;
         let consumer = slots[order[link.input.operator]].as_mut().expect("present");
         consumer.inputs[link.input.entry].from = Some(producer);
+        // An input is where its producer's output is.
+        consumer.inputs[link.input.entry].memory = memory;
     }
     let operators = order
         .iter()

@@ -903,3 +903,44 @@ fn damaged_clara_definitions_give_errors_never_panics() {
     }
     assert!(refused > 0);
 }
+
+#[test]
+fn an_array_output_may_live_on_a_device_and_its_readers_see_where() {
+    let p = ok(&linked(
+        &format!("{INT16_256}\n    device: cuda:1"),
+        INT16_256,
+    ));
+    let [a, b] = p.operators() else {
+        panic!("two operators")
+    };
+    let cuda1 = fastio_context::MemoryKind::Cuda { device: 1 };
+    assert_eq!(a.outputs()[0].memory(), cuda1);
+    assert_eq!(b.inputs()[0].memory(), cuda1);
+    // Without the key, host memory, as before.
+    let p = ok(&linked(INT16_256, INT16_256));
+    assert!(p.operators()[0].outputs()[0].memory().is_host());
+    assert!(p.operators()[1].inputs()[0].memory().is_host());
+}
+
+#[test]
+fn device_is_refused_when_malformed_on_inputs_on_dynamic_shapes_and_on_other_types() {
+    check(
+        &linked(&format!("{INT16_256}\n    device: gpu0"), INT16_256),
+        r#"operator "a", output "v": device "gpu0" is not a place memory can live"#,
+    );
+    check(
+        &linked(INT16_256, &format!("{INT16_256}\n    device: cuda:0")),
+        "device must not be given: an input lives where its producer's output does",
+    );
+    let dynamic = "    type: array\n    element-type: int16\n    shape: [-1, 512]";
+    check(
+        &linked(&format!("{dynamic}\n    device: cuda:0"), dynamic),
+        "only an array whose shape is fully known may live on a device",
+    );
+    check(
+        &ops(
+            "- name: a\n  command: [x]\n  output:\n  - name: s\n    type: string\n    device: cuda:0\n",
+        ),
+        "only an array may live on a device",
+    );
+}

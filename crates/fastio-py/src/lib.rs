@@ -170,6 +170,7 @@ fn refusal_class<'py>(py: Python<'py>, r: &RequestError) -> Bound<'py, pyo3::typ
             | EntryError::Shape { .. } => py.get_type::<InvalidArgumentError>(),
             EntryError::NotInJob => py.get_type::<JobError>(),
             EntryError::OutOfMemory { .. } => py.get_type::<OutOfMemoryError>(),
+            EntryError::Device { .. } => py.get_type::<DeviceError>(),
             EntryError::System { .. } => py.get_type::<Error>(),
         },
         RequestError::BadRequest { .. } => py.get_type::<Error>(),
