@@ -468,10 +468,10 @@ pub(crate) fn reserve_huge(
 /// huge page size, possibly 0. Only as many huge pages as the kernel holds free are taken
 /// ([`crate::free_huge_page_bytes`]): compacting memory for more would cost far more than
 /// small pages. Collapsing stops at the first step that fails (no huge page free after
-/// all, a kernel without `MADV_COLLAPSE`): the caller reserves the rest another way. Measured for 1 GiB on a 2-core VM under shmem THP
-/// `never`: 140-190 ms, against 360-490 ms for `fallocate` of small pages, which the
-/// kernel then still zeroes at first touch (about 0.3 s more); the mappings that follow
-/// fault 512 times per GiB instead of 262,144.
+/// all, a kernel without `MADV_COLLAPSE`): the caller reserves the rest another way.
+/// Measured for 1 GiB on a 2-core VM under shmem THP `never`: 140-260 ms, against
+/// 360-890 ms for `fallocate` of small pages, which the kernel then still zeroes at first
+/// touch; the mappings that follow fault 512 times per GiB instead of 262,144.
 pub(crate) fn reserve_collapsed(
     fd: &OwnedFd,
     len: usize,
