@@ -104,8 +104,10 @@ fn run_or_explain(bin: &Path, mode: &str, run: bool) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask gpu-test [--dest DIR] [--run]`: builds the bundle; with `--run`, runs the 25
-/// acceptance scenarios and the two-process event test here and prints the pass/fail table.
+/// `cargo xtask gpu-test [--dest DIR] [--run]`: builds the bundle; with `--run`, runs the
+/// acceptance scenarios here (25 of stream semantics, the two-process event test, and 27-31:
+/// device memory across processes, kill -9 of a holder, read-only and peer access, host
+/// registration) and prints the pass/fail table.
 ///
 /// # Errors
 /// A failed build, copy or run.
@@ -117,12 +119,30 @@ pub fn gpu_test(args: &[String]) -> Result<()> {
 
 /// `cargo xtask gpu-bench [--dest DIR] [--run]`: builds the bundle; with `--run`, runs the
 /// benchmarks here (pool vs create/destroy, receive_cuda_stream vs bare event record + wait,
-/// condition vs bare host function). Results go to docs/cuda-streams.md by hand.
+/// condition vs bare host function; device hand-over 1 MiB-8 GiB against legacy IPC and a host
+/// round trip, copies from registered shared memory against pinned and pageable memory, the
+/// interprocess event wait; then `fastio-gpu-handoff copy-bench`: copies between a Fast I/O
+/// allocation and device memory). Results go to docs/cuda-streams.md and docs/benchmarks.md by
+/// hand.
 ///
 /// # Errors
 /// A failed build, copy or run.
 pub fn gpu_bench(args: &[String]) -> Result<()> {
     let o = parse(args)?;
     let bin = build_bundle(&o.dest)?;
-    run_or_explain(&bin, "bench", o.run)
+    run_or_explain(&bin, "bench", o.run)?;
+    // Copies between a real Fast I/O allocation and device memory.
+    let handoff = o.dest.join(HANDOFF);
+    if o.run {
+        let status = Command::new(&handoff)
+            .arg("copy-bench")
+            .status()
+            .with_context(|| format!("running {}", handoff.display()))?;
+        if !status.success() {
+            bail!("{HANDOFF} copy-bench failed ({status})");
+        }
+    } else {
+        println!("and: ./bundle/{HANDOFF} copy-bench");
+    }
+    Ok(())
 }

@@ -5,7 +5,9 @@
 //!   (found with `ldd`), at their usual paths; what a rendered Pod's sidecar runs;
 //! - `localhost/fastio-operator:<version>` (with `--operator`): libfastio.so, the drop-in
 //!   libnvclara.so, the C headers and the Python wheel under /opt/fastio, for operator images to
-//!   copy from in a multi-stage build.
+//!   copy from in a multi-stage build;
+//! - `localhost/fastio-demo:<version>` (with `--demo`): the demo's operator program,
+//!   `fastio-demo-op`, which the demo pipeline's `container` blocks name.
 //!
 //! podman reads `packaging/containers.conf` (runc, and limits it may set), which machines
 //! with cgroups in hybrid mode need.
@@ -18,11 +20,15 @@ use anyhow::{Context as _, bail};
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub fn image(root: &Path, args: &[String]) -> anyhow::Result<()> {
-    let operator = match args {
-        [] => false,
-        [flag] if flag == "--operator" => true,
-        _ => bail!("usage: cargo xtask image [--operator]"),
-    };
+    let (mut operator, mut demo) = (false, false);
+    for arg in args {
+        match arg.as_str() {
+            "--operator" => operator = true,
+            "--demo" => demo = true,
+            _ => bail!("usage: cargo xtask image [--operator] [--demo]"),
+        }
+    }
+    check_podman()?;
     crate::run(
         "cargo",
         &[
@@ -33,6 +39,8 @@ pub fn image(root: &Path, args: &[String]) -> anyhow::Result<()> {
             "fastio",
             "--bin",
             "fastio",
+            "--bin",
+            "fastio-demo-op",
         ],
     )?;
     let context = root.join("target/image");
@@ -51,6 +59,20 @@ pub fn image(root: &Path, args: &[String]) -> anyhow::Result<()> {
         &format!("localhost/fastio:{VERSION}"),
         &context,
     )?;
+    if demo {
+        let program = root.join("target/release/fastio-demo-op");
+        let base = context.join("demo");
+        install(&program, &base.join("usr/local/bin/fastio-demo-op"))?;
+        for lib in linked_libraries(&program)? {
+            install(&lib, &base.join(lib.strip_prefix("/").unwrap_or(&lib)))?;
+        }
+        podman_build(
+            root,
+            "Containerfile.demo",
+            &format!("localhost/fastio-demo:{VERSION}"),
+            &context,
+        )?;
+    }
     if operator {
         let lib = crate::capi::clib(root)?;
         let wheel = crate::python::dist()?;
@@ -109,6 +131,24 @@ fn linked_libraries(program: &Path) -> anyhow::Result<Vec<PathBuf>> {
         }
     }
     Ok(libs)
+}
+
+/// Fails with how to install podman when it is missing.
+pub fn check_podman() -> anyhow::Result<()> {
+    for (program, arg) in [("podman", "--version"), ("runc", "--version")] {
+        let found = Command::new(program)
+            .arg(arg)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            bail!(
+                "{program} is not installed: container images are built and run with podman \
+                 and runc (on Debian or Ubuntu, as root: apt-get install podman runc)"
+            );
+        }
+    }
+    Ok(())
 }
 
 fn podman_build(root: &Path, file: &str, tag: &str, context: &Path) -> anyhow::Result<()> {

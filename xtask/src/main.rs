@@ -19,8 +19,10 @@
 //! - `fuzz <target> [--count N]`: a long property-based fuzz run (`protocol`);
 //! - `chaos [--rounds N] [--seed S] [--debug]`: the fault suite: random kill -9 of
 //!   operators, drivers, clients and servers, with leak checks (`test` runs 24 rounds).
-//! - `image [--operator]`: the container images (`fastio`, and the operator base), built
-//!   with podman from `packaging/` (docs/kubernetes.md).
+//! - `image [--operator] [--demo]`: the container images (`fastio`, the operator base, the
+//!   demo's operators), built with podman from `packaging/` (docs/kubernetes.md);
+//! - `k8s-play [--remove-images]`: the demo rendered as a Pod and as an Indexed Job of three
+//!   studies, run under `podman kube play` (as root), each checked against a local run.
 
 mod bench;
 mod capi;
@@ -29,6 +31,7 @@ mod fuzz;
 mod gpu;
 mod handover_bench;
 mod image;
+mod k8s_play;
 mod pipeline_bench;
 mod python;
 
@@ -61,9 +64,10 @@ fn main() -> anyhow::Result<()> {
         Some("clib") => capi::clib(&root).map(drop),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         Some("image") => image::image(&root, &args[1..]),
+        Some("k8s-play") => k8s_play::k8s_play(&root, &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test|dist|demo|bench|bench-handover|bench-pipeline|bench-python|gpu-test|gpu-bench|codegen|clib|fuzz|chaos|image>"
+                "usage: cargo xtask <test|dist|demo|bench|bench-handover|bench-pipeline|bench-python|gpu-test|gpu-bench|codegen|clib|fuzz|chaos|image|k8s-play>"
             );
             bail!("unknown or missing command")
         }

@@ -80,6 +80,10 @@ pub(crate) trait Backend: Send + Sync + Debug {
     fn ipc_export_event(&self, device: i32, event: RawEvent) -> Result<[u8; 64], CudaError>;
     /// `cuIpcOpenEventHandle`.
     fn ipc_import_event(&self, device: i32, handle: &[u8; 64]) -> Result<RawEvent, CudaError>;
+    /// The records and waits made so far, for tests: the CPU fake's log; `None` for the driver.
+    fn calls(&self) -> Option<Vec<crate::foreign::FakeCall>> {
+        None
+    }
 
     /// `cuMemGetAllocationGranularity` (minimum) of pinned device memory with a POSIX-fd handle.
     fn mem_granularity(&self, device: i32) -> Result<usize, CudaError>;
@@ -131,6 +135,10 @@ pub(crate) trait Backend: Send + Sync + Debug {
         src: *const u8,
         len: usize,
     ) -> Result<(), CudaError>;
+    /// Whether this is the CPU fake of [`fake`].
+    fn is_fake(&self) -> bool {
+        false
+    }
     /// `cuMemcpyDtoHAsync` on `target`.
     ///
     /// # Safety
@@ -209,6 +217,7 @@ pub(crate) mod fake {
         registered: HashMap<usize, (usize, bool)>,
         no_peer: bool,
         read_only_unsupported: bool,
+        events_pending: bool,
     }
 
     fn fake_err(call: &'static str, code: &str) -> CudaError {
@@ -264,6 +273,27 @@ pub(crate) mod fake {
         fn st(&self) -> std::sync::MutexGuard<'_, State> {
             self.state.lock().unwrap_or_else(|e| e.into_inner())
         }
+        pub(crate) fn calls_seen(&self) -> Vec<crate::foreign::FakeCall> {
+            use crate::foreign::FakeCall;
+            let raw = |t: &Target| t.stream.map(|s| s.0);
+            self.st()
+                .log
+                .iter()
+                .filter_map(|op| match op {
+                    Op::Record { event, target } => Some(FakeCall::Record {
+                        event: event.0,
+                        device: target.device,
+                        stream: raw(target),
+                    }),
+                    Op::Wait { target, event } => Some(FakeCall::Wait {
+                        event: event.0,
+                        device: target.device,
+                        stream: raw(target),
+                    }),
+                    _ => None,
+                })
+                .collect()
+        }
         pub(crate) fn log(&self) -> Vec<Op> {
             self.st().log.clone()
         }
@@ -283,6 +313,10 @@ pub(crate) mod fake {
         /// Makes the fake refuse read-only access flags, as some drivers do.
         pub(crate) fn set_read_only_unsupported(&self, unsupported: bool) {
             self.st().read_only_unsupported = unsupported;
+        }
+        /// Makes every event report "not complete" (work still running) until switched back.
+        pub(crate) fn set_events_pending(&self, pending: bool) {
+            self.st().events_pending = pending;
         }
         /// Number of live fake allocations (handles or mappings).
         pub(crate) fn live_memory(&self) -> usize {
@@ -407,7 +441,7 @@ pub(crate) mod fake {
             Ok(())
         }
         fn event_complete(&self, _device: i32, _event: RawEvent) -> Result<bool, CudaError> {
-            Ok(true)
+            Ok(!self.st().events_pending)
         }
         fn set_current(&self, device: i32) -> Result<(), CudaError> {
             self.st().log.push(Op::SetCurrent(device));
@@ -429,12 +463,19 @@ pub(crate) mod fake {
             h[..8].copy_from_slice(&(event.0 as u64).to_le_bytes());
             Ok(h)
         }
+        fn calls(&self) -> Option<Vec<crate::foreign::FakeCall>> {
+            Some(self.calls_seen())
+        }
         fn ipc_import_event(&self, device: i32, handle: &[u8; 64]) -> Result<RawEvent, CudaError> {
             let mut b = [0u8; 8];
             b.copy_from_slice(&handle[..8]);
             let e = RawEvent(u64::from_le_bytes(b) as usize);
             self.st().events.insert(e, device);
             Ok(e)
+        }
+
+        fn is_fake(&self) -> bool {
+            true
         }
 
         fn mem_granularity(&self, _device: i32) -> Result<usize, CudaError> {

@@ -947,3 +947,136 @@ pub fn raw_memset_sync(
         check("cuCtxSynchronize", unsafe { sys::cuCtxSynchronize() })
     })
 }
+
+/// PTX of `fill_u32(ptr, n, base)`: word `i < n` of `ptr` becomes `base + i`. JIT-compiled by
+/// the driver at load, so the bundle needs no CUDA compiler.
+const FILL_PTX: &str = r#"
+.version 7.0
+.target sm_50
+.address_size 64
+.visible .entry fill_u32(.param .u64 p, .param .u32 n, .param .u32 base)
+{
+    .reg .pred %done;
+    .reg .b32 %r<7>;
+    .reg .b64 %rd<5>;
+    ld.param.u64 %rd1, [p];
+    ld.param.u32 %r1, [n];
+    ld.param.u32 %r2, [base];
+    mov.u32 %r3, %ctaid.x;
+    mov.u32 %r4, %ntid.x;
+    mov.u32 %r5, %tid.x;
+    mad.lo.s32 %r3, %r3, %r4, %r5;
+    setp.ge.u32 %done, %r3, %r1;
+    @%done bra END;
+    cvta.to.global.u64 %rd2, %rd1;
+    mul.wide.u32 %rd3, %r3, 4;
+    add.s64 %rd4, %rd2, %rd3;
+    add.u32 %r6, %r2, %r3;
+    st.global.u32 [%rd4], %r6;
+END:
+    ret;
+}
+"#;
+
+/// A real kernel (`fill_u32`, loaded from PTX) for the device-memory tests: what a kernel
+/// writes in one process is read in another, and a kernel's store through a read-only mapping
+/// is what the hardware must refuse.
+#[derive(Debug)]
+pub struct FillKernel {
+    driver: crate::driver::Driver,
+    device: i32,
+    module: usize,
+    function: usize,
+}
+
+impl FillKernel {
+    /// Loads the kernel into `device`'s primary context.
+    ///
+    /// # Errors
+    /// A driver error (e.g. the PTX JIT failing).
+    pub fn load(driver: &crate::driver::Driver, device: i32) -> Result<FillKernel, CudaError> {
+        guarded("cuModuleLoadData", || {
+            driver.set_current(device)?;
+            let ptx = std::ffi::CString::new(FILL_PTX)
+                .map_err(|_| drv_code("cuModuleLoadData", "PTX with a NUL byte"))?;
+            let mut module: sys::CUmodule = std::ptr::null_mut();
+            // SAFETY: valid out-pointer; the image is a NUL-terminated PTX string.
+            check("cuModuleLoadData", unsafe {
+                sys::cuModuleLoadData(&mut module, ptx.as_ptr().cast())
+            })?;
+            let mut function: sys::CUfunction = std::ptr::null_mut();
+            // SAFETY: live module; NUL-terminated name.
+            let r =
+                unsafe { sys::cuModuleGetFunction(&mut function, module, c"fill_u32".as_ptr()) };
+            if let Err(e) = check("cuModuleGetFunction", r) {
+                // SAFETY: loaded above, unloaded once.
+                let _ = unsafe { sys::cuModuleUnload(module) };
+                return Err(e);
+            }
+            Ok(FillKernel {
+                driver: driver.clone(),
+                device,
+                module: module as usize,
+                function: function as usize,
+            })
+        })
+    }
+
+    /// Enqueues `fill_u32(dptr, words, base)` on `stream` (a stream of the kernel's device).
+    ///
+    /// # Errors
+    /// [`CudaError::WrongStream`] or a driver error.
+    pub fn launch(
+        &self,
+        stream: &crate::pool::Stream,
+        dptr: u64,
+        words: u32,
+        base: u32,
+    ) -> Result<(), CudaError> {
+        if stream.device() != self.device {
+            return Err(CudaError::WrongStream {
+                device: self.device,
+                stream_device: stream.device(),
+            });
+        }
+        guarded("cuLaunchKernel", || {
+            self.driver.set_current(self.device)?;
+            let (mut p, mut n, mut b) = (dptr, words, base);
+            let mut params = [
+                (&raw mut p).cast::<c_void>(),
+                (&raw mut n).cast::<c_void>(),
+                (&raw mut b).cast::<c_void>(),
+            ];
+            let grid = words.div_ceil(256).max(1);
+            // SAFETY: a live function of this context; `params` points at three values of the
+            // kernel's parameter types, alive for the call (the driver copies them).
+            check("cuLaunchKernel", unsafe {
+                sys::cuLaunchKernel(
+                    self.function as sys::CUfunction,
+                    grid,
+                    1,
+                    1,
+                    256,
+                    1,
+                    1,
+                    0,
+                    stream.as_raw() as sys::CUstream,
+                    params.as_mut_ptr(),
+                    std::ptr::null_mut(),
+                )
+            })
+        })
+    }
+}
+
+impl Drop for FillKernel {
+    fn drop(&mut self) {
+        let _ = guarded("cuModuleUnload", || {
+            self.driver.set_current(self.device)?;
+            // SAFETY: loaded in `load`, unloaded once.
+            check("cuModuleUnload", unsafe {
+                sys::cuModuleUnload(self.module as sys::CUmodule)
+            })
+        });
+    }
+}

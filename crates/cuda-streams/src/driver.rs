@@ -61,7 +61,7 @@ impl Driver {
 
     /// Whether this driver is the CPU fake of [`Driver::fake`].
     pub fn is_fake(&self) -> bool {
-        format!("{:?}", self.backend).starts_with("FakeBackend")
+        self.backend.is_fake()
     }
 
     /// `InvalidDevice` unless `0 <= device < device_count`.

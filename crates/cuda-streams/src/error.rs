@@ -55,6 +55,17 @@ pub enum CudaError {
         /// The device that asked for access.
         accessor: i32,
     },
+    /// Work on memory of one device queued on a stream of another (a copy or fill of a
+    /// mapping, a kernel launch): the stream must be on the device that maps the memory.
+    #[error(
+        "work on device {device}'s memory needs a stream of that device, not of device {stream_device}"
+    )]
+    WrongStream {
+        /// The device the work belongs to (the mapping's or the kernel's).
+        device: i32,
+        /// The stream's device.
+        stream_device: i32,
+    },
     /// A write through a read-only mapping, refused before it reached the GPU.
     #[error("the device memory is mapped read-only")]
     ReadOnly,

@@ -60,7 +60,7 @@ impl fmt::Debug for IpcEventHandle {
 pub struct InterprocessEvent {
     backend: Arc<dyn Backend>,
     device: i32,
-    raw: RawEvent,
+    pub(crate) raw: RawEvent,
     imported: bool,
 }
 

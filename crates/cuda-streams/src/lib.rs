@@ -21,6 +21,7 @@ mod condition;
 mod cuda;
 mod driver;
 mod error;
+mod foreign;
 mod ipc;
 mod memory;
 mod message;
@@ -37,6 +38,7 @@ mod tests;
 pub use condition::{ConditionNotifier, SchedulingStatus, StreamCondition};
 pub use driver::Driver;
 pub use error::{CudaError, PoolError, StreamError};
+pub use foreign::{LEGACY_DEFAULT_STREAM, PER_THREAD_DEFAULT_STREAM};
 pub use ipc::{InterprocessEvent, IpcEventHandle};
 pub use memory::{
     DeviceAccess, DeviceMapping, DeviceMemory, can_access_peer, granularity, is_host_registered,

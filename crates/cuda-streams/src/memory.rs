@@ -317,8 +317,8 @@ impl DeviceMapping {
             });
         }
         if stream.device() != self.device {
-            return Err(CudaError::DeviceMismatch {
-                event_device: self.device,
+            return Err(CudaError::WrongStream {
+                device: self.device,
                 stream_device: stream.device(),
             });
         }
@@ -328,7 +328,7 @@ impl DeviceMapping {
     /// Enqueues on `stream` a fill of `len` bytes at `offset` with `value` (`cuMemsetD8Async`).
     ///
     /// # Errors
-    /// [`CudaError::ReadOnly`], [`CudaError::OutOfRange`], [`CudaError::DeviceMismatch`] (the
+    /// [`CudaError::ReadOnly`], [`CudaError::OutOfRange`], [`CudaError::WrongStream`] (the
     /// stream must be on [`DeviceMapping::device`]), or a driver error.
     pub fn memset_async(
         &self,
@@ -367,6 +367,31 @@ impl DeviceMapping {
         }
     }
 
+    /// Enqueues on `stream` a copy of `src`'s bytes to `offset` of the mapping, keeping `src`
+    /// alive until the copy is done ([`Stream::keep_alive`]): the safe form of
+    /// [`DeviceMapping::copy_from_host_async`] for host memory the caller can hand over (a
+    /// `Vec`, an `Arc<[u8]>`, or an owner of a shared-memory mapping).
+    ///
+    /// # Errors
+    /// As [`DeviceMapping::memset_async`]; `src` is dropped (after the stream is drained, if the
+    /// copy was already queued).
+    pub fn copy_from_host_owned_async<T: AsRef<[u8]> + Send + 'static>(
+        &self,
+        stream: &Stream,
+        offset: usize,
+        src: T,
+    ) -> Result<(), CudaError> {
+        // Boxed first: the bytes `as_ref` points at may live inside `T` itself (an array), and
+        // must not move after their address is taken.
+        let boxed = Box::new(src);
+        let bytes: &[u8] = (*boxed).as_ref();
+        let (ptr, len) = (bytes.as_ptr(), bytes.len());
+        // SAFETY: `boxed` owns the bytes and is neither moved out of its allocation nor touched
+        // until `keep_alive` drops it, after the stream's work up to here is done.
+        unsafe { self.copy_from_host_async(stream, offset, ptr, len) }?;
+        stream.keep_alive(boxed)
+    }
+
     /// Enqueues on `stream` a copy of `len` bytes at `offset` of the mapping to host memory at
     /// `dst` (`cuMemcpyDtoHAsync`). Read-only mappings may be copied from.
     ///
@@ -375,7 +400,7 @@ impl DeviceMapping {
     /// the stream's work queued so far is done.
     ///
     /// # Errors
-    /// [`CudaError::OutOfRange`], [`CudaError::DeviceMismatch`], or a driver error.
+    /// [`CudaError::OutOfRange`], [`CudaError::WrongStream`], or a driver error.
     pub unsafe fn copy_to_host_async(
         &self,
         stream: &Stream,
@@ -461,7 +486,9 @@ pub unsafe fn register_host(
 
 /// Unregisters a range [`register_host`] registered (`cuMemHostUnregister`): the hook the owner
 /// of a host mapping calls before unmapping it. `Ok(false)` when the range was not registered
-/// (nothing to do), so it can be called on every unmap.
+/// (nothing to do), so it can be called on every unmap. Copies still queued on a stream that
+/// read or write the range must be finished first (synchronise the stream or wait on an event
+/// recorded after them): this function does not wait for them.
 ///
 /// # Errors
 /// A driver error.

@@ -164,8 +164,8 @@ fn peers_map_each_others_memory_or_get_a_clear_error() {
         .expect("memset from the peer");
     assert_eq!(
         peer.memset_async(&s0, 0, 4, 3),
-        Err(CudaError::DeviceMismatch {
-            event_device: 1,
+        Err(CudaError::WrongStream {
+            device: 1,
             stream_device: 0
         }),
         "work on the mapping runs on the device that mapped it"
@@ -297,4 +297,87 @@ fn the_public_fake_is_a_working_driver() {
     let fd = m.export_fd().expect("export");
     let i = DeviceMemory::import(&d, fd.as_fd(), 1, m.size()).expect("import");
     assert!(i.map(0, DeviceAccess::ReadOnly).is_ok());
+}
+
+/// Counts its drops; its bytes are what it was made with.
+struct Counted(Vec<u8>, Arc<std::sync::atomic::AtomicUsize>);
+
+impl AsRef<[u8]> for Counted {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn owned_copies_keep_their_source_until_the_stream_is_past_them() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (f, d) = fake(1);
+    let (_p, s) = stream(&d, 0);
+    let m = DeviceMemory::create(&d, 0, 1).expect("create");
+    let map = m.map(0, DeviceAccess::ReadWrite).expect("map");
+    let drops = Arc::new(AtomicUsize::new(0));
+    f.set_events_pending(true);
+    map.copy_from_host_owned_async(&s, 10, Counted(vec![7; 100], drops.clone()))
+        .expect("copy");
+    map.copy_from_host_owned_async(&s, 200, [9u8; 16])
+        .expect("array copy");
+    assert_eq!(
+        s.release_finished(),
+        2,
+        "the work is still running: both kept"
+    );
+    assert_eq!(drops.load(Ordering::SeqCst), 0);
+    f.set_events_pending(false);
+    assert_eq!(s.release_finished(), 0);
+    assert_eq!(
+        drops.load(Ordering::SeqCst),
+        1,
+        "dropped once the work is done"
+    );
+    assert_eq!(
+        read(&map, &s, 9, 102),
+        [vec![0], vec![7; 100], vec![0]].concat()
+    );
+    assert_eq!(read(&map, &s, 200, 16), vec![9; 16]);
+    // Refused copies drop their source at once; a kept value goes with its stream.
+    let e = map.copy_from_host_owned_async(&s, map.size(), Counted(vec![1], drops.clone()));
+    assert!(matches!(e, Err(CudaError::OutOfRange { .. })));
+    assert_eq!(drops.load(Ordering::SeqCst), 2);
+    f.set_events_pending(true);
+    let (pool2, s2) = stream(&d, 0);
+    map.copy_from_host_owned_async(&s2, 0, Counted(vec![1], drops.clone()))
+        .expect("copy");
+    drop((pool2, s2));
+    assert_eq!(
+        drops.load(Ordering::SeqCst),
+        3,
+        "the stream's end drains and drops"
+    );
+}
+
+#[test]
+fn memory_handles_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<DeviceMemory>();
+    send_sync::<DeviceMapping>();
+    let (_, d) = fake(1);
+    let m = Arc::new(DeviceMemory::create(&d, 0, 1).expect("create"));
+    let fds: Vec<_> = (0..4)
+        .map(|_| {
+            let m = m.clone();
+            std::thread::spawn(move || m.export_fd().expect("export"))
+        })
+        .map(|t| t.join().expect("thread"))
+        .collect();
+    let inodes: std::collections::HashSet<_> = fds
+        .iter()
+        .map(|f| rustix::fs::fstat(f).expect("fstat").st_ino)
+        .collect();
+    assert_eq!(inodes.len(), 1, "one export shared by every thread");
 }

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::backend::{Backend, RawStream, Target};
+use crate::backend::{Backend, RawEvent, RawStream, Target};
 use crate::driver::Driver;
 use crate::error::{CudaError, PoolError};
 
@@ -91,10 +91,37 @@ pub(crate) struct StreamInner {
     pub(crate) priority: i32,
     pub(crate) pool_id: u64,
     pub(crate) backend: Arc<dyn Backend>,
+    /// Values kept alive until the event recorded after them completes ([`Stream::keep_alive`]).
+    pub(crate) kept: Mutex<KeptValues>,
+}
+
+/// What [`Stream::keep_alive`] holds: values with the event that frees them, and spare events.
+#[derive(Default)]
+pub(crate) struct KeptValues {
+    pending: Vec<(RawEvent, Box<dyn std::any::Any + Send>)>,
+    spare: Vec<RawEvent>,
 }
 
 impl Drop for StreamInner {
     fn drop(&mut self) {
+        let kept = std::mem::take(self.kept.get_mut().unwrap_or_else(|e| e.into_inner()));
+        if !kept.pending.is_empty() {
+            // Queued work may still use what is kept: wait for it before letting go.
+            let target = Target {
+                device: self.device,
+                stream: Some(self.raw),
+            };
+            if let Err(e) = self.backend.synchronize(target) {
+                tracing::warn!(stream = %self.id, error = %e, "failed to drain a CUDA stream");
+            }
+        }
+        for (event, value) in kept.pending {
+            drop(value);
+            let _ = self.backend.destroy_event(self.device, event);
+        }
+        for event in kept.spare {
+            let _ = self.backend.destroy_event(self.device, event);
+        }
         if let Err(e) = self.backend.destroy_stream(self.device, self.raw) {
             tracing::warn!(stream = %self.id, error = %e, "failed to destroy a CUDA stream");
         }
@@ -157,7 +184,90 @@ impl Stream {
     /// # Errors
     /// A driver error.
     pub fn synchronize(&self) -> Result<(), CudaError> {
-        self.inner.backend.synchronize(self.target())
+        self.inner.backend.synchronize(self.target())?;
+        self.release_finished();
+        Ok(())
+    }
+
+    /// Keeps `value` alive until the work queued on this stream so far is done (like
+    /// PyTorch's `record_stream`): an event is recorded now, and the value is dropped by the
+    /// first later call of [`Stream::keep_alive`], [`Stream::release_finished`] or
+    /// [`Stream::synchronize`] that finds the event complete, on the calling thread (never on
+    /// a driver thread, so its `Drop` may call CUDA), or when the stream goes (which then
+    /// waits for the stream first).
+    ///
+    /// # Errors
+    /// A driver error; the stream is then waited for (blocking) and `value` dropped.
+    pub fn keep_alive(&self, value: Box<dyn std::any::Any + Send>) -> Result<(), CudaError> {
+        self.release_finished();
+        let inner = &self.inner;
+        let spare = inner
+            .kept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .spare
+            .pop();
+        let recorded = match spare {
+            Some(e) => Ok(e),
+            None => inner
+                .backend
+                .create_event(inner.device, crate::ipc::EVENT_DISABLE_TIMING),
+        }
+        .and_then(
+            |event| match inner.backend.record(inner.device, event, self.target()) {
+                Ok(()) => Ok(event),
+                Err(e) => {
+                    let _ = inner.backend.destroy_event(inner.device, event);
+                    Err(e)
+                }
+            },
+        );
+        let event = match recorded {
+            Ok(event) => event,
+            Err(e) => {
+                // Queued work may use the value: it may only go once the stream is drained.
+                let _ = inner.backend.synchronize(self.target());
+                drop(value);
+                return Err(e);
+            }
+        };
+        inner
+            .kept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pending
+            .push((event, value));
+        Ok(())
+    }
+
+    /// Drops the values [`Stream::keep_alive`] holds whose work is done; returns how many are
+    /// still held.
+    pub fn release_finished(&self) -> usize {
+        let inner = &self.inner;
+        let mut done = Vec::new();
+        let left = {
+            let mut kept = inner.kept.lock().unwrap_or_else(|e| e.into_inner());
+            let mut i = 0;
+            while i < kept.pending.len() {
+                let event = kept.pending[i].0;
+                // An error (a lost context) counts as done: nothing will use the value again.
+                if inner
+                    .backend
+                    .event_complete(inner.device, event)
+                    .unwrap_or(true)
+                {
+                    let (event, value) = kept.pending.swap_remove(i);
+                    kept.spare.push(event);
+                    done.push(value);
+                } else {
+                    i += 1;
+                }
+            }
+            kept.pending.len()
+        };
+        // Dropped outside the lock: a value's Drop may call back into this stream.
+        drop(done);
+        left
     }
     /// Enqueues `f` on the stream (`cuLaunchHostFunc`): the driver runs it on one of its threads
     /// once the work queued before it is done. `f` must not call CUDA.
@@ -315,6 +425,7 @@ impl StreamPool {
                 priority: c.priority,
                 pool_id: self.shared.id,
                 backend: self.shared.backend.clone(),
+                kept: Mutex::default(),
             }),
         })
     }

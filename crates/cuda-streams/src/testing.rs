@@ -8,7 +8,9 @@ use crate::error::CudaError;
 use crate::ipc::EVENT_DISABLE_TIMING;
 use crate::pool::Stream;
 
-pub use crate::cuda::{HostWord, LegacyIpcBuffer, LegacyIpcMapping, PinnedBuffer, raw_memset_sync};
+pub use crate::cuda::{
+    FillKernel, HostWord, LegacyIpcBuffer, LegacyIpcMapping, PinnedBuffer, raw_memset_sync,
+};
 
 /// Creates and destroys one stream (the cost a pool saves).
 ///
@@ -182,4 +184,13 @@ impl Drop for ReadOnlyView {
         // SAFETY: the mapping made by `read_only_view`, unmapped once.
         let _ = unsafe { rustix::mm::munmap(self.ptr.cast(), self.len) };
     }
+}
+
+pub use crate::foreign::FakeCall;
+
+/// The records and waits `driver` has made so far, in order, when it is the CPU fake of
+/// [`Driver::fake`]; `None` for a real driver. Lets tests of crates built on this one check
+/// which stream waited on which event.
+pub fn fake_calls(driver: &Driver) -> Option<Vec<FakeCall>> {
+    driver.backend.calls()
 }

@@ -254,6 +254,17 @@ pub enum JobEventKind {
     Executing,
     /// Handles still held at the end of execute were reclaimed.
     Reclaimed(Vec<ReclaimedHandle>),
+    /// An operator the server did not start proved it belongs to the job and took this
+    /// stage ([`crate::protocol::Request::Attach`]); `pid` is its process as the server's
+    /// PID namespace sees it (`None` when that namespace cannot see it, e.g. another
+    /// container of a Pod that does not share its process namespace).
+    Attached {
+        /// The operator's process id, if visible.
+        pid: Option<i32>,
+    },
+    /// The connection of an attached operator closed: its process ended (or let go of the
+    /// job). For an operator the server did not start, this is its exit.
+    Left,
 }
 
 /// A stage's event, stamped with when it happened.
@@ -269,6 +280,8 @@ pub struct JobEvent {
 
 #[derive(Debug, Default)]
 struct StageProgress {
+    // An operator the server did not start took this stage (once only).
+    attached: bool,
     joined: bool,
     // Waiting for its inputs / executing (for listings).
     awaiting: bool,
@@ -352,6 +365,31 @@ impl Job {
         }
         self.emit(stage, JobEventKind::Joined);
         Ok(self.plan.stage_info(stage))
+    }
+
+    /// An operator that joins from elsewhere takes stage `stage`; a stage is taken once
+    /// (a second claim, while or after the first runs, is refused: a restarted or
+    /// duplicated container cannot replay an operator's part of the job).
+    pub fn attach(&self, stage: usize, pid: Option<i32>) -> Result<(), RequestError> {
+        {
+            let mut state = self.lock();
+            let progress = state.stages.get_mut(stage).ok_or(RequestError::NotInJob)?;
+            if std::mem::replace(&mut progress.attached, true) {
+                return Err(RequestError::BadRequest {
+                    message: format!(
+                        "operator {:?} has already joined this job; a stage is taken once",
+                        self.plan.stages[stage].name
+                    ),
+                });
+            }
+        }
+        self.emit(stage, JobEventKind::Attached { pid });
+        Ok(())
+    }
+
+    /// The connection of the operator attached to `stage` closed.
+    pub fn left(&self, stage: usize) {
+        self.emit(stage, JobEventKind::Left);
     }
 
     /// Blocks until every upstream stage of `stage` has executed successfully, or the job

@@ -226,7 +226,7 @@ impl Server {
             address: self.address.clone(),
             reason: e.to_string(),
         })?;
-        spawn_connection(ours, self.shared.clone(), stage);
+        spawn_connection(ours, self.shared.clone(), stage, None);
         Ok(theirs)
     }
 
@@ -319,12 +319,14 @@ fn accept_loop(listener: &OwnedFd, shared: &Arc<Shared>, stopped: &AtomicBool) {
             }
         };
         backoff = Duration::ZERO;
-        match rustix::net::sockopt::socket_peercred(&socket) {
-            Ok(cred) if cred.uid == me => spawn_connection(socket, shared.clone(), None),
-            Ok(cred) => tracing::warn!(
-                "refused a client of uid {} (pid {}): only uid {} may join",
-                cred.uid.as_raw(),
-                cred.pid.as_raw_nonzero(),
+        match crate::sys::peer_credentials(socket.as_fd()) {
+            Ok((pid, uid)) if uid == me.as_raw() => {
+                // 0: the peer's process is outside this PID namespace.
+                let pid = Some(pid).filter(|&p| p > 0);
+                spawn_connection(socket, shared.clone(), None, pid);
+            }
+            Ok((pid, uid)) => tracing::warn!(
+                "refused a client of uid {uid} (pid {pid}): only uid {} may join",
                 me.as_raw()
             ),
             Err(e) => tracing::warn!("refused a client whose credentials are unreadable: {e}"),
@@ -332,18 +334,19 @@ fn accept_loop(listener: &OwnedFd, shared: &Arc<Shared>, stopped: &AtomicBool) {
     }
 }
 
-fn spawn_connection(socket: OwnedFd, shared: Arc<Shared>, stage: Option<usize>) {
+fn spawn_connection(socket: OwnedFd, shared: Arc<Shared>, stage: Option<usize>, pid: Option<i32>) {
     let spawned = thread::Builder::new()
         .name("fastio-conn".into())
-        .spawn(move || serve_connection(socket, shared, stage));
+        .spawn(move || serve_connection(socket, shared, stage, pid));
     if let Err(e) = spawned {
         tracing::error!("cannot start a connection thread: {e}");
     }
 }
 
 /// Serves one connection until it closes; its session then drops its handles.
-fn serve_connection(socket: OwnedFd, shared: Arc<Shared>, stage: Option<usize>) {
+fn serve_connection(socket: OwnedFd, shared: Arc<Shared>, stage: Option<usize>, pid: Option<i32>) {
     let mut session = Session::new(shared, stage);
+    session.pid = pid;
     loop {
         let received = match recv_message(socket.as_fd()) {
             Ok(received) => received,
@@ -370,6 +373,10 @@ pub struct Session {
     shared: Arc<Shared>,
     peer: Peer,
     greeted: bool,
+    // The peer's process id, from its credentials, when this namespace can see it.
+    pid: Option<i32>,
+    // The stage this connection took with `Attach`: its closing is that operator's exit.
+    attached: Option<usize>,
 }
 
 impl std::fmt::Debug for Session {
@@ -388,6 +395,8 @@ impl Session {
             shared,
             peer,
             greeted: false,
+            pid: None,
+            attached: None,
         }
     }
 
@@ -400,6 +409,14 @@ impl Session {
             )
         };
         let (response, segment) = match serde_json::from_slice::<Request>(body) {
+            // A job's server for operators that join admits only them: the secret is what
+            // proves a peer belongs, and a plain client would reach the job's publications
+            // without it.
+            Ok(Request::Hello { .. }) if self.shared.join_secret.get().is_some() => refuse(
+                "this job's context server admits only its operators, which join with the \
+                 job's secret (FASTIO_JOB_SOCKET, FASTIO_JOB_SECRET, FASTIO_STAGE)"
+                    .into(),
+            ),
             Ok(request @ Request::Hello { .. }) => {
                 let answer = dispatch(&self.shared, self.peer, request);
                 self.greeted |= matches!(answer.0, Response::Welcome { .. });
@@ -466,6 +483,8 @@ impl Session {
             .iter()
             .position(|s| s.name.eq_ignore_ascii_case(stage))
             .ok_or_else(|| bad(format!("the job has no operator named {stage:?}")))?;
+        job.attach(index, self.pid)?;
+        self.attached = Some(index);
         self.peer.stage = Some(index);
         self.shared.set_stage(self.peer.conn, index);
         Ok(())
@@ -477,5 +496,9 @@ impl Drop for Session {
         self.shared.disconnect(self.peer.conn);
         // Memory that died with the connection is released outside the registry's lock.
         self.shared.bury_dead();
+        // After its handles are gone, so that whoever hears of the exit finds them dropped.
+        if let (Some(stage), Some(job)) = (self.attached, &self.shared.job) {
+            job.left(stage);
+        }
     }
 }

@@ -1,7 +1,7 @@
-//! The crate's only `unsafe` code: typed views over mapped memory, and adopting an
-//! inherited descriptor.
+//! The crate's only `unsafe` code: typed views over mapped memory, adopting an
+//! inherited descriptor, and reading a peer's credentials.
 
-use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 
 use fastio_meta::Element;
 use ndarray::{ArrayViewD, ArrayViewMutD, IxDyn};
@@ -63,4 +63,35 @@ pub(crate) fn keep_from_children(fd: i32) -> Result<(), rustix::io::Errno> {
     // process; the borrow lasts for this call.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::CLOEXEC)
+}
+
+/// The peer of a connected Unix socket: its pid as this process's PID namespace sees it
+/// (0 when it cannot see it: a sibling namespace, such as another container of a Pod that
+/// does not share its process namespace) and its uid.
+///
+/// Read with libc rather than rustix, whose `UCred` holds the pid as non-zero: there a 0
+/// takes the niche that marks an error, so such a peer would read as "credentials
+/// unreadable" and be refused.
+pub(crate) fn peer_credentials(socket: BorrowedFd<'_>) -> std::io::Result<(i32, u32)> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes and `len` is `cred`'s size, the most the
+    // kernel writes; the descriptor is borrowed for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((cred.pid, cred.uid))
 }

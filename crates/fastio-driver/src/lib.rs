@@ -214,6 +214,21 @@ pub enum DriverError {
         /// What is wrong.
         reason: String,
     },
+    /// Operators of a job they must join (`fastio k8s serve`) do not use the pipeline
+    /// driver, so they could not join it.
+    #[error(
+        "{} cannot join the job: nothing shows that {} the pipeline driver (no shared-memory \
+         entries, no `uses-driver: true`). In a Pod every operator joins the job from its \
+         container; a plain program that only reads and writes folders cannot be held \
+         until its inputs are ready. Set `uses-driver: true` for an operator whose program \
+         uses the fastio or Clara driver, or run the pipeline with `fastio run` in one container",
+        operators.join(", "),
+        if operators.len() == 1 { "it uses" } else { "they use" }
+    )]
+    CannotJoin {
+        /// The operators.
+        operators: Vec<String>,
+    },
     /// A directory could not be prepared.
     #[error("cannot prepare {path}: {source}")]
     Directory {
@@ -304,6 +319,11 @@ struct Operator {
     kind_reason: KindReason,
     /// The process was started (or its start was tried).
     launched: bool,
+    /// `pid` leads its own process group (the driver started it so), which signals reach.
+    group: bool,
+    /// It took its stage from elsewhere (an operator that joins), so it has a connection
+    /// whose closing is its exit.
+    attached: bool,
     /// Execute finished successfully: for a plain program, it exited 0.
     executed: bool,
     state: OperatorState,
@@ -364,6 +384,58 @@ enum Event {
     Exited(usize, std::io::Result<ExitStatus>, ExitedChild),
 }
 
+/// How a job runs whose operators the driver does not start: they join it from elsewhere
+/// (the containers of a Kubernetes Pod, which share a network namespace) with the job's
+/// secret. See [`serve_job`].
+#[derive(Clone)]
+pub struct JoinOptions {
+    /// The abstract socket name the job's context server listens at (without the `@`).
+    pub socket: String,
+    /// The secret joining operators present (at least 16 characters).
+    pub secret: String,
+    /// How long, from the start of the job, every operator has to join; one that has not
+    /// joined by then fails the job.
+    pub join_wait: Duration,
+    /// The job's payload folder as the operators see it, for `stream` inputs without
+    /// `from` (one payload of many); `None` for the paths they declare.
+    pub payload: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for JoinOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinOptions")
+            .field("socket", &self.socket)
+            .field("secret", &"<hidden>")
+            .field("join_wait", &self.join_wait)
+            .field("payload", &self.payload)
+            .finish()
+    }
+}
+
+/// Runs one job of `pipeline` whose operators join it rather than being started by the
+/// driver (`fastio k8s serve`, the context server of a Kubernetes Pod): the job's server
+/// listens at [`JoinOptions::socket`], every operator must join within
+/// [`JoinOptions::join_wait`], and from then on the job runs as [`run_job`] runs it:
+/// pre-allocation, the life-cycle in dependency order, the first failure aborting the
+/// job, the time limit, references reclaimed after execute, results saved, the report.
+///
+/// What differs, because the operators are other containers' processes: an operator's
+/// exit is the closing of its connection (its exit status is its container's); its
+/// `stream` folders are the paths it declares (where the Pod mounts its volumes), so
+/// the driver neither creates nor empties them; its output is its container's log; and
+/// it can be signalled (SIGTERM, then SIGKILL, when the job stops) only when the server
+/// sees its process, i.e. when the Pod shares one process namespace
+/// (`shareProcessNamespace`). Operators that do not use the pipeline driver cannot join
+/// and are refused before anything starts.
+pub fn serve_job(
+    pipeline: &Pipeline,
+    options: &JobOptions,
+    join: &JoinOptions,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<JobReport, DriverError> {
+    run(pipeline, None, Some(join), options, progress)
+}
+
 /// Runs one job of `pipeline` to the end. `progress` is called at every change of an
 /// operator's state and about every 200 ms.
 pub fn run_job(
@@ -371,7 +443,7 @@ pub fn run_job(
     options: &JobOptions,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<JobReport, DriverError> {
-    run(pipeline, None, options, progress)
+    run(pipeline, None, None, options, progress)
 }
 
 /// Runs operator `operator` of `pipeline` alone, as a job of one operator
@@ -396,16 +468,23 @@ pub fn run_operator(
                 .map(|o| o.name().to_owned())
                 .collect(),
         })?;
-    run(pipeline, Some((index, inputs)), options, progress)
+    run(pipeline, Some((index, inputs)), None, options, progress)
 }
 
 fn run(
     pipeline: &Pipeline,
     alone: Option<(usize, &[(String, PathBuf)])>,
+    joining: Option<&JoinOptions>,
     options: &JobOptions,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<JobReport, DriverError> {
-    pipeline.check_runs_locally()?;
+    let kinds = match joining {
+        None => {
+            pipeline.check_runs_locally()?;
+            operator_kinds(pipeline, options)
+        }
+        Some(_) => joining_kinds(pipeline)?,
+    };
     let timeout = options.timeout.unwrap_or_else(|| pipeline.timeout());
     if timeout.is_zero() || timeout > fastio_pipeline::MAX_TIMEOUT {
         return Err(DriverError::Timeout);
@@ -444,31 +523,59 @@ fn run(
         }
     };
     let save_dir = options.save.as_deref().map(absolute).transpose()?;
-    prepare_directories(&plan, options.replace_outputs)?;
+    // What the report lists as left on disk: every stream output locally; for joining
+    // operators, those on the output volume (read by no one), which this process sees
+    // at the layout's paths.
+    let mut listed = plan.clone();
+    match joining {
+        None => prepare_directories(&plan, options.replace_outputs)?,
+        Some(join) => {
+            for (stage, op) in listed.stages.iter_mut().zip(pipeline.operators()) {
+                stage
+                    .outputs
+                    .retain(|out| pipeline.readers(op.name(), &out.name).is_empty());
+            }
+            container_paths(pipeline, &mut plan, join.payload.as_deref());
+            std::fs::create_dir_all(&layout.output_root).map_err(|source| {
+                DriverError::Directory {
+                    path: layout.output_root.clone(),
+                    source,
+                }
+            })?;
+        }
+    }
 
     let (events, inbox) = mpsc::channel();
     let job_events = events.clone();
     let job = Arc::new(Job::new(plan.clone(), move |e| {
         let _ = job_events.send(Event::Job(e));
     }));
-    let server = Server::start_job_with_inputs(
-        ServerConfig {
-            pool_bytes: options.pool_bytes,
-            ..ServerConfig::default()
-        },
-        job.clone(),
-        &filled,
-    )?;
+    let config = ServerConfig {
+        pool_bytes: options.pool_bytes,
+        ..ServerConfig::default()
+    };
+    let server = match joining {
+        None => Server::start_job_with_inputs(config, job.clone(), &filled)?,
+        Some(join) => Server::start_job_at(
+            config,
+            job.clone(),
+            &join.socket,
+            fastio_context::JobSecret(join.secret.clone()),
+        )?,
+    };
 
     let start = Instant::now();
     let log_dir = options
         .log_dir
         .clone()
         .unwrap_or_else(|| layout.output_root.join("logs"));
-    std::fs::create_dir_all(&log_dir).map_err(|source| DriverError::Directory {
-        path: log_dir.clone(),
-        source,
-    })?;
+    // Operators that join write to their containers' logs, not to pipes of ours.
+    if joining.is_none() {
+        std::fs::create_dir_all(&log_dir).map_err(|source| DriverError::Directory {
+            path: log_dir.clone(),
+            source,
+        })?;
+    }
     let mut escapees = reap::Escapees::new(&job_id, options.dedicated_process);
     let launcher = Launcher {
         pipeline,
@@ -479,7 +586,6 @@ fn run(
         definitions: &definitions,
         events,
     };
-    let kinds = operator_kinds(pipeline, options);
     let mut operators: Vec<Operator> = definitions
         .iter()
         .map(|&d| (&pipeline.operators()[d], kinds[d].clone()))
@@ -487,7 +593,10 @@ fn run(
             name: op.name().to_owned(),
             kind,
             kind_reason,
-            launched: false,
+            // Operators that join are started by whoever runs their containers.
+            launched: joining.is_some(),
+            group: false,
+            attached: false,
             executed: false,
             state: OperatorState::Starting,
             state_since: start,
@@ -510,6 +619,9 @@ fn run(
         .collect();
     let mut failure: Option<(String, String)> = None;
     for (index, operator) in operators.iter_mut().enumerate() {
+        if joining.is_some() {
+            continue;
+        }
         // A plain program waits for its inputs before it starts at all.
         if operator.kind == OperatorKind::Plain && !plan.stages[index].upstream.is_empty() {
             operator.set(OperatorState::Waiting);
@@ -558,6 +670,46 @@ fn run(
                 }
             }
         }
+        if let Some(join) = joining.filter(|j| failure.is_none() && start.elapsed() >= j.join_wait)
+        {
+            let late: Vec<String> = operators
+                .iter_mut()
+                .filter(|o| !o.joined && !o.state.is_final())
+                .map(|o| {
+                    o.phase_failure = Some(format!(
+                        "did not join the job within {} (is its container running, and \
+                         does its program use the pipeline driver?)",
+                        report::seconds(join.join_wait)
+                    ));
+                    o.name.clone()
+                })
+                .collect();
+            if !late.is_empty() {
+                failure = Some((
+                    late.join(", "),
+                    format!(
+                        "did not join the job within {}",
+                        report::seconds(join.join_wait)
+                    ),
+                ));
+                continue;
+            }
+        }
+        // An operator that joins and has not taken its stage yet cannot be stopped: once
+        // the job stops, it is done with (it would be refused if it came later).
+        if joining.is_some() && stop_sent.is_some() {
+            for op in operators
+                .iter_mut()
+                .filter(|o| o.pid.is_none() && !o.attached && !o.state.is_final())
+            {
+                op.ended = Some(Instant::now());
+                let state = match &op.phase_failure {
+                    Some(why) => OperatorState::Failed(why.clone()),
+                    None => OperatorState::Cancelled("before joining the job".into()),
+                };
+                op.set(state);
+            }
+        }
         let now = Instant::now();
         if now >= deadline && failure.is_none() {
             let limit = report::seconds(timeout);
@@ -597,10 +749,19 @@ fn run(
         // SIGKILL (a process the kernel cannot kill) is given up on, so the driver ends.
         if kill_sent.is_some_and(|k| k.elapsed() >= KILL_WAIT) {
             for op in operators.iter_mut().filter(|o| !o.state.is_final()) {
-                let why = format!(
-                    "did not exit within {} of SIGKILL",
-                    report::seconds(KILL_WAIT)
-                );
+                let why = match op.pid {
+                    Some(_) => format!(
+                        "did not exit within {} of SIGKILL",
+                        report::seconds(KILL_WAIT)
+                    ),
+                    // An operator in another container whose process the server cannot
+                    // see: the Pod's deadline ends it.
+                    None => format!(
+                        "still connected {} after the job stopped, and its process cannot \
+                         be signalled from here (share the Pod's process namespace)",
+                        report::seconds(stop_sent.map_or(KILL_WAIT, |s| s.elapsed()))
+                    ),
+                };
                 op.ended = Some(Instant::now());
                 op.set(OperatorState::Failed(why));
             }
@@ -611,7 +772,7 @@ fn run(
         if operators.iter().all(|o| o.state.is_final()) {
             break;
         }
-        if last_watch.elapsed() >= Duration::from_secs(1) {
+        if joining.is_none() && last_watch.elapsed() >= Duration::from_secs(1) {
             escapees.watch(&running_pids(&operators), &started_pids(&operators));
             last_watch = Instant::now();
         }
@@ -638,14 +799,18 @@ fn run(
     progress(&snapshot(&operators, start));
     // Whatever an operator left running in its process group (a background child still
     // holding its stdout, say) goes with the job, and so does what escaped the group.
-    for op in &operators {
-        signal(op, rustix::process::Signal::KILL);
+    // Operators that joined are not the driver's children: their pids, once they have
+    // left, may already be another process's.
+    if joining.is_none() {
+        for op in &operators {
+            signal(op, rustix::process::Signal::KILL);
+        }
+        escapees.kill_all(
+            &running_pids(&operators),
+            &started_pids(&operators),
+            KILL_WAIT,
+        );
     }
-    escapees.kill_all(
-        &running_pids(&operators),
-        &started_pids(&operators),
-        KILL_WAIT,
-    );
     // Only now, with every group signalled, may the operators' pids be reused.
     for op in &mut operators {
         drop(op.exited.take());
@@ -663,7 +828,7 @@ fn run(
     let mut report = report::build(pipeline, &definitions, &plan, &server, &layout, &operators);
     report.failure = failure;
     report.elapsed = start.elapsed();
-    report.left = results::left_behind(&plan, &layout, saved);
+    report.left = results::left_behind(&listed, &layout, saved);
     report.not_saved = not_saved;
     drop(record);
     server.close();
@@ -768,6 +933,23 @@ fn handle(
                     op.set(OperatorState::Executing);
                 }
                 JobEventKind::Reclaimed(handles) => op.reclaimed.extend(handles),
+                JobEventKind::Attached { pid } => {
+                    op.attached = true;
+                    op.pid = pid;
+                }
+                // Its connection closed: for an operator that joined, its exit.
+                JobEventKind::Left => {
+                    op.ended = Some(Instant::now());
+                    op.exit = Some("left the job (its connection closed)".into());
+                    // No exit status reaches the server: the life-cycle it went through
+                    // is all there is to judge by.
+                    let status = if op.executed && op.cleaned_up {
+                        Ok(())
+                    } else {
+                        Err("left the job before finishing its life-cycle".to_owned())
+                    };
+                    ended(op, stage, status, &mut fail, stopping, job);
+                }
                 JobEventKind::Finished { phase, failure } => {
                     if phase == Phase::Execute && failure.is_none() {
                         op.executed = true;
@@ -800,64 +982,75 @@ fn handle(
                 return;
             }
             op.ended = Some(Instant::now());
-            let ended = match status {
+            let status = match status {
                 Ok(status) => describe_exit(status),
                 Err(e) => Err(format!("could not be waited for: {e}")),
             };
-            op.exit = Some(match &ended {
+            op.exit = Some(match &status {
                 Ok(()) => "exit status 0".to_owned(),
                 Err(why) => why.clone(),
             });
-            let plain = !op.joined && op.kind == OperatorKind::Plain;
-            if plain {
-                // A plain program's whole run is its execute.
-                op.execute_ended = op.ended;
-            }
-            let outcome = match (ended, &op.phase_failure) {
-                (_, Some(why)) => Err(why.clone()),
-                (Err(why), None) => Err(why),
-                (Ok(()), None) if plain => {
-                    // Its outputs are complete: downstream operators waiting in the
-                    // context may execute, and plain ones start.
-                    op.executed = true;
-                    job.finished(stage, Phase::Execute, None);
-                    Ok(())
-                }
-                (Ok(()), None) if !op.joined => Err(format!(
-                    "exited without joining the job, but was started as a program that uses the pipeline driver ({}); for a plain program, set uses-driver: false",
-                    op.kind_reason
-                )),
-                (Ok(()), None) if !op.cleaned_up => {
-                    Err("exited before finishing its life-cycle".into())
-                }
-                (Ok(()), None) => Ok(()),
-            };
-            match outcome {
-                Ok(()) => op.set(OperatorState::Succeeded),
-                // Its execute and cleanup were done when the driver stopped the job and
-                // killed it on its way out: it finished.
-                Err(_)
-                    if stopping
-                        && op.phase_failure.is_none()
-                        && op.execute_ended.is_some()
-                        && op.cleaned_up =>
-                {
-                    op.set(OperatorState::Succeeded);
-                }
-                // Stopped by the driver for another operator's failure, the time limit or
-                // an interruption.
-                Err(_) if stopping && op.phase_failure.is_none() => {
-                    let when = op
-                        .cancelled_in
-                        .clone()
-                        .unwrap_or_else(|| op.state.cancelled_where());
-                    op.set(OperatorState::Cancelled(when));
-                }
-                Err(why) => {
-                    fail(&op.name, why.clone());
-                    op.set(OperatorState::Failed(why));
-                }
-            }
+            ended(op, stage, status, &mut fail, stopping, job);
+        }
+    }
+}
+
+/// The end of operator `op` (stage `stage`): its process exited, or, for one that joined,
+/// its connection closed. Decides its final state, and whether it fails the job.
+fn ended(
+    op: &mut Operator,
+    stage: usize,
+    ended: Result<(), String>,
+    fail: &mut impl FnMut(&str, String),
+    stopping: bool,
+    job: &Job,
+) {
+    let plain = !op.joined && op.kind == OperatorKind::Plain;
+    if plain {
+        // A plain program's whole run is its execute.
+        op.execute_ended = op.ended;
+    }
+    let outcome = match (ended, &op.phase_failure) {
+        (_, Some(why)) => Err(why.clone()),
+        (Err(why), None) => Err(why),
+        (Ok(()), None) if plain => {
+            // Its outputs are complete: downstream operators waiting in the
+            // context may execute, and plain ones start.
+            op.executed = true;
+            job.finished(stage, Phase::Execute, None);
+            Ok(())
+        }
+        (Ok(()), None) if !op.joined => Err(format!(
+            "exited without joining the job, but was started as a program that uses the pipeline driver ({}); for a plain program, set uses-driver: false",
+            op.kind_reason
+        )),
+        (Ok(()), None) if !op.cleaned_up => Err("exited before finishing its life-cycle".into()),
+        (Ok(()), None) => Ok(()),
+    };
+    match outcome {
+        Ok(()) => op.set(OperatorState::Succeeded),
+        // Its execute and cleanup were done when the driver stopped the job and
+        // killed it on its way out: it finished.
+        Err(_)
+            if stopping
+                && op.phase_failure.is_none()
+                && op.execute_ended.is_some()
+                && op.cleaned_up =>
+        {
+            op.set(OperatorState::Succeeded);
+        }
+        // Stopped by the driver for another operator's failure, the time limit or
+        // an interruption.
+        Err(_) if stopping && op.phase_failure.is_none() => {
+            let when = op
+                .cancelled_in
+                .clone()
+                .unwrap_or_else(|| op.state.cancelled_where());
+            op.set(OperatorState::Cancelled(when));
+        }
+        Err(why) => {
+            fail(&op.name, why.clone());
+            op.set(OperatorState::Failed(why));
         }
     }
 }
@@ -933,8 +1126,14 @@ fn wait_unreaped(child: &Child) -> std::io::Result<ExitStatus> {
 
 fn signal(op: &Operator, signal: rustix::process::Signal) {
     if let Some(pid) = op.pid.and_then(rustix::process::Pid::from_raw) {
-        // The process group, so that the operator's own children go too.
-        let _ = rustix::process::kill_process_group(pid, signal);
+        if op.group {
+            // The process group, so that the operator's own children go too.
+            let _ = rustix::process::kill_process_group(pid, signal);
+        } else if op.ended.is_none() {
+            // An operator that joined from elsewhere, still connected (so its pid is
+            // still its own).
+            let _ = rustix::process::kill_process(pid, signal);
+        }
     }
 }
 
@@ -1023,6 +1222,7 @@ impl Launcher<'_> {
         ) {
             Ok(child) => {
                 operator.pid = Some(child.id() as i32);
+                operator.group = true;
                 if operator.kind == OperatorKind::Plain {
                     operator.execute_started = Some(operator.started);
                     operator.set(OperatorState::Executing);
@@ -1076,6 +1276,72 @@ pub fn operator_kinds(
             kind::operator_kind(pipeline, index, &program, &cwd, &mut seen)
         })
         .collect()
+}
+
+/// Whether every operator of `pipeline` can join a job served by [`serve_job`]: each must
+/// use the pipeline driver, as the definition alone shows (`uses-driver: true`, or
+/// shared-memory entries); [`DriverError::CannotJoin`] names those that do not.
+pub fn check_joinable(pipeline: &Pipeline) -> Result<(), DriverError> {
+    joining_kinds(pipeline).map(drop)
+}
+
+/// How each operator of a job it must join takes part: the definition alone says, since
+/// the programs are in images the driver does not see (`uses-driver`, else shared-memory
+/// entries). An operator that would be a plain program cannot join: refused.
+fn joining_kinds(pipeline: &Pipeline) -> Result<Vec<(OperatorKind, KindReason)>, DriverError> {
+    let mut plain = Vec::new();
+    let kinds = pipeline
+        .operators()
+        .iter()
+        .map(|op| match op.uses_driver() {
+            Some(true) => (OperatorKind::Driver, KindReason::Declared),
+            Some(false) => {
+                plain.push(op.name().to_owned());
+                (OperatorKind::Plain, KindReason::Declared)
+            }
+            None if op.has_shared_memory() => (OperatorKind::Driver, KindReason::SharedMemory),
+            None => {
+                plain.push(op.name().to_owned());
+                (OperatorKind::Plain, KindReason::NoMention)
+            }
+        })
+        .collect();
+    if plain.is_empty() {
+        Ok(kinds)
+    } else {
+        Err(DriverError::CannotJoin { operators: plain })
+    }
+}
+
+/// The `stream` folders of operators that join, as they see them: each at the path its
+/// definition declares (where the Pod mounts the volume), the payload inputs at `payload`
+/// when given.
+fn container_paths(pipeline: &Pipeline, plan: &mut JobPlan, payload: Option<&Path>) {
+    use fastio_pipeline::EntryKind;
+    let declared = |entries: &[fastio_pipeline::Entry], name: &str| {
+        entries.iter().find_map(|e| match e.kind() {
+            EntryKind::Stream { path, .. } if e.name() == name => {
+                Some((path.to_string_lossy().into_owned(), e.from().is_none()))
+            }
+            _ => None,
+        })
+    };
+    for (stage, op) in plan.stages.iter_mut().zip(pipeline.operators()) {
+        for out in &mut stage.outputs {
+            if let Some((path, _)) = declared(op.outputs(), &out.name) {
+                out.path = path;
+            }
+        }
+        for input in &mut stage.inputs {
+            match (declared(op.inputs(), &input.name), payload) {
+                (Some((_, true)), Some(payload)) => {
+                    input.path = payload.to_string_lossy().into_owned();
+                }
+                (Some((path, _)), _) => input.path = path,
+                (None, _) => {}
+            }
+        }
+    }
 }
 
 /// The folder of the definition, absolute: operators start there, so that relative paths

@@ -179,6 +179,18 @@ typedef result (*nvidia_clara_cpd_execute_callback)(nvidia_clara_cpd *cpd,
 typedef result (*nvidia_clara_cpd_cleanup_callback)(nvidia_clara_cpd *cpd);
 
 /*
+ An interprocess CUDA event handle: the 64 bytes of `CUipcEventHandle` /
+ `cudaIpcEventHandle_t` (same size and layout; copy it into one with `memcpy`), which
+ `cuIpcOpenEventHandle` opens in another process.
+ */
+typedef struct {
+  /*
+   The handle's bytes.
+   */
+  char reserved[64];
+} nvidia_clara_fastio_cuda_event;
+
+/*
  Success.
  */
 #define NVIDIA_CLARA_RESULT_OK 0
@@ -721,6 +733,48 @@ result nvidia_clara_payload_entry__path(nvidia_clara_payload_entry *entry,
                                         char *buffer,
                                         int buffer_size,
                                         size_t *len_out);
+
+/*
+ Writes the interprocess event handle a producer attached to what it published (the event
+ it recorded on its stream after the writes) to `*event_out` and 1 to `*has_event_out`;
+ 0 to `*has_event_out`, and nothing to `*event_out`, when it attached none. Open it with
+ `cuIpcOpenEventHandle` and make your stream wait on it (`cuStreamWaitEvent`): the GPU
+ orders your work after the producer's, the host never waits. fastio extension.
+
+ # Safety
+ `event_out` and `has_event_out` are NULL or valid for one write.
+ */
+result nvidia_clara_fastio__cuda_event(nvidia_clara_fastio_alloc *alloc,
+                                       nvidia_clara_fastio_cuda_event *event_out,
+                                       int *has_event_out);
+
+/*
+ Writes the interprocess event handle that goes with the FastIO entry's memory: for an
+ input, the one its producer attached (an operator's stream is recorded at the end of
+ its execute), as `nvidia_clara_fastio__cuda_event` does. fastio extension.
+
+ # Safety
+ `event_out` and `has_event_out` are NULL or valid for one write.
+ */
+result nvidia_clara_fastio_entry__cuda_event(nvidia_clara_fastio_entry *entry,
+                                             nvidia_clara_fastio_cuda_event *event_out,
+                                             int *has_event_out);
+
+/*
+ Writes the operator's CUDA stream (a `CUstream` / `cudaStream_t`) to `*stream_out`:
+ allocated from the operator's stream pool the first time and held for the run, already
+ ordered after every FastIO input's producer (GPU-side: the host did not wait), with its
+ device made current on the calling thread. Queue execute's GPU work on it: at the end of
+ execute an event recorded on it goes with every output, so downstream operators wait
+ for this work (Holoscan's `receive_cuda_stream`). Fails with
+ NVIDIA_CLARA_RESULT_FAILED and a message where there is no CUDA device. fastio
+ extension.
+
+ # Safety
+ `stream_out` is NULL or valid for writing one pointer.
+ */
+result nvidia_clara_payload__cuda_stream(nvidia_clara_payload *payload,
+                                         void **stream_out);
 
 /*
  The entry's name in the pipeline definition, with the buffer protocol of

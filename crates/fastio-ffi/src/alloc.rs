@@ -53,15 +53,15 @@ fn hand_out(
 }
 
 /// A live handle, as the body of a function sees it.
-struct Live<'a> {
-    allocation: &'a mut Allocation,
+pub(crate) struct Live<'a> {
+    pub(crate) allocation: &'a mut Allocation,
     mapped: &'a mut Option<Access>,
     context: u64,
     token: u64,
 }
 
 /// Runs `f` on the live allocation behind `alloc`, holding its lock.
-fn with_alloc<R>(
+pub(crate) fn with_alloc<R>(
     alloc: *const nvidia_clara_fastio_alloc,
     f: impl FnOnce(Live<'_>) -> Result<R, Error>,
 ) -> Result<R, Error> {

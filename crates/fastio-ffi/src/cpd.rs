@@ -43,7 +43,9 @@ static CPDS: LazyLock<Table<CpdState>> = LazyLock::new(|| Table::new("nvidia_cla
 
 /// What C's `nvidia_clara_payload*` stands for. The arrays are NULL-terminated arrays of
 /// handle pointers, stored as addresses, and stay put until execute returns.
-struct PayloadState {
+pub(crate) struct PayloadState {
+    /// The operator's CUDA stream, for `nvidia_clara_payload__cuda_stream`.
+    pub(crate) cuda: fastio_operator::CudaStreamSource,
     context: u64,
     inputs: Vec<usize>,
     outputs: Vec<usize>,
@@ -51,7 +53,7 @@ struct PayloadState {
     fastio_outputs: Vec<usize>,
 }
 
-static PAYLOADS: LazyLock<Table<PayloadState>> =
+pub(crate) static PAYLOADS: LazyLock<Table<PayloadState>> =
     LazyLock::new(|| Table::new("nvidia_clara_payload"));
 static PATH_ENTRIES: LazyLock<Table<PathEntry>> =
     LazyLock::new(|| Table::new("nvidia_clara_payload_entry"));
@@ -439,6 +441,7 @@ impl PayloadScope {
             }
         };
         let (_, token) = PAYLOADS.insert::<nvidia_clara_payload>(PayloadState {
+            cuda: driver.cuda_stream_source(),
             context,
             inputs,
             outputs,

@@ -22,7 +22,7 @@ pub(crate) struct EntryState {
 pub(crate) static ENTRIES: LazyLock<Table<EntryState>> =
     LazyLock::new(|| Table::new("nvidia_clara_fastio_entry"));
 
-fn with_entry<R>(
+pub(crate) fn with_entry<R>(
     entry: *const nvidia_clara_fastio_entry,
     f: impl FnOnce(&mut EntryState) -> Result<R, Error>,
 ) -> Result<R, Error> {

@@ -19,6 +19,7 @@
 mod alloc;
 mod context;
 mod cpd;
+mod device;
 mod entry;
 mod error;
 mod handles;
@@ -28,6 +29,7 @@ mod types;
 pub use alloc::*;
 pub use context::*;
 pub use cpd::*;
+pub use device::*;
 pub use entry::*;
 pub use error::nvidia_clara_last_error_message;
 pub use types::*;

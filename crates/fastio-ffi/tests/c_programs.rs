@@ -756,3 +756,41 @@ fn demo_pipeline_with_the_c_example_operators_runs_as_a_job() {
     assert_eq!(entry.readers, ["voxel-report"], "{}", report.render());
     assert_eq!(entry.bytes, Some(8), "{}", report.render());
 }
+
+#[test]
+fn c_reads_the_cuda_event_of_a_publication_and_asks_for_the_operator_stream() {
+    let server = server();
+    let rust = Context::connect(server.address()).unwrap();
+    let handle = fastio_context::EventHandle(std::array::from_fn(|i| (3 * i + 1) as u8));
+    let a = rust.create(16).unwrap();
+    a.publish_with_event("with-event", handle).unwrap();
+    let b = rust.create(16).unwrap();
+    b.publish("plain").unwrap();
+    let dir = TempDir::new().unwrap();
+    let exe = Build::c("cuda.c").compile(dir.path());
+    let out = run(&exe, &["events"], &[("FASTIO_CONTEXT", server.address())]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("events ok"));
+
+    // This machine has no CUDA driver (the GPU bundle covers the other case).
+    if cuda_streams::Driver::probe().is_ok() {
+        return;
+    }
+    let definition = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &definition,
+        format!(
+            "api-version: 0.5.0\nname: cuda\noperators:\n- name: src\n  command: [\"{exe}\", \"operator\"]\n  output:\n  - {{name: volume, type: array, element-type: float32, shape: [4]}}\n- name: gpu-op\n  command: [\"{exe}\", \"operator\"]\n  input:\n  - {{name: volume, from: src, type: array, element-type: float32, shape: [4]}}\n",
+            exe = exe.display()
+        ),
+    )
+    .unwrap();
+    let out = run(
+        &exe,
+        &["operator"],
+        &[
+            ("FASTIO_PIPELINE", definition.to_str().unwrap()),
+            ("FASTIO_STAGE", "gpu-op"),
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("operator ok"));
+}

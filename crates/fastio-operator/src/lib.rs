@@ -34,8 +34,12 @@
 //! }
 //! ```
 
+mod gpu;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+pub use cuda_streams;
 
 pub use fastio_context::job::PathEntry;
 use fastio_context::job::{Job, JobPlan, Phase, ReclaimedHandle, StageInfo, StagePlan};
@@ -51,6 +55,9 @@ pub const STAGE_ENV: &str = "FASTIO_STAGE";
 pub const INPUT_PATHS_ENV: &str = "NVIDIA_CLARA_INPUTPATHS";
 /// Disk outputs as `name:path` pairs separated by `;` (Clara's variable).
 pub const OUTPUT_PATHS_ENV: &str = "NVIDIA_CLARA_OUTPUTPATHS";
+/// Seconds an operator that joins a job from its own container (a Pod's) retries while
+/// nothing listens at the job's socket yet; default 60.
+pub const JOIN_WAIT_ENV: &str = "FASTIO_JOIN_WAIT_S";
 /// Set to `1` to execute without waiting for upstream operators (Clara's variable).
 pub const NO_SYNC_LOCK_ENV: &str = "NVIDIA_CLARA_NOSYNCLOCK";
 
@@ -69,6 +76,12 @@ pub enum OperatorError {
     /// The standalone settings are inconsistent.
     #[error("{0}")]
     Standalone(String),
+    /// `FASTIO_JOIN_WAIT_S` is not a number of seconds from 0 to 3600.
+    #[error("{JOIN_WAIT_ENV}={value:?}: expected seconds, from 0 to 3600")]
+    JoinWait {
+        /// The value found.
+        value: String,
+    },
     /// A callback failed (the later phases that must run still ran).
     #[error("{phase} failed: {message}")]
     Phase {
@@ -76,6 +89,17 @@ pub enum OperatorError {
         phase: Phase,
         /// The callback's error message.
         message: String,
+    },
+    /// A CUDA call of the operator's stream handling failed (or there is no CUDA device
+    /// where one is needed).
+    #[error("{stage}: {what}: {source}")]
+    Cuda {
+        /// The operator.
+        stage: String,
+        /// What the operator was doing.
+        what: String,
+        /// The failure.
+        source: cuda_streams::StreamError,
     },
     /// The job failed elsewhere before this operator's inputs were ready; execute was
     /// skipped.
@@ -158,21 +182,47 @@ impl Callbacks for Lifecycle<'_> {
     }
 }
 
+/// How long an operator that joins a job from its own container retries while nothing
+/// listens yet: `FASTIO_JOIN_WAIT_S` seconds, default 60.
+fn join_wait() -> Result<std::time::Duration, OperatorError> {
+    match std::env::var(JOIN_WAIT_ENV) {
+        Err(_) => Ok(std::time::Duration::from_secs(60)),
+        Ok(text) => text
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(|s| std::time::Duration::try_from_secs_f64(s).ok())
+            .filter(|d| *d <= std::time::Duration::from_secs(3600))
+            .ok_or(OperatorError::JoinWait { value: text }),
+    }
+}
+
 /// An operator's link to its job: who it is, and the context it works in.
 #[derive(Debug)]
 pub struct Driver {
     context: Context,
     info: StageInfo,
     standalone: bool,
+    gpu: Arc<gpu::Gpu>,
 }
 
 impl Driver {
     /// Joins the job this process was started for by `fastio run` (through
     /// `FASTIO_CONTEXT`), or sets up a standalone run when there is none (see the crate
     /// documentation).
+    ///
+    /// An operator that runs in a container of a job's Pod, which `fastio k8s serve` did
+    /// not start, finds the job in `FASTIO_JOB_SOCKET` (with `FASTIO_JOB_SECRET` and
+    /// `FASTIO_STAGE`) and joins it over the Pod's shared network namespace, retrying for
+    /// `FASTIO_JOIN_WAIT_S` seconds (default 60) while the server's container starts.
     pub fn from_env() -> Result<Self, OperatorError> {
         match std::env::var(fastio_context::CONTEXT_ENV) {
             Ok(address) if !address.is_empty() => Self::join(Context::connect(&address)?),
+            _ if std::env::var_os(fastio_context::JOB_SOCKET_ENV)
+                .is_some_and(|v| !v.is_empty()) =>
+            {
+                Self::join(Context::attach_from_env(join_wait()?)?)
+            }
             _ => Self::standalone_from_env(),
         }
     }
@@ -184,6 +234,7 @@ impl Driver {
             context,
             info,
             standalone: false,
+            gpu: Arc::default(),
         })
     }
 
@@ -272,6 +323,34 @@ impl Driver {
         })
     }
 
+    /// Uses `driver` for the operator's CUDA stream instead of probing for the machine's
+    /// (an application that holds one already; tests on `cuda_streams::Driver::fake`).
+    pub fn with_cuda_driver(self, driver: cuda_streams::Driver) -> Self {
+        self.gpu.set_driver(driver);
+        self
+    }
+
+    /// The operator's CUDA stream: see [`Payload::cuda_stream`], which is the same call
+    /// (for bindings that reach the driver but not the payload during execute).
+    pub fn cuda_stream(&self) -> Result<cuda_streams::Stream, OperatorError> {
+        self.cuda_stream_source().cuda_stream()
+    }
+
+    /// A handle that reaches the operator's CUDA stream from anywhere (another thread, a
+    /// C or Python binding's payload object): see [`Payload::cuda_stream`].
+    pub fn cuda_stream_source(&self) -> CudaStreamSource {
+        CudaStreamSource {
+            gpu: self.gpu.clone(),
+            stage: self.info.stage_name.clone(),
+            inputs: self
+                .info
+                .fastio_inputs
+                .iter()
+                .map(|e| e.name.clone())
+                .collect(),
+        }
+    }
+
     /// The job's identifier (a UUID).
     pub fn job_id(&self) -> &str {
         &self.info.job_id
@@ -318,9 +397,11 @@ impl Driver {
             first_failure = Some(e);
         }
         let cleaned = self.phase(Phase::Cleanup, || callbacks.cleanup(self));
-        match (first_failure, cleaned) {
-            (Some(e), _) | (None, Err(e)) => Err(e),
-            (None, Ok(())) => Ok(()),
+        // The operator's GPU work ends with it, its stream back in the pool.
+        let stopped = self.gpu.stop(&self.info.stage_name);
+        match (first_failure, cleaned, stopped) {
+            (Some(e), _, _) | (None, Err(e), _) | (None, Ok(()), Err(e)) => Err(e),
+            (None, Ok(()), Ok(())) => Ok(()),
         }
     }
 
@@ -338,12 +419,20 @@ impl Driver {
 
     fn execute(&self, callbacks: &mut impl Callbacks) -> Result<(), OperatorError> {
         let result = self.payload().and_then(|mut payload| {
+            // Receiving: the operator's stream waits on the inputs' events (GPU-side).
+            self.gpu
+                .receive(&self.info.stage_name, &payload.fastio_inputs)?;
             let result = callbacks
                 .execute(self, &mut payload)
                 .map_err(|e| OperatorError::Phase {
                     phase: Phase::Execute,
                     message: error_chain(e.as_ref()),
                 });
+            // Emitting: outputs carry an event recorded on the operator's stream.
+            let emitted = self
+                .gpu
+                .emit(&self.info.stage_name, &mut payload.fastio_outputs);
+            let result = result.and(emitted);
             // Outputs are final: their mappings become read-only before anyone reads them
             // (the context seals their memory when it hears of the end of execute).
             payload.finish()?;
@@ -390,6 +479,22 @@ impl Driver {
         let failure = result.as_ref().err().map(failure_message);
         self.context.finished(phase, failure)?;
         result
+    }
+}
+
+/// Reaches an operator's CUDA stream ([`Driver::cuda_stream_source`]); cheap to clone.
+#[derive(Clone, Debug)]
+pub struct CudaStreamSource {
+    gpu: Arc<gpu::Gpu>,
+    stage: String,
+    inputs: Vec<String>,
+}
+
+impl CudaStreamSource {
+    /// The operator's CUDA stream: see [`Payload::cuda_stream`].
+    pub fn cuda_stream(&self) -> Result<cuda_streams::Stream, OperatorError> {
+        let inputs: Vec<&str> = self.inputs.iter().map(String::as_str).collect();
+        self.gpu.stream(&self.stage, &inputs)
     }
 }
 
@@ -497,6 +602,17 @@ impl Payload<'_> {
         self.fastio_outputs
             .iter_mut()
             .try_for_each(FastIoEntry::finish)
+    }
+
+    /// The operator's CUDA stream (Holoscan's `receive_cuda_stream`): allocated from the
+    /// operator's stream pool the first time and held for the run, already ordered after
+    /// every FastIO input's producer (GPU-side: the host did not wait). Queue this
+    /// execute's GPU work on it; at the end of execute an event recorded on it goes with
+    /// every output, so downstream operators' streams wait for this work, and host outputs
+    /// are made final before execute is reported done. Its device is made current on the
+    /// calling thread.
+    pub fn cuda_stream(&self) -> Result<cuda_streams::Stream, OperatorError> {
+        self.driver.cuda_stream()
     }
 
     /// The job's Fast I/O context.

@@ -130,6 +130,13 @@ impl FastIOAllocation {
         handle.with(|a| Ok(View::of(keep, a, false)))
     }
 
+    /// A DLPack export of the memory, typed and shaped as `view()` is.
+    fn dlpack_export(&self) -> PyResult<crate::dlpack::Export> {
+        let handle = self.handle()?;
+        let keep: buffer::Keeper = handle.clone();
+        handle.with(|a| Ok(crate::dlpack::of_host(keep, a, false)))
+    }
+
     /// A zero-copy numpy array over the memory.
     pub(crate) fn numpy<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let view = Bound::new(py, self.view()?)?;
@@ -370,6 +377,32 @@ impl FastIOAllocation {
         d.set_item("typestr", typed.0.numpy_dtype())?;
         d.set_item("data", view)?;
         Ok(d)
+    }
+
+    /// DLPack export (the Python array API standard): a capsule that `numpy.from_dlpack`,
+    /// `torch.from_dlpack` and others take without copying. The capsule keeps the memory
+    /// mapped until the consumer's array is gone; read-only handles export read-only
+    /// tensors. `copy=True` exports a private copy instead; `dl_device` must name the
+    /// memory's own device; `stream` must be None for host memory. Raises
+    /// `fastio.ExportError` (also a `BufferError`) when the memory cannot be exported as
+    /// asked.
+    #[pyo3(signature = (stream = None, *, max_version = None, dl_device = None, copy = None))]
+    fn __dlpack__<'py>(
+        &self,
+        py: Python<'py>,
+        stream: Option<&Bound<'py, PyAny>>,
+        max_version: Option<&Bound<'py, PyAny>>,
+        dl_device: Option<&Bound<'py, PyAny>>,
+        copy: Option<bool>,
+    ) -> PyResult<Py<PyAny>> {
+        self.dlpack_export()?
+            .to_capsule(py, stream, max_version, dl_device, copy)
+    }
+
+    /// `(device_type, device_id)` of the memory, as DLPack numbers them: `(1, 0)` (kDLCPU)
+    /// for host memory.
+    fn __dlpack_device__(&self) -> PyResult<(u32, i32)> {
+        Ok(self.dlpack_export()?.place().dlpack_device())
     }
 
     /// `with ctx.get(name) as a:` releases the handle at the end of the block (unless it

@@ -1,7 +1,8 @@
 //! Exports of shared memory to Python: the buffer protocol, and the `View` object that
 //! every numpy array, `memoryview` and `__array_interface__` export holds as its base.
 //!
-//! All `unsafe` of the crate is here: filling a `Py_buffer` for a consumer.
+//! `unsafe` of the crate lives here (filling a `Py_buffer` for a consumer) and in
+//! `dlpack.rs` (DLPack tensors).
 
 use std::any::Any;
 use std::ffi::{CStr, c_int, c_void};

@@ -17,6 +17,8 @@
 mod allocation;
 mod buffer;
 mod context;
+mod device;
+mod dlpack;
 mod dtype;
 mod listing;
 mod operator;
@@ -98,11 +100,13 @@ fn cli_main(
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("Error", m.py().get_type::<Error>())?;
+    m.add("ExportError", dlpack::export_error_type(m.py())?)?;
     m.add_class::<IOAccess>()?;
     m.add_class::<context::FastIOContext>()?;
     m.add_class::<context::ContextServer>()?;
     m.add_class::<allocation::FastIOAllocation>()?;
     m.add_class::<buffer::View>()?;
+    m.add_class::<device::DeviceView>()?;
     m.add_class::<operator::Driver>()?;
     m.add_class::<operator::Payload>()?;
     m.add_class::<operator::PayloadEntry>()?;

@@ -111,6 +111,21 @@ impl FastIOEntry {
         }
     }
 
+    fn dlpack_export(&self) -> PyResult<crate::dlpack::Export> {
+        let cell = self.cell()?;
+        let keep: Keeper = cell.clone();
+        let entry = cell.lock();
+        match entry.allocation() {
+            Some(a) => Ok(crate::dlpack::of_host(keep, a, false)),
+            None => Err(error(format!(
+                "FastIO entry {:?} has no memory yet (shape {:?}): set its dynamic dimensions \
+                 with update_shape first",
+                self.name,
+                entry.shape()
+            ))),
+        }
+    }
+
     fn numpy<'py>(&self, py: Python<'py>, read_only: bool) -> PyResult<Bound<'py, PyAny>> {
         let view = Bound::new(py, self.view(read_only)?)?;
         py.import("numpy")?.call_method1("asarray", (view,))
@@ -313,6 +328,26 @@ impl FastIOEntry {
         Ok(d)
     }
 
+    /// DLPack export (the Python array API standard), as for `FastIOAllocation`: zero-copy,
+    /// writable for an output, read-only (flagged so) for an input.
+    #[pyo3(signature = (stream = None, *, max_version = None, dl_device = None, copy = None))]
+    fn __dlpack__<'py>(
+        &self,
+        py: Python<'py>,
+        stream: Option<&Bound<'py, PyAny>>,
+        max_version: Option<&Bound<'py, PyAny>>,
+        dl_device: Option<&Bound<'py, PyAny>>,
+        copy: Option<bool>,
+    ) -> PyResult<Py<PyAny>> {
+        self.dlpack_export()?
+            .to_capsule(py, stream, max_version, dl_device, copy)
+    }
+
+    /// `(device_type, device_id)` of the entry's memory, as DLPack numbers them.
+    fn __dlpack_device__(&self) -> PyResult<(u32, i32)> {
+        Ok(self.dlpack_export()?.place().dlpack_device())
+    }
+
     /// `<fastio.FastIOEntry 'mask': output uint8 (256, 512, 512), pre-allocated>`.
     fn __repr__(&self, py: Python<'_>) -> String {
         let name = crate::py_repr(py, &self.name);
@@ -462,6 +497,7 @@ fn collection(items: Vec<(String, Py<PyAny>)>) -> PayloadCollection {
 /// the FastIO entries. Valid only during the execute handler.
 #[pyclass(frozen, module = "fastio")]
 pub struct Payload {
+    driver: Py<Driver>,
     context: Py<FastIOContext>,
     input_entries: Py<PayloadCollection>,
     output_entries: Py<PayloadCollection>,
@@ -510,6 +546,19 @@ impl Payload {
     /// The FastIO output `name`.
     fn fastio_output(&self, py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         self.fastio_outputs.get().__getitem__(py, name)
+    }
+
+    /// The operator's CUDA stream, as an int (a `CUstream`/`cudaStream_t`): allocated from
+    /// the operator's stream pool the first time and held for the run, already ordered
+    /// (GPU-side, the host did not wait) after every FastIO input's producer. Queue this
+    /// execute's GPU work on it, e.g. under `torch.cuda.ExternalStream(s)` or
+    /// `cupy.cuda.ExternalStream(s)`; at the end of execute an event recorded on it goes
+    /// with every output, so downstream operators wait for this work. Its device is made
+    /// current. Raises `fastio.Error` where there is no CUDA device.
+    fn cuda_stream(&self, py: Python<'_>) -> PyResult<usize> {
+        let driver = self.driver.get();
+        py.detach(|| driver.driver.cuda_stream().map(|s| s.as_raw()))
+            .map_err(error)
     }
 
     /// `<fastio.Payload inputs [...], outputs [...], FastIO inputs [...], FastIO outputs [...]>`.
@@ -770,7 +819,14 @@ impl Callbacks for PyCallbacks {
         let inputs = open(&info.fastio_inputs)?;
         let outputs = open(&info.fastio_outputs)?;
         Python::attach(|py| {
-            let payload_obj = build_payload(py, driver, payload, inputs, outputs)?;
+            let payload_obj = build_payload(
+                py,
+                self.driver.clone_ref(py),
+                driver,
+                payload,
+                inputs,
+                outputs,
+            )?;
             let args = PyTuple::new(
                 py,
                 [
@@ -791,6 +847,7 @@ impl Callbacks for PyCallbacks {
 
 fn build_payload(
     py: Python<'_>,
+    driver_obj: Py<Driver>,
     driver: &fastio_operator::Driver,
     payload: &fastio_operator::Payload<'_>,
     inputs: Vec<FastIoEntry>,
@@ -814,6 +871,7 @@ fn build_payload(
     Py::new(
         py,
         Payload {
+            driver: driver_obj,
             context: Py::new(py, FastIOContext::wrap(driver.context().clone()))?,
             input_entries: path_entries(py, payload.input_entries())?,
             output_entries: path_entries(py, payload.output_entries())?,

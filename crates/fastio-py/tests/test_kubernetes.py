@@ -13,7 +13,12 @@ from fastio._native import cli_main
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 CLARA = ROOT / "examples" / "clara" / "pipeline.yaml"
-# Native sidecars are on by default from 1.29 and backoffLimitPerIndex is GA in 1.33.
+# The Clara example's layout with operators that use the pipeline driver (in a Pod every
+# operator joins the job from its container; plain programs cannot).
+JOINING = CLARA.read_text().replace(
+    "  description: Copy", "  uses-driver: true\n  description: Copy").replace(
+    "  description: Write the names", "  uses-driver: true\n  description: Write the names")
+# backoffLimitPerIndex is GA in 1.33.
 K8S = "1.33"
 
 # Two operators passing 128 MiB of pre-allocated shared memory, and a dynamic entry.
@@ -50,6 +55,13 @@ def render(tmp_path, *args):
     return {doc["kind"]: doc for doc in docs}
 
 
+@pytest.fixture
+def joining(tmp_path):
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(JOINING)
+    return path
+
+
 def pod(objects):
     return objects["Job"]["spec"]["template"]["spec"]
 
@@ -58,9 +70,9 @@ def env_of(container):
     return {e["name"]: e for e in container.get("env", [])}
 
 
-def test_one_run_renders_a_job_with_the_context_server_as_native_sidecar(tmp_path):
-    objects = render(tmp_path, CLARA, "--input", "pvc:studies", "--output", "host:/srv/results",
-                     "--payload", "study-1")
+def test_one_run_renders_a_job_whose_first_container_is_the_context_server(tmp_path, joining):
+    objects = render(tmp_path, joining, "--input", "pvc:studies", "--output", "host:/srv/results",
+                     "--payload", "study-1", "--save-arrays")
     assert set(objects) == {"Secret", "ConfigMap", "Job"}
     job = objects["Job"]
     assert job["spec"]["activeDeadlineSeconds"] == 600  # the definition's default timeout
@@ -69,10 +81,14 @@ def test_one_run_renders_a_job_with_the_context_server_as_native_sidecar(tmp_pat
     spec = pod(objects)
     assert spec["restartPolicy"] == "Never"
     assert spec["imagePullSecrets"] == [{"name": "ngc-clara"}]
-    [server] = spec["initContainers"]
-    assert server["name"] == "fastio-context" and server["restartPolicy"] == "Always"
-
-    copy_op, list_op = spec["containers"]
+    # An ordinary container, not a native sidecar: it ends with the job and its exit status
+    # is the job's; it sees the operators' processes, to stop them when the job fails.
+    assert "initContainers" not in spec and spec["shareProcessNamespace"] is True
+    server, copy_op, list_op = spec["containers"]
+    assert server["name"] == "fastio-context" and "restartPolicy" not in server
+    assert server["command"] == ["fastio"]
+    assert server["args"] == ["k8s", "serve", "/etc/fastio/pipeline.yaml",
+                              "--output", "/fastio/output/$(FASTIO_RUN)", "--save"]
     assert copy_op["name"] == "copy" and copy_op["image"] == "clara/examples/centos:centos7"
     assert copy_op["args"][:2] == ["sh", "-c"]  # container.command, handed to the entry point
     assert list_op["image"] == "example/lister:1.10" and list_op["args"] == ["/app/list.py"]
@@ -108,11 +124,11 @@ def test_one_run_renders_a_job_with_the_context_server_as_native_sidecar(tmp_pat
     assert volumes[result["name"]]["hostPath"]["path"] == "/srv/results"
     assert result["subPathExpr"] == "$(FASTIO_RUN)/list/listing"
     # The definition travels as written, in the ConfigMap every container mounts.
-    assert objects["ConfigMap"]["data"]["pipeline.yaml"] == CLARA.read_text()
+    assert objects["ConfigMap"]["data"]["pipeline.yaml"] == JOINING
 
 
-def test_two_renders_have_different_secrets(tmp_path):
-    args = [CLARA, "--input", "pvc:in", "--output", "pvc:out"]
+def test_two_renders_have_different_secrets(tmp_path, joining):
+    args = [joining, "--input", "pvc:in", "--output", "pvc:out"]
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     a = render(tmp_path / "a", *args)["Secret"]["stringData"]["token"]
@@ -126,7 +142,7 @@ def test_memory_requests_count_the_preallocated_shared_memory(tmp_path):
     objects = render(tmp_path, definition, "--output", "pvc:out")
     assert objects["Job"]["metadata"]["name"] == "fastio-shared-volume"
     assert objects["Job"]["spec"]["activeDeadlineSeconds"] == 90  # the definition's timeout
-    make, use = pod(objects)["containers"]
+    _, make, use = pod(objects)["containers"]
     # 100 MB of its own plus the 128 MiB volume it writes first (the dynamic list is
     # sized at run time and cannot be counted).
     assert make["resources"] == {
@@ -139,17 +155,17 @@ def test_memory_requests_count_the_preallocated_shared_memory(tmp_path):
     assert use["image"] == "example/use:latest" and "args" not in use
 
 
-def test_many_runs_render_an_indexed_job_one_payload_per_index(tmp_path):
+def test_many_runs_render_an_indexed_job_one_payload_per_index(tmp_path, joining):
     listing = tmp_path / "payloads.txt"
     listing.write_text("studies/a\n\n# skipped\nstudies/b\nstudies/c\n")
-    objects = render(tmp_path, CLARA, "--input", "pvc:studies", "--output", "pvc:out",
+    objects = render(tmp_path, joining, "--input", "pvc:studies", "--output", "pvc:out",
                      "--payloads", listing, "--parallelism", "2")
     spec = objects["Job"]["spec"]
     assert spec["completionMode"] == "Indexed"
     assert spec["completions"] == 3 and spec["parallelism"] == 2
     assert spec["backoffLimitPerIndex"] == 0  # one failed study does not stop the others
     lines = objects["ConfigMap"]["data"]["payloads"].splitlines()
-    [server] = pod(objects)["initContainers"]
+    server = pod(objects)["containers"][0]
 
     # What each Pod's context server is told, with the index the Job controller sets
     # (dependent variables expand as the kubelet expands them: earlier ones only).
@@ -172,21 +188,21 @@ def test_many_runs_render_an_indexed_job_one_payload_per_index(tmp_path):
     outputs = [o for _, o in runs]
     assert len(set(outputs)) == 3 and all(o.startswith("/fastio/output/") for o in outputs)
     # Payload readers see the whole input volume; their own folder comes from the server.
-    copy_op = pod(objects)["containers"][0]
+    copy_op = pod(objects)["containers"][1]
     [payload] = [m for m in copy_op["volumeMounts"] if m["name"] == "fastio-input"]
     assert payload["mountPath"] == "/fastio/payloads" and "subPath" not in payload
     assert "NVIDIA_CLARA_INPUTPATHS" not in env_of(copy_op)
 
 
-def test_the_schema_check_refuses_a_broken_manifest(tmp_path):
+def test_the_schema_check_refuses_a_broken_manifest(tmp_path, joining):
     # Without this, a validator that accepted everything would pass the tests above.
-    job = render(tmp_path, CLARA, "--input", "pvc:in", "--output", "pvc:out")["Job"]
+    job = render(tmp_path, joining, "--input", "pvc:in", "--output", "pvc:out")["Job"]
     broken = copy.deepcopy(job)
-    broken["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["memory"] = []
+    broken["spec"]["template"]["spec"]["containers"][1]["resources"]["requests"]["memory"] = []
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, K8S, strict=True)
     broken = copy.deepcopy(job)
-    broken["spec"]["template"]["spec"]["initContainers"][0]["restartPolcy"] = "Always"
+    broken["spec"]["template"]["spec"]["containers"][0]["restartPolcy"] = "Always"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, K8S, strict=True)
 
@@ -199,15 +215,26 @@ def test_the_schema_check_refuses_a_broken_manifest(tmp_path):
     (["--input", "pvc:in", "--output", "host:relative"], "expected pvc:CLAIM"),
     (["--input", "pvc:in", "--output", "pvc:out", "--name", "Bad_Name"], "lowercase letters"),
 ])
-def test_render_refuses_bad_arguments_with_a_clear_error(tmp_path, capfd, args, message):
+def test_render_refuses_bad_arguments_with_a_clear_error(tmp_path, capfd, joining, args, message):
     out = tmp_path / "manifests.yaml"
-    assert cli_main(["fastio", "k8s", "render", str(CLARA), *args, "-o", str(out)]) == 1
+    assert cli_main(["fastio", "k8s", "render", str(joining), *args, "-o", str(out)]) == 1
     assert message in capfd.readouterr().err
     assert not out.exists()
 
 
+def test_plain_programs_are_refused_since_they_cannot_join(tmp_path, capfd):
+    # The Clara example's operators only read and write folders: in a Pod nothing could
+    # hold the second until the first is done.
+    out = tmp_path / "manifests.yaml"
+    assert cli_main(["fastio", "k8s", "render", str(CLARA), "--input", "pvc:in",
+                     "--output", "pvc:out", "-o", str(out)]) == 1
+    err = capfd.readouterr().err
+    assert "copy, list cannot join the job" in err and "uses-driver: true" in err
+    assert not out.exists()
+
+
 def test_operators_without_an_image_are_named(tmp_path, capfd):
-    demo = ROOT / "examples" / "demo" / "pipeline.yaml"
+    demo = ROOT / "examples" / "demo" / "pipeline-python.yaml"
     out = tmp_path / "manifests.yaml"
     assert cli_main(["fastio", "k8s", "render", str(demo), "--output", "pvc:out",
                      "-o", str(out)]) == 1

@@ -1,15 +1,18 @@
 //! `cuda-streams-acceptance`: the 25 acceptance scenarios of Holoscan's stream semantics, the
-//! cross-process event test, device memory across processes (scenarios 27-31: hand-over by
-//! descriptor, kill -9 of the producer, read-only and peer access, host registration) and the
+//! cross-process event test, device memory across processes (scenarios 27-32: hand-over by
+//! descriptor, kill -9 of the producer, read-only and peer access, host registration, a
+//! kernel's output ordered by the carried event) and the
 //! benchmarks, on a real GPU. Built by `cargo xtask gpu-test`
 //! and run where there is no Rust toolchain.
 //!
-//! Usage: `cuda-streams-acceptance [test|bench|all]` (default `all`). Prints a pass/fail table
+//! Usage: `cuda-streams-acceptance [test|bench|all] [--only 27,32]` (default `all`). Prints a pass/fail table
 //! and, with `--out DIR` (or the `OUT` environment variable), writes `cuda-streams-results.md`
 //! there. Exit status 0 when every scenario passed or was skipped, 1 on a failure, 2 without a
 //! GPU. `ipc-child HEX` is the child half of the cross-process test; `vmm-reader`, `vmm-producer`,
-//! `vmm-holder`, `ro-probe` and `handover-child` are the other processes of scenarios 27-31 and
-//! of the hand-over benchmark.
+//! `vmm-holder`, `vmm-ordered`, `ro-probe` and `handover-child` are the other processes of
+//! scenarios 27-32 and
+//! of the hand-over benchmark; `fake-import FD SIZE` is the child of the CPU fake's cross-process
+//! test (no GPU needed).
 
 use std::collections::HashSet;
 use std::fmt::Display;
@@ -1019,6 +1022,12 @@ fn scenarios() -> Vec<Scenario> {
         (29, "device memory: read-only access", s(memory::s29)),
         (30, "device memory: peer access", Box::new(memory::s30)),
         (31, "host registration: memfd mapping", s(memory::s31)),
+        (
+            32,
+            "device memory: kernel output ordered by the carried event",
+            s(memory::s32),
+        ),
+        (33, "device memory: hostile input", s(memory::s33)),
     ]
 }
 
@@ -1032,7 +1041,9 @@ fn main() -> ExitCode {
     }
     let mode = args
         .iter()
-        .find(|a| !a.starts_with("--"))
+        .enumerate()
+        .find(|(i, a)| !a.starts_with("--") && (*i == 0 || !args[i - 1].starts_with("--")))
+        .map(|(_, a)| a)
         .cloned()
         .unwrap_or_else(|| "all".into());
     let out_dir = args
@@ -1055,7 +1066,16 @@ fn main() -> ExitCode {
     let mut failed = false;
     if mode == "test" || mode == "all" {
         report.push_str("| # | scenario | result | notes |\n|---|---|---|---|\n");
+        // `--only 27,32`: a subset of the scenarios.
+        let only: Option<Vec<u32>> = args
+            .iter()
+            .position(|a| a == "--only")
+            .and_then(|i| args.get(i + 1))
+            .map(|l| l.split(',').filter_map(|x| x.trim().parse().ok()).collect());
         for (id, name, f) in scenarios() {
+            if only.as_ref().is_some_and(|o| !o.contains(&id)) {
+                continue;
+            }
             let t0 = Instant::now();
             let o = catch_unwind(AssertUnwindSafe(|| f(&driver)))
                 .unwrap_or_else(|_| Outcome::Fail("panicked".into()));

@@ -22,17 +22,24 @@ An operator of a pipeline run by ``fastio run`` uses Clara's classes (also impor
     driver.start()
     driver.wait_for_completion()
 
+Allocations and entries also speak DLPack: ``numpy.from_dlpack(a)`` or
+``torch.from_dlpack(a)`` share the memory without a copy (read-only where the holder may
+not write).
+
 ``fastio.jobs()`` lists the running jobs of this user and ``fastio.inspect(job)`` one job's
 operators, entries and publications with sizes and holders (as ``fastio ps`` / ``fastio ls``).
 
-Every failure raises :class:`fastio.Error` with a message saying what went wrong.
+Every failure raises :class:`fastio.Error` with a message saying what went wrong
+(:class:`fastio.ExportError`, also a ``BufferError``, when memory cannot be exported as asked).
 """
 
 from fastio._native import (
     CONTEXT_ENV,
     ContextServer,
+    DeviceView,
     Driver,
     Error,
+    ExportError,
     FastIOAllocation,
     FastIOContext,
     FastIOEntry,
@@ -49,8 +56,10 @@ from fastio._native import (
 __all__ = [
     "CONTEXT_ENV",
     "ContextServer",
+    "DeviceView",
     "Driver",
     "Error",
+    "ExportError",
     "FastIOAllocation",
     "FastIOContext",
     "FastIOEntry",

@@ -14,6 +14,9 @@ CONTEXT_ENV: str
 class Error(Exception):
     """Raised by every failing Fast I/O call; the message says what went wrong."""
 
+class ExportError(Error, BufferError):
+    """Raised when memory cannot be exported as asked (DLPack, CUDA array interface)."""
+
 class IOAccess(enum.Enum):
     """How a handle may touch its memory."""
 
@@ -30,6 +33,33 @@ class View:
 
     def __len__(self) -> int: ...
     def __buffer__(self, flags: int, /) -> memoryview: ...
+
+class DeviceView:
+    """Fast I/O memory on a CUDA device, for torch.from_dlpack / cupy.asarray without a copy."""
+
+    @property
+    def __cuda_array_interface__(self) -> dict[str, Any]: ...
+    def __dlpack__(
+        self,
+        stream: int | Any | None = None,
+        *,
+        max_version: tuple[int, int] | None = None,
+        dl_device: tuple[int, int] | None = None,
+        copy: bool | None = None,
+    ) -> Any: ...
+    def __dlpack_device__(self) -> tuple[int, int]: ...
+    @property
+    def ptr(self) -> int: ...
+    @property
+    def device(self) -> int: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def readonly(self) -> bool: ...
+    @property
+    def nbytes(self) -> int: ...
 
 class FastIOAllocation:
     """A handle to a Fast I/O memory resource, with its own local metadata.
@@ -77,6 +107,16 @@ class FastIOAllocation:
     def set_values(self, values: npt.ArrayLike | bytes | bytearray | memoryview) -> None: ...
     @property
     def __array_interface__(self) -> dict[str, Any]: ...
+    def __dlpack__(
+        self,
+        stream: int | Any | None = None,
+        *,
+        max_version: tuple[int, int] | None = None,
+        dl_device: tuple[int, int] | None = None,
+        copy: bool | None = None,
+    ) -> Any:
+        """DLPack capsule of the memory (zero-copy unless copy=True; read-only flagged)."""
+    def __dlpack_device__(self) -> tuple[int, int]: ...
     def __buffer__(self, flags: int, /) -> memoryview: ...
     def __enter__(self) -> FastIOAllocation: ...
     def __exit__(self, *args: object) -> Literal[False]: ...
@@ -168,6 +208,16 @@ class FastIOEntry:
     def set_values(self, new_vals: npt.ArrayLike | bytes | bytearray | memoryview) -> None: ...
     @property
     def __array_interface__(self) -> dict[str, Any]: ...
+    def __dlpack__(
+        self,
+        stream: int | Any | None = None,
+        *,
+        max_version: tuple[int, int] | None = None,
+        dl_device: tuple[int, int] | None = None,
+        copy: bool | None = None,
+    ) -> Any:
+        """DLPack capsule of the memory (zero-copy unless copy=True; read-only flagged)."""
+    def __dlpack_device__(self) -> tuple[int, int]: ...
     def __buffer__(self, flags: int, /) -> memoryview: ...
 
 class PayloadEntry:
@@ -202,6 +252,8 @@ class Payload:
     def fastio_output_entries(self) -> PayloadCollection: ...
     def fastio_input(self, name: str) -> FastIOEntry: ...
     def fastio_output(self, name: str) -> FastIOEntry: ...
+    def cuda_stream(self) -> int:
+        """The operator's CUDA stream (held for the run), ordered after every input's producer."""
 
 class Driver:
     """An operator's link to its job, and the runner of its life-cycle."""

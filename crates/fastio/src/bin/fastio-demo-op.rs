@@ -43,9 +43,12 @@ fn run(step: &str, files: bool) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// The lesion's radius (a fraction of the volume) when the study does not give one.
+const LESION_RADIUS: f32 = 0.1;
+
 /// Hounsfield units of a synthetic CT: air outside an elliptic body of soft tissue, a
-/// spine of bone in the middle slices, and a bright lesion.
-fn phantom([depth, rows, cols]: [usize; 3], z: usize, y: usize, x: usize) -> i16 {
+/// spine of bone in the middle slices, and a bright lesion of radius `lesion`.
+fn phantom([depth, rows, cols]: [usize; 3], lesion: f32, z: usize, y: usize, x: usize) -> i16 {
     let (fy, fx) = (y as f32 / rows as f32 - 0.5, x as f32 / cols as f32 - 0.5);
     if (fy / 0.35).powi(2) + (fx / 0.45).powi(2) > 1.0 {
         return -1000;
@@ -56,7 +59,7 @@ fn phantom([depth, rows, cols]: [usize; 3], z: usize, y: usize, x: usize) -> i16
         return 700;
     }
     let (ly, lx) = (fy + 0.1, fx - 0.15);
-    if fz * fz + ly * ly + lx * lx < 0.01 {
+    if fz * fz + ly * ly + lx * lx < lesion * lesion {
         return 400;
     }
     40 + ((x * 7 + y * 3 + z) % 21) as i16 - 10
@@ -143,10 +146,25 @@ fn volume_dims(
 
 fn generate(payload: &mut Payload<'_>, files: bool) -> Result<(), CallbackError> {
     let dims @ [depth, rows, cols] = volume_dims(payload, "volume", files)?;
+    // A study (the job's payload, examples/demo/pipeline-studies.yaml) may say how big its
+    // lesion is, in `lesion-radius`; otherwise the phantom's own.
+    let lesion = match payload.input_path("study") {
+        Some(dir) => {
+            let file = dir.join("lesion-radius");
+            let text =
+                std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            text.trim()
+                .parse::<f32>()
+                .ok()
+                .filter(|r| (0.0..=1.0).contains(r))
+                .ok_or_else(|| format!("{}: expected a number from 0 to 1", file.display()))?
+        }
+        None => LESION_RADIUS,
+    };
     output::<i16>(payload, "volume", depth * rows * cols, files, |volume| {
         for (i, v) in volume.iter_mut().enumerate() {
             let (z, y, x) = (i / (rows * cols), (i / cols) % rows, i % cols);
-            *v = phantom(dims, z, y, x);
+            *v = phantom(dims, lesion, z, y, x);
         }
     })
 }

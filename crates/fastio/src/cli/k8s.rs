@@ -1,11 +1,17 @@
 //! `fastio k8s render`: a pipeline as Kubernetes manifests.
 //!
 //! One run is a Job with one Pod; many runs are an Indexed Job, one index per payload. The
-//! Pod holds the context server as a native sidecar (an init container with
-//! `restartPolicy: Always`, which Kubernetes starts first and stops after the operators) and
-//! one container per operator, made from its Clara `container` block. Containers of a Pod
+//! Pod holds the context server, `fastio k8s serve`, as its first container and one
+//! container per operator, made from its Clara `container` block. Containers of a Pod
 //! share the network namespace, so the server's abstract socket reaches them all and passes
 //! memfds between them (SCM_RIGHTS), as it does between local processes.
+//!
+//! The server is an ordinary container, not a native sidecar: it must end when the job
+//! ends (a sidecar that exits is restarted), and its exit status, the job's, then decides
+//! whether the Pod, and so the Job, succeeded. Operators that start before it is up retry
+//! their connection for a bounded time. The Pod shares one process namespace
+//! (`shareProcessNamespace`), so the server can stop operators when the job fails, as
+//! `fastio run` does.
 //!
 //! What the manifests hold, and why:
 //! - a Secret with a random per-job token: an abstract socket has no file permissions, so an
@@ -22,10 +28,9 @@
 //! - the pipeline's `timeout` as the Job's `activeDeadlineSeconds`; `backoffLimit: 0`,
 //!   since a failed run is reported, not silently retried.
 //!
-//! Not built yet: the sidecar's command, `fastio k8s serve` (a context server that drives
-//! operators which join it with the job's secret instead of being started by it), and the
-//! operator side of joining. The manifests are the contract that mode will run; today they
-//! validate against Kubernetes' schemas but do not run a job.
+//! Every operator must use the pipeline driver (it joins the job from its container): a
+//! plain program, which only reads and writes folders, could not be held until its inputs
+//! are ready, so such a pipeline is refused, naming the operators.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -52,12 +57,46 @@ const SECRET_KEY: &str = "token";
 #[derive(Subcommand)]
 pub enum Command {
     /// Write Kubernetes manifests for a pipeline: a Job with one Pod per run (the context
-    /// server as a native sidecar, one container per operator image), or with --payloads an
-    /// Indexed Job of one run per payload. Prints multi-document YAML.
-    ///
-    /// Not yet runnable: the sidecar runs `fastio k8s serve`, the context server's mode for
-    /// operators that join rather than being started, which this version does not have.
+    /// server, `fastio k8s serve`, first, then one container per operator image), or with
+    /// --payloads an Indexed Job of one run per payload. Prints multi-document YAML.
     Render(Render),
+    /// Run one job of a pipeline whose operators join it from the other containers of
+    /// the Pod (what a rendered Pod's `fastio-context` container runs): the job's context
+    /// server listens at $FASTIO_JOB_SOCKET and admits operators that present
+    /// $FASTIO_JOB_SECRET; the life-cycle, failures, the time limit and reclaiming work as
+    /// under `fastio run`. The summary goes to stdout (the container's log) and to
+    /// OUTPUT/report.txt; the command exits when the job ends, 0 if it succeeded, so the
+    /// Pod completes with the job's result.
+    Serve(Serve),
+}
+
+/// Arguments of `fastio k8s serve`.
+#[derive(Args)]
+pub struct Serve {
+    /// The pipeline definition file.
+    pipeline: PathBuf,
+    /// The run's folder (on the output volume): the report, saved arrays and the stream
+    /// outputs no operator reads.
+    #[arg(long)]
+    output: PathBuf,
+    /// How long every operator has, from the start, to join the job (seconds).
+    #[arg(long, default_value_t = 300.0)]
+    join_wait: f64,
+    /// Save every shared-memory output as OUTPUT/arrays/<operator>/<entry>.npy.
+    #[arg(long)]
+    save: bool,
+    /// For one of many runs: the list of payload folders, one a line (blank lines and `#`
+    /// lines skipped), of which this run takes line --payload-index.
+    #[arg(long, requires = "payload_index")]
+    payload_list: Option<PathBuf>,
+    /// For one of many runs: which line of --payload-list (from 0; Kubernetes'
+    /// JOB_COMPLETION_INDEX).
+    #[arg(long, requires = "payload_list")]
+    payload_index: Option<String>,
+    /// For one of many runs: where the operators see the input volume that the payload
+    /// folders are in.
+    #[arg(long, default_value = SERVER_PAYLOADS)]
+    payload_root: PathBuf,
 }
 
 /// Arguments of `fastio k8s render`.
@@ -91,6 +130,10 @@ pub struct Render {
     /// For many runs: how many Pods run at once (default: Kubernetes' 1).
     #[arg(long, requires = "payloads")]
     parallelism: Option<u32>,
+    /// Save every shared-memory output as .npy in the run's folder on the output volume
+    /// (`<run>/arrays/<operator>/<entry>.npy`), as `fastio run --save` does.
+    #[arg(long)]
+    save_arrays: bool,
     /// Write the manifests to this file instead of standard output.
     #[arg(long, short)]
     out: Option<PathBuf>,
@@ -116,7 +159,77 @@ pub fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Serve(args) => serve(&args),
     }
+}
+
+/// `fastio k8s serve`.
+fn serve(args: &Serve) -> anyhow::Result<()> {
+    let pipeline = super::load(&args.pipeline)?;
+    let env = |var: &str| {
+        std::env::var(var)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .with_context(|| {
+                format!(
+                    "{var} is not set (the rendered Pod sets it from the job's Secret and name)"
+                )
+            })
+    };
+    let socket = env(SOCKET_ENV)?;
+    let socket = socket.strip_prefix('@').unwrap_or(&socket).to_owned();
+    let secret = env(SECRET_ENV)?;
+    let join_wait = std::time::Duration::try_from_secs_f64(args.join_wait)
+        .ok()
+        .filter(|d| !d.is_zero() && *d <= fastio::pipeline::MAX_TIMEOUT)
+        .context("--join-wait must be a positive number of seconds")?;
+    let payload = match (&args.payload_list, &args.payload_index) {
+        (Some(list), Some(index)) => {
+            let payloads = read_payloads(list)?;
+            let i: usize = index.trim().parse().with_context(|| {
+                format!("--payload-index {index:?}: expected a line number from 0")
+            })?;
+            let line = payloads.get(i).with_context(|| {
+                format!(
+                    "--payload-index {i}: {} lists {} payloads",
+                    list.display(),
+                    payloads.len()
+                )
+            })?;
+            eprintln!("payload {i}: {line}");
+            Some(args.payload_root.join(line))
+        }
+        _ => None,
+    };
+    let mut options = super::job_options(&pipeline)?;
+    options.output_root = args.output.clone();
+    if args.save {
+        options.save = Some(args.output.join("arrays"));
+    }
+    let join = fastio::driver::JoinOptions {
+        socket,
+        secret,
+        join_wait,
+        payload,
+    };
+    eprintln!(
+        "fastio k8s serve: job of pipeline {:?}, waiting for {} operators to join",
+        pipeline.name(),
+        pipeline.operators().len()
+    );
+    // A Pod's log is not a terminal: one line per change.
+    let mut display = super::progress::Display::new(false, None);
+    let report = fastio::driver::serve_job(&pipeline, &options, &join, &mut |p| display.show(p));
+    display.finish();
+    let report = report?;
+    let summary = report.render();
+    super::out(format_args!("{summary}"))?;
+    let path = args.output.join("report.txt");
+    std::fs::write(&path, &summary).with_context(|| format!("writing {}", path.display()))?;
+    if !report.succeeded() {
+        return Err(super::JobFailed.into());
+    }
+    Ok(())
 }
 
 /// The payload list: one folder a line, blank lines and `#` comments skipped.
@@ -256,6 +369,7 @@ fn render(
             missing.join(", ")
         );
     }
+    fastio::driver::check_joinable(pipeline).with_context(|| pipeline.origin().to_string())?;
     let mut names: Vec<String> = Vec::new();
     for op in pipeline.operators() {
         let name = label(op.name(), 63);
@@ -378,7 +492,7 @@ fn render(
         env
     };
 
-    // The context server: a native sidecar, started first, stopped after the operators.
+    // The context server: the first container; it ends with the job.
     let mut server_args = vec![
         "k8s".to_owned(),
         "serve".to_owned(),
@@ -390,6 +504,9 @@ fn render(
         config_mount.clone(),
         json!({ "name": "fastio-output", "mountPath": SERVER_OUTPUT }),
     ];
+    if args.save_arrays {
+        server_args.push("--save".to_owned());
+    }
     if payloads.is_some() {
         server_args.extend([
             "--payload-list".to_owned(),
@@ -405,14 +522,13 @@ fn render(
         "name": "fastio-context",
         "image": args.fastio_image,
         "imagePullPolicy": "IfNotPresent",
-        "restartPolicy": "Always",
         "command": ["fastio"],
         "args": server_args,
         "env": join_env(None),
         "volumeMounts": server_mounts,
     });
 
-    let mut containers = Vec::new();
+    let mut containers = vec![server];
     for ((op, name), mut op_mounts) in pipeline.operators().iter().zip(&names).zip(mounts) {
         let image = op.container().expect("checked above");
         op_mounts.insert(0, config_mount.clone());
@@ -466,7 +582,9 @@ fn render(
 
     let mut pod = json!({
         "restartPolicy": "Never",
-        "initContainers": [server],
+        // The server stops operators (SIGTERM, then SIGKILL) when the job fails, as
+        // `fastio run` does: it must see their processes.
+        "shareProcessNamespace": true,
         "containers": containers,
         "volumes": volumes,
     });

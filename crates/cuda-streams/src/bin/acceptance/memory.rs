@@ -12,7 +12,8 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use cuda_streams::testing::{
-    BareEvent, LegacyIpcBuffer, LegacyIpcMapping, PinnedBuffer, SharedHostMemory, raw_memset_sync,
+    BareEvent, FillKernel, LegacyIpcBuffer, LegacyIpcMapping, PinnedBuffer, SharedHostMemory,
+    raw_memset_sync,
 };
 use cuda_streams::{
     CudaError, DeviceAccess, DeviceMapping, DeviceMemory, Driver, InterprocessEvent,
@@ -20,7 +21,7 @@ use cuda_streams::{
     unregister_host,
 };
 
-use super::{Ctx, R, hex, median, nb_pool, unhex};
+use super::{Ctx, GATE_TIMEOUT, R, hex, median, nb_pool, unhex};
 
 /// How long the parent waits for one reply of a child (an 8 GiB step included).
 const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -29,6 +30,14 @@ const MIB: usize = 1 << 20;
 const GIB: usize = 1 << 30;
 
 // ---------------------------------------------------------------- plumbing
+
+/// The wall clock in nanoseconds: one clock for every process of the machine, so a message
+/// can carry its send time (a step of the clock during a run would show as one odd sample).
+fn wall_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
 
 /// Sends `text` and, when given, one descriptor.
 fn send(sock: &UnixStream, text: &str, fd: Option<BorrowedFd<'_>>) -> Result<(), String> {
@@ -169,9 +178,19 @@ pub(crate) fn s27(d: &Driver) -> R {
     let data = pattern(mem.size(), 27);
     write_from(&map, &s, 0, &data)?;
     map.memset_async(&s, 0, MIB, 0xA5).ctx("memset")?;
+    // A kernel's writes: word i of [2 MiB, 3 MiB) becomes 0x5000_0000 + i.
+    let kernel = FillKernel::load(d, 0).ctx("load the PTX kernel")?;
+    let words = (MIB / 4) as u32;
+    kernel
+        .launch(&s, map.device_ptr() + 2 * MIB as u64, words, 0x5000_0000)
+        .ctx("launch")?;
     s.synchronize().ctx("sync")?;
     let mut expect = data.clone();
     expect[..MIB].fill(0xA5);
+    for i in 0..words as usize {
+        expect[2 * MIB + 4 * i..2 * MIB + 4 * i + 4]
+            .copy_from_slice(&(0x5000_0000u32 + i as u32).to_le_bytes());
+    }
     let (mine, theirs) = pair()?;
     let mut child = spawn("vmm-reader", &[theirs.as_raw_fd().to_string()])?;
     drop(theirs);
@@ -196,7 +215,7 @@ pub(crate) fn s27(d: &Driver) -> R {
     );
     ensure!(status.success(), "child {status}");
     Ok(format!(
-        "granularity {} KiB; 64 MiB+1 -> {} MiB; export {:.0} us, later exports (dup) {:.1} us; {reply}; child's write seen here",
+        "memset, H2D and a kernel's writes read back in the child; granularity {} KiB; 64 MiB+1 -> {} MiB; export {:.0} us, later exports (dup) {:.1} us; {reply}; child's write seen here",
         g / 1024,
         mem.size() / MIB,
         t_export.as_secs_f64() * 1e6,
@@ -397,13 +416,30 @@ fn ro_probe(dev: i32) -> Result<String, String> {
         "the read-only mapping does not read what was written"
     );
     let write = raw_memset_sync(&d, dev, ro.device_ptr(), 4096, 2);
-    let out = match (&write, enforced) {
-        (Err(e), true) => format!("PROT_READ accepted; a write faults ({e})"),
+    let api = match (&write, enforced) {
+        (Err(e), true) => format!("PROT_READ accepted; cuMemsetD8 refused ({e})"),
         (Ok(()), false) => {
             "PROT_READ refused by the driver; read-write fallback, writes land".into()
         }
-        (Ok(()), true) => return Err("PROT_READ accepted but a write went through".into()),
+        (Ok(()), true) => return Err("PROT_READ accepted but cuMemsetD8 wrote through it".into()),
         (Err(e), false) => format!("PROT_READ refused; write through the fallback failed: {e}"),
+    };
+    if !enforced {
+        return Ok(api);
+    }
+    // A kernel's store through the read-only mapping: the hardware's answer. A fault ends the
+    // context, so this is the last thing this process does.
+    let kernel = FillKernel::load(&d, dev).ctx("load the PTX kernel")?;
+    let launched = kernel.launch(&s, ro.device_ptr(), 1024, 7);
+    let synced = s.synchronize();
+    let out = match (launched, synced) {
+        (Err(e), _) => format!("{api}; kernel launch refused ({e})"),
+        (Ok(()), Err(e)) => format!("{api}; a kernel's store faults ({e})"),
+        (Ok(()), Ok(())) => {
+            return Err(format!(
+                "{api}; but a kernel's store through it went unnoticed"
+            ));
+        }
     };
     Ok(out)
 }
@@ -442,7 +478,7 @@ pub(crate) fn s30(d: &Driver) -> super::Outcome {
         );
         let e = peer.memset_async(&s0, 0, 1, 0);
         ensure!(
-            matches!(e, Err(CudaError::DeviceMismatch { .. })),
+            matches!(e, Err(CudaError::WrongStream { .. })),
             "a device-0 stream on a device-1 mapping: {e:?}"
         );
         Ok("device 1 mapped device 0's memory, wrote 5 MiB; device 0 read it back".into())
@@ -497,18 +533,179 @@ pub(crate) fn s31(d: &Driver) -> R {
         read_back(&map, &s, 0, 4096)?.iter().all(|b| *b == 0xEE),
         "H2D from the read-only view"
     );
+    // The safe form: the source is kept alive by the stream until the copy is done.
+    let owned = pattern(3 * MIB, 311);
+    map.copy_from_host_owned_async(&s, MIB, owned.clone())
+        .ctx("owned H2D")?;
+    let kept = s.release_finished();
+    s.synchronize().ctx("sync")?;
+    ensure!(
+        s.release_finished() == 0 && read_back(&map, &s, MIB, 3 * MIB)? == owned,
+        "owned copy (held {kept} right after queuing)"
+    );
     ensure!(
         unregister_host(d, view.as_ptr(), host.len()).ctx("unregister view")?
             && unregister_host(d, p, host.len()).ctx("unregister")?,
         "unregister"
     );
     Ok(format!(
-        "64 MiB memfd mapping: registered once (cached), H2D/D2H round trip exact; read-only view: plain registration {}, read-only registration works",
+        "64 MiB memfd mapping: registered once (cached), H2D/D2H round trip exact; read-only view: plain registration {}, read-only registration works; owned 3 MiB copy exact, source freed after the sync",
         match plain {
             Ok(_) => "accepted".to_owned(),
             Err(e) => format!("refused ({e})"),
         }
     ))
+}
+
+/// 32: the consumer's read of the producer's kernel output is ordered by the carried
+/// interprocess event, on the GPU: the consumer's copy is enqueued while the producer's kernel
+/// is still held behind a gate, and reads the kernel's values once it runs.
+pub(crate) fn s32(d: &Driver) -> R {
+    const WORDS: u32 = (16 * MIB / 4) as u32;
+    let s = nb_pool(d, 0, 1, 0)?.allocate().ctx("stream")?;
+    let mem = DeviceMemory::create(d, 0, 16 * MIB).ctx("create")?;
+    let map = mem.map(0, DeviceAccess::ReadWrite).ctx("map")?;
+    map.memset_async(&s, 0, mem.size(), 0).ctx("memset")?;
+    s.synchronize().ctx("sync")?;
+    // Everything that may synchronise the context (module load, allocations, the first export)
+    // happens before the producer's stream is blocked: on the H200, loading the kernel and
+    // launching it for the first time while a stream of the context waited on a closed gate
+    // hung (module loading may synchronise the context).
+    // With lazy module loading the kernel is loaded at its first launch: launch it once (no
+    // words) and let it finish now.
+    let kernel = FillKernel::load(d, 0).ctx("load the PTX kernel")?;
+    kernel
+        .launch(&s, map.device_ptr(), 0, 0)
+        .ctx("warm-up launch")?;
+    s.synchronize().ctx("sync")?;
+    let gate = cuda_streams::testing::HostWord::new(d).ctx("gate")?;
+    let ev = InterprocessEvent::new(d, 0).ctx("event")?;
+    let fd = mem.export_fd().ctx("export")?;
+    let (mine, theirs) = pair()?;
+    mine.set_read_timeout(Some(Duration::from_secs(20)))
+        .ctx("SO_RCVTIMEO")?;
+    let mut child = spawn("vmm-ordered", &[theirs.as_raw_fd().to_string()])?;
+    drop(theirs);
+    gate.gpu_wait_geq(Some(&s), 0, 1)
+        .ctx("block the producer")?;
+    let launched = kernel
+        .launch(&s, map.device_ptr(), WORDS, 0x3200_0000)
+        .ctx("launch")
+        .and_then(|()| ev.record(&s).ctx("record"))
+        .and_then(|()| ev.export().ctx("export event"));
+    let sent = launched.and_then(|h| {
+        send(
+            &mine,
+            &format!("{} {}", mem.size(), hex(h.as_bytes())),
+            Some(fd.as_fd()),
+        )
+    });
+    let held = sent.and_then(|()| recv(&mine));
+    // Whatever happened, open the gate so that no stream stays blocked.
+    gate.set(1);
+    let (held, _) = held?;
+    let done = recv(&mine).map(|r| r.0);
+    let status = child.wait().ctx("wait child")?;
+    s.synchronize().ctx("sync")?;
+    let done = done?;
+    ensure!(held.starts_with("HELD"), "consumer: {held}");
+    ensure!(
+        status.success() && done.starts_with("ORDERED"),
+        "consumer: {done} ({status})"
+    );
+    Ok(format!("consumer {held}; {done}"))
+}
+
+/// The consumer of scenario 32.
+fn vmm_ordered(sock: &UnixStream) -> Result<String, String> {
+    let d = Driver::probe().ctx("probe")?;
+    let t = nb_pool(&d, 0, 1, 0)?.allocate().ctx("stream")?;
+    let (text, fd) = recv(sock)?;
+    let mut w = text.split_whitespace();
+    let size: usize = w.next().ctx("size")?.parse().ctx("size")?;
+    let h =
+        IpcEventHandle::from_bytes(&unhex(w.next().ctx("event")?).ctx("hex")?).ctx("64 bytes")?;
+    let mem = DeviceMemory::import(&d, fd.ctx("descriptor")?.as_fd(), 0, size).ctx("import")?;
+    let ro = mem.map(0, DeviceAccess::ReadOnly).ctx("map")?;
+    let ev = InterprocessEvent::import(&d, 0, &h).ctx("import event")?;
+    let host = PinnedBuffer::new(&d, size).ctx("pinned")?;
+    let marker = cuda_streams::testing::HostWord::new(&d).ctx("marker")?;
+    let t0 = Instant::now();
+    ev.make_stream_wait(Some(&t)).ctx("make_stream_wait")?;
+    // SAFETY: `host` lives until the synchronisation below.
+    unsafe { ro.copy_to_host_async(&t, 0, host.as_mut_ptr(), size) }.ctx("D2H")?;
+    marker.gpu_write(Some(&t), 0, 1).ctx("marker")?;
+    let enqueued = t0.elapsed();
+    std::thread::sleep(super::HOLD);
+    let held = marker.get() == 0;
+    send(
+        sock,
+        &format!(
+            "{} (wait + copy + marker enqueued in {:.1} us)",
+            if held { "HELD" } else { "NOT HELD" },
+            us(enqueued)
+        ),
+        None,
+    )?;
+    ensure!(held, "the consumer's copy ran before the producer's kernel");
+    ensure!(
+        super::wait_until(|| marker.get() == 1, GATE_TIMEOUT),
+        "the consumer's copy never ran"
+    );
+    t.synchronize().ctx("sync")?;
+    // SAFETY: the copy into `host` is complete (synchronised above).
+    let got = unsafe { std::slice::from_raw_parts(host.as_mut_ptr().cast_const(), size) };
+    let bad = got
+        .chunks_exact(4)
+        .enumerate()
+        .filter(|(i, c)| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) != 0x3200_0000 + *i as u32)
+        .count();
+    let reply = if bad == 0 {
+        format!("ORDERED: all {} words are the kernel's", size / 4)
+    } else {
+        format!("WRONG: {bad} words are not the kernel's")
+    };
+    send(sock, &reply, None)?;
+    ensure!(bad == 0, "{reply}");
+    Ok(reply)
+}
+
+/// 33: hostile input to the device-memory calls: clear errors, no panic, nothing leaked.
+pub(crate) fn s33(d: &Driver) -> R {
+    let (free0, total) = memory_info(d, 0).ctx("cuMemGetInfo")?;
+    let mut notes = Vec::new();
+    // A descriptor that is not an exported allocation (a memfd).
+    let not_vmm =
+        rustix::fs::memfd_create("not-vmm", rustix::fs::MemfdFlags::CLOEXEC).ctx("memfd")?;
+    rustix::fs::ftruncate(&not_vmm, 2 * MIB as u64).ctx("ftruncate")?;
+    match DeviceMemory::import(d, not_vmm.as_fd(), 0, 2 * MIB) {
+        Err(e @ CudaError::Driver { .. }) => notes.push(format!("memfd imported: {e}")),
+        other => return Err(format!("importing a memfd: {other:?}")),
+    }
+    // A real allocation imported with a larger size than it has: the map fails.
+    let mem = DeviceMemory::create(d, 0, 2 * MIB).ctx("create")?;
+    let fd = mem.export_fd().ctx("export")?;
+    match DeviceMemory::import(d, fd.as_fd(), 0, 4 * MIB) {
+        Ok(big) => match big.map(0, DeviceAccess::ReadOnly) {
+            Err(e) => notes.push(format!("oversized import maps: {e}")),
+            Ok(_) => return Err("a 4 MiB mapping of a 2 MiB allocation succeeded".into()),
+        },
+        Err(e) => notes.push(format!("oversized import: {e}")),
+    }
+    let e = mem.map(7, DeviceAccess::ReadWrite).map(|_| ());
+    ensure!(
+        matches!(e, Err(CudaError::InvalidDevice { device: 7, .. })),
+        "map on device 7: {e:?}"
+    );
+    // More than the device has.
+    match DeviceMemory::create(d, 0, total.saturating_mul(2)) {
+        Err(e @ CudaError::Driver { .. }) => notes.push(format!("2x the device: {e}")),
+        other => return Err(format!("allocating twice the device: {other:?}")),
+    }
+    drop((mem, fd));
+    let free1 = memory_info(d, 0).ctx("cuMemGetInfo")?.0;
+    ensure!(free1 >= free0, "{} MiB not freed", (free0 - free1) / MIB);
+    Ok(notes.join("; "))
 }
 
 // ---------------------------------------------------------------- benchmarks
@@ -568,14 +765,18 @@ pub(crate) fn benches(d: &Driver) -> Result<Vec<(String, String)>, String> {
             let t0 = Instant::now();
             let fd = mem.export_fd().ctx("export")?;
             get.push(us(t0.elapsed()));
-            send(&mine, &format!("vmm {}", mem.size()), Some(fd.as_fd()))?;
+            send(
+                &mine,
+                &format!("vmm {} {}", mem.size(), wall_ns()),
+                Some(fd.as_fd()),
+            )?;
             drop(fd);
             let (r, _) = recv(&mine)?;
             let t: Vec<f64> = r
                 .split_whitespace()
                 .filter_map(|x| x.parse().ok())
                 .collect();
-            ensure!(t.len() == 3, "child: {r}");
+            ensure!(t.len() == 4, "child: {r}");
             vmm.push(t);
         }
         let col = |i: usize| median(vmm.iter().map(|t| t[i]).collect());
@@ -611,14 +812,17 @@ pub(crate) fn benches(d: &Driver) -> Result<Vec<(String, String)>, String> {
         }
         unregister_host(d, hp, size).ctx("unregister")?;
         rows.push((
-            format!("hand-over {}: VMM get (dup of the exported fd) + import + map", size_name(size)),
             format!(
-                "{:.0} us = get {:.1} + import {:.0} + map {:.0} (child total {:.0}); first export {:.0} us, create {:.0} us",
-                median(get.clone()) + col(0) + col(1),
+                "hand-over {}: VMM get (dup of the exported fd) + fd pass + import + map",
+                size_name(size)
+            ),
+            format!(
+                "{:.0} us = get {:.1} + fd over the socket {:.1} + import {:.0} + map {:.0}; first export {:.0} us, create {:.0} us",
+                median(get.clone()) + col(3) + col(0) + col(1),
                 median(get),
+                col(3),
                 col(0),
                 col(1),
-                col(2),
                 us(t_export),
                 us(t_create)
             ),
@@ -740,6 +944,8 @@ fn handover_child(sock: &UnixStream, event_hex: &str) -> Result<String, String> 
         match words.next() {
             Some("vmm") => {
                 let size: usize = words.next().ctx("size")?.parse().ctx("size")?;
+                let sent: u64 = words.next().ctx("time")?.parse().ctx("time")?;
+                let transit = wall_ns().saturating_sub(sent) as f64 / 1e3;
                 let fd = fd.ctx("descriptor")?;
                 let t0 = Instant::now();
                 let mem = DeviceMemory::import(&d, fd.as_fd(), 0, size).ctx("import")?;
@@ -749,7 +955,12 @@ fn handover_child(sock: &UnixStream, event_hex: &str) -> Result<String, String> 
                 drop((map, mem, fd));
                 send(
                     sock,
-                    &format!("{:.1} {:.1} {:.1}", us(t1 - t0), us(t2 - t1), us(t2 - t0)),
+                    &format!(
+                        "{:.1} {:.1} {:.1} {transit:.1}",
+                        us(t1 - t0),
+                        us(t2 - t1),
+                        us(t2 - t0)
+                    ),
                     None,
                 )?;
             }
@@ -772,6 +983,30 @@ fn handover_child(sock: &UnixStream, event_hex: &str) -> Result<String, String> 
     }
 }
 
+/// The child of the CPU fake's cross-process test (no GPU needed): imports the inherited
+/// descriptor, checks the parent's first 4 KiB (0x5A) and fills the next 4 KiB with 0xC3.
+fn fake_import(fd: Option<&String>, size: Option<&String>) -> Result<String, String> {
+    let fd: i32 = fd.ctx("fd")?.parse().ctx("fd")?;
+    let size: usize = size.ctx("size")?.parse().ctx("size")?;
+    // SAFETY: the parent left this descriptor open across exec for us; nothing else here owns
+    // it, and it stays open until this process exits.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let d = Driver::fake(1);
+    let s = nb_pool(&d, 0, 1, 0)?.allocate().ctx("stream")?;
+    let mem = DeviceMemory::import(&d, fd, 0, size).ctx("import")?;
+    let ro = mem.map(0, DeviceAccess::ReadOnly).ctx("map")?;
+    let got = read_back(&ro, &s, 0, 4096)?;
+    ensure!(got.iter().all(|b| *b == 0x5A), "not the parent's bytes");
+    ensure!(
+        ro.memset_async(&s, 0, 1, 0) == Err(CudaError::ReadOnly),
+        "a write through the read-only mapping was not refused"
+    );
+    let rw = mem.map(0, DeviceAccess::ReadWrite).ctx("map rw")?;
+    rw.memset_async(&s, 4096, 4096, 0xC3).ctx("memset")?;
+    s.synchronize().ctx("sync")?;
+    Ok("read 4096 x 0x5a, wrote 4096 x 0xc3".into())
+}
+
 // ---------------------------------------------------------------- child modes
 
 /// Runs a child mode of this module; `None` when `args[0]` is not one.
@@ -783,6 +1018,7 @@ pub(crate) fn child(args: &[String]) -> Option<ExitCode> {
             vmm_producer(&s, size)
         }),
         "vmm-holder" => inherited(args.get(1)).and_then(|s| vmm_holder(&s)),
+        "vmm-ordered" => inherited(args.get(1)).and_then(|s| vmm_ordered(&s)),
         "ro-probe" => args
             .get(1)
             .ctx("device")
@@ -792,6 +1028,10 @@ pub(crate) fn child(args: &[String]) -> Option<ExitCode> {
                 println!("OK {s}");
                 s
             }),
+        "fake-import" => fake_import(args.get(1), args.get(2)).map(|s| {
+            println!("OK {s}");
+            s
+        }),
         "handover-child" => inherited(args.get(1))
             .and_then(|s| handover_child(&s, args.get(2).map_or("", String::as_str))),
         _ => return None,

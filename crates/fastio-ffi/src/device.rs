@@ -1,0 +1,112 @@
+//! The GPU side of the C API (fastio extensions): the interprocess CUDA event a publication or
+//! a FastIO entry carries, and the operator's CUDA stream during execute.
+
+use std::ffi::{c_char, c_int, c_void};
+
+use crate::alloc::with_alloc;
+use crate::cpd::PAYLOADS;
+use crate::entry::with_entry;
+use crate::error::{Error, guard};
+use crate::handles::lock;
+use crate::ptr::{non_null, write_out};
+use crate::types::*;
+
+/// An interprocess CUDA event handle: the 64 bytes of `CUipcEventHandle` /
+/// `cudaIpcEventHandle_t` (same size and layout; copy it into one with `memcpy`), which
+/// `cuIpcOpenEventHandle` opens in another process.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct nvidia_clara_fastio_cuda_event {
+    /// The handle's bytes.
+    pub reserved: [c_char; 64],
+}
+
+/// Writes the interprocess event handle a producer attached to what it published (the event
+/// it recorded on its stream after the writes) to `*event_out` and 1 to `*has_event_out`;
+/// 0 to `*has_event_out`, and nothing to `*event_out`, when it attached none. Open it with
+/// `cuIpcOpenEventHandle` and make your stream wait on it (`cuStreamWaitEvent`): the GPU
+/// orders your work after the producer's, the host never waits. fastio extension.
+///
+/// # Safety
+/// `event_out` and `has_event_out` are NULL or valid for one write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvidia_clara_fastio__cuda_event(
+    alloc: *mut nvidia_clara_fastio_alloc,
+    event_out: *mut nvidia_clara_fastio_cuda_event,
+    has_event_out: *mut c_int,
+) -> result {
+    guard("nvidia_clara_fastio__cuda_event", || {
+        non_null(event_out, "event_out")?;
+        non_null(has_event_out, "has_event_out")?;
+        let event = with_alloc(alloc, |live| Ok(live.allocation.event()))?;
+        // SAFETY: both checked non-NULL; writable by the C caller's contract.
+        unsafe { write_event(event, event_out, has_event_out) }
+    })
+}
+
+/// Writes the interprocess event handle that goes with the FastIO entry's memory: for an
+/// input, the one its producer attached (an operator's stream is recorded at the end of
+/// its execute), as `nvidia_clara_fastio__cuda_event` does. fastio extension.
+///
+/// # Safety
+/// `event_out` and `has_event_out` are NULL or valid for one write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvidia_clara_fastio_entry__cuda_event(
+    entry: *mut nvidia_clara_fastio_entry,
+    event_out: *mut nvidia_clara_fastio_cuda_event,
+    has_event_out: *mut c_int,
+) -> result {
+    guard("nvidia_clara_fastio_entry__cuda_event", || {
+        non_null(event_out, "event_out")?;
+        non_null(has_event_out, "has_event_out")?;
+        let event = with_entry(entry, |state| Ok(state.entry.event()))?;
+        // SAFETY: both checked non-NULL; writable by the C caller's contract.
+        unsafe { write_event(event, event_out, has_event_out) }
+    })
+}
+
+/// # Safety
+/// Both pointers are non-NULL and valid for one write.
+unsafe fn write_event(
+    event: Option<fastio_context::EventHandle>,
+    event_out: *mut nvidia_clara_fastio_cuda_event,
+    has_event_out: *mut c_int,
+) -> Result<(), Error> {
+    if let Some(event) = event {
+        let handle = nvidia_clara_fastio_cuda_event {
+            reserved: event.0.map(|b| b as c_char),
+        };
+        // SAFETY: non-NULL and writable by this function's contract.
+        unsafe { write_out(event_out, handle, "event_out")? };
+    }
+    // SAFETY: non-NULL and writable by this function's contract.
+    unsafe { write_out(has_event_out, c_int::from(event.is_some()), "has_event_out") }
+}
+
+/// Writes the operator's CUDA stream (a `CUstream` / `cudaStream_t`) to `*stream_out`:
+/// allocated from the operator's stream pool the first time and held for the run, already
+/// ordered after every FastIO input's producer (GPU-side: the host did not wait), with its
+/// device made current on the calling thread. Queue execute's GPU work on it: at the end of
+/// execute an event recorded on it goes with every output, so downstream operators wait
+/// for this work (Holoscan's `receive_cuda_stream`). Fails with
+/// NVIDIA_CLARA_RESULT_FAILED and a message where there is no CUDA device. fastio
+/// extension.
+///
+/// # Safety
+/// `stream_out` is NULL or valid for writing one pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvidia_clara_payload__cuda_stream(
+    payload: *mut nvidia_clara_payload,
+    stream_out: *mut *mut c_void,
+) -> result {
+    guard("nvidia_clara_payload__cuda_stream", || {
+        non_null(stream_out, "stream_out")?;
+        let (state, _) = PAYLOADS.get(payload)?;
+        let source = lock(&state).cuda.clone();
+        let stream = source
+            .cuda_stream()
+            .map_err(|e| Error::new(NVIDIA_CLARA_RESULT_FAILED, e.to_string()))?;
+        // SAFETY: checked non-NULL; writable by the C caller's contract.
+        unsafe { write_out(stream_out, stream.as_raw() as *mut c_void, "stream_out") }
+    })
+}

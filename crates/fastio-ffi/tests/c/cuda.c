@@ -1,0 +1,76 @@
+/* The GPU side of the C API on a machine without a CUDA device. Roles (argv[1]):
+ *   events:    through FASTIO_CONTEXT, gets "with-event" (published by the test with an
+ *              event handle whose byte i is 3*i+1) and "plain" (published without one);
+ *              reads the handle, or that there is none; NULL outputs are refused.
+ *   operator:  a standalone operator whose execute reads its input's event (none: nothing
+ *              produced it) and asks for its CUDA stream, which fails with a message. */
+#include "check.h"
+
+static int events(void) {
+    nvidia_clara_fastio_context *ctx = NULL;
+    CHECK_OK(nvidia_clara_fastio_context__connect(NULL, &ctx));
+    nvidia_clara_fastio_alloc *a = NULL, *b = NULL;
+    CHECK_OK(nvidia_clara_fastio__get(ctx, "with-event", &a));
+    CHECK_OK(nvidia_clara_fastio__get(ctx, "plain", &b));
+    nvidia_clara_fastio_cuda_event event;
+    memset(&event, 0, sizeof event);
+    int has = -1;
+    CHECK(sizeof event == 64);
+    CHECK_OK(nvidia_clara_fastio__cuda_event(a, &event, &has));
+    CHECK(has == 1);
+    for (int i = 0; i < 64; i++) CHECK((unsigned char)event.reserved[i] == (unsigned char)(3 * i + 1));
+    nvidia_clara_fastio_cuda_event untouched;
+    memset(&untouched, 0xAB, sizeof untouched);
+    CHECK_OK(nvidia_clara_fastio__cuda_event(b, &untouched, &has));
+    CHECK(has == 0);
+    for (int i = 0; i < 64; i++) CHECK((unsigned char)untouched.reserved[i] == 0xAB);
+    CHECK_FAILS(nvidia_clara_fastio__cuda_event(a, NULL, &has),
+                NVIDIA_CLARA_RESULT_INVALID_ARGUMENT, "event_out");
+    CHECK_FAILS(nvidia_clara_fastio__cuda_event(a, &event, NULL),
+                NVIDIA_CLARA_RESULT_INVALID_ARGUMENT, "has_event_out");
+    CHECK_OK(nvidia_clara_fastio__release(a));
+    CHECK_FAILS(nvidia_clara_fastio__cuda_event(a, &event, &has),
+                NVIDIA_CLARA_RESULT_INVALID_HANDLE, "");
+    CHECK_OK(nvidia_clara_fastio__release(b));
+    CHECK_OK(nvidia_clara_fastio_context__release(ctx));
+    return 0;
+}
+
+static void notify(nvidia_clara_cpd *cpd, int code, const char *message) {
+    (void)cpd;
+    fprintf(stderr, "notification %d: %s\n", code, message);
+}
+
+static result execute(nvidia_clara_cpd *cpd, nvidia_clara_payload *payload) {
+    (void)cpd;
+    nvidia_clara_fastio_entry **inputs = NULL;
+    CHECK_OK(nvidia_clara_payload__fastio_input_entries(payload, &inputs));
+    CHECK(inputs[0] != NULL);
+    nvidia_clara_fastio_cuda_event event;
+    int has = -1;
+    CHECK_OK(nvidia_clara_fastio_entry__cuda_event(inputs[0], &event, &has));
+    CHECK(has == 0);
+    void *stream = (void *)1;
+    CHECK_FAILS(nvidia_clara_payload__cuda_stream(payload, &stream), NVIDIA_CLARA_RESULT_FAILED,
+                "reaching CUDA: no CUDA device");
+    CHECK(stream == (void *)1);
+    CHECK_FAILS(nvidia_clara_payload__cuda_stream(payload, NULL),
+                NVIDIA_CLARA_RESULT_INVALID_ARGUMENT, "stream_out");
+    return 0;
+}
+
+static int op(void) {
+    nvidia_clara_cpd *cpd = NULL;
+    CHECK_OK(nvidia_clara_cpd__create(notify, NULL, &cpd));
+    CHECK_OK(nvidia_clara_cpd__start(cpd, NULL, execute, NULL));
+    CHECK_OK(nvidia_clara_cpd__wait_for_completion(cpd));
+    CHECK_OK(nvidia_clara_cpd__release(cpd));
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    CHECK(argc >= 2);
+    int r = strcmp(argv[1], "events") == 0 ? events() : op();
+    printf("%s ok\n", argv[1]);
+    return r;
+}

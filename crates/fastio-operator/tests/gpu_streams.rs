@@ -1,0 +1,248 @@
+//! The operator's CUDA stream end to end through a job's context server, on cuda-streams' CPU
+//! fake (`cuda_streams::Driver::fake`): an operator that uses its stream hands every output an
+//! event recorded on it, the next operator's stream waits on that event when execute opens its
+//! inputs, and an operator that neither uses a stream nor receives an event never reaches CUDA.
+
+use std::sync::{Arc, Mutex};
+
+use fastio_context::job::{EntryId, EntryPlan, Job, JobPlan, StagePlan};
+use fastio_context::{EventHandle, Server, ServerConfig};
+use fastio_meta::ElementType;
+use fastio_operator::cuda_streams::testing::FakeCall;
+use fastio_operator::cuda_streams::{self, Driver as CudaDriver};
+use fastio_operator::{Driver, Lifecycle, OperatorError};
+
+/// producer -> middle -> consumer, each through one pre-allocated entry; `spare` is a
+/// dynamic output of the producer that it never allocates.
+fn job() -> Arc<Job> {
+    let stage = |name: &str, upstream, inputs, outputs| StagePlan {
+        name: name.into(),
+        upstream,
+        inputs: vec![],
+        outputs: vec![],
+        fastio_inputs: inputs,
+        fastio_outputs: outputs,
+    };
+    let entry = |name: &str, producer, declared| EntryPlan {
+        name: name.into(),
+        producer: Some(producer),
+        element_type: ElementType::F32,
+        declared,
+    };
+    Arc::new(Job::new(
+        JobPlan {
+            job_id: "gpu-streams".into(),
+            job_name: "gpu-streams".into(),
+            stages: vec![
+                stage("producer", vec![], vec![], vec![EntryId(0), EntryId(2)]),
+                stage("middle", vec![0], vec![EntryId(0)], vec![EntryId(1)]),
+                stage("consumer", vec![1], vec![EntryId(1)], vec![]),
+            ],
+            entries: vec![
+                entry("volume", 0, vec![4, 4]),
+                entry("mask", 1, vec![4, 4]),
+                entry("spare", 0, vec![-1]),
+            ],
+        },
+        |_| {},
+    ))
+}
+
+fn server() -> Server {
+    Server::start_job(
+        ServerConfig {
+            pool_bytes: 1 << 20,
+            collapse: false,
+            ..ServerConfig::default()
+        },
+        job(),
+    )
+    .unwrap()
+}
+
+/// The raw handle of an event as the fake exports it (its number, little-endian).
+fn fake_event_number(handle: &EventHandle) -> u64 {
+    u64::from_le_bytes(handle.0[..8].try_into().unwrap())
+}
+
+#[test]
+fn an_operator_stream_orders_the_next_operator_after_it_through_the_outputs_event() {
+    let server = server();
+
+    // The producer queues its work on its stream; the event its output carries is recorded
+    // on that stream.
+    let producer_cuda = CudaDriver::fake(1);
+    let producer_stream = Arc::new(Mutex::new(None));
+    let seen = producer_stream.clone();
+    Driver::join(server.local_operator_context(0))
+        .unwrap()
+        .with_cuda_driver(producer_cuda.clone())
+        .run(&mut Lifecycle::new().execute(move |_, payload| {
+            let stream = payload.cuda_stream()?;
+            // Held for the run: the same stream again.
+            assert_eq!(payload.cuda_stream()?.id(), stream.id());
+            *seen.lock().unwrap() = Some(stream.as_raw());
+            payload.fastio_output("volume")?.set_values(&[1.0f32; 16])?;
+            Ok(())
+        }))
+        .unwrap();
+    let producer_stream = producer_stream.lock().unwrap().unwrap();
+    let recorded = records(&producer_cuda);
+    assert_eq!(recorded.len(), 1, "one event for the outputs: {recorded:?}");
+    assert_eq!(recorded[0].1, producer_stream);
+
+    // The middle operator finds that event on its input; its stream waited on it before
+    // execute ran (nothing is recorded or waited on by execute itself here).
+    let middle_cuda = CudaDriver::fake(1);
+    let observed = Arc::new(Mutex::new(None));
+    let got = observed.clone();
+    let calls = middle_cuda.clone();
+    Driver::join(server.local_operator_context(1))
+        .unwrap()
+        .with_cuda_driver(middle_cuda.clone())
+        .run(&mut Lifecycle::new().execute(move |_, payload| {
+            let input = payload.fastio_input("volume")?;
+            let event = input
+                .event()
+                .ok_or("the producer's output carries no event")?;
+            let waits_before_execute = waits(&calls);
+            let stream = payload.cuda_stream()?;
+            *got.lock().unwrap() = Some((event, waits_before_execute, stream.as_raw()));
+            payload.fastio_output("mask")?.set_values(&[2.0f32; 16])?;
+            Ok(())
+        }))
+        .unwrap();
+    let (event, waits_before_execute, middle_stream) = observed.lock().unwrap().take().unwrap();
+    assert_eq!(fake_event_number(&event), recorded[0].0 as u64);
+    assert_eq!(
+        waits_before_execute,
+        vec![(recorded[0].0, Some(middle_stream))],
+        "the middle operator's stream waits on the producer's event, once, before execute"
+    );
+    // Its own output's event is recorded on its stream.
+    assert_eq!(
+        records(&middle_cuda).last().map(|r| r.1),
+        Some(middle_stream)
+    );
+
+    // The consumer reads the middle operator's output; it uses no stream, and its fake
+    // shows the wait its receive made all the same (on its own pool's stream).
+    let consumer_cuda = CudaDriver::fake(1);
+    Driver::join(server.local_operator_context(2))
+        .unwrap()
+        .with_cuda_driver(consumer_cuda.clone())
+        .run(&mut Lifecycle::new().execute(move |_, payload| {
+            let input = payload.fastio_input("mask")?;
+            input
+                .event()
+                .ok_or("the middle operator's output carries no event")?;
+            assert_eq!(input.to_vec::<f32>()?, vec![2.0; 16]);
+            Ok(())
+        }))
+        .unwrap();
+    assert_eq!(waits(&consumer_cuda).len(), 1);
+    // It has no outputs: no event is recorded.
+    assert!(records(&consumer_cuda).is_empty());
+}
+
+/// (event, stream) of every record the fake saw.
+fn records(driver: &CudaDriver) -> Vec<(usize, usize)> {
+    cuda_streams::testing::fake_calls(driver)
+        .unwrap()
+        .into_iter()
+        .filter_map(|c| match c {
+            FakeCall::Record {
+                event,
+                stream: Some(stream),
+                ..
+            } => Some((event, stream)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// (event, stream) of every wait the fake saw.
+fn waits(driver: &CudaDriver) -> Vec<(usize, Option<usize>)> {
+    cuda_streams::testing::fake_calls(driver)
+        .unwrap()
+        .into_iter()
+        .filter_map(|c| match c {
+            FakeCall::Wait { event, stream, .. } => Some((event, stream)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_operator_that_uses_no_stream_attaches_no_event() {
+    let server = server();
+    let cuda = CudaDriver::fake(1);
+    Driver::join(server.local_operator_context(0))
+        .unwrap()
+        .with_cuda_driver(cuda.clone())
+        .run(&mut Lifecycle::new().execute(|_, payload| {
+            payload.fastio_output("volume")?.set_values(&[1.0f32; 16])?;
+            Ok(())
+        }))
+        .unwrap();
+    Driver::join(server.local_operator_context(1))
+        .unwrap()
+        .run(&mut Lifecycle::new().execute(|_, payload| {
+            assert!(payload.fastio_input("volume")?.event().is_none());
+            Ok(())
+        }))
+        .unwrap();
+    // Not one CUDA record or wait.
+    assert_eq!(cuda_streams::testing::fake_calls(&cuda), Some(vec![]));
+}
+
+#[test]
+fn without_a_cuda_device_asking_for_a_stream_fails_the_execute_clearly() {
+    // This machine's driver is probed: the test machines have none (a CUDA machine runs
+    // the GPU bundle instead).
+    if cuda_streams::Driver::probe().is_ok() {
+        return;
+    }
+    let server = server();
+    let err = Driver::join(server.local_operator_context(0))
+        .unwrap()
+        .run(&mut Lifecycle::new().execute(|_, payload| {
+            payload.cuda_stream()?;
+            Ok(())
+        }))
+        .unwrap_err();
+    let OperatorError::Phase { message, .. } = &err else {
+        panic!("expected the execute phase to fail, got {err:?}");
+    };
+    assert!(
+        message.contains("producer: reaching CUDA: no CUDA device"),
+        "{message}"
+    );
+}
+
+#[test]
+fn inputs_carrying_events_are_read_without_cuda_when_there_is_none() {
+    if cuda_streams::Driver::probe().is_ok() {
+        return;
+    }
+    let server = server();
+    Driver::join(server.local_operator_context(0))
+        .unwrap()
+        .with_cuda_driver(CudaDriver::fake(1))
+        .run(&mut Lifecycle::new().execute(|_, payload| {
+            payload.cuda_stream()?;
+            payload.fastio_output("volume")?.set_values(&[3.0f32; 16])?;
+            Ok(())
+        }))
+        .unwrap();
+    // The middle operator has no CUDA: its host input is final, so it reads it.
+    Driver::join(server.local_operator_context(1))
+        .unwrap()
+        .run(&mut Lifecycle::new().execute(|_, payload| {
+            let input = payload.fastio_input("volume")?;
+            assert!(input.event().is_some());
+            assert_eq!(input.to_vec::<f32>()?, vec![3.0; 16]);
+            Ok(())
+        }))
+        .unwrap();
+}

@@ -1,0 +1,68 @@
+"""The GPU surface on a machine without a CUDA device: every call that needs one says so
+clearly (the H200 bundle runs the same calls for real)."""
+
+import ctypes.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from test_operator import run_pipeline
+
+NO_CUDA = ctypes.util.find_library("cuda") is None
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="this machine has a CUDA driver")
+def test_asking_for_the_operator_stream_without_cuda_fails_execute_clearly(tmp_path):
+    yaml = """
+    api-version: 0.5.0
+    name: stream
+    operators:
+    - name: gpu-step
+      command: [PYTHON, DIR/op.py]
+      output:
+      - {name: volume, type: array, element-type: float32, shape: [4]}
+    """
+    op = """
+    import fastio
+    def execute(driver, payload):
+        try:
+            payload.cuda_stream()
+        except fastio.Error as e:
+            print("REFUSED:", e, flush=True)
+            raise
+    fastio.Driver(execute_handler=execute).start()
+    """
+    result = run_pipeline(tmp_path, yaml, {"op": op})
+    assert result.returncode != 0
+    assert "gpu-step: reaching CUDA: no CUDA device" in result.stdout + result.stderr
+
+
+def gpu_stack_present():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return not NO_CUDA
+
+
+@pytest.mark.skipif(gpu_stack_present(), reason="this machine can run the GPU example")
+def test_the_gpu_example_says_it_needs_a_gpu(tmp_path):
+    from test_operator import ROOT, fastio_command
+
+    result = subprocess.run(
+        [fastio_command(), "run", "--output", str(tmp_path / "out"),
+         str(ROOT / "examples" / "gpu-pipeline" / "pipeline.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"),
+    )
+    text = result.stdout + result.stderr
+    assert result.returncode != 0, text
+    assert "gpu-threshold needs PyTorch with CUDA and an NVIDIA GPU" in text or (
+        "gpu-threshold needs an NVIDIA GPU" in text
+    ), text
+    # The CPU step before it ran.
+    assert "generate" in text and "FAILED" in text
