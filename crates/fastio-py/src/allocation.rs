@@ -307,6 +307,30 @@ impl FastIOAllocation {
         })
     }
 
+    /// Publishes the memory under `name`, as `publish`, with the interprocess CUDA event
+    /// the producer recorded on the stream that wrote it: `event` is the event's 64-byte
+    /// IPC handle (`bytes(torch.cuda.Event(interprocess=True).ipc_handle())`, CuPy's or
+    /// CUDA's `cudaIpcEventHandle_t`). Every `get` of the name carries it (`cuda_event`),
+    /// so a consumer's stream waits on the GPU, not on the host.
+    fn publish_with_event(
+        &self,
+        py: Python<'_>,
+        name: &Bound<'_, PyAny>,
+        event: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let name = str_arg(name, "name")?;
+        let event = crate::device::event_arg(event)?;
+        self.detached(py, |a| a.publish_with_event(&name, event))
+    }
+
+    /// The 64-byte IPC handle of the interprocess CUDA event that came with this
+    /// allocation's publication (see `publish_with_event`), or None.
+    #[getter]
+    fn cuda_event<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let event = self.with(|a| Ok(a.event()))?;
+        Ok(event.map(|e| PyBytes::new(py, &e.0)))
+    }
+
     /// Drops this handle; the memory stays for other handles and publications. Using
     /// this object afterwards raises `fastio.Error`.
     fn release(&self, py: Python<'_>) -> PyResult<()> {

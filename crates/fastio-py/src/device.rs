@@ -217,6 +217,40 @@ impl DeviceView {
     }
 }
 
+/// An interprocess event's IPC handle from Python: exactly 64 bytes (anything with the
+/// buffer protocol, or a torch/CuPy handle converted with `bytes(...)`).
+pub(crate) fn event_arg(obj: &Bound<'_, PyAny>) -> PyResult<fastio_context::EventHandle> {
+    // bytes(64) would be 64 zero bytes: an int is a mistake, not a handle.
+    if obj.is_instance_of::<pyo3::types::PyInt>() {
+        return Err(crate::error(
+            "event must be the 64 bytes of a CUDA IPC event handle, not an int",
+        ));
+    }
+    let bytes: Vec<u8> = obj
+        .py()
+        .import("builtins")?
+        .getattr("bytes")?
+        .call1((obj,))
+        .and_then(|b| b.extract())
+        .map_err(|_| {
+            crate::error(format!(
+                "event must be the 64 bytes of a CUDA IPC event handle, not {}",
+                obj.get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
+            ))
+        })?;
+    let len = bytes.len();
+    <[u8; IpcEventHandle::LEN]>::try_from(bytes)
+        .map(fastio_context::EventHandle)
+        .map_err(|_| {
+            crate::error(format!(
+                "event must be the 64 bytes of a CUDA IPC event handle; got {len} bytes"
+            ))
+        })
+}
+
 /// A view over device memory: `shape` elements of `element` at `device_ptr` on `device`,
 /// kept mapped by `keep`, ordered after `event` (an interprocess event's handle) when given.
 #[cfg_attr(

@@ -192,6 +192,15 @@ impl FastIOEntry {
         self.with(|e| Ok(e.is_dynamic()))
     }
 
+    /// The 64-byte IPC handle of the interprocess CUDA event its producer recorded at the
+    /// end of its execute (on the stream `payload.cuda_stream()` gave it), or None. This
+    /// operator's own stream already waits on it.
+    #[getter]
+    fn cuda_event<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let event = self.with(|e| Ok(e.event()))?;
+        Ok(event.map(|e| PyBytes::new(py, &e.0)))
+    }
+
     /// Size of its memory in bytes, or None before it has memory.
     #[getter]
     fn size_in_bytes(&self) -> PyResult<Option<usize>> {

@@ -97,6 +97,11 @@ class FastIOAllocation:
     def publish(self, name: str, *, replace: bool = False) -> None:
         """Publishes under ``name`` (``A-Z a-z 0-9 - _ . / :``); a taken or freed name
         raises unless ``replace=True``, which replaces that publication."""
+    def publish_with_event(self, name: str, event: bytes | bytearray | memoryview) -> None:
+        """Publishes with the producer's 64-byte CUDA IPC event handle."""
+    @property
+    def cuda_event(self) -> bytes | None:
+        """The publication's CUDA IPC event handle (64 bytes), or None."""
     def release(self) -> None: ...
     def free(self) -> None: ...
     def as_numpy(self) -> npt.NDArray[Any]:
@@ -194,6 +199,9 @@ class FastIOEntry:
     def dynamic_shape_indices(self) -> tuple[int, ...]: ...
     @property
     def is_dynamic(self) -> bool: ...
+    @property
+    def cuda_event(self) -> bytes | None:
+        """The producer's CUDA IPC event handle (64 bytes), or None."""
     @property
     def size_in_bytes(self) -> int | None: ...
     def update_shape(
