@@ -5,6 +5,7 @@ use std::os::fd::AsFd;
 use std::time::Duration;
 
 use fastio::context::protocol::{Request, Response};
+use fastio::context::{CreateError, GetError, PublishError, ReleaseError};
 use fastio::{AccessMode, Context, ContextError, ElementType, RequestError, Stats};
 use fastio_tests::{Probe, shmem_bytes, wait_until};
 
@@ -65,7 +66,10 @@ fn bad_requests_get_clear_errors_and_disturb_nothing() {
 
     let unknown = ctx.get("nope").unwrap_err();
     assert!(
-        matches!(unknown.refusal(), Some(RequestError::UnknownName { .. })),
+        matches!(
+            unknown.refusal(),
+            Some(RequestError::Get(GetError::UnknownName { .. }))
+        ),
         "{unknown}"
     );
     assert!(unknown.to_string().contains("\"nope\""));
@@ -76,7 +80,10 @@ fn bad_requests_get_clear_errors_and_disturb_nothing() {
     doomed.free().unwrap();
     let freed = ctx.get("doomed").unwrap_err();
     assert!(
-        matches!(freed.refusal(), Some(RequestError::NameFreed { .. })),
+        matches!(
+            freed.refusal(),
+            Some(RequestError::Get(GetError::NameFreed { .. }))
+        ),
         "{freed}"
     );
     assert_eq!(
@@ -90,7 +97,10 @@ fn bad_requests_get_clear_errors_and_disturb_nothing() {
         let a = ctx.create(8).unwrap();
         let err = a.publish(bad).unwrap_err();
         assert!(
-            matches!(err.refusal(), Some(RequestError::InvalidName { .. })),
+            matches!(
+                err.refusal(),
+                Some(RequestError::Publish(PublishError::InvalidName { .. }))
+            ),
             "{err}"
         );
     }
@@ -98,7 +108,10 @@ fn bad_requests_get_clear_errors_and_disturb_nothing() {
     assert_eq!(ctx.create(0).unwrap().size(), 0);
     let huge = ctx.create(usize::MAX / 2).unwrap_err();
     assert!(
-        matches!(huge.refusal(), Some(RequestError::OutOfMemory { .. })),
+        matches!(
+            huge.refusal(),
+            Some(RequestError::Create(CreateError::OutOfMemory { .. }))
+        ),
         "{huge}"
     );
     assert!(
@@ -144,14 +157,18 @@ fn released_or_foreign_handles_are_refused_by_the_server() {
     let Response::Handle { id, .. } = ask(&json(&Request::Create {
         size: 64,
         hugetlb: false,
+        kind: Default::default(),
     })) else {
         panic!("no handle")
     };
-    assert_eq!(ask(&json(&Request::Release { id })), Response::Done);
+    assert_eq!(
+        ask(&json(&Request::Release { id, handle: 0 })),
+        Response::Done
+    );
     // Double release, and use after release:
     for request in [
-        Request::Release { id },
-        Request::Free { id },
+        Request::Release { id, handle: 0 },
+        Request::Free { id, handle: 0 },
         Request::Publish {
             id,
             name: "x".into(),
@@ -160,9 +177,13 @@ fn released_or_foreign_handles_are_refused_by_the_server() {
             replace: false,
         },
     ] {
+        let not_held: RequestError = match request {
+            Request::Publish { .. } => PublishError::NotHeld { id: id.0 }.into(),
+            _ => ReleaseError::NotHeld { id: id.0 }.into(),
+        };
         assert_eq!(
             ask(&json(&request)),
-            Response::Refused(RequestError::NotHeld { id: id.0 }),
+            Response::Refused(not_held),
             "{request:?}"
         );
     }
@@ -345,7 +366,10 @@ fn clients_keep_their_mappings_when_the_server_is_killed_and_nothing_is_left_beh
 fn the_in_process_context_refuses_what_the_machine_cannot_hold() {
     let err = Context::in_process().create(usize::MAX / 4).unwrap_err();
     assert!(
-        matches!(err, ContextError::Refused(RequestError::OutOfMemory { .. })),
+        matches!(
+            err,
+            ContextError::Refused(RequestError::Create(CreateError::OutOfMemory { .. }))
+        ),
         "{err}"
     );
 }

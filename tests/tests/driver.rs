@@ -190,8 +190,16 @@ fn an_input_entry_refuses_writes_keeps_its_data_and_carries_the_producers_event(
         .context()
         .finished(fastio::context::job::Phase::Execute, None)
         .unwrap();
-    let refused = out.set_values(&[0u16; 6]).unwrap_err().to_string();
-    assert!(refused.contains("read-only"), "{refused}");
+    let refused = out.set_values(&[0u16; 6]).unwrap_err();
+    assert!(
+        matches!(
+            refused.refusal(),
+            Some(fastio::RequestError::Entry(
+                fastio::context::EntryError::OutputFinal { .. }
+            ))
+        ),
+        "{refused}"
+    );
     let output = writer.stage_info().fastio_outputs[0].clone();
     let reopened = fastio::FastIoEntry::open(writer.context(), output).unwrap_err();
     assert!(reopened.to_string().contains("final"), "{reopened}");

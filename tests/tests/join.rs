@@ -210,3 +210,33 @@ fn an_unknown_stage_is_refused_and_a_short_secret_is_not_accepted() {
         "{err}"
     );
 }
+
+#[test]
+fn a_joined_jobs_server_admits_only_operators_and_each_stage_once() {
+    let name = format!("{}-c", socket_name());
+    let _server = Server::start_job_at(
+        ServerConfig::default(),
+        job(),
+        &name,
+        JobSecret(SECRET.into()),
+    )
+    .unwrap();
+    let address = format!("@{name}");
+    // A plain client (no secret) would reach the job's publications: refused.
+    let err = fastio::context::Context::connect(&address).unwrap_err();
+    assert!(
+        err.to_string().contains("admits only its operators"),
+        "{err}"
+    );
+    // The writer's stage is taken once: a second claim, while the first holds it, is refused.
+    let wait = Duration::from_secs(5);
+    let writer = fastio::context::Context::attach(&address, "writer", SECRET, wait).unwrap();
+    let err = fastio::context::Context::attach(&address, "writer", SECRET, wait).unwrap_err();
+    assert!(err.to_string().contains("has already joined"), "{err}");
+    // ... and after it, too (a restarted container cannot replay the operator's part).
+    drop(writer);
+    let err = fastio::context::Context::attach(&address, "writer", SECRET, wait).unwrap_err();
+    assert!(err.to_string().contains("has already joined"), "{err}");
+    // The other stage is still free.
+    fastio::context::Context::attach(&address, "reader", SECRET, wait).unwrap();
+}

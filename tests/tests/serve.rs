@@ -371,3 +371,47 @@ fn operators_whose_processes_the_server_cannot_see_still_join() {
     );
     assert_eq!(served.log().matches("check checked").count(), 2);
 }
+
+#[test]
+fn sigterm_cancels_a_served_job_whose_report_is_still_written() {
+    // What the kubelet sends when the Pod is deleted or passes its Job's deadline.
+    let served = Served::new("sigterm");
+    served.pipeline(TWO_OPERATORS);
+    let server = Command::new(fastio())
+        .args(["k8s", "serve"])
+        .arg(served.dir.path().join("pipeline.yaml"))
+        .arg("--output")
+        .arg(served.dir.path().join("out"))
+        .env("FASTIO_JOB_SOCKET", &served.socket)
+        .env("FASTIO_JOB_SECRET", SECRET)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let check = served.operator("check", &[("EXECUTE", "check")]);
+    let produce = served.operator("produce", &[("EXECUTE", "sleep:60")]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while served.at("produce", "execute begin").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "produce never executed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = rustix::process::Pid::from_raw(server.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let out = server.wait_with_output().unwrap();
+    reap(vec![check, produce]);
+
+    assert_eq!(out.status.code(), Some(128 + 15));
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("interrupted by SIGTERM"), "{summary}");
+    assert!(
+        summary.contains("produce") && summary.contains("cancelled during execute"),
+        "{summary}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(served.dir.path().join("out/report.txt")).unwrap(),
+        summary
+    );
+}

@@ -2,15 +2,16 @@
 
 use std::fmt;
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use fastio_meta::{Element, ElementType, Shape, TypedShape};
-use fastio_shm::{Access, Mapping, Prefault, Segment};
+use fastio_shm::{Access, Mapping, Prefault};
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
 use crate::ContextError;
 use crate::job::{Job, Phase, ReclaimedHandle, StageInfo};
-use crate::protocol::{AccessMode, EventHandle, Request, ResourceId, Response, Stats};
+use crate::protocol::{AccessMode, EventHandle, MemoryKind, Request, ResourceId, Response, Stats};
+use crate::registry::GrantedMemory;
 use crate::registry::{DEFAULT_POOL_BYTES, Registry};
 use crate::server::CONTEXT_ENV;
 
@@ -69,6 +70,15 @@ impl Context {
     pub fn in_process_with_pool(pool_bytes: u64) -> Self {
         let mut registry = Registry::new(pool_bytes);
         registry.collapse_pooled(true);
+        Self::over_shared(Shared::new(registry, None), None)
+    }
+
+    /// A private context in this process that makes device memory through `driver`
+    /// (cuda-streams' CPU fake in tests; by default the machine's CUDA driver is found on
+    /// the first device create).
+    pub fn in_process_with_device_driver(driver: cuda_streams::Driver) -> Self {
+        let mut registry = Registry::new(DEFAULT_POOL_BYTES);
+        registry.set_device_driver(driver);
         Self::over_shared(Shared::new(registry, None), None)
     }
 
@@ -258,7 +268,7 @@ impl Context {
     pub(crate) fn call(
         &self,
         request: Request,
-    ) -> Result<(Response, Option<Segment>), ContextError> {
+    ) -> Result<(Response, Option<GrantedMemory>), ContextError> {
         match self.transport.call(&request)? {
             (Response::Refused(e), _) => Err(e.into()),
             answer => Ok(answer),
@@ -271,7 +281,7 @@ impl Context {
         access: Access,
         options: CreateOptions,
     ) -> Result<Allocation, ContextError> {
-        let (response, segment) = self.call(request)?;
+        let (response, memory) = self.call(request)?;
         let (
             Response::Handle {
                 id,
@@ -279,11 +289,37 @@ impl Context {
                 typed,
                 recycled,
                 event,
+                kind,
+                device_bytes,
             },
-            Some(segment),
-        ) = (response, segment)
+            Some(memory),
+        ) = (response, memory)
         else {
             return Err(ContextError::Protocol("expected a handle".into()));
+        };
+        let segment = match memory {
+            GrantedMemory::Host(segment) => segment,
+            // Device memory is mapped by cuda-streams when the caller asks for its device
+            // pointer (`Allocation::map_device`): a process without CUDA may still hold it.
+            GrantedMemory::Device(fd) => {
+                return Ok(Allocation {
+                    context: self.clone(),
+                    id,
+                    handle: next_handle(),
+                    mapping: None,
+                    device: Some(DeviceHandle {
+                        fd,
+                        bytes: device_bytes,
+                        mapped: Mutex::new(None),
+                    }),
+                    kind,
+                    size,
+                    typed,
+                    access,
+                    event,
+                    live: true,
+                });
+            }
         };
         let mapped = crate::mapcache::map(&segment, access, options.prefault).and_then(|mapping| {
             if recycled && options.zeroed {
@@ -295,7 +331,10 @@ impl Context {
             Ok(mapping) => Ok(Allocation {
                 context: self.clone(),
                 id,
+                handle: next_handle(),
                 mapping: Some(mapping),
+                device: None,
+                kind: MemoryKind::Host,
                 size,
                 typed,
                 access,
@@ -304,7 +343,7 @@ impl Context {
             }),
             Err(e) => {
                 // The context counted the handle; give it back before reporting.
-                let _ = self.call(Request::Release { id });
+                let _ = self.call(Request::Release { id, handle: 0 });
                 Err(e.into())
             }
         }
@@ -326,10 +365,31 @@ impl Context {
             Request::Create {
                 size,
                 hugetlb: options.hugetlb,
+                kind: MemoryKind::Host,
             },
             Access::ReadWrite,
             options,
         )
+    }
+
+    /// A new allocation of `size` bytes in memory of `kind`: host memory as
+    /// [`Context::create`] makes it, or memory of a CUDA device (a VMM allocation the
+    /// context makes, or takes from that device's warm pool: its bytes are then not zeroed).
+    /// Refused with [`CreateError::Device`](crate::CreateError::Device) where there is no
+    /// CUDA driver or no such device.
+    pub fn create_in(&self, kind: MemoryKind, size: usize) -> Result<Allocation, ContextError> {
+        match kind {
+            MemoryKind::Host => self.create(size),
+            MemoryKind::Cuda { .. } => self.handle(
+                Request::Create {
+                    size,
+                    hugetlb: false,
+                    kind,
+                },
+                Access::ReadWrite,
+                CreateOptions::default(),
+            ),
+        }
     }
 
     /// A new read-write handle to the allocation published as `name`, with a copy of the
@@ -398,9 +458,9 @@ impl Context {
     /// Withdraws the name `name`, whether it names a live publication or one whose
     /// resource was freed, so that it can be published again. Handles already got stay
     /// valid; the memory goes when nothing else keeps it. Fails with
-    /// [`RequestError::UnknownName`](crate::RequestError::UnknownName) when no
+    /// [`UnpublishError::UnknownName`](crate::UnpublishError::UnknownName) when no
     /// publication has the name, and with
-    /// [`RequestError::NotPublisher`](crate::RequestError::NotPublisher) when this client
+    /// [`UnpublishError::NotPublisher`](crate::UnpublishError::NotPublisher) when this client
     /// neither published it nor holds its memory read-write (a reader may not take it from
     /// the others).
     pub fn unpublish(&self, name: &str) -> Result<(), ContextError> {
@@ -434,7 +494,7 @@ impl Context {
     // The job life-cycle, as the operator API drives it.
 
     /// Joins the job as the operator this connection was made for, and learns its
-    /// entries. Refused with [`RequestError::NotInJob`](crate::RequestError::NotInJob)
+    /// entries. Refused with [`JobError::NotInJob`](crate::JobError::NotInJob)
     /// outside a job.
     pub fn join(&self) -> Result<StageInfo, ContextError> {
         match self.call(Request::Join)? {
@@ -446,7 +506,7 @@ impl Context {
     }
 
     /// Blocks until every upstream operator has finished execute; fails with
-    /// [`RequestError::JobAborted`](crate::RequestError::JobAborted) if the job fails first.
+    /// [`JobError::Aborted`](crate::JobError::Aborted) if the job fails first.
     pub fn await_inputs(&self) -> Result<(), ContextError> {
         self.call(Request::AwaitInputs).map(drop)
     }
@@ -514,8 +574,13 @@ fn inherited_connection(
 pub struct Allocation {
     context: Context,
     id: ResourceId,
-    // `Some` while the handle is live: it is unmapped as it is given up.
+    // This process's number for the handle, which the context knows its write mapping by.
+    handle: u64,
+    // `Some` while a handle of host memory is live: it is unmapped as it is given up.
     mapping: Option<Mapping>,
+    // The descriptor (and, once asked for, the mapping) of device memory.
+    device: Option<DeviceHandle>,
+    kind: MemoryKind,
     size: usize,
     typed: Option<TypedShape>,
     access: Access,
@@ -536,10 +601,61 @@ impl fmt::Debug for Allocation {
 }
 
 impl Allocation {
-    fn mapping(&self) -> &Mapping {
+    fn mapping(&self) -> Result<&Mapping, ContextError> {
         self.mapping
             .as_ref()
-            .expect("only live handles are reachable")
+            .ok_or(ContextError::NotHostMemory { kind: self.kind })
+    }
+
+    /// Where the memory lives.
+    pub fn kind(&self) -> MemoryKind {
+        self.kind
+    }
+
+    /// Maps device memory on its device through `driver` (once; later calls return the
+    /// same mapping) and returns its device pointer, device and size. Read-only handles
+    /// ask the driver for a read-only mapping (where it cannot enforce one,
+    /// [`DeviceView::read_only_enforced`] says so). The mapping goes when the handle is
+    /// released: the pointer must not be used after.
+    ///
+    /// # Errors
+    /// [`ContextError::NotDeviceMemory`] for host memory; [`ContextError::Device`] when
+    /// the driver cannot import or map it.
+    pub fn map_device(&self, driver: &cuda_streams::Driver) -> Result<DeviceView, ContextError> {
+        let Some(device) = &self.device else {
+            return Err(ContextError::NotDeviceMemory);
+        };
+        let MemoryKind::Cuda { device: ordinal } = self.kind else {
+            return Err(ContextError::NotDeviceMemory);
+        };
+        let mut mapped = device.mapped.lock().unwrap_or_else(|p| p.into_inner());
+        if mapped.is_none() {
+            let failed = |e: cuda_streams::CudaError| ContextError::Device {
+                kind: self.kind,
+                reason: e.to_string(),
+            };
+            let memory = cuda_streams::DeviceMemory::import(
+                driver,
+                std::os::fd::AsFd::as_fd(&device.fd),
+                ordinal,
+                device.bytes,
+            )
+            .map_err(failed)?;
+            let access = match self.access {
+                Access::ReadOnly => cuda_streams::DeviceAccess::ReadOnly,
+                Access::ReadWrite => cuda_streams::DeviceAccess::ReadWrite,
+            };
+            let mapping = memory.map(ordinal, access).map_err(failed)?;
+            *mapped = Some((memory, mapping));
+        }
+        let (_, mapping) = mapped.as_ref().expect("mapped above");
+        Ok(DeviceView {
+            device_ptr: mapping.device_ptr(),
+            device: mapping.device(),
+            size: self.size,
+            read_only: self.access == Access::ReadOnly,
+            read_only_enforced: mapping.read_only_enforced(),
+        })
     }
 
     /// The resource this handle refers to.
@@ -589,11 +705,10 @@ impl Allocation {
         let typed = TypedShape::new(element_type, Shape::new(dims.to_vec())?)?;
         let needed = typed.byte_size();
         if needed > self.size {
-            return Err(crate::RequestError::MetadataTooLarge {
+            return Err(ContextError::MetadataTooLarge {
                 needed,
                 size: self.size,
-            }
-            .into());
+            });
         }
         self.typed = Some(typed);
         Ok(())
@@ -650,25 +765,34 @@ impl Allocation {
         self.event
     }
 
-    /// Takes the resource's write mapping for this client (Clara's writer exclusivity):
-    /// fails with [`RequestError::WriterBusy`](crate::RequestError::WriterBusy) while
-    /// another client holds it. Readers are not excluded (dirty reads are allowed, as in
-    /// Clara). Given back by [`Allocation::release_write`], or when this client's last
-    /// handle to the resource goes or the client disconnects. Advisory: it orders
-    /// cooperating writers; the memory itself stays writable through this handle.
+    /// Takes the resource's write mapping for this handle (Clara's writer exclusivity:
+    /// a second writer fails to map): fails with
+    /// [`WriteError::WriterBusy`](crate::WriteError::WriterBusy) while another handle,
+    /// in this process or any other of the context, holds it. Readers are not excluded
+    /// (dirty reads are allowed, as in Clara). Counted: a handle may take it more than
+    /// once. Given back by [`Allocation::release_write`], or when this handle is
+    /// released, freed or dropped, or its process's connection closes (even by SIGKILL).
+    /// Advisory: it orders cooperating writers; the memory itself stays writable through
+    /// this handle.
     pub fn acquire_write(&self) -> Result<(), ContextError> {
         if self.access == Access::ReadOnly {
             return Err(ContextError::ReadOnly);
         }
         self.context
-            .call(Request::AcquireWrite { id: self.id })
+            .call(Request::AcquireWrite {
+                id: self.id,
+                handle: self.handle,
+            })
             .map(drop)
     }
 
-    /// Gives back one [`Allocation::acquire_write`].
+    /// Gives back one [`Allocation::acquire_write`] of this handle.
     pub fn release_write(&self) -> Result<(), ContextError> {
         self.context
-            .call(Request::ReleaseWrite { id: self.id })
+            .call(Request::ReleaseWrite {
+                id: self.id,
+                handle: self.handle,
+            })
             .map(drop)
     }
 
@@ -695,10 +819,13 @@ impl Allocation {
         if let Some(mapping) = self.mapping.take() {
             crate::mapcache::park(mapping);
         }
+        // A device mapping goes with the handle, before the context may pool the memory.
+        drop(self.device.take());
+        let (id, handle) = (self.id, self.handle);
         let request = if free {
-            Request::Free { id: self.id }
+            Request::Free { id, handle }
         } else {
-            Request::Release { id: self.id }
+            Request::Release { id, handle }
         };
         self.context.call(request).map(drop)
     }
@@ -714,14 +841,16 @@ impl Allocation {
         Ok(())
     }
 
-    /// Start of the memory. Other processes may be writing to it.
+    /// Start of the memory in this process. Other processes may be writing to it. Null
+    /// for device memory, which has no host address (see [`Allocation::map_device`]).
     pub fn as_ptr(&self) -> *const u8 {
-        self.mapping().as_ptr()
+        self.mapping().map_or(std::ptr::null(), Mapping::as_ptr)
     }
 
-    /// Start of the memory for writing, or [`ContextError::ReadOnly`].
+    /// Start of the memory for writing, or [`ContextError::ReadOnly`] (or
+    /// [`ContextError::NotHostMemory`] for device memory).
     pub fn as_mut_ptr(&mut self) -> Result<*mut u8, ContextError> {
-        self.mapping()
+        self.mapping()?
             .as_mut_ptr()
             .map_err(|_| ContextError::ReadOnly)
     }
@@ -730,7 +859,7 @@ impl Allocation {
     pub fn read_bytes(&self, offset: usize, len: usize) -> Result<Vec<u8>, ContextError> {
         let mut out = vec![0u8; len];
         self.check_range(offset, len)?;
-        self.mapping().read_at(offset, &mut out)?;
+        self.mapping()?.read_at(offset, &mut out)?;
         Ok(out)
     }
 
@@ -740,7 +869,7 @@ impl Allocation {
             return Err(ContextError::ReadOnly);
         }
         self.check_range(offset, data.len())?;
-        self.mapping().write_at(offset, data)?;
+        self.mapping()?.write_at(offset, data)?;
         Ok(())
     }
 
@@ -771,7 +900,7 @@ impl Allocation {
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>, ContextError> {
         let count = self.typed_as::<T>()?.shape.element_count()?;
         let mut out = vec![T::zeroed(); count];
-        self.mapping()
+        self.mapping()?
             .read_at(0, fastio_meta::as_bytes_mut(&mut out))?;
         Ok(out)
     }
@@ -800,7 +929,7 @@ impl Allocation {
         let typed = self.typed_as::<T>()?;
         // SAFETY: forwarded to the caller; the mapping is page-aligned and holds at least
         // the typed shape's bytes (checked by set_type_and_dimensions / the publication).
-        Ok(unsafe { crate::sys::view(self.mapping().as_ptr().cast(), typed.shape.dims()) })
+        Ok(unsafe { crate::sys::view(self.mapping()?.as_ptr().cast(), typed.shape.dims()) })
     }
 
     /// A zero-copy writable typed view, shaped by the local metadata.
@@ -816,6 +945,43 @@ impl Allocation {
         // SAFETY: as in `view`, plus the mapping is writable (checked by `as_mut_ptr`).
         Ok(unsafe { crate::sys::view_mut(ptr.cast(), &dims) })
     }
+}
+
+/// A number for a new handle, unique in this process (so within each of its connections):
+/// the context knows which handle holds a write mapping by it. Never 0, which on the wire
+/// means "not said".
+fn next_handle() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The descriptor of a device allocation a handle holds, and its mapping once made.
+struct DeviceHandle {
+    fd: std::os::fd::OwnedFd,
+    // The allocation's size, as the exporter made it.
+    bytes: usize,
+    mapped: Mutex<Option<(cuda_streams::DeviceMemory, cuda_streams::DeviceMapping)>>,
+}
+
+impl fmt::Debug for DeviceHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DeviceHandle")
+    }
+}
+
+/// Device memory as one process sees it ([`Allocation::map_device`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceView {
+    /// The device pointer (`CUdeviceptr`) of the first byte.
+    pub device_ptr: u64,
+    /// The device it is mapped for.
+    pub device: i32,
+    /// Usable bytes.
+    pub size: usize,
+    /// The handle is read-only.
+    pub read_only: bool,
+    /// The driver enforces read-only access (not every driver takes the flag).
+    pub read_only_enforced: bool,
 }
 
 impl Drop for Allocation {

@@ -6,6 +6,7 @@ use std::fmt;
 use fastio_meta::{DynamicShape, Element, ElementType};
 use fastio_shm::Access;
 
+use crate::error::EntryError;
 use crate::job::EntryInfo;
 use crate::protocol::{AccessMode, Request};
 use crate::{Allocation, Context, ContextError, CreateOptions, RequestError};
@@ -24,6 +25,8 @@ pub struct FastIoEntry {
     info: EntryInfo,
     shape: DynamicShape,
     allocation: Option<Allocation>,
+    // An output of this operator (it stays one after `finish` makes it read-only).
+    output: bool,
 }
 
 impl fmt::Debug for FastIoEntry {
@@ -35,10 +38,6 @@ impl fmt::Debug for FastIoEntry {
             .field("allocated", &self.allocation.is_some())
             .finish()
     }
-}
-
-fn shape_error(message: String) -> ContextError {
-    RequestError::EntryShape { message }.into()
 }
 
 impl FastIoEntry {
@@ -68,7 +67,9 @@ impl FastIoEntry {
         );
         let allocation = match opened {
             Ok(allocation) => Some(allocation),
-            Err(ContextError::Refused(RequestError::EntryNotAllocated { .. })) => None,
+            Err(ContextError::Refused(RequestError::Entry(EntryError::NotAllocated {
+                ..
+            }))) => None,
             Err(e) => return Err(e),
         };
         if let Some(dims) = allocation.as_ref().and_then(Allocation::dimensions) {
@@ -79,6 +80,7 @@ impl FastIoEntry {
         }
         Ok(Self {
             context: context.clone(),
+            output: info.access == AccessMode::ReadWrite,
             info,
             shape,
             allocation,
@@ -134,17 +136,15 @@ impl FastIoEntry {
             .and_then(|a| a.typed_shape().map(|t| t.byte_size()))
     }
 
-    fn check_writable(&self, what: &str) -> Result<(), ContextError> {
-        if self.info.access == AccessMode::ReadOnly {
-            return Err(RequestError::EntryAccess {
-                message: format!(
-                    "cannot {what} FastIO entry {:?}: it is an input, and inputs are read-only",
-                    self.info.name
-                ),
-            }
-            .into());
+    /// Fails unless the entry is an output still being produced: the same refusals the
+    /// context gives, made here without a round trip.
+    fn check_writable(&self) -> Result<(), EntryError> {
+        let name = self.info.name.clone();
+        match (self.output, self.info.access) {
+            (_, AccessMode::ReadWrite) => Ok(()),
+            (true, AccessMode::ReadOnly) => Err(EntryError::OutputFinal { name }),
+            (false, AccessMode::ReadOnly) => Err(EntryError::InputReadOnly { name }),
         }
-        Ok(())
     }
 
     /// Sets dynamic dimensions (`values[k]` at index `dimensions[k]`; other indices are
@@ -157,12 +157,12 @@ impl FastIoEntry {
         dimensions: &[usize],
         values: &[i64],
     ) -> Result<Vec<i64>, ContextError> {
-        self.check_writable("update the shape of")?;
+        self.check_writable()?;
         if self.info.preallocated {
-            return Err(shape_error(format!(
-                "FastIO entry {:?} is pre-allocated with its declared shape {:?}; its shape cannot be updated",
-                self.info.name, self.info.declared
-            )));
+            return Err(EntryError::Preallocated {
+                name: self.info.name.clone(),
+            }
+            .into());
         }
         let mut next = self.shape.clone();
         next.update(dimensions, values)?;
@@ -176,20 +176,20 @@ impl FastIoEntry {
     /// Gives the entry memory of its current shape. Fails when the entry is pre-allocated,
     /// an input, or still has a dynamic dimension unset.
     pub fn allocate(&mut self) -> Result<(), ContextError> {
-        self.check_writable("allocate")?;
+        self.check_writable()?;
         if self.info.preallocated {
-            return Err(shape_error(format!(
-                "FastIO entry {:?} is pre-allocated; it cannot be allocated again",
-                self.info.name
-            )));
+            return Err(EntryError::Preallocated {
+                name: self.info.name.clone(),
+            }
+            .into());
         }
         if self.shape.to_shape().is_none() {
-            return Err(shape_error(format!(
-                "FastIO entry {:?} has shape {:?}: set every dynamic dimension (indices {:?}) with update_shape before allocating",
-                self.info.name,
-                self.shape.current(),
-                self.shape.dynamic_indices()
-            )));
+            return Err(EntryError::ShapeUnset {
+                name: self.info.name.clone(),
+                shape: self.shape.current().to_vec(),
+                dynamic: self.shape.dynamic_indices(),
+            }
+            .into());
         }
         self.allocate_for(&self.shape.clone())
     }
@@ -220,7 +220,7 @@ impl FastIoEntry {
     /// `InterprocessEvent`), so GPU work is ordered across processes without the host
     /// waiting. Outputs only, once allocated; a new allocation drops the event.
     pub fn set_event(&mut self, event: crate::EventHandle) -> Result<(), ContextError> {
-        self.check_writable("attach an event to")?;
+        self.check_writable()?;
         self.allocated()?;
         self.context
             .call(Request::SetEntryEvent {
@@ -257,7 +257,7 @@ impl FastIoEntry {
 
     fn allocated(&self) -> Result<&Allocation, ContextError> {
         self.allocation.as_ref().ok_or_else(|| {
-            RequestError::EntryNotAllocated {
+            EntryError::NotAllocated {
                 name: self.info.name.clone(),
             }
             .into()
@@ -265,11 +265,11 @@ impl FastIoEntry {
     }
 
     fn allocated_mut(&mut self) -> Result<&mut Allocation, ContextError> {
-        self.check_writable("write")?;
+        self.check_writable()?;
         let name = self.info.name.clone();
         self.allocation
             .as_mut()
-            .ok_or_else(|| RequestError::EntryNotAllocated { name }.into())
+            .ok_or_else(|| EntryError::NotAllocated { name }.into())
     }
 
     /// A copy of the entry's bytes.

@@ -16,7 +16,7 @@ use std::time::Instant;
 use fastio_meta::ElementType;
 use serde::{Deserialize, Serialize};
 
-use crate::RequestError;
+use crate::error::JobError;
 use crate::protocol::{AccessMode, ResourceId};
 
 /// Identifies a FastIO entry within its job.
@@ -353,14 +353,12 @@ impl Job {
     }
 
     /// Stage `stage` joins; it may join once.
-    pub fn join(&self, stage: usize) -> Result<StageInfo, RequestError> {
+    pub fn join(&self, stage: usize) -> Result<StageInfo, JobError> {
         {
             let mut state = self.lock();
-            let progress = state.stages.get_mut(stage).ok_or(RequestError::NotInJob)?;
+            let progress = state.stages.get_mut(stage).ok_or(JobError::NotInJob)?;
             if std::mem::replace(&mut progress.joined, true) {
-                return Err(RequestError::BadRequest {
-                    message: "this operator has already joined the job".into(),
-                });
+                return Err(JobError::AlreadyJoined);
             }
         }
         self.emit(stage, JobEventKind::Joined);
@@ -370,16 +368,13 @@ impl Job {
     /// An operator that joins from elsewhere takes stage `stage`; a stage is taken once
     /// (a second claim, while or after the first runs, is refused: a restarted or
     /// duplicated container cannot replay an operator's part of the job).
-    pub fn attach(&self, stage: usize, pid: Option<i32>) -> Result<(), RequestError> {
+    pub fn attach(&self, stage: usize, pid: Option<i32>) -> Result<(), JobError> {
         {
             let mut state = self.lock();
-            let progress = state.stages.get_mut(stage).ok_or(RequestError::NotInJob)?;
+            let progress = state.stages.get_mut(stage).ok_or(JobError::NotInJob)?;
             if std::mem::replace(&mut progress.attached, true) {
-                return Err(RequestError::BadRequest {
-                    message: format!(
-                        "operator {:?} has already joined this job; a stage is taken once",
-                        self.plan.stages[stage].name
-                    ),
+                return Err(JobError::StageTaken {
+                    stage: self.plan.stages[stage].name.clone(),
                 });
             }
         }
@@ -394,19 +389,19 @@ impl Job {
 
     /// Blocks until every upstream stage of `stage` has executed successfully, or the job
     /// is aborted.
-    pub fn await_inputs(&self, stage: usize) -> Result<(), RequestError> {
+    pub fn await_inputs(&self, stage: usize) -> Result<(), JobError> {
         let upstream = &self
             .plan
             .stages
             .get(stage)
-            .ok_or(RequestError::NotInJob)?
+            .ok_or(JobError::NotInJob)?
             .upstream;
         let mut state = self.lock();
         state.stages[stage].awaiting = true;
         loop {
             if let Some(reason) = state.aborted.clone() {
                 state.stages[stage].awaiting = false;
-                return Err(RequestError::JobAborted { reason });
+                return Err(JobError::Aborted { reason });
             }
             if upstream
                 .iter()
@@ -556,7 +551,7 @@ mod tests {
         job.abort("a failed");
         assert_eq!(
             waiter.join().unwrap(),
-            Err(RequestError::JobAborted {
+            Err(JobError::Aborted {
                 reason: "a failed".into()
             })
         );
@@ -566,7 +561,7 @@ mod tests {
     fn a_stage_joins_once() {
         let job = Job::new(chain(), |_| {});
         assert_eq!(job.join(0).unwrap().stage_name, "a");
-        assert!(job.join(0).is_err());
-        assert_eq!(job.join(7), Err(RequestError::NotInJob));
+        assert_eq!(job.join(0).unwrap_err(), JobError::AlreadyJoined);
+        assert_eq!(job.join(7), Err(JobError::NotInJob));
     }
 }

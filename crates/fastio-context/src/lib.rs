@@ -32,6 +32,7 @@
 
 mod collapse;
 mod context;
+pub mod device;
 mod entry;
 mod error;
 pub mod job;
@@ -47,13 +48,19 @@ mod transport;
 
 pub use collapse::COLLAPSE_ENV;
 pub use context::{
-    Allocation, Context, CreateOptions, JOB_SECRET_ENV, JOB_SOCKET_ENV, JOB_STAGE_ENV,
+    Allocation, Context, CreateOptions, DeviceView, JOB_SECRET_ENV, JOB_SOCKET_ENV, JOB_STAGE_ENV,
 };
 pub use entry::FastIoEntry;
-pub use error::{ContextError, RequestError};
+pub use error::{
+    ContextError, CreateError, EntryError, GetError, JobError, PublishError, ReleaseError,
+    RequestError, UnpublishError, WriteError,
+};
 pub use fastio_shm::{Access, Prefault};
 pub use mapcache::{
     DEFAULT_MAP_CACHE_BYTES, MAP_CACHE_ENV, MappingStats, mapping_stats, set_mapping_cache_bytes,
 };
-pub use protocol::{AccessMode, EventHandle, JobSecret, ResourceId, SegmentStats, Stats};
+pub use protocol::{
+    AccessMode, EventHandle, JobSecret, MemoryKind, MemoryKindError, ResourceId, SegmentStats,
+    Stats,
+};
 pub use server::{CONTEXT_ADDRESS_ENV, CONTEXT_ENV, Server, ServerConfig, raise_descriptor_limit};

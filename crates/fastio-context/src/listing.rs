@@ -12,7 +12,7 @@ use fastio_meta::ElementType;
 use serde::{Deserialize, Serialize};
 
 use crate::job::Job;
-use crate::protocol::{ResourceId, Stats};
+use crate::protocol::{MemoryKind, ResourceId, Stats};
 use crate::registry::ConnectionId;
 
 /// A snapshot of a context.
@@ -106,6 +106,9 @@ pub struct PublicationListing {
     /// Bytes of its memory backed by huge pages, as the context last measured them.
     #[serde(default)]
     pub huge_page_bytes: u64,
+    /// Where its memory lives.
+    #[serde(default, skip_serializing_if = "MemoryKind::is_host")]
+    pub kind: MemoryKind,
     /// Who holds handles to its memory.
     pub holders: Vec<Holder>,
 }
@@ -179,6 +182,14 @@ pub(crate) fn compose(
             })
             .sum::<u64>()
     };
+    let kind_of = |id: ResourceId| {
+        snapshot
+            .stats
+            .segments
+            .iter()
+            .find(|seg| seg.resource == Some(id))
+            .map_or(MemoryKind::Host, |seg| seg.kind)
+    };
     let mut entries = Vec::new();
     if let Some(plan) = plan {
         for (index, entry) in plan.entries.iter().enumerate() {
@@ -211,6 +222,7 @@ pub(crate) fn compose(
             dims: typed.as_ref().map(|(_, d)| d.clone()),
             bytes: *bytes,
             huge_page_bytes: huge(*id),
+            kind: kind_of(*id),
             holders: holders(*id),
         })
         .collect();
@@ -315,12 +327,14 @@ mod tests {
                     bytes: 4 << 20,
                     huge_page_bytes: 2 << 20,
                     hugetlb: false,
+                    ..SegmentStats::default()
                 },
                 SegmentStats {
                     resource: Some(scratch),
                     bytes: 2 << 20,
                     huge_page_bytes: 0,
                     hugetlb: true,
+                    ..SegmentStats::default()
                 },
             ],
             ..Stats::default()

@@ -14,7 +14,7 @@ use crate::RequestError;
 use crate::job::{EntryId, Phase, ReclaimedHandle, StageInfo};
 
 /// Version of this protocol; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Bytes in an interprocess CUDA event handle (`CUipcEventHandle`).
 pub const EVENT_HANDLE_LEN: usize = 64;
@@ -64,6 +64,83 @@ impl<'de> Deserialize<'de> for EventHandle {
                 2 * EVENT_HANDLE_LEN
             ))
         })
+    }
+}
+
+/// Where a resource's memory lives: host memory (a sealed memfd) or the memory of one
+/// CUDA device (a VMM allocation exported as a POSIX descriptor). Written `host` or
+/// `cuda:N` (on the wire, in listings and in pipeline definitions).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MemoryKind {
+    /// Host memory shared through a sealed memfd.
+    #[default]
+    Host,
+    /// Memory of CUDA device `device` (as the context's process numbers devices).
+    Cuda {
+        /// The device's ordinal.
+        device: i32,
+    },
+}
+
+impl MemoryKind {
+    /// Whether it is host memory.
+    pub fn is_host(&self) -> bool {
+        *self == MemoryKind::Host
+    }
+}
+
+impl std::fmt::Display for MemoryKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MemoryKind::Host => f.write_str("host"),
+            MemoryKind::Cuda { device } => write!(f, "cuda:{device}"),
+        }
+    }
+}
+
+/// Why a text is not a [`MemoryKind`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{text:?} is not a memory kind: write `host` or `cuda:N` with N a device ordinal (0, 1, ...)"
+)]
+pub struct MemoryKindError {
+    /// The text.
+    pub text: String,
+}
+
+impl std::str::FromStr for MemoryKind {
+    type Err = MemoryKindError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || MemoryKindError {
+            text: text.to_owned(),
+        };
+        match text {
+            "host" => Ok(MemoryKind::Host),
+            _ => {
+                let digits = text.strip_prefix("cuda:").ok_or_else(bad)?;
+                // Digits only: no sign, no spaces, no `+`.
+                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(bad());
+                }
+                let device = digits.parse::<i32>().map_err(|_| bad())?;
+                Ok(MemoryKind::Cuda { device })
+            }
+        }
+    }
+}
+
+// As text on the wire, like the pipeline definition writes it.
+impl Serialize for MemoryKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MemoryKind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -132,6 +209,9 @@ pub enum Request {
         /// Huge pages from the hugetlb pool wanted (ordinary memory where it has too few).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         hugetlb: bool,
+        /// Where the memory lives (host when absent).
+        #[serde(default, skip_serializing_if = "MemoryKind::is_host")]
+        kind: MemoryKind,
     },
     /// Publishes a held resource under `name` with the given metadata.
     Publish {
@@ -161,38 +241,50 @@ pub enum Request {
         /// The access wanted.
         access: AccessMode,
     },
-    /// Drops one handle this connection holds.
+    /// Drops one handle this connection holds; the write mapping goes with it if this
+    /// handle held it.
     Release {
         /// The resource.
         id: ResourceId,
+        /// The client's number for the handle (0: not said).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        handle: u64,
     },
-    /// Marks a held resource deleted (its names stop resolving) and drops one handle.
+    /// Marks a held resource deleted (its names stop resolving) and drops one handle, as
+    /// `Release` does.
     Free {
         /// The resource.
         id: ResourceId,
+        /// The client's number for the handle (0: not said).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        handle: u64,
     },
     /// The context's accounting.
     Stats,
     /// A listing of the context for people: its job's operators, its entries and
     /// publications with sizes and holders ([`crate::listing::Listing`]).
     Inspect,
-    /// Takes the resource's write mapping for this connection (Clara: one writer at a
-    /// time; readers may coexist). Refused while another connection holds it; counted,
-    /// so one connection may take it more than once.
+    /// Takes the resource's write mapping for one handle of this connection (Clara: one
+    /// writer at a time; readers may coexist). Refused while another handle, of this
+    /// connection or another, holds it; counted, so one handle may take it more than once.
     AcquireWrite {
         /// The resource, which this connection must hold.
         id: ResourceId,
+        /// The client's number for the handle, unique within the connection.
+        handle: u64,
     },
-    /// Gives back one `AcquireWrite`.
+    /// Gives back one `AcquireWrite` of the same handle.
     ReleaseWrite {
         /// The resource.
         id: ResourceId,
+        /// The client's number for the handle.
+        handle: u64,
     },
     /// An operator joins its job: the answer is [`Response::Joined`]. Only connections the
     /// driver made for an operator may join.
     Join,
     /// Blocks until every upstream operator has finished execute; refused with
-    /// [`RequestError::JobAborted`] when the job fails first.
+    /// [`JobError::Aborted`](crate::JobError::Aborted) when the job fails first.
     AwaitInputs,
     /// The operator finished a phase of its life-cycle; `failure` says why it failed.
     /// After execute, the handles the operator still holds are reclaimed and listed in
@@ -229,6 +321,14 @@ pub enum Request {
     },
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_zero_usize(n: &usize) -> bool {
+    *n == 0
+}
+
 /// What the context answers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case", deny_unknown_fields)]
@@ -253,6 +353,14 @@ pub enum Response {
         /// The publication's interprocess CUDA event, if it has one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         event: Option<EventHandle>,
+        /// Where the memory lives: the descriptor is a sealed memfd for host memory, an
+        /// exported CUDA allocation for device memory.
+        #[serde(default, skip_serializing_if = "MemoryKind::is_host")]
+        kind: MemoryKind,
+        /// For device memory, the allocation's size (a multiple of the device's
+        /// granularity), which importing it needs; 0 for host memory.
+        #[serde(default, skip_serializing_if = "is_zero_usize")]
+        device_bytes: usize,
     },
     /// Answer to `Join`: who the operator is and what it reads and writes.
     Joined(Box<StageInfo>),
@@ -300,7 +408,16 @@ pub struct Stats {
     /// background collapser.
     #[serde(default)]
     pub huge_page_bytes: u64,
-    /// Every segment the context holds: live resources first, then the warm pool.
+    /// Bytes of device memory behind live resources.
+    #[serde(default)]
+    pub device_live_bytes: u64,
+    /// Device allocations kept warm for reuse, over all devices.
+    #[serde(default)]
+    pub device_pooled: usize,
+    /// Their bytes.
+    #[serde(default)]
+    pub device_pooled_bytes: u64,
+    /// Every segment the context holds: live resources first, then the warm pools.
     #[serde(default)]
     pub segments: Vec<SegmentStats>,
 }
@@ -316,4 +433,48 @@ pub struct SegmentStats {
     pub huge_page_bytes: u64,
     /// Whether its pages come from the hugetlb pool.
     pub hugetlb: bool,
+    /// Where it lives.
+    #[serde(default, skip_serializing_if = "MemoryKind::is_host")]
+    pub kind: MemoryKind,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_kinds_read_and_write_as_host_or_cuda_n() {
+        for (text, kind) in [
+            ("host", MemoryKind::Host),
+            ("cuda:0", MemoryKind::Cuda { device: 0 }),
+            ("cuda:7", MemoryKind::Cuda { device: 7 }),
+        ] {
+            assert_eq!(text.parse::<MemoryKind>(), Ok(kind));
+            assert_eq!(kind.to_string(), text);
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("{text:?}"));
+            assert_eq!(serde_json::from_str::<MemoryKind>(&json).unwrap(), kind);
+        }
+        assert_eq!(MemoryKind::default(), MemoryKind::Host);
+    }
+
+    #[test]
+    fn malformed_memory_kinds_are_refused_with_the_accepted_forms() {
+        for bad in [
+            "",
+            "Host",
+            "cuda",
+            "cuda:",
+            "cuda:-1",
+            "cuda:+1",
+            "cuda: 1",
+            "cuda:x",
+            "gpu:0",
+            "cuda:99999999999",
+        ] {
+            let e = bad.parse::<MemoryKind>().unwrap_err();
+            assert!(e.to_string().contains("`cuda:N`"), "{bad}: {e}");
+            assert!(serde_json::from_str::<MemoryKind>(&format!("{bad:?}")).is_err());
+        }
+    }
 }

@@ -26,9 +26,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use fastio_meta::{Shape, TypedShape, validate_publication_name};
 use fastio_shm::{Segment, SegmentBuilder};
 
-use crate::RequestError;
+use crate::device::DevicePool;
+pub use crate::error::MemoryFailure;
+use crate::error::{
+    CreateError, EntryError, GetError, NotHeld, PublishError, ReleaseError, UnpublishError,
+    WriteError,
+};
 use crate::job::{EntryId, EntryPlan, ReclaimedHandle};
-use crate::protocol::{AccessMode, EventHandle, ResourceId, SegmentStats, Stats};
+use crate::protocol::{AccessMode, EventHandle, MemoryKind, ResourceId, SegmentStats, Stats};
 
 /// Identifies a connection (a client, or an in-process context) to the registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -87,6 +92,27 @@ pub struct PooledSegment {
     huge: Arc<HugeState>,
 }
 
+fn host_only(id: ResourceId) -> MemoryFailure {
+    MemoryFailure::System {
+        message: format!("resource {id} is device memory; this needs host memory"),
+    }
+}
+
+/// Who holds a resource's write mapping: one handle of one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Writer {
+    conn: ConnectionId,
+    handle: u64,
+    // How many times the handle took it.
+    count: u32,
+}
+
+/// Why [`Registry::grant`] refused: turned into the asking operation's error.
+enum Refusal {
+    Sealed,
+    Memory(MemoryFailure),
+}
+
 /// Bytes counted against the headroom while a segment is made outside the lock.
 #[derive(Debug)]
 #[must_use = "give it back with adopt or abandon"]
@@ -97,18 +123,52 @@ pub struct Reservation {
 
 impl Reservation {
     /// Makes the segment (slow: reserves all its memory). Call without the registry lock.
-    pub fn make(&self) -> Result<Segment, RequestError> {
+    pub fn make(&self) -> Result<Segment, MemoryFailure> {
         SegmentBuilder::new(self.size)
             .label("fastio")
             .hugetlb(self.hugetlb)
             .create()
-            .map_err(RequestError::from_segment)
+            .map_err(MemoryFailure::from_segment)
+    }
+}
+
+/// The memory behind a resource.
+#[derive(Debug)]
+enum Memory {
+    /// A sealed memfd.
+    Host(Segment),
+    /// A CUDA VMM allocation (the context's own handle to it).
+    Device(cuda_streams::DeviceMemory),
+}
+
+impl Memory {
+    fn len(&self) -> usize {
+        match self {
+            Memory::Host(segment) => segment.len(),
+            Memory::Device(memory) => memory.size(),
+        }
+    }
+
+    fn kind(&self) -> MemoryKind {
+        match self {
+            Memory::Host(_) => MemoryKind::Host,
+            Memory::Device(memory) => MemoryKind::Cuda {
+                device: memory.device(),
+            },
+        }
+    }
+
+    fn host(&self) -> Option<&Segment> {
+        match self {
+            Memory::Host(segment) => Some(segment),
+            Memory::Device(_) => None,
+        }
     }
 }
 
 #[derive(Debug)]
 struct Resource {
-    segment: Segment,
+    memory: Memory,
     mapped_by: MappedBy,
     huge: Arc<HugeState>,
     size: usize,
@@ -116,16 +176,17 @@ struct Resource {
     // Live publications and FastIO entries bound to it: each keeps it alive.
     pins: usize,
     handles: u64,
-    // The connection holding the write mapping, and how many times it took it.
-    writer: Option<(ConnectionId, u32)>,
+    // The handle holding the write mapping (its connection and the client's number for
+    // it), and how many times it took it.
+    writer: Option<Writer>,
     // Sealed against writes (a job output whose producer has finished execute).
     sealed: bool,
 }
 
 impl Resource {
-    /// `conn` stops writing, if it was the writer.
+    /// `conn` stops writing, if one of its handles was the writer.
     fn drop_writer(&mut self, conn: ConnectionId) {
-        if self.writer.is_some_and(|(w, _)| w == conn) {
+        if self.writer.is_some_and(|w| w.conn == conn) {
             self.writer = None;
         }
     }
@@ -190,8 +251,32 @@ pub struct Grant {
     pub recycled: bool,
     /// The publication's interprocess CUDA event, if any.
     pub event: Option<EventHandle>,
-    /// A descriptor for the client (read-only when the access asked was read-only).
-    pub segment: Segment,
+    /// Where the memory lives.
+    pub kind: MemoryKind,
+    /// For device memory, the allocation's size (which importing it needs); 0 for host.
+    pub device_bytes: usize,
+    /// The descriptor for the client.
+    pub memory: GrantedMemory,
+}
+
+/// The descriptor a [`Grant`] hands out.
+#[derive(Debug)]
+pub enum GrantedMemory {
+    /// A host segment (read-only when the access asked was read-only).
+    Host(Segment),
+    /// An exported device allocation (CUDA has no read-only descriptor: read-only access is
+    /// asked for when the client maps it).
+    Device(std::os::fd::OwnedFd),
+}
+
+impl Grant {
+    /// The host segment, for host memory.
+    pub fn segment(&self) -> Option<&Segment> {
+        match &self.memory {
+            GrantedMemory::Host(segment) => Some(segment),
+            GrantedMemory::Device(_) => None,
+        }
+    }
 }
 
 /// The registry of one context.
@@ -202,6 +287,8 @@ pub struct Registry {
     entries: Vec<EntrySlot>,
     connections: HashMap<ConnectionId, HashMap<ResourceId, Held>>,
     pool: Vec<Pooled>,
+    // The warm pool of device memory, per device.
+    device_pool: DevicePool,
     pool_bytes: u64,
     pool_limit: u64,
     pool_segments: usize,
@@ -228,6 +315,7 @@ impl Registry {
             entries: Vec::new(),
             connections: HashMap::new(),
             pool: Vec::new(),
+            device_pool: DevicePool::new(pool_limit),
             pool_bytes: 0,
             pool_limit,
             pool_segments: DEFAULT_POOL_SEGMENTS,
@@ -339,7 +427,7 @@ impl Registry {
     /// A new private resource of `size` bytes, held once by `conn`, made under the lock
     /// (for tests and job set-up; the server uses [`Registry::obtain`] and
     /// [`Registry::adopt`] so that making it happens without the lock).
-    pub fn create(&mut self, conn: ConnectionId, size: usize) -> Result<Grant, RequestError> {
+    pub fn create(&mut self, conn: ConnectionId, size: usize) -> Result<Grant, CreateError> {
         let obtained = self.obtain(conn, size, true, false)?;
         let made = match &obtained {
             Obtained::Make(reservation) => Some(reservation.make()),
@@ -364,12 +452,12 @@ impl Registry {
         size: usize,
         writable: bool,
         hugetlb: bool,
-    ) -> Result<Obtained, RequestError> {
+    ) -> Result<Obtained, MemoryFailure> {
         self.obtain_as(conn, size, writable, hugetlb, Recycle::Allowed)
     }
 
     /// [`Registry::obtain`] for a FastIO entry: never a pooled segment.
-    pub fn obtain_fresh(&mut self, size: usize, hugetlb: bool) -> Result<Obtained, RequestError> {
+    pub fn obtain_fresh(&mut self, size: usize, hugetlb: bool) -> Result<Obtained, MemoryFailure> {
         self.obtain_as(ConnectionId(0), size, true, hugetlb, Recycle::Never)
     }
 
@@ -380,7 +468,7 @@ impl Registry {
         writable: bool,
         hugetlb: bool,
         recycle: Recycle,
-    ) -> Result<Obtained, RequestError> {
+    ) -> Result<Obtained, MemoryFailure> {
         let size = size.max(MIN_SEGMENT_BYTES);
         if recycle == Recycle::Allowed
             && let Some(pooled) = self.take_pooled(size, conn, writable, hugetlb)
@@ -394,14 +482,14 @@ impl Registry {
 
     /// Refuses `bytes` more when they, the reservations in flight and the safety margin do
     /// not fit in the memory available now.
-    fn admit(&self, bytes: u64) -> Result<(), RequestError> {
+    fn admit(&self, bytes: u64) -> Result<(), MemoryFailure> {
         if let Some(available) = fastio_shm::available_memory() {
             let wanted = bytes
                 .saturating_add(self.reserving)
                 .saturating_add(fastio_shm::HEADROOM_MARGIN);
             if wanted > available {
                 let free = available.saturating_sub(self.reserving + fastio_shm::HEADROOM_MARGIN);
-                return Err(RequestError::OutOfMemory {
+                return Err(MemoryFailure::OutOfMemory {
                     size: usize::try_from(bytes).unwrap_or(usize::MAX),
                     message: format!(
                         "cannot reserve {bytes} bytes of shared memory: only {free} bytes are available (keeping {} bytes of margin and {} bytes reserved by creates in progress)",
@@ -424,15 +512,15 @@ impl Registry {
     pub fn adopt(
         &mut self,
         obtained: Obtained,
-        made: Option<Result<Segment, RequestError>>,
+        made: Option<Result<Segment, MemoryFailure>>,
         size: usize,
-    ) -> Result<Grant, RequestError> {
+    ) -> Result<Grant, MemoryFailure> {
         let (segment, mapped_by, huge, recycled) = match obtained {
             Obtained::Pooled(p) => (p.segment, p.mapped_by, p.huge, true),
             Obtained::Make(reservation) => {
                 self.abandon(reservation);
                 let segment = made.unwrap_or_else(|| {
-                    Err(RequestError::Internal {
+                    Err(MemoryFailure::System {
                         message: "a reservation was adopted without its segment".into(),
                     })
                 })?;
@@ -448,7 +536,7 @@ impl Registry {
             Ok(copy) => copy,
             Err(e) => {
                 self.dead.push(segment);
-                return Err(RequestError::from_segment(e));
+                return Err(MemoryFailure::from_segment(e));
             }
         };
         let id = ResourceId(self.next_id);
@@ -456,7 +544,7 @@ impl Registry {
         self.resources.insert(
             id,
             Resource {
-                segment,
+                memory: Memory::Host(segment),
                 mapped_by,
                 huge,
                 size,
@@ -473,8 +561,65 @@ impl Registry {
             typed: None,
             recycled,
             event: None,
-            segment: client_copy,
+            kind: MemoryKind::Host,
+            device_bytes: 0,
+            memory: GrantedMemory::Host(client_copy),
         })
+    }
+
+    /// A new private resource of at least `size` bytes on CUDA device `device`, held once
+    /// by `conn`: from the device's warm pool, or made through the CUDA driver. Device
+    /// memory is not host memory: it is not counted against the host's headroom.
+    pub fn create_device(
+        &mut self,
+        conn: ConnectionId,
+        device: i32,
+        size: usize,
+    ) -> Result<Grant, CreateError> {
+        let (memory, recycled) = self.device_pool.obtain(device, size)?;
+        let device_bytes = memory.size();
+        let client = memory.export_fd().map_err(|e| CreateError::Device {
+            memory: MemoryKind::Cuda { device },
+            reason: e.to_string(),
+        })?;
+        if !recycled {
+            self.created += 1;
+        } else {
+            self.recycled += 1;
+        }
+        let id = ResourceId(self.next_id);
+        self.next_id += 1;
+        self.resources.insert(
+            id,
+            Resource {
+                memory: Memory::Device(memory),
+                mapped_by: Vec::new(),
+                huge: Arc::new(HugeState::default()),
+                size,
+                deleted: false,
+                pins: 0,
+                handles: 0,
+                writer: None,
+                sealed: false,
+            },
+        );
+        self.add_handle(conn, id, true);
+        Ok(Grant {
+            id,
+            size,
+            typed: None,
+            recycled,
+            event: None,
+            kind: MemoryKind::Cuda { device },
+            device_bytes,
+            memory: GrantedMemory::Device(client),
+        })
+    }
+
+    /// Makes device memory through `driver` from now on (cuda-streams' fake in tests);
+    /// without it, the machine's CUDA driver is found on the first device create.
+    pub fn set_device_driver(&mut self, driver: cuda_streams::Driver) {
+        self.device_pool = DevicePool::with_driver(driver, self.pool_limit);
     }
 
     /// Holds a newly adopted resource once for `conn` (the end of a create).
@@ -484,7 +629,7 @@ impl Registry {
 
     /// A new entry resource held by nobody (its caller pins it at once), made under the
     /// lock; never a pooled segment.
-    fn new_resource(&mut self, size: usize) -> Result<Grant, RequestError> {
+    fn new_resource(&mut self, size: usize) -> Result<Grant, MemoryFailure> {
         let obtained = self.obtain_fresh(size, false)?;
         let made = match &obtained {
             Obtained::Make(reservation) => Some(reservation.make()),
@@ -501,7 +646,7 @@ impl Registry {
         name: &str,
         typed: Option<TypedShape>,
         event: Option<EventHandle>,
-    ) -> Result<(), RequestError> {
+    ) -> Result<(), PublishError> {
         self.publish_as(conn, id, name, typed, event, false)
     }
 
@@ -515,21 +660,22 @@ impl Registry {
         typed: Option<TypedShape>,
         event: Option<EventHandle>,
         replace: bool,
-    ) -> Result<(), RequestError> {
-        validate_publication_name(name).map_err(|e| RequestError::InvalidName {
-            message: e.to_string(),
+    ) -> Result<(), PublishError> {
+        validate_publication_name(name).map_err(|e| PublishError::InvalidName {
+            name: name.to_owned(),
+            reason: e.to_string(),
         })?;
         let held = self.check_held(conn, id)?;
         let resource = &self.resources[&id];
         if resource.deleted {
-            return Err(RequestError::Deleted { id: id.0 });
+            return Err(PublishError::Deleted { id: id.0 });
         }
         // Without write access the publication cannot grant it to others either.
         let read_only = !held.writable || resource.sealed;
         if let Some(t) = &typed {
             let need = t.byte_size();
             if need > resource.size {
-                return Err(RequestError::MetadataTooLarge {
+                return Err(PublishError::MetadataTooLarge {
                     needed: need,
                     size: resource.size,
                 });
@@ -537,17 +683,17 @@ impl Registry {
         }
         match self.names.get(name) {
             Some(NameState::Live { .. }) if !replace => {
-                return Err(RequestError::AlreadyPublished {
+                return Err(PublishError::AlreadyPublished {
                     name: name.to_owned(),
                 });
             }
             Some(NameState::Freed { .. }) if !replace => {
-                return Err(RequestError::NameFreed {
+                return Err(PublishError::NameFreed {
                     name: name.to_owned(),
                 });
             }
             Some(state) if !self.may_change(conn, state) => {
-                return Err(RequestError::NotPublisher {
+                return Err(PublishError::NotPublisher {
                     name: name.to_owned(),
                 });
             }
@@ -573,12 +719,12 @@ impl Registry {
     /// Withdraws `name`, live or freed, so that it can be published again. Handles got
     /// through it stay valid. Only its publisher, or a connection holding its memory
     /// read-write, may (a reader must not take it away from the others).
-    pub fn unpublish(&mut self, conn: ConnectionId, name: &str) -> Result<(), RequestError> {
+    pub fn unpublish(&mut self, conn: ConnectionId, name: &str) -> Result<(), UnpublishError> {
         match self.names.get(name) {
-            None => Err(RequestError::UnknownName {
+            None => Err(UnpublishError::UnknownName {
                 name: name.to_owned(),
             }),
-            Some(state) if !self.may_change(conn, state) => Err(RequestError::NotPublisher {
+            Some(state) if !self.may_change(conn, state) => Err(UnpublishError::NotPublisher {
                 name: name.to_owned(),
             }),
             Some(_) => {
@@ -625,12 +771,12 @@ impl Registry {
         conn: ConnectionId,
         name: &str,
         access: AccessMode,
-    ) -> Result<Grant, RequestError> {
+    ) -> Result<Grant, GetError> {
         let (id, typed, event) = match self.names.get(name) {
             Some(NameState::Live {
                 read_only: true, ..
             }) if access == AccessMode::ReadWrite => {
-                return Err(RequestError::ReadOnlyPublication {
+                return Err(GetError::ReadOnlyPublication {
                     name: name.to_owned(),
                 });
             }
@@ -638,17 +784,23 @@ impl Registry {
                 id, typed, event, ..
             }) => (*id, typed.clone(), *event),
             Some(NameState::Freed { .. }) => {
-                return Err(RequestError::NameFreed {
+                return Err(GetError::NameFreed {
                     name: name.to_owned(),
                 });
             }
             None => {
-                return Err(RequestError::UnknownName {
+                return Err(GetError::UnknownName {
                     name: name.to_owned(),
                 });
             }
         };
-        let mut grant = self.grant(conn, id, access, typed)?;
+        let mut grant = self.grant(conn, id, access, typed).map_err(|e| match e {
+            Refusal::Sealed => GetError::Sealed {
+                name: name.to_owned(),
+                id: id.0,
+            },
+            Refusal::Memory(e) => e.into(),
+        })?;
         grant.event = event;
         Ok(grant)
     }
@@ -660,16 +812,31 @@ impl Registry {
         id: ResourceId,
         access: AccessMode,
         typed: Option<TypedShape>,
-    ) -> Result<Grant, RequestError> {
+    ) -> Result<Grant, Refusal> {
         let resource = &self.resources[&id];
         if access == AccessMode::ReadWrite && resource.sealed {
-            return Err(RequestError::Sealed { id: id.0 });
+            return Err(Refusal::Sealed);
         }
-        let segment = match access {
-            AccessMode::ReadOnly => resource.segment.read_only(),
-            AccessMode::ReadWrite => resource.segment.try_clone(),
-        }
-        .map_err(RequestError::from_segment)?;
+        let kind = resource.memory.kind();
+        let device_bytes = match &resource.memory {
+            Memory::Host(_) => 0,
+            Memory::Device(device) => device.size(),
+        };
+        let memory = match &resource.memory {
+            Memory::Host(segment) => match access {
+                AccessMode::ReadOnly => segment.read_only(),
+                AccessMode::ReadWrite => segment.try_clone(),
+            }
+            .map(GrantedMemory::Host)
+            .map_err(|e| Refusal::Memory(MemoryFailure::from_segment(e)))?,
+            Memory::Device(device) => {
+                device.export_fd().map(GrantedMemory::Device).map_err(|e| {
+                    Refusal::Memory(MemoryFailure::System {
+                        message: e.to_string(),
+                    })
+                })?
+            }
+        };
         let size = resource.size;
         self.add_handle(conn, id, access == AccessMode::ReadWrite);
         Ok(Grant {
@@ -678,8 +845,28 @@ impl Registry {
             typed,
             recycled: false,
             event: None,
-            segment,
+            kind,
+            device_bytes,
+            memory,
         })
+    }
+
+    /// [`Registry::grant`] of an entry's memory.
+    fn grant_entry(
+        &mut self,
+        conn: ConnectionId,
+        entry: EntryId,
+        id: ResourceId,
+        access: AccessMode,
+        typed: TypedShape,
+    ) -> Result<Grant, EntryError> {
+        self.grant(conn, id, access, Some(typed))
+            .map_err(|e| match e {
+                Refusal::Sealed => EntryError::Sealed {
+                    name: self.entries[entry.0 as usize].plan.name.clone(),
+                },
+                Refusal::Memory(e) => e.into(),
+            })
     }
 
     /// Sets up a job's FastIO entries, allocating (zeroed) those whose shape is fully
@@ -688,7 +875,7 @@ impl Registry {
     /// The memory of every pre-allocated entry is checked against what is available as a
     /// whole before any of it is allocated: a job that cannot fit fails at once, having
     /// taken nothing.
-    pub fn define_entries(&mut self, plans: &[EntryPlan]) -> Result<(), RequestError> {
+    pub fn define_entries(&mut self, plans: &[EntryPlan]) -> Result<(), EntryError> {
         let mut total = 0u64;
         for plan in plans.iter().filter(|p| p.is_preallocated()) {
             let bytes = plan
@@ -697,22 +884,21 @@ impl Registry {
                 .try_fold(plan.element_type.size() as u64, |acc, &d| {
                     acc.checked_mul(u64::try_from(d).ok()?)
                 })
-                .ok_or_else(|| RequestError::EntryShape {
-                    message: format!(
-                        "FastIO entry {:?} of shape {:?} has more bytes than can be addressed",
-                        plan.name, plan.declared
-                    ),
+                .ok_or_else(|| EntryError::Shape {
+                    name: plan.name.clone(),
+                    dims: plan.declared.iter().map(|&d| d as usize).collect(),
+                    reason: "it has more bytes than can be addressed".into(),
                 })?;
             total = total.saturating_add(bytes);
         }
         self.admit(total).map_err(|e| match e {
-            RequestError::OutOfMemory { message, .. } => RequestError::OutOfMemory {
+            MemoryFailure::OutOfMemory { message, .. } => EntryError::OutOfMemory {
                 size: usize::try_from(total).unwrap_or(usize::MAX),
                 message: format!(
                     "the job's pre-allocated FastIO entries need {total} bytes together; nothing was allocated: {message}"
                 ),
             },
-            other => other,
+            other => other.into(),
         })?;
         for plan in plans {
             self.entries.push(EntrySlot {
@@ -728,12 +914,12 @@ impl Registry {
                     // Readers open pre-allocated entries as they are: zero them here (a
                     // new job's pool is empty, so this is the rare case).
                     let mapping = fastio_shm::Mapping::new(
-                        &self.resources[&id].segment,
+                        self.host_segment(id)?,
                         fastio_shm::Access::ReadWrite,
                         fastio_shm::Prefault::Lazy,
                     )
-                    .map_err(RequestError::from_segment)?;
-                    mapping.zero().map_err(RequestError::from_segment)?;
+                    .map_err(MemoryFailure::from_segment)?;
+                    mapping.zero().map_err(MemoryFailure::from_segment)?;
                 }
                 if plan.producer.is_none() {
                     // Nothing in this job writes it: it stays zero for every reader.
@@ -752,7 +938,7 @@ impl Registry {
         entry: EntryId,
         dims: &[usize],
         bytes: &[u8],
-    ) -> Result<(), RequestError> {
+    ) -> Result<(), EntryError> {
         let index = entry.0 as usize;
         let slot = self.entry_slot(entry)?;
         let mismatch = dims.len() != slot.plan.declared.len()
@@ -761,11 +947,10 @@ impl Registry {
                 .zip(&slot.plan.declared)
                 .any(|(&d, &declared)| declared > 0 && d as i64 != declared);
         if mismatch {
-            return Err(RequestError::EntryShape {
-                message: format!(
-                    "{} is declared {:?} (-1 or 0: any), the data has shape {dims:?}",
-                    slot.plan.name, slot.plan.declared
-                ),
+            return Err(EntryError::Shape {
+                name: slot.plan.name.clone(),
+                dims: dims.to_vec(),
+                reason: format!("it is declared {:?} (-1 or 0: any)", slot.plan.declared),
             });
         }
         // Fresh memory: what define_entries gave an entry nobody in the job writes is
@@ -774,24 +959,26 @@ impl Registry {
         let id = self.bind_entry(index, dims, None)?.0;
         let resource = &self.resources[&id];
         if bytes.len() != resource.size {
-            return Err(RequestError::EntryShape {
-                message: format!(
-                    "{} needs {} bytes for shape {dims:?}, the data has {}",
-                    self.entries[index].plan.name,
+            return Err(EntryError::Shape {
+                name: self.entries[index].plan.name.clone(),
+                dims: dims.to_vec(),
+                reason: format!(
+                    "they need {} bytes, the data has {}",
                     resource.size,
                     bytes.len()
                 ),
             });
         }
+        let segment = resource.memory.host().ok_or_else(|| host_only(id))?;
         let mapping = fastio_shm::Mapping::new(
-            &resource.segment,
+            segment,
             fastio_shm::Access::ReadWrite,
             fastio_shm::Prefault::Lazy,
         )
-        .map_err(RequestError::from_segment)?;
+        .map_err(MemoryFailure::from_segment)?;
         mapping
             .write_at(0, bytes)
-            .map_err(RequestError::from_segment)?;
+            .map_err(MemoryFailure::from_segment)?;
         drop(mapping);
         if sealed_after {
             self.seal_resource(id)?;
@@ -802,7 +989,7 @@ impl Registry {
     /// Seals the memory of `entries` against writes, for good: their producer has
     /// finished execute, and from now on no descriptor in any process can write it, map it
     /// writable or punch holes in it. Entries without memory are skipped.
-    pub fn seal_entries(&mut self, entries: &[EntryId]) -> Result<(), RequestError> {
+    pub fn seal_entries(&mut self, entries: &[EntryId]) -> Result<(), MemoryFailure> {
         for entry in entries {
             let bound = self
                 .entries
@@ -815,21 +1002,30 @@ impl Registry {
         Ok(())
     }
 
-    fn seal_resource(&mut self, id: ResourceId) -> Result<(), RequestError> {
+    fn seal_resource(&mut self, id: ResourceId) -> Result<(), MemoryFailure> {
         if let Some(resource) = self.resources.get_mut(&id) {
-            resource
-                .segment
-                .seal_writes()
-                .map_err(RequestError::from_segment)?;
+            // Device memory has no seal: its readers map it read-only where the driver
+            // allows, and the context refuses it read-write from now on.
+            if let Memory::Host(segment) = &resource.memory {
+                segment.seal_writes().map_err(MemoryFailure::from_segment)?;
+            }
             resource.sealed = true;
         }
         Ok(())
     }
 
-    fn entry_slot(&self, entry: EntryId) -> Result<&EntrySlot, RequestError> {
+    /// The host segment of resource `id` (FastIO entries are host memory).
+    fn host_segment(&self, id: ResourceId) -> Result<&Segment, MemoryFailure> {
+        self.resources[&id]
+            .memory
+            .host()
+            .ok_or_else(|| host_only(id))
+    }
+
+    fn entry_slot(&self, entry: EntryId) -> Result<&EntrySlot, EntryError> {
         self.entries
             .get(entry.0 as usize)
-            .ok_or(RequestError::UnknownEntry { id: entry.0 })
+            .ok_or(EntryError::UnknownEntry { id: entry.0 })
     }
 
     /// Whether the entry has memory now, and its bytes.
@@ -844,15 +1040,15 @@ impl Registry {
         conn: ConnectionId,
         entry: EntryId,
         access: AccessMode,
-    ) -> Result<Grant, RequestError> {
+    ) -> Result<Grant, EntryError> {
         let slot = self.entry_slot(entry)?;
         let Some((id, typed)) = slot.bound.clone() else {
-            return Err(RequestError::EntryNotAllocated {
+            return Err(EntryError::NotAllocated {
                 name: slot.plan.name.clone(),
             });
         };
         let event = slot.event;
-        let mut grant = self.grant(conn, id, access, Some(typed))?;
+        let mut grant = self.grant_entry(conn, entry, id, access, typed)?;
         grant.event = event;
         Ok(grant)
     }
@@ -862,13 +1058,13 @@ impl Registry {
         &mut self,
         entry: EntryId,
         event: EventHandle,
-    ) -> Result<(), RequestError> {
+    ) -> Result<(), EntryError> {
         let slot = self
             .entries
             .get_mut(entry.0 as usize)
-            .ok_or(RequestError::UnknownEntry { id: entry.0 })?;
+            .ok_or(EntryError::UnknownEntry { id: entry.0 })?;
         if slot.bound.is_none() {
-            return Err(RequestError::EntryNotAllocated {
+            return Err(EntryError::NotAllocated {
                 name: slot.plan.name.clone(),
             });
         }
@@ -883,10 +1079,10 @@ impl Registry {
         conn: ConnectionId,
         entry: EntryId,
         dims: &[usize],
-    ) -> Result<Grant, RequestError> {
+    ) -> Result<Grant, EntryError> {
         self.check_allocate_entry(entry, dims)?;
         let (id, typed, recycled) = self.bind_entry(entry.0 as usize, dims, None)?;
-        let mut grant = self.grant(conn, id, AccessMode::ReadWrite, Some(typed))?;
+        let mut grant = self.grant_entry(conn, entry, id, AccessMode::ReadWrite, typed)?;
         grant.recycled = recycled;
         Ok(grant)
     }
@@ -899,13 +1095,13 @@ impl Registry {
         entry: EntryId,
         dims: &[usize],
         memory: Grant,
-    ) -> Result<Grant, RequestError> {
+    ) -> Result<Grant, EntryError> {
         if let Err(e) = self.check_allocate_entry(entry, dims) {
             self.reclaim_if_dead(memory.id);
             return Err(e);
         }
         let (id, typed, recycled) = self.bind_entry(entry.0 as usize, dims, Some(memory))?;
-        let mut grant = self.grant(conn, id, AccessMode::ReadWrite, Some(typed))?;
+        let mut grant = self.grant_entry(conn, entry, id, AccessMode::ReadWrite, typed)?;
         // The producer zeroes a recycled segment as it maps it (as for `create`), rather
         // than the server holding the registry while it clears possibly gigabytes.
         grant.recycled = recycled;
@@ -917,15 +1113,12 @@ impl Registry {
         &self,
         entry: EntryId,
         dims: &[usize],
-    ) -> Result<usize, RequestError> {
+    ) -> Result<usize, EntryError> {
         let slot = self.entry_slot(entry)?;
         let plan = &slot.plan;
         if plan.is_preallocated() {
-            return Err(RequestError::EntryShape {
-                message: format!(
-                    "FastIO entry {:?} was pre-allocated with its declared shape; it cannot be allocated again",
-                    plan.name
-                ),
+            return Err(EntryError::Preallocated {
+                name: plan.name.clone(),
             });
         }
         let fits = dims.len() == plan.declared.len()
@@ -934,15 +1127,19 @@ impl Registry {
                 .zip(&plan.declared)
                 .all(|(&d, &declared)| declared <= 0 || d as i64 == declared);
         if !fits {
-            return Err(RequestError::EntryShape {
-                message: format!(
-                    "dimensions {dims:?} do not fit FastIO entry {:?} declared as {:?}: every dimension must equal the declaration where it is not dynamic",
-                    plan.name, plan.declared
+            return Err(EntryError::Shape {
+                name: plan.name.clone(),
+                dims: dims.to_vec(),
+                reason: format!(
+                    "it is declared {:?}, and every dimension must equal the declaration where it is not dynamic",
+                    plan.declared
                 ),
             });
         }
-        let shape_error = |e: fastio_meta::MetaError| RequestError::EntryShape {
-            message: e.to_string(),
+        let shape_error = |e: fastio_meta::MetaError| EntryError::Shape {
+            name: plan.name.clone(),
+            dims: dims.to_vec(),
+            reason: e.to_string(),
         };
         let typed = TypedShape::new(
             plan.element_type,
@@ -960,10 +1157,13 @@ impl Registry {
         index: usize,
         dims: &[usize],
         memory: Option<Grant>,
-    ) -> Result<(ResourceId, TypedShape, bool), RequestError> {
+    ) -> Result<(ResourceId, TypedShape, bool), EntryError> {
         let element_type = self.entries[index].plan.element_type;
-        let shape_error = |e: fastio_meta::MetaError| RequestError::EntryShape {
-            message: e.to_string(),
+        let name = self.entries[index].plan.name.clone();
+        let shape_error = |e: fastio_meta::MetaError| EntryError::Shape {
+            name: name.clone(),
+            dims: dims.to_vec(),
+            reason: e.to_string(),
         };
         let typed = TypedShape::new(
             element_type,
@@ -989,8 +1189,44 @@ impl Registry {
         Ok((grant.id, typed, grant.recycled))
     }
 
+    /// [`Registry::release`] of handle `handle` (the client's number for it; 0: not
+    /// said): its write mapping goes with it.
+    pub fn release_handle(
+        &mut self,
+        conn: ConnectionId,
+        id: ResourceId,
+        handle: u64,
+    ) -> Result<(), ReleaseError> {
+        self.check_held(conn, id)?;
+        self.drop_handle_writer(conn, id, handle);
+        self.release(conn, id)
+    }
+
+    /// [`Registry::free`] of handle `handle`: its write mapping goes with it.
+    pub fn free_handle(
+        &mut self,
+        conn: ConnectionId,
+        id: ResourceId,
+        handle: u64,
+    ) -> Result<(), ReleaseError> {
+        self.check_held(conn, id)?;
+        self.drop_handle_writer(conn, id, handle);
+        self.free(conn, id)
+    }
+
+    fn drop_handle_writer(&mut self, conn: ConnectionId, id: ResourceId, handle: u64) {
+        if let Some(resource) = self.resources.get_mut(&id)
+            && handle != 0
+            && resource
+                .writer
+                .is_some_and(|w| w.conn == conn && w.handle == handle)
+        {
+            resource.writer = None;
+        }
+    }
+
     /// Drops one handle `conn` holds.
-    pub fn release(&mut self, conn: ConnectionId, id: ResourceId) -> Result<(), RequestError> {
+    pub fn release(&mut self, conn: ConnectionId, id: ResourceId) -> Result<(), ReleaseError> {
         self.check_held(conn, id)?;
         let held = self
             .connections
@@ -1012,60 +1248,67 @@ impl Registry {
         Ok(())
     }
 
-    /// Takes the write mapping of a resource `conn` holds: refused while another
-    /// connection has it.
+    /// Takes the write mapping of a resource `conn` holds for its handle `handle` (the
+    /// client's number for it): refused while another handle, of this connection or
+    /// another, has it (Clara: a second writer fails to map). Counted per handle.
     pub fn acquire_write(
         &mut self,
         conn: ConnectionId,
         id: ResourceId,
-    ) -> Result<(), RequestError> {
+        handle: u64,
+    ) -> Result<(), WriteError> {
         if !self.check_held(conn, id)?.writable {
-            return Err(RequestError::ReadOnlyHandle { id: id.0 });
+            return Err(WriteError::ReadOnlyHandle { id: id.0 });
         }
         let resource = self.resources.get_mut(&id).expect("held resources exist");
         if resource.sealed {
-            return Err(RequestError::Sealed { id: id.0 });
+            return Err(WriteError::Sealed { id: id.0 });
         }
         match &mut resource.writer {
-            Some((w, count)) if *w == conn => *count += 1,
-            Some(_) => return Err(RequestError::WriterBusy { id: id.0 }),
-            None => resource.writer = Some((conn, 1)),
+            Some(w) if w.conn == conn && w.handle == handle => w.count += 1,
+            Some(_) => return Err(WriteError::WriterBusy { id: id.0 }),
+            None => {
+                resource.writer = Some(Writer {
+                    conn,
+                    handle,
+                    count: 1,
+                })
+            }
         }
         Ok(())
     }
 
-    /// Gives back one write mapping `conn` took.
+    /// Gives back one write mapping that handle `handle` of `conn` took.
     pub fn release_write(
         &mut self,
         conn: ConnectionId,
         id: ResourceId,
-    ) -> Result<(), RequestError> {
+        handle: u64,
+    ) -> Result<(), WriteError> {
         self.check_held(conn, id)?;
         let resource = self.resources.get_mut(&id).expect("held resources exist");
         match &mut resource.writer {
-            Some((w, count)) if *w == conn => {
-                *count -= 1;
-                if *count == 0 {
+            Some(w) if w.conn == conn && w.handle == handle => {
+                w.count -= 1;
+                if w.count == 0 {
                     resource.writer = None;
                 }
                 Ok(())
             }
-            _ => Err(RequestError::BadRequest {
-                message: format!("resource {id} is not mapped for writing by this client"),
-            }),
+            _ => Err(WriteError::NotWriter { id: id.0 }),
         }
     }
 
     /// Marks a held resource deleted, so that its names stop resolving, and drops the handle.
     /// Needs a read-write handle, or to have published it.
-    pub fn free(&mut self, conn: ConnectionId, id: ResourceId) -> Result<(), RequestError> {
+    pub fn free(&mut self, conn: ConnectionId, id: ResourceId) -> Result<(), ReleaseError> {
         // Freeing takes the memory from every holder and name: a reader may not (its
         // publisher may, from any handle).
         let published_here = self.names.values().any(|s| {
             matches!(s, NameState::Live { id: live, publisher, .. } if *live == id && *publisher == conn)
         });
         if !self.check_held(conn, id)?.writable && !published_here {
-            return Err(RequestError::ReadOnlyHandle { id: id.0 });
+            return Err(ReleaseError::ReadOnlyHandle { id: id.0 });
         }
         // A bound entry must keep its memory for the readers still to come.
         if let Some(slot) = self
@@ -1073,11 +1316,9 @@ impl Registry {
             .iter()
             .find(|e| e.bound.as_ref().is_some_and(|(b, _)| *b == id))
         {
-            return Err(RequestError::EntryAccess {
-                message: format!(
-                    "resource {id} is the memory of FastIO entry {:?}, which the job manages: it cannot be freed; release the handle instead",
-                    slot.plan.name
-                ),
+            return Err(ReleaseError::EntryMemory {
+                id: id.0,
+                entry: slot.plan.name.clone(),
             });
         }
         let resource = self.resources.get_mut(&id).expect("held resources exist");
@@ -1146,8 +1387,17 @@ impl Registry {
             live_bytes: self
                 .resources
                 .values()
-                .map(|r| r.segment.len() as u64)
+                .filter(|r| r.memory.kind().is_host())
+                .map(|r| r.memory.len() as u64)
                 .sum(),
+            device_live_bytes: self
+                .resources
+                .values()
+                .filter(|r| !r.memory.kind().is_host())
+                .map(|r| r.memory.len() as u64)
+                .sum(),
+            device_pooled: self.device_pool.stats().pooled,
+            device_pooled_bytes: self.device_pool.stats().pooled_bytes,
             pooled_segments: self.pool.len(),
             pooled_bytes: self.pool_bytes,
             publications: self
@@ -1174,15 +1424,25 @@ impl Registry {
                     .iter()
                     .map(|(id, r)| SegmentStats {
                         resource: Some(*id),
-                        bytes: r.segment.len() as u64,
+                        bytes: r.memory.len() as u64,
                         huge_page_bytes: r.huge.bytes.load(Ordering::Relaxed),
-                        hugetlb: r.segment.is_hugetlb(),
+                        hugetlb: r.memory.host().is_some_and(Segment::is_hugetlb),
+                        kind: r.memory.kind(),
                     })
                     .chain(self.pool.iter().map(|p| SegmentStats {
                         resource: None,
                         bytes: p.segment.len() as u64,
                         huge_page_bytes: p.huge.bytes.load(Ordering::Relaxed),
                         hugetlb: p.segment.is_hugetlb(),
+                        kind: MemoryKind::Host,
+                    }))
+                    .chain(self.device_pool.pooled().into_iter().map(|(kind, bytes)| {
+                        SegmentStats {
+                            resource: None,
+                            bytes: bytes as u64,
+                            kind,
+                            ..SegmentStats::default()
+                        }
                     }))
                     .collect();
                 list.sort_by_key(|s| (s.resource.is_none(), s.resource));
@@ -1210,7 +1470,7 @@ impl Registry {
         }
     }
 
-    fn check_held(&self, conn: ConnectionId, id: ResourceId) -> Result<Held, RequestError> {
+    fn check_held(&self, conn: ConnectionId, id: ResourceId) -> Result<Held, NotHeld> {
         let held = self
             .connections
             .get(&conn)
@@ -1218,7 +1478,7 @@ impl Registry {
             .copied()
             .unwrap_or_default();
         if held.count == 0 {
-            return Err(RequestError::NotHeld { id: id.0 });
+            return Err(NotHeld(id.0));
         }
         Ok(held)
     }
@@ -1232,15 +1492,23 @@ impl Registry {
             return;
         }
         let resource = self.resources.remove(&id).expect("checked above");
-        let len = resource.segment.len() as u64;
+        let segment = match resource.memory {
+            Memory::Host(segment) => segment,
+            // No handle to it is left anywhere: the device's warm pool takes it.
+            Memory::Device(memory) => {
+                self.device_pool.give_back(memory);
+                return;
+            }
+        };
+        let len = segment.len() as u64;
         // A write-sealed segment can never be written again (any writable descriptor may
         // have sealed it): it is closed, never pooled.
         if len > self.pool_limit
             || self.pool_segments == 0
             || resource.sealed
-            || resource.segment.is_write_sealed()
+            || segment.is_write_sealed()
         {
-            self.dead.push(resource.segment);
+            self.dead.push(segment);
             return;
         }
         // Admission follows use: the least recently used segments make room.
@@ -1251,10 +1519,10 @@ impl Registry {
         mapped_by.retain(|(c, _)| self.connections.contains_key(c));
         resource.huge.pooled.store(true, Ordering::Relaxed);
         if let Some(collapser) = &self.collapser {
-            collapser.offer(&resource.segment, &resource.huge);
+            collapser.offer(&segment, &resource.huge);
         }
         self.pool.push(Pooled {
-            segment: resource.segment,
+            segment,
             mapped_by,
             last_use: self.tick,
             huge: resource.huge,
@@ -1361,11 +1629,11 @@ mod tests {
         r.release(a, g.id).unwrap();
         assert_eq!(r.stats().resources, 1, "publication keeps it");
         let h = r.get(b, "buf", AccessMode::ReadOnly).unwrap();
-        assert!(!h.segment.is_writable());
+        assert!(!h.segment().unwrap().is_writable());
         // A reader cannot take it from the others.
         assert_eq!(
             r.free(b, h.id),
-            Err(RequestError::ReadOnlyHandle { id: h.id.0 })
+            Err(ReleaseError::ReadOnlyHandle { id: h.id.0 })
         );
         let h = r.get(b, "buf", AccessMode::ReadWrite).unwrap();
         r.free(b, h.id).unwrap();
@@ -1373,7 +1641,7 @@ mod tests {
         assert_eq!(r.stats().resources, 0);
         assert!(matches!(
             r.get(a, "buf", AccessMode::ReadOnly),
-            Err(RequestError::NameFreed { .. })
+            Err(GetError::NameFreed { .. })
         ));
     }
 
@@ -1411,7 +1679,7 @@ mod tests {
         r.publish(c, g.id, "n", None, None).unwrap();
         assert!(matches!(
             r.publish(c, g.id, "n", None, None),
-            Err(RequestError::AlreadyPublished { .. })
+            Err(PublishError::AlreadyPublished { .. })
         ));
         r.publish(c, g.id, "n2", typed(&[2, 5]), None).unwrap();
         assert_eq!(r.stats().publications, 2);
@@ -1424,17 +1692,17 @@ mod tests {
         let g = r.create(a, 10).unwrap();
         assert!(matches!(
             r.publish(b, g.id, "n", None, None),
-            Err(RequestError::NotHeld { .. })
+            Err(PublishError::NotHeld { .. })
         ));
         assert!(matches!(
             r.release(b, g.id),
-            Err(RequestError::NotHeld { .. })
+            Err(ReleaseError::NotHeld { .. })
         ));
-        assert!(matches!(r.free(b, g.id), Err(RequestError::NotHeld { .. })));
+        assert!(matches!(r.free(b, g.id), Err(ReleaseError::NotHeld { .. })));
         r.release(a, g.id).unwrap();
         assert!(matches!(
             r.release(a, g.id),
-            Err(RequestError::NotHeld { .. })
+            Err(ReleaseError::NotHeld { .. })
         ));
     }
 
@@ -1445,7 +1713,7 @@ mod tests {
         let g = r.create(c, 10).unwrap();
         assert!(matches!(
             r.publish(c, g.id, "n", typed(&[11]), None),
-            Err(RequestError::MetadataTooLarge {
+            Err(PublishError::MetadataTooLarge {
                 needed: 11,
                 size: 10
             })
@@ -1502,13 +1770,16 @@ mod pool_tests {
         let (a, b) = (r.connect(), r.connect());
         let ga = r.create(a, 8192).unwrap();
         let gb = r.create(b, 8192).unwrap();
-        let (ia, ib) = (ga.segment.identity(), gb.segment.identity());
+        let (ia, ib) = (
+            ga.segment().unwrap().identity(),
+            gb.segment().unwrap().identity(),
+        );
         // a's segment enters the pool first: of two equal sizes, the one picked without a
         // preference.
         r.release(a, ga.id).unwrap();
         r.release(b, gb.id).unwrap();
-        assert_eq!(r.create(b, 8192).unwrap().segment.identity(), ib);
-        assert_eq!(r.create(a, 8192).unwrap().segment.identity(), ia);
+        assert_eq!(r.create(b, 8192).unwrap().segment().unwrap().identity(), ib);
+        assert_eq!(r.create(a, 8192).unwrap().segment().unwrap().identity(), ia);
     }
 
     #[test]
@@ -1555,7 +1826,10 @@ mod pool_tests {
         let mut r = Registry::new(0);
         let c = r.connect();
         let g = r.create(c, 1 << 20).unwrap();
-        let client = g.segment;
+        let client = match g.memory {
+            GrantedMemory::Host(segment) => segment,
+            GrantedMemory::Device(_) => unreachable!("host memory was asked for"),
+        };
         let m = fastio_shm::Mapping::new(
             &client,
             fastio_shm::Access::ReadWrite,
@@ -1580,29 +1854,62 @@ mod writer_tests {
     use super::*;
 
     #[test]
-    fn one_connection_writes_at_a_time_until_it_lets_go() {
+    fn one_handle_writes_at_a_time_until_it_lets_go() {
         let mut r = Registry::new(0);
         let (a, b) = (r.connect(), r.connect());
         let g = r.create(a, 64).unwrap();
         r.publish(a, g.id, "w", None, None).unwrap();
         r.get(b, "w", AccessMode::ReadWrite).unwrap();
-        r.acquire_write(a, g.id).unwrap();
-        r.acquire_write(a, g.id).unwrap();
+        r.acquire_write(a, g.id, 1).unwrap();
+        r.acquire_write(a, g.id, 1).unwrap();
         assert_eq!(
-            r.acquire_write(b, g.id),
-            Err(RequestError::WriterBusy { id: g.id.0 })
+            r.acquire_write(b, g.id, 1),
+            Err(WriteError::WriterBusy { id: g.id.0 })
         );
-        r.release_write(a, g.id).unwrap();
-        assert!(r.acquire_write(b, g.id).is_err(), "a still holds one");
-        r.release_write(a, g.id).unwrap();
-        r.acquire_write(b, g.id).unwrap();
+        r.release_write(a, g.id, 1).unwrap();
+        assert!(r.acquire_write(b, g.id, 1).is_err(), "a still holds one");
+        r.release_write(a, g.id, 1).unwrap();
+        r.acquire_write(b, g.id, 1).unwrap();
         // A writer that goes away, by release or disconnect, lets the next one in.
         r.disconnect(b);
-        r.acquire_write(a, g.id).unwrap();
+        r.acquire_write(a, g.id, 1).unwrap();
         r.release(a, g.id).unwrap();
         let c = r.connect();
         r.get(c, "w", AccessMode::ReadWrite).unwrap();
-        r.acquire_write(c, g.id).unwrap();
+        r.acquire_write(c, g.id, 1).unwrap();
+    }
+
+    #[test]
+    fn a_second_handle_of_the_same_connection_is_a_second_writer() {
+        let mut r = Registry::new(0);
+        let a = r.connect();
+        let g = r.create(a, 64).unwrap();
+        r.publish(a, g.id, "w", None, None).unwrap();
+        r.get(a, "w", AccessMode::ReadWrite).unwrap();
+        r.acquire_write(a, g.id, 1).unwrap();
+        assert_eq!(
+            r.acquire_write(a, g.id, 2),
+            Err(WriteError::WriterBusy { id: g.id.0 })
+        );
+        // Only the writer gives it back.
+        assert_eq!(
+            r.release_write(a, g.id, 2),
+            Err(WriteError::NotWriter { id: g.id.0 })
+        );
+        // Releasing the writing handle lets go, though the connection holds another.
+        r.release_handle(a, g.id, 1).unwrap();
+        r.acquire_write(a, g.id, 2).unwrap();
+        // Releasing another handle does not.
+        let other = r.get(a, "w", AccessMode::ReadWrite).unwrap();
+        r.release_handle(a, other.id, 3).unwrap();
+        assert_eq!(
+            r.acquire_write(a, g.id, 4),
+            Err(WriteError::WriterBusy { id: g.id.0 })
+        );
+        // Freeing the writing handle lets go too.
+        let third = r.get(a, "w", AccessMode::ReadWrite).unwrap();
+        r.free_handle(a, g.id, 2).unwrap();
+        r.acquire_write(a, third.id, 5).unwrap();
     }
 }
 
@@ -1636,7 +1943,7 @@ mod entry_tests {
             .collect();
         let mut r = Registry::new(0);
         let err = r.define_entries(&plans).unwrap_err();
-        assert!(matches!(err, RequestError::OutOfMemory { .. }), "{err}");
+        assert!(matches!(err, EntryError::OutOfMemory { .. }), "{err}");
         assert!(err.to_string().contains("nothing was allocated"), "{err}");
         let s = r.stats();
         assert_eq!((s.segments_created, s.resources, s.live_bytes), (0, 0, 0));
@@ -1650,7 +1957,7 @@ mod entry_tests {
         let g = r.allocate_entry(c, EntryId(0), &[4]).unwrap();
         assert!(matches!(
             r.free(c, g.id),
-            Err(RequestError::EntryAccess { .. })
+            Err(ReleaseError::EntryMemory { .. })
         ));
         r.release(c, g.id).unwrap();
         // The entry still holds it: a reader opens it.
@@ -1715,12 +2022,12 @@ mod read_only_tests {
         r.publish(reader, input.id, "alias", None, None).unwrap();
         assert_eq!(
             r.get(other, "alias", AccessMode::ReadWrite).unwrap_err(),
-            RequestError::ReadOnlyPublication {
+            GetError::ReadOnlyPublication {
                 name: "alias".into()
             }
         );
         let got = r.get(other, "alias", AccessMode::ReadOnly).unwrap();
-        assert!(!got.segment.is_writable());
+        assert!(!got.segment().unwrap().is_writable());
         // Nor does a second publication by a read-only holder of the alias grant more.
         r.publish(other, got.id, "alias2", None, None).unwrap();
         assert!(r.get(other, "alias2", AccessMode::ReadWrite).is_err());
@@ -1734,10 +2041,10 @@ mod read_only_tests {
         r.publish(a, g.id, "w", None, None).unwrap();
         r.get(b, "w", AccessMode::ReadOnly).unwrap();
         assert_eq!(
-            r.acquire_write(b, g.id),
-            Err(RequestError::ReadOnlyHandle { id: g.id.0 })
+            r.acquire_write(b, g.id, 1),
+            Err(WriteError::ReadOnlyHandle { id: g.id.0 })
         );
-        r.acquire_write(a, g.id).unwrap();
+        r.acquire_write(a, g.id, 1).unwrap();
     }
 
     #[test]
@@ -1754,16 +2061,21 @@ mod read_only_tests {
         assert_eq!(
             r.open_entry(producer, EntryId(0), AccessMode::ReadWrite)
                 .unwrap_err(),
-            RequestError::Sealed { id: out.id.0 }
+            EntryError::Sealed {
+                name: "volume".into()
+            }
         );
         assert_eq!(
             r.get(reader, "published-output", AccessMode::ReadWrite)
                 .unwrap_err(),
-            RequestError::Sealed { id: out.id.0 }
+            GetError::Sealed {
+                name: "published-output".into(),
+                id: out.id.0
+            }
         );
         assert_eq!(
-            r.acquire_write(producer, out.id),
-            Err(RequestError::Sealed { id: out.id.0 })
+            r.acquire_write(producer, out.id, 1),
+            Err(WriteError::Sealed { id: out.id.0 })
         );
         // Descriptor tricks on a reader's descriptor: reopened for writing (as root, whom
         // the inode's mode does not stop), it still cannot write, punch or map writable.
@@ -1772,7 +2084,7 @@ mod read_only_tests {
             .unwrap();
         let path = format!(
             "/proc/self/fd/{}",
-            std::os::fd::AsFd::as_fd(&input.segment).as_raw_fd()
+            std::os::fd::AsFd::as_fd(input.segment().unwrap()).as_raw_fd()
         );
         if let Ok(fd) = rustix::fs::open(
             path.as_str(),
@@ -1804,7 +2116,7 @@ mod read_only_tests {
         }
         // A segment a client sealed itself is closed when it dies, not pooled.
         let private = r.create(reader, 4096).unwrap();
-        private.segment.seal_writes().unwrap();
+        private.segment().unwrap().seal_writes().unwrap();
         r.release(reader, private.id).unwrap();
         assert_eq!(r.stats().pooled_segments, 0);
     }
@@ -1816,7 +2128,7 @@ mod read_only_tests {
         let c = r.connect();
         assert!(matches!(
             r.open_entry(c, EntryId(0), AccessMode::ReadWrite),
-            Err(RequestError::Sealed { .. })
+            Err(EntryError::Sealed { .. })
         ));
     }
 }

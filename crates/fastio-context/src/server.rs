@@ -48,6 +48,9 @@ pub struct ServerConfig {
     /// Collapse pooled segments into huge pages in the background (also off when
     /// `FASTIO_COLLAPSE=0`).
     pub collapse: bool,
+    /// The CUDA driver device memory is made through; `None`: the machine's, found on the
+    /// first device create (cuda-streams' CPU fake in tests).
+    pub device_driver: Option<cuda_streams::Driver>,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +59,7 @@ impl Default for ServerConfig {
             pool_bytes: DEFAULT_POOL_BYTES,
             pool_segments: DEFAULT_POOL_SEGMENTS,
             collapse: true,
+            device_driver: None,
         }
     }
 }
@@ -65,6 +69,9 @@ impl ServerConfig {
         let mut registry = Registry::new(self.pool_bytes);
         registry.set_pool_segments(self.pool_segments);
         registry.collapse_pooled(self.collapse);
+        if let Some(driver) = &self.device_driver {
+            registry.set_device_driver(driver.clone());
+        }
         registry
     }
 }
@@ -358,8 +365,14 @@ fn serve_connection(socket: OwnedFd, shared: Arc<Shared>, stage: Option<usize>, 
         };
         // Descriptors from a client are never expected; they are closed here.
         drop(received.fds);
-        let (body, segment) = session.handle(&received.body);
-        let fds: Vec<_> = segment.iter().map(AsFd::as_fd).collect();
+        let (body, memory) = session.handle(&received.body);
+        let fds: Vec<_> = memory
+            .iter()
+            .map(|m| match m {
+                crate::registry::GrantedMemory::Host(segment) => segment.as_fd(),
+                crate::registry::GrantedMemory::Device(fd) => fd.as_fd(),
+            })
+            .collect();
         if send_message(socket.as_fd(), &body, &fds).is_err() {
             break;
         }
@@ -401,7 +414,7 @@ impl Session {
     }
 
     /// Answers one message: the response's body, and the descriptor that goes with it.
-    pub fn handle(&mut self, body: &[u8]) -> (Vec<u8>, Option<fastio_shm::Segment>) {
+    pub fn handle(&mut self, body: &[u8]) -> (Vec<u8>, Option<crate::registry::GrantedMemory>) {
         let refuse = |message: String| {
             (
                 Response::Refused(RequestError::BadRequest { message }),

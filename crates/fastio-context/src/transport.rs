@@ -8,17 +8,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use fastio_shm::Segment;
 use fastio_shm::transfer::{recv_message, send_message};
 
+use crate::error::{CreateError, EntryError, JobError, MemoryFailure};
 use crate::job::{EntryId, Job, Phase};
-use crate::protocol::{AccessMode, PROTOCOL_VERSION, Request, Response};
-use crate::registry::{ConnectionId, Grant, Obtained, Registry};
+use crate::protocol::{AccessMode, MemoryKind, PROTOCOL_VERSION, Request, Response};
+use crate::registry::{ConnectionId, Grant, GrantedMemory, Obtained, Registry};
 use crate::{ContextError, RequestError};
 
 /// One request/response exchange with the registry.
 pub(crate) trait Transport: Send + Sync + fmt::Debug {
-    fn call(&self, request: &Request) -> Result<(Response, Option<Segment>), ContextError>;
+    fn call(&self, request: &Request) -> Result<(Response, Option<GrantedMemory>), ContextError>;
 }
 
 /// Locks the registry, recovering it if a thread panicked while holding the lock: every
@@ -95,12 +95,7 @@ impl Shared {
 
     /// A resource of `size` bytes held by `conn`, made without holding the registry's lock
     /// while its memory is reserved.
-    fn create(
-        &self,
-        conn: ConnectionId,
-        size: usize,
-        hugetlb: bool,
-    ) -> Result<Grant, RequestError> {
+    fn create(&self, conn: ConnectionId, size: usize, hugetlb: bool) -> Result<Grant, CreateError> {
         let obtained = self.registry().obtain(conn, size, true, hugetlb)?;
         let (mut registry, grant) = self.adopt(obtained, size)?;
         registry.hold_new(conn, grant.id);
@@ -114,7 +109,7 @@ impl Shared {
         &self,
         obtained: Obtained,
         size: usize,
-    ) -> Result<(MutexGuard<'_, Registry>, Grant), RequestError> {
+    ) -> Result<(MutexGuard<'_, Registry>, Grant), MemoryFailure> {
         let made = match &obtained {
             Obtained::Make(reservation) => Some(reservation.make()),
             Obtained::Pooled(_) => None,
@@ -130,7 +125,7 @@ impl Shared {
         conn: ConnectionId,
         entry: EntryId,
         dims: &[usize],
-    ) -> Result<Grant, RequestError> {
+    ) -> Result<Grant, EntryError> {
         let size = self.registry().check_allocate_entry(entry, dims)?;
         // Entry memory is always fresh (see `Registry::obtain_fresh`).
         let obtained = self.registry().obtain_fresh(size, false)?;
@@ -153,15 +148,18 @@ pub(crate) fn dispatch(
     shared: &Shared,
     peer: Peer,
     request: Request,
-) -> (Response, Option<Segment>) {
+) -> (Response, Option<GrantedMemory>) {
     let answer = answer(shared, peer, request);
     shared.bury_dead();
     answer
 }
 
-fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<Segment>) {
-    let refused = |e: RequestError| (Response::Refused(e), None);
-    let grant = |g: Result<Grant, RequestError>| match g {
+fn refused(e: impl Into<RequestError>) -> (Response, Option<GrantedMemory>) {
+    (Response::Refused(e.into()), None)
+}
+
+fn grant<E: Into<RequestError>>(g: Result<Grant, E>) -> (Response, Option<GrantedMemory>) {
+    match g {
         Ok(g) => (
             Response::Handle {
                 id: g.id,
@@ -169,15 +167,23 @@ fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<Se
                 typed: g.typed,
                 recycled: g.recycled,
                 event: g.event,
+                kind: g.kind,
+                device_bytes: g.device_bytes,
             },
-            Some(g.segment),
+            Some(g.memory),
         ),
         Err(e) => refused(e),
-    };
-    let done = |r: Result<(), RequestError>| match r {
+    }
+}
+
+fn done<E: Into<RequestError>>(r: Result<(), E>) -> (Response, Option<GrantedMemory>) {
+    match r {
         Ok(()) => (Response::Done, None),
         Err(e) => refused(e),
-    };
+    }
+}
+
+fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<GrantedMemory>) {
     let conn = peer.conn;
     match request {
         Request::Hello { version } if version == PROTOCOL_VERSION => (
@@ -195,7 +201,16 @@ fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<Se
         Request::Attach { .. } => refused(RequestError::BadRequest {
             message: "attach must be the first request on a connection".into(),
         }),
-        Request::Create { size, hugetlb } => grant(shared.create(conn, size, hugetlb)),
+        Request::Create {
+            size,
+            hugetlb,
+            kind,
+        } => match kind {
+            MemoryKind::Host => grant(shared.create(conn, size, hugetlb)),
+            MemoryKind::Cuda { device } => {
+                grant(shared.registry().create_device(conn, device, size))
+            }
+        },
         Request::Publish {
             id,
             name,
@@ -209,12 +224,16 @@ fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<Se
         ),
         Request::Unpublish { name } => done(shared.registry().unpublish(conn, &name)),
         Request::Get { name, access } => grant(shared.registry().get(conn, &name, access)),
-        Request::Release { id } => done(shared.registry().release(conn, id)),
-        Request::Free { id } => done(shared.registry().free(conn, id)),
+        Request::Release { id, handle } => done(shared.registry().release_handle(conn, id, handle)),
+        Request::Free { id, handle } => done(shared.registry().free_handle(conn, id, handle)),
         Request::Stats => (Response::Stats(shared.registry().stats()), None),
         Request::Inspect => (Response::Listing(Box::new(shared.listing())), None),
-        Request::AcquireWrite { id } => done(shared.registry().acquire_write(conn, id)),
-        Request::ReleaseWrite { id } => done(shared.registry().release_write(conn, id)),
+        Request::AcquireWrite { id, handle } => {
+            done(shared.registry().acquire_write(conn, id, handle))
+        }
+        Request::ReleaseWrite { id, handle } => {
+            done(shared.registry().release_write(conn, id, handle))
+        }
         Request::Join => match job_stage(shared, peer) {
             Ok((job, stage)) => match job.join(stage) {
                 Ok(info) => (Response::Joined(Box::new(info)), None),
@@ -264,10 +283,10 @@ fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<Se
     }
 }
 
-fn job_stage(shared: &Shared, peer: Peer) -> Result<(&Job, usize), RequestError> {
+fn job_stage(shared: &Shared, peer: Peer) -> Result<(&Job, usize), JobError> {
     match (&shared.job, peer.stage) {
         (Some(job), Some(stage)) => Ok((job, stage)),
-        _ => Err(RequestError::NotInJob),
+        _ => Err(JobError::NotInJob),
     }
 }
 
@@ -280,38 +299,30 @@ fn entry_access(
     peer: Peer,
     entry: EntryId,
     access: AccessMode,
-) -> Result<(), RequestError> {
-    let (job, stage) = job_stage(shared, peer)?;
+) -> Result<(), EntryError> {
+    let (job, stage) = job_stage(shared, peer).map_err(|_| EntryError::NotInJob)?;
     let plan = job.plan();
     let entry_plan = plan
         .entries
         .get(entry.0 as usize)
-        .ok_or(RequestError::UnknownEntry { id: entry.0 })?;
+        .ok_or(EntryError::UnknownEntry { id: entry.0 })?;
     let name = &entry_plan.name;
     match (plan.access(stage, entry), access) {
         (Some(AccessMode::ReadWrite), AccessMode::ReadWrite) if job.has_executed(stage) => {
-            Err(RequestError::EntryAccess {
-                message: format!(
-                    "FastIO output {name:?} is final: this operator has finished execute"
-                ),
-            })
+            Err(EntryError::OutputFinal { name: name.clone() })
         }
         (Some(AccessMode::ReadOnly), _)
             if entry_plan.producer.is_some_and(|p| !job.has_executed(p)) =>
         {
-            Err(RequestError::InputNotReady { name: name.clone() })
+            Err(EntryError::InputNotReady { name: name.clone() })
         }
         (Some(AccessMode::ReadWrite), _) | (Some(AccessMode::ReadOnly), AccessMode::ReadOnly) => {
             Ok(())
         }
-        (Some(AccessMode::ReadOnly), AccessMode::ReadWrite) => Err(RequestError::EntryAccess {
-            message: format!("FastIO entry {name:?} is an input of this operator: it is read-only"),
-        }),
-        (None, _) => Err(RequestError::EntryAccess {
-            message: format!(
-                "FastIO entry {name:?} is neither an input nor an output of this operator"
-            ),
-        }),
+        (Some(AccessMode::ReadOnly), AccessMode::ReadWrite) => {
+            Err(EntryError::InputReadOnly { name: name.clone() })
+        }
+        (None, _) => Err(EntryError::NotOfOperator { name: name.clone() }),
     }
 }
 
@@ -352,7 +363,7 @@ impl fmt::Debug for LocalTransport {
 }
 
 impl Transport for LocalTransport {
-    fn call(&self, request: &Request) -> Result<(Response, Option<Segment>), ContextError> {
+    fn call(&self, request: &Request) -> Result<(Response, Option<GrantedMemory>), ContextError> {
         check_owner(self.owner)?;
         Ok(dispatch(&self.shared, self.peer, request.clone()))
     }
@@ -475,7 +486,7 @@ impl SocketTransport {
 }
 
 impl Transport for SocketTransport {
-    fn call(&self, request: &Request) -> Result<(Response, Option<Segment>), ContextError> {
+    fn call(&self, request: &Request) -> Result<(Response, Option<GrantedMemory>), ContextError> {
         check_owner(self.owner)?;
         if self.broken.load(Ordering::SeqCst) {
             return Err(ContextError::OutOfStep);
@@ -509,8 +520,17 @@ impl Transport for SocketTransport {
         let response: Response = serde_json::from_slice(&received.body)
             .map_err(|e| ContextError::Protocol(format!("unreadable response: {e}")))?;
         let mut fds = received.fds.into_iter();
-        let segment = match (&response, fds.next()) {
-            (Response::Handle { .. }, Some(fd)) => Some(Segment::from_fd(fd)?),
+        let memory = match (&response, fds.next()) {
+            (
+                Response::Handle {
+                    kind: MemoryKind::Host,
+                    ..
+                },
+                Some(fd),
+            ) => Some(GrantedMemory::Host(fastio_shm::Segment::from_fd(fd)?)),
+            // An exported CUDA allocation: opaque to this layer, imported by cuda-streams
+            // when the client maps it.
+            (Response::Handle { .. }, Some(fd)) => Some(GrantedMemory::Device(fd)),
             (Response::Handle { .. }, None) => {
                 return Err(ContextError::Protocol(
                     "a handle arrived without its descriptor".into(),
@@ -518,7 +538,7 @@ impl Transport for SocketTransport {
             }
             (_, _) => None,
         };
-        Ok((response, segment))
+        Ok((response, memory))
     }
 }
 

@@ -2,7 +2,10 @@
 //! and the wider set of publication names; run over both transports (in-process and the
 //! socket), which share one dispatch.
 
-use fastio_context::{AccessMode, Context, ContextError, RequestError, Server, ServerConfig};
+use fastio_context::{
+    AccessMode, Context, ContextError, GetError, PublishError, ReleaseError, RequestError, Server,
+    ServerConfig, UnpublishError,
+};
 
 /// Runs `check` on an in-process context and on two clients of a server.
 fn both(check: impl Fn(&Context, &Context)) {
@@ -26,7 +29,13 @@ fn publishing_a_taken_name_is_refused_by_default_and_says_how_to_replace_it() {
     both(|a, _| {
         a.publish_slice(&[1u8], &[1], "x").unwrap();
         let e = refused(a.publish_slice(&[2u8], &[1], "x").unwrap_err());
-        assert!(matches!(e, RequestError::AlreadyPublished { .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                RequestError::Publish(PublishError::AlreadyPublished { .. })
+            ),
+            "{e}"
+        );
         assert!(e.to_string().contains("replace it or unpublish it"), "{e}");
     });
 }
@@ -78,7 +87,10 @@ fn a_freed_name_can_be_replaced_or_unpublished_and_published_again() {
         a.publish_slice(&[1u8], &[1], "n").unwrap();
         b.get("n").unwrap().free().unwrap();
         let e = refused(a.publish_slice(&[2u8], &[1], "n").unwrap_err());
-        assert!(matches!(e, RequestError::NameFreed { .. }), "{e}");
+        assert!(
+            matches!(e, RequestError::Publish(PublishError::NameFreed { .. })),
+            "{e}"
+        );
 
         let x = a.create(1).unwrap();
         x.publish_replacing("n").unwrap();
@@ -88,7 +100,7 @@ fn a_freed_name_can_be_replaced_or_unpublished_and_published_again() {
         b.unpublish("n").unwrap();
         assert!(matches!(
             refused(a.get("n").unwrap_err()),
-            RequestError::UnknownName { .. }
+            RequestError::Get(GetError::UnknownName { .. })
         ));
         a.publish_slice(&[3u8], &[1], "n").unwrap();
         assert_eq!(b.get("n").unwrap().to_vec::<u8>().unwrap(), vec![3]);
@@ -107,7 +119,7 @@ fn unpublishing_withdraws_the_name_and_frees_memory_nobody_holds() {
         assert_eq!(after.publications, before.publications);
         assert!(matches!(
             refused(b.unpublish("tmp").unwrap_err()),
-            RequestError::UnknownName { .. }
+            RequestError::Unpublish(UnpublishError::UnknownName { .. })
         ));
     });
 }
@@ -136,7 +148,10 @@ fn publication_names_take_dots_slashes_and_colons_but_stay_safe_paths() {
         }
         for bad in ["/abs", "a/../b", "a//b", "tail/", "a b"] {
             let e = refused(a.publish_slice(&[1u8], &[1], bad).unwrap_err());
-            assert!(matches!(e, RequestError::InvalidName { .. }), "{bad}: {e}");
+            assert!(
+                matches!(e, RequestError::Publish(PublishError::InvalidName { .. })),
+                "{bad}: {e}"
+            );
         }
     });
 }
@@ -152,19 +167,34 @@ fn a_reader_can_neither_withdraw_nor_replace_nor_free_a_publication_of_another_c
     let held = reader.get_with("result", AccessMode::ReadOnly).unwrap();
     for who in [&reader, &bystander] {
         let e = refused(who.unpublish("result").unwrap_err());
-        assert!(matches!(e, RequestError::NotPublisher { .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                RequestError::Unpublish(UnpublishError::NotPublisher { .. })
+            ),
+            "{e}"
+        );
         assert!(e.to_string().contains("only its publisher"), "{e}");
         let mut mine = who.create(3).unwrap();
         mine.set_type_and_dimensions(fastio_meta::ElementType::U8, &[3])
             .unwrap();
         mine.copy_from_slice(&[9u8, 9, 9]).unwrap();
         let e = refused(mine.publish_replacing("result").unwrap_err());
-        assert!(matches!(e, RequestError::NotPublisher { .. }), "{e}");
+        assert!(
+            matches!(e, RequestError::Publish(PublishError::NotPublisher { .. })),
+            "{e}"
+        );
         mine.release().unwrap();
     }
     // Freeing would take the memory from every holder and the name from every getter.
     let e = refused(held.free().unwrap_err());
-    assert!(matches!(e, RequestError::ReadOnlyHandle { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            RequestError::Release(ReleaseError::ReadOnlyHandle { .. })
+        ),
+        "{e}"
+    );
     assert_eq!(
         bystander
             .get_with("result", AccessMode::ReadOnly)
@@ -183,10 +213,16 @@ fn a_reader_can_neither_withdraw_nor_replace_nor_free_a_publication_of_another_c
     new.publish_replacing("result").unwrap();
     new.release().unwrap();
     let e = refused(reader.unpublish("result").unwrap_err());
-    assert!(matches!(e, RequestError::NotPublisher { .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            RequestError::Unpublish(UnpublishError::NotPublisher { .. })
+        ),
+        "{e}"
+    );
     writer.unpublish("result").unwrap();
     assert!(matches!(
         refused(bystander.get("result").unwrap_err()),
-        RequestError::UnknownName { .. }
+        RequestError::Get(GetError::UnknownName { .. })
     ));
 }

@@ -44,6 +44,7 @@ fn every_request_before_hello_is_refused() {
         Request::Create {
             size: 64,
             hugetlb: false,
+            kind: Default::default(),
         },
         Request::Join,
     ] {

@@ -210,6 +210,12 @@ pub fn render_listing(record: &JobRecord, listing: &Listing) -> String {
                 }
                 _ => "untyped".to_owned(),
             };
+            // Where it lives, when not in host memory.
+            let typed = if p.kind.is_host() {
+                typed
+            } else {
+                format!("{typed} on {}", p.kind)
+            };
             let _ = writeln!(
                 out,
                 "  {:width$}  {typed:24} {:>13}{}  {}",
@@ -243,5 +249,15 @@ pub fn render_listing(record: &JobRecord, listing: &Listing) -> String {
         if stats.pooled_segments == 1 { "" } else { "s" },
         human_bytes(stats.huge_page_bytes),
     );
+    if stats.device_live_bytes > 0 || stats.device_pooled > 0 {
+        let _ = writeln!(
+            out,
+            "device memory: {} in use; warm pool {} in {} allocation{}",
+            human_bytes(stats.device_live_bytes),
+            human_bytes(stats.device_pooled_bytes),
+            stats.device_pooled,
+            if stats.device_pooled == 1 { "" } else { "s" },
+        );
+    }
     out
 }

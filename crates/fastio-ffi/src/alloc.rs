@@ -1,10 +1,9 @@
 //! Fast I/O allocations: `nvidia_clara_fastio__*`.
 
-use std::collections::HashMap;
 use std::ffi::{c_char, c_void};
-use std::sync::{LazyLock, Mutex};
+use std::sync::LazyLock;
 
-use fastio_context::{Access, AccessMode, Allocation, Context, CreateOptions, ResourceId};
+use fastio_context::{Access, AccessMode, Allocation, Context, CreateOptions};
 use fastio_meta::ElementType;
 
 use crate::context::CONTEXTS;
@@ -17,7 +16,7 @@ use crate::types::*;
 pub(crate) struct AllocState {
     // `None` once released or freed (seen only by a thread that raced the release).
     allocation: Option<Allocation>,
-    // The context handle it came from: writer exclusivity is tracked per context.
+    // The context handle it came from.
     context: u64,
     // How the handle is mapped now, if it is.
     mapped: Option<Access>,
@@ -26,10 +25,6 @@ pub(crate) struct AllocState {
 /// The live allocation handles.
 static ALLOCS: LazyLock<Table<AllocState>> =
     LazyLock::new(|| Table::new("nvidia_clara_fastio_alloc"));
-
-/// The handle of each (context, resource) that holds a write mapping in this process.
-static WRITERS: LazyLock<Mutex<HashMap<(u64, ResourceId), u64>>> =
-    LazyLock::new(|| Mutex::new(HashMap::new()));
 
 fn context_of(context: *const nvidia_clara_fastio_context) -> Result<(Context, u64), Error> {
     let (entry, token) = CONTEXTS.get(context)?;
@@ -57,7 +52,6 @@ pub(crate) struct Live<'a> {
     pub(crate) allocation: &'a mut Allocation,
     mapped: &'a mut Option<Access>,
     context: u64,
-    token: u64,
 }
 
 /// Runs `f` on the live allocation behind `alloc`, holding its lock.
@@ -65,7 +59,7 @@ pub(crate) fn with_alloc<R>(
     alloc: *const nvidia_clara_fastio_alloc,
     f: impl FnOnce(Live<'_>) -> Result<R, Error>,
 ) -> Result<R, Error> {
-    let (entry, token) = ALLOCS.get(alloc)?;
+    let (entry, _) = ALLOCS.get(alloc)?;
     let mut state = lock(&entry);
     let AllocState {
         allocation,
@@ -80,7 +74,6 @@ pub(crate) fn with_alloc<R>(
         allocation,
         mapped,
         context: *context,
-        token,
     })
 }
 
@@ -191,17 +184,8 @@ pub unsafe extern "C" fn nvidia_clara_fastio__publish(
     name: *const c_char,
 ) -> result {
     guard("nvidia_clara_fastio__publish", || {
-        // SAFETY: NULL or NUL-terminated by the C caller's contract.
-        let name = unsafe { str_arg(name, "name") }?;
-        let (_, context_token) = context_of(context)?;
-        with_alloc(alloc, |live| {
-            if live.context != context_token {
-                return Err(Error::invalid(
-                    "`alloc` belongs to another context than `context`",
-                ));
-            }
-            Ok(live.allocation.publish(name)?)
-        })
+        // SAFETY: forwarded: the same contract as this function's.
+        unsafe { publish(context, alloc, name, Publish::Once) }
     })
 }
 
@@ -220,17 +204,41 @@ pub unsafe extern "C" fn nvidia_clara_fastio__publish_replace(
     name: *const c_char,
 ) -> result {
     guard("nvidia_clara_fastio__publish_replace", || {
-        // SAFETY: NULL or NUL-terminated by the C caller's contract.
-        let name = unsafe { str_arg(name, "name") }?;
-        let (_, context_token) = context_of(context)?;
-        with_alloc(alloc, |live| {
-            if live.context != context_token {
-                return Err(Error::invalid(
-                    "`alloc` belongs to another context than `context`",
-                ));
-            }
-            Ok(live.allocation.publish_replacing(name)?)
-        })
+        // SAFETY: forwarded: the same contract as this function's.
+        unsafe { publish(context, alloc, name, Publish::Replacing) }
+    })
+}
+
+/// Whether a publish may replace a publication that has the name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Publish {
+    Once,
+    Replacing,
+}
+
+/// The body of both publish functions.
+///
+/// # Safety
+/// `name` is NULL or a NUL-terminated string.
+unsafe fn publish(
+    context: *mut nvidia_clara_fastio_context,
+    alloc: *mut nvidia_clara_fastio_alloc,
+    name: *const c_char,
+    how: Publish,
+) -> Result<(), Error> {
+    // SAFETY: NULL or NUL-terminated by the C caller's contract.
+    let name = unsafe { str_arg(name, "name") }?;
+    let (_, context_token) = context_of(context)?;
+    with_alloc(alloc, |live| {
+        if live.context != context_token {
+            return Err(Error::invalid(
+                "`alloc` belongs to another context than `context`",
+            ));
+        }
+        Ok(match how {
+            Publish::Once => live.allocation.publish(name),
+            Publish::Replacing => live.allocation.publish_replacing(name),
+        }?)
     })
 }
 
@@ -317,13 +325,10 @@ pub(crate) fn retire_context_allocations(context: u64) -> Vec<Allocation> {
         .remove_where(|state| state.context == context)
         .into_iter()
         .filter_map(|entry| {
+            // Its write mapping, if any, goes with the handle (the context's rule).
             let mut state = lock(&entry);
-            let allocation = state.allocation.take()?;
-            if state.mapped.take() == Some(Access::ReadWrite) {
-                lock(&WRITERS).remove(&(context, allocation.id()));
-                let _ = allocation.release_write();
-            }
-            Some(allocation)
+            state.mapped = None;
+            state.allocation.take()
         })
         .collect()
 }
@@ -337,12 +342,8 @@ fn give_up(alloc: *mut nvidia_clara_fastio_alloc, free: bool) -> Result<(), Erro
             "`alloc` was released",
         ));
     };
-    if state.mapped.take() == Some(Access::ReadWrite) {
-        lock(&WRITERS).remove(&(state.context, allocation.id()));
-        // The context also lets go when the connection's last handle goes; this covers a
-        // connection that holds other handles to the same resource.
-        let _ = allocation.release_write();
-    }
+    // The context gives up the handle's write mapping, if it has one, with the handle.
+    state.mapped = None;
     if free {
         allocation.free()?;
     } else {
@@ -525,11 +526,15 @@ pub unsafe extern "C" fn nvidia_clara_fastio__map(
         let access = access_arg(access)?;
         let data = with_alloc(alloc, |live| {
             let Live {
-                allocation,
-                mapped,
-                context,
-                token,
+                allocation, mapped, ..
             } = live;
+            // Device memory has no host address to hand out.
+            if !allocation.kind().is_host() {
+                return Err(fastio_context::ContextError::NotHostMemory {
+                    kind: allocation.kind(),
+                }
+                .into());
+            }
             if let Some(mapped) = *mapped {
                 return Err(Error::new(
                     NVIDIA_CLARA_RESULT_BUSY,
@@ -555,22 +560,9 @@ pub unsafe extern "C" fn nvidia_clara_fastio__map(
                             "the handle is read-only; it cannot be mapped for writing",
                         )
                     })?;
-                    let mut writers = lock(&WRITERS);
-                    let key = (context, allocation.id());
-                    if let Some(other) = writers.get(&key) {
-                        return Err(Error::new(
-                            NVIDIA_CLARA_RESULT_BUSY,
-                            format!(
-                                "resource {} is mapped for writing through another handle \
-                                 (#{other}); one writer at a time",
-                                allocation.id()
-                            ),
-                        ));
-                    }
-                    // Other processes (other connections to the context) are excluded
-                    // by the context itself.
+                    // One writer at a time, among this process's handles and every
+                    // other process's: the context keeps it.
                     allocation.acquire_write()?;
-                    writers.insert(key, token);
                     *mapped = Some(Access::ReadWrite);
                     Ok(data)
                 }
@@ -590,10 +582,7 @@ pub extern "C" fn nvidia_clara_fastio__unmap(alloc: *mut nvidia_clara_fastio_all
     guard("nvidia_clara_fastio__unmap", || {
         with_alloc(alloc, |live| match live.mapped.take() {
             None => Err(Error::invalid("the handle is not mapped")),
-            Some(Access::ReadWrite) => {
-                lock(&WRITERS).remove(&(live.context, live.allocation.id()));
-                live.allocation.release_write().map_err(Error::from)
-            }
+            Some(Access::ReadWrite) => live.allocation.release_write().map_err(Error::from),
             Some(Access::ReadOnly) => Ok(()),
         })
     })

@@ -43,7 +43,9 @@ pub use cuda_streams;
 
 pub use fastio_context::job::PathEntry;
 use fastio_context::job::{Job, JobPlan, Phase, ReclaimedHandle, StageInfo, StagePlan};
-pub use fastio_context::{AccessMode, Context, ContextError, FastIoEntry, RequestError};
+pub use fastio_context::{
+    AccessMode, Context, ContextError, EntryError, FastIoEntry, JobError, RequestError,
+};
 use fastio_pipeline::Pipeline;
 use fastio_pipeline::plan::{DiskLayout, job_plan};
 
@@ -410,7 +412,7 @@ impl Driver {
             return Ok(());
         }
         match self.context.await_inputs() {
-            Err(ContextError::Refused(RequestError::JobAborted { reason })) => {
+            Err(ContextError::Refused(RequestError::Job(JobError::Aborted { reason }))) => {
                 Err(OperatorError::Aborted { reason })
             }
             other => Ok(other?),
@@ -588,9 +590,10 @@ fn position(entries: &[FastIoEntry], kind: &str, name: &str) -> Result<usize, Co
         .iter()
         .position(|e| e.name() == name)
         .ok_or_else(|| {
-            let known: Vec<&str> = entries.iter().map(FastIoEntry::name).collect();
-            RequestError::EntryAccess {
-                message: format!("this operator has no {kind} named {name:?}; it has {known:?}"),
+            EntryError::NoEntryNamed {
+                role: kind.to_owned(),
+                name: name.to_owned(),
+                known: entries.iter().map(|e| e.name().to_owned()).collect(),
             }
             .into()
         })

@@ -31,7 +31,9 @@ impl Handle {
     fn with<T>(&self, f: impl FnOnce(&mut Allocation) -> PyResult<T>) -> PyResult<T> {
         match self.lock().as_mut() {
             Some(a) => f(a),
-            None => Err(error("this allocation was released")),
+            None => Err(crate::InvalidHandleError::new_err(
+                "this allocation was released",
+            )),
         }
     }
 
@@ -45,10 +47,13 @@ impl Handle {
         f: impl FnOnce(&mut Allocation) -> Result<T, ContextError> + Send,
     ) -> PyResult<T> {
         py.detach(|| match self.lock().as_mut() {
-            Some(a) => f(a).map_err(|e| e.to_string()),
-            None => Err("this allocation was released".to_owned()),
+            Some(a) => f(a).map_err(Some),
+            None => Err(None),
         })
-        .map_err(error)
+        .map_err(|e| match e {
+            Some(e) => crate::context_error(&e),
+            None => crate::InvalidHandleError::new_err("this allocation was released"),
+        })
     }
 }
 
@@ -104,10 +109,12 @@ impl FastIOAllocation {
     fn handle(&self) -> PyResult<Arc<Handle>> {
         match &*self.state() {
             State::Live(h) => Ok(h.clone()),
-            State::Released => Err(error(
+            State::Released => Err(crate::InvalidHandleError::new_err(
                 "this allocation was released; get it again by name to use it",
             )),
-            State::Freed => Err(error("this allocation was freed")),
+            State::Freed => Err(crate::InvalidHandleError::new_err(
+                "this allocation was freed",
+            )),
         }
     }
 
@@ -127,7 +134,7 @@ impl FastIOAllocation {
     pub(crate) fn view(&self) -> PyResult<View> {
         let handle = self.handle()?;
         let keep: buffer::Keeper = handle.clone();
-        handle.with(|a| Ok(View::of(keep, a, false)))
+        handle.with(|a| View::of(keep, a, false))
     }
 
     /// A DLPack export of the memory, typed and shaped as `view()` is.
@@ -148,8 +155,16 @@ impl FastIOAllocation {
             let mut state = self.state();
             match &*state {
                 State::Live(_) => {}
-                State::Released => return Err(error("this allocation was already released")),
-                State::Freed => return Err(error("this allocation was already freed")),
+                State::Released => {
+                    return Err(crate::InvalidHandleError::new_err(
+                        "this allocation was already released",
+                    ));
+                }
+                State::Freed => {
+                    return Err(crate::InvalidHandleError::new_err(
+                        "this allocation was already freed",
+                    ));
+                }
             }
             let next = if free { State::Freed } else { State::Released };
             match std::mem::replace(&mut *state, next) {
@@ -185,10 +200,15 @@ impl FastIOAllocation {
 
 /// Reads a Python int as a count, raising `fastio.Error` for anything else.
 pub(crate) fn count_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<usize> {
-    let value: i128 = obj
-        .extract()
-        .map_err(|_| error(format!("{what} must be an int, not {}", type_name(obj))))?;
-    usize::try_from(value).map_err(|_| error(format!("{what} must be >= 0, got {value}")))
+    let value: i128 = obj.extract().map_err(|_| {
+        crate::InvalidArgumentError::new_err(format!(
+            "{what} must be an int, not {}",
+            type_name(obj)
+        ))
+    })?;
+    usize::try_from(value).map_err(|_| {
+        crate::InvalidArgumentError::new_err(format!("{what} must be >= 0, got {value}"))
+    })
 }
 
 /// Reads a Python str, raising `fastio.Error` for anything else, and for a str that is not
@@ -341,6 +361,24 @@ impl FastIOAllocation {
     /// handle. Other handles (and views of this one) stay valid until released.
     fn free(&self, py: Python<'_>) -> PyResult<()> {
         self.give_up(py, true)
+    }
+
+    /// Takes the write mapping of the memory for this handle (Clara's writer exclusivity:
+    /// a second writer fails to map): raises `fastio.BusyError` while another handle, in
+    /// this process or any other of the context, holds it, and `fastio.ReadOnlyError` on
+    /// a read-only handle. Readers are not excluded (dirty reads are allowed, as in
+    /// Clara). Counted: this handle may take it more than once. Given back by
+    /// `release_write()`, or when the handle is released, freed or collected, or its
+    /// process exits (even killed). Advisory: it orders cooperating writers; views stay
+    /// writable without it.
+    fn acquire_write(&self, py: Python<'_>) -> PyResult<()> {
+        self.detached(py, |a| a.acquire_write())
+    }
+
+    /// Gives back one `acquire_write()` of this handle; raises `fastio.InvalidHandleError`
+    /// when this handle does not hold the write mapping.
+    fn release_write(&self, py: Python<'_>) -> PyResult<()> {
+        self.detached(py, |a| a.release_write())
     }
 
     /// A zero-copy numpy array over the memory, with the local element type and shape

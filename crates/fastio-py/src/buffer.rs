@@ -39,7 +39,15 @@ impl View {
     /// An export of `allocation`'s memory, typed and shaped by its local metadata (as
     /// bytes when it has none); read-only when the handle is or when `read_only`.
     /// `keep` must own `allocation`, so that the mapping lives as long as the view.
-    pub(crate) fn of(keep: Keeper, allocation: &Allocation, read_only: bool) -> Self {
+    /// Device memory has no host address: it is refused.
+    pub(crate) fn of(keep: Keeper, allocation: &Allocation, read_only: bool) -> PyResult<Self> {
+        if !allocation.kind().is_host() {
+            return Err(crate::context_error(
+                &fastio_context::ContextError::NotHostMemory {
+                    kind: allocation.kind(),
+                },
+            ));
+        }
         let (itemsize, format, dims) = match allocation.typed_shape() {
             Some(t) => (
                 t.element_type.size(),
@@ -49,7 +57,14 @@ impl View {
             None => (1, c"B", vec![allocation.size()]),
         };
         let readonly = read_only || allocation.access() == Access::ReadOnly;
-        Self::new(keep, allocation.as_ptr(), readonly, itemsize, format, &dims)
+        Ok(Self::new(
+            keep,
+            allocation.as_ptr(),
+            readonly,
+            itemsize,
+            format,
+            &dims,
+        ))
     }
 
     /// An export of `len` bytes at `ptr`, which lie in the mapping `keep` keeps.

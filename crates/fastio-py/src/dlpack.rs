@@ -322,7 +322,7 @@ impl Export {
             Place::Cuda(_) => {
                 let target = match request
                     .cuda_stream()
-                    .map_err(|e| crate::error(e.value(py)))?
+                    .map_err(|e| crate::error(e.value(py).to_string()))?
                 {
                     CudaStreamRequest::NoSync => return Ok(()),
                     // The standard: None means the legacy default stream on CUDA.

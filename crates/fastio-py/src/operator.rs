@@ -30,8 +30,8 @@ impl EntryCell {
         py: Python<'_>,
         f: impl FnOnce(&mut FastIoEntry) -> Result<T, ContextError> + Send,
     ) -> PyResult<T> {
-        py.detach(|| f(&mut self.lock()).map_err(|e| e.to_string()))
-            .map_err(error)
+        py.detach(|| f(&mut self.lock()))
+            .map_err(|e| crate::context_error(&e))
     }
 }
 
@@ -64,7 +64,7 @@ impl FastIOEntry {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or_else(|| {
-                error(format!(
+                crate::InvalidHandleError::new_err(format!(
                     "FastIO entry {:?} is valid only during execute; the payload has ended",
                     self.name
                 ))
@@ -101,8 +101,8 @@ impl FastIOEntry {
         let keep: Keeper = cell.clone();
         let entry = cell.lock();
         match entry.allocation() {
-            Some(a) => Ok(View::of(keep, a, read_only)),
-            None => Err(error(format!(
+            Some(a) => View::of(keep, a, read_only),
+            None => Err(crate::NotFoundError::new_err(format!(
                 "FastIO entry {:?} has no memory yet (shape {:?}): set its dynamic dimensions \
                  with update_shape first",
                 self.name,
@@ -236,9 +236,11 @@ impl FastIOEntry {
             )));
         }
         let cell = self.cell()?;
-        // 1 here, 1 in self: anything more is a view of the current memory.
-        if Arc::strong_count(&cell) > 2 {
-            return Err(error(format!(
+        // 1 here, 1 in self: anything more is a view of the current memory. (An input
+        // cannot be reshaped at all: the entry says so below.)
+        let output = cell.lock().access() == AccessMode::ReadWrite;
+        if output && Arc::strong_count(&cell) > 2 {
+            return Err(crate::BusyError::new_err(format!(
                 "FastIO entry {:?} has numpy views of its memory; delete them before \
                  changing its shape",
                 self.name

@@ -154,6 +154,7 @@ CONSUMER = """
 import os
 import numpy as np
 import clara
+import fastio
 
 def execute(driver, payload):
     ins = payload.fastio_input_entries
@@ -179,7 +180,7 @@ def execute(driver, payload):
         try:
             e.update_shape([1], [6])
             raise AssertionError("an input cannot be reshaped")
-        except clara.Error:
+        except fastio.ReadOnlyError:
             pass
     assert ins["uid"].get_bytes() == b"1.2.840.10008.5.1.4.1.1.2"
     assert ins["scalar"].get_numpy()[0] == np.float32(3.5)

@@ -29,13 +29,21 @@ not write).
 ``fastio.jobs()`` lists the running jobs of this user and ``fastio.inspect(job)`` one job's
 operators, entries and publications with sizes and holders (as ``fastio ps`` / ``fastio ls``).
 
-Every failure raises :class:`fastio.Error` with a message saying what went wrong
-(:class:`fastio.ExportError`, also a ``BufferError``, when memory cannot be exported as asked).
+Every failure raises :class:`fastio.Error` with a message saying what went wrong, or one of
+its subclasses that says which kind of failure it was: ``NotFoundError``,
+``AlreadyPublishedError``, ``ReadOnlyError``, ``BusyError``, ``InvalidHandleError``,
+``InvalidArgumentError``, ``OutOfMemoryError``, ``DeviceError``, ``JobError``,
+``ContextGoneError`` (and :class:`fastio.ExportError`, also a ``BufferError``, when memory
+cannot be exported as asked).
 """
 
 from fastio._native import (
     CONTEXT_ENV,
+    AlreadyPublishedError,
+    BusyError,
+    ContextGoneError,
     ContextServer,
+    DeviceError,
     DeviceView,
     Driver,
     Error,
@@ -44,9 +52,15 @@ from fastio._native import (
     FastIOContext,
     FastIOEntry,
     IOAccess,
+    InvalidArgumentError,
+    InvalidHandleError,
+    JobError,
+    NotFoundError,
+    OutOfMemoryError,
     Payload,
     PayloadCollection,
     PayloadEntry,
+    ReadOnlyError,
     View,
     inspect,
     jobs,
@@ -55,7 +69,11 @@ from fastio._native import (
 
 __all__ = [
     "CONTEXT_ENV",
+    "AlreadyPublishedError",
+    "BusyError",
+    "ContextGoneError",
     "ContextServer",
+    "DeviceError",
     "DeviceView",
     "Driver",
     "Error",
@@ -64,9 +82,15 @@ __all__ = [
     "FastIOContext",
     "FastIOEntry",
     "IOAccess",
+    "InvalidArgumentError",
+    "InvalidHandleError",
+    "JobError",
+    "NotFoundError",
+    "OutOfMemoryError",
     "Payload",
     "PayloadCollection",
     "PayloadEntry",
+    "ReadOnlyError",
     "View",
     "inspect",
     "jobs",

@@ -14,6 +14,36 @@ CONTEXT_ENV: str
 class Error(Exception):
     """Raised by every failing Fast I/O call; the message says what went wrong."""
 
+class NotFoundError(Error):
+    """No publication, entry or metadata of that name or kind (C: NOT_FOUND)."""
+
+class AlreadyPublishedError(Error):
+    """The name is taken: published already, or freed and not yet withdrawn."""
+
+class ReadOnlyError(Error):
+    """Writing was asked of memory this handle or operator may only read (C: READ_ONLY)."""
+
+class BusyError(Error):
+    """Another handle holds the write mapping: one writer at a time (C: BUSY)."""
+
+class InvalidHandleError(Error):
+    """The handle was released or freed, or was never this client's (C: INVALID_HANDLE)."""
+
+class InvalidArgumentError(Error):
+    """A bad name, type, shape or size (C: INVALID_ARGUMENT)."""
+
+class OutOfMemoryError(Error):
+    """The machine cannot hold the memory asked for."""
+
+class DeviceError(Error):
+    """Device memory could not be made: no CUDA driver, no such device, or the driver refused."""
+
+class JobError(Error):
+    """A pipeline job's request failed: not in a job, joined twice, or the job aborted."""
+
+class ContextGoneError(Error):
+    """The context cannot be reached: no server, it went away, it timed out, or this process was forked from the one that connected."""
+
 class ExportError(Error, BufferError):
     """Raised when memory cannot be exported as asked (DLPack, CUDA array interface)."""
 
@@ -104,6 +134,13 @@ class FastIOAllocation:
         """The publication's CUDA IPC event handle (64 bytes), or None."""
     def release(self) -> None: ...
     def free(self) -> None: ...
+    def acquire_write(self) -> None:
+        """Takes the write mapping for this handle (one writer at a time, in every process
+        of the context); raises ``BusyError`` while another handle holds it,
+        ``ReadOnlyError`` on a read-only handle. Given back by ``release_write()`` or when
+        the handle goes."""
+    def release_write(self) -> None:
+        """Gives back one ``acquire_write()`` of this handle."""
     def as_numpy(self) -> npt.NDArray[Any]:
         """Zero-copy view: local type and shape (flat uint8 when untyped)."""
     def get_numpy(self) -> npt.NDArray[Any]:

@@ -217,15 +217,22 @@ fn serve(args: &Serve) -> anyhow::Result<()> {
         pipeline.name(),
         pipeline.operators().len()
     );
+    // The kubelet stops a Pod (deleted, or past the Job's deadline) with SIGTERM: the job
+    // is then cancelled as `fastio run` cancels it, and the report still written.
+    let interrupts = super::interrupt::Watch::start(&options.cancel)?;
     // A Pod's log is not a terminal: one line per change.
     let mut display = super::progress::Display::new(false, None);
     let report = fastio::driver::serve_job(&pipeline, &options, &join, &mut |p| display.show(p));
     display.finish();
+    let signal = interrupts.stop();
     let report = report?;
     let summary = report.render();
     super::out(format_args!("{summary}"))?;
     let path = args.output.join("report.txt");
     std::fs::write(&path, &summary).with_context(|| format!("writing {}", path.display()))?;
+    if let Some(signal) = signal {
+        return Err(super::Interrupted(signal).into());
+    }
     if !report.succeeded() {
         return Err(super::JobFailed.into());
     }
