@@ -98,3 +98,21 @@ def test_an_event_handle_must_be_64_bytes(ctx):
     # Nothing was published.
     with pytest.raises(fastio.Error):
         ctx.get("short")
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="this machine has a CUDA driver")
+def test_device_memory_without_cuda_is_refused_clearly(ctx):
+    with pytest.raises(fastio.Error, match="(?i)cuda"):
+        ctx.create(1024, device=0)
+    with pytest.raises(fastio.Error, match="(?i)cuda"):
+        ctx.empty([4, 4], "float32", device=0)
+    with pytest.raises(fastio.Error, match="hugetlb=True is for host memory"):
+        ctx.create(1024, device=0, hugetlb=True)
+
+
+def test_host_memory_has_no_cuda_array_interface(ctx):
+    a = ctx.create(16)
+    assert not hasattr(a, "__cuda_array_interface__")  # CuPy and Numba fall back on this
+    with pytest.raises(fastio.Error, match="host memory"):
+        a.device_view()
+    assert a.__dlpack_device__() == (1, 0)

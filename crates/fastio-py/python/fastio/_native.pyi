@@ -132,6 +132,10 @@ class FastIOAllocation:
     @property
     def cuda_event(self) -> bytes | None:
         """The publication's CUDA IPC event handle (64 bytes), or None."""
+    @property
+    def __cuda_array_interface__(self) -> dict[str, Any]:
+        """Device memory only (AttributeError for host memory)."""
+    def device_view(self) -> DeviceView: ...
     def release(self) -> None: ...
     def free(self) -> None: ...
     def acquire_write(self) -> None:
@@ -174,11 +178,18 @@ class FastIOContext:
     def from_env() -> FastIOContext: ...
     @staticmethod
     def connect(address: str) -> FastIOContext: ...
-    def create(self, size: int, *, hugetlb: bool = False) -> FastIOAllocation:
+    def create(
+        self, size: int, *, hugetlb: bool = False, device: int | None = None
+    ) -> FastIOAllocation:
         """Zeroed shared memory; ``hugetlb=True`` takes it from the machine's hugetlb pool
         where the pool can hold it, ordinary memory otherwise (see ``.hugetlb``)."""
     def empty(
-        self, shape: int | Sequence[int], dtype: npt.DTypeLike | str, *, hugetlb: bool = False
+        self,
+        shape: int | Sequence[int],
+        dtype: npt.DTypeLike | str,
+        *,
+        hugetlb: bool = False,
+        device: int | None = None,
     ) -> FastIOAllocation:
         """A typed allocation to fill in place (not zeroed); ``hugetlb`` as for ``create``."""
     def get(self, name: str, access: IOAccess = ...) -> FastIOAllocation: ...
