@@ -116,7 +116,8 @@ impl FastIOEntry {
         let keep: Keeper = cell.clone();
         let entry = cell.lock();
         match entry.allocation() {
-            Some(a) => Ok(crate::dlpack::of_host(keep, a, false)),
+            Some(a) if a.kind().is_host() => Ok(crate::dlpack::of_host(keep, a, false)),
+            Some(a) => crate::device::of_device(keep, a),
             None => Err(error(format!(
                 "FastIO entry {:?} has no memory yet (shape {:?}): set its dynamic dimensions \
                  with update_shape first",
