@@ -202,6 +202,8 @@ pub(crate) mod fake {
         Wait { target: Target, event: RawEvent },
         SetCurrent(i32),
         HostFn(RawStream),
+        Synchronize(Target),
+        ImportEvent { device: i32, event: RawEvent },
     }
 
     #[derive(Default)]
@@ -289,6 +291,14 @@ pub(crate) mod fake {
                         event: event.0,
                         device: target.device,
                         stream: raw(target),
+                    }),
+                    Op::Synchronize(target) => Some(FakeCall::Synchronize {
+                        device: target.device,
+                        stream: raw(target),
+                    }),
+                    Op::ImportEvent { device, event } => Some(FakeCall::ImportEvent {
+                        device: *device,
+                        event: event.0,
                     }),
                     _ => None,
                 })
@@ -400,7 +410,8 @@ pub(crate) mod fake {
                 .map(|s| s.2)
                 .unwrap_or_default())
         }
-        fn synchronize(&self, _target: Target) -> Result<(), CudaError> {
+        fn synchronize(&self, target: Target) -> Result<(), CudaError> {
+            self.st().log.push(Op::Synchronize(target));
             Ok(())
         }
         fn create_event(&self, device: i32, _flags: u32) -> Result<RawEvent, CudaError> {
@@ -470,7 +481,9 @@ pub(crate) mod fake {
             let mut b = [0u8; 8];
             b.copy_from_slice(&handle[..8]);
             let e = RawEvent(u64::from_le_bytes(b) as usize);
-            self.st().events.insert(e, device);
+            let mut st = self.st();
+            st.events.insert(e, device);
+            st.log.push(Op::ImportEvent { device, event: e });
             Ok(e)
         }
 

@@ -51,6 +51,7 @@ impl InterprocessEvent {
 /// ([`crate::Stream::as_raw`], [`InterprocessEvent::as_raw`]); `stream: None` is the legacy
 /// default stream of `device`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FakeCall {
     /// `cuEventRecord(event, stream)`.
     Record {
@@ -69,5 +70,19 @@ pub enum FakeCall {
         device: i32,
         /// The waiting stream.
         stream: Option<usize>,
+    },
+    /// `cuStreamSynchronize(stream)` (`None`: `cuCtxSynchronize` of `device`): the host waits.
+    Synchronize {
+        /// The device of the stream.
+        device: i32,
+        /// The stream the host waited for.
+        stream: Option<usize>,
+    },
+    /// `cuIpcOpenEventHandle` in the primary context of `device`.
+    ImportEvent {
+        /// The device whose context opened the event.
+        device: i32,
+        /// The opened event.
+        event: usize,
     },
 }

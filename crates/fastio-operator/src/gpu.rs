@@ -16,8 +16,11 @@
 //! - **Emitting**: at the end of execute, when the stream was used, one interprocess event is
 //!   recorded on it and attached to every output that has memory (Holoscan emits the
 //!   internal stream on every output port). Host memory must be final when execute returns
-//!   (Clara's contract, which downstream readers on the CPU rely on), so the host then waits
-//!   for the stream once; device memory needs no such wait, its readers wait on the event.
+//!   (Clara's contract, which downstream readers on the CPU rely on), so when any output is
+//!   host memory the host then waits for the stream once. When every output is device memory
+//!   execute returns without that wait: its readers wait on the event, GPU-side.
+//! - Input events are opened in the context of the entry's own device (its producer recorded
+//!   them there); events on host inputs are opened on device 0.
 //! - **Stopping**: at the end of the run the stream is synchronised once (the operator's
 //!   GPU work is done before its process may exit and take its CUDA context along) and
 //!   given back to the pool. The recorded events live until then, so consumers can open
@@ -30,7 +33,7 @@ use cuda_streams::{
     CudaError, Driver as CudaDriver, INTERNAL_STREAM, InterprocessEvent, IpcEventHandle, Message,
     OperatorContext, Stream, StreamError,
 };
-use fastio_context::{EventHandle, FastIoEntry};
+use fastio_context::{EventHandle, FastIoEntry, MemoryKind};
 
 use crate::OperatorError;
 
@@ -77,9 +80,9 @@ impl Gpu {
 
     /// Receives execute's inputs: the operator's stream waits on every input's event.
     pub(crate) fn receive(&self, stage: &str, inputs: &[FastIoEntry]) -> Result<(), OperatorError> {
-        let carrying: Vec<(&str, EventHandle)> = inputs
+        let carrying: Vec<(&str, i32, EventHandle)> = inputs
             .iter()
-            .filter_map(|e| e.event().map(|ev| (e.name(), ev)))
+            .filter_map(|e| e.event().map(|ev| (e.name(), event_device(e), ev)))
             .collect();
         if carrying.is_empty() {
             return Ok(());
@@ -96,8 +99,9 @@ impl Gpu {
         };
         let names: Vec<&str> = inputs.iter().map(FastIoEntry::name).collect();
         let context = state.context(stage, &names, &driver)?;
-        for (name, handle) in &carrying {
-            let event = match InterprocessEvent::import(&driver, 0, &IpcEventHandle(handle.0)) {
+        for (name, device, handle) in &carrying {
+            let event = match InterprocessEvent::import(&driver, *device, &IpcEventHandle(handle.0))
+            {
                 Ok(ev) => ev,
                 Err(e) => {
                     tracing::warn!(
@@ -165,10 +169,16 @@ impl Gpu {
             output.set_event(EventHandle(handle.0))?;
         }
         state.recorded.push(event);
-        // Host outputs are read on the CPU as soon as execute returns.
-        stream
-            .synchronize()
-            .map_err(|e| fail("finishing its work on host outputs", e))?;
+        // Host outputs are read on the CPU as soon as execute returns; device outputs are
+        // read on GPUs, ordered by the event, so the host does not wait for them.
+        let host_outputs = outputs
+            .iter()
+            .any(|o| o.is_allocated() && memory_of(o) == MemoryKind::Host);
+        if host_outputs {
+            stream
+                .synchronize()
+                .map_err(|e| fail("finishing its work on host outputs", e))?;
+        }
         Ok(())
     }
 
@@ -221,6 +231,23 @@ impl GpuState {
             }
         };
         Ok(self.context.insert(context))
+    }
+}
+
+/// Where an entry's memory lives (host until it has memory).
+fn memory_of(entry: &FastIoEntry) -> MemoryKind {
+    entry
+        .allocation()
+        .map_or(MemoryKind::Host, fastio_context::Allocation::kind)
+}
+
+/// The device whose context opens an input's event: the entry's own device for device
+/// memory (its producer recorded the event there); device 0 for host memory, whose
+/// producer's device is not known (a wait works across the devices of a host).
+fn event_device(entry: &FastIoEntry) -> i32 {
+    match memory_of(entry) {
+        MemoryKind::Cuda { device } => device,
+        _ => 0,
     }
 }
 

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use fastio_context::job::{EntryId, EntryPlan, Job, JobPlan, StagePlan};
-use fastio_context::{EventHandle, Server, ServerConfig};
+use fastio_context::{EventHandle, MemoryKind, Server, ServerConfig};
 use fastio_meta::ElementType;
 use fastio_operator::cuda_streams::testing::FakeCall;
 use fastio_operator::cuda_streams::{self, Driver as CudaDriver};
@@ -246,4 +246,142 @@ fn inputs_carrying_events_are_read_without_cuda_when_there_is_none() {
             Ok(())
         }))
         .unwrap();
+}
+
+/// producer -> middle -> consumer where the producer's `volume` lives on cuda:1 and the
+/// middle operator's `mask` in host memory.
+fn device_job() -> Arc<Job> {
+    let stage = |name: &str, upstream, inputs, outputs| StagePlan {
+        name: name.into(),
+        upstream,
+        inputs: vec![],
+        outputs: vec![],
+        fastio_inputs: inputs,
+        fastio_outputs: outputs,
+    };
+    Arc::new(Job::new(
+        JobPlan {
+            job_id: "gpu-device".into(),
+            job_name: "gpu-device".into(),
+            stages: vec![
+                stage("producer", vec![], vec![], vec![EntryId(0)]),
+                stage("middle", vec![0], vec![EntryId(0)], vec![EntryId(1)]),
+                stage("consumer", vec![1], vec![EntryId(1)], vec![]),
+            ],
+            entries: vec![
+                EntryPlan {
+                    memory: MemoryKind::Cuda { device: 1 },
+                    name: "volume".into(),
+                    producer: Some(0),
+                    element_type: ElementType::F32,
+                    declared: vec![4, 4],
+                },
+                EntryPlan {
+                    memory: MemoryKind::Host,
+                    name: "mask".into(),
+                    producer: Some(1),
+                    element_type: ElementType::F32,
+                    declared: vec![4, 4],
+                },
+            ],
+        },
+        |_| {},
+    ))
+}
+
+/// How often the host waited for a stream (or a device) in `driver`'s calls.
+fn host_waits(driver: &CudaDriver) -> usize {
+    cuda_streams::testing::fake_calls(driver)
+        .unwrap()
+        .into_iter()
+        .filter(|c| matches!(c, FakeCall::Synchronize { .. }))
+        .count()
+}
+
+#[test]
+fn device_outputs_skip_the_host_wait_and_their_readers_open_the_event_on_the_entrys_device() {
+    let server = Server::start_job(
+        ServerConfig {
+            pool_bytes: 1 << 20,
+            collapse: false,
+            device_driver: Some(CudaDriver::fake(2)),
+            ..ServerConfig::default()
+        },
+        device_job(),
+    )
+    .unwrap();
+
+    // The producer's only output is device memory: the event goes with it and execute
+    // returns without the host waiting; the one host wait is the end of the run's.
+    let producer_cuda = CudaDriver::fake(2);
+    Driver::join(server.local_operator_context(0))
+        .unwrap()
+        .with_cuda_driver(producer_cuda.clone())
+        .run(&mut Lifecycle::new().execute(|_, payload| {
+            payload.cuda_stream()?;
+            let volume = payload.fastio_output("volume")?;
+            assert_eq!(
+                volume.allocation().map(|a| a.kind()),
+                Some(MemoryKind::Cuda { device: 1 })
+            );
+            Ok(())
+        }))
+        .unwrap();
+    let recorded = records(&producer_cuda);
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(
+        host_waits(&producer_cuda),
+        1,
+        "only the end of the run waits: {:?}",
+        cuda_streams::testing::fake_calls(&producer_cuda)
+    );
+
+    // The middle operator opens the event of its device input in cuda:1's context; its
+    // output is host memory, so execute ends with the host waiting for its stream.
+    let middle_cuda = CudaDriver::fake(2);
+    Driver::join(server.local_operator_context(1))
+        .unwrap()
+        .with_cuda_driver(middle_cuda.clone())
+        .run(&mut Lifecycle::new().execute(|_, payload| {
+            let volume = payload.fastio_input("volume")?;
+            volume.event().ok_or("the device input carries no event")?;
+            payload.cuda_stream()?;
+            payload.fastio_output("mask")?.set_values(&[1.0f32; 16])?;
+            Ok(())
+        }))
+        .unwrap();
+    let calls = cuda_streams::testing::fake_calls(&middle_cuda).unwrap();
+    assert!(
+        calls.contains(&FakeCall::ImportEvent {
+            device: 1,
+            event: recorded[0].0
+        }),
+        "{calls:?}"
+    );
+    assert_eq!(
+        host_waits(&middle_cuda),
+        2,
+        "execute's wait for its host output, then the end of the run's: {calls:?}"
+    );
+
+    // The consumer's host input's event is opened on device 0.
+    let consumer_cuda = CudaDriver::fake(2);
+    Driver::join(server.local_operator_context(2))
+        .unwrap()
+        .with_cuda_driver(consumer_cuda.clone())
+        .run(&mut Lifecycle::new().execute(|_, payload| {
+            assert_eq!(
+                payload.fastio_input("mask")?.to_vec::<f32>()?,
+                vec![1.0; 16]
+            );
+            Ok(())
+        }))
+        .unwrap();
+    let calls = cuda_streams::testing::fake_calls(&consumer_cuda).unwrap();
+    assert!(
+        calls
+            .iter()
+            .any(|c| matches!(c, FakeCall::ImportEvent { device: 0, .. })),
+        "{calls:?}"
+    );
 }

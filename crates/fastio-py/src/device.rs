@@ -396,7 +396,7 @@ def tensor(capsule):
             .into_iter()
             .filter_map(|c| match c {
                 FakeCall::Wait { stream, .. } => Some(stream),
-                FakeCall::Record { .. } => None,
+                _ => None,
             })
             .collect()
     }
