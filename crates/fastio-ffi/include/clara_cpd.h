@@ -777,6 +777,40 @@ result nvidia_clara_payload__cuda_stream(nvidia_clara_payload *payload,
                                          void **stream_out);
 
 /*
+ Writes the CUDA device pointer (`CUdeviceptr`) of device memory to `*ptr_out` and its
+ device ordinal to `*device_out`: an allocation made on a device, or a FastIO entry
+ declared with `device: cuda:N`. The memory is imported and mapped in this process on the
+ first call (read-only where the handle is read-only: the driver enforces it where it
+ can) and stays mapped until the handle is released; later calls return the same
+ pointer. Order your reads after the producer with the handle's event
+ (`nvidia_clara_fastio__cuda_event`). Host memory is refused with
+ NVIDIA_CLARA_RESULT_INVALID_ARGUMENT (it has a host address:
+ `nvidia_clara_fastio__map`); without a CUDA driver or device the call fails with
+ NVIDIA_CLARA_RESULT_FAILED and a message. Nothing is written on failure. fastio extension.
+
+ # Safety
+ `ptr_out` and `device_out` are NULL or valid for one write.
+ */
+result nvidia_clara_fastio__device_pointer(nvidia_clara_fastio_alloc *alloc,
+                                           uint64_t *ptr_out,
+                                           int32_t *device_out);
+
+/*
+ Writes the CUDA device pointer and device ordinal of a FastIO entry declared with
+ `device: cuda:N`, as `nvidia_clara_fastio__device_pointer` does; an input's memory is
+ mapped read-only. Fails with NVIDIA_CLARA_RESULT_NOT_FOUND while a dynamic entry has no
+ memory, NVIDIA_CLARA_RESULT_INVALID_ARGUMENT for host memory
+ (`nvidia_clara_fastio_entry__map`), NVIDIA_CLARA_RESULT_FAILED without CUDA. fastio
+ extension.
+
+ # Safety
+ `ptr_out` and `device_out` are NULL or valid for one write.
+ */
+result nvidia_clara_fastio_entry__device_pointer(nvidia_clara_fastio_entry *entry,
+                                                 uint64_t *ptr_out,
+                                                 int32_t *device_out);
+
+/*
  The entry's name in the pipeline definition, with the buffer protocol of
  `nvidia_clara_payload_entry__name`. [section found; signature inferred]
 
@@ -906,7 +940,8 @@ result nvidia_clara_fastio_entry__allocate(nvidia_clara_fastio_entry *entry);
 /*
  Maps the entry's memory and writes its address to `*data_out`: writable for outputs;
  for inputs read-only, enforced by the MMU (a write faults). Fails while the entry has
- no memory, or is mapped already. The address is valid until unmap or the end of
+ no memory, or is mapped already, and for device memory (INVALID_ARGUMENT; its pointer is
+ `nvidia_clara_fastio_entry__device_pointer`'s). The address is valid until unmap or the end of
  execute. [section found; signature inferred]
 
  # Safety

@@ -1,7 +1,10 @@
-//! The GPU side of the C API (fastio extensions): the interprocess CUDA event a publication or
-//! a FastIO entry carries, and the operator's CUDA stream during execute.
+//! The GPU side of the C API (fastio extensions): the device pointer of device memory, the
+//! interprocess CUDA event a publication or a FastIO entry carries, and the operator's CUDA
+//! stream during execute.
 
 use std::ffi::{c_char, c_int, c_void};
+
+use fastio_context::Allocation;
 
 use crate::alloc::with_alloc;
 use crate::cpd::PAYLOADS;
@@ -109,4 +112,96 @@ pub unsafe extern "C" fn nvidia_clara_payload__cuda_stream(
         // SAFETY: checked non-NULL; writable by the C caller's contract.
         unsafe { write_out(stream_out, stream.as_raw() as *mut c_void, "stream_out") }
     })
+}
+
+/// Writes the CUDA device pointer (`CUdeviceptr`) of device memory to `*ptr_out` and its
+/// device ordinal to `*device_out`: an allocation made on a device, or a FastIO entry
+/// declared with `device: cuda:N`. The memory is imported and mapped in this process on the
+/// first call (read-only where the handle is read-only: the driver enforces it where it
+/// can) and stays mapped until the handle is released; later calls return the same
+/// pointer. Order your reads after the producer with the handle's event
+/// (`nvidia_clara_fastio__cuda_event`). Host memory is refused with
+/// NVIDIA_CLARA_RESULT_INVALID_ARGUMENT (it has a host address:
+/// `nvidia_clara_fastio__map`); without a CUDA driver or device the call fails with
+/// NVIDIA_CLARA_RESULT_FAILED and a message. Nothing is written on failure. fastio extension.
+///
+/// # Safety
+/// `ptr_out` and `device_out` are NULL or valid for one write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvidia_clara_fastio__device_pointer(
+    alloc: *mut nvidia_clara_fastio_alloc,
+    ptr_out: *mut u64,
+    device_out: *mut i32,
+) -> result {
+    guard("nvidia_clara_fastio__device_pointer", || {
+        non_null(ptr_out, "ptr_out")?;
+        non_null(device_out, "device_out")?;
+        let (ptr, device) = with_alloc(alloc, |live| {
+            device_pointer(live.allocation, "nvidia_clara_fastio__map")
+        })?;
+        // SAFETY: both checked non-NULL; writable by the C caller's contract.
+        unsafe { write_pointer(ptr, device, ptr_out, device_out) }
+    })
+}
+
+/// Writes the CUDA device pointer and device ordinal of a FastIO entry declared with
+/// `device: cuda:N`, as `nvidia_clara_fastio__device_pointer` does; an input's memory is
+/// mapped read-only. Fails with NVIDIA_CLARA_RESULT_NOT_FOUND while a dynamic entry has no
+/// memory, NVIDIA_CLARA_RESULT_INVALID_ARGUMENT for host memory
+/// (`nvidia_clara_fastio_entry__map`), NVIDIA_CLARA_RESULT_FAILED without CUDA. fastio
+/// extension.
+///
+/// # Safety
+/// `ptr_out` and `device_out` are NULL or valid for one write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvidia_clara_fastio_entry__device_pointer(
+    entry: *mut nvidia_clara_fastio_entry,
+    ptr_out: *mut u64,
+    device_out: *mut i32,
+) -> result {
+    guard("nvidia_clara_fastio_entry__device_pointer", || {
+        non_null(ptr_out, "ptr_out")?;
+        non_null(device_out, "device_out")?;
+        let (ptr, device) = with_entry(entry, |state| {
+            let allocation = state
+                .entry
+                .allocation()
+                .ok_or_else(|| crate::entry::not_allocated(&state.entry))?;
+            device_pointer(allocation, "nvidia_clara_fastio_entry__map")
+        })?;
+        // SAFETY: both checked non-NULL; writable by the C caller's contract.
+        unsafe { write_pointer(ptr, device, ptr_out, device_out) }
+    })
+}
+
+/// The device pointer and device of `allocation`, mapped in this process once.
+fn device_pointer(allocation: &Allocation, host_map: &str) -> Result<(u64, i32), Error> {
+    if allocation.kind().is_host() {
+        return Err(Error::new(
+            NVIDIA_CLARA_RESULT_INVALID_ARGUMENT,
+            format!("host memory has no device pointer: map it with {host_map}"),
+        ));
+    }
+    let driver = fastio_operator::cuda_streams::Driver::probe().map_err(|e| {
+        Error::new(
+            NVIDIA_CLARA_RESULT_FAILED,
+            format!("{} memory needs CUDA: {e}", allocation.kind()),
+        )
+    })?;
+    let view = allocation.map_device(&driver)?;
+    Ok((view.device_ptr, view.device))
+}
+
+/// # Safety
+/// Both pointers are non-NULL and valid for one write.
+unsafe fn write_pointer(
+    ptr: u64,
+    device: i32,
+    ptr_out: *mut u64,
+    device_out: *mut i32,
+) -> Result<(), Error> {
+    // SAFETY: non-NULL and writable by this function's contract.
+    unsafe { write_out(ptr_out, ptr, "ptr_out")? };
+    // SAFETY: as above.
+    unsafe { write_out(device_out, device, "device_out") }
 }

@@ -165,7 +165,7 @@ pub unsafe extern "C" fn nvidia_clara_fastio_entry__size(
     })
 }
 
-fn not_allocated(entry: &FastIoEntry) -> Error {
+pub(crate) fn not_allocated(entry: &FastIoEntry) -> Error {
     Error::new(
         NVIDIA_CLARA_RESULT_NOT_FOUND,
         format!(
@@ -325,7 +325,8 @@ pub extern "C" fn nvidia_clara_fastio_entry__allocate(
 
 /// Maps the entry's memory and writes its address to `*data_out`: writable for outputs;
 /// for inputs read-only, enforced by the MMU (a write faults). Fails while the entry has
-/// no memory, or is mapped already. The address is valid until unmap or the end of
+/// no memory, or is mapped already, and for device memory (INVALID_ARGUMENT; its pointer is
+/// `nvidia_clara_fastio_entry__device_pointer`'s). The address is valid until unmap or the end of
 /// execute. [section found; signature inferred]
 ///
 /// # Safety
@@ -348,6 +349,13 @@ pub unsafe extern "C" fn nvidia_clara_fastio_entry__map(
                 .entry
                 .allocation()
                 .ok_or_else(|| not_allocated(&s.entry))?;
+            // Device memory has no host address to hand out.
+            if !allocation.kind().is_host() {
+                return Err(fastio_context::ContextError::NotHostMemory {
+                    kind: allocation.kind(),
+                }
+                .into());
+            }
             // An output's mapping is read-write, an input's read-only (its descriptor
             // too); C writes through the address only where the mapping allows it.
             let data = allocation.as_ptr().cast_mut();

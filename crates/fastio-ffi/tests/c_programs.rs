@@ -794,3 +794,30 @@ fn c_reads_the_cuda_event_of_a_publication_and_asks_for_the_operator_stream() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("operator ok"));
 }
+
+#[test]
+fn c_gets_no_device_pointer_for_host_memory_nor_without_cuda() {
+    // With a CUDA driver here, the fake's memory below would not import: the GPU bundle
+    // covers the device side there.
+    if cuda_streams::Driver::probe().is_ok() {
+        return;
+    }
+    // The server makes device memory on cuda-streams' CPU fake; the C process has no
+    // driver, as on a machine without CUDA.
+    let server = Server::start(ServerConfig {
+        device_driver: Some(cuda_streams::Driver::fake(1)),
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    let rust = Context::connect(server.address()).unwrap();
+    let host = rust.create(16).unwrap();
+    host.publish("host-mem").unwrap();
+    let dev = rust
+        .create_in(fastio_context::MemoryKind::Cuda { device: 0 }, 4096)
+        .unwrap();
+    dev.publish("on-device").unwrap();
+    let dir = TempDir::new().unwrap();
+    let exe = Build::c("cuda.c").compile(dir.path());
+    let out = run(&exe, &["device"], &[("FASTIO_CONTEXT", server.address())]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("device ok"));
+}

@@ -1,4 +1,8 @@
 /* The GPU side of the C API on a machine without a CUDA device. Roles (argv[1]):
+ *   device:    through FASTIO_CONTEXT, gets "host-mem" (host memory) and "on-device" (device
+ *              memory on cuda:0, made by the test's server); the device pointer of host memory
+ *              is refused as such, that of device memory fails for want of CUDA, nothing is
+ *              written on failure, and device memory has no host mapping.
  *   events:    through FASTIO_CONTEXT, gets "with-event" (published by the test with an
  *              event handle whose byte i is 3*i+1) and "plain" (published without one);
  *              reads the handle, or that there is none; NULL outputs are refused.
@@ -32,6 +36,37 @@ static int events(void) {
     CHECK_FAILS(nvidia_clara_fastio__cuda_event(a, &event, &has),
                 NVIDIA_CLARA_RESULT_INVALID_HANDLE, "");
     CHECK_OK(nvidia_clara_fastio__release(b));
+    CHECK_OK(nvidia_clara_fastio_context__release(ctx));
+    return 0;
+}
+
+static int device(void) {
+    nvidia_clara_fastio_context *ctx = NULL;
+    CHECK_OK(nvidia_clara_fastio_context__connect(NULL, &ctx));
+    nvidia_clara_fastio_alloc *host = NULL, *dev = NULL;
+    CHECK_OK(nvidia_clara_fastio__get(ctx, "host-mem", &host));
+    CHECK_OK(nvidia_clara_fastio__get(ctx, "on-device", &dev));
+    uint64_t ptr = 77;
+    int32_t ordinal = -7;
+    CHECK_FAILS(nvidia_clara_fastio__device_pointer(host, &ptr, &ordinal),
+                NVIDIA_CLARA_RESULT_INVALID_ARGUMENT,
+                "host memory has no device pointer: map it with nvidia_clara_fastio__map");
+    CHECK(ptr == 77 && ordinal == -7);
+    CHECK_FAILS(nvidia_clara_fastio__device_pointer(dev, &ptr, &ordinal),
+                NVIDIA_CLARA_RESULT_FAILED, "cuda:0 memory needs CUDA: no CUDA device");
+    CHECK(ptr == 77 && ordinal == -7);
+    CHECK_FAILS(nvidia_clara_fastio__device_pointer(dev, NULL, &ordinal),
+                NVIDIA_CLARA_RESULT_INVALID_ARGUMENT, "ptr_out");
+    CHECK_FAILS(nvidia_clara_fastio__device_pointer(dev, &ptr, NULL),
+                NVIDIA_CLARA_RESULT_INVALID_ARGUMENT, "device_out");
+    void *data = (void *)1;
+    CHECK_FAILS(nvidia_clara_fastio__map(dev, NVIDIA_CLARA_FASTIO_ACCESS_READ_ONLY, &data),
+                NVIDIA_CLARA_RESULT_INVALID_ARGUMENT, "no host address");
+    CHECK(data == (void *)1);
+    CHECK_OK(nvidia_clara_fastio__release(dev));
+    CHECK_FAILS(nvidia_clara_fastio__device_pointer(dev, &ptr, &ordinal),
+                NVIDIA_CLARA_RESULT_INVALID_HANDLE, "");
+    CHECK_OK(nvidia_clara_fastio__release(host));
     CHECK_OK(nvidia_clara_fastio_context__release(ctx));
     return 0;
 }
@@ -70,7 +105,9 @@ static int op(void) {
 
 int main(int argc, char **argv) {
     CHECK(argc >= 2);
-    int r = strcmp(argv[1], "events") == 0 ? events() : op();
+    int r = strcmp(argv[1], "events") == 0   ? events()
+            : strcmp(argv[1], "device") == 0 ? device()
+                                             : op();
     printf("%s ok\n", argv[1]);
     return r;
 }
