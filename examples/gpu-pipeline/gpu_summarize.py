@@ -1,7 +1,11 @@
-"""The GPU pipeline's summarize step, in CuPy: the mask goes to the GPU on the operator's
-CUDA stream (which fastio made wait, GPU-side, on the threshold step's event), the voxels
-are counted per slice there, and the counts come back into the output entries. It checks
-its GPU count against a count on the CPU of the same shared memory."""
+"""The GPU pipeline's summarize step, in CuPy: the mask is device memory (the pipeline
+declares it `device: cuda:0`), which CuPy reads in place, read-only, on the operator's
+CUDA stream: fastio made that stream wait, GPU-side, on the event the threshold step
+recorded after writing it. The voxels are counted per slice there, and only the counts
+come back into the host output entries. The counts are checked against a CPU count of
+the original volume (the same threshold, on the producer's shared pages)."""
+
+import os
 
 import numpy as np
 
@@ -24,35 +28,48 @@ def need_gpu():
 
 
 def prepare(driver):
-    # At once, while the volume is still being made: no GPU, no job.
+    # At once, while the volume is still being made: no GPU work, no job.
     need_gpu()
 
 
 def execute(driver, payload):
     cupy = need_gpu()
+    level = int(os.environ.get("THRESHOLD", "300"))
     entry = payload.fastio_input("mask")
     # The threshold step's stream recorded this event at the end of its execute; fastio
     # made this operator's stream wait on it before execute started.
     if entry.cuda_event is None:
         raise RuntimeError("the mask came without the threshold step's CUDA event")
-    stream = cupy.cuda.ExternalStream(payload.cuda_stream())
-    mask = np.from_dlpack(entry)  # read-only, zero-copy
-    with stream:
-        on_gpu = cupy.asarray(mask)
-        per_slice = on_gpu.reshape(mask.shape[0], -1).sum(axis=1, dtype=cupy.uint64)
-        counts = payload.fastio_output("slice-counts").as_numpy()
-        per_slice.get(stream=stream, out=counts)  # waits for the stream's work
+    view = entry.device_view()  # the entry's device memory, mapped read-only here
+    if not view.readonly:
+        raise RuntimeError("an input's device memory should be read-only")
+    with cupy.cuda.Device(view.device):
+        stream = cupy.cuda.ExternalStream(payload.cuda_stream())
+        # CuPy over the same device memory, no copy; `view` keeps it mapped.
+        memory = cupy.cuda.UnownedMemory(view.ptr, view.nbytes, view, view.device)
+        mask = cupy.ndarray(view.shape, view.dtype, cupy.cuda.MemoryPointer(memory, 0))
+        with stream:
+            per_slice = mask.reshape(mask.shape[0], -1).sum(axis=1, dtype=cupy.uint64)
+            counts = payload.fastio_output("slice-counts").as_numpy()
+            per_slice.get(stream=stream, out=counts)  # waits for the stream's work
     total = int(counts.sum())
     payload.fastio_output("voxel-count").set_values([total])
-    on_cpu = int(np.count_nonzero(mask))
-    if total != on_cpu:
-        raise RuntimeError(f"the GPU counted {total} marked voxels, the CPU {on_cpu}")
+    # The CPU cross-check, from the volume itself.
+    volume = np.from_dlpack(payload.fastio_input("volume"))
+    on_cpu = np.count_nonzero(volume > level, axis=(1, 2)).astype(np.uint64)
+    if not np.array_equal(counts, on_cpu):
+        bad = int(np.flatnonzero(counts != on_cpu)[0])
+        raise RuntimeError(
+            f"the GPU counted {int(counts[bad])} marked voxels in slice {bad}, the CPU "
+            f"{int(on_cpu[bad])} (totals {total} and {int(on_cpu.sum())})"
+        )
     busiest = int(counts.argmax())
     print(
         f"gpu-summarize: {total} voxels above the threshold in "
         f"{int((counts > 0).sum())} of {len(counts)} slices (most in slice {busiest}: "
-        f"{int(counts[busiest])}); the CPU count agrees; the threshold step's CUDA event "
-        f"came with the mask ({entry.cuda_event[:8].hex()}...)"
+        f"{int(counts[busiest])}), counted on cuda:{view.device} in the mask's device "
+        f"memory at {view.ptr:#x}; the CPU count agrees slice by slice; the threshold "
+        f"step's CUDA event came with the mask ({entry.cuda_event[:8].hex()}...)"
     )
 
 

@@ -111,6 +111,14 @@ impl FastIOEntry {
         }
     }
 
+    /// Where the entry's memory lives (host until it has memory).
+    fn memory(&self) -> PyResult<fastio_context::MemoryKind> {
+        self.with(|e| {
+            Ok(e.allocation()
+                .map_or(fastio_context::MemoryKind::Host, |a| a.kind()))
+        })
+    }
+
     fn dlpack_export(&self) -> PyResult<crate::dlpack::Export> {
         let cell = self.cell()?;
         let keep: Keeper = cell.clone();
@@ -353,6 +361,31 @@ impl FastIOEntry {
     ) -> PyResult<Py<PyAny>> {
         self.dlpack_export()?
             .to_capsule(py, stream, max_version, dl_device, copy)
+    }
+
+    /// The CUDA array interface (v3) of an entry declared `device: cuda:N`, as for
+    /// `FastIOAllocation`: its `stream` waits (GPU-side) on the producer's event. Host
+    /// entries have none (AttributeError), so `hasattr` checks fall back to numpy or DLPack.
+    #[getter]
+    fn __cuda_array_interface__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        if self.memory()?.is_host() {
+            return Err(pyo3::exceptions::PyAttributeError::new_err(
+                "a host entry has no __cuda_array_interface__: use numpy (as_numpy) or DLPack",
+            ));
+        }
+        crate::device::DeviceView::new(self.dlpack_export()?).interface(py)
+    }
+
+    /// A `fastio.DeviceView` of an entry declared `device: cuda:N` (its device pointer,
+    /// device, shape, dtype; read-only for an input); raises `fastio.Error` for a host entry.
+    fn device_view(&self) -> PyResult<crate::device::DeviceView> {
+        if self.memory()?.is_host() {
+            return Err(error(format!(
+                "FastIO entry {:?} is host memory: use as_numpy() or __dlpack__ instead",
+                self.name
+            )));
+        }
+        Ok(crate::device::DeviceView::new(self.dlpack_export()?))
     }
 
     /// `(device_type, device_id)` of the entry's memory, as DLPack numbers them.

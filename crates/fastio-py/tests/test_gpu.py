@@ -63,11 +63,14 @@ def test_the_gpu_example_says_it_needs_a_gpu(tmp_path):
     )
     text = result.stdout + result.stderr
     assert result.returncode != 0, text
-    assert "gpu-threshold needs PyTorch with CUDA and an NVIDIA GPU" in text or (
-        "gpu-threshold needs an NVIDIA GPU" in text
-    ), text
-    # The CPU step before it ran.
-    assert "generate" in text and "FAILED" in text
+    if NO_CUDA:
+        # The mask lives in GPU memory: the job cannot even be set up, and says why.
+        assert 'FastIO entry "mask" cannot be allocated on cuda:0' in text, text
+        assert "no CUDA device" in text, text
+    else:
+        # A CUDA driver but no PyTorch: the GPU step says what it lacks; the CPU step ran.
+        assert "gpu-threshold needs PyTorch with CUDA and an NVIDIA GPU" in text, text
+        assert "generate" in text and "FAILED" in text
 
 
 def test_a_publication_carries_its_producers_cuda_event(server):
@@ -116,3 +119,33 @@ def test_host_memory_has_no_cuda_array_interface(ctx):
     with pytest.raises(fastio.Error, match="host memory"):
         a.device_view()
     assert a.__dlpack_device__() == (1, 0)
+
+
+def test_a_host_entry_has_no_device_view_nor_cuda_array_interface(tmp_path):
+    yaml = """
+    api-version: 0.5.0
+    name: host-entry
+    operators:
+    - name: step
+      command: [PYTHON, DIR/op.py]
+      output:
+      - {name: volume, type: array, element-type: float32, shape: [4]}
+    """
+    op = """
+    import fastio
+    def execute(driver, payload):
+        out = payload.fastio_output("volume")
+        assert not hasattr(out, "__cuda_array_interface__")
+        try:
+            out.device_view()
+        except fastio.Error as e:
+            assert 'FastIO entry "volume" is host memory' in str(e), e
+        else:
+            raise AssertionError("device_view() of a host entry")
+        print("host entry refused", flush=True)
+    fastio.Driver(execute_handler=execute).start()
+    """
+    result = run_pipeline(tmp_path, yaml, {"op": op})
+    text = result.stdout + result.stderr
+    assert result.returncode == 0, text
+    assert "host entry refused" in text

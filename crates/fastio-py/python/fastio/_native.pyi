@@ -273,6 +273,11 @@ class FastIOEntry:
         copy: bool | None = None,
     ) -> Any:
         """DLPack capsule of the memory (zero-copy unless copy=True; read-only flagged)."""
+    @property
+    def __cuda_array_interface__(self) -> dict[str, Any]:
+        """CUDA array interface v3 of a device entry; AttributeError for host entries."""
+    def device_view(self) -> DeviceView:
+        """A view of a device entry (ptr, device, shape, dtype, readonly)."""
     def __dlpack_device__(self) -> tuple[int, int]: ...
     def __buffer__(self, flags: int, /) -> memoryview: ...
 
