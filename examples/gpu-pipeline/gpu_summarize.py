@@ -27,6 +27,15 @@ def need_gpu():
     return cupy
 
 
+def external_stream(cupy, ptr):
+    """A CuPy stream over a stream made elsewhere (CuPy 14's Stream.from_external; older
+    releases have ExternalStream)."""
+    from_external = getattr(cupy.cuda.Stream, "from_external", None)
+    if from_external is not None:
+        return from_external(ptr)
+    return cupy.cuda.ExternalStream(ptr)
+
+
 def prepare(driver):
     # At once, while the volume is still being made: no GPU work, no job.
     need_gpu()
@@ -44,7 +53,7 @@ def execute(driver, payload):
     if not view.readonly:
         raise RuntimeError("an input's device memory should be read-only")
     with cupy.cuda.Device(view.device):
-        stream = cupy.cuda.ExternalStream(payload.cuda_stream())
+        stream = external_stream(cupy, payload.cuda_stream())
         # CuPy over the same device memory, no copy; `view` keeps it mapped.
         memory = cupy.cuda.UnownedMemory(view.ptr, view.nbytes, view, view.device)
         mask = cupy.ndarray(view.shape, view.dtype, cupy.cuda.MemoryPointer(memory, 0))
