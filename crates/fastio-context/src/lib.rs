@@ -35,6 +35,7 @@ mod context;
 pub mod device;
 mod entry;
 mod error;
+mod gpucopy;
 pub mod job;
 pub mod listing;
 mod mapcache;
