@@ -10,19 +10,18 @@
 //! docs/benchmarks.md says what each case measures; `cargo xtask bench` runs this and
 //! writes the table there.
 
-use std::fs::{File, OpenOptions};
 use std::hint::black_box;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use criterion::{Criterion, SamplingMode};
 use fastio::shm::TransferError;
-use fastio::shm::transfer::{recv_message, send_message, seqpacket_pair};
+use fastio::shm::transfer::{recv_message, send_message};
 use fastio::{AccessMode, Allocation, Context, CreateOptions, Prefault, Server, ServerConfig};
+use fastio_benches::{Helper, filled_buffer, read_file_in_chunks, target_dir, warm_file};
 
 /// Selects the helper role of this binary.
 const ROLE_ENV: &str = "FASTIO_BENCH_ROLE";
@@ -50,7 +49,7 @@ fn main() {
 fn driver() -> anyhow::Result<()> {
     let mut c = Criterion::default().configure_from_args();
     let server = Server::start(ServerConfig::default())?;
-    let mut helper = Helper::spawn(server.address())?;
+    let helper = Helper::spawn(ROLE_ENV, server.address())?;
     bench_get(&mut c, &server, &helper)?;
     bench_create_fill(&mut c)?;
     bench_handover(&mut c, &server, &helper)?;
@@ -182,13 +181,7 @@ fn bench_handover(c: &mut Criterion, server: &Server, helper: &Helper) -> anyhow
     }
     for (id, path) in [("file_dev_shm", &shm_path), ("file_target", &disk_path)] {
         // Created and sized once; each iteration overwrites it in place (no fsync).
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(path)?;
-        file.write_all_at(&source, 0)?;
+        let file = warm_file(path, &source)?;
         let command = format!("read-file {}", path.display());
         group.bench_function(id, |b| {
             b.iter(|| {
@@ -219,56 +212,6 @@ fn slow_group(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::
 }
 
 /// A buffer of `len` non-zero bytes, every page touched.
-fn filled_buffer(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i % 251) as u8 + 1).collect()
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
-}
-
-/// The helper process, as the driver sees it.
-struct Helper {
-    socket: OwnedFd,
-    child: Child,
-}
-
-impl Helper {
-    fn spawn(address: &str) -> anyhow::Result<Self> {
-        let (ours, theirs) = seqpacket_pair()?;
-        let child = Command::new(std::env::current_exe()?)
-            .env(ROLE_ENV, "helper")
-            .stdin(Stdio::from(theirs))
-            .spawn()
-            .context("cannot start the helper process")?;
-        let helper = Self {
-            socket: ours,
-            child,
-        };
-        helper.call(&format!("connect {address}"))?;
-        Ok(helper)
-    }
-
-    /// Sends one command and waits for its answer.
-    fn call(&self, command: &str) -> anyhow::Result<String> {
-        send_message(self.socket.as_fd(), command.as_bytes(), &[])?;
-        let answer = String::from_utf8(recv_message(self.socket.as_fd())?.body)?;
-        match answer.strip_prefix("error: ") {
-            Some(e) => bail!("helper failed `{command}`: {e}"),
-            None => Ok(answer),
-        }
-    }
-
-    fn stop(&mut self) -> anyhow::Result<()> {
-        self.call("quit")?;
-        let status = self.child.wait()?;
-        anyhow::ensure!(status.success(), "helper exited with {status}");
-        Ok(())
-    }
-}
-
 /// The helper role: obeys commands on its standard input (a seqpacket socket).
 fn helper() -> anyhow::Result<()> {
     let socket = std::io::stdin().as_fd().try_clone_to_owned()?;
@@ -350,15 +293,9 @@ fn read_allocation(alloc: &Allocation, buffer: &mut [u8]) -> u64 {
 
 /// Reads the whole file at `path` through `buffer`; same checksum as [`read_allocation`].
 fn read_file(path: &Path, buffer: &mut [u8]) -> anyhow::Result<u64> {
-    let file = File::open(path)?;
-    let size = usize::try_from(file.metadata()?.len())?;
     let mut sum = 0u64;
-    let mut offset = 0;
-    while offset < size {
-        let len = buffer.len().min(size - offset);
-        file.read_exact_at(&mut buffer[..len], offset as u64)?;
-        sum += u64::from(buffer[0]) + u64::from(buffer[len - 1]);
-        offset += len;
-    }
+    read_file_in_chunks(path, buffer, |chunk| {
+        sum += u64::from(chunk[0]) + u64::from(chunk[chunk.len() - 1]);
+    })?;
     Ok(sum)
 }

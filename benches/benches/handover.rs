@@ -19,18 +19,17 @@
 //!
 //! Usage: `cargo bench -p fastio-benches --bench handover [-- --max-mib N --rounds N]`.
 
-use std::fs::{File, OpenOptions};
 use std::hint::black_box;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use fastio::shm::TransferError;
-use fastio::shm::transfer::{recv_message, send_message, seqpacket_pair};
+use fastio::shm::transfer::{recv_message, send_message};
 use fastio::{AccessMode, Context, CreateOptions, Prefault, Server, ServerConfig};
+use fastio_benches::{Helper, filled_buffer, read_file_in_chunks, target_dir, warm_file};
 
 const ROLE_ENV: &str = "FASTIO_HANDOVER_ROLE";
 const MIB: usize = 1 << 20;
@@ -84,7 +83,8 @@ fn driver() -> anyhow::Result<()> {
         ..ServerConfig::default()
     })?;
     let ctx = server.local_context();
-    let consumer = Helper::spawn(server.address())?;
+    let free_huge_at_start = fastio::shm::free_huge_page_bytes().unwrap_or(0);
+    let consumer = Helper::spawn(ROLE_ENV, server.address())?;
     let disk_dir = target_dir().join("fastio-bench");
     std::fs::create_dir_all(&disk_dir)?;
     let mut rows = Vec::new();
@@ -150,8 +150,8 @@ fn driver() -> anyhow::Result<()> {
         let mut cold = Vec::new();
         for round in 0..rounds.min(5) {
             let name = format!("c-{size}-{round}");
-            let producer = Helper::spawn(server.address())?;
-            let reader = Helper::spawn(server.address())?;
+            let producer = Helper::spawn(ROLE_ENV, server.address())?;
+            let reader = Helper::spawn(ROLE_ENV, server.address())?;
             let p: f64 = producer.call(&format!("produce {name} {size}"))?.parse()?;
             let c: f64 = reader.call(&format!("timed-read {name}"))?.parse()?;
             producer.call(&format!("free {name}"))?;
@@ -169,13 +169,7 @@ fn driver() -> anyhow::Result<()> {
             )),
             disk_dir.join(format!("handover-{}.bin", std::process::id())),
         ] {
-            let file = OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .read(true)
-                .write(true)
-                .open(&path)?;
-            file.write_all_at(&source, 0)?;
+            let file = warm_file(&path, &source)?;
             let mut times = Vec::new();
             for _ in 0..rounds {
                 let t = Instant::now();
@@ -212,8 +206,11 @@ fn driver() -> anyhow::Result<()> {
     }
     consumer.stop()?;
     let out = serde_json::json!({
-        "page_size": format!("4 KiB (shmem THP {}; pooled segments collapsed in the background where they rest)",
-            fastio::shm::ShmemThp::current().map_or("n/a", |m| m.as_str())),
+        "page_size": format!(
+            "4 KiB and huge pages (shmem THP {}; segments of 2 MiB and more collapsed at create while free huge pages last, {} MiB free at the start of the run, pooled ones in the background)",
+            fastio::shm::ShmemThp::current().map_or("n/a", |m| m.as_str()),
+            free_huge_at_start >> 20
+        ),
         "rows": rows,
     });
     let path = disk_dir.join("handover.json");
@@ -246,59 +243,11 @@ fn minor_faults() -> u64 {
         .unwrap_or(0)
 }
 
-fn filled_buffer(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i % 251) as u8 + 1).collect()
-}
-
 fn sum_u64(bytes: &[u8]) -> u64 {
     bytes
         .chunks_exact(8)
         .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
         .fold(0u64, u64::wrapping_add)
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
-}
-
-struct Helper {
-    socket: OwnedFd,
-    child: Child,
-}
-
-impl Helper {
-    fn spawn(address: &str) -> anyhow::Result<Self> {
-        let (ours, theirs) = seqpacket_pair()?;
-        let child = Command::new(std::env::current_exe()?)
-            .env(ROLE_ENV, "helper")
-            .stdin(Stdio::from(theirs))
-            .spawn()
-            .context("cannot start a helper process")?;
-        let helper = Self {
-            socket: ours,
-            child,
-        };
-        helper.call(&format!("connect {address}"))?;
-        Ok(helper)
-    }
-
-    fn call(&self, command: &str) -> anyhow::Result<String> {
-        send_message(self.socket.as_fd(), command.as_bytes(), &[])?;
-        let answer = String::from_utf8(recv_message(self.socket.as_fd())?.body)?;
-        match answer.strip_prefix("error: ") {
-            Some(e) => bail!("helper failed `{command}`: {e}"),
-            None => Ok(answer),
-        }
-    }
-
-    fn stop(mut self) -> anyhow::Result<()> {
-        self.call("quit")?;
-        let status = self.child.wait()?;
-        anyhow::ensure!(status.success(), "helper exited with {status}");
-        Ok(())
-    }
 }
 
 fn helper() -> anyhow::Result<()> {
@@ -355,16 +304,10 @@ fn helper() -> anyhow::Result<()> {
                 Ok("ok".to_owned())
             }
             ["read-file", path] => {
-                let file = File::open(path)?;
-                let size = usize::try_from(file.metadata()?.len())?;
                 let mut sum = 0u64;
-                let mut offset = 0;
-                while offset < size {
-                    let len = CHUNK.min(size - offset);
-                    file.read_exact_at(&mut buffer[..len], offset as u64)?;
-                    sum = sum.wrapping_add(sum_u64(&buffer[..len]));
-                    offset += len;
-                }
+                read_file_in_chunks(Path::new(path), &mut buffer, |chunk| {
+                    sum = sum.wrapping_add(sum_u64(chunk));
+                })?;
                 Ok(black_box(sum).to_string())
             }
             _ => Err(anyhow::anyhow!("unknown command {command:?}")),

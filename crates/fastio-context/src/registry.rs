@@ -529,6 +529,11 @@ impl Registry {
                 if segment.is_hugetlb() {
                     huge.bytes.store(segment.len() as u64, Ordering::Relaxed);
                 }
+                // Made huge at create: counted, and the collapser starts after it.
+                huge.bytes
+                    .fetch_max(segment.huge_at_create(), Ordering::Relaxed);
+                huge.collapsed_to
+                    .store(segment.huge_at_create(), Ordering::Relaxed);
                 (segment, Vec::new(), huge, false)
             }
         };

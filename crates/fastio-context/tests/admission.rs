@@ -201,3 +201,31 @@ fn a_hugetlb_create_falls_back_to_ordinary_memory_and_says_so() {
         assert_eq!(stats.huge_page_bytes, stats.segments[0].bytes);
     }
 }
+
+#[test]
+fn a_segment_made_huge_at_create_is_counted_at_once() {
+    const SIZE: usize = 8 * MIB;
+    let free = fastio_shm::free_huge_page_bytes().unwrap_or(0);
+    if fastio_shm::ShmemThp::current() != Some(fastio_shm::ShmemThp::Never)
+        || !fastio_shm::collapse_allowed()
+        || free < 256 * MIB as u64
+    {
+        // Huge pages at create are taken only from free ones, under THP `never`.
+        eprintln!(
+            "no huge pages at create here (shmem THP, FASTIO_COLLAPSE or {free} free bytes of huge pages); nothing to check"
+        );
+        return;
+    }
+    // No background collapser: only the create can have made it huge.
+    let server = Server::start(ServerConfig {
+        collapse: false,
+        ..ServerConfig::default()
+    })
+    .unwrap();
+    let ctx = server.local_context();
+    let a = ctx.create(SIZE).unwrap();
+    let stats = ctx.stats().unwrap();
+    assert_eq!(stats.huge_page_bytes, SIZE as u64, "{stats:?}");
+    assert_eq!(stats.segments[0].huge_page_bytes, SIZE as u64);
+    a.free().unwrap();
+}

@@ -468,20 +468,27 @@ pub(crate) fn reserve_huge(
 /// huge page size, possibly 0. Only as many huge pages as the kernel holds free are taken
 /// ([`crate::free_huge_page_bytes`]): compacting memory for more would cost far more than
 /// small pages. Collapsing stops at the first step that fails (no huge page free after
-/// all, a kernel without `MADV_COLLAPSE`): the caller reserves the rest another way. Measured for 1 GiB on a 2-core VM under shmem THP
-/// `never`: 140-190 ms, against 360-490 ms for `fallocate` of small pages, which the
-/// kernel then still zeroes at first touch (about 0.3 s more); the mappings that follow
-/// fault 512 times per GiB instead of 262,144.
+/// all, a kernel without `MADV_COLLAPSE`): the caller reserves the rest another way.
+/// Measured for 1 GiB on a 2-core VM under shmem THP `never`: 140-260 ms, against
+/// 360-890 ms for `fallocate` of small pages, which the kernel then still zeroes at first
+/// touch; the mappings that follow fault 512 times per GiB instead of 262,144.
+///
+/// With `only_free` false (the caller asked for this way explicitly) the free huge pages do
+/// not bound it: the kernel compacts memory as needed.
 pub(crate) fn reserve_collapsed(
     fd: &OwnedFd,
     len: usize,
+    only_free: bool,
     mut check: impl FnMut(usize) -> Result<(), SegmentError>,
 ) -> Result<usize, SegmentError> {
     let huge = crate::huge_page_size() as usize;
-    // Only what free huge pages can hold: compacting memory for more costs seconds per
-    // GiB (measured: 32 MiB in 130-190 ms), far more than small pages.
-    let free = crate::free_huge_page_bytes().unwrap_or(0) as usize;
-    let whole = (len / huge * huge).min(free.saturating_sub(KEEP_FREE) / huge * huge);
+    let mut whole = len / huge * huge;
+    if only_free {
+        // Only what free huge pages can hold: compacting memory for more costs seconds per
+        // GiB (measured: 32 MiB in 130-190 ms), far more than small pages.
+        let free = crate::free_huge_page_bytes().unwrap_or(0) as usize;
+        whole = whole.min(free.saturating_sub(KEEP_FREE) / huge * huge);
+    }
     if whole == 0 || COLLAPSE_UNAVAILABLE.load(std::sync::atomic::Ordering::Relaxed) {
         return Ok(0);
     }

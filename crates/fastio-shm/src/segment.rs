@@ -89,8 +89,10 @@ impl SegmentBuilder {
     }
 
     /// Chooses how memory is reserved instead of deciding from the shmem THP mode
-    /// ([`Reserve::HugeMapping`] under `advise` for 2 MiB and more, [`Reserve::Fallocate`]
-    /// otherwise).
+    /// ([`Reserve::HugeMapping`] under `advise`, [`Reserve::Collapse`] under `never`, for
+    /// 2 MiB and more; [`Reserve::Fallocate`] otherwise). Chosen so, [`Reserve::Collapse`]
+    /// takes huge pages even where none are free (the kernel compacts memory, which can be
+    /// slow); decided by the builder, it takes only free ones.
     pub fn reserve(mut self, reserve: Reserve) -> Self {
         self.reserve = Some(reserve);
         self
@@ -145,21 +147,25 @@ impl SegmentBuilder {
                 _ => Reserve::Fallocate,
             }
         });
+        let mut huge = 0;
         match reserve {
             Reserve::Fallocate => self.reserve_by_fallocate(&fd, 0)?,
             Reserve::HugeMapping => crate::mapping::reserve_huge(&fd, len, |done| {
                 self.headroom_for((len - done) as u64, check)
             })?,
             Reserve::Collapse => {
-                let done = crate::mapping::reserve_collapsed(&fd, len, |done| {
+                let only_free = self.reserve.is_none();
+                huge = crate::mapping::reserve_collapsed(&fd, len, only_free, |done| {
                     self.headroom_for((len - done) as u64, check)
                 })?;
-                self.reserve_by_fallocate(&fd, done as u64)?;
+                self.reserve_by_fallocate(&fd, huge as u64)?;
             }
         }
         rustix::fs::fcntl_add_seals(&fd, SIZE_SEALS).map_err(os("seal"))?;
         rustix::fs::fchmod(&fd, INODE_MODE).map_err(os("fchmod"))?;
-        Segment::new(fd, len, true, false)
+        let mut segment = Segment::new(fd, len, true, false)?;
+        segment.huge_at_create = huge as u64;
+        Ok(segment)
     }
 
     /// Fails unless the machine can still give `remaining` bytes and keep the margin.
@@ -247,6 +253,8 @@ pub struct Segment {
     writable: bool,
     identity: SegmentIdentity,
     hugetlb: bool,
+    // Bytes from the start made of huge pages at create (`Reserve::Collapse`).
+    huge_at_create: u64,
 }
 
 /// What identifies a segment's memory in every process that has a descriptor for it: the
@@ -299,12 +307,20 @@ impl Segment {
                 ino: stat.st_ino,
             },
             hugetlb,
+            huge_at_create: 0,
         })
     }
 
     /// The identity of the memory, the same for every descriptor of it in any process.
     pub fn identity(&self) -> SegmentIdentity {
         self.identity
+    }
+
+    /// Bytes from the start of the segment that its create made of huge pages
+    /// ([`Reserve::Collapse`]; a multiple of the huge page size). 0 for a segment received
+    /// from elsewhere ([`Segment::from_fd`]), which cannot tell.
+    pub fn huge_at_create(&self) -> u64 {
+        self.huge_at_create
     }
 
     /// Whether its pages come from the hugetlb pool.

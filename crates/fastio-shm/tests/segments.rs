@@ -394,6 +394,8 @@ fn reserving_by_collapse_gives_zeroed_huge_pages_and_reserves_every_byte() {
         None | Some(fastio_shm::ShmemThp::Deny)
     );
     if collapsible {
+        // Asked for explicitly, the collapse does not depend on free huge pages.
+        assert_eq!(s.huge_at_create(), 4 * huge as u64);
         assert!(
             m.huge_mapped_bytes() >= 4 * huge as u64,
             "{} bytes huge-mapped of {size} (shmem THP {:?})",
@@ -401,4 +403,9 @@ fn reserving_by_collapse_gives_zeroed_huge_pages_and_reserves_every_byte() {
             fastio_shm::ShmemThp::current()
         );
     }
+    let plain = SegmentBuilder::new(size)
+        .reserve(fastio_shm::Reserve::Fallocate)
+        .create()
+        .unwrap();
+    assert_eq!(plain.huge_at_create(), 0);
 }

@@ -24,6 +24,12 @@ pub struct Report {
     pub cgroup: Option<Cgroup>,
     /// What a create may take now: the smaller of `MemAvailable` and the cgroup headroom.
     pub available_bytes: Option<u64>,
+    /// Bytes free in blocks of a whole huge page (`/proc/buddyinfo`): what creates can
+    /// make huge at once under shmem THP `never`.
+    pub free_huge_page_bytes: Option<u64>,
+    /// A virtio balloon reports free memory back to the host (free page reporting): fresh
+    /// huge pages then cost the host a fault each on first touch.
+    pub free_page_reporting: bool,
     /// Soft and hard `RLIMIT_MEMLOCK` (bytes; `None` = unlimited).
     pub memlock: (Option<u64>, Option<u64>),
     /// Soft and hard `RLIMIT_NOFILE`.
@@ -82,6 +88,8 @@ impl Report {
             .map_err(|e| e.to_string());
         let collapse_off = std::env::var(fastio_context::COLLAPSE_ENV).is_ok_and(|v| v == "0");
         let huge = fastio_shm::huge_page_size();
+        let free_huge = fastio_shm::free_huge_page_bytes();
+        let reporting = free_page_reporting();
         let mut plan = vec![
             "segments: sealed memfds on the kernel's internal shmem mount (not /dev/shm: its size does not limit fastio)".to_owned(),
         ];
@@ -97,16 +105,20 @@ impl Report {
                 "huge pages: none (shmem THP is never and FASTIO_COLLAPSE=0 turns the collapser off)".to_owned()
             }
             Some(ShmemThp::Never) => format!(
-                "huge pages: pooled segments of {} MiB and more are collapsed in the background (MADV_COLLAPSE; FASTIO_COLLAPSE=0 turns it off)",
-                huge >> 20
+                "huge pages: segments of {} MiB and more are made huge at create while free huge pages last ({} MiB free now), pooled ones are collapsed in the background (MADV_COLLAPSE; FASTIO_COLLAPSE=0 turns both off)",
+                huge >> 20,
+                free_huge.unwrap_or(0) >> 20
             ),
             Some(ShmemThp::Deny) | None => {
                 "huge pages: none (the kernel denies transparent huge pages to shared memory)".to_owned()
             }
         });
+        if reporting && thp == Some(ShmemThp::Never) && !collapse_off {
+            plan.push("free page reporting: this VM hands free memory back to its host, so fresh huge pages cost a host fault each on first touch; if creates of new segments are slow here, FASTIO_COLLAPSE=0 makes them of small pages".to_owned());
+        }
         plan.push(match pool {
             Some(p) if p.free > 0 => format!(
-                "hugetlb: on request (CreateOptions::hugetlb), {} MiB free in the pool",
+                "hugetlb: on request (hugetlb=True in Python, NVIDIA_CLARA_FASTIO_CREATE_HUGETLB in C, CreateOptions::hugetlb), {} MiB free in the pool",
                 (p.free * p.page_size) >> 20
             ),
             _ => "hugetlb: the pool is empty (vm.nr_hugepages = 0); requests fall back to ordinary memory".to_owned(),
@@ -140,6 +152,8 @@ impl Report {
             mem_available_bytes: mem_available(),
             cgroup,
             available_bytes: available,
+            free_huge_page_bytes: free_huge,
+            free_page_reporting: reporting,
             memlock: rlimit(rustix::process::Resource::Memlock),
             nofile: rlimit(rustix::process::Resource::Nofile),
             dev_shm,
@@ -148,6 +162,19 @@ impl Report {
             plan,
         }
     }
+}
+
+/// Whether a virtio balloon with free page reporting (`VIRTIO_BALLOON_F_REPORTING`, feature
+/// bit 5) is attached: its features string in sysfs has one character per bit.
+fn free_page_reporting() -> bool {
+    let Ok(devices) = std::fs::read_dir("/sys/bus/virtio/devices") else {
+        return false;
+    };
+    devices.flatten().any(|d| {
+        let read = |name: &str| std::fs::read_to_string(d.path().join(name)).unwrap_or_default();
+        // Device id 5: the memory balloon.
+        read("device").trim() == "0x0005" && read("features").as_bytes().get(5) == Some(&b'1')
+    })
 }
 
 fn mem_available() -> Option<u64> {
@@ -181,6 +208,19 @@ impl fmt::Display for Report {
         }
         if let Some(a) = self.mem_available_bytes {
             writeln!(f, "MemAvailable      {}", mib(a))?;
+        }
+        if let Some(h) = self.free_huge_page_bytes {
+            writeln!(
+                f,
+                "free huge pages   {} in free blocks of a huge page",
+                mib(h)
+            )?;
+        }
+        if self.free_page_reporting {
+            writeln!(
+                f,
+                "balloon           free page reporting on (free memory goes back to the host)"
+            )?;
         }
         match &self.cgroup {
             Some(c) => writeln!(

@@ -215,6 +215,21 @@ fn doctor_reports_the_machine_as_text_and_json() {
                 .map(|w| w.trim_matches(['[', ']']).to_owned())
         });
     assert_eq!(report["shmem_thp"].as_str().map(str::to_owned), sysfs);
+    // So is what it says of free page reporting (a virtio balloon, device 5, with feature
+    // bit 5), and of free huge pages where /proc/buddyinfo exists.
+    let reporting = std::fs::read_dir("/sys/bus/virtio/devices")
+        .map(|d| {
+            d.flatten().any(|d| {
+                let read = |n: &str| std::fs::read_to_string(d.path().join(n)).unwrap_or_default();
+                read("device").trim() == "0x0005" && read("features").chars().nth(5) == Some('1')
+            })
+        })
+        .unwrap_or(false);
+    assert_eq!(report["free_page_reporting"].as_bool(), Some(reporting));
+    assert_eq!(
+        report["free_huge_page_bytes"].is_u64(),
+        std::path::Path::new("/proc/buddyinfo").exists()
+    );
     let available = report["available_bytes"].as_u64().unwrap();
     assert!(available > 0);
     assert!(report["plan"].as_array().unwrap().len() >= 4);
