@@ -30,8 +30,13 @@ def prepare(driver):
 
 def execute(driver, payload):
     cupy = need_gpu()
+    entry = payload.fastio_input("mask")
+    # The threshold step's stream recorded this event at the end of its execute; fastio
+    # made this operator's stream wait on it before execute started.
+    if entry.cuda_event is None:
+        raise RuntimeError("the mask came without the threshold step's CUDA event")
     stream = cupy.cuda.ExternalStream(payload.cuda_stream())
-    mask = np.from_dlpack(payload.fastio_input("mask"))  # read-only, zero-copy
+    mask = np.from_dlpack(entry)  # read-only, zero-copy
     with stream:
         on_gpu = cupy.asarray(mask)
         per_slice = on_gpu.reshape(mask.shape[0], -1).sum(axis=1, dtype=cupy.uint64)
@@ -46,7 +51,8 @@ def execute(driver, payload):
     print(
         f"gpu-summarize: {total} voxels above the threshold in "
         f"{int((counts > 0).sum())} of {len(counts)} slices (most in slice {busiest}: "
-        f"{int(counts[busiest])}); the CPU count agrees"
+        f"{int(counts[busiest])}); the CPU count agrees; the threshold step's CUDA event "
+        f"came with the mask ({entry.cuda_event[:8].hex()}...)"
     )
 
 

@@ -139,11 +139,15 @@ impl FastIOAllocation {
         handle.with(|a| View::of(keep, a, false))
     }
 
-    /// A DLPack export of the memory, typed and shaped as `view()` is.
+    /// A DLPack export of the memory, typed and shaped as `view()` is: host memory, or
+    /// device memory mapped on its device (once per handle).
     fn dlpack_export(&self) -> PyResult<crate::dlpack::Export> {
         let handle = self.handle()?;
         let keep: buffer::Keeper = handle.clone();
-        handle.with(|a| Ok(crate::dlpack::of_host(keep, a, false)))
+        handle.with(|a| match a.kind() {
+            fastio_context::MemoryKind::Host => Ok(crate::dlpack::of_host(keep, a, false)),
+            fastio_context::MemoryKind::Cuda { .. } => crate::device::of_device(keep, a),
+        })
     }
 
     /// A zero-copy numpy array over the memory.
@@ -342,6 +346,30 @@ impl FastIOAllocation {
         })
     }
 
+    /// Publishes the memory under `name`, as `publish`, with the interprocess CUDA event
+    /// the producer recorded on the stream that wrote it: `event` is the event's 64-byte
+    /// IPC handle (`bytes(torch.cuda.Event(interprocess=True).ipc_handle())`, CuPy's or
+    /// CUDA's `cudaIpcEventHandle_t`). Every `get` of the name carries it (`cuda_event`),
+    /// so a consumer's stream waits on the GPU, not on the host.
+    fn publish_with_event(
+        &self,
+        py: Python<'_>,
+        name: &Bound<'_, PyAny>,
+        event: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let name = str_arg(name, "name")?;
+        let event = crate::device::event_arg(event)?;
+        self.detached(py, |a| a.publish_with_event(&name, event))
+    }
+
+    /// The 64-byte IPC handle of the interprocess CUDA event that came with this
+    /// allocation's publication (see `publish_with_event`), or None.
+    #[getter]
+    fn cuda_event<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let event = self.with(|a| Ok(a.event()))?;
+        Ok(event.map(|e| PyBytes::new(py, &e.0)))
+    }
+
     /// Drops this handle; the memory stays for other handles and publications. Using
     /// this object afterwards raises `fastio.Error`.
     fn release(&self, py: Python<'_>) -> PyResult<()> {
@@ -452,8 +480,30 @@ impl FastIOAllocation {
             .to_capsule(py, stream, max_version, dl_device, copy)
     }
 
+    /// The CUDA array interface (version 3) of device memory (see `fastio.DeviceView`);
+    /// host memory has none (AttributeError, so `cupy.asarray` and others fall back).
+    #[getter]
+    fn __cuda_array_interface__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        if self.with(|a| Ok(a.kind()))? == fastio_context::MemoryKind::Host {
+            return Err(pyo3::exceptions::PyAttributeError::new_err(
+                "host memory has no __cuda_array_interface__: use numpy (as_numpy) or DLPack",
+            ));
+        }
+        crate::device::DeviceView::new(self.dlpack_export()?).interface(py)
+    }
+
+    /// A `fastio.DeviceView` of device memory (raises `fastio.Error` for host memory).
+    fn device_view(&self) -> PyResult<crate::device::DeviceView> {
+        if self.with(|a| Ok(a.kind()))? == fastio_context::MemoryKind::Host {
+            return Err(error(
+                "this allocation is host memory: use as_numpy() or __dlpack__ instead",
+            ));
+        }
+        Ok(crate::device::DeviceView::new(self.dlpack_export()?))
+    }
+
     /// `(device_type, device_id)` of the memory, as DLPack numbers them: `(1, 0)` (kDLCPU)
-    /// for host memory.
+    /// for host memory, `(2, N)` (kDLCUDA) for memory of CUDA device N.
     fn __dlpack_device__(&self) -> PyResult<(u32, i32)> {
         Ok(self.dlpack_export()?.place().dlpack_device())
     }

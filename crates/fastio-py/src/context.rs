@@ -80,21 +80,33 @@ impl FastIOContext {
     /// returned allocation until it is published. With `hugetlb=True` the memory comes
     /// from the machine's hugetlb pool where it can hold it, and is ordinary shared memory
     /// otherwise: the allocation's `hugetlb` says which.
-    #[pyo3(signature = (size, *, hugetlb = false))]
+    /// `device=N` makes it memory of CUDA device N instead (shared with other processes
+    /// as a CUDA VMM allocation; `torch.from_dlpack(a)`, `cupy.asarray(a)` use it without
+    /// a copy); `fastio.Error` where there is no CUDA driver or no such device.
+    #[pyo3(signature = (size, *, hugetlb = false, device = None))]
     fn create(
         &self,
         py: Python<'_>,
         size: &Bound<'_, PyAny>,
         hugetlb: bool,
+        device: Option<i32>,
     ) -> PyResult<FastIOAllocation> {
         let size = count_arg(size, "size")?;
         let options = CreateOptions {
             hugetlb,
             ..CreateOptions::default()
         };
-        let allocation = py
-            .detach(|| self.context.create_with(size, options))
-            .map_err(error)?;
+        let allocation = match device {
+            Some(d) => {
+                host_only_hugetlb(hugetlb)?;
+                py.detach(|| {
+                    self.context
+                        .create_in(fastio_context::MemoryKind::Cuda { device: d }, size)
+                })
+            }
+            None => py.detach(|| self.context.create_with(size, options)),
+        }
+        .map_err(error)?;
         Ok(FastIOAllocation::new(allocation))
     }
 
@@ -102,13 +114,14 @@ impl FastIOContext {
     /// bytes are left as they are (like `numpy.empty`: a recycled segment is not zeroed).
     /// For computing in place: fill `as_numpy()`, then `publish(name)`; no copy is made,
     /// unlike `publish_array`. `hugetlb=True` as for `create`.
-    #[pyo3(signature = (shape, dtype, *, hugetlb = false))]
+    #[pyo3(signature = (shape, dtype, *, hugetlb = false, device = None))]
     fn empty(
         &self,
         py: Python<'_>,
         shape: &Bound<'_, PyAny>,
         dtype: &Bound<'_, PyAny>,
         hugetlb: bool,
+        device: Option<i32>,
     ) -> PyResult<FastIOAllocation> {
         let et = dtype::from_python(dtype)?;
         let dims = match shape.extract::<usize>() {
@@ -118,16 +131,23 @@ impl FastIOContext {
         let typed = fastio_meta::Shape::new(dims.clone())
             .and_then(|s| fastio_meta::TypedShape::new(et, s))
             .map_err(error)?;
+        if device.is_some() {
+            host_only_hugetlb(hugetlb)?;
+        }
         let mut allocation = py
-            .detach(|| {
-                self.context.create_with(
+            .detach(|| match device {
+                Some(d) => self.context.create_in(
+                    fastio_context::MemoryKind::Cuda { device: d },
+                    typed.byte_size(),
+                ),
+                None => self.context.create_with(
                     typed.byte_size(),
                     CreateOptions {
                         zeroed: false,
                         prefault: Prefault::Populate,
                         hugetlb,
                     },
-                )
+                ),
             })
             .map_err(error)?;
         allocation
@@ -396,4 +416,14 @@ pub fn serve(
         server: Mutex::new(Some(server)),
         exported_over: Mutex::new(exported_over),
     })
+}
+
+/// `hugetlb` is a property of host memory.
+fn host_only_hugetlb(hugetlb: bool) -> PyResult<()> {
+    if hugetlb {
+        return Err(error(
+            "hugetlb=True is for host memory; device memory (device=N) takes no hugetlb",
+        ));
+    }
+    Ok(())
 }

@@ -33,13 +33,6 @@ pub(crate) struct EventSync {
 }
 
 impl EventSync {
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "device allocations and entries of the context make views once it has memory kinds"
-        )
-    )]
     /// Opens the producer's event (exported by another process) on `device`.
     pub(crate) fn import(
         driver: &CudaDriver,
@@ -116,12 +109,9 @@ impl DeviceView {
     }
 }
 
-#[pymethods]
 impl DeviceView {
-    /// The CUDA array interface, version 3. Reading it orders `stream` after the producer's
-    /// work (GPU-side); the consumer waits on that stream before using the data.
-    #[getter]
-    fn __cuda_array_interface__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    /// The CUDA array interface dict (see `__cuda_array_interface__`).
+    pub(crate) fn interface<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let stream = match self.export.sync() {
             Some(sync) => {
                 let sync = sync.clone();
@@ -141,6 +131,16 @@ impl DeviceView {
         d.set_item("version", 3)?;
         d.set_item("stream", stream)?;
         Ok(d)
+    }
+}
+
+#[pymethods]
+impl DeviceView {
+    /// The CUDA array interface, version 3. Reading it orders `stream` after the producer's
+    /// work (GPU-side); the consumer waits on that stream before using the data.
+    #[getter]
+    fn __cuda_array_interface__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.interface(py)
     }
 
     /// DLPack export (`kDLCUDA`): pass the stream you will use the data on (an int, or an
@@ -217,15 +217,43 @@ impl DeviceView {
     }
 }
 
+/// An interprocess event's IPC handle from Python: exactly 64 bytes (anything with the
+/// buffer protocol, or a torch/CuPy handle converted with `bytes(...)`).
+pub(crate) fn event_arg(obj: &Bound<'_, PyAny>) -> PyResult<fastio_context::EventHandle> {
+    // bytes(64) would be 64 zero bytes: an int is a mistake, not a handle.
+    if obj.is_instance_of::<pyo3::types::PyInt>() {
+        return Err(crate::error(
+            "event must be the 64 bytes of a CUDA IPC event handle, not an int",
+        ));
+    }
+    let bytes: Vec<u8> = obj
+        .py()
+        .import("builtins")?
+        .getattr("bytes")?
+        .call1((obj,))
+        .and_then(|b| b.extract())
+        .map_err(|_| {
+            crate::error(format!(
+                "event must be the 64 bytes of a CUDA IPC event handle, not {}",
+                obj.get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
+            ))
+        })?;
+    let len = bytes.len();
+    <[u8; IpcEventHandle::LEN]>::try_from(bytes)
+        .map(fastio_context::EventHandle)
+        .map_err(|_| {
+            crate::error(format!(
+                "event must be the 64 bytes of a CUDA IPC event handle; got {len} bytes"
+            ))
+        })
+}
+
+#[cfg(test)]
 /// A view over device memory: `shape` elements of `element` at `device_ptr` on `device`,
 /// kept mapped by `keep`, ordered after `event` (an interprocess event's handle) when given.
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "device allocations and entries of the context make views once it has memory kinds"
-    )
-)]
 pub(crate) fn view(
     keep: crate::buffer::Keeper,
     device_ptr: u64,
@@ -237,6 +265,37 @@ pub(crate) fn view(
 ) -> DeviceView {
     DeviceView::new(Export::device(
         keep, device_ptr, device, element, shape, read_only, sync,
+    ))
+}
+
+/// A DLPack export of `allocation`'s device memory, mapped on its device (once per handle)
+/// and ordered after the event its publication carries, if any. `keep` must own
+/// `allocation`.
+pub(crate) fn of_device(
+    keep: crate::buffer::Keeper,
+    allocation: &fastio_context::Allocation,
+) -> PyResult<Export> {
+    let driver = CudaDriver::probe().map_err(crate::error)?;
+    let mapped = allocation.map_device(&driver).map_err(crate::error)?;
+    let (element, shape) = match allocation.typed_shape() {
+        Some(t) => (t.element_type, t.shape.dims().to_vec()),
+        None => (fastio_meta::ElementType::U8, vec![allocation.size()]),
+    };
+    let sync = match allocation.event() {
+        Some(h) => Some(Arc::new(
+            EventSync::import(&driver, mapped.device, &h.0)
+                .map_err(|e| crate::error(format!("cannot open the producer's CUDA event: {e}")))?,
+        ) as Arc<dyn ConsumerSync>),
+        None => None,
+    };
+    Ok(Export::device(
+        keep,
+        mapped.device_ptr,
+        mapped.device,
+        element,
+        shape,
+        mapped.read_only,
+        sync,
     ))
 }
 

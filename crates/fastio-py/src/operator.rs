@@ -116,7 +116,8 @@ impl FastIOEntry {
         let keep: Keeper = cell.clone();
         let entry = cell.lock();
         match entry.allocation() {
-            Some(a) => Ok(crate::dlpack::of_host(keep, a, false)),
+            Some(a) if a.kind().is_host() => Ok(crate::dlpack::of_host(keep, a, false)),
+            Some(a) => crate::device::of_device(keep, a),
             None => Err(error(format!(
                 "FastIO entry {:?} has no memory yet (shape {:?}): set its dynamic dimensions \
                  with update_shape first",
@@ -190,6 +191,15 @@ impl FastIOEntry {
     #[getter]
     fn is_dynamic(&self) -> PyResult<bool> {
         self.with(|e| Ok(e.is_dynamic()))
+    }
+
+    /// The 64-byte IPC handle of the interprocess CUDA event its producer recorded at the
+    /// end of its execute (on the stream `payload.cuda_stream()` gave it), or None. This
+    /// operator's own stream already waits on it.
+    #[getter]
+    fn cuda_event<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let event = self.with(|e| Ok(e.event()))?;
+        Ok(event.map(|e| PyBytes::new(py, &e.0)))
     }
 
     /// Size of its memory in bytes, or None before it has memory.

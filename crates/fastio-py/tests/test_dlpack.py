@@ -312,6 +312,7 @@ def test_entries_export_writable_outputs_and_read_only_inputs(tmp_path):
         grid = payload.fastio_input("grid")
         array = np.from_dlpack(grid)
         assert not array.flags.writeable
+        assert grid.cuda_event is None  # its producer used no CUDA stream
         assert array.__array_interface__["data"][0] == grid.get_numpy().__array_interface__["data"][0]
         assert array.tolist() == [[0, 1, 2], [3, 4, 5]]
         try:

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+import fastio
+
 from test_operator import run_pipeline
 
 NO_CUDA = ctypes.util.find_library("cuda") is None
@@ -66,3 +68,51 @@ def test_the_gpu_example_says_it_needs_a_gpu(tmp_path):
     ), text
     # The CPU step before it ran.
     assert "generate" in text and "FAILED" in text
+
+
+def test_a_publication_carries_its_producers_cuda_event(server):
+    ctx = server.context()
+    handle = bytes((3 * i + 1) % 256 for i in range(64))
+    a = ctx.create(16)
+    a.publish_with_event("with-event", handle)
+    b = ctx.create(16)
+    b.publish("plain")
+    # Another client of the server gets the handle with the memory.
+    other = fastio.FastIOContext.connect(server.address)
+    assert other.get("with-event").cuda_event == handle
+    assert other.get("plain").cuda_event is None
+    # Anything with the buffer protocol works, e.g. a torch IPC handle made bytes.
+    c = ctx.create(16)
+    c.publish_with_event("from-bytearray", bytearray(handle))
+    assert other.get("from-bytearray").cuda_event == handle
+
+
+def test_an_event_handle_must_be_64_bytes(ctx):
+    a = ctx.create(16)
+    with pytest.raises(fastio.Error, match="64 bytes of a CUDA IPC event handle; got 10 bytes"):
+        a.publish_with_event("short", b"0123456789")
+    with pytest.raises(fastio.Error, match="not an int"):
+        a.publish_with_event("int", 64)
+    with pytest.raises(fastio.Error, match="not str"):
+        a.publish_with_event("str", "x" * 64)
+    # Nothing was published.
+    with pytest.raises(fastio.Error):
+        ctx.get("short")
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="this machine has a CUDA driver")
+def test_device_memory_without_cuda_is_refused_clearly(ctx):
+    with pytest.raises(fastio.Error, match="(?i)cuda"):
+        ctx.create(1024, device=0)
+    with pytest.raises(fastio.Error, match="(?i)cuda"):
+        ctx.empty([4, 4], "float32", device=0)
+    with pytest.raises(fastio.Error, match="hugetlb=True is for host memory"):
+        ctx.create(1024, device=0, hugetlb=True)
+
+
+def test_host_memory_has_no_cuda_array_interface(ctx):
+    a = ctx.create(16)
+    assert not hasattr(a, "__cuda_array_interface__")  # CuPy and Numba fall back on this
+    with pytest.raises(fastio.Error, match="host memory"):
+        a.device_view()
+    assert a.__dlpack_device__() == (1, 0)

@@ -133,6 +133,15 @@ class FastIOAllocation:
     def publish(self, name: str, *, replace: bool = False) -> None:
         """Publishes under ``name`` (``A-Z a-z 0-9 - _ . / :``); a taken or freed name
         raises unless ``replace=True``, which replaces that publication."""
+    def publish_with_event(self, name: str, event: bytes | bytearray | memoryview) -> None:
+        """Publishes with the producer's 64-byte CUDA IPC event handle."""
+    @property
+    def cuda_event(self) -> bytes | None:
+        """The publication's CUDA IPC event handle (64 bytes), or None."""
+    @property
+    def __cuda_array_interface__(self) -> dict[str, Any]:
+        """Device memory only (AttributeError for host memory)."""
+    def device_view(self) -> DeviceView: ...
     def release(self) -> None: ...
     def free(self) -> None: ...
     def acquire_write(self) -> None:
@@ -175,11 +184,18 @@ class FastIOContext:
     def from_env() -> FastIOContext: ...
     @staticmethod
     def connect(address: str) -> FastIOContext: ...
-    def create(self, size: int, *, hugetlb: bool = False) -> FastIOAllocation:
+    def create(
+        self, size: int, *, hugetlb: bool = False, device: int | None = None
+    ) -> FastIOAllocation:
         """Zeroed shared memory; ``hugetlb=True`` takes it from the machine's hugetlb pool
         where the pool can hold it, ordinary memory otherwise (see ``.hugetlb``)."""
     def empty(
-        self, shape: int | Sequence[int], dtype: npt.DTypeLike | str, *, hugetlb: bool = False
+        self,
+        shape: int | Sequence[int],
+        dtype: npt.DTypeLike | str,
+        *,
+        hugetlb: bool = False,
+        device: int | None = None,
     ) -> FastIOAllocation:
         """A typed allocation to fill in place (not zeroed); ``hugetlb`` as for ``create``."""
     def get(self, name: str, access: IOAccess = ...) -> FastIOAllocation: ...
@@ -237,6 +253,9 @@ class FastIOEntry:
     def dynamic_shape_indices(self) -> tuple[int, ...]: ...
     @property
     def is_dynamic(self) -> bool: ...
+    @property
+    def cuda_event(self) -> bytes | None:
+        """The producer's CUDA IPC event handle (64 bytes), or None."""
     @property
     def size_in_bytes(self) -> int | None: ...
     def update_shape(
