@@ -77,7 +77,7 @@ fn build_bundle(dest: &Path) -> Result<PathBuf> {
     std::fs::copy(target_dir.join("release").join(HANDOFF), dest.join(HANDOFF))
         .with_context(|| format!("copying {HANDOFF}"))?;
     println!(
-        "bundle: {} (run it alone, and with `device`: PASS or FAIL)",
+        "bundle: {} (run it alone, and with `device`, `device-kill`, `copy`: PASS or FAIL)",
         dest.join(HANDOFF).display()
     );
     let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);

@@ -59,6 +59,15 @@ impl Driver {
         Driver::from_backend(crate::backend::fake::FakeBackend::new(devices.max(1)))
     }
 
+    /// [`Driver::fake`] whose devices have no peer access to one another (like GPUs on
+    /// separate PCIe roots without NVLink): mapping memory on another device than its own
+    /// fails with [`CudaError::NoPeerAccess`].
+    pub fn fake_without_peers(devices: usize) -> Driver {
+        let fake = crate::backend::fake::FakeBackend::new(devices.max(1));
+        fake.set_no_peer(true);
+        Driver::from_backend(fake)
+    }
+
     /// Whether this driver is the CPU fake of [`Driver::fake`].
     pub fn is_fake(&self) -> bool {
         self.backend.is_fake()

@@ -310,7 +310,7 @@ impl Context {
                     device: Some(DeviceHandle {
                         fd,
                         bytes: device_bytes,
-                        mapped: Mutex::new(None),
+                        mapped: Mutex::new(DeviceMaps::default()),
                     }),
                     kind,
                     size,
@@ -318,6 +318,7 @@ impl Context {
                     access,
                     event,
                     live: true,
+                    gpu: Mutex::default(),
                 });
             }
         };
@@ -340,6 +341,7 @@ impl Context {
                 access,
                 event,
                 live: true,
+                gpu: Mutex::default(),
             }),
             Err(e) => {
                 // The context counted the handle; give it back before reporting.
@@ -587,6 +589,9 @@ pub struct Allocation {
     event: Option<EventHandle>,
     // False once released or freed (only `Drop` then sees the handle).
     live: bool,
+    // Streams with copies of this handle's memory queued, and the host registration made
+    // for them (see gpucopy.rs).
+    pub(crate) gpu: Mutex<crate::gpucopy::GpuUse>,
 }
 
 impl fmt::Debug for Allocation {
@@ -601,7 +606,7 @@ impl fmt::Debug for Allocation {
 }
 
 impl Allocation {
-    fn mapping(&self) -> Result<&Mapping, ContextError> {
+    pub(crate) fn mapping(&self) -> Result<&Mapping, ContextError> {
         self.mapping
             .as_ref()
             .ok_or(ContextError::NotHostMemory { kind: self.kind })
@@ -622,40 +627,76 @@ impl Allocation {
     /// [`ContextError::NotDeviceMemory`] for host memory; [`ContextError::Device`] when
     /// the driver cannot import or map it.
     pub fn map_device(&self, driver: &cuda_streams::Driver) -> Result<DeviceView, ContextError> {
-        let Some(device) = &self.device else {
+        let MemoryKind::Cuda { device } = self.kind else {
             return Err(ContextError::NotDeviceMemory);
         };
-        let MemoryKind::Cuda { device: ordinal } = self.kind else {
-            return Err(ContextError::NotDeviceMemory);
-        };
-        let mut mapped = device.mapped.lock().unwrap_or_else(|p| p.into_inner());
-        if mapped.is_none() {
-            let failed = |e: cuda_streams::CudaError| ContextError::Device {
-                kind: self.kind,
-                reason: e.to_string(),
-            };
-            let memory = cuda_streams::DeviceMemory::import(
-                driver,
-                std::os::fd::AsFd::as_fd(&device.fd),
-                ordinal,
-                device.bytes,
-            )
-            .map_err(failed)?;
-            let access = match self.access {
-                Access::ReadOnly => cuda_streams::DeviceAccess::ReadOnly,
-                Access::ReadWrite => cuda_streams::DeviceAccess::ReadWrite,
-            };
-            let mapping = memory.map(ordinal, access).map_err(failed)?;
-            *mapped = Some((memory, mapping));
-        }
-        let (_, mapping) = mapped.as_ref().expect("mapped above");
-        Ok(DeviceView {
+        self.map_device_on(driver, device)
+    }
+
+    /// [`Allocation::map_device`] for device `on_device` of the host: the memory's own
+    /// device, or another GPU that has peer access to it (mapped through the driver's
+    /// peer access; once per device, the same mapping after). The memory is imported once
+    /// for all the devices it is mapped on.
+    ///
+    /// # Errors
+    /// As [`Allocation::map_device`]; a device without peer access to the memory's
+    /// device gives [`ContextError::Device`] naming both (the driver's `NoPeerAccess`).
+    pub fn map_device_on(
+        &self,
+        driver: &cuda_streams::Driver,
+        on_device: i32,
+    ) -> Result<DeviceView, ContextError> {
+        self.with_device_mapping(driver, on_device, |mapping| DeviceView {
             device_ptr: mapping.device_ptr(),
             device: mapping.device(),
             size: self.size,
             read_only: self.access == Access::ReadOnly,
             read_only_enforced: mapping.read_only_enforced(),
         })
+    }
+
+    /// Runs `f` on this handle's mapping of its device memory on `on_device`, made first
+    /// if needed.
+    pub(crate) fn with_device_mapping<R>(
+        &self,
+        driver: &cuda_streams::Driver,
+        on_device: i32,
+        f: impl FnOnce(&cuda_streams::DeviceMapping) -> R,
+    ) -> Result<R, ContextError> {
+        let Some(device) = &self.device else {
+            return Err(ContextError::NotDeviceMemory);
+        };
+        let MemoryKind::Cuda { device: ordinal } = self.kind else {
+            return Err(ContextError::NotDeviceMemory);
+        };
+        let failed = |e: cuda_streams::CudaError| ContextError::Device {
+            kind: self.kind,
+            reason: e.to_string(),
+        };
+        let mut maps = device.mapped.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(mapping) = maps.on.iter().find(|m| m.device() == on_device) {
+            return Ok(f(mapping));
+        }
+        if maps.memory.is_none() {
+            maps.memory = Some(
+                cuda_streams::DeviceMemory::import(
+                    driver,
+                    std::os::fd::AsFd::as_fd(&device.fd),
+                    ordinal,
+                    device.bytes,
+                )
+                .map_err(failed)?,
+            );
+        }
+        let access = match self.access {
+            Access::ReadOnly => cuda_streams::DeviceAccess::ReadOnly,
+            Access::ReadWrite => cuda_streams::DeviceAccess::ReadWrite,
+        };
+        let memory = maps.memory.as_ref().expect("imported above");
+        let mapping = memory.map(on_device, access).map_err(failed)?;
+        let out = f(&mapping);
+        maps.on.push(mapping);
+        Ok(out)
     }
 
     /// The resource this handle refers to.
@@ -813,6 +854,10 @@ impl Allocation {
         if !std::mem::replace(&mut self.live, false) {
             return Ok(());
         }
+        // Copies queued on streams must be done before the memory may go, and a host
+        // mapping is unregistered from CUDA before it is parked (a registration pins its
+        // pages and must not outlive its access).
+        self.finish_gpu_use();
         // Park (make inaccessible) before telling the context, so that a recycled segment
         // is never reachable through this handle's pointers while someone else is handed
         // it; the parked mapping is kept for the next time this process gets the segment.
@@ -960,7 +1005,14 @@ struct DeviceHandle {
     fd: std::os::fd::OwnedFd,
     // The allocation's size, as the exporter made it.
     bytes: usize,
-    mapped: Mutex<Option<(cuda_streams::DeviceMemory, cuda_streams::DeviceMapping)>>,
+    mapped: Mutex<DeviceMaps>,
+}
+
+/// A device handle's import (made once) and its mappings, one per device it is mapped on.
+#[derive(Default)]
+struct DeviceMaps {
+    memory: Option<cuda_streams::DeviceMemory>,
+    on: Vec<cuda_streams::DeviceMapping>,
 }
 
 impl fmt::Debug for DeviceHandle {

@@ -24,6 +24,31 @@
 //! # Ok::<(), fastio_context::ContextError>(())
 //! ```
 //!
+//! Device memory is a kind of the same memory ([`Context::create_in`],
+//! [`MemoryKind::Cuda`]); host and device allocations meet on a cuda-streams `Stream`
+//! ([`Allocation::copy_to_device`], [`Allocation::copy_from_device`]). A host handle's
+//! mapping is registered with CUDA by its first copy (pinned speed after) and unregistered
+//! when the handle goes, after the streams it was copied on are done. Here on the CPU fake:
+//!
+//! ```
+//! use cuda_streams::{Driver, StreamPool, StreamPoolConfig};
+//! use fastio_context::{Context, MemoryKind};
+//! let driver = Driver::fake(1); // `Driver::probe()?` on a machine with a GPU
+//! let ctx = Context::in_process_with_device_driver(driver.clone());
+//! let pool = StreamPool::new(&driver, StreamPoolConfig::new(0, 1, 0, 1, 0)).unwrap();
+//! let stream = pool.allocate().unwrap();
+//! let mut host = ctx.create(4096)?;
+//! host.write_bytes(0, b"to the GPU and back")?;
+//! let device = ctx.create_in(MemoryKind::Cuda { device: 0 }, 4096)?;
+//! host.copy_to_device(&driver, &device, &stream)?;
+//! let back = ctx.create(4096)?;
+//! back.copy_from_device(&driver, &device, &stream)?;
+//! stream.synchronize().unwrap();
+//! assert_eq!(back.read_bytes(0, 19)?, b"to the GPU and back");
+//! assert_eq!(host.host_registrations(), 1);
+//! # Ok::<(), fastio_context::ContextError>(())
+//! ```
+//!
 //! Architecture Invariant: the registry (`registry.rs`) is the only owner of context
 //! state; the server and the in-process context reach it through one dispatch function,
 //! so both behave the same by construction.
@@ -35,6 +60,7 @@ mod context;
 pub mod device;
 mod entry;
 mod error;
+mod gpucopy;
 pub mod job;
 pub mod listing;
 mod mapcache;

@@ -12,6 +12,8 @@ use pyo3::types::{PyBytes, PyDict, PyTuple};
 use crate::buffer::{self, View};
 use crate::{IOAccess, dtype, error};
 
+mod copies;
+
 /// The Rust handle, shared by a `FastIOAllocation` and every export made from it. When
 /// the last of them goes, the handle is released (or freed, if `free()` was called).
 pub(crate) struct Handle {
@@ -299,6 +301,19 @@ impl FastIOAllocation {
     #[getter]
     fn is_live(&self) -> bool {
         matches!(&*self.state(), State::Live(_))
+    }
+
+    /// Copies this host allocation's bytes to the start of the device allocation `device`
+    /// (at least as large), and returns once the copy is done. The first copy registers
+    /// this handle's memory with CUDA, so copies run at pinned-memory speed.
+    fn copy_to(&self, py: Python<'_>, device: PyRef<'_, FastIOAllocation>) -> PyResult<()> {
+        copies::copy(py, self, &device, true)
+    }
+
+    /// Copies the first `size` bytes of the device allocation `device` into this host
+    /// allocation (which must be writable), and returns once the copy is done.
+    fn copy_from(&self, py: Python<'_>, device: PyRef<'_, FastIOAllocation>) -> PyResult<()> {
+        copies::copy(py, self, &device, false)
     }
 
     /// Sets this handle's local element type and dimensions. `element_type` is a numpy

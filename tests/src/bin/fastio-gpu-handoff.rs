@@ -13,6 +13,17 @@
 //! stream wait on the event and copies it out: held while the gate is closed, then every word
 //! is the kernel's.
 //!
+//! `fastio-gpu-handoff device-kill`: a context client creates a `cuda:0` allocation (1 GiB,
+//! filled) and publishes it; a second client gets it read-only, maps it and copies it out with
+//! the context's copy API; the first is killed with SIGKILL; the second keeps reading the same
+//! bytes; once both are gone the context holds no device memory live (it keeps it warm in its
+//! device pool), and once the context server ends `cuMemGetInfo` is back at its baseline.
+//!
+//! `fastio-gpu-handoff copy`: the context's copy API (`Allocation::copy_to_device` /
+//! `copy_from_device`) between 1 GiB Fast I/O host allocations and a 1 GiB `cuda:0`
+//! allocation: the bytes round-trip, each host handle registers its mapping once across all
+//! copies and unregisters it at release; GB/s printed next to pinned memory.
+//!
 //! `fastio-gpu-handoff copy-bench` measures H2D / D2H between a real Fast I/O host allocation
 //! (created through a context server, registered with CUDA once) and device memory, next to
 //! pinned memory and to the same allocation unregistered; and H2D from a reader's read-only
@@ -351,8 +362,343 @@ fn copy_bench(driver: &Driver) -> R<String> {
     Ok(out)
 }
 
+// ---------------------------------------------------------------- kill -9 of a device holder
+
+/// 1 GiB on a GPU; 64 MiB on the CPU fake (whose copies are memcpy in a debug build).
+fn kill_size(driver: &Driver) -> usize {
+    if driver.is_fake() { 64 << 20 } else { 1 << 30 }
+}
+const FILL: u8 = 0x5a;
+
+/// A child of this program in `mode`, connected to the context at `address`, whose stdout
+/// lines arrive on a channel (so every wait for one is bounded).
+struct Peer {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Peer {
+    fn spawn(mode: &str, address: &str) -> R<Peer> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut child = Command::new(exe)
+            .arg(mode)
+            .env(fastio::CONTEXT_ENV, address)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("spawning {mode}: {e}"))?;
+        let out = BufReader::new(child.stdout.take().ok_or("no child stdout")?);
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Peer { child, lines })
+    }
+
+    fn line(&mut self, what: &str) -> R<String> {
+        self.lines
+            .recv_timeout(Duration::from_secs(120))
+            .map_err(|_| format!("no answer from the {what} within 120 s"))
+    }
+
+    fn tell(&mut self, text: &str) -> R<()> {
+        let stdin = self.child.stdin.as_mut().ok_or("no child stdin")?;
+        writeln!(stdin, "{text}").map_err(|e| e.to_string())
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        // A failed run leaves no process behind.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn device_kill(driver: &Driver) -> R<String> {
+    use cuda_streams::memory_info;
+    let s = |x: &dyn std::fmt::Display| x.to_string();
+    let mib = |x: usize| x as f64 / (1 << 20) as f64;
+    let (free0, _) = memory_info(driver, 0).map_err(|x| s(&x))?;
+    let server = Server::start(server_config(driver)).map_err(|x| s(&x))?;
+    let address = server.address().to_owned();
+    let ctx = Context::connect(&address).map_err(|x| s(&x))?;
+    let mut creator = Peer::spawn("device-kill-creator", &address)?;
+    let ready = creator.line("creator")?;
+    if !ready.starts_with("READY") {
+        return Err(format!("creator: {ready}"));
+    }
+    let mut holder = Peer::spawn("device-kill-holder", &address)?;
+    let first = holder.line("holder")?;
+    if !first.starts_with("READ 0 wrong") {
+        return Err(format!("holder: {first}"));
+    }
+    let (free_held, _) = memory_info(driver, 0).map_err(|x| s(&x))?;
+    creator
+        .child
+        .kill()
+        .map_err(|x| format!("kill -9 of the creator: {x}"))?;
+    let killed = creator.child.wait().map_err(|x| s(&x))?;
+    // The context notices the closed connection of the killed client asynchronously.
+    fastio_tests::wait_until(TIMEOUT, || Ok(ctx.stats()?.connections <= 2))
+        .map_err(|_| "the context never saw the creator go".to_owned())?;
+    holder.tell("again")?;
+    let after = holder.line("holder")?;
+    if !after.starts_with("READ 0 wrong") {
+        return Err(format!("holder after the kill: {after}"));
+    }
+    let live_after_kill = ctx.stats().map_err(|x| s(&x))?.device_live_bytes;
+    if (live_after_kill as usize) < kill_size(driver) {
+        return Err(format!(
+            "the memory left the context while held: {live_after_kill} device bytes live"
+        ));
+    }
+    drop(holder.child.stdin.take());
+    let end = holder.line("holder")?;
+    let status = holder.child.wait().map_err(|x| s(&x))?;
+    if !status.success() || !end.starts_with("DONE") {
+        return Err(format!("holder: {end} ({status})"));
+    }
+    // The publication still holds the memory (publications outlive their clients, as in
+    // Clara): withdraw it, as the job's end does.
+    ctx.get("kept")
+        .and_then(fastio::Allocation::free)
+        .map_err(|x| format!("freeing the publication: {x}"))?;
+    fastio_tests::wait_until(TIMEOUT, || Ok(ctx.stats()?.device_live_bytes == 0)).map_err(
+        |_| "device memory still live in the context after both clients went".to_owned(),
+    )?;
+    let stats = ctx.stats().map_err(|x| s(&x))?;
+    let pooled = stats.device_pooled_bytes;
+    drop(ctx);
+    drop(server);
+    // The driver frees memory shortly after its last holder goes: poll, bounded.
+    let mut free_end = 0;
+    let back = fastio_tests::wait_until(TIMEOUT, || {
+        free_end = memory_info(driver, 0)?.0;
+        Ok(free_end >= free0)
+    });
+    if back.is_err() {
+        return Err(format!(
+            "cuMemGetInfo free did not return to its baseline: {:.0} MiB before, {:.0} MiB after",
+            mib(free0),
+            mib(free_end)
+        ));
+    }
+    Ok(format!(
+        "creator killed ({killed}); holder read all {} bytes before and after; free {:.0} MiB -> {:.0} MiB while held -> {:.0} MiB at the end; \
+         after both went and the publication was freed, the context kept {:.0} MiB warm in its device pool until it ended",
+        kill_size(driver),
+        mib(free0),
+        mib(free_held),
+        mib(free_end),
+        pooled as f64 / (1 << 20) as f64
+    ))
+}
+
+fn device_kill_creator(driver: &Driver) -> R<String> {
+    use fastio::context::MemoryKind;
+    let s = |x: &dyn std::fmt::Display| x.to_string();
+    let ctx = Context::from_env().map_err(|x| s(&x))?;
+    let volume = ctx
+        .create_in(MemoryKind::Cuda { device: 0 }, kill_size(driver))
+        .map_err(|x| s(&x))?;
+    // Filled with the context's copy API (also what lets this mode run on the CPU fake).
+    let mut fill = ctx.create(kill_size(driver)).map_err(|x| s(&x))?;
+    fill.write_bytes(0, &vec![FILL; kill_size(driver)])
+        .map_err(|x| s(&x))?;
+    let pool = StreamPool::new(driver, StreamPoolConfig::new(0, 1, 0, 1, 0)).map_err(|x| s(&x))?;
+    let stream = pool.allocate().map_err(|x| s(&x))?;
+    fill.copy_to_device(driver, &volume, &stream)
+        .map_err(|x| s(&x))?;
+    stream.synchronize().map_err(|x| s(&x))?;
+    fill.release().map_err(|x| s(&x))?;
+    volume.publish("kept").map_err(|x| s(&x))?;
+    println!("READY");
+    let _ = std::io::stdout().flush();
+    // Held until killed (or until the parent goes: end of input).
+    let mut line = String::new();
+    while std::io::stdin().read_line(&mut line).map_err(|x| s(&x))? > 0 {
+        line.clear();
+    }
+    volume.release().map_err(|x| s(&x))?;
+    Ok("released".into())
+}
+
+fn device_kill_holder(driver: &Driver) -> R<String> {
+    let s = |x: &dyn std::fmt::Display| x.to_string();
+    let ctx = Context::from_env().map_err(|x| s(&x))?;
+    let volume = ctx
+        .get_with("kept", fastio::AccessMode::ReadOnly)
+        .map_err(|x| s(&x))?;
+    let host = ctx.create(kill_size(driver)).map_err(|x| s(&x))?;
+    let pool = StreamPool::new(driver, StreamPoolConfig::new(0, 1, 0, 1, 0)).map_err(|x| s(&x))?;
+    let stream = pool.allocate().map_err(|x| s(&x))?;
+    let read = || -> R<()> {
+        host.copy_from_device(driver, &volume, &stream)
+            .map_err(|x| s(&x))?;
+        stream.synchronize().map_err(|x| s(&x))?;
+        // SAFETY: the host allocation is mapped (the handle lives) and the copy into it is
+        // done (synchronised); nothing else writes it.
+        let got = unsafe { std::slice::from_raw_parts(host.as_ptr(), kill_size(driver)) };
+        let wrong = got.iter().filter(|b| **b != FILL).count();
+        println!("READ {wrong} wrong of {}", kill_size(driver));
+        let _ = std::io::stdout().flush();
+        Ok(())
+    };
+    read()?;
+    let mut line = String::new();
+    while std::io::stdin().read_line(&mut line).map_err(|x| s(&x))? > 0 {
+        line.clear();
+        read()?;
+    }
+    let registrations = host.host_registrations();
+    host.release().map_err(|x| s(&x))?;
+    volume.release().map_err(|x| s(&x))?;
+    Ok(format!(
+        "DONE (host mapping registered {registrations} time(s))"
+    ))
+}
+
+// ---------------------------------------------------------------- the context's copy API
+
+fn context_copy(driver: &Driver) -> R<String> {
+    use cuda_streams::testing::PinnedBuffer;
+    use cuda_streams::{DeviceAccess, DeviceMemory, is_host_registered};
+    use fastio::context::MemoryKind;
+    let len = kill_size(driver);
+    let s = |x: &dyn std::fmt::Display| x.to_string();
+    let pool = StreamPool::new(driver, StreamPoolConfig::new(0, 1, 0, 1, 0)).map_err(|x| s(&x))?;
+    let stream = pool.allocate().map_err(|x| s(&x))?;
+
+    // Pinned memory against a plain device allocation: the yardstick (none on the fake).
+    let pin = if driver.is_fake() {
+        (f64::NAN, f64::NAN)
+    } else {
+        let mem = DeviceMemory::create(driver, 0, len).map_err(|x| s(&x))?;
+        let map = mem.map(0, DeviceAccess::ReadWrite).map_err(|x| s(&x))?;
+        let pinned = PinnedBuffer::new(driver, len).map_err(|x| s(&x))?;
+        let p = pinned.as_mut_ptr();
+        let h = gbps(len, || {
+            // SAFETY: `pinned` is len live bytes for the whole measurement (each copy is synchronised).
+            unsafe { map.copy_from_host_async(&stream, 0, p, len) }.map_err(|x| s(&x))?;
+            stream.synchronize().map_err(|x| s(&x))
+        })?;
+        let d = gbps(len, || {
+            // SAFETY: as above; nothing else touches the bytes meanwhile.
+            unsafe { map.copy_to_host_async(&stream, 0, p, len) }.map_err(|x| s(&x))?;
+            stream.synchronize().map_err(|x| s(&x))
+        })?;
+        (h, d)
+    };
+
+    let server = Server::start(server_config(driver)).map_err(|x| s(&x))?;
+    let ctx = Context::connect(server.address()).map_err(|x| s(&x))?;
+    let mut src = ctx.create(len).map_err(|x| s(&x))?;
+    let pattern: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    src.write_bytes(0, &pattern).map_err(|x| s(&x))?;
+    let dev = ctx
+        .create_in(MemoryKind::Cuda { device: 0 }, len)
+        .map_err(|x| format!("create on cuda:0 through the context: {x}"))?;
+    let back = ctx.create(len).map_err(|x| s(&x))?;
+    let t0 = Instant::now();
+    src.copy_to_device(driver, &dev, &stream)
+        .map_err(|x| s(&x))?;
+    stream.synchronize().map_err(|x| s(&x))?;
+    let first_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let h2d = gbps(len, || {
+        src.copy_to_device(driver, &dev, &stream)
+            .map_err(|x| s(&x))?;
+        stream.synchronize().map_err(|x| s(&x))
+    })?;
+    let d2h = gbps(len, || {
+        back.copy_from_device(driver, &dev, &stream)
+            .map_err(|x| s(&x))?;
+        stream.synchronize().map_err(|x| s(&x))
+    })?;
+    if back.read_bytes(0, len).map_err(|x| s(&x))? != pattern {
+        return Err("the bytes copied back are not the bytes copied in".into());
+    }
+    let regs = (src.host_registrations(), back.host_registrations());
+    if regs != (1, 1) {
+        return Err(format!(
+            "each host mapping should be registered once across its copies: {regs:?}"
+        ));
+    }
+    let (ps, pb) = (src.as_ptr(), back.as_ptr());
+    if !is_host_registered(driver, ps, len) || !is_host_registered(driver, pb, len) {
+        return Err("a host mapping is not registered after its copies".into());
+    }
+    src.release().map_err(|x| s(&x))?;
+    back.release().map_err(|x| s(&x))?;
+    if is_host_registered(driver, ps, len) || is_host_registered(driver, pb, len) {
+        return Err("a host mapping stayed registered after its handle was released".into());
+    }
+    dev.release().map_err(|x| s(&x))?;
+    Ok(format!(
+        "{} MiB round trip through a cuda:0 allocation with the context's copy API, each host mapping registered once (7 copies in, 6 out) and unregistered at release\n\
+         | {} MiB | H2D GB/s | D2H GB/s |\n|---|---:|---:|\n\
+         | pinned (cuMemHostAlloc) | {:.1} | {:.1} |\n\
+         | Fast I/O allocation, Allocation::copy_to_device / copy_from_device | {h2d:.1} ({:.2}x) | {d2h:.1} ({:.2}x) |\n\
+         first copy, registration included: {first_ms:.1} ms",
+        len >> 20,
+        len >> 20,
+        pin.0,
+        pin.1,
+        h2d / pin.0,
+        d2h / pin.1
+    ))
+}
+
+/// The context server's configuration: device memory through `driver`.
+fn server_config(driver: &Driver) -> ServerConfig {
+    ServerConfig {
+        device_driver: Some(driver.clone()),
+        ..ServerConfig::default()
+    }
+}
+
+/// Environment variable that makes `device-kill` and `copy` run on cuda-streams' CPU fake
+/// (device memory = memfds crossing processes as descriptors), so CI runs their logic.
+const FAKE_ENV: &str = "FASTIO_GPU_HANDOFF_FAKE";
+
+/// Runs `f` with the probed driver: prints `PASS <report>` (or the bare report for a child
+/// mode) and exits 0, `FAIL <why>` and exits 1, or says there is no device and exits 2.
+fn run_mode(f: fn(&Driver) -> R<String>, pass: bool) -> ExitCode {
+    let driver = if std::env::var_os(FAKE_ENV).is_some_and(|v| v == "1") {
+        Driver::fake(1)
+    } else {
+        match probe() {
+            Ok(d) => d,
+            Err(code) => return code,
+        }
+    };
+    match f(&driver) {
+        Ok(report) if pass => {
+            println!("PASS {report}");
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("FAIL {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
+        Some("device-kill") => run_mode(device_kill, true),
+        Some("device-kill-creator") => run_mode(device_kill_creator, false),
+        Some("device-kill-holder") => run_mode(device_kill_holder, false),
+        Some("copy") => run_mode(context_copy, true),
         Some("copy-bench") => match probe() {
             Ok(d) => match copy_bench(&d) {
                 Ok(table) => {
