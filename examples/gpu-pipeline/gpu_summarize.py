@@ -27,12 +27,23 @@ def need_gpu():
     return cupy
 
 
+class _StreamHandle:
+    """A CUstream given as an integer, offered through the CUDA stream protocol
+    (`__cuda_stream__` returns (version 0, handle)), which CuPy 14's Stream.from_external takes."""
+
+    def __init__(self, ptr):
+        self.ptr = ptr
+
+    def __cuda_stream__(self):
+        return (0, self.ptr)
+
+
 def external_stream(cupy, ptr):
     """A CuPy stream over a stream made elsewhere (CuPy 14's Stream.from_external; older
     releases have ExternalStream)."""
     from_external = getattr(cupy.cuda.Stream, "from_external", None)
     if from_external is not None:
-        return from_external(ptr)
+        return from_external(_StreamHandle(ptr))
     return cupy.cuda.ExternalStream(ptr)
 
 
