@@ -4,8 +4,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fastio_context::Server;
 use fastio_context::job::{EntryId, JobPlan, ReclaimedHandle};
+use fastio_context::{MemoryKind, Server};
 use fastio_pipeline::plan::DiskLayout;
 use fastio_pipeline::{EntryKind, Pipeline};
 
@@ -18,14 +18,18 @@ pub enum Medium {
     SharedMemory,
     /// Files in a directory (a `stream` entry).
     Disk,
+    /// Memory of a CUDA device (an array output declared `device: cuda:N`): one allocation,
+    /// mapped by every reader on the GPU.
+    Device(i32),
 }
 
 impl std::fmt::Display for Medium {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Medium::SharedMemory => "shared memory",
-            Medium::Disk => "disk",
-        })
+        match self {
+            Medium::SharedMemory => f.write_str("shared memory"),
+            Medium::Disk => f.write_str("disk"),
+            Medium::Device(device) => write!(f, "cuda:{device} memory"),
+        }
     }
 }
 
@@ -336,7 +340,10 @@ pub(crate) fn build(
                         .map(|i| EntryId(i as u32));
                     (
                         id.and_then(|id| server.entry_bytes(id)).map(|b| b as u64),
-                        Medium::SharedMemory,
+                        match output.memory() {
+                            MemoryKind::Host => Medium::SharedMemory,
+                            MemoryKind::Cuda { device } => Medium::Device(device),
+                        },
                     )
                 }
             };
@@ -378,5 +385,17 @@ pub(crate) fn build(
         output_root: layout.output_root.clone(),
         left: Vec::new(),
         not_saved: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Medium;
+
+    #[test]
+    fn the_summary_names_where_an_entry_lives() {
+        assert_eq!(Medium::SharedMemory.to_string(), "shared memory");
+        assert_eq!(Medium::Disk.to_string(), "disk");
+        assert_eq!(Medium::Device(1).to_string(), "cuda:1 memory");
     }
 }
