@@ -218,10 +218,10 @@ fn render(criterion: &Path) -> anyhow::Result<String> {
         out,
         "| case | mean | median | median / baseline |\n|---|---:|---:|---:|"
     )?;
-    for (title, baseline, cases) in GROUPS {
-        let base = estimate(criterion, cases[0].group, baseline)?;
+    for (title, baseline, rows) in GROUPS {
+        let base = estimate(criterion, rows[0].group, baseline)?;
         writeln!(out, "| **{title}** (baseline: `{baseline}`) | | | |")?;
-        for case in *cases {
+        for case in *rows {
             let e = estimate(criterion, case.group, case.id)?;
             writeln!(
                 out,

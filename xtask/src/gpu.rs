@@ -1,9 +1,11 @@
 //! `cargo xtask gpu-test` and `cargo xtask gpu-bench`: build the stripped GPU bundle of the
 //! `cuda-streams` crate, and run it when this machine has a GPU.
 //!
-//! The bundle is one release binary, `cuda-streams-acceptance`, statically free of CUDA (the
-//! driver is loaded at run time), so it runs on a GPU machine without a Rust toolchain:
-//! `./bundle/cuda-streams-acceptance test|bench|all [--out DIR]`.
+//! The bundle is two release binaries, statically free of CUDA (the driver is loaded at run
+//! time), so they run on a GPU machine without a Rust toolchain:
+//! `./bundle/cuda-streams-acceptance test|bench|all [--out DIR]` and `./bundle/fastio-gpu-handoff
+//! [device|device-kill|copy|copy-bench]` (hand-offs through the Fast I/O context; `--run`
+//! of `gpu-bench` also runs its `copy-bench`).
 //!
 //! Options: `--dest DIR` (default: `bundle/` at the workspace root, which git ignores) and
 //! `--run` (also run it here; needs a CUDA driver).

@@ -13,7 +13,8 @@
 //!   writes their tables into docs/benchmarks.md (`bench-pipeline`: only the demo
 //!   pipeline, shared memory vs files; `bench-python`: only fastio's Python module against
 //!   multiprocessing.shared_memory and np.save/np.load);
-//! - `gpu-test` / `gpu-bench`: build the stripped cuda-streams bundle for the GPU machine.
+//! - `gpu-test` / `gpu-bench [--dest DIR] [--run]`: build the stripped GPU bundle
+//!   (`cuda-streams-acceptance` and `fastio-gpu-handoff`) for the GPU machine;
 //! - `codegen [--check]`: the C header of fastio-ffi, generated with cbindgen;
 //! - `clib`: libfastio.so / libfastio.a and the drop-in name libnvclara.so;
 //! - `fuzz <target> [--count N]`: a long property-based fuzz run (`protocol`);

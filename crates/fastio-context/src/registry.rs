@@ -17,7 +17,7 @@
 //! connection may do with a resource is decided by the handles it was granted: it may
 //! write (take the writer lock, publish read-write) only if one of them was read-write.
 //! A publication made without write access is read-only, a write-sealed segment is never
-//! granted read-write nor pooled, and entry memory never comes from the pool.
+//! granted read-write nor pooled, and host entry memory never comes from the pool.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -43,9 +43,10 @@
  * - Element type and access are int32_t typedefs with #define'd values, not C enums, so
  *   that an out-of-range value is reported instead of being undefined behaviour.
  * - map: a handle is mapped at most once at a time. A write mapping is exclusive among
- *   the handles of one context handle in this process (Clara: a second writer fails to
- *   map); exclusivity across processes is not enforced. A read-only handle's memory is
- *   read-only in the MMU; a READ_ONLY map of a read-write handle is not.
+ *   all the allocation handles of a context, in this process and in every other (kept by
+ *   the context server; Clara: a second writer fails to map; a second one is BUSY). A
+ *   read-only handle's memory is read-only in the MMU; a READ_ONLY map of a read-write
+ *   handle is not.
  * - unmap only ends the map's bookkeeping: the pages stay mapped until the handle is
  *   released, so a map/unmap/map cycle returns the same address.
  * - A name is published once per context; after a free its names stay taken.

@@ -248,7 +248,7 @@ fn the_library_exports_exactly_the_functions_the_header_declares() {
         .collect();
     exported.sort();
     assert_eq!(exported, declared);
-    // Every name the seed and the issue require is among them.
+    // Every name of Clara's C API that fastio provides is among them.
     for required in [
         "nvidia_clara_fastio__create",
         "nvidia_clara_fastio__publish",
