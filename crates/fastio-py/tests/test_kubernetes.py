@@ -155,6 +155,17 @@ def test_memory_requests_count_the_preallocated_shared_memory(tmp_path):
     assert use["image"] == "example/use:latest" and "args" not in use
 
 
+def test_memory_requests_leave_out_outputs_that_live_on_a_gpu(tmp_path):
+    definition = tmp_path / "device.yaml"
+    definition.write_text(SHARED.replace(
+        "shape: [256, 512, 512]}\n  - {name: slices",
+        "shape: [256, 512, 512], device: cuda:0}\n  - {name: slices", 1))
+    objects = render(tmp_path, definition, "--output", "pvc:out")
+    _, make, _ = pod(objects)["containers"]
+    # The 128 MiB volume is GPU memory now: only the operator's own 100 MB is host memory.
+    assert make["resources"]["requests"]["memory"] == "100Mi"
+
+
 def test_many_runs_render_an_indexed_job_one_payload_per_index(tmp_path, joining):
     listing = tmp_path / "payloads.txt"
     listing.write_text("studies/a\n\n# skipped\nstudies/b\nstudies/c\n")

@@ -318,10 +318,12 @@ fn volume_source(spec: &str, flag: &str) -> anyhow::Result<Value> {
 
 /// Bytes of the shared memory an operator's pre-allocated outputs hold: the driver makes
 /// them before the operator runs, and the operator's writes touch (and are charged) them.
+/// Outputs declared `device: cuda:N` live in GPU memory and are not counted.
 fn preallocated_bytes(op: &Operator) -> u64 {
     op.outputs()
         .iter()
         .filter(|e| e.kind().is_preallocatable())
+        .filter(|e| e.memory() == fastio_context::MemoryKind::Host)
         .filter_map(|e| {
             let t = e.kind().element_type()?;
             let shape = e.kind().declared_shape()?;
