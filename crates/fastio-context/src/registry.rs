@@ -544,22 +544,7 @@ impl Registry {
                 return Err(MemoryFailure::from_segment(e));
             }
         };
-        let id = ResourceId(self.next_id);
-        self.next_id += 1;
-        self.resources.insert(
-            id,
-            Resource {
-                memory: Memory::Host(segment),
-                mapped_by,
-                huge,
-                size,
-                deleted: false,
-                pins: 0,
-                handles: 0,
-                writer: None,
-                sealed: false,
-            },
-        );
+        let id = self.insert_resource(Memory::Host(segment), mapped_by, huge, size);
         Ok(Grant {
             id,
             size,
@@ -570,6 +555,33 @@ impl Registry {
             device_bytes: 0,
             memory: GrantedMemory::Host(client_copy),
         })
+    }
+
+    /// Records a new resource, held by nobody yet, under the next id.
+    fn insert_resource(
+        &mut self,
+        memory: Memory,
+        mapped_by: MappedBy,
+        huge: Arc<HugeState>,
+        size: usize,
+    ) -> ResourceId {
+        let id = ResourceId(self.next_id);
+        self.next_id += 1;
+        self.resources.insert(
+            id,
+            Resource {
+                memory,
+                mapped_by,
+                huge,
+                size,
+                deleted: false,
+                pins: 0,
+                handles: 0,
+                writer: None,
+                sealed: false,
+            },
+        );
+        id
     }
 
     /// A new private resource of at least `size` bytes on CUDA device `device`, held once
@@ -599,21 +611,11 @@ impl Registry {
         } else {
             self.recycled += 1;
         }
-        let id = ResourceId(self.next_id);
-        self.next_id += 1;
-        self.resources.insert(
-            id,
-            Resource {
-                memory: Memory::Device(memory),
-                mapped_by: Vec::new(),
-                huge: Arc::new(HugeState::default()),
-                size,
-                deleted: false,
-                pins: 0,
-                handles: 0,
-                writer: None,
-                sealed: false,
-            },
+        let id = self.insert_resource(
+            Memory::Device(memory),
+            Vec::new(),
+            Arc::new(HugeState::default()),
+            size,
         );
         Ok(Grant {
             id,

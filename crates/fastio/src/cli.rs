@@ -434,17 +434,7 @@ fn run_pipeline(
     options.save = save.map(|dir| dir.unwrap_or_else(|| options.output_root.join("arrays")));
     options.payload = payload;
     if let Some(seconds) = timeout {
-        options.timeout = Some(
-            std::time::Duration::try_from_secs_f64(seconds)
-                .ok()
-                .filter(|d| !d.is_zero() && *d <= fastio::pipeline::MAX_TIMEOUT)
-                .with_context(|| {
-                    format!(
-                        "--timeout must be a positive number of seconds, at most {}",
-                        fastio::pipeline::MAX_TIMEOUT.as_secs()
-                    )
-                })?,
-        );
+        options.timeout = Some(timeout_flag(seconds)?);
     }
     let display = std::sync::Arc::new(std::sync::Mutex::new(progress::Display::new(
         quiet, heartbeat,
@@ -521,17 +511,7 @@ fn run_operator(
     options.job_id = Some(job_id);
     options.save = Some(save.unwrap_or_else(|| options.output_root.join("arrays")));
     if let Some(seconds) = timeout {
-        options.timeout = Some(
-            std::time::Duration::try_from_secs_f64(seconds)
-                .ok()
-                .filter(|d| !d.is_zero() && *d <= fastio::pipeline::MAX_TIMEOUT)
-                .with_context(|| {
-                    format!(
-                        "--timeout must be a positive number of seconds, at most {}",
-                        fastio::pipeline::MAX_TIMEOUT.as_secs()
-                    )
-                })?,
-        );
+        options.timeout = Some(timeout_flag(seconds)?);
     }
     let interrupts = interrupt::Watch::start(&options.cancel)?;
     let mut display = progress::Display::new(quiet, heartbeat_interval(30.0)?);
@@ -809,4 +789,18 @@ mod progress {
             }
         }
     }
+}
+
+/// The `--timeout SECONDS` flag as a time limit: positive and at most the longest limit a
+/// definition may set.
+fn timeout_flag(seconds: f64) -> anyhow::Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|d| !d.is_zero() && *d <= fastio::pipeline::MAX_TIMEOUT)
+        .with_context(|| {
+            format!(
+                "--timeout must be a positive number of seconds, at most {}",
+                fastio::pipeline::MAX_TIMEOUT.as_secs()
+            )
+        })
 }
