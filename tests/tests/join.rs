@@ -8,8 +8,8 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fastio::context::job::{Job, JobPlan, StagePlan};
 use fastio::context::{JobSecret, Server, ServerConfig};
+use fastio::job::{Job, JobPlan, StagePlan};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_fastio-probe");
 const SECRET: &str = "0123456789abcdef0123456789abcdef";

@@ -4,8 +4,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fastio_context::job::{EntryId, JobPlan, ReclaimedHandle};
 use fastio_context::{MemoryKind, Server};
+use fastio_job::{EntryId, JobPlan, ReclaimedHandle};
 use fastio_pipeline::plan::DiskLayout;
 use fastio_pipeline::{EntryKind, Pipeline};
 

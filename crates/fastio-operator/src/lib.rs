@@ -41,11 +41,11 @@ use std::sync::Arc;
 
 pub use cuda_streams;
 
-pub use fastio_context::job::PathEntry;
-use fastio_context::job::{Job, JobPlan, Phase, ReclaimedHandle, StageInfo, StagePlan};
 pub use fastio_context::{
     AccessMode, Context, ContextError, EntryError, FastIoEntry, JobError, RequestError,
 };
+pub use fastio_job::PathEntry;
+use fastio_job::{Job, JobPlan, Phase, ReclaimedHandle, StageInfo, StagePlan};
 use fastio_pipeline::Pipeline;
 use fastio_pipeline::plan::{DiskLayout, job_plan};
 
@@ -455,7 +455,7 @@ impl Driver {
     }
 
     fn payload(&self) -> Result<Payload<'_>, OperatorError> {
-        let open = |infos: &[fastio_context::job::EntryInfo]| {
+        let open = |infos: &[fastio_job::EntryInfo]| {
             infos
                 .iter()
                 .map(|info| FastIoEntry::open(&self.context, info.clone()))

@@ -5,8 +5,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use fastio_context::job::{EntryId, EntryPlan, Job, JobPlan, StagePlan};
 use fastio_context::{EventHandle, MemoryKind, Server, ServerConfig};
+use fastio_job::{EntryId, EntryPlan, Job, JobPlan, StagePlan};
 use fastio_meta::ElementType;
 use fastio_operator::cuda_streams::testing::FakeCall;
 use fastio_operator::cuda_streams::{self, Driver as CudaDriver};
