@@ -175,7 +175,7 @@ fn an_input_entry_refuses_writes_keeps_its_data_and_carries_the_producers_event(
         }],
     };
     let job = std::sync::Arc::new(JobState::new(plan, |_| {}));
-    let server = fastio::Server::start_job(Default::default(), job.clone()).unwrap();
+    let server = fastio::job::host(Default::default(), job.clone()).unwrap();
     let writer = fastio::Driver::join(server.local_operator_context(0)).unwrap();
     let reader = fastio::Driver::join(server.local_operator_context(1)).unwrap();
     let info = writer.stage_info().fastio_outputs[0].clone();

@@ -58,16 +58,15 @@
 mod collapse;
 mod context;
 pub mod device;
-mod entry;
 mod error;
 mod gpucopy;
-pub mod job;
 pub mod listing;
 mod mapcache;
 pub mod protocol;
 pub mod records;
 pub mod registry;
 pub mod server;
+pub mod service;
 #[allow(unsafe_code)]
 mod sys;
 mod transport;
@@ -76,7 +75,6 @@ pub use collapse::COLLAPSE_ENV;
 pub use context::{
     Allocation, Context, CreateOptions, DeviceView, JOB_SECRET_ENV, JOB_SOCKET_ENV, JOB_STAGE_ENV,
 };
-pub use entry::FastIoEntry;
 pub use error::{
     ContextError, CreateError, EntryError, GetError, JobError, PublishError, ReleaseError,
     RequestError, UnpublishError, WriteError,

@@ -555,8 +555,8 @@ fn run(
         ..ServerConfig::default()
     };
     let server = match joining {
-        None => Server::start_job_with_inputs(config, job.clone(), &filled)?,
-        Some(join) => Server::start_job_at(
+        None => fastio_job::host_with_inputs(config, job.clone(), filled)?,
+        Some(join) => fastio_job::host_at(
             config,
             job.clone(),
             &join.socket,

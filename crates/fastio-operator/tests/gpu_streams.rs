@@ -5,8 +5,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use fastio_context::{EventHandle, MemoryKind, Server, ServerConfig};
-use fastio_job::{EntryId, EntryPlan, Job, JobPlan, StagePlan};
+use fastio_context::{EventHandle, MemoryKind, ServerConfig};
+use fastio_job::{EntryId, EntryPlan, Job, JobPlan, JobServer, StagePlan};
 use fastio_meta::ElementType;
 use fastio_operator::cuda_streams::testing::FakeCall;
 use fastio_operator::cuda_streams::{self, Driver as CudaDriver};
@@ -49,8 +49,8 @@ fn job() -> Arc<Job> {
     ))
 }
 
-fn server() -> Server {
-    Server::start_job(
+fn server() -> JobServer {
+    fastio_job::host(
         ServerConfig {
             pool_bytes: 1 << 20,
             collapse: false,
@@ -300,7 +300,7 @@ fn host_waits(driver: &CudaDriver) -> usize {
 
 #[test]
 fn device_outputs_skip_the_host_wait_and_their_readers_open_the_event_on_the_entrys_device() {
-    let server = Server::start_job(
+    let server = fastio_job::host(
         ServerConfig {
             pool_bytes: 1 << 20,
             collapse: false,

@@ -2,22 +2,24 @@
 //! and the life-cycle each operator goes through (Clara's prepare, execute, cleanup).
 //!
 //! The driver describes the job with a [`JobPlan`] and hosts it in its context server
-//! ([`crate::Server::start_job`]); each operator process joins over its own connection and
+//! ([`crate::host`]); each operator process joins over its own connection and
 //! learns its [`StageInfo`]. A stage executes only once every upstream stage has finished
-//! execute ([`crate::protocol::Request::AwaitInputs`]); the driver watches progress through
+//! execute ([`fastio_context::protocol::Request::AwaitInputs`]); the driver watches progress through
 //! the [`JobEvent`]s it is notified of and aborts the job when something fails.
 //!
-//! Architecture Invariant: the job state lives in [`Job`] and nowhere else; the registry
-//! holds the entries' memory, the job holds who may run when.
+//! Architecture Invariant: the job state lives in [`Job`] and nowhere else; the entry table
+//! ([`crate::entries`]) holds which memory each entry has, the registry the memory itself,
+//! the job who may run when.
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use fastio_meta::ElementType;
 
-use crate::error::JobError;
-use crate::protocol::AccessMode;
-pub use crate::protocol::{EntryId, EntryInfo, PathEntry, Phase, ReclaimedHandle, StageInfo};
+use fastio_context::JobError;
+use fastio_context::protocol::{
+    AccessMode, EntryId, EntryInfo, MemoryKind, PathEntry, Phase, ReclaimedHandle, StageInfo,
+};
 
 /// One operator of a job, as the driver plans it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,7 +53,7 @@ pub struct EntryPlan {
     pub declared: Vec<i64>,
     /// Where its memory lives (a pipeline definition's `device: cuda:N`; host memory by
     /// default). Device entries are pre-allocated, so their shape is fully known.
-    pub memory: crate::protocol::MemoryKind,
+    pub memory: MemoryKind,
 }
 
 impl EntryPlan {
@@ -139,7 +141,7 @@ pub enum JobEventKind {
     /// Handles still held at the end of execute were reclaimed.
     Reclaimed(Vec<ReclaimedHandle>),
     /// An operator the server did not start proved it belongs to the job and took this
-    /// stage ([`crate::protocol::Request::Attach`]); `pid` is its process as the server's
+    /// stage ([`fastio_context::protocol::Request::Attach`]); `pid` is its process as the server's
     /// PID namespace sees it (`None` when that namespace cannot see it, e.g. another
     /// container of a Pod that does not share its process namespace).
     Attached {

@@ -1,0 +1,349 @@
+//! The entry table: which memory each FastIO entry of a job has now, and the calls that
+//! give it memory, open it, seal it.
+//!
+//! The memory itself belongs to the context's registry, reached through
+//! [`ContextMemory`]: an entry's resource is made fresh (never a pooled segment) and
+//! pinned by the entry, so it lives while the entry is bound to it, like a publication;
+//! unbinding it (new memory for the entry) lets it die with its last handle. Handles,
+//! the writer rule, seals and reclaim stay the registry's.
+//!
+//! Allocation policy lives in few places: [`EntryTable::define`] (pre-allocation at set-up,
+//! checked as a whole first), [`allocate`] (a dynamic entry's memory, made without any
+//! lock) and [`EntryTable::bind`] (the swap of an entry's memory, where the old one is let
+//! go).
+//!
+//! Locks: the table is behind the runtime's mutex; a caller holding it may call
+//! [`ContextMemory`] (which takes the registry's lock), never the reverse. Memory is made
+//! without the table's lock ([`allocate`]).
+
+use std::sync::Mutex;
+
+use fastio_context::protocol::{AccessMode, EntryId, EventHandle, MemoryKind, ResourceId};
+use fastio_context::registry::{ConnectionId, Grant, GrantRefusal, MemoryFailure, Pinned};
+use fastio_context::service::ContextMemory;
+use fastio_context::{CreateError, EntryError};
+use fastio_meta::{Shape, TypedShape};
+
+use crate::job::EntryPlan;
+
+/// One entry: its plan, its memory now (a pinned resource with the entry's concrete
+/// shape), and the interprocess CUDA event its producer attached to that memory.
+#[derive(Debug)]
+struct EntrySlot {
+    plan: EntryPlan,
+    bound: Option<(ResourceId, TypedShape)>,
+    event: Option<EventHandle>,
+}
+
+/// The FastIO entries of one job. Entry `i` of the plan is `EntryId(i)`.
+#[derive(Debug, Default)]
+pub struct EntryTable {
+    slots: Vec<EntrySlot>,
+}
+
+/// An entry's element type and dimensions as a typed shape, or why they are not one.
+fn typed_shape(plan: &EntryPlan, dims: &[usize]) -> Result<TypedShape, EntryError> {
+    let shape_error = |e: fastio_meta::MetaError| EntryError::Shape {
+        name: plan.name.clone(),
+        dims: dims.to_vec(),
+        reason: e.to_string(),
+    };
+    TypedShape::new(
+        plan.element_type,
+        Shape::new(dims.to_vec()).map_err(shape_error)?,
+    )
+    .map_err(shape_error)
+}
+
+/// Why memory for an entry could not be made, as the entry's error: device memory names
+/// the entry and its device.
+fn make_error(plan: &EntryPlan, kind: MemoryKind, e: CreateError) -> EntryError {
+    match (kind, e) {
+        (MemoryKind::Cuda { .. }, e) => EntryError::Device {
+            name: plan.name.clone(),
+            memory: kind,
+            reason: e.to_string(),
+        },
+        (_, CreateError::OutOfMemory { size, message }) => {
+            EntryError::OutOfMemory { size, message }
+        }
+        (_, CreateError::System { message }) => EntryError::System { message },
+        (_, e @ CreateError::Device { .. }) => EntryError::System {
+            message: e.to_string(),
+        },
+    }
+}
+
+impl EntryTable {
+    /// Sets up a job's FastIO entries, making (zeroed) the memory of those whose shape is
+    /// fully known. Host entry memory is always fresh, hence zero; device entries are made
+    /// on their device, not zeroed, and take no host memory.
+    ///
+    /// The host memory of every pre-allocated entry is checked against what is available
+    /// as a whole before any of it is made: a job that cannot fit fails at once, having
+    /// taken nothing.
+    pub fn define(memory: &ContextMemory<'_>, plans: &[EntryPlan]) -> Result<Self, EntryError> {
+        let mut total = 0u64;
+        for plan in plans.iter().filter(|p| p.is_preallocated()) {
+            let bytes = plan
+                .declared
+                .iter()
+                .try_fold(plan.element_type.size() as u64, |acc, &d| {
+                    acc.checked_mul(u64::try_from(d).ok()?)
+                })
+                .ok_or_else(|| EntryError::Shape {
+                    name: plan.name.clone(),
+                    dims: plan.declared.iter().map(|&d| d as usize).collect(),
+                    reason: "it has more bytes than can be addressed".into(),
+                })?;
+            // Device entries take no host memory.
+            if plan.memory.is_host() {
+                total = total.saturating_add(bytes);
+            }
+        }
+        memory.admit(total).map_err(|e| match e {
+            MemoryFailure::OutOfMemory { message, .. } => EntryError::OutOfMemory {
+                size: usize::try_from(total).unwrap_or(usize::MAX),
+                message: format!(
+                    "the job's pre-allocated FastIO entries need {total} bytes together; nothing was allocated: {message}"
+                ),
+            },
+            other => other.into(),
+        })?;
+        let mut table = Self::default();
+        for plan in plans {
+            table.slots.push(EntrySlot {
+                plan: plan.clone(),
+                bound: None,
+                event: None,
+            });
+            if plan.is_preallocated() {
+                let dims: Vec<usize> = plan.declared.iter().map(|&d| d as usize).collect();
+                let index = table.slots.len() - 1;
+                let typed = typed_shape(plan, &dims)?;
+                let pinned = memory
+                    .make_pinned(plan.memory, typed.byte_size(), &plan.name)
+                    .map_err(|e| make_error(plan, plan.memory, e))?;
+                table.bind(memory, index, typed, pinned);
+                if plan.producer.is_none() {
+                    // Nothing in this job writes it: it stays zero for every reader.
+                    memory.seal(pinned.id)?;
+                }
+            }
+        }
+        Ok(table)
+    }
+
+    fn slot(&self, entry: EntryId) -> Result<&EntrySlot, EntryError> {
+        self.slots
+            .get(entry.0 as usize)
+            .ok_or(EntryError::UnknownEntry { id: entry.0 })
+    }
+
+    /// The entry's plan.
+    pub fn plan(&self, entry: EntryId) -> Result<&EntryPlan, EntryError> {
+        Ok(&self.slot(entry)?.plan)
+    }
+
+    /// Gives entry `entry` host memory of shape `dims` holding `bytes` (C order), before
+    /// any operator runs: how a job of one operator gets its inputs from files. Fixed
+    /// dimensions must be the declared ones.
+    pub fn fill(
+        &mut self,
+        memory: &ContextMemory<'_>,
+        entry: EntryId,
+        dims: &[usize],
+        bytes: &[u8],
+    ) -> Result<(), EntryError> {
+        let index = entry.0 as usize;
+        let plan = self.plan(entry)?.clone();
+        let mismatch = dims.len() != plan.declared.len()
+            || dims
+                .iter()
+                .zip(&plan.declared)
+                .any(|(&d, &declared)| declared > 0 && d as i64 != declared);
+        if mismatch {
+            return Err(EntryError::Shape {
+                name: plan.name.clone(),
+                dims: dims.to_vec(),
+                reason: format!("it is declared {:?} (-1 or 0: any)", plan.declared),
+            });
+        }
+        let typed = typed_shape(&plan, dims)?;
+        let pinned = memory
+            .make_pinned(MemoryKind::Host, typed.byte_size(), &plan.name)
+            .map_err(|e| make_error(&plan, MemoryKind::Host, e))?;
+        self.bind(memory, index, typed, pinned);
+        if bytes.len() != pinned.size {
+            return Err(EntryError::Shape {
+                name: plan.name.clone(),
+                dims: dims.to_vec(),
+                reason: format!(
+                    "they need {} bytes, the data has {}",
+                    pinned.size,
+                    bytes.len()
+                ),
+            });
+        }
+        memory.fill(pinned.id, bytes)?;
+        // Fresh memory: what `define` gave an entry nobody in the job writes was already
+        // sealed against writes; this memory is sealed once filled.
+        if plan.producer.is_none() {
+            memory.seal(pinned.id)?;
+        }
+        Ok(())
+    }
+
+    /// Binds entry `index` to `pinned` memory of shape `typed`, letting go of its previous
+    /// memory (which lives on while handles to it remain) and of that memory's event.
+    /// Returns whether the new memory was recycled (then its first writer zeroes it).
+    pub fn bind(
+        &mut self,
+        memory: &ContextMemory<'_>,
+        index: usize,
+        typed: TypedShape,
+        pinned: Pinned,
+    ) -> bool {
+        let slot = &mut self.slots[index];
+        slot.event = None;
+        if let Some((old, _)) = slot.bound.replace((pinned.id, typed)) {
+            memory.unpin(old, &slot.plan.name);
+        }
+        pinned.recycled
+    }
+
+    /// The bytes, and memory kind, a dynamic entry of `dims` needs, or why it cannot be
+    /// allocated so.
+    pub fn check_allocate(
+        &self,
+        entry: EntryId,
+        dims: &[usize],
+    ) -> Result<(TypedShape, MemoryKind), EntryError> {
+        let plan = self.plan(entry)?;
+        if plan.is_preallocated() {
+            return Err(EntryError::Preallocated {
+                name: plan.name.clone(),
+            });
+        }
+        let fits = dims.len() == plan.declared.len()
+            && dims
+                .iter()
+                .zip(&plan.declared)
+                .all(|(&d, &declared)| declared <= 0 || d as i64 == declared);
+        if !fits {
+            return Err(EntryError::Shape {
+                name: plan.name.clone(),
+                dims: dims.to_vec(),
+                reason: format!(
+                    "it is declared {:?}, and every dimension must equal the declaration where it is not dynamic",
+                    plan.declared
+                ),
+            });
+        }
+        Ok((typed_shape(plan, dims)?, plan.memory))
+    }
+
+    /// A handle for `conn` to the memory behind `entry`, with the entry's shape and its
+    /// producer's event. [`EntryError::NotAllocated`] while it has none.
+    pub fn open(
+        &self,
+        memory: &ContextMemory<'_>,
+        conn: ConnectionId,
+        entry: EntryId,
+        access: AccessMode,
+    ) -> Result<Grant, EntryError> {
+        let slot = self.slot(entry)?;
+        let Some((id, typed)) = slot.bound.clone() else {
+            return Err(EntryError::NotAllocated {
+                name: slot.plan.name.clone(),
+            });
+        };
+        memory
+            .grant(conn, id, access, typed, slot.event)
+            .map_err(|e| match e {
+                GrantRefusal::Sealed => EntryError::Sealed {
+                    name: slot.plan.name.clone(),
+                },
+                GrantRefusal::Memory(e) => e.into(),
+            })
+    }
+
+    /// Attaches `event` to the entry's current memory.
+    pub fn set_event(&mut self, entry: EntryId, event: EventHandle) -> Result<(), EntryError> {
+        let slot = self
+            .slots
+            .get_mut(entry.0 as usize)
+            .ok_or(EntryError::UnknownEntry { id: entry.0 })?;
+        if slot.bound.is_none() {
+            return Err(EntryError::NotAllocated {
+                name: slot.plan.name.clone(),
+            });
+        }
+        slot.event = Some(event);
+        Ok(())
+    }
+
+    /// Seals the memory of `entries` against writes, for good: their producer has
+    /// finished execute, and from now on no descriptor in any process can write it, map it
+    /// writable or punch holes in it. Entries without memory are skipped.
+    pub fn seal(
+        &self,
+        memory: &ContextMemory<'_>,
+        entries: &[EntryId],
+    ) -> Result<(), MemoryFailure> {
+        for entry in entries {
+            let bound = self
+                .slots
+                .get(entry.0 as usize)
+                .and_then(|slot| slot.bound.as_ref().map(|(id, _)| *id));
+            if let Some(id) = bound {
+                memory.seal(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The entry's memory now, if it has some: its resource, shape and bytes.
+    pub fn bound(&self, entry: EntryId) -> Option<(ResourceId, Vec<usize>, usize)> {
+        let slot = self.slots.get(entry.0 as usize)?;
+        slot.bound
+            .as_ref()
+            .map(|(id, typed)| (*id, typed.shape.dims().to_vec(), typed.byte_size()))
+    }
+}
+
+/// Gives a dynamic entry memory for `dims` and a read-write handle to it for `conn`. An
+/// earlier allocation of the entry is unbound (it lives on while handles to it remain).
+///
+/// The memory is made with neither the table's lock nor the registry's held (it may be
+/// gigabytes); the dimensions are checked before and again after. Recycled memory (a
+/// device's warm pool) is zeroed by the producer as it maps it, not here under a lock.
+pub fn allocate(
+    table: &Mutex<EntryTable>,
+    memory: &ContextMemory<'_>,
+    conn: ConnectionId,
+    entry: EntryId,
+    dims: &[usize],
+) -> Result<Grant, EntryError> {
+    let lock = || table.lock().unwrap_or_else(|p| p.into_inner());
+    let (typed, kind, name) = {
+        let table = lock();
+        let (typed, kind) = table.check_allocate(entry, dims)?;
+        (typed, kind, table.plan(entry)?.name.clone())
+    };
+    let pinned = memory
+        .make_pinned(kind, typed.byte_size(), &name)
+        .map_err(|e| match lock().plan(entry) {
+            Ok(plan) => make_error(plan, kind, e),
+            Err(unknown) => unknown,
+        })?;
+    let mut table = lock();
+    if let Err(e) = table.check_allocate(entry, dims) {
+        memory.unpin(pinned.id, &name);
+        return Err(e);
+    }
+    let recycled = table.bind(memory, entry.0 as usize, typed, pinned);
+    let mut grant = table.open(memory, conn, entry, AccessMode::ReadWrite)?;
+    grant.recycled = recycled;
+    Ok(grant)
+}
