@@ -397,6 +397,11 @@ impl Session {
         }
     }
 
+    /// The registry's id of this session's connection: whose handles a grant adds to.
+    pub fn connection(&self) -> crate::registry::ConnectionId {
+        self.peer.conn
+    }
+
     /// Answers one message: the response's body, and the descriptor that goes with it.
     pub fn handle(&mut self, body: &[u8]) -> (Vec<u8>, Option<crate::registry::GrantedMemory>) {
         let refuse = |message: String| {

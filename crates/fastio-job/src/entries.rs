@@ -347,3 +347,447 @@ pub fn allocate(
     grant.recycled = recycled;
     Ok(grant)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The entry table over a real registry: a context server's, reached through its
+    //! [`ContextMemory`], with sessions as the connections that hold handles.
+
+    use super::*;
+    use fastio_context::protocol::{PROTOCOL_VERSION, Request, Response};
+    use fastio_context::registry::GrantedMemory;
+    use fastio_context::server::Session;
+    use fastio_context::{GetError, ReleaseError, RequestError, Server, ServerConfig, WriteError};
+    use fastio_meta::ElementType;
+    use std::os::fd::AsRawFd;
+
+    fn server(pool_bytes: u64) -> Server {
+        server_with(ServerConfig {
+            pool_bytes,
+            collapse: false,
+            ..ServerConfig::default()
+        })
+    }
+
+    fn server_with(config: ServerConfig) -> Server {
+        Server::start(config).unwrap()
+    }
+
+    /// A greeted connection of `server`.
+    fn client(server: &Server) -> Session {
+        let mut session = server.session();
+        assert!(matches!(
+            call(
+                &mut session,
+                &Request::Hello {
+                    version: PROTOCOL_VERSION
+                }
+            ),
+            Response::Welcome { .. }
+        ));
+        session
+    }
+
+    fn call(session: &mut Session, request: &Request) -> Response {
+        let (body, _) = session.handle(&serde_json::to_vec(request).unwrap());
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    fn refusal(response: Response) -> RequestError {
+        match response {
+            Response::Refused(e) => e,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    fn dynamic_entry() -> EntryPlan {
+        EntryPlan {
+            memory: Default::default(),
+            name: "slices".into(),
+            producer: Some(0),
+            element_type: ElementType::I32,
+            declared: vec![-1],
+        }
+    }
+
+    fn entry(producer: Option<usize>) -> EntryPlan {
+        EntryPlan {
+            memory: Default::default(),
+            name: "volume".into(),
+            producer,
+            element_type: ElementType::U8,
+            declared: vec![4096],
+        }
+    }
+
+    #[test]
+    fn a_job_that_cannot_fit_fails_before_allocating_anything() {
+        // Ten entries of an eighth of what is available each: once, the first eight were
+        // allocated before the ninth failed.
+        let available = fastio_shm::available_memory().expect("memory is reported");
+        let each = available / 8;
+        let plans: Vec<EntryPlan> = (0..10)
+            .map(|i| EntryPlan {
+                memory: Default::default(),
+                name: format!("volume{i}"),
+                producer: Some(0),
+                element_type: ElementType::U8,
+                declared: vec![each as i64],
+            })
+            .collect();
+        let server = server(0);
+        let err = EntryTable::define(&server.memory(), &plans).unwrap_err();
+        assert!(matches!(err, EntryError::OutOfMemory { .. }), "{err}");
+        assert!(err.to_string().contains("nothing was allocated"), "{err}");
+        let s = server.stats();
+        assert_eq!((s.segments_created, s.resources, s.live_bytes), (0, 0, 0));
+    }
+
+    #[test]
+    fn an_entrys_memory_cannot_be_freed_under_its_readers() {
+        let server = server(0);
+        let memory = server.memory();
+        let table = Mutex::new(EntryTable::define(&memory, &[dynamic_entry()]).unwrap());
+        let mut producer = client(&server);
+        let g = allocate(&table, &memory, producer.connection(), EntryId(0), &[4]).unwrap();
+        assert!(matches!(
+            refusal(call(
+                &mut producer,
+                &Request::Free {
+                    id: g.id,
+                    handle: 0
+                }
+            )),
+            RequestError::Release(ReleaseError::EntryMemory { .. })
+        ));
+        assert_eq!(
+            call(
+                &mut producer,
+                &Request::Release {
+                    id: g.id,
+                    handle: 0
+                }
+            ),
+            Response::Done
+        );
+        // The entry still holds it: a reader opens it.
+        let reader = client(&server);
+        let opened = table
+            .lock()
+            .unwrap()
+            .open(
+                &memory,
+                reader.connection(),
+                EntryId(0),
+                AccessMode::ReadOnly,
+            )
+            .unwrap();
+        assert_eq!(opened.id, g.id);
+    }
+
+    #[test]
+    fn reallocating_an_entry_drops_the_old_memorys_event_and_never_takes_pooled_memory() {
+        let server = server(1 << 20);
+        let memory = server.memory();
+        let table = Mutex::new(EntryTable::define(&memory, &[dynamic_entry()]).unwrap());
+        let mut producer = client(&server);
+        let c = producer.connection();
+        // A pooled segment that a former holder may still map writable.
+        let Response::Handle { id: private, .. } = call(
+            &mut producer,
+            &Request::Create {
+                size: 4096,
+                hugetlb: false,
+                kind: MemoryKind::Host,
+            },
+        ) else {
+            panic!("no handle")
+        };
+        call(
+            &mut producer,
+            &Request::Release {
+                id: private,
+                handle: 0,
+            },
+        );
+        assert_eq!(server.stats().pooled_segments, 1);
+        let first = allocate(&table, &memory, c, EntryId(0), &[1024]).unwrap();
+        assert!(!first.recycled, "entry memory is always fresh");
+        assert_eq!(server.stats().pooled_segments, 1);
+        table
+            .lock()
+            .unwrap()
+            .set_event(EntryId(0), EventHandle([1; 64]))
+            .unwrap();
+        call(
+            &mut producer,
+            &Request::Release {
+                id: first.id,
+                handle: 0,
+            },
+        );
+        let second = allocate(&table, &memory, c, EntryId(0), &[1024]).unwrap();
+        assert!(!second.recycled);
+        let reader = client(&server);
+        let opened = table
+            .lock()
+            .unwrap()
+            .open(
+                &memory,
+                reader.connection(),
+                EntryId(0),
+                AccessMode::ReadOnly,
+            )
+            .unwrap();
+        assert_eq!(opened.event, None, "the event belonged to the old memory");
+    }
+
+    #[test]
+    fn a_sealed_entry_refuses_every_write_path_and_is_never_pooled() {
+        let server = server(1 << 20);
+        let memory = server.memory();
+        let table = EntryTable::define(&memory, &[entry(Some(0))]).unwrap();
+        let (mut producer, mut reader) = (client(&server), client(&server));
+        let out = table
+            .open(
+                &memory,
+                producer.connection(),
+                EntryId(0),
+                AccessMode::ReadWrite,
+            )
+            .unwrap();
+        let publish = Request::Publish {
+            id: out.id,
+            name: "published-output".into(),
+            typed: None,
+            event: None,
+            replace: false,
+        };
+        assert_eq!(call(&mut producer, &publish), Response::Done);
+        table.seal(&memory, &[EntryId(0)]).unwrap();
+        assert_eq!(
+            table
+                .open(
+                    &memory,
+                    producer.connection(),
+                    EntryId(0),
+                    AccessMode::ReadWrite
+                )
+                .unwrap_err(),
+            EntryError::Sealed {
+                name: "volume".into()
+            }
+        );
+        assert_eq!(
+            refusal(call(
+                &mut reader,
+                &Request::Get {
+                    name: "published-output".into(),
+                    access: AccessMode::ReadWrite
+                }
+            )),
+            RequestError::Get(GetError::Sealed {
+                name: "published-output".into(),
+                id: out.id.0
+            })
+        );
+        assert_eq!(
+            refusal(call(
+                &mut producer,
+                &Request::AcquireWrite {
+                    id: out.id,
+                    handle: 1
+                }
+            )),
+            RequestError::Write(WriteError::Sealed { id: out.id.0 })
+        );
+        // Descriptor tricks on a reader's descriptor: reopened for writing (as root, whom
+        // the inode's mode does not stop), it still cannot write, punch or map writable.
+        let input = table
+            .open(
+                &memory,
+                reader.connection(),
+                EntryId(0),
+                AccessMode::ReadOnly,
+            )
+            .unwrap();
+        let path = format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsFd::as_fd(input.segment().unwrap()).as_raw_fd()
+        );
+        if let Ok(fd) = rustix::fs::open(
+            path.as_str(),
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        ) {
+            assert_eq!(
+                rustix::io::pwrite(&fd, b"x", 0),
+                Err(rustix::io::Errno::PERM)
+            );
+            assert_eq!(
+                rustix::fs::fallocate(
+                    &fd,
+                    rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+                    0,
+                    4096
+                ),
+                Err(rustix::io::Errno::PERM)
+            );
+            let segment = fastio_shm::Segment::from_fd(fd).unwrap();
+            assert!(
+                fastio_shm::Mapping::new(
+                    &segment,
+                    fastio_shm::Access::ReadWrite,
+                    fastio_shm::Prefault::Lazy
+                )
+                .is_err()
+            );
+        }
+        // A segment a client sealed itself is closed when it dies, not pooled.
+        let (body, granted) = reader.handle(
+            &serde_json::to_vec(&Request::Create {
+                size: 4096,
+                hugetlb: false,
+                kind: MemoryKind::Host,
+            })
+            .unwrap(),
+        );
+        let Response::Handle { id: private, .. } = serde_json::from_slice(&body).unwrap() else {
+            panic!("no handle")
+        };
+        let Some(GrantedMemory::Host(segment)) = granted else {
+            panic!("no segment")
+        };
+        segment.seal_writes().unwrap();
+        call(
+            &mut reader,
+            &Request::Release {
+                id: private,
+                handle: 0,
+            },
+        );
+        assert_eq!(server.stats().pooled_segments, 0);
+    }
+
+    #[test]
+    fn a_device_entry_is_made_on_its_device_written_by_its_producer_and_read_only_after() {
+        let server = server_with(ServerConfig {
+            pool_bytes: 1 << 20,
+            collapse: false,
+            device_driver: Some(cuda_streams::Driver::fake(2)),
+            ..ServerConfig::default()
+        });
+        let memory = server.memory();
+        let cuda1 = MemoryKind::Cuda { device: 1 };
+        let plan = EntryPlan {
+            memory: cuda1,
+            ..entry(Some(0))
+        };
+        let table = EntryTable::define(&memory, &[plan]).unwrap();
+        // Device entries take no host memory.
+        assert_eq!(server.stats().live_bytes, 0);
+        assert_eq!(server.stats().device_live_bytes, 2 << 20);
+        let (producer, reader) = (client(&server), client(&server));
+        let out = table
+            .open(
+                &memory,
+                producer.connection(),
+                EntryId(0),
+                AccessMode::ReadWrite,
+            )
+            .unwrap();
+        assert_eq!(out.kind, cuda1);
+        assert!(matches!(out.memory, GrantedMemory::Device(_)));
+        assert_eq!(out.device_bytes, 2 << 20);
+        table.seal(&memory, &[EntryId(0)]).unwrap();
+        assert_eq!(
+            table
+                .open(
+                    &memory,
+                    producer.connection(),
+                    EntryId(0),
+                    AccessMode::ReadWrite
+                )
+                .unwrap_err(),
+            EntryError::Sealed {
+                name: "volume".into()
+            }
+        );
+        let input = table
+            .open(
+                &memory,
+                reader.connection(),
+                EntryId(0),
+                AccessMode::ReadOnly,
+            )
+            .unwrap();
+        assert_eq!(input.kind, cuda1);
+    }
+
+    #[test]
+    fn a_device_entry_without_its_device_fails_the_job_at_set_up() {
+        let server = server_with(ServerConfig {
+            pool_bytes: 0,
+            collapse: false,
+            device_driver: Some(cuda_streams::Driver::fake(1)),
+            ..ServerConfig::default()
+        });
+        let plan = EntryPlan {
+            memory: MemoryKind::Cuda { device: 4 },
+            ..entry(Some(0))
+        };
+        let e = EntryTable::define(&server.memory(), &[plan]).unwrap_err();
+        assert!(
+            matches!(&e, EntryError::Device { name, .. } if name == "volume"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("cuda:4"), "{e}");
+    }
+
+    #[test]
+    fn an_entry_nobody_produces_is_sealed_from_the_start() {
+        let server = server(0);
+        let memory = server.memory();
+        let table = EntryTable::define(&memory, &[entry(None)]).unwrap();
+        let c = client(&server);
+        assert!(matches!(
+            table.open(&memory, c.connection(), EntryId(0), AccessMode::ReadWrite),
+            Err(EntryError::Sealed { .. })
+        ));
+    }
+
+    #[test]
+    fn unbound_entry_memory_dies_with_its_last_handle() {
+        // An entry pins its memory like a publication: a re-allocation lets go of the old
+        // memory, which lives while a handle remains and is freed with the last one.
+        let server = server(0);
+        let memory = server.memory();
+        let table = Mutex::new(EntryTable::define(&memory, &[dynamic_entry()]).unwrap());
+        let mut producer = client(&server);
+        let first = allocate(&table, &memory, producer.connection(), EntryId(0), &[256]).unwrap();
+        let second = allocate(&table, &memory, producer.connection(), EntryId(0), &[512]).unwrap();
+        assert_ne!(first.id, second.id);
+        assert_eq!(
+            server.stats().resources,
+            2,
+            "the old memory still has a handle"
+        );
+        call(
+            &mut producer,
+            &Request::Release {
+                id: first.id,
+                handle: 0,
+            },
+        );
+        assert_eq!(server.stats().resources, 1);
+        assert_eq!(server.stats().live_bytes, 2048);
+        call(
+            &mut producer,
+            &Request::Release {
+                id: second.id,
+                handle: 0,
+            },
+        );
+        assert_eq!(server.stats().resources, 1, "the entry keeps its memory");
+    }
+}
