@@ -736,11 +736,7 @@ impl Registry {
         typed: TypedShape,
         event: Option<EventHandle>,
     ) -> Result<Grant, GrantRefusal> {
-        if !self
-            .resources
-            .get(&id)
-            .is_some_and(|r| !r.entries.is_empty())
-        {
+        if self.resources.get(&id).is_none_or(|r| r.entries.is_empty()) {
             return Err(GrantRefusal::Memory(MemoryFailure::System {
                 message: format!("resource {id} is not the memory of a FastIO entry"),
             }));
