@@ -600,7 +600,28 @@ impl Registry {
 
     /// A new resource of device memory held by nobody yet.
     fn new_device_resource(&mut self, device: i32, size: usize) -> Result<Grant, CreateError> {
-        let (memory, recycled) = self.device_pool.obtain(device, size)?;
+        let obtained = self.device_pool.obtain(device, size)?;
+        self.adopt_device(device, size, obtained)
+    }
+
+    /// [`Registry::new_device_resource`] never from the warm pool: memory no other client
+    /// has held (a FastIO entry's allocation at run time, as host entries get fresh
+    /// segments).
+    fn new_fresh_device_resource(
+        &mut self,
+        device: i32,
+        size: usize,
+    ) -> Result<Grant, CreateError> {
+        let made = self.device_pool.make(device, size)?;
+        self.adopt_device(device, size, (made, false))
+    }
+
+    fn adopt_device(
+        &mut self,
+        device: i32,
+        size: usize,
+        (memory, recycled): (cuda_streams::DeviceMemory, bool),
+    ) -> Result<Grant, CreateError> {
         let device_bytes = memory.size();
         let client = memory.export_fd().map_err(|e| CreateError::Device {
             memory: MemoryKind::Cuda { device },
@@ -1059,6 +1080,13 @@ impl Registry {
             .ok_or(EntryError::UnknownEntry { id: entry.0 })
     }
 
+    /// Where entry `entry` lives (host memory or a device), if there is such an entry.
+    pub fn entry_memory(&self, entry: EntryId) -> Option<MemoryKind> {
+        self.entries
+            .get(entry.0 as usize)
+            .map(|slot| slot.plan.memory)
+    }
+
     /// Whether the entry has memory now, and its bytes.
     pub fn entry_bytes(&self, entry: EntryId) -> Option<usize> {
         let slot = self.entries.get(entry.0 as usize)?;
@@ -1201,9 +1229,20 @@ impl Registry {
             Shape::new(dims.to_vec()).map_err(shape_error)?,
         )
         .map_err(shape_error)?;
-        let grant = match memory {
-            Some(grant) => grant,
-            None => self.new_resource(typed.byte_size())?,
+        let grant = match (memory, self.entries[index].plan.memory) {
+            (Some(grant), _) => grant,
+            (None, MemoryKind::Host) => self.new_resource(typed.byte_size())?,
+            // An entry declared on a device gets fresh memory there.
+            (None, memory @ MemoryKind::Cuda { device }) => self
+                .new_fresh_device_resource(device, typed.byte_size())
+                .map_err(|e| EntryError::Device {
+                    name: name.clone(),
+                    memory,
+                    reason: match e {
+                        CreateError::Device { reason, .. } => reason,
+                        other => other.to_string(),
+                    },
+                })?,
         };
         if let Some(resource) = self.resources.get_mut(&grant.id) {
             resource.pins += 1;
@@ -2187,6 +2226,91 @@ mod read_only_tests {
             .open_entry(reader, EntryId(0), AccessMode::ReadOnly)
             .unwrap();
         assert_eq!(input.kind, cuda1);
+    }
+
+    #[test]
+    fn a_dynamic_device_entry_gets_fresh_memory_on_its_device_when_its_producer_allocates_it() {
+        let mut r = Registry::new(64 << 20);
+        r.set_device_driver(cuda_streams::Driver::fake(2));
+        let cuda1 = MemoryKind::Cuda { device: 1 };
+        let plan = EntryPlan {
+            memory: cuda1,
+            declared: vec![-1],
+            ..entry(Some(0))
+        };
+        r.define_entries(&[plan]).unwrap();
+        assert_eq!(
+            r.stats().device_live_bytes,
+            0,
+            "nothing before the producer asks"
+        );
+        let (producer, reader) = (r.connect(), r.connect());
+        // A warm allocation of the same size on the same device, once another client's.
+        let warm = r.create_device(reader, 1, 3 << 20).unwrap();
+        r.release(reader, warm.id).unwrap();
+        assert_eq!(r.stats().device_pooled, 1);
+
+        let first = r.allocate_entry(producer, EntryId(0), &[3 << 20]).unwrap();
+        assert_eq!(first.kind, cuda1);
+        assert!(matches!(first.memory, GrantedMemory::Device(_)));
+        assert_eq!((first.size, first.device_bytes), (3 << 20, 4 << 20));
+        assert!(!first.recycled);
+        assert_eq!(
+            r.stats().device_pooled,
+            1,
+            "the warm allocation was not taken"
+        );
+        assert_eq!(r.stats().live_bytes, 0, "no host memory");
+        r.set_entry_event(EntryId(0), EventHandle([7; 64])).unwrap();
+
+        // A new shape: new memory, without the old memory's event; the old goes once
+        // its last handle does.
+        let second = r.allocate_entry(producer, EntryId(0), &[1 << 20]).unwrap();
+        assert_ne!(second.id, first.id);
+        assert_eq!(second.kind, cuda1);
+        assert_eq!(r.stats().device_live_bytes, (4 + 2) << 20);
+        r.release(producer, first.id).unwrap();
+        assert_eq!(r.stats().device_live_bytes, 2 << 20);
+
+        r.seal_entries(&[EntryId(0)]).unwrap();
+        assert_eq!(
+            r.open_entry(producer, EntryId(0), AccessMode::ReadWrite)
+                .unwrap_err(),
+            EntryError::Sealed {
+                name: "volume".into()
+            }
+        );
+        let input = r
+            .open_entry(reader, EntryId(0), AccessMode::ReadOnly)
+            .unwrap();
+        assert_eq!(
+            (input.id, input.kind, input.event),
+            (second.id, cuda1, None)
+        );
+    }
+
+    #[test]
+    fn a_dynamic_device_entry_without_its_device_is_refused_naming_the_entry() {
+        let mut r = Registry::new(0);
+        r.set_device_driver(cuda_streams::Driver::fake(1));
+        let plan = EntryPlan {
+            memory: MemoryKind::Cuda { device: 3 },
+            declared: vec![-1],
+            ..entry(Some(0))
+        };
+        r.define_entries(&[plan]).unwrap();
+        let c = r.connect();
+        let e = r.allocate_entry(c, EntryId(0), &[16]).unwrap_err();
+        assert!(
+            matches!(&e, EntryError::Device { name, memory: MemoryKind::Cuda { device: 3 }, .. } if name == "volume"),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("FastIO entry \"volume\" cannot be allocated on cuda:3: "),
+            "{e}"
+        );
+        assert_eq!(r.entry_bytes(EntryId(0)), None, "still unallocated");
     }
 
     #[test]

@@ -126,7 +126,14 @@ impl Shared {
         entry: EntryId,
         dims: &[usize],
     ) -> Result<Grant, EntryError> {
-        let size = self.registry().check_allocate_entry(entry, dims)?;
+        let mut registry = self.registry();
+        let size = registry.check_allocate_entry(entry, dims)?;
+        if registry.entry_memory(entry).is_some_and(|m| !m.is_host()) {
+            // Device memory is made through the CUDA driver under the lock, as
+            // `create_device` makes it; always fresh there too.
+            return registry.allocate_entry(conn, entry, dims);
+        }
+        drop(registry);
         // Entry memory is always fresh (see `Registry::obtain_fresh`).
         let obtained = self.registry().obtain_fresh(size, false)?;
         let (mut registry, memory) = self.adopt(obtained, size)?;
