@@ -251,8 +251,8 @@ pub struct Pinned {
     pub size: usize,
     /// Where it lives.
     pub kind: MemoryKind,
-    /// Whether it came from a warm pool (device memory only: host entry memory is always
-    /// fresh, hence zero) and holds old bytes.
+    /// Whether it came from a warm pool and holds old bytes (never, today: entry memory is
+    /// always fresh, and fresh host memory is zero).
     pub recycled: bool,
 }
 
@@ -616,7 +616,28 @@ impl Registry {
 
     /// A new resource of device memory held by nobody yet.
     fn new_device_resource(&mut self, device: i32, size: usize) -> Result<Grant, CreateError> {
-        let (memory, recycled) = self.device_pool.obtain(device, size)?;
+        let obtained = self.device_pool.obtain(device, size)?;
+        self.adopt_device(device, size, obtained)
+    }
+
+    /// [`Registry::new_device_resource`] never from the warm pool: memory no other client
+    /// has held (a FastIO entry's allocation at run time, as host entries get fresh
+    /// segments).
+    fn new_fresh_device_resource(
+        &mut self,
+        device: i32,
+        size: usize,
+    ) -> Result<Grant, CreateError> {
+        let made = self.device_pool.make(device, size)?;
+        self.adopt_device(device, size, (made, false))
+    }
+
+    fn adopt_device(
+        &mut self,
+        device: i32,
+        size: usize,
+        (memory, recycled): (cuda_streams::DeviceMemory, bool),
+    ) -> Result<Grant, CreateError> {
         let device_bytes = memory.size();
         let client = memory.export_fd().map_err(|e| CreateError::Device {
             memory: MemoryKind::Cuda { device },
@@ -688,16 +709,17 @@ impl Registry {
         })
     }
 
-    /// Device memory of at least `size` bytes on `device` for entry `entry` (from the
-    /// device's warm pool, or made through the CUDA driver), pinned by the entry and held
-    /// by nobody. Not counted against the host's headroom.
+    /// Device memory of at least `size` bytes on `device` for entry `entry`, made through
+    /// the CUDA driver, never from the device's warm pool (memory no other client has
+    /// held, as host entries get fresh segments), pinned by the entry and held by nobody.
+    /// Not counted against the host's headroom.
     pub fn new_device_pinned(
         &mut self,
         device: i32,
         size: usize,
         entry: &str,
     ) -> Result<Pinned, CreateError> {
-        let grant = self.new_device_resource(device, size)?;
+        let grant = self.new_fresh_device_resource(device, size)?;
         self.pin_entry(grant.id, entry);
         Ok(Pinned {
             id: grant.id,

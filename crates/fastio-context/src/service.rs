@@ -139,10 +139,10 @@ impl<'a> ContextMemory<'a> {
     }
 
     /// New memory of `size` bytes of `kind` for entry `entry`, pinned by it and held by
-    /// nobody. Host memory is always a fresh segment, never a pooled one (so that no
-    /// former holder of pooled memory keeps a writable mapping of an entry), and is made
-    /// without the registry's lock; device memory comes from the device's warm pool or the
-    /// CUDA driver.
+    /// nobody. It is always fresh, never from a warm pool (so that no former holder of
+    /// pooled memory keeps a writable mapping of an entry): host memory is a new segment,
+    /// made without the registry's lock; device memory is made through the CUDA driver
+    /// under it, as `Create` on a device makes it.
     pub fn make_pinned(
         &self,
         kind: MemoryKind,

@@ -57,10 +57,10 @@ fn typed_shape(plan: &EntryPlan, dims: &[usize]) -> Result<TypedShape, EntryErro
 
 /// Why memory for an entry could not be made, as the entry's error: device memory names
 /// the entry and its device.
-fn make_error(plan: &EntryPlan, kind: MemoryKind, e: CreateError) -> EntryError {
+fn make_error(name: &str, kind: MemoryKind, e: CreateError) -> EntryError {
     match (kind, e) {
         (MemoryKind::Cuda { .. }, e) => EntryError::Device {
-            name: plan.name.clone(),
+            name: name.to_owned(),
             memory: kind,
             reason: e.to_string(),
         },
@@ -123,7 +123,7 @@ impl EntryTable {
                 let typed = typed_shape(plan, &dims)?;
                 let pinned = memory
                     .make_pinned(plan.memory, typed.byte_size(), &plan.name)
-                    .map_err(|e| make_error(plan, plan.memory, e))?;
+                    .map_err(|e| make_error(&plan.name, plan.memory, e))?;
                 table.bind(memory, index, typed, pinned);
                 if plan.producer.is_none() {
                     // Nothing in this job writes it: it stays zero for every reader.
@@ -172,7 +172,7 @@ impl EntryTable {
         let typed = typed_shape(&plan, dims)?;
         let pinned = memory
             .make_pinned(MemoryKind::Host, typed.byte_size(), &plan.name)
-            .map_err(|e| make_error(&plan, MemoryKind::Host, e))?;
+            .map_err(|e| make_error(&plan.name, MemoryKind::Host, e))?;
         self.bind(memory, index, typed, pinned);
         if bytes.len() != pinned.size {
             return Err(EntryError::Shape {
@@ -315,9 +315,11 @@ impl EntryTable {
 /// Gives a dynamic entry memory for `dims` and a read-write handle to it for `conn`. An
 /// earlier allocation of the entry is unbound (it lives on while handles to it remain).
 ///
-/// The memory is made with neither the table's lock nor the registry's held (it may be
-/// gigabytes); the dimensions are checked before and again after. Recycled memory (a
-/// device's warm pool) is zeroed by the producer as it maps it, not here under a lock.
+/// Host memory is made with neither the table's lock nor the registry's held (it may be
+/// gigabytes); device memory (an entry declared `device: cuda:N`) is made fresh on its
+/// device through the CUDA driver, under the registry's lock as `Create` makes it. The
+/// dimensions are checked before and again after. Memory that was recycled would be
+/// zeroed by the producer as it maps it, not here under a lock.
 pub fn allocate(
     table: &Mutex<EntryTable>,
     memory: &ContextMemory<'_>,
@@ -333,9 +335,17 @@ pub fn allocate(
     };
     let pinned = memory
         .make_pinned(kind, typed.byte_size(), &name)
-        .map_err(|e| match lock().plan(entry) {
-            Ok(plan) => make_error(plan, kind, e),
-            Err(unknown) => unknown,
+        .map_err(|e| match (kind, e) {
+            // The driver's own words, after the entry and its device.
+            (MemoryKind::Cuda { .. }, e) => EntryError::Device {
+                name: name.clone(),
+                memory: kind,
+                reason: match e {
+                    CreateError::Device { reason, .. } => reason,
+                    other => other.to_string(),
+                },
+            },
+            (_, e) => make_error(&name, kind, e),
         })?;
     let mut table = lock();
     if let Err(e) = table.check_allocate(entry, dims) {
@@ -374,7 +384,7 @@ mod tests {
     }
 
     /// A greeted connection of `server`.
-    fn client(server: &Server) -> Session {
+    pub(super) fn client(server: &Server) -> Session {
         let mut session = server.session();
         assert!(matches!(
             call(
@@ -388,7 +398,7 @@ mod tests {
         session
     }
 
-    fn call(session: &mut Session, request: &Request) -> Response {
+    pub(super) fn call(session: &mut Session, request: &Request) -> Response {
         let (body, _) = session.handle(&serde_json::to_vec(request).unwrap());
         serde_json::from_slice(&body).unwrap()
     }
@@ -789,5 +799,149 @@ mod tests {
             },
         );
         assert_eq!(server.stats().resources, 1, "the entry keeps its memory");
+    }
+}
+
+#[cfg(test)]
+mod device_tests {
+    //! Dynamic device entries over a real registry, on cuda-streams' CPU fake.
+
+    use super::tests::{call, client};
+    use super::*;
+    use fastio_context::protocol::{Request, Response};
+    use fastio_context::registry::GrantedMemory;
+    use fastio_context::{Server, ServerConfig};
+    use fastio_meta::ElementType;
+
+    fn dynamic_device_entry(device: i32) -> EntryPlan {
+        EntryPlan {
+            memory: MemoryKind::Cuda { device },
+            name: "volume".into(),
+            producer: Some(0),
+            element_type: ElementType::U8,
+            declared: vec![-1],
+        }
+    }
+
+    fn server(devices: usize, pool_bytes: u64) -> Server {
+        Server::start(ServerConfig {
+            pool_bytes,
+            collapse: false,
+            device_driver: Some(cuda_streams::Driver::fake(devices)),
+            ..ServerConfig::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_dynamic_device_entry_gets_fresh_memory_on_its_device_when_its_producer_allocates_it() {
+        let server = server(2, 64 << 20);
+        let memory = server.memory();
+        let cuda1 = MemoryKind::Cuda { device: 1 };
+        let table = Mutex::new(EntryTable::define(&memory, &[dynamic_device_entry(1)]).unwrap());
+        assert_eq!(
+            server.stats().device_live_bytes,
+            0,
+            "nothing before the producer asks"
+        );
+        let (mut producer, mut reader) = (client(&server), client(&server));
+        // A warm allocation of the same size on the same device, once another client's.
+        let Response::Handle { id: warm, .. } = call(
+            &mut reader,
+            &Request::Create {
+                size: 3 << 20,
+                hugetlb: false,
+                kind: cuda1,
+            },
+        ) else {
+            panic!("no handle")
+        };
+        call(
+            &mut reader,
+            &Request::Release {
+                id: warm,
+                handle: 0,
+            },
+        );
+        assert_eq!(server.stats().device_pooled, 1);
+
+        let c = producer.connection();
+        let first = allocate(&table, &memory, c, EntryId(0), &[3 << 20]).unwrap();
+        assert_eq!(first.kind, cuda1);
+        assert!(matches!(first.memory, GrantedMemory::Device(_)));
+        assert_eq!((first.size, first.device_bytes), (3 << 20, 4 << 20));
+        assert!(!first.recycled);
+        assert_eq!(
+            server.stats().device_pooled,
+            1,
+            "the warm allocation was not taken"
+        );
+        assert_eq!(server.stats().live_bytes, 0, "no host memory");
+        table
+            .lock()
+            .unwrap()
+            .set_event(EntryId(0), EventHandle([7; 64]))
+            .unwrap();
+
+        // A new shape: new memory, without the old memory's event; the old goes once
+        // its last handle does.
+        let second = allocate(&table, &memory, c, EntryId(0), &[1 << 20]).unwrap();
+        assert_ne!(second.id, first.id);
+        assert_eq!(second.kind, cuda1);
+        assert_eq!(server.stats().device_live_bytes, (4 + 2) << 20);
+        call(
+            &mut producer,
+            &Request::Release {
+                id: first.id,
+                handle: 0,
+            },
+        );
+        assert_eq!(server.stats().device_live_bytes, 2 << 20);
+
+        let table = table.into_inner().unwrap();
+        table.seal(&memory, &[EntryId(0)]).unwrap();
+        assert_eq!(
+            table
+                .open(&memory, c, EntryId(0), AccessMode::ReadWrite)
+                .unwrap_err(),
+            EntryError::Sealed {
+                name: "volume".into()
+            }
+        );
+        let input = table
+            .open(
+                &memory,
+                reader.connection(),
+                EntryId(0),
+                AccessMode::ReadOnly,
+            )
+            .unwrap();
+        assert_eq!(
+            (input.id, input.kind, input.event),
+            (second.id, cuda1, None)
+        );
+    }
+
+    #[test]
+    fn a_dynamic_device_entry_without_its_device_is_refused_naming_the_entry() {
+        let server = server(1, 0);
+        let memory = server.memory();
+        let table = Mutex::new(EntryTable::define(&memory, &[dynamic_device_entry(3)]).unwrap());
+        let c = client(&server);
+        let e = allocate(&table, &memory, c.connection(), EntryId(0), &[16]).unwrap_err();
+        assert!(
+            matches!(&e, EntryError::Device { name, memory: MemoryKind::Cuda { device: 3 }, .. } if name == "volume"),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("FastIO entry \"volume\" cannot be allocated on cuda:3: "),
+            "{e}"
+        );
+        assert_eq!(
+            table.lock().unwrap().bound(EntryId(0)),
+            None,
+            "still unallocated"
+        );
     }
 }

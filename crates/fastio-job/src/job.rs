@@ -52,7 +52,8 @@ pub struct EntryPlan {
     /// Declared shape, `-1` or `0` marking dynamic dimensions.
     pub declared: Vec<i64>,
     /// Where its memory lives (a pipeline definition's `device: cuda:N`; host memory by
-    /// default). Device entries are pre-allocated, so their shape is fully known.
+    /// default). A device entry with a fully known shape is made on its device when the
+    /// job is set up; a dynamic one when its producer allocates it (fresh device memory).
     pub memory: MemoryKind,
 }
 
