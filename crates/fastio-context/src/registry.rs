@@ -700,13 +700,7 @@ impl Registry {
         entry: &str,
     ) -> Result<Pinned, MemoryFailure> {
         let grant = self.adopt(obtained, made, size)?;
-        self.pin_entry(grant.id, entry);
-        Ok(Pinned {
-            id: grant.id,
-            size,
-            kind: grant.kind,
-            recycled: grant.recycled,
-        })
+        Ok(self.pin_entry(&grant, entry))
     }
 
     /// Device memory of at least `size` bytes on `device` for entry `entry`, made through
@@ -720,19 +714,21 @@ impl Registry {
         entry: &str,
     ) -> Result<Pinned, CreateError> {
         let grant = self.new_fresh_device_resource(device, size)?;
-        self.pin_entry(grant.id, entry);
-        Ok(Pinned {
-            id: grant.id,
-            size,
-            kind: grant.kind,
-            recycled: grant.recycled,
-        })
+        Ok(self.pin_entry(&grant, entry))
     }
 
-    fn pin_entry(&mut self, id: ResourceId, entry: &str) {
-        if let Some(resource) = self.resources.get_mut(&id) {
+    /// The new resource of `grant` is pinned by entry `entry` (its client copy of the
+    /// descriptor is dropped: the entry's handles are granted later).
+    fn pin_entry(&mut self, grant: &Grant, entry: &str) -> Pinned {
+        if let Some(resource) = self.resources.get_mut(&grant.id) {
             resource.pins += 1;
             resource.entries.push(entry.to_owned());
+        }
+        Pinned {
+            id: grant.id,
+            size: grant.size,
+            kind: grant.kind,
+            recycled: grant.recycled,
         }
     }
 

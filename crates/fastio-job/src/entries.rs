@@ -379,7 +379,7 @@ mod tests {
         })
     }
 
-    fn server_with(config: ServerConfig) -> Server {
+    pub(super) fn server_with(config: ServerConfig) -> Server {
         Server::start(config).unwrap()
     }
 
@@ -806,7 +806,7 @@ mod tests {
 mod device_tests {
     //! Dynamic device entries over a real registry, on cuda-streams' CPU fake.
 
-    use super::tests::{call, client};
+    use super::tests::{call, client, server_with};
     use super::*;
     use fastio_context::protocol::{Request, Response};
     use fastio_context::registry::GrantedMemory;
@@ -824,13 +824,12 @@ mod device_tests {
     }
 
     fn server(devices: usize, pool_bytes: u64) -> Server {
-        Server::start(ServerConfig {
+        server_with(ServerConfig {
             pool_bytes,
             collapse: false,
             device_driver: Some(cuda_streams::Driver::fake(devices)),
             ..ServerConfig::default()
         })
-        .unwrap()
     }
 
     #[test]

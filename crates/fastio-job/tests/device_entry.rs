@@ -13,8 +13,9 @@ fn cuda(device: i32) -> MemoryKind {
     MemoryKind::Cuda { device }
 }
 
-#[test]
-fn a_device_entry_of_a_job_is_written_by_its_producer_and_mapped_read_only_by_its_reader() {
+/// A job of `infer` writing `logits` (f32, shape `declared`, on cuda:0) and `post` reading
+/// it, served with `driver` (or this machine's own CUDA driver).
+fn device_job(declared: Vec<i64>, driver: Option<Driver>) -> JobServer {
     let stage = |name: &str, inputs: Vec<EntryId>, outputs: Vec<EntryId>| StagePlan {
         name: name.into(),
         upstream: vec![],
@@ -34,20 +35,25 @@ fn a_device_entry_of_a_job_is_written_by_its_producer_and_mapped_read_only_by_it
             name: "logits".into(),
             producer: Some(0),
             element_type: fastio_meta::ElementType::F32,
-            declared: vec![4, 256, 256],
+            declared,
             memory: cuda(0),
         }],
     };
-    let driver = Driver::fake(1);
     let job = std::sync::Arc::new(Job::new(plan, |_| {}));
-    let server = fastio_job::host(
+    fastio_job::host(
         ServerConfig {
-            device_driver: Some(driver.clone()),
+            device_driver: driver,
             ..ServerConfig::default()
         },
         job,
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn a_device_entry_of_a_job_is_written_by_its_producer_and_mapped_read_only_by_its_reader() {
+    let driver = Driver::fake(1);
+    let server = device_job(vec![4, 256, 256], Some(driver.clone()));
     let (infer, post) = (
         server.local_operator_context(0),
         server.local_operator_context(1),
@@ -71,47 +77,10 @@ fn a_device_entry_of_a_job_is_written_by_its_producer_and_mapped_read_only_by_it
     assert_eq!(input.allocation().unwrap().kind(), cuda(0));
 }
 
-/// A job of `infer` writing `logits` (f32, `[-1, 256]`, on cuda:0) and `post` reading it,
-/// served with `driver` (or this machine's own CUDA driver).
-fn dynamic_device_job(driver: Option<Driver>) -> JobServer {
-    let stage = |name: &str, inputs: Vec<EntryId>, outputs: Vec<EntryId>| StagePlan {
-        name: name.into(),
-        upstream: vec![],
-        inputs: vec![],
-        outputs: vec![],
-        fastio_inputs: inputs,
-        fastio_outputs: outputs,
-    };
-    let plan = JobPlan {
-        job_id: "j".into(),
-        job_name: "j".into(),
-        stages: vec![
-            stage("infer", vec![], vec![EntryId(0)]),
-            stage("post", vec![EntryId(0)], vec![]),
-        ],
-        entries: vec![EntryPlan {
-            name: "logits".into(),
-            producer: Some(0),
-            element_type: fastio_meta::ElementType::F32,
-            declared: vec![-1, 256],
-            memory: cuda(0),
-        }],
-    };
-    let job = std::sync::Arc::new(Job::new(plan, |_| {}));
-    fastio_job::host(
-        ServerConfig {
-            device_driver: driver,
-            ..ServerConfig::default()
-        },
-        job,
-    )
-    .unwrap()
-}
-
 #[test]
 fn a_dynamic_device_entry_is_allocated_on_its_device_by_its_producer_and_read_only_after() {
     let driver = Driver::fake(1);
-    let server = dynamic_device_job(Some(driver.clone()));
+    let server = device_job(vec![-1, 256], Some(driver.clone()));
     let (infer, post) = (
         server.local_operator_context(0),
         server.local_operator_context(1),
@@ -169,7 +138,7 @@ fn a_dynamic_device_entry_is_allocated_on_its_device_by_its_producer_and_read_on
 #[test]
 fn without_a_cuda_driver_a_dynamic_device_entry_is_refused_naming_it() {
     // The machine's own driver: absent in CI (a refusal); on a GPU machine it is made.
-    let server = dynamic_device_job(None);
+    let server = device_job(vec![-1, 256], None);
     let infer = server.local_operator_context(0);
     let info = infer.join().unwrap().fastio_outputs[0].clone();
     let mut out = FastIoEntry::open(&infer, info).unwrap();
