@@ -824,7 +824,7 @@ impl Allocation {
     /// nothing else keeps it. The deliberate way to publish a name again (a notebook
     /// cell run twice, a result recomputed). Replacing another client's publication needs
     /// its memory held read-write
-    /// ([`RequestError::NotPublisher`](crate::RequestError::NotPublisher) otherwise).
+    /// ([`PublishError::NotPublisher`](crate::PublishError::NotPublisher) otherwise).
     pub fn publish_replacing(&self, name: &str) -> Result<(), ContextError> {
         self.publish_inner(name, None, true)
     }

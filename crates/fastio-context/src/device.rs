@@ -7,7 +7,7 @@
 //! bytes, so that a create of the same size on the same device reuses one instead of
 //! paying `cuMemCreate` again. The CUDA driver is found on first use (dynamic loading);
 //! on a machine without one, every obtain is refused with
-//! [`CreateError::Device`](crate::CreateError::Device), never a panic. Tests run it on
+//! [`CreateError::Device`], never a panic. Tests run it on
 //! cuda-streams' CPU fake, whose "device memory" is memfds.
 
 use cuda_streams::{CudaError, DeviceMemory, Driver};
