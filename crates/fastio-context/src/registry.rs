@@ -347,6 +347,19 @@ impl Registry {
         }
     }
 
+    /// Drops every resource, publication, handle and pooled segment (the end of a
+    /// server's job), as a new registry of no pool would be, except that ids go on
+    /// counting (one that a client or a job's entry table still knows never names
+    /// another resource or connection later) and that creates in flight stay counted.
+    pub fn empty(&mut self) {
+        let mut fresh = Registry::new(0);
+        fresh.next_id = self.next_id;
+        fresh.next_connection = self.next_connection;
+        // Creates in flight still adopt or abandon what they reserved.
+        fresh.reserving = self.reserving;
+        *self = fresh;
+    }
+
     /// Bounds the warm pool in segments too (each one is a descriptor held open).
     pub fn set_pool_segments(&mut self, segments: usize) {
         self.pool_segments = segments;
@@ -1417,6 +1430,30 @@ mod tests {
 
     fn typed(dims: &[usize]) -> Option<TypedShape> {
         Some(TypedShape::new(ElementType::U8, Shape::new(dims.to_vec()).unwrap()).unwrap())
+    }
+
+    #[test]
+    fn an_emptied_registry_keeps_counting_ids_and_the_creates_in_flight() {
+        let mut r = Registry::new(0);
+        let c = r.connect();
+        let old = r.create(c, 4096).unwrap();
+        // A create reserved its memory and makes it outside the lock while the server
+        // closes (the end of a job).
+        let obtained = r.obtain(c, 8192, true, false).unwrap();
+        let made = match &obtained {
+            Obtained::Make(reservation) => Some(reservation.make()),
+            Obtained::Pooled(_) => None,
+        };
+        r.empty();
+        assert_eq!(r.stats().resources, 0);
+        assert_eq!(r.stats().reserving_bytes, 8192, "still in flight");
+        let new = r.adopt(obtained, made, 8192).unwrap();
+        assert_eq!(r.stats().reserving_bytes, 0);
+        assert_ne!(
+            new.id, old.id,
+            "an id someone still knows names nothing new"
+        );
+        assert_ne!(r.connect(), c);
     }
 
     #[test]

@@ -252,7 +252,7 @@ impl Server {
     /// entries, the warm pool), rather than when the last connection thread ends. For the
     /// end of a job, once its operators are gone; mappings clients still have stay valid.
     pub fn close(self) {
-        *self.shared.registry() = Registry::new(0);
+        self.shared.registry().empty();
     }
 }
 
