@@ -33,6 +33,10 @@ struct EntrySlot {
     plan: EntryPlan,
     bound: Option<(ResourceId, TypedShape)>,
     event: Option<EventHandle>,
+    // Its producer finished execute and its memory was sealed: final, whatever another
+    // connection of the producer asks next (a request that passed the runtime's check
+    // just before the end of execute must not bind new, writable memory after it).
+    sealed: bool,
 }
 
 /// The FastIO entries of one job. Entry `i` of the plan is `EntryId(i)`.
@@ -116,6 +120,7 @@ impl EntryTable {
                 plan: plan.clone(),
                 bound: None,
                 event: None,
+                sealed: false,
             });
             if plan.is_preallocated() {
                 let dims: Vec<usize> = plan.declared.iter().map(|&d| d as usize).collect();
@@ -219,7 +224,13 @@ impl EntryTable {
         entry: EntryId,
         dims: &[usize],
     ) -> Result<(TypedShape, MemoryKind), EntryError> {
-        let plan = self.plan(entry)?;
+        let slot = self.slot(entry)?;
+        let plan = &slot.plan;
+        if slot.sealed {
+            return Err(EntryError::OutputFinal {
+                name: plan.name.clone(),
+            });
+        }
         if plan.is_preallocated() {
             return Err(EntryError::Preallocated {
                 name: plan.name.clone(),
@@ -274,6 +285,11 @@ impl EntryTable {
             .slots
             .get_mut(entry.0 as usize)
             .ok_or(EntryError::UnknownEntry { id: entry.0 })?;
+        if slot.sealed {
+            return Err(EntryError::OutputFinal {
+                name: slot.plan.name.clone(),
+            });
+        }
         if slot.bound.is_none() {
             return Err(EntryError::NotAllocated {
                 name: slot.plan.name.clone(),
@@ -285,19 +301,20 @@ impl EntryTable {
 
     /// Seals the memory of `entries` against writes, for good: their producer has
     /// finished execute, and from now on no descriptor in any process can write it, map it
-    /// writable or punch holes in it. Entries without memory are skipped.
+    /// writable or punch holes in it. The entries are final from now on: neither new
+    /// memory nor another event is taken for them. Entries without memory are skipped.
     pub fn seal(
-        &self,
+        &mut self,
         memory: &ContextMemory<'_>,
         entries: &[EntryId],
     ) -> Result<(), MemoryFailure> {
         for entry in entries {
-            let bound = self
-                .slots
-                .get(entry.0 as usize)
-                .and_then(|slot| slot.bound.as_ref().map(|(id, _)| *id));
-            if let Some(id) = bound {
-                memory.seal(id)?;
+            let Some(slot) = self.slots.get_mut(entry.0 as usize) else {
+                continue;
+            };
+            slot.sealed = true;
+            if let Some((id, _)) = &slot.bound {
+                memory.seal(*id)?;
             }
         }
         Ok(())
@@ -556,7 +573,7 @@ mod tests {
     fn a_sealed_entry_refuses_every_write_path_and_is_never_pooled() {
         let server = server(1 << 20);
         let memory = server.memory();
-        let table = EntryTable::define(&memory, &[entry(Some(0))]).unwrap();
+        let mut table = EntryTable::define(&memory, &[entry(Some(0))]).unwrap();
         let (mut producer, mut reader) = (client(&server), client(&server));
         let out = table
             .open(
@@ -693,7 +710,7 @@ mod tests {
             memory: cuda1,
             ..entry(Some(0))
         };
-        let table = EntryTable::define(&memory, &[plan]).unwrap();
+        let mut table = EntryTable::define(&memory, &[plan]).unwrap();
         // Device entries take no host memory.
         assert_eq!(server.stats().live_bytes, 0);
         assert_eq!(server.stats().device_live_bytes, 2 << 20);
@@ -764,6 +781,48 @@ mod tests {
             table.open(&memory, c.connection(), EntryId(0), AccessMode::ReadWrite),
             Err(EntryError::Sealed { .. })
         ));
+    }
+
+    #[test]
+    fn a_sealed_output_takes_no_new_memory_or_event() {
+        // The runtime checks that the producer has not finished before it asks the table;
+        // another connection of the producer may finish in between. The table itself
+        // keeps a sealed output final.
+        let server = server(0);
+        let memory = server.memory();
+        let table = Mutex::new(EntryTable::define(&memory, &[dynamic_entry()]).unwrap());
+        let producer = client(&server);
+        let first = allocate(&table, &memory, producer.connection(), EntryId(0), &[4]).unwrap();
+        drop(first.memory);
+        table.lock().unwrap().seal(&memory, &[EntryId(0)]).unwrap();
+        let final_ = EntryError::OutputFinal {
+            name: "slices".into(),
+        };
+        assert_eq!(
+            allocate(&table, &memory, producer.connection(), EntryId(0), &[8]).unwrap_err(),
+            final_
+        );
+        assert_eq!(
+            table
+                .lock()
+                .unwrap()
+                .set_event(EntryId(0), EventHandle([3; 64]))
+                .unwrap_err(),
+            final_
+        );
+        let table = table.into_inner().unwrap();
+        assert_eq!(table.bound(EntryId(0)), Some((first.id, vec![4], 16)));
+        let reader = client(&server);
+        let read = table
+            .open(
+                &memory,
+                reader.connection(),
+                EntryId(0),
+                AccessMode::ReadOnly,
+            )
+            .unwrap();
+        assert_eq!((read.id, read.event), (first.id, None));
+        assert!(read.segment().unwrap().is_write_sealed());
     }
 
     #[test]
@@ -897,7 +956,7 @@ mod device_tests {
         );
         assert_eq!(server.stats().device_live_bytes, 2 << 20);
 
-        let table = table.into_inner().unwrap();
+        let mut table = table.into_inner().unwrap();
         table.seal(&memory, &[EntryId(0)]).unwrap();
         assert_eq!(
             table

@@ -111,6 +111,82 @@ impl JobPlan {
         }
     }
 
+    /// Whether the plan holds together, or the first reason it does not: every stage and
+    /// entry it names exists, an entry is written by the one stage whose outputs list it
+    /// (its `producer`), and no stage waits on itself, directly or through others. A job
+    /// is hosted only after this check (a context server must not panic, nor a stage
+    /// wait for ever, on a plan built by hand).
+    pub fn check(&self) -> Result<(), String> {
+        let stages = self.stages.len();
+        let entries = self.entries.len();
+        for (index, stage) in self.stages.iter().enumerate() {
+            let name = &stage.name;
+            if let Some(u) = stage.upstream.iter().find(|&&u| u >= stages) {
+                return Err(format!(
+                    "stage {name:?} waits on stage #{u}, and the job has {stages}"
+                ));
+            }
+            let ids = stage.fastio_inputs.iter().chain(&stage.fastio_outputs);
+            if let Some(id) = ids.into_iter().find(|id| id.0 as usize >= entries) {
+                return Err(format!(
+                    "stage {name:?} names FastIO entry #{}, and the job has {entries}",
+                    id.0
+                ));
+            }
+            if let Some(id) = stage
+                .fastio_outputs
+                .iter()
+                .find(|id| self.entries[id.0 as usize].producer != Some(index))
+            {
+                let entry = &self.entries[id.0 as usize];
+                let producer = entry
+                    .producer
+                    .map_or("no stage".to_owned(), |p| format!("stage #{p}"));
+                return Err(format!(
+                    "stage {name:?} lists FastIO entry {:?} among its outputs, but the entry's producer is {producer}",
+                    entry.name
+                ));
+            }
+        }
+        for (index, entry) in self.entries.iter().enumerate() {
+            let Some(p) = entry.producer else { continue };
+            let listed = self
+                .stages
+                .get(p)
+                .is_some_and(|s| s.fastio_outputs.contains(&EntryId(index as u32)));
+            if !listed {
+                return Err(format!(
+                    "FastIO entry {:?} names stage #{p} as its producer, which does not list it among its outputs",
+                    entry.name
+                ));
+            }
+        }
+        // Kahn's walk: a stage is ready once all it waits on are; any left over wait on
+        // each other.
+        let mut waiting: Vec<usize> = self.stages.iter().map(|s| s.upstream.len()).collect();
+        let mut ready: Vec<usize> = (0..stages).filter(|&s| waiting[s] == 0).collect();
+        let mut done = 0;
+        while let Some(s) = ready.pop() {
+            done += 1;
+            for (d, stage) in self.stages.iter().enumerate() {
+                for _ in stage.upstream.iter().filter(|&&u| u == s) {
+                    waiting[d] -= 1;
+                    if waiting[d] == 0 {
+                        ready.push(d);
+                    }
+                }
+            }
+        }
+        if done < stages {
+            let stuck = (0..stages).find(|&s| waiting[s] > 0).unwrap_or_default();
+            return Err(format!(
+                "stage {:?} waits on itself through its upstream stages",
+                self.stages[stuck].name
+            ));
+        }
+        Ok(())
+    }
+
     /// The access `stage` has to `entry`: ReadWrite for its producer, ReadOnly for its
     /// readers, none for anyone else.
     pub fn access(&self, stage: usize, entry: EntryId) -> Option<AccessMode> {
@@ -313,14 +389,16 @@ impl Job {
             .is_some_and(|p| p.executed.is_some())
     }
 
-    /// Stage `stage` finished `phase`.
+    /// Stage `stage` finished `phase`. The first end of execute is its outcome: a stage
+    /// that says again that it finished cannot turn a failed execute into a successful
+    /// one (and release the stages waiting on it), nor the reverse.
     pub fn finished(&self, stage: usize, phase: Phase, failure: Option<String>) {
         if let Some(progress) = self.lock().stages.get_mut(stage) {
             match phase {
                 Phase::Prepare => {}
                 Phase::Execute => {
                     progress.executing = false;
-                    progress.executed = Some(failure.is_none());
+                    progress.executed.get_or_insert(failure.is_none());
                 }
                 Phase::Cleanup => progress.cleaned_up = true,
             }

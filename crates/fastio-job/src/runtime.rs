@@ -10,7 +10,7 @@ use fastio_context::protocol::{
 };
 use fastio_context::registry::Grant;
 use fastio_context::service::{Caller, ContextMemory, JobService};
-use fastio_context::{ContextError, EntryError, JobError};
+use fastio_context::{ContextError, EntryError, JobError, RequestError};
 
 use crate::entries::{self, EntryTable};
 use crate::job::Job;
@@ -106,6 +106,12 @@ impl JobRuntime {
 
 impl JobService for JobRuntime {
     fn set_up(&self, memory: &ContextMemory<'_>) -> Result<(), ContextError> {
+        self.job
+            .plan()
+            .check()
+            .map_err(|reason| RequestError::BadRequest {
+                message: format!("the job's plan does not hold together: {reason}"),
+            })?;
         let mut table = EntryTable::define(memory, &self.job.plan().entries)?;
         let inputs = std::mem::take(&mut *self.inputs.lock().unwrap_or_else(|p| p.into_inner()));
         for (entry, dims, bytes) in &inputs {

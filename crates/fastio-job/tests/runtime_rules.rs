@@ -1,0 +1,391 @@
+//! The job runtime's rules, as clients meet them through a hosted job's server: the
+//! server's own message handling ([`Session`]), the registry behind it, no mocks.
+//!
+//! A reader never gets a way to write an input; a plan that does not hold together is
+//! refused before the server starts (rather than panicking a connection later); a stage
+//! cannot take back the outcome of its execute; ids a job still knows never name other
+//! memory after the server is closed.
+
+use std::sync::Arc;
+
+use fastio_context::protocol::{
+    AccessMode, EventHandle, PROTOCOL_VERSION, Phase, Request, ResourceId, Response,
+};
+use fastio_context::registry::GrantedMemory;
+use fastio_context::server::Session;
+use fastio_context::{
+    ContextError, EntryError, GetError, PublishError, ReleaseError, RequestError, ServerConfig,
+    WriteError,
+};
+use fastio_job::{EntryId, EntryPlan, Job, JobPlan, JobServer, StagePlan};
+use fastio_meta::ElementType;
+
+fn config() -> ServerConfig {
+    ServerConfig {
+        collapse: false,
+        ..ServerConfig::default()
+    }
+}
+
+fn stage(name: &str, upstream: Vec<usize>, inputs: Vec<u32>, outputs: Vec<u32>) -> StagePlan {
+    StagePlan {
+        name: name.into(),
+        upstream,
+        inputs: vec![],
+        outputs: vec![],
+        fastio_inputs: inputs.into_iter().map(EntryId).collect(),
+        fastio_outputs: outputs.into_iter().map(EntryId).collect(),
+    }
+}
+
+fn entry(name: &str, producer: Option<usize>, declared: Vec<i64>) -> EntryPlan {
+    EntryPlan {
+        name: name.into(),
+        producer,
+        element_type: ElementType::U8,
+        declared,
+        memory: Default::default(),
+    }
+}
+
+/// "make" produces "fixed" (8 bytes, pre-allocated) and "sized" (dynamic); "use" reads
+/// both.
+fn two_stages() -> JobPlan {
+    JobPlan {
+        job_id: "j".into(),
+        job_name: "rules".into(),
+        stages: vec![
+            stage("make", vec![], vec![], vec![0, 1]),
+            stage("use", vec![0], vec![0, 1], vec![]),
+        ],
+        entries: vec![
+            entry("fixed", Some(0), vec![8]),
+            entry("sized", Some(0), vec![-1]),
+        ],
+    }
+}
+
+fn host(plan: JobPlan) -> Result<JobServer, ContextError> {
+    fastio_job::host(config(), Arc::new(Job::new(plan, |_| {})))
+}
+
+fn call(session: &mut Session, request: Request) -> (Response, Option<GrantedMemory>) {
+    let (body, memory) = session.handle(&serde_json::to_vec(&request).unwrap());
+    (serde_json::from_slice(&body).unwrap(), memory)
+}
+
+/// A greeted session of stage `stage` that has joined.
+fn operator(server: &JobServer, stage: usize) -> Session {
+    let mut session = server.operator_session(stage);
+    let hello = Request::Hello {
+        version: PROTOCOL_VERSION,
+    };
+    assert!(matches!(
+        call(&mut session, hello).0,
+        Response::Welcome { .. }
+    ));
+    assert!(matches!(
+        call(&mut session, Request::Join).0,
+        Response::Joined(_)
+    ));
+    session
+}
+
+fn refusal(answer: (Response, Option<GrantedMemory>)) -> RequestError {
+    match answer {
+        (Response::Refused(e), None) => e,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn entry_refusal(answer: (Response, Option<GrantedMemory>)) -> EntryError {
+    match refusal(answer) {
+        RequestError::Entry(e) => e,
+        other => panic!("expected an entry refusal, got {other:?}"),
+    }
+}
+
+/// A handle's id and its memory.
+fn handle(answer: (Response, Option<GrantedMemory>)) -> (ResourceId, GrantedMemory) {
+    match answer {
+        (Response::Handle { id, .. }, Some(memory)) => (id, memory),
+        other => panic!("expected a handle, got {other:?}"),
+    }
+}
+
+fn host_segment(memory: GrantedMemory) -> fastio_shm::Segment {
+    match memory {
+        GrantedMemory::Host(segment) => segment,
+        GrantedMemory::Device(_) => panic!("expected host memory"),
+    }
+}
+
+fn open(entry: u32, access: AccessMode) -> Request {
+    Request::OpenEntry {
+        entry: EntryId(entry),
+        access,
+    }
+}
+
+fn finished(failure: Option<&str>) -> Request {
+    Request::Finished {
+        phase: Phase::Execute,
+        failure: failure.map(str::to_owned),
+    }
+}
+
+#[test]
+fn a_reader_has_no_way_to_write_or_take_away_an_input() {
+    let server = host(two_stages()).unwrap();
+    let mut make = operator(&server, 0);
+    let (fixed, memory) = handle(call(&mut make, open(0, AccessMode::ReadWrite)));
+    let mapping = fastio_shm::Mapping::new(
+        &host_segment(memory),
+        fastio_shm::Access::ReadWrite,
+        fastio_shm::Prefault::Lazy,
+    )
+    .unwrap();
+    mapping.write_at(0, b"written!").unwrap();
+    drop(mapping);
+    handle(call(
+        &mut make,
+        Request::AllocateEntry {
+            entry: EntryId(1),
+            dims: vec![3],
+        },
+    ));
+    // The producer publishes its output under a name, then finishes.
+    assert_eq!(
+        call(
+            &mut make,
+            Request::Publish {
+                id: fixed,
+                name: "fixed-copy".into(),
+                typed: None,
+                event: None,
+                replace: false,
+            }
+        )
+        .0,
+        Response::Done
+    );
+    assert!(matches!(
+        call(&mut make, finished(None)).0,
+        Response::Reclaimed { .. }
+    ));
+
+    let mut reader = operator(&server, 1);
+    // No writable descriptor through the job's requests.
+    for e in [0, 1] {
+        assert_eq!(
+            entry_refusal(call(&mut reader, open(e, AccessMode::ReadWrite))),
+            EntryError::InputReadOnly {
+                name: ["fixed", "sized"][e as usize].into()
+            }
+        );
+    }
+    assert!(matches!(
+        entry_refusal(call(
+            &mut reader,
+            Request::AllocateEntry {
+                entry: EntryId(1),
+                dims: vec![5],
+            }
+        )),
+        EntryError::InputReadOnly { .. }
+    ));
+    assert!(matches!(
+        entry_refusal(call(
+            &mut reader,
+            Request::SetEntryEvent {
+                entry: EntryId(0),
+                event: EventHandle([1; 64]),
+            }
+        )),
+        EntryError::InputReadOnly { .. }
+    ));
+    // The read-only handle it gets: its descriptor maps read-only only, and the
+    // registry refuses every write path of the handle.
+    let (id, memory) = handle(call(&mut reader, open(0, AccessMode::ReadOnly)));
+    assert_eq!(id, fixed);
+    let segment = host_segment(memory);
+    assert!(!segment.is_writable());
+    assert!(
+        fastio_shm::Mapping::new(
+            &segment,
+            fastio_shm::Access::ReadWrite,
+            fastio_shm::Prefault::Lazy
+        )
+        .is_err()
+    );
+    assert_eq!(
+        refusal(call(&mut reader, Request::AcquireWrite { id, handle: 1 })),
+        RequestError::Write(WriteError::ReadOnlyHandle { id: id.0 })
+    );
+    assert_eq!(
+        refusal(call(&mut reader, Request::Free { id, handle: 1 })),
+        RequestError::Release(ReleaseError::ReadOnlyHandle { id: id.0 })
+    );
+    // Nor can it publish over the producer's name, or withdraw it.
+    assert_eq!(
+        refusal(call(
+            &mut reader,
+            Request::Publish {
+                id,
+                name: "fixed-copy".into(),
+                typed: None,
+                event: None,
+                replace: true,
+            }
+        )),
+        RequestError::Publish(PublishError::NotPublisher {
+            name: "fixed-copy".into()
+        })
+    );
+    assert!(matches!(
+        refusal(call(
+            &mut reader,
+            Request::Unpublish {
+                name: "fixed-copy".into()
+            }
+        )),
+        RequestError::Unpublish(_)
+    ));
+    // What it publishes itself is read-only for everyone.
+    assert_eq!(
+        call(
+            &mut reader,
+            Request::Publish {
+                id,
+                name: "reader-copy".into(),
+                typed: None,
+                event: None,
+                replace: false,
+            }
+        )
+        .0,
+        Response::Done
+    );
+    let mut other = server.session();
+    call(
+        &mut other,
+        Request::Hello {
+            version: PROTOCOL_VERSION,
+        },
+    );
+    assert_eq!(
+        refusal(call(
+            &mut other,
+            Request::Get {
+                name: "reader-copy".into(),
+                access: AccessMode::ReadWrite
+            }
+        )),
+        RequestError::Get(GetError::ReadOnlyPublication {
+            name: "reader-copy".into()
+        })
+    );
+    // Its bytes are the producer's, for every reader to come.
+    let (_, memory) = handle(call(&mut reader, open(0, AccessMode::ReadOnly)));
+    let read = fastio_shm::Mapping::new(
+        &host_segment(memory),
+        fastio_shm::Access::ReadOnly,
+        fastio_shm::Prefault::Lazy,
+    )
+    .unwrap();
+    let mut bytes = [0u8; 8];
+    read.read_at(0, &mut bytes).unwrap();
+    assert_eq!(&bytes, b"written!");
+}
+
+#[test]
+fn a_plan_that_does_not_hold_together_is_refused_before_the_server_starts() {
+    let broken = |change: &dyn Fn(&mut JobPlan)| {
+        let mut plan = two_stages();
+        change(&mut plan);
+        match host(plan) {
+            Err(ContextError::Refused(RequestError::BadRequest { message })) => message,
+            Err(e) => panic!("expected the plan refused, got {e}"),
+            Ok(_) => panic!("a broken plan was hosted"),
+        }
+    };
+    // Each of these once panicked a connection thread (await, join, listing) or left a
+    // stage waiting for ever.
+    let message = broken(&|p| p.stages[1].upstream = vec![5]);
+    assert!(message.contains("\"use\" waits on stage #5"), "{message}");
+    let message = broken(&|p| p.stages[1].fastio_inputs.push(EntryId(9)));
+    assert!(message.contains("FastIO entry #9"), "{message}");
+    let message = broken(&|p| p.entries[0].producer = Some(7));
+    assert!(message.contains("\"fixed\""), "{message}");
+    let message = broken(&|p| p.stages[1].fastio_outputs.push(EntryId(0)));
+    assert!(message.contains("among its outputs"), "{message}");
+    let message = broken(&|p| p.stages[0].upstream = vec![1]);
+    assert!(message.contains("waits on itself"), "{message}");
+    let message = broken(&|p| p.stages[1].upstream = vec![1]);
+    assert!(message.contains("\"use\" waits on itself"), "{message}");
+    // In-process hosting checks the same.
+    let mut plan = two_stages();
+    plan.stages[1].upstream = vec![5];
+    assert!(fastio_job::in_process(Arc::new(Job::new(plan, |_| {})), 0).is_err());
+    // The plan as written holds.
+    assert!(two_stages().check().is_ok());
+}
+
+#[test]
+fn a_stage_cannot_take_back_the_outcome_of_its_execute() {
+    let server = host(two_stages()).unwrap();
+    let mut make = operator(&server, 0);
+    call(&mut make, finished(Some("it broke")));
+    assert_eq!(server.job().stage_states()[0], "execute failed");
+    // Saying again that it finished, this time well, does not release its readers.
+    call(&mut make, finished(None));
+    assert_eq!(server.job().stage_states()[0], "execute failed");
+
+    let server = host(two_stages()).unwrap();
+    let mut make = operator(&server, 0);
+    call(&mut make, finished(None));
+    call(&mut make, finished(Some("late")));
+    assert_eq!(server.job().stage_states()[0], "executed");
+}
+
+#[test]
+fn ids_a_job_still_knows_never_name_other_memory_after_its_server_is_closed() {
+    // "make" writes "fixed"; "late" produces "other" and is still connected when the
+    // server is closed.
+    let plan = JobPlan {
+        job_id: "j".into(),
+        job_name: "closing".into(),
+        stages: vec![
+            stage("make", vec![], vec![], vec![0]),
+            stage("late", vec![], vec![], vec![1]),
+        ],
+        entries: vec![
+            entry("fixed", Some(0), vec![64]),
+            entry("other", Some(1), vec![-1]),
+        ],
+    };
+    let server = host(plan).unwrap();
+    let mut make = operator(&server, 0);
+    let mut late = operator(&server, 1);
+    let (fixed, _) = handle(call(&mut make, open(0, AccessMode::ReadWrite)));
+    server.close();
+    // A request after the end: the new memory of "other" must not take the id that the
+    // job's table still has for "fixed"...
+    if let (Response::Handle { id, .. }, _) = call(
+        &mut late,
+        Request::AllocateEntry {
+            entry: EntryId(1),
+            dims: vec![2],
+        },
+    ) {
+        assert_ne!(id, fixed);
+    }
+    // ...so "fixed" never opens as memory of another entry.
+    match call(&mut make, open(0, AccessMode::ReadWrite)) {
+        (Response::Handle { id, size, .. }, _) => {
+            assert_eq!((id, size), (fixed, 64), "another entry's memory")
+        }
+        (Response::Refused(_), None) => {}
+        other => panic!("unexpected answer {other:?}"),
+    }
+}
