@@ -1,7 +1,8 @@
 //! Project automation, reached as `cargo xtask <command>`:
 //!
 //! - `test`: the whole test run (what the README and CI run): formatting, clippy with
-//!   warnings as errors, every test of the workspace, doctests, then the Python module
+//!   warnings as errors, the API docs (rustdoc warnings as errors: broken links), every
+//!   test of the workspace, doctests, then the Python module
 //!   built into `.venv` and its pytest suite;
 //! - `dist`: the Python wheel (the `fastio` module and the `fastio` command), tagged
 //!   manylinux for the glibc it needs, into `dist/`;
@@ -122,6 +123,12 @@ fn test() -> anyhow::Result<()> {
             "-D",
             "warnings",
         ],
+    )?;
+    // Broken intra-doc links fail the run too (about 15 s once the workspace is built).
+    run_with_env(
+        "cargo",
+        &["doc", "--no-deps", "--workspace", "--quiet"],
+        &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
     if has_nextest() {
         run(
