@@ -5,6 +5,8 @@
 //! - [`shm`]: raw segments (memfds, seals, mappings, descriptor passing);
 //! - [`meta`]: element types, shapes, names;
 //! - [`context`]: the Fast I/O context, its allocations, its server and clients;
+//! - [`job`]: the job runtime a context server hosts (job plans, the stage life-cycle,
+//!   FastIO entries and [`FastIoEntry`], hosting a job);
 //! - [`pipeline`]: pipeline definitions (YAML/JSON), their validation and graph;
 //! - [`operator`]: the operator side of a job (life-cycle callbacks, payload, FastIO entries);
 //! - [`driver`]: the pipeline driver behind `fastio run`;
