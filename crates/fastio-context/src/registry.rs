@@ -767,11 +767,7 @@ impl Registry {
         typed: TypedShape,
         event: Option<EventHandle>,
     ) -> Result<Grant, GrantRefusal> {
-        if self.resources.get(&id).is_none_or(|r| r.entries.is_empty()) {
-            return Err(GrantRefusal::Memory(MemoryFailure::System {
-                message: format!("resource {id} is not the memory of a FastIO entry"),
-            }));
-        }
+        self.entry_resource(id).map_err(GrantRefusal::Memory)?;
         let mut grant = self.grant(conn, id, access, Some(typed))?;
         grant.event = event;
         Ok(grant)
@@ -788,13 +784,19 @@ impl Registry {
     /// registry's lock before any operator runs (a sealed segment refuses the writable
     /// mapping).
     pub fn pinned_segment(&self, id: ResourceId) -> Result<Segment, MemoryFailure> {
+        self.entry_resource(id)?
+            .memory
+            .host()
+            .ok_or_else(|| host_only(id))?
+            .try_clone()
+            .map_err(MemoryFailure::from_segment)
+    }
+
+    /// Resource `id`, if an entry pins it: the entry primitives reach no other memory (an
+    /// id a job still has after its entry let go of it names nothing).
+    fn entry_resource(&self, id: ResourceId) -> Result<&Resource, MemoryFailure> {
         match self.resources.get(&id) {
-            Some(resource) if !resource.entries.is_empty() => resource
-                .memory
-                .host()
-                .ok_or_else(|| host_only(id))?
-                .try_clone()
-                .map_err(MemoryFailure::from_segment),
+            Some(resource) if !resource.entries.is_empty() => Ok(resource),
             _ => Err(MemoryFailure::System {
                 message: format!("resource {id} is not the memory of a FastIO entry"),
             }),

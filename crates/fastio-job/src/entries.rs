@@ -400,6 +400,37 @@ mod tests {
         Server::start(config).unwrap()
     }
 
+    /// A server with `devices` GPUs of cuda-streams' CPU fake.
+    pub(super) fn device_server(devices: usize, pool_bytes: u64) -> Server {
+        server_with(ServerConfig {
+            pool_bytes,
+            collapse: false,
+            device_driver: Some(cuda_streams::Driver::fake(devices)),
+            ..ServerConfig::default()
+        })
+    }
+
+    /// Entry 0 ("volume") is sealed: its producer's `writer` cannot open it read-write any
+    /// more, and `reader` gets it read-only.
+    pub(super) fn sealed_then_read(
+        table: &EntryTable,
+        memory: &ContextMemory<'_>,
+        writer: ConnectionId,
+        reader: ConnectionId,
+    ) -> Grant {
+        assert_eq!(
+            table
+                .open(memory, writer, EntryId(0), AccessMode::ReadWrite)
+                .unwrap_err(),
+            EntryError::Sealed {
+                name: "volume".into()
+            }
+        );
+        table
+            .open(memory, reader, EntryId(0), AccessMode::ReadOnly)
+            .unwrap()
+    }
+
     /// A greeted connection of `server`.
     pub(super) fn client(server: &Server) -> Session {
         let mut session = server.session();
@@ -698,12 +729,7 @@ mod tests {
 
     #[test]
     fn a_device_entry_is_made_on_its_device_written_by_its_producer_and_read_only_after() {
-        let server = server_with(ServerConfig {
-            pool_bytes: 1 << 20,
-            collapse: false,
-            device_driver: Some(cuda_streams::Driver::fake(2)),
-            ..ServerConfig::default()
-        });
+        let server = device_server(2, 1 << 20);
         let memory = server.memory();
         let cuda1 = MemoryKind::Cuda { device: 1 };
         let plan = EntryPlan {
@@ -727,27 +753,7 @@ mod tests {
         assert!(matches!(out.memory, GrantedMemory::Device(_)));
         assert_eq!(out.device_bytes, 2 << 20);
         table.seal(&memory, &[EntryId(0)]).unwrap();
-        assert_eq!(
-            table
-                .open(
-                    &memory,
-                    producer.connection(),
-                    EntryId(0),
-                    AccessMode::ReadWrite
-                )
-                .unwrap_err(),
-            EntryError::Sealed {
-                name: "volume".into()
-            }
-        );
-        let input = table
-            .open(
-                &memory,
-                reader.connection(),
-                EntryId(0),
-                AccessMode::ReadOnly,
-            )
-            .unwrap();
+        let input = sealed_then_read(&table, &memory, producer.connection(), reader.connection());
         assert_eq!(input.kind, cuda1);
     }
 
@@ -865,7 +871,7 @@ mod tests {
 mod device_tests {
     //! Dynamic device entries over a real registry, on cuda-streams' CPU fake.
 
-    use super::tests::{call, client, server_with};
+    use super::tests::{call, client, device_server, sealed_then_read};
     use super::*;
     use fastio_context::protocol::{Request, Response};
     use fastio_context::registry::GrantedMemory;
@@ -882,18 +888,9 @@ mod device_tests {
         }
     }
 
-    fn server(devices: usize, pool_bytes: u64) -> Server {
-        server_with(ServerConfig {
-            pool_bytes,
-            collapse: false,
-            device_driver: Some(cuda_streams::Driver::fake(devices)),
-            ..ServerConfig::default()
-        })
-    }
-
     #[test]
     fn a_dynamic_device_entry_gets_fresh_memory_on_its_device_when_its_producer_allocates_it() {
-        let server = server(2, 64 << 20);
+        let server = device_server(2, 64 << 20);
         let memory = server.memory();
         let cuda1 = MemoryKind::Cuda { device: 1 };
         let table = Mutex::new(EntryTable::define(&memory, &[dynamic_device_entry(1)]).unwrap());
@@ -958,22 +955,7 @@ mod device_tests {
 
         let mut table = table.into_inner().unwrap();
         table.seal(&memory, &[EntryId(0)]).unwrap();
-        assert_eq!(
-            table
-                .open(&memory, c, EntryId(0), AccessMode::ReadWrite)
-                .unwrap_err(),
-            EntryError::Sealed {
-                name: "volume".into()
-            }
-        );
-        let input = table
-            .open(
-                &memory,
-                reader.connection(),
-                EntryId(0),
-                AccessMode::ReadOnly,
-            )
-            .unwrap();
+        let input = sealed_then_read(&table, &memory, c, reader.connection());
         assert_eq!(
             (input.id, input.kind, input.event),
             (second.id, cuda1, None)
@@ -982,7 +964,7 @@ mod device_tests {
 
     #[test]
     fn a_dynamic_device_entry_without_its_device_is_refused_naming_the_entry() {
-        let server = server(1, 0);
+        let server = device_server(1, 0);
         let memory = server.memory();
         let table = Mutex::new(EntryTable::define(&memory, &[dynamic_device_entry(3)]).unwrap());
         let c = client(&server);

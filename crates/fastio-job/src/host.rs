@@ -54,7 +54,8 @@ impl JobServer {
 
 /// Starts the context server of a pipeline job: the job's FastIO entries whose shape is
 /// fully known are allocated now, before any operator starts. Operators join over
-/// sockets from [`Server::operator_socket`].
+/// sockets from [`Server::operator_socket`]. A plan that does not hold together
+/// ([`crate::JobPlan::check`]) is refused with `RequestError::BadRequest`.
 pub fn host(config: ServerConfig, job: Arc<Job>) -> Result<JobServer, ContextError> {
     host_with_inputs(config, job, Vec::new())
 }
