@@ -90,5 +90,12 @@ pub fn host_at(
 /// an operator runs alone, without a driver. The job's entries are set up as the driver's
 /// server would (pre-allocated ones exist, zeroed).
 pub fn in_process(job: Arc<Job>, stage: usize) -> Result<Context, ContextError> {
+    let stages = job.plan().stages.len();
+    if stage >= stages {
+        return Err(fastio_context::RequestError::BadRequest {
+            message: format!("the job has no stage #{stage}: it has {stages}"),
+        }
+        .into());
+    }
     Context::in_process_with_job(Arc::new(JobRuntime::new(job)), stage)
 }

@@ -347,7 +347,9 @@ impl Job {
 
     /// The connection of the operator attached to `stage` closed.
     pub fn left(&self, stage: usize) {
-        self.emit(stage, JobEventKind::Left);
+        if stage < self.plan.stages.len() {
+            self.emit(stage, JobEventKind::Left);
+        }
     }
 
     /// Blocks until every upstream stage of `stage` has executed successfully, or the job
@@ -392,7 +394,12 @@ impl Job {
     /// Stage `stage` finished `phase`. The first end of execute is its outcome: a stage
     /// that says again that it finished cannot turn a failed execute into a successful
     /// one (and release the stages waiting on it), nor the reverse.
+    /// Nothing happens for a stage the job does not have (whoever handles the events may
+    /// count on every event naming one of its stages).
     pub fn finished(&self, stage: usize, phase: Phase, failure: Option<String>) {
+        if stage >= self.plan.stages.len() {
+            return;
+        }
         if let Some(progress) = self.lock().stages.get_mut(stage) {
             match phase {
                 Phase::Prepare => {}
@@ -411,7 +418,7 @@ impl Job {
 
     /// Reports handles reclaimed from `stage` at the end of its execute.
     pub fn reclaimed(&self, stage: usize, handles: Vec<ReclaimedHandle>) {
-        if !handles.is_empty() {
+        if !handles.is_empty() && stage < self.plan.stages.len() {
             self.emit(stage, JobEventKind::Reclaimed(handles));
         }
     }

@@ -389,3 +389,44 @@ fn ids_a_job_still_knows_never_name_other_memory_after_its_server_is_closed() {
         other => panic!("unexpected answer {other:?}"),
     }
 }
+
+#[test]
+fn a_connection_of_a_stage_the_job_does_not_have_changes_nothing_and_names_no_stage() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let job = Arc::new(Job::new(two_stages(), move |e| {
+        let _ = tx.send(e);
+    }));
+    let server = fastio_job::host(config(), job.clone()).unwrap();
+    let mut ghost = server.operator_session(7);
+    call(
+        &mut ghost,
+        Request::Hello {
+            version: PROTOCOL_VERSION,
+        },
+    );
+    assert_eq!(
+        refusal(call(&mut ghost, Request::Join)),
+        RequestError::Job(fastio_context::JobError::NotInJob)
+    );
+    assert!(matches!(
+        entry_refusal(call(&mut ghost, open(0, AccessMode::ReadOnly))),
+        EntryError::NotOfOperator { .. }
+    ));
+    call(&mut ghost, finished(None));
+    call(
+        &mut ghost,
+        Request::Finished {
+            phase: Phase::Cleanup,
+            failure: None,
+        },
+    );
+    drop(ghost);
+    // Every event names a stage of the job (a driver indexes its operators by it).
+    assert!(rx.try_iter().all(|e| e.stage < 2));
+    assert_eq!(job.stage_states(), ["not joined", "not joined"]);
+    // An in-process operator context for such a stage is refused outright.
+    assert!(matches!(
+        fastio_job::in_process(Arc::new(Job::new(two_stages(), |_| {})), 2),
+        Err(ContextError::Refused(RequestError::BadRequest { .. }))
+    ));
+}
