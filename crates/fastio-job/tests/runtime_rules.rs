@@ -4,7 +4,8 @@
 //! A reader never gets a way to write an input; a plan that does not hold together is
 //! refused before the server starts (rather than panicking a connection later); a stage
 //! cannot take back the outcome of its execute; ids a job still knows never name other
-//! memory after the server is closed.
+//! memory after the server is closed; a stage waiting for its inputs holds nothing, and an
+//! abort reaches it over its socket.
 
 use std::sync::Arc;
 
@@ -429,4 +430,102 @@ fn a_connection_of_a_stage_the_job_does_not_have_changes_nothing_and_names_no_st
         fastio_job::in_process(Arc::new(Job::new(two_stages(), |_| {})), 2),
         Err(ContextError::Refused(RequestError::BadRequest { .. }))
     ));
+}
+
+/// Stage `stage`'s context over a real socket of the job's server, joined.
+fn over_socket(
+    server: &JobServer,
+    stage: usize,
+) -> (fastio_context::Context, fastio_job::StageInfo) {
+    let ctx = fastio_context::Context::from_socket(server.operator_socket(stage).unwrap()).unwrap();
+    let info = ctx.join().unwrap();
+    (ctx, info)
+}
+
+/// Runs `f` on a thread; its result, or `None` if it has not come within a bound that only
+/// a hang passes (this is not a timing assertion: it keeps a deadlock from hanging the run).
+fn on_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::sync::mpsc::Receiver<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx
+}
+
+const HANG: std::time::Duration = std::time::Duration::from_secs(60);
+
+#[test]
+fn a_stage_waiting_for_its_inputs_holds_nothing_while_its_producer_works() {
+    let server = host(two_stages()).unwrap();
+    let (reader, reader_info) = over_socket(&server, 1);
+    let waiting = on_thread(move || {
+        let result = reader.await_inputs();
+        (reader, result)
+    });
+    // Wait until the server has the reader waiting (its listing says so), then work: every
+    // request of the producer, and a listing, is answered meanwhile.
+    let lister = server.local_context();
+    let waits = |l: &fastio_context::listing::Listing| {
+        l.job
+            .as_ref()
+            .is_some_and(|j| j.operators[1].state == "waiting for inputs")
+    };
+    let mut listing = lister.inspect().unwrap();
+    for _ in 0..2000 {
+        if waits(&listing) {
+            break;
+        }
+        std::thread::yield_now();
+        listing = lister.inspect().unwrap();
+    }
+    assert!(waits(&listing), "{listing:?}");
+    let (make, info) = over_socket(&server, 0);
+    make.await_inputs().unwrap();
+    let mut fixed = fastio_job::FastIoEntry::open(&make, info.fastio_outputs[0].clone()).unwrap();
+    fixed.set_bytes(b"makemake").unwrap();
+    let mut sized = fastio_job::FastIoEntry::open(&make, info.fastio_outputs[1].clone()).unwrap();
+    sized.update_shape(&[0], &[2]).unwrap();
+    sized.set_bytes(b"ok").unwrap();
+    make.create(4096).unwrap();
+    lister.inspect().unwrap();
+    make.finished(Phase::Execute, None).unwrap();
+    let (reader, result) = waiting.recv_timeout(HANG).expect("the reader was released");
+    result.unwrap();
+    let fixed =
+        fastio_job::FastIoEntry::open(&reader, reader_info.fastio_inputs[0].clone()).unwrap();
+    assert_eq!(fixed.get_bytes().unwrap(), b"makemake");
+}
+
+#[test]
+fn an_abort_reaches_a_stage_waiting_over_its_socket_and_every_later_one() {
+    let server = host(two_stages()).unwrap();
+    let (reader, _) = over_socket(&server, 1);
+    let waiting = on_thread(move || reader.await_inputs());
+    let lister = server.local_context();
+    for _ in 0..2000 {
+        let listing = lister.inspect().unwrap();
+        if listing
+            .job
+            .is_some_and(|j| j.operators[1].state == "waiting for inputs")
+        {
+            break;
+        }
+        std::thread::yield_now();
+    }
+    server.job().abort("the producer died");
+    let aborted = fastio_context::JobError::Aborted {
+        reason: "the producer died".into(),
+    };
+    match waiting.recv_timeout(HANG).expect("the waiter was released") {
+        Err(ContextError::Refused(RequestError::Job(e))) => assert_eq!(e, aborted),
+        other => panic!("expected the abort, got {other:?}"),
+    }
+    // A stage that asks later is refused at once, its upstream or not.
+    let (make, _) = over_socket(&server, 0);
+    match make.await_inputs() {
+        Err(ContextError::Refused(RequestError::Job(e))) => assert_eq!(e, aborted),
+        other => panic!("expected the abort, got {other:?}"),
+    }
 }
