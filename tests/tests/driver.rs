@@ -241,6 +241,42 @@ fn a_write_through_an_output_kept_past_execute_faults_and_never_lands() {
 }
 
 #[test]
+fn a_reader_process_is_refused_every_job_request_that_would_write_its_input() {
+    let job = fastio_tests::job_dir!();
+    let yaml = format!(
+        "{HEADER}{}{}",
+        op("source", &[("EXECUTE", "produce")], ONE_ARRAY_OUT),
+        op(
+            "vandal",
+            &[("EXECUTE", "reach-input:data")],
+            &one_array_in("source")
+        ),
+    );
+    let report = job.run(&yaml);
+    assert!(report.succeeded(), "{}", report.render());
+    let refused: Vec<String> = job
+        .events()
+        .into_iter()
+        .filter_map(|(who, rest)| {
+            (who == "vandal")
+                .then(|| rest.strip_prefix("reach refused: ").map(str::to_owned))
+                .flatten()
+        })
+        .collect();
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    for (refusal, what) in refused
+        .iter()
+        .zip(["open-read-write", "allocate", "set-event"])
+    {
+        assert!(refusal.starts_with(what), "{refusal}");
+        assert!(
+            refusal.contains("is_an_input_of_this_operator:_it_is_read-only"),
+            "{refusal}"
+        );
+    }
+}
+
+#[test]
 fn a_reader_cannot_publish_its_input_and_get_it_read_write() {
     let job = fastio_tests::job_dir!();
     let yaml = format!(

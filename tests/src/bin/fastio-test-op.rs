@@ -14,6 +14,8 @@
 //!   `write-input:<name>` (tries the API, then writes through a raw pointer: faults);
 //!   `escalate:<name>` (publishes its read-only input under a new name and tries to get
 //!   that read-write and write through it; logs `escalation refused: <why>` or fails);
+//!   `reach-input:<name>` (asks the context to open its input read-write, allocate it and
+//!   set its event; logs `reach refused: <what> <why>` for each, fails if one is allowed);
 //!   `publish:<name>` (publishes 8 bytes, 1 to 8, under `name` and releases its handle);
 //!   `disturb:<name>` (tries to withdraw `name` and to replace it with its own bytes;
 //!   logs `disturb refused: <why>` for each refusal, fails if either is allowed or the
@@ -86,6 +88,12 @@ fn main() {
             if std::env::var("EXECUTE").as_deref() == Ok("hold-entry") {
                 hold_entry(driver, payload)?;
             }
+            if let Some(name) = std::env::var("EXECUTE")
+                .ok()
+                .and_then(|v| v.strip_prefix("reach-input:").map(str::to_owned))
+            {
+                reach_input(driver, payload, &name)?;
+            }
             log("execute begin");
             let result = execute(payload);
             log("execute end");
@@ -142,6 +150,46 @@ fn hold_entry(driver: &Driver, payload: &mut Payload<'_>) -> Result<(), Callback
     std::mem::forget(entry);
     Ok(())
 }
+/// Asks the context, over this process's own connection, for every way to write input
+/// `name` that the job's requests offer; each must be refused.
+fn reach_input(
+    driver: &Driver,
+    payload: &mut Payload<'_>,
+    name: &str,
+) -> Result<(), CallbackError> {
+    let id = driver
+        .stage_info()
+        .fastio_inputs
+        .iter()
+        .find(|e| e.name == name)
+        .ok_or("reach-input needs an input of that name")?
+        .id;
+    let context = payload.fastio_context();
+    let tries = [
+        (
+            "open-read-write",
+            context
+                .open_entry(id, fastio::AccessMode::ReadWrite)
+                .map(drop),
+        ),
+        ("allocate", context.allocate_entry(id, vec![4096]).map(drop)),
+        (
+            "set-event",
+            context.set_entry_event(id, fastio::EventHandle([1; 64])),
+        ),
+    ];
+    for (what, result) in tries {
+        match result {
+            Ok(()) => return Err(format!("{what} of input {name} was allowed").into()),
+            Err(e) => log(&format!(
+                "reach refused: {what} {}",
+                e.to_string().replace(' ', "_")
+            )),
+        }
+    }
+    Ok(())
+}
+
 /// The first output's address, kept by `keep-output` for cleanup's late write.
 static KEPT_OUTPUT: std::sync::atomic::AtomicPtr<u8> =
     std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
@@ -221,7 +269,7 @@ fn execute(payload: &mut Payload<'_>) -> Result<(), CallbackError> {
             Ok(())
         }
         // Opened before execute's log line, in `main`.
-        ("hold-entry", _) => Ok(()),
+        ("hold-entry", _) | ("reach-input", _) => Ok(()),
         ("write-input", name) => write_input(payload, name),
         ("produce", _) => produce(payload),
         ("escalate", name) => escalate(payload, name),
