@@ -875,7 +875,6 @@ mod device_tests {
     use super::*;
     use fastio_context::protocol::{Request, Response};
     use fastio_context::registry::GrantedMemory;
-    use fastio_context::{Server, ServerConfig};
     use fastio_meta::ElementType;
 
     fn dynamic_device_entry(device: i32) -> EntryPlan {
