@@ -111,8 +111,9 @@ impl JobPlan {
         }
     }
 
-    /// Whether the plan holds together, or the first reason it does not: every stage and
-    /// entry it names exists, an entry is written by the one stage whose outputs list it
+    /// Whether the plan holds together, or the first reason it does not: stage names are
+    /// unique (ASCII case ignored), every stage and entry it names exists, an entry is
+    /// written by the one stage whose outputs list it
     /// (its `producer`), and no stage waits on itself, directly or through others. A job
     /// is hosted only after this check (a context server must not panic, nor a stage
     /// wait for ever, on a plan built by hand).
@@ -121,6 +122,16 @@ impl JobPlan {
         let entries = self.entries.len();
         for (index, stage) in self.stages.iter().enumerate() {
             let name = &stage.name;
+            // `Attach` finds a stage by its name, ASCII case ignored.
+            if let Some(first) = self.stages[..index]
+                .iter()
+                .find(|s| s.name.eq_ignore_ascii_case(name))
+            {
+                return Err(format!(
+                    "two stages are named {name:?} (the first as {:?})",
+                    first.name
+                ));
+            }
             if let Some(u) = stage.upstream.iter().find(|&&u| u >= stages) {
                 return Err(format!(
                     "stage {name:?} waits on stage #{u}, and the job has {stages}"

@@ -324,6 +324,12 @@ fn a_plan_that_does_not_hold_together_is_refused_before_the_server_starts() {
     assert!(message.contains("waits on itself"), "{message}");
     let message = broken(&|p| p.stages[1].upstream = vec![1]);
     assert!(message.contains("\"use\" waits on itself"), "{message}");
+    // Attach finds a stage by name: a second of the same name could never be attached.
+    let message = broken(&|p| p.stages[1].name = "MAKE".into());
+    assert!(
+        message.contains("two stages are named \"MAKE\""),
+        "{message}"
+    );
     // In-process hosting checks the same.
     let mut plan = two_stages();
     plan.stages[1].upstream = vec![5];
