@@ -30,8 +30,12 @@
 //! Locks, in the order they may be taken: the entry table's, then the registry's; the
 //! job's state has its own lock and condition variable, never held while another is
 //! taken. `AwaitInputs` blocks on the job's condition variable holding no other lock.
-//! Big memory (dynamic entries) is made holding no lock at all: the registry reserves it
-//! (`obtain`), it is made, then adopted.
+//! Big host memory (dynamic entries) is made holding no lock at all: the registry reserves
+//! it (`obtain_fresh`), it is made, then adopted; device memory is made through the CUDA
+//! driver under the registry's lock, as `Create` on a device makes it.
+//!
+//! A plan is checked when a context hosts it ([`JobPlan::check`]): one that does not hold
+//! together is refused before the server starts.
 //!
 //! ```
 //! use std::sync::Arc;
