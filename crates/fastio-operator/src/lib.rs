@@ -296,10 +296,16 @@ impl Driver {
             ),
         };
         // Alone, no other operator will ever execute: nothing writes this one's inputs
-        // (pre-allocated ones read as zeroes, sealed so from the start).
+        // (pre-allocated ones read as zeroes, sealed so from the start), and the plan says
+        // so both ways (an entry's producer lists it among its outputs, and no one else).
         for entry in &mut plan.entries {
             if entry.producer != Some(index) {
                 entry.producer = None;
+            }
+        }
+        for (i, stage) in plan.stages.iter_mut().enumerate() {
+            if i != index {
+                stage.fastio_outputs.clear();
             }
         }
         let stage_plan = &mut plan.stages[index];
