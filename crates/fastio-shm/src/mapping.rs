@@ -510,8 +510,7 @@ pub(crate) fn reserve_collapsed(
     };
     // Small steps where their cost decides whether to go on: a slow step is not wasted
     // (its huge pages are kept), but it is paid.
-    let mut watch = only_free;
-    let step = if watch {
+    let step = if only_free {
         PROBE_STEP
     } else {
         crate::RESERVE_STEP as usize
@@ -555,17 +554,16 @@ pub(crate) fn reserve_collapsed(
             break;
         }
         done += n;
-        if watch {
+        if only_free {
             let cost = thread_cpu_time().saturating_sub(started);
-            match after_step(
+            let next = after_step(
                 cost,
                 n / huge,
                 (len - done) as u64,
                 crate::free_small_block_bytes(),
-            ) {
-                NextStep::Huge => {}
-                NextStep::HugeUnwatched => watch = false,
-                NextStep::Small => break,
+            );
+            if next == NextStep::Small {
+                break;
             }
         }
     }
@@ -575,11 +573,12 @@ pub(crate) fn reserve_collapsed(
 /// What a create does after a step of collapsing whose huge pages cost `cost` together.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum NextStep {
-    /// They were cheap: go on, watching.
+    /// They were cheap: go on.
     Huge,
     /// They were dear, but small pages would be too (no free small blocks to hold the
-    /// rest: they would be cut from the same blocks): go on without watching.
-    HugeUnwatched,
+    /// rest: they would be cut from the same blocks): go on (the next step is weighed
+    /// again: blocks freed meanwhile may hold the rest by then).
+    HugeAnyway,
     /// They were dear and free small blocks hold the rest: small pages for it.
     Small,
 }
@@ -592,7 +591,7 @@ fn after_step(cost: Duration, pages: usize, remaining: u64, small_free: Option<u
     }
     match small_free {
         Some(free) if free >= remaining.saturating_add(SMALL_BLOCKS_KEPT) => NextStep::Small,
-        _ => NextStep::HugeUnwatched,
+        _ => NextStep::HugeAnyway,
     }
 }
 
@@ -645,8 +644,8 @@ mod tests {
         let cost = Duration::from_millis(24);
         assert_eq!(after_step(cost, 4, GIB, Some(2 * GIB)), NextStep::Small);
         // Small blocks that cannot hold the rest (and the margin) would be cut from the
-        // same reported blocks: huge pages go on, unwatched.
-        assert_eq!(after_step(cost, 4, GIB, Some(GIB)), NextStep::HugeUnwatched);
-        assert_eq!(after_step(cost, 4, GIB, None), NextStep::HugeUnwatched);
+        // same reported blocks: huge pages go on.
+        assert_eq!(after_step(cost, 4, GIB, Some(GIB)), NextStep::HugeAnyway);
+        assert_eq!(after_step(cost, 4, GIB, None), NextStep::HugeAnyway);
     }
 }
