@@ -66,7 +66,10 @@ impl FastIoEntry {
             },
         );
         let allocation = match opened {
-            Ok(allocation) => Some(allocation),
+            Ok(mut allocation) => {
+                allocation.unmap_on_release();
+                Some(allocation)
+            }
             Err(ContextError::Refused(RequestError::Entry(EntryError::NotAllocated {
                 ..
             }))) => None,
@@ -202,7 +205,7 @@ impl FastIoEntry {
         };
         // The old memory, if any, stays mapped until the new is in hand: a failure changes
         // nothing, and our handle keeps the old segment from being recycled meanwhile.
-        let allocation = self.context.handle(
+        let mut allocation = self.context.handle(
             Request::AllocateEntry {
                 entry: self.info.id,
                 dims,
@@ -210,6 +213,7 @@ impl FastIoEntry {
             Access::ReadWrite,
             CreateOptions::default(),
         )?;
+        allocation.unmap_on_release();
         self.allocation = Some(allocation);
         Ok(())
     }

@@ -236,6 +236,14 @@ struct EntrySlot {
     bound: Option<(ResourceId, TypedShape)>,
     // The interprocess CUDA event of the current memory, set by the producer.
     event: Option<EventHandle>,
+    // Pre-allocated host memory admitted at define but made only when its producer is about
+    // to execute ([`Registry::make_entry`]); its bytes are held in `Registry::entry_reserve`.
+    deferred: bool,
+    // Bytes of the memory last bound, kept after it was released ([`Registry::release_entry`])
+    // for reports.
+    bytes: Option<usize>,
+    // Its memory went once every reader had finished execute.
+    released: bool,
 }
 
 /// A handle handed out: the descriptor to pass on and what the client needs to know.
@@ -294,6 +302,9 @@ pub struct Registry {
     pool_segments: usize,
     // Bytes being reserved outside the lock by creates in flight.
     reserving: u64,
+    // Bytes of the job's pre-allocated entries admitted but not made yet: kept out of
+    // reach of other creates in this context.
+    entry_reserve: u64,
     // Segments leaving for good, to be freed by the caller without the lock.
     dead: Vec<Segment>,
     // Where segments entering the pool are sent to be collapsed into huge pages.
@@ -320,6 +331,7 @@ impl Registry {
             pool_limit,
             pool_segments: DEFAULT_POOL_SEGMENTS,
             reserving: 0,
+            entry_reserve: 0,
             dead: Vec::new(),
             collapser: None,
             tick: 0,
@@ -484,17 +496,18 @@ impl Registry {
     /// not fit in the memory available now.
     fn admit(&self, bytes: u64) -> Result<(), MemoryFailure> {
         if let Some(available) = fastio_shm::available_memory() {
+            let reserved = self.reserving.saturating_add(self.entry_reserve);
             let wanted = bytes
-                .saturating_add(self.reserving)
+                .saturating_add(reserved)
                 .saturating_add(fastio_shm::HEADROOM_MARGIN);
             if wanted > available {
-                let free = available.saturating_sub(self.reserving + fastio_shm::HEADROOM_MARGIN);
+                let free = available.saturating_sub(reserved + fastio_shm::HEADROOM_MARGIN);
                 return Err(MemoryFailure::OutOfMemory {
                     size: usize::try_from(bytes).unwrap_or(usize::MAX),
                     message: format!(
-                        "cannot reserve {bytes} bytes of shared memory: only {free} bytes are available (keeping {} bytes of margin and {} bytes reserved by creates in progress)",
+                        "cannot reserve {bytes} bytes of shared memory: only {free} bytes are available (keeping {} bytes of margin and {} bytes reserved by creates in progress and entries still to be made)",
                         fastio_shm::HEADROOM_MARGIN,
-                        self.reserving
+                        reserved
                     ),
                 });
             }
@@ -891,17 +904,7 @@ impl Registry {
     pub fn define_entries(&mut self, plans: &[EntryPlan]) -> Result<(), EntryError> {
         let mut total = 0u64;
         for plan in plans.iter().filter(|p| p.is_preallocated()) {
-            let bytes = plan
-                .declared
-                .iter()
-                .try_fold(plan.element_type.size() as u64, |acc, &d| {
-                    acc.checked_mul(u64::try_from(d).ok()?)
-                })
-                .ok_or_else(|| EntryError::Shape {
-                    name: plan.name.clone(),
-                    dims: plan.declared.iter().map(|&d| d as usize).collect(),
-                    reason: "it has more bytes than can be addressed".into(),
-                })?;
+            let bytes = Self::preallocated_bytes(plan)?;
             // Device entries take no host memory.
             if plan.memory.is_host() {
                 total = total.saturating_add(bytes);
@@ -917,12 +920,23 @@ impl Registry {
             other => other.into(),
         })?;
         for plan in plans {
+            // Host memory that an operator of the job writes is made just before that
+            // operator executes (`make_entry`), and can go once its readers are done
+            // (`release_entry`): a chain needs the memory of two entries at a time, and a
+            // later entry reuses pages that an earlier one has just freed.
+            let deferred =
+                plan.is_preallocated() && plan.memory.is_host() && plan.producer.is_some();
             self.entries.push(EntrySlot {
                 plan: plan.clone(),
                 bound: None,
                 event: None,
+                deferred,
+                bytes: None,
+                released: false,
             });
-            if plan.is_preallocated() {
+            if deferred {
+                self.entry_reserve += Self::preallocated_bytes(plan)? as u64;
+            } else if plan.is_preallocated() {
                 let dims: Vec<usize> = plan.declared.iter().map(|&d| d as usize).collect();
                 let index = self.entries.len() - 1;
                 let memory = match plan.memory {
@@ -959,6 +973,105 @@ impl Registry {
             }
         }
         Ok(())
+    }
+
+    /// The bytes of a pre-allocated entry's declared shape.
+    fn preallocated_bytes(plan: &EntryPlan) -> Result<u64, EntryError> {
+        plan.declared
+            .iter()
+            .try_fold(plan.element_type.size() as u64, |acc, &d| {
+                acc.checked_mul(u64::try_from(d).ok()?)
+            })
+            .ok_or_else(|| EntryError::Shape {
+                name: plan.name.clone(),
+                dims: plan.declared.iter().map(|&d| d as usize).collect(),
+                reason: "it has more bytes than can be addressed".into(),
+            })
+    }
+
+    /// Whether entry `entry` is pre-allocated memory still to be made
+    /// ([`Registry::make_entry`]), and its bytes.
+    pub fn entry_to_make(&self, entry: EntryId) -> Option<usize> {
+        let slot = self.entries.get(entry.0 as usize)?;
+        if !slot.deferred || slot.bound.is_some() || slot.released {
+            return None;
+        }
+        usize::try_from(Self::preallocated_bytes(&slot.plan).ok()?).ok()
+    }
+
+    /// First half of making a deferred entry's memory: the bytes it was admitted with move
+    /// from the job's reserve to a reservation for the segment, which the caller makes
+    /// without the lock and gives to [`Registry::bind_made_entry`]. `None`: nothing to make
+    /// (made already, or not deferred).
+    pub fn obtain_entry(&mut self, entry: EntryId) -> Option<Result<Obtained, EntryError>> {
+        let bytes = self.entry_to_make(entry)?;
+        self.entry_reserve = self.entry_reserve.saturating_sub(bytes as u64);
+        let obtained = self.obtain_fresh(bytes, false).map_err(EntryError::from);
+        if obtained.is_err() {
+            // Still to be made: its bytes stay admitted.
+            self.entry_reserve += bytes as u64;
+        }
+        Some(obtained)
+    }
+
+    /// Second half: binds the memory made for a deferred entry, zero as every new entry is.
+    /// Where another caller made it first, this memory goes.
+    pub fn bind_made_entry(
+        &mut self,
+        entry: EntryId,
+        obtained: Obtained,
+        made: Option<Result<Segment, MemoryFailure>>,
+    ) -> Result<(), EntryError> {
+        let Some(bytes) = self.entry_to_make(entry) else {
+            if let Some(Ok(segment)) = made {
+                self.dead.push(segment);
+            }
+            match obtained {
+                Obtained::Make(reservation) => self.abandon(reservation),
+                Obtained::Pooled(pooled) => self.dead.push(pooled.segment),
+            }
+            return Ok(());
+        };
+        let grant = match self.adopt(obtained, made, bytes) {
+            Ok(grant) => grant,
+            Err(e) => {
+                self.entry_reserve += bytes as u64;
+                return Err(e.into());
+            }
+        };
+        let dims: Vec<usize> = self.entries[entry.0 as usize]
+            .plan
+            .declared
+            .iter()
+            .map(|&d| d as usize)
+            .collect();
+        self.bind_entry(entry.0 as usize, &dims, Some(grant))?;
+        Ok(())
+    }
+
+    /// Lets the memory of `entry` go: every reader has finished execute and nothing else
+    /// will read it (the caller knows the job). Handles still held keep it alive until they
+    /// go; the entry's size stays known for reports. Later opens are refused.
+    pub fn release_entry(&mut self, entry: EntryId) {
+        let Some(slot) = self.entries.get_mut(entry.0 as usize) else {
+            return;
+        };
+        if std::mem::replace(&mut slot.released, true) {
+            return;
+        }
+        slot.event = None;
+        if slot.deferred && slot.bound.is_none() {
+            // Never made (its producer never executed): its bytes leave the reserve.
+            if let Ok(bytes) = Self::preallocated_bytes(&slot.plan) {
+                self.entry_reserve = self.entry_reserve.saturating_sub(bytes);
+            }
+        }
+        if let Some((id, _)) = slot.bound.take() {
+            if let Some(resource) = self.resources.get_mut(&id) {
+                resource.pins -= 1;
+            }
+            self.reclaim_if_dead(id);
+        }
     }
 
     /// Gives entry `entry` memory of shape `dims` holding `bytes` (C order), before any
@@ -1062,7 +1175,10 @@ impl Registry {
     /// Whether the entry has memory now, and its bytes.
     pub fn entry_bytes(&self, entry: EntryId) -> Option<usize> {
         let slot = self.entries.get(entry.0 as usize)?;
-        slot.bound.as_ref().map(|(_, typed)| typed.byte_size())
+        slot.bound
+            .as_ref()
+            .map(|(_, typed)| typed.byte_size())
+            .or(slot.bytes)
     }
 
     /// A handle to the memory behind `entry`.
@@ -1073,6 +1189,11 @@ impl Registry {
         access: AccessMode,
     ) -> Result<Grant, EntryError> {
         let slot = self.entry_slot(entry)?;
+        if slot.released {
+            return Err(EntryError::Released {
+                name: slot.plan.name.clone(),
+            });
+        }
         let Some((id, typed)) = slot.bound.clone() else {
             return Err(EntryError::NotAllocated {
                 name: slot.plan.name.clone(),
@@ -1210,6 +1331,7 @@ impl Registry {
         }
         let slot = &mut self.entries[index];
         slot.event = None;
+        slot.bytes = Some(typed.byte_size());
         let previous = slot.bound.replace((grant.id, typed.clone()));
         if let Some((old, _)) = previous {
             if let Some(resource) = self.resources.get_mut(&old) {

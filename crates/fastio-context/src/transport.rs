@@ -119,6 +119,56 @@ impl Shared {
         Ok((registry, grant))
     }
 
+    /// Makes the memory of those of `entries` that are pre-allocated but not made yet (the
+    /// outputs of a stage about to execute), each segment made without the registry's lock.
+    pub(crate) fn make_entries(&self, entries: &[EntryId]) -> Result<(), EntryError> {
+        for &entry in entries {
+            let Some(obtained) = self.registry().obtain_entry(entry) else {
+                continue;
+            };
+            let obtained = obtained?;
+            let made = match &obtained {
+                Obtained::Make(reservation) => Some(reservation.make()),
+                Obtained::Pooled(_) => None,
+            };
+            self.registry().bind_made_entry(entry, obtained, made)?;
+        }
+        Ok(())
+    }
+
+    /// Lets go of the memory of the inputs of `stage` that every reader has finished with
+    /// (`stage` itself counts as finished: it calls this at the end of its execute), unless
+    /// the job keeps entry memory to the end. The freed pages are punched at once, before
+    /// any later stage makes its outputs, so that those reuse them.
+    fn release_inputs(&self, job: &Job, stage: usize) {
+        if job.keeps_entry_memory() {
+            return;
+        }
+        let plan = job.plan();
+        let done: Vec<EntryId> = plan.stages[stage]
+            .fastio_inputs
+            .iter()
+            .copied()
+            .filter(|input| {
+                plan.stages
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.fastio_inputs.contains(input))
+                    .all(|(reader, _)| reader == stage || job.has_executed(reader))
+            })
+            .collect();
+        if done.is_empty() {
+            return;
+        }
+        {
+            let mut registry = self.registry();
+            for entry in done {
+                registry.release_entry(entry);
+            }
+        }
+        self.bury_dead();
+    }
+
     /// A dynamic entry's new memory, made without the registry's lock.
     fn allocate_entry(
         &self,
@@ -241,14 +291,32 @@ fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<Gr
             },
             Err(e) => refused(e),
         },
-        Request::AwaitInputs => done(job_stage(shared, peer).and_then(|(j, s)| j.await_inputs(s))),
+        Request::AwaitInputs => match job_stage(shared, peer) {
+            // Released to execute: its pre-allocated outputs get their memory now.
+            Ok((job, stage)) => done(
+                job.await_inputs(stage)
+                    .map_err(RequestError::from)
+                    .and_then(|()| {
+                        shared
+                            .make_entries(&job.plan().stages[stage].fastio_outputs)
+                            .map_err(RequestError::from)
+                    }),
+            ),
+            Err(e) => refused(e),
+        },
         Request::Finished { phase, failure } => match job_stage(shared, peer) {
             Ok((job, stage)) => {
                 let mut failure = failure;
+                let outputs = &job.plan().stages[stage].fastio_outputs;
+                if phase == Phase::Execute
+                    && let Err(e) = shared.make_entries(outputs)
+                {
+                    // Outputs it never opened: its readers find them zero, as declared.
+                    failure.get_or_insert(format!("its outputs could not be made: {e}"));
+                }
                 let reclaimed = if phase == Phase::Execute {
                     let mut registry = shared.registry();
                     // Sealed before anyone is told: readers only ever map final memory.
-                    let outputs = &job.plan().stages[stage].fastio_outputs;
                     if let Err(e) = registry.seal_entries(outputs) {
                         failure.get_or_insert(format!(
                             "its outputs could not be sealed read-only: {e}"
@@ -259,7 +327,15 @@ fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<Gr
                     Vec::new()
                 };
                 job.reclaimed(stage, reclaimed.clone());
+                if phase == Phase::Execute {
+                    shared.release_inputs(job, stage);
+                }
                 job.finished(stage, phase, failure);
+                if phase == Phase::Execute {
+                    // Again now that it counts as executed: a reader finishing at the same
+                    // time saw this one still executing.
+                    shared.release_inputs(job, stage);
+                }
                 if phase == Phase::Execute {
                     (Response::Reclaimed { handles: reclaimed }, None)
                 } else {
@@ -270,6 +346,11 @@ fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<Gr
         },
         Request::OpenEntry { entry, access } => grant(
             entry_access(shared, peer, entry, access)
+                // Its producer, running without waiting for its inputs, makes it here.
+                .and_then(|()| match access {
+                    AccessMode::ReadWrite => shared.make_entries(&[entry]),
+                    AccessMode::ReadOnly => Ok(()),
+                })
                 .and_then(|()| shared.registry().open_entry(conn, entry, access)),
         ),
         Request::SetEntryEvent { entry, event } => done(
