@@ -3,8 +3,13 @@
 //! against files (benches/benches/handover.rs), Python's in-place path against
 //! multiprocessing.shared_memory and np.save/np.load (benches/python/bench_inplace.py),
 //! and the I/O-bound four-operator pipeline with a 1 GiB volume against the same pipeline
-//! through files (benches/pipelines/chain*.yaml). Writes the tables and the targets into
-//! docs/benchmarks.md between markers, and the plot docs/handover.svg.
+//! through files (benches/pipelines/chain*.yaml), alternating, warm and cold. Writes the
+//! tables and the targets into docs/benchmarks.md between markers, and the plot
+//! docs/handover.svg.
+//!
+//! Flags: `--rounds N` (rounds per size of the handover benches, default 5),
+//! `--pipeline-rounds N` (timed runs per variant and regime of the pipeline, default 3),
+//! `--pipeline-only` (the pipeline alone, printed; the doc is left as it is).
 
 use std::fmt::Write as _;
 use std::process::Command;
