@@ -119,6 +119,19 @@ impl DevicePool {
             self.stats.recycled += 1;
             return Ok((pooled.memory, true));
         }
+        self.make(device, size).map(|memory| (memory, false))
+    }
+
+    /// A new allocation of at least `size` bytes on `device`, never a warm one: memory no
+    /// other client has held (what a FastIO entry allocated at run time gets, as host
+    /// entries get fresh segments). Warm allocations of the device are dropped when it is
+    /// full.
+    ///
+    /// # Errors
+    /// As [`DevicePool::obtain`].
+    pub fn make(&mut self, device: i32, size: usize) -> Result<DeviceMemory, CreateError> {
+        let kind = MemoryKind::Cuda { device };
+        let driver = self.driver(device)?.clone();
         // Room on the device first: warm allocations of it are dropped to make some.
         let made = match DeviceMemory::create(&driver, device, size.max(1)) {
             Err(_) if self.pooled.iter().any(|p| p.memory.device() == device) => {
@@ -132,7 +145,7 @@ impl DevicePool {
             reason: e.to_string(),
         })?;
         self.stats.created += 1;
-        Ok((memory, false))
+        Ok(memory)
     }
 
     /// Keeps `memory` warm for a later [`DevicePool::obtain`], evicting the least recently

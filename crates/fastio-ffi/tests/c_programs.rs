@@ -758,7 +758,7 @@ fn demo_pipeline_with_the_c_example_operators_runs_as_a_job() {
 }
 
 #[test]
-fn c_reads_the_cuda_event_of_a_publication_and_asks_for_the_operator_stream() {
+fn c_reads_the_cuda_event_asks_for_the_operator_stream_and_allocates_a_dynamic_device_output() {
     let server = server();
     let rust = Context::connect(server.address()).unwrap();
     let handle = fastio_context::EventHandle(std::array::from_fn(|i| (3 * i + 1) as u8));
@@ -793,6 +793,25 @@ fn c_reads_the_cuda_event_of_a_publication_and_asks_for_the_operator_stream() {
         ],
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("operator ok"));
+
+    // A dynamic output declared on a device: refused when its shape is set, not at set-up.
+    std::fs::write(
+        &definition,
+        format!(
+            "api-version: 0.5.0\nname: cuda\noperators:\n- name: infer\n  command: [\"{exe}\", \"dynamic\"]\n  output:\n  - {{name: logits, type: array, element-type: float32, shape: [-1, 8], device: cuda:0}}\n",
+            exe = exe.display()
+        ),
+    )
+    .unwrap();
+    let out = run(
+        &exe,
+        &["dynamic"],
+        &[
+            ("FASTIO_PIPELINE", definition.to_str().unwrap()),
+            ("FASTIO_STAGE", "infer"),
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("dynamic ok"));
 }
 
 #[test]

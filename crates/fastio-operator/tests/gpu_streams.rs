@@ -5,8 +5,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use fastio_context::job::{EntryId, EntryPlan, Job, JobPlan, StagePlan};
-use fastio_context::{EventHandle, MemoryKind, Server, ServerConfig};
+use fastio_context::{EventHandle, MemoryKind, ServerConfig};
+use fastio_job::{EntryId, EntryPlan, Job, JobPlan, JobServer, StagePlan};
 use fastio_meta::ElementType;
 use fastio_operator::cuda_streams::testing::FakeCall;
 use fastio_operator::cuda_streams::{self, Driver as CudaDriver};
@@ -49,8 +49,8 @@ fn job() -> Arc<Job> {
     ))
 }
 
-fn server() -> Server {
-    Server::start_job(
+fn server() -> JobServer {
+    fastio_job::host(
         ServerConfig {
             pool_bytes: 1 << 20,
             collapse: false,
@@ -300,7 +300,7 @@ fn host_waits(driver: &CudaDriver) -> usize {
 
 #[test]
 fn device_outputs_skip_the_host_wait_and_their_readers_open_the_event_on_the_entrys_device() {
-    let server = Server::start_job(
+    let server = fastio_job::host(
         ServerConfig {
             pool_bytes: 1 << 20,
             collapse: false,
@@ -382,6 +382,94 @@ fn device_outputs_skip_the_host_wait_and_their_readers_open_the_event_on_the_ent
         calls
             .iter()
             .any(|c| matches!(c, FakeCall::ImportEvent { device: 0, .. })),
+        "{calls:?}"
+    );
+}
+
+#[test]
+fn a_dynamic_device_output_allocated_in_execute_carries_its_event_to_its_reader() {
+    let stage = |name: &str, upstream, inputs, outputs| StagePlan {
+        name: name.into(),
+        upstream,
+        inputs: vec![],
+        outputs: vec![],
+        fastio_inputs: inputs,
+        fastio_outputs: outputs,
+    };
+    let job = Arc::new(Job::new(
+        JobPlan {
+            job_id: "gpu-dynamic".into(),
+            job_name: "gpu-dynamic".into(),
+            stages: vec![
+                stage("producer", vec![], vec![], vec![EntryId(0)]),
+                stage("reader", vec![0], vec![EntryId(0)], vec![]),
+            ],
+            entries: vec![EntryPlan {
+                memory: MemoryKind::Cuda { device: 1 },
+                name: "volume".into(),
+                producer: Some(0),
+                element_type: ElementType::F32,
+                declared: vec![-1, 4],
+            }],
+        },
+        |_| {},
+    ));
+    let server = fastio_job::host(
+        ServerConfig {
+            pool_bytes: 1 << 20,
+            collapse: false,
+            device_driver: Some(CudaDriver::fake(2)),
+            ..ServerConfig::default()
+        },
+        job,
+    )
+    .unwrap();
+
+    let producer_cuda = CudaDriver::fake(2);
+    Driver::join(server.local_operator_context(0))
+        .unwrap()
+        .with_cuda_driver(producer_cuda.clone())
+        .run(&mut Lifecycle::new().execute(|_, payload| {
+            payload.cuda_stream()?;
+            let volume = payload.fastio_output("volume")?;
+            assert!(volume.allocation().is_none());
+            volume.update_shape(&[0], &[6])?;
+            assert_eq!(
+                volume.allocation().map(|a| (a.kind(), a.size())),
+                Some((MemoryKind::Cuda { device: 1 }, 6 * 4 * 4))
+            );
+            Ok(())
+        }))
+        .unwrap();
+    let recorded = records(&producer_cuda);
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(
+        host_waits(&producer_cuda),
+        1,
+        "only the end of the run waits"
+    );
+
+    let reader_cuda = CudaDriver::fake(2);
+    Driver::join(server.local_operator_context(1))
+        .unwrap()
+        .with_cuda_driver(reader_cuda.clone())
+        .run(&mut Lifecycle::new().execute(|_, payload| {
+            let volume = payload.fastio_input("volume")?;
+            assert_eq!(volume.shape(), vec![6, 4]);
+            volume.event().ok_or("the device input carries no event")?;
+            let allocation = volume.allocation().ok_or("no memory")?;
+            assert_eq!(allocation.kind(), MemoryKind::Cuda { device: 1 });
+            let mapped = allocation.map_device(&reader_cuda)?;
+            assert_eq!((mapped.device, mapped.read_only), (1, true));
+            Ok(())
+        }))
+        .unwrap();
+    let calls = cuda_streams::testing::fake_calls(&reader_cuda).unwrap();
+    assert!(
+        calls.contains(&FakeCall::ImportEvent {
+            device: 1,
+            event: recorded[0].0
+        }),
         "{calls:?}"
     );
 }

@@ -839,9 +839,9 @@ fn check_entry(
     }
 }
 
-/// Where an entry lives (fastio extension `device: cuda:N`): only an array output with a
-/// fully known shape may say, since the job allocates it on the device before any operator
-/// runs (an input is where its producer's output is).
+/// Where an entry lives (fastio extension `device: cuda:N`): only an array output may say
+/// (an input is where its producer's output is). A fully known shape is allocated on the
+/// device before any operator runs; a dynamic one when its producer allocates it.
 fn check_device(
     c: &mut Checker<'_>,
     op: Option<&OperatorLocation>,
@@ -871,9 +871,6 @@ fn check_device(
         (Direction::Input, _) => {
             Some("an input lives where its producer's output does: say `device` on that output")
         }
-        (Direction::Output, Some(EntryKind::Array { shape, .. })) if shape.is_dynamic() => Some(
-            "only an array whose shape is fully known may live on a device (the job allocates it there before the operators run)",
-        ),
         (Direction::Output, Some(EntryKind::Array { .. })) | (Direction::Output, None) => None,
         (Direction::Output, Some(_)) => Some("only an array may live on a device"),
     };

@@ -149,3 +149,36 @@ def test_a_host_entry_has_no_device_view_nor_cuda_array_interface(tmp_path):
     text = result.stdout + result.stderr
     assert result.returncode == 0, text
     assert "host entry refused" in text
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="this machine has a CUDA driver")
+def test_a_dynamic_device_output_without_cuda_is_refused_when_allocated(tmp_path):
+    yaml = """
+    api-version: 0.5.0
+    name: dynamic-device
+    operators:
+    - name: infer
+      command: [PYTHON, DIR/op.py]
+      output:
+      - {name: logits, type: array, element-type: float32, shape: [-1, 8], device: cuda:0}
+    """
+    op = """
+    import fastio
+    def execute(driver, payload):
+        out = payload.fastio_output("logits")
+        assert not out.is_preallocated and not out.is_allocated
+        try:
+            out.update_shape([0], [3])
+        except fastio.Error as e:
+            print("REFUSED:", e, flush=True)
+        else:
+            raise AssertionError("allocated on a device without CUDA")
+        assert not out.is_allocated
+    fastio.Driver(execute_handler=execute).start()
+    """
+    result = run_pipeline(tmp_path, yaml, {"op": op})
+    text = result.stdout + result.stderr
+    # The job sets up (nothing is allocated on the device before the producer asks).
+    assert result.returncode == 0, text
+    assert 'REFUSED: FastIO entry "logits" cannot be allocated on cuda:0' in text, text
+    assert "no CUDA device" in text, text

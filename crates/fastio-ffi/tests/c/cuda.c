@@ -7,7 +7,10 @@
  *              event handle whose byte i is 3*i+1) and "plain" (published without one);
  *              reads the handle, or that there is none; NULL outputs are refused.
  *   operator:  a standalone operator whose execute reads its input's event (none: nothing
- *              produced it) and asks for its CUDA stream, which fails with a message. */
+ *              produced it) and asks for its CUDA stream, which fails with a message.
+ *   dynamic:   a standalone operator whose output "logits" is dynamic and declared on cuda:0:
+ *              setting its shape asks the context for device memory, which fails for want of
+ *              CUDA, naming the entry; the entry stays unallocated. */
 #include "check.h"
 
 static int events(void) {
@@ -94,10 +97,28 @@ static result execute(nvidia_clara_cpd *cpd, nvidia_clara_payload *payload) {
     return 0;
 }
 
-static int op(void) {
+static result execute_dynamic(nvidia_clara_cpd *cpd, nvidia_clara_payload *payload) {
+    (void)cpd;
+    nvidia_clara_fastio_entry **outputs = NULL;
+    CHECK_OK(nvidia_clara_payload__fastio_output_entries(payload, &outputs));
+    CHECK(outputs[0] != NULL);
+    int allocated = -1;
+    CHECK_OK(nvidia_clara_fastio_entry__is_allocated(outputs[0], &allocated));
+    CHECK(allocated == 0);
+    const size_t index0[1] = {0};
+    const int64_t three[1] = {3};
+    CHECK_FAILS(nvidia_clara_fastio_entry__update_shape(outputs[0], index0, three, 1),
+                NVIDIA_CLARA_RESULT_FAILED, "FastIO entry \"logits\" cannot be allocated on cuda:0");
+    CHECK(strstr(nvidia_clara_last_error_message(), "no CUDA device") != NULL);
+    CHECK_OK(nvidia_clara_fastio_entry__is_allocated(outputs[0], &allocated));
+    CHECK(allocated == 0);
+    return 0;
+}
+
+static int op(int dynamic) {
     nvidia_clara_cpd *cpd = NULL;
     CHECK_OK(nvidia_clara_cpd__create(notify, NULL, &cpd));
-    CHECK_OK(nvidia_clara_cpd__start(cpd, NULL, execute, NULL));
+    CHECK_OK(nvidia_clara_cpd__start(cpd, NULL, dynamic ? execute_dynamic : execute, NULL));
     CHECK_OK(nvidia_clara_cpd__wait_for_completion(cpd));
     CHECK_OK(nvidia_clara_cpd__release(cpd));
     return 0;
@@ -107,7 +128,7 @@ int main(int argc, char **argv) {
     CHECK(argc >= 2);
     int r = strcmp(argv[1], "events") == 0   ? events()
             : strcmp(argv[1], "device") == 0 ? device()
-                                             : op();
+                                             : op(strcmp(argv[1], "dynamic") == 0);
     printf("%s ok\n", argv[1]);
     return r;
 }
