@@ -1609,6 +1609,22 @@ mod pool_tests {
     }
 
     #[test]
+    fn bytes_held_for_a_jobs_entries_are_out_of_reach_of_other_creates() {
+        let mut r = Registry::new(0);
+        let c = r.connect();
+        let available = fastio_shm::available_memory().expect("memory is reported");
+        // A job admitted with entries still to be made holds what they need.
+        r.hold_entry_bytes(available);
+        assert!(matches!(
+            r.create(c, 4096),
+            Err(CreateError::OutOfMemory { .. })
+        ));
+        // Given back as an entry is made (its own reservation counts it then).
+        r.release_entry_bytes(available);
+        assert!(r.create(c, 4096).is_ok());
+    }
+
+    #[test]
     fn a_segment_too_big_for_what_is_left_evicts_the_least_recently_used() {
         let mut r = Registry::new(10_000);
         let c = r.connect();

@@ -135,3 +135,18 @@ fn an_output_its_producer_never_opened_reaches_its_readers_zero() {
     read(&server, 1, 0);
     read(&server, 2, 0);
 }
+
+#[test]
+fn an_operators_entry_mappings_are_unmapped_not_parked_at_release() {
+    let server = host(Job::new(plan(), |_| {}));
+    let parked = fastio_context::mapping_stats().parked;
+    produce(&server, true);
+    read(&server, 1, 7);
+    // A parked mapping of sealed entry memory would keep its pages after the entry lets
+    // them go (sealed memory cannot be punched).
+    assert_eq!(fastio_context::mapping_stats().parked, parked);
+    // Whereas an ordinary allocation's mapping is parked at release, for reuse.
+    let allocation = server.local_context().create(4096).unwrap();
+    allocation.release().unwrap();
+    assert_eq!(fastio_context::mapping_stats().parked, parked + 1);
+}
