@@ -98,6 +98,32 @@ impl Allocation {
         self.gpu_use().registered.is_some()
     }
 
+    /// What [`Allocation::copy_to_device`] (`to_device`) or
+    /// [`Allocation::copy_from_device`] checks before it reaches CUDA, with the same errors:
+    /// this is host memory, `device` is device memory, the destination is writable, and
+    /// `device` is at least this allocation's size. For callers that refuse a bad copy
+    /// before they look for a driver (the C API).
+    ///
+    /// # Errors
+    /// As [`Allocation::copy_to_device`], except [`ContextError::Device`].
+    pub fn check_copy(&self, device: &Allocation, to_device: bool) -> Result<(), ContextError> {
+        self.mapping()?;
+        if device.kind().is_host() {
+            return Err(ContextError::NotDeviceMemory);
+        }
+        let destination = if to_device { device } else { self };
+        if destination.access() == crate::Access::ReadOnly {
+            return Err(ContextError::ReadOnly);
+        }
+        if device.size() < self.size() {
+            return Err(ContextError::LengthMismatch {
+                expected: self.size(),
+                actual: device.size(),
+            });
+        }
+        Ok(())
+    }
+
     fn copy_with_device(
         &self,
         driver: &Driver,
@@ -105,23 +131,12 @@ impl Allocation {
         stream: &Stream,
         direction: Direction,
     ) -> Result<(), ContextError> {
+        self.check_copy(device, direction == Direction::ToDevice)?;
         let mapping = self.mapping()?;
         let MemoryKind::Cuda { device: ordinal } = device.kind() else {
             return Err(ContextError::NotDeviceMemory);
         };
-        let writes_host = direction == Direction::FromDevice;
-        if writes_host && self.access() == crate::Access::ReadOnly
-            || !writes_host && device.access() == crate::Access::ReadOnly
-        {
-            return Err(ContextError::ReadOnly);
-        }
         let len = self.size();
-        if device.size() < len {
-            return Err(ContextError::LengthMismatch {
-                expected: len,
-                actual: device.size(),
-            });
-        }
         let failed = |e: cuda_streams::CudaError| ContextError::Device {
             kind: device.kind(),
             reason: e.to_string(),
