@@ -955,7 +955,10 @@ impl Registry {
                             EntryError::Device {
                                 name: plan.name.clone(),
                                 memory: plan.memory,
-                                reason: e.to_string(),
+                                reason: match e {
+                                    CreateError::Device { reason, .. } => reason,
+                                    other => other.to_string(),
+                                },
                             }
                         })?;
                         Some(grant)
