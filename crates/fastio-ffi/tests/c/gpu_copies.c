@@ -4,8 +4,8 @@
  * check the device's bytes independently of fastio (cuMemcpyDtoH from the device pointer).
  * Through an in-process context it makes a host allocation and one on cuda:0, copies host
  * to device and back on its own stream, on CU_STREAM_LEGACY and on CU_STREAM_PER_THREAD,
- * checks every byte each time, refuses a stream of another GPU where the machine has two,
- * and prints the copy rate (informative only). Exit 0 and "gpu copies ok" when every check
+ * checks every byte each time, copies on a stream of the second GPU where the machine has
+ * two (through its peer mapping), and prints the copy rate (informative only). Exit 0 and "gpu copies ok" when every check
  * passes; exit 2 and "no CUDA" on a machine without a driver or a device. */
 #include <dlfcn.h>
 #include <stdint.h>
@@ -156,15 +156,19 @@ int main(void) {
     CU(p_cuCtxSynchronize());
     check_host(back, n, 11, "back to host on CU_STREAM_PER_THREAD");
 
-    /* A stream of another GPU is refused, queueing nothing. */
+    /* A stream of the other GPU copies through that GPU's peer mapping of the memory. */
     if (count >= 2) {
         CUstream other = stream_on(1);
-        CHECK_FAILS(nvidia_clara_fastio__copy_to_device(host, dev, other),
-                    NVIDIA_CLARA_RESULT_FAILED, "cuda:0");
-        printf("  a stream of cuda:1 refused: %s\n", nvidia_clara_last_error_message());
+        fill(host, n, 23);
+        CHECK_OK(nvidia_clara_fastio__copy_to_device(host, dev, other));
         CU(p_cuStreamSynchronize(other));
+        check_device(dev, scratch, n, 23, "to cuda:0 memory on a stream of cuda:1 (peer)");
+        fill(host, n, 0);
+        CHECK_OK(nvidia_clara_fastio__copy_from_device(back, dev, other));
+        CU(p_cuStreamSynchronize(other));
+        check_host(back, n, 23, "back to host on a stream of cuda:1 (peer)");
         CU(p_cuStreamDestroy(other));
-        stream_on(0); /* current again, for the checks above */
+        stream_on(0); /* cuda:0 current again */
     }
 
     /* Informative: the copy rate of registered Fast I/O memory (5 round trips). */
