@@ -134,6 +134,7 @@ fn build_c_copies(root: &Path, target_dir: &Path, dest: &Path) -> Result<()> {
         .args([
             "-std=c11",
             "-O2",
+            "-s",
             "-Wall",
             "-Wextra",
             "-Werror",
@@ -201,8 +202,13 @@ check() {
         2) result=SKIP ;;
         *) result=FAIL; failed=1 ;;
     esac
-    local said
-    said=$(grep -E '^(PASS|FAIL|NO |job |[0-9]+ passed|.* passed|.* failed|gpu copies ok)' "$logs/$name.log" | tail -1 | cut -c1-150)
+    local said scenarios
+    scenarios=$(grep -cE '^\| [0-9]+ \|' "$logs/$name.log")
+    if [ "$scenarios" -gt 0 ]; then
+        said="$(grep -cE '\| PASS \|' "$logs/$name.log") PASS, $(grep -cE '\| SKIP \|' "$logs/$name.log") SKIP, $(grep -cE '\| FAIL \|' "$logs/$name.log") FAIL of $scenarios scenarios"
+    else
+        said=$(grep -E '^(PASS|FAIL|NO |job |gpu copies ok|[0-9]+ (passed|failed))|no CUDA' "$logs/$name.log" | tail -1 | cut -c1-150)
+    fi
     rows+="| $name | $result | $((SECONDS - started)) s | ${said//|//} |"$'
 '
     echo "$name: $result ($rc)"

@@ -64,6 +64,9 @@ static int load_cuda(void) {
     return p_cuInit(0) == 0;
 }
 
+/* The primary contexts of the first two GPUs, once retained. */
+static CUcontext primary[2];
+
 /* A non-blocking stream of `ordinal`'s primary context, made current on this thread. */
 static CUstream stream_on(int ordinal) {
     CUdevice dev;
@@ -71,6 +74,7 @@ static CUstream stream_on(int ordinal) {
     CUstream s;
     CU(p_cuDeviceGet(&dev, ordinal));
     CU(p_cuDevicePrimaryCtxRetain(&ctx, dev));
+    primary[ordinal] = ctx;
     CU(p_cuCtxSetCurrent(ctx));
     CU(p_cuStreamCreate(&s, 1 /* CU_STREAM_NON_BLOCKING */));
     return s;
@@ -103,6 +107,8 @@ static void check_device(nvidia_clara_fastio_alloc *dev, unsigned char *scratch,
     int32_t ordinal = -1;
     CHECK_OK(nvidia_clara_fastio__device_pointer(dev, &ptr, &ordinal));
     CHECK(ordinal == 0 && ptr != 0);
+    /* The pointer is the mapping on cuda:0: read it from cuda:0's context. */
+    CU(p_cuCtxSetCurrent(primary[0]));
     memset(scratch, 0, n);
     CU(p_cuMemcpyDtoH(scratch, ptr, n));
     check_bytes(scratch, n, seed, what);
