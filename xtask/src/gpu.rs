@@ -202,12 +202,13 @@ check() {
         2) result=SKIP ;;
         *) result=FAIL; failed=1 ;;
     esac
-    local said scenarios
-    scenarios=$(grep -cE '^\| [0-9]+ \|' "$logs/$name.log")
-    if [ "$scenarios" -gt 0 ]; then
-        said="$(grep -cE '\| PASS \|' "$logs/$name.log") PASS, $(grep -cE '\| SKIP \|' "$logs/$name.log") SKIP, $(grep -cE '\| FAIL \|' "$logs/$name.log") FAIL of $scenarios scenarios"
+    local said table
+    # A table of scenarios (printed as they run, and again in the report): each row once.
+    table=$(grep -E '^\| [0-9]+ \|' "$logs/$name.log" | sort -u -t'|' -k2,2n)
+    if [ -n "$table" ]; then
+        said="$(grep -c '| PASS |' <<<"$table") PASS, $(grep -c '| SKIP |' <<<"$table") SKIP, $(grep -c '| FAIL |' <<<"$table") FAIL of $(wc -l <<<"$table") scenarios"
     else
-        said=$(grep -E '^(PASS|FAIL|NO |job |gpu copies ok|[0-9]+ (passed|failed))|no CUDA' "$logs/$name.log" | tail -1 | cut -c1-150)
+        said=$(grep -E '^(PASS|FAIL|NO |job |gpu copies ok|[0-9]+ (passed|failed))|no CUDA|: OK$' "$logs/$name.log" | tail -1 | cut -c1-150)
     fi
     rows+="| $name | $result | $((SECONDS - started)) s | ${said//|//} |"$'
 '
