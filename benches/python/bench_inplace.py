@@ -22,7 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
-from multiprocessing import shared_memory
+from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,10 @@ def consumer(address):
             name, nbytes = words[1], int(words[2])
             if name not in attached:
                 seg = shared_memory.SharedMemory(name=name)
+                # Before Python 3.13 an attaching process registers the segment with its
+                # own resource tracker, which unlinks it (and warns) at exit: the producer
+                # owns it, so the consumer lets go of that registration.
+                resource_tracker.unregister(seg._name, "shared_memory")
                 attached[name] = (seg, np.ndarray(nbytes // 8, np.uint64, buffer=seg.buf))
             s = int(attached[name][1].sum())
         elif words[0] == "npload":

@@ -150,7 +150,7 @@ fn a_write_to_an_input_faults() {
 
 #[test]
 fn an_input_entry_refuses_writes_keeps_its_data_and_carries_the_producers_event() {
-    use fastio::context::job::{EntryId, EntryPlan, Job as JobState, JobPlan, StagePlan};
+    use fastio::job::{EntryId, EntryPlan, Job as JobState, JobPlan, StagePlan};
     let stage = |name: &str, inputs: Vec<EntryId>, outputs: Vec<EntryId>| StagePlan {
         name: name.into(),
         upstream: vec![],
@@ -175,7 +175,7 @@ fn an_input_entry_refuses_writes_keeps_its_data_and_carries_the_producers_event(
         }],
     };
     let job = std::sync::Arc::new(JobState::new(plan, |_| {}));
-    let server = fastio::Server::start_job(Default::default(), job.clone()).unwrap();
+    let server = fastio::job::host(Default::default(), job.clone()).unwrap();
     let writer = fastio::Driver::join(server.local_operator_context(0)).unwrap();
     let reader = fastio::Driver::join(server.local_operator_context(1)).unwrap();
     let info = writer.stage_info().fastio_outputs[0].clone();
@@ -189,7 +189,7 @@ fn an_input_entry_refuses_writes_keeps_its_data_and_carries_the_producers_event(
     out.finish().unwrap();
     writer
         .context()
-        .finished(fastio::context::job::Phase::Execute, None)
+        .finished(fastio::job::Phase::Execute, None)
         .unwrap();
     let refused = out.set_values(&[0u16; 6]).unwrap_err();
     assert!(

@@ -8,8 +8,8 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fastio::context::job::{Job, JobPlan, StagePlan};
-use fastio::context::{JobSecret, Server, ServerConfig};
+use fastio::context::{JobSecret, ServerConfig};
+use fastio::job::{Job, JobPlan, StagePlan};
 
 const PROBE: &str = env!("CARGO_BIN_EXE_fastio-probe");
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
@@ -91,7 +91,7 @@ fn operators_in_their_own_namespaces_join_and_share_memory_zero_copy() {
     .spawn()
     .unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let _server = Server::start_job_at(
+    let _server = fastio::job::host_at(
         ServerConfig::default(),
         job(),
         &name,
@@ -179,7 +179,7 @@ fn operators_in_their_own_namespaces_join_and_share_memory_zero_copy() {
 fn an_unknown_stage_is_refused_and_a_short_secret_is_not_accepted() {
     let name = format!("{}-b", socket_name());
     assert!(
-        Server::start_job_at(
+        fastio::job::host_at(
             ServerConfig::default(),
             job(),
             &name,
@@ -187,7 +187,7 @@ fn an_unknown_stage_is_refused_and_a_short_secret_is_not_accepted() {
         )
         .is_err()
     );
-    let _server = Server::start_job_at(
+    let _server = fastio::job::host_at(
         ServerConfig::default(),
         job(),
         &name,
@@ -214,7 +214,7 @@ fn an_unknown_stage_is_refused_and_a_short_secret_is_not_accepted() {
 #[test]
 fn a_joined_jobs_server_admits_only_operators_and_each_stage_once() {
     let name = format!("{}-c", socket_name());
-    let _server = Server::start_job_at(
+    let _server = fastio::job::host_at(
         ServerConfig::default(),
         job(),
         &name,

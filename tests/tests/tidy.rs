@@ -16,12 +16,13 @@ fn layer(package: &str) -> Option<u32> {
         "fastio-shm" | "fastio-meta" => 0,
         "cuda-streams" => 1,
         "fastio-context" => 2,
-        "fastio-pipeline" => 3,
-        "fastio-operator" => 4,
-        "fastio-driver" | "fastio-ffi" => 5,
-        "fastio" => 6,
+        "fastio-job" => 3,
+        "fastio-pipeline" => 4,
+        "fastio-operator" => 5,
+        "fastio-driver" | "fastio-ffi" => 6,
+        "fastio" => 7,
         // The Python extension also runs the `fastio` command (`fastio::cli`).
-        "fastio-py" => 7,
+        "fastio-py" => 8,
         "fastio-tests" | "fastio-benches" | "xtask" => 9,
         _ => return None,
     })

@@ -3,7 +3,7 @@
 //! 10 million) and prints what the test reports (inputs run, what they reached).
 //!
 //! Targets: `protocol` (the context protocol's decoder with the registry behind it,
-//! crates/fastio-context/tests/fuzz_protocol.rs).
+//! crates/fastio-job/tests/fuzz_protocol.rs).
 
 use std::time::Instant;
 
@@ -15,7 +15,7 @@ use crate::run_with_env;
 const DEFAULT_COUNT: u64 = 10_000_000;
 
 /// The fuzz targets: name, package, test binary.
-const TARGETS: &[(&str, &str, &str)] = &[("protocol", "fastio-context", "fuzz_protocol")];
+const TARGETS: &[(&str, &str, &str)] = &[("protocol", "fastio-job", "fuzz_protocol")];
 
 pub fn fuzz(args: &[String]) -> anyhow::Result<()> {
     let usage = || {

@@ -9,11 +9,14 @@ use fastio_shm::{Access, Mapping, Prefault};
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
 use crate::ContextError;
-use crate::job::{Job, Phase, ReclaimedHandle, StageInfo};
-use crate::protocol::{AccessMode, EventHandle, MemoryKind, Request, ResourceId, Response, Stats};
+use crate::protocol::{
+    AccessMode, EntryId, EventHandle, MemoryKind, Phase, ReclaimedHandle, Request, ResourceId,
+    Response, StageInfo, Stats,
+};
 use crate::registry::GrantedMemory;
 use crate::registry::{DEFAULT_POOL_BYTES, Registry};
 use crate::server::CONTEXT_ENV;
+use crate::service::JobService;
 
 /// The abstract socket name of a job that operators join ([`Context::attach_from_env`]).
 pub const JOB_SOCKET_ENV: &str = "FASTIO_JOB_SOCKET";
@@ -83,15 +86,15 @@ impl Context {
     }
 
     /// A private context in this process that hosts `job` and acts as its stage `stage`:
-    /// how an operator runs alone, without a driver. The job's entries are set up as the
-    /// driver would (pre-allocated ones exist, zeroed).
-    pub fn in_process_job(job: Arc<Job>, stage: usize) -> Result<Self, ContextError> {
-        let mut registry = Registry::new(DEFAULT_POOL_BYTES);
-        registry.define_entries(&job.plan().entries)?;
-        Ok(Self::over_shared(
-            Shared::new(registry, Some(job)),
-            Some(stage),
-        ))
+    /// how an operator runs alone, without a driver (the fastio-job crate's `in_process`).
+    /// The job sets up what it needs first, as in a server ([`JobService::set_up`]).
+    pub fn in_process_with_job(
+        job: Arc<dyn JobService>,
+        stage: usize,
+    ) -> Result<Self, ContextError> {
+        let shared = Shared::new(Registry::new(DEFAULT_POOL_BYTES), Some(job));
+        shared.set_up_job()?;
+        Ok(Self::over_shared(shared, Some(stage)))
     }
 
     pub(crate) fn over_shared(shared: Arc<Shared>, stage: Option<usize>) -> Self {
@@ -161,7 +164,7 @@ impl Context {
     }
 
     /// Joins, as operator `stage`, the job whose context server listens at `address`
-    /// (`@name`) and was started for operators that join it ([`crate::Server::start_job_at`]),
+    /// (`@name`) and was started for operators that join it ([`crate::Server::start_with_job_at`]),
     /// proving with the job's `secret` that it belongs. Until the server is up (nothing
     /// listens at the name yet) it retries for at most `wait`; a refusal (wrong secret,
     /// unknown stage, another uid) is returned at once. Then [`Context::join`] follows.
@@ -524,6 +527,56 @@ impl Context {
             (Response::Reclaimed { handles }, _) => Ok(handles),
             (_, _) => Ok(Vec::new()),
         }
+    }
+}
+
+impl Context {
+    // A job's FastIO entries, as the fastio-job crate's `FastIoEntry` uses them.
+
+    /// A handle to the memory of FastIO entry `entry` of this operator's job: read-write
+    /// for its producer during its execute, read-only for its readers once the producer's
+    /// execute has finished. [`EntryError::NotAllocated`](crate::EntryError::NotAllocated)
+    /// while it has no memory.
+    pub fn open_entry(
+        &self,
+        entry: EntryId,
+        access: AccessMode,
+    ) -> Result<Allocation, ContextError> {
+        let (mapped, prefault) = match access {
+            // Outputs are written whole: populated mapping. Inputs gain nothing from it.
+            AccessMode::ReadWrite => (Access::ReadWrite, Prefault::Populate),
+            AccessMode::ReadOnly => (Access::ReadOnly, Prefault::Lazy),
+        };
+        self.handle(
+            Request::OpenEntry { entry, access },
+            mapped,
+            CreateOptions {
+                zeroed: false,
+                prefault,
+                ..CreateOptions::default()
+            },
+        )
+    }
+
+    /// New memory of shape `dims` for the dynamic output `entry` of this operator, and a
+    /// read-write handle to it; the entry's earlier memory, if any, is unbound (it lives
+    /// on while handles to it remain).
+    pub fn allocate_entry(
+        &self,
+        entry: EntryId,
+        dims: Vec<usize>,
+    ) -> Result<Allocation, ContextError> {
+        self.handle(
+            Request::AllocateEntry { entry, dims },
+            Access::ReadWrite,
+            CreateOptions::default(),
+        )
+    }
+
+    /// Attaches an interprocess CUDA event to the current memory of this operator's output
+    /// `entry`, for its readers.
+    pub fn set_entry_event(&self, entry: EntryId, event: EventHandle) -> Result<(), ContextError> {
+        self.call(Request::SetEntryEvent { entry, event }).map(drop)
     }
 }
 

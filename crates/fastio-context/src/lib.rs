@@ -49,25 +49,41 @@
 //! # Ok::<(), fastio_context::ContextError>(())
 //! ```
 //!
-//! Architecture Invariant: the registry (`registry.rs`) is the only owner of context
-//! state; the server and the in-process context reach it through one dispatch function,
-//! so both behave the same by construction.
+//! Layering: this crate is the memory layer (resources, pools, publications, handles), the
+//! wire protocol, the server loop and its clients. A pipeline job (stages, phases, FastIO
+//! entries) is a runtime on top of it, the fastio-job crate, which the context knows only
+//! through [`service::JobService`]: the server forwards the job's requests to the job it
+//! hosts, or refuses them with `NotInJob` when it hosts none. The job's wire vocabulary
+//! ([`protocol::EntryId`], [`protocol::Phase`], [`protocol::StageInfo`],
+//! [`protocol::EntryInfo`], [`protocol::ReclaimedHandle`], [`JobError`], [`EntryError`])
+//! is protocol and stays here; the runtime's state and policy do not. The memory of
+//! entries is still the registry's, made, granted, sealed and reclaimed through the few
+//! calls of [`service::ContextMemory`], so every rule of resources holds for it too.
+//!
+//! Architecture Invariant: the registry (`registry.rs`) is the only owner of the
+//! memory's state; the server and the in-process context reach it through one dispatch
+//! function, so both behave the same by construction.
+//!
+//! Architecture Invariant: lock order. The registry has one lock; a job runtime may hold
+//! its own locks while it calls [`service::ContextMemory`] (which takes the registry's),
+//! never the reverse: the registry never calls into the job. No lock of the context is
+//! held while `AwaitInputs` blocks, nor while big memory is made (the registry reserves
+//! it, `obtain`, it is made outside the lock, then adopted).
 
 #![deny(unsafe_code)]
 
 mod collapse;
 mod context;
 pub mod device;
-mod entry;
 mod error;
 mod gpucopy;
-pub mod job;
 pub mod listing;
 mod mapcache;
 pub mod protocol;
 pub mod records;
 pub mod registry;
 pub mod server;
+pub mod service;
 #[allow(unsafe_code)]
 mod sys;
 mod transport;
@@ -76,7 +92,6 @@ pub use collapse::COLLAPSE_ENV;
 pub use context::{
     Allocation, Context, CreateOptions, DeviceView, JOB_SECRET_ENV, JOB_SOCKET_ENV, JOB_STAGE_ENV,
 };
-pub use entry::FastIoEntry;
 pub use error::{
     ContextError, CreateError, EntryError, GetError, JobError, PublishError, ReleaseError,
     RequestError, UnpublishError, WriteError,

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use fastio_meta::ElementType;
 use serde::{Deserialize, Serialize};
 
-use crate::job::Job;
 use crate::protocol::{MemoryKind, ResourceId, Stats};
 use crate::registry::ConnectionId;
 
@@ -122,6 +121,47 @@ pub struct ResourceListing {
     pub holders: Vec<Holder>,
 }
 
+/// A job's part of a listing, as its runtime reports it ([`crate::service::JobService::view`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobView {
+    /// The job's identifier.
+    pub job_id: String,
+    /// The pipeline's name.
+    pub job_name: String,
+    /// Each operator, in dependency order.
+    pub stages: Vec<StageView>,
+    /// Why the job was aborted, if it was.
+    pub aborted: Option<String>,
+    /// The FastIO entries, in plan order.
+    pub entries: Vec<EntryView>,
+}
+
+/// One operator of a [`JobView`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StageView {
+    /// Its name.
+    pub name: String,
+    /// Where it is in its life-cycle (see [`OperatorListing::state`]).
+    pub state: String,
+}
+
+/// One FastIO entry of a [`JobView`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryView {
+    /// Its name.
+    pub name: String,
+    /// The operator that writes it, if any.
+    pub producer: Option<String>,
+    /// The operators that read it.
+    pub readers: Vec<String>,
+    /// Its element type.
+    pub element_type: ElementType,
+    /// Its shape as declared (`-1`/`0` dynamic).
+    pub declared: Vec<i64>,
+    /// Its memory now, if it has some: the resource, its shape and its bytes.
+    pub bound: Option<(ResourceId, Vec<usize>, usize)>,
+}
+
 /// A live publication as the registry knows it: name, resource, element type and dims if
 /// typed, bytes.
 pub(crate) type PublishedResource = (String, ResourceId, Option<(ElementType, Vec<usize>)>, usize);
@@ -129,8 +169,6 @@ pub(crate) type PublishedResource = (String, ResourceId, Option<(ElementType, Ve
 /// What the registry knows of its memory, for [`compose`].
 pub(crate) struct RegistrySnapshot {
     pub stats: Stats,
-    /// Per entry: its resource, shape and bytes when bound.
-    pub entries: Vec<Option<(ResourceId, Vec<usize>, usize)>>,
     /// Live publications: name, resource, element type and dims if typed, bytes.
     pub publications: Vec<PublishedResource>,
     /// Every resource's size.
@@ -140,17 +178,17 @@ pub(crate) struct RegistrySnapshot {
 }
 
 /// Builds the listing from the registry's snapshot (taken first, so that no lock of the
-/// registry is held while the job's is taken), the job, and which stage each connection
-/// runs.
+/// registry is held while the job is asked), the job's view, and which stage each
+/// connection runs.
 pub(crate) fn compose(
     snapshot: RegistrySnapshot,
-    job: Option<&Job>,
+    job: Option<JobView>,
     stages: &HashMap<ConnectionId, Option<usize>>,
 ) -> Listing {
-    let plan = job.map(Job::plan);
     let who = |conn: ConnectionId| match stages.get(&conn).copied().flatten() {
-        Some(stage) => plan
-            .and_then(|p| p.stages.get(stage))
+        Some(stage) => job
+            .as_ref()
+            .and_then(|j| j.stages.get(stage))
             .map_or_else(|| format!("stage {stage}"), |s| s.name.clone()),
         None => format!("client {}", conn.0),
     };
@@ -190,29 +228,24 @@ pub(crate) fn compose(
             .find(|seg| seg.resource == Some(id))
             .map_or(MemoryKind::Host, |seg| seg.kind)
     };
-    let mut entries = Vec::new();
-    if let Some(plan) = plan {
-        for (index, entry) in plan.entries.iter().enumerate() {
-            let bound = snapshot.entries.get(index).cloned().flatten();
-            let id = crate::job::EntryId(index as u32);
-            entries.push(EntryListing {
+    let entries: Vec<EntryListing> = job
+        .iter()
+        .flat_map(|j| &j.entries)
+        .map(|entry| {
+            let bound = entry.bound.clone();
+            EntryListing {
                 name: entry.name.clone(),
-                producer: entry.producer.map(|p| plan.stages[p].name.clone()),
-                readers: plan
-                    .stages
-                    .iter()
-                    .filter(|s| s.fastio_inputs.contains(&id))
-                    .map(|s| s.name.clone())
-                    .collect(),
+                producer: entry.producer.clone(),
+                readers: entry.readers.clone(),
                 element_type: entry.element_type,
                 declared: entry.declared.clone(),
                 dims: bound.as_ref().map(|(_, dims, _)| dims.clone()),
                 bytes: bound.as_ref().map(|&(_, _, bytes)| bytes),
                 huge_page_bytes: bound.as_ref().map_or(0, |&(r, _, _)| huge(r)),
                 holders: bound.map(|(r, _, _)| holders(r)).unwrap_or_default(),
-            });
-        }
-    }
+            }
+        })
+        .collect();
     let mut publications: Vec<PublicationListing> = snapshot
         .publications
         .iter()
@@ -227,11 +260,7 @@ pub(crate) fn compose(
         })
         .collect();
     publications.sort_by(|a, b| a.name.cmp(&b.name));
-    let named: Vec<ResourceId> = snapshot
-        .entries
-        .iter()
-        .flatten()
-        .map(|(id, _, _)| *id)
+    let named: Vec<ResourceId> = entries_bound(job.as_ref())
         .chain(snapshot.publications.iter().map(|(_, id, _, _)| *id))
         .collect();
     let mut others: Vec<ResourceId> = snapshot
@@ -249,29 +278,25 @@ pub(crate) fn compose(
             holders: holders(id),
         })
         .collect();
-    let job = job.map(|job| {
-        let states = job.stage_states();
-        JobListing {
-            job_id: job.plan().job_id.clone(),
-            job_name: job.plan().job_name.clone(),
-            operators: job
-                .plan()
-                .stages
-                .iter()
-                .enumerate()
-                .map(|(stage, s)| OperatorListing {
-                    name: s.name.clone(),
-                    state: states[stage].to_owned(),
-                    handles: snapshot
-                        .handles
-                        .iter()
-                        .filter(|(conn, _, _)| stages.get(conn).copied().flatten() == Some(stage))
-                        .map(|(_, _, n)| n)
-                        .sum(),
-                })
-                .collect(),
-            aborted: job.aborted(),
-        }
+    let job = job.map(|job| JobListing {
+        job_id: job.job_id,
+        job_name: job.job_name,
+        operators: job
+            .stages
+            .into_iter()
+            .enumerate()
+            .map(|(stage, s)| OperatorListing {
+                name: s.name,
+                state: s.state,
+                handles: snapshot
+                    .handles
+                    .iter()
+                    .filter(|(conn, _, _)| stages.get(conn).copied().flatten() == Some(stage))
+                    .map(|(_, _, n)| n)
+                    .sum(),
+            })
+            .collect(),
+        aborted: job.aborted,
     });
     Listing {
         stats: snapshot.stats,
@@ -282,44 +307,20 @@ pub(crate) fn compose(
     }
 }
 
+/// The resources of the job's entries that have memory.
+fn entries_bound(job: Option<&JobView>) -> impl Iterator<Item = ResourceId> + '_ {
+    job.into_iter()
+        .flat_map(|j| &j.entries)
+        .filter_map(|e| e.bound.as_ref().map(|(id, _, _)| *id))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::{EntryPlan, JobPlan, StagePlan};
     use crate::protocol::SegmentStats;
 
     #[test]
     fn entries_show_their_holders_by_operator_and_their_huge_pages() {
-        let plan = JobPlan {
-            job_id: "j".into(),
-            job_name: "p".into(),
-            stages: vec![
-                StagePlan {
-                    name: "make".into(),
-                    upstream: vec![],
-                    inputs: vec![],
-                    outputs: vec![],
-                    fastio_inputs: vec![],
-                    fastio_outputs: vec![crate::job::EntryId(0)],
-                },
-                StagePlan {
-                    name: "use".into(),
-                    upstream: vec![0],
-                    inputs: vec![],
-                    outputs: vec![],
-                    fastio_inputs: vec![crate::job::EntryId(0)],
-                    fastio_outputs: vec![],
-                },
-            ],
-            entries: vec![EntryPlan {
-                memory: Default::default(),
-                name: "volume".into(),
-                producer: Some(0),
-                element_type: ElementType::U8,
-                declared: vec![4 << 20],
-            }],
-        };
-        let job = Job::new(plan, |_| {});
         let (volume, scratch) = (ResourceId(1), ResourceId(2));
         let stats = Stats {
             segments: vec![
@@ -340,15 +341,37 @@ mod tests {
             ],
             ..Stats::default()
         };
+        let job = JobView {
+            job_id: "j".into(),
+            job_name: "p".into(),
+            stages: vec![
+                StageView {
+                    name: "make".into(),
+                    state: "executed".into(),
+                },
+                StageView {
+                    name: "use".into(),
+                    state: "not joined".into(),
+                },
+            ],
+            aborted: None,
+            entries: vec![EntryView {
+                name: "volume".into(),
+                producer: Some("make".into()),
+                readers: vec!["use".into()],
+                element_type: ElementType::U8,
+                declared: vec![4 << 20],
+                bound: Some((volume, vec![4 << 20], 4 << 20)),
+            }],
+        };
         let snapshot = RegistrySnapshot {
             stats,
-            entries: vec![Some((volume, vec![4 << 20], 4 << 20))],
             publications: vec![("scratch".into(), scratch, None, 2 << 20)],
             sizes: [(volume, 4 << 20), (scratch, 2 << 20)].into(),
             handles: vec![(ConnectionId(7), volume, 2), (ConnectionId(9), scratch, 1)],
         };
         let stages = [(ConnectionId(7), Some(1)), (ConnectionId(9), None)].into();
-        let listing = compose(snapshot, Some(&job), &stages);
+        let listing = compose(snapshot, Some(job), &stages);
         let entry = &listing.entries[0];
         assert_eq!(entry.producer.as_deref(), Some("make"));
         assert_eq!(entry.readers, ["use"]);
@@ -369,6 +392,6 @@ mod tests {
         );
         let job = listing.job.unwrap();
         assert_eq!(job.operators[1].handles, 2);
-        assert_eq!(job.operators[0].state, "not joined");
+        assert_eq!(job.operators[1].state, "not joined");
     }
 }

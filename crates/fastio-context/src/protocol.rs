@@ -10,8 +10,9 @@
 use fastio_meta::TypedShape;
 use serde::{Deserialize, Serialize};
 
+use fastio_meta::ElementType;
+
 use crate::RequestError;
-use crate::job::{EntryId, Phase, ReclaimedHandle, StageInfo};
 
 /// Version of this protocol; bumped on any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 4;
@@ -436,6 +437,128 @@ pub struct SegmentStats {
     /// Where it lives.
     #[serde(default, skip_serializing_if = "MemoryKind::is_host")]
     pub kind: MemoryKind,
+}
+
+// The job vocabulary: what operators and the context say to each other about a pipeline
+// job (the job runtime that gives it meaning is the fastio-job crate).
+
+/// Identifies a FastIO entry within its job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EntryId(pub u32);
+
+/// A phase of an operator's life-cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Runs once at start, before the stage's inputs are ready.
+    Prepare,
+    /// Runs once every upstream stage has finished execute.
+    Execute,
+    /// Runs once after execute.
+    Cleanup,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Prepare => "prepare",
+            Phase::Execute => "execute",
+            Phase::Cleanup => "cleanup",
+        })
+    }
+}
+
+/// A disk (`stream`) input or output of an operator: a directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathEntry {
+    /// The entry's name in the pipeline definition (may be empty).
+    pub name: String,
+    /// The directory, absolute.
+    pub path: String,
+}
+
+/// A FastIO (shared memory) entry as one operator sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryInfo {
+    /// The entry.
+    pub id: EntryId,
+    /// Its name in the pipeline definition.
+    pub name: String,
+    /// Element type (`string` is `u8`).
+    pub element_type: ElementType,
+    /// The shape as declared, `-1` or `0` marking dynamic dimensions.
+    pub declared: Vec<i64>,
+    /// The driver allocated it before any operator started.
+    pub preallocated: bool,
+    /// ReadWrite for the operator that produces it, ReadOnly for those that read it.
+    pub access: AccessMode,
+}
+
+/// What an operator learns when it joins its job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageInfo {
+    /// The job's identifier (a UUID in its hyphenated form).
+    pub job_id: String,
+    /// The job's name (the pipeline's name).
+    pub job_name: String,
+    /// This operator's name.
+    pub stage_name: String,
+    /// Disk inputs.
+    pub inputs: Vec<PathEntry>,
+    /// Disk outputs.
+    pub outputs: Vec<PathEntry>,
+    /// Shared memory inputs (read-only).
+    pub fastio_inputs: Vec<EntryInfo>,
+    /// Shared memory outputs (read-write).
+    pub fastio_outputs: Vec<EntryInfo>,
+}
+
+/// A handle an operator still held when its execute returned, reclaimed by the context
+/// (Clara: every reference must be released or freed before execute returns).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReclaimedHandle {
+    /// The resource.
+    pub id: ResourceId,
+    /// Handles dropped.
+    pub count: u64,
+    /// Size of the resource in bytes.
+    pub size: usize,
+    /// The FastIO entries whose memory it is (usually none or one).
+    #[serde(default)]
+    pub entries: Vec<String>,
+    /// The names it is published under.
+    #[serde(default)]
+    pub publications: Vec<String>,
+}
+
+impl std::fmt::Display for ReclaimedHandle {
+    /// `entry "mask" (4.0 KiB)`, `publication "ct.series1" (...)`, or, for memory neither
+    /// published nor an entry's, `an unpublished allocation (4096 bytes)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let quoted = |names: &[String]| {
+            names
+                .iter()
+                .map(|n| format!("{n:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match (self.entries.as_slice(), self.publications.as_slice()) {
+            ([], []) => write!(f, "an unpublished allocation ({} bytes)", self.size)?,
+            (entries, []) => write!(f, "entry {} ({} bytes)", quoted(entries), self.size)?,
+            ([], names) => write!(f, "publication {} ({} bytes)", quoted(names), self.size)?,
+            (entries, names) => write!(
+                f,
+                "entry {}, published as {} ({} bytes)",
+                quoted(entries),
+                quoted(names),
+                self.size
+            )?,
+        }
+        if self.count > 1 {
+            write!(f, ", {} references", self.count)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

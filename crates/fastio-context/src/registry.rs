@@ -18,22 +18,27 @@
 //! write (take the writer lock, publish read-write) only if one of them was read-write.
 //! A publication made without write access is read-only, a write-sealed segment is never
 //! granted read-write nor pooled, and host entry memory never comes from the pool.
+//!
+//! A job's FastIO entries are not kept here: a job runtime (the fastio-job crate) keeps
+//! which entry has which memory, through the entry primitives ([`Registry::adopt_pinned`],
+//! [`Registry::new_device_pinned`], [`Registry::unpin_entry`], [`Registry::grant_pinned`],
+//! [`Registry::seal`]); a resource only knows the names of the entries that pin it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use fastio_meta::{Shape, TypedShape, validate_publication_name};
+use fastio_meta::{TypedShape, validate_publication_name};
 use fastio_shm::{Segment, SegmentBuilder};
 
 use crate::device::DevicePool;
 pub use crate::error::MemoryFailure;
 use crate::error::{
-    CreateError, EntryError, GetError, NotHeld, PublishError, ReleaseError, UnpublishError,
-    WriteError,
+    CreateError, GetError, NotHeld, PublishError, ReleaseError, UnpublishError, WriteError,
 };
-use crate::job::{EntryId, EntryPlan, ReclaimedHandle};
-use crate::protocol::{AccessMode, EventHandle, MemoryKind, ResourceId, SegmentStats, Stats};
+use crate::protocol::{
+    AccessMode, EventHandle, MemoryKind, ReclaimedHandle, ResourceId, SegmentStats, Stats,
+};
 
 /// Identifies a connection (a client, or an in-process context) to the registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -107,9 +112,12 @@ struct Writer {
     count: u32,
 }
 
-/// Why [`Registry::grant`] refused: turned into the asking operation's error.
-enum Refusal {
+/// Why a handle could not be granted: turned into the asking operation's error.
+#[derive(Debug)]
+pub enum GrantRefusal {
+    /// Read-write access to memory sealed against writes.
     Sealed,
+    /// The descriptor could not be made, or the resource is gone.
     Memory(MemoryFailure),
 }
 
@@ -175,6 +183,10 @@ struct Resource {
     deleted: bool,
     // Live publications and FastIO entries bound to it: each keeps it alive.
     pins: usize,
+    // The FastIO entries it is the memory of (pinned with `pin_entry`), by name: a job's
+    // runtime keeps which entry has which memory; the registry keeps this much to refuse
+    // `free` of it and to name it in messages.
+    entries: Vec<String>,
     handles: u64,
     // The handle holding the write mapping (its connection and the client's number for
     // it), and how many times it took it.
@@ -229,13 +241,19 @@ enum Recycle {
     Never,
 }
 
-/// A FastIO entry's memory: none yet, or a resource with the entry's concrete shape.
-#[derive(Debug)]
-struct EntrySlot {
-    plan: EntryPlan,
-    bound: Option<(ResourceId, TypedShape)>,
-    // The interprocess CUDA event of the current memory, set by the producer.
-    event: Option<EventHandle>,
+/// Memory made for a FastIO entry and pinned by it ([`Registry::adopt_pinned`],
+/// [`Registry::new_device_pinned`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pinned {
+    /// The resource.
+    pub id: ResourceId,
+    /// Its usable size.
+    pub size: usize,
+    /// Where it lives.
+    pub kind: MemoryKind,
+    /// Whether it came from a warm pool and holds old bytes (never, today: entry memory is
+    /// always fresh, and fresh host memory is zero).
+    pub recycled: bool,
 }
 
 /// A handle handed out: the descriptor to pass on and what the client needs to know.
@@ -284,7 +302,6 @@ impl Grant {
 pub struct Registry {
     resources: HashMap<ResourceId, Resource>,
     names: HashMap<String, NameState>,
-    entries: Vec<EntrySlot>,
     connections: HashMap<ConnectionId, HashMap<ResourceId, Held>>,
     pool: Vec<Pooled>,
     // The warm pool of device memory, per device.
@@ -312,7 +329,6 @@ impl Registry {
         Self {
             resources: HashMap::new(),
             names: HashMap::new(),
-            entries: Vec::new(),
             connections: HashMap::new(),
             pool: Vec::new(),
             device_pool: DevicePool::new(pool_limit),
@@ -409,11 +425,10 @@ impl Registry {
     /// sorted, for messages that name memory the way its users know it.
     fn names_of(&self, id: ResourceId) -> (Vec<String>, Vec<String>) {
         let entries = self
-            .entries
-            .iter()
-            .filter(|e| e.bound.as_ref().is_some_and(|(r, _)| *r == id))
-            .map(|e| e.plan.name.clone())
-            .collect();
+            .resources
+            .get(&id)
+            .map(|r| r.entries.clone())
+            .unwrap_or_default();
         let mut publications: Vec<String> = self
             .names
             .iter()
@@ -576,6 +591,7 @@ impl Registry {
                 size,
                 deleted: false,
                 pins: 0,
+                entries: Vec::new(),
                 handles: 0,
                 writer: None,
                 sealed: false,
@@ -661,15 +677,115 @@ impl Registry {
         self.add_handle(conn, id, true);
     }
 
-    /// A new entry resource held by nobody (its caller pins it at once), made under the
-    /// lock; never a pooled segment.
-    fn new_resource(&mut self, size: usize) -> Result<Grant, MemoryFailure> {
-        let obtained = self.obtain_fresh(size, false)?;
-        let made = match &obtained {
-            Obtained::Make(reservation) => Some(reservation.make()),
-            Obtained::Pooled(_) => None,
-        };
-        self.adopt(obtained, made, size)
+    // Primitives for the memory of a job's FastIO entries. A job runtime (the fastio-job
+    // crate) keeps which entry has which memory and who may open it when; what holds for
+    // the memory itself (handle counts, the writer rule, seals, never pooled memory,
+    // reclaim on disconnect) is kept here, by these few calls.
+
+    /// Whether `bytes` more of host memory fit what is available now, counting the
+    /// reservations in flight and the safety margin: a job checks its pre-allocated
+    /// entries as a whole before making any of them.
+    pub fn admit_total(&self, bytes: u64) -> Result<(), MemoryFailure> {
+        self.admit(bytes)
+    }
+
+    /// Second half of making host memory for entry `entry` (the first is
+    /// [`Registry::obtain_fresh`], never a pooled segment): the new resource, pinned by
+    /// the entry and held by nobody.
+    pub fn adopt_pinned(
+        &mut self,
+        obtained: Obtained,
+        made: Option<Result<Segment, MemoryFailure>>,
+        size: usize,
+        entry: &str,
+    ) -> Result<Pinned, MemoryFailure> {
+        let grant = self.adopt(obtained, made, size)?;
+        Ok(self.pin_entry(&grant, entry))
+    }
+
+    /// Device memory of at least `size` bytes on `device` for entry `entry`, made through
+    /// the CUDA driver, never from the device's warm pool (memory no other client has
+    /// held, as host entries get fresh segments), pinned by the entry and held by nobody.
+    /// Not counted against the host's headroom.
+    pub fn new_device_pinned(
+        &mut self,
+        device: i32,
+        size: usize,
+        entry: &str,
+    ) -> Result<Pinned, CreateError> {
+        let grant = self.new_fresh_device_resource(device, size)?;
+        Ok(self.pin_entry(&grant, entry))
+    }
+
+    /// The new resource of `grant` is pinned by entry `entry` (its client copy of the
+    /// descriptor is dropped: the entry's handles are granted later).
+    fn pin_entry(&mut self, grant: &Grant, entry: &str) -> Pinned {
+        if let Some(resource) = self.resources.get_mut(&grant.id) {
+            resource.pins += 1;
+            resource.entries.push(entry.to_owned());
+        }
+        Pinned {
+            id: grant.id,
+            size: grant.size,
+            kind: grant.kind,
+            recycled: grant.recycled,
+        }
+    }
+
+    /// Entry `entry` lets go of resource `id` (it got new memory, or the job ends): the
+    /// resource lives on while handles to it remain, then dies.
+    pub fn unpin_entry(&mut self, id: ResourceId, entry: &str) {
+        if let Some(resource) = self.resources.get_mut(&id)
+            && let Some(at) = resource.entries.iter().position(|e| e == entry)
+        {
+            resource.entries.remove(at);
+            resource.pins -= 1;
+        }
+        self.reclaim_if_dead(id);
+    }
+
+    /// A new handle for `conn` to resource `id`, which an entry pins, with the entry's
+    /// shape and event. Read-write access to sealed memory is refused.
+    pub fn grant_pinned(
+        &mut self,
+        conn: ConnectionId,
+        id: ResourceId,
+        access: AccessMode,
+        typed: TypedShape,
+        event: Option<EventHandle>,
+    ) -> Result<Grant, GrantRefusal> {
+        if self.resources.get(&id).is_none_or(|r| r.entries.is_empty()) {
+            return Err(GrantRefusal::Memory(MemoryFailure::System {
+                message: format!("resource {id} is not the memory of a FastIO entry"),
+            }));
+        }
+        let mut grant = self.grant(conn, id, access, Some(typed))?;
+        grant.event = event;
+        Ok(grant)
+    }
+
+    /// Seals resource `id` against writes, for good: from now on no descriptor in any
+    /// process can write host memory, map it writable or punch holes in it, and the
+    /// registry grants it read-only only (device memory has no seal of its own).
+    pub fn seal(&mut self, id: ResourceId) -> Result<(), MemoryFailure> {
+        self.seal_resource(id)
+    }
+
+    /// A read-write descriptor of host memory an entry pins, to fill it without the
+    /// registry's lock before any operator runs (a sealed segment refuses the writable
+    /// mapping).
+    pub fn pinned_segment(&self, id: ResourceId) -> Result<Segment, MemoryFailure> {
+        match self.resources.get(&id) {
+            Some(resource) if !resource.entries.is_empty() => resource
+                .memory
+                .host()
+                .ok_or_else(|| host_only(id))?
+                .try_clone()
+                .map_err(MemoryFailure::from_segment),
+            _ => Err(MemoryFailure::System {
+                message: format!("resource {id} is not the memory of a FastIO entry"),
+            }),
+        }
     }
 
     /// Publishes a resource `conn` holds under `name`; refused if the name is taken.
@@ -829,11 +945,11 @@ impl Registry {
             }
         };
         let mut grant = self.grant(conn, id, access, typed).map_err(|e| match e {
-            Refusal::Sealed => GetError::Sealed {
+            GrantRefusal::Sealed => GetError::Sealed {
                 name: name.to_owned(),
                 id: id.0,
             },
-            Refusal::Memory(e) => e.into(),
+            GrantRefusal::Memory(e) => e.into(),
         })?;
         grant.event = event;
         Ok(grant)
@@ -846,10 +962,10 @@ impl Registry {
         id: ResourceId,
         access: AccessMode,
         typed: Option<TypedShape>,
-    ) -> Result<Grant, Refusal> {
+    ) -> Result<Grant, GrantRefusal> {
         let resource = &self.resources[&id];
         if access == AccessMode::ReadWrite && resource.sealed {
-            return Err(Refusal::Sealed);
+            return Err(GrantRefusal::Sealed);
         }
         let kind = resource.memory.kind();
         let device_bytes = match &resource.memory {
@@ -862,10 +978,10 @@ impl Registry {
                 AccessMode::ReadWrite => segment.try_clone(),
             }
             .map(GrantedMemory::Host)
-            .map_err(|e| Refusal::Memory(MemoryFailure::from_segment(e)))?,
+            .map_err(|e| GrantRefusal::Memory(MemoryFailure::from_segment(e)))?,
             Memory::Device(device) => {
                 device.export_fd().map(GrantedMemory::Device).map_err(|e| {
-                    Refusal::Memory(MemoryFailure::System {
+                    GrantRefusal::Memory(MemoryFailure::System {
                         message: e.to_string(),
                     })
                 })?
@@ -885,178 +1001,6 @@ impl Registry {
         })
     }
 
-    /// [`Registry::grant`] of an entry's memory.
-    fn grant_entry(
-        &mut self,
-        conn: ConnectionId,
-        entry: EntryId,
-        id: ResourceId,
-        access: AccessMode,
-        typed: TypedShape,
-    ) -> Result<Grant, EntryError> {
-        self.grant(conn, id, access, Some(typed))
-            .map_err(|e| match e {
-                Refusal::Sealed => EntryError::Sealed {
-                    name: self.entries[entry.0 as usize].plan.name.clone(),
-                },
-                Refusal::Memory(e) => e.into(),
-            })
-    }
-
-    /// Sets up a job's FastIO entries, allocating (zeroed) those whose shape is fully
-    /// known. Entry `i` of `plans` becomes `EntryId(i)`.
-    ///
-    /// The memory of every pre-allocated entry is checked against what is available as a
-    /// whole before any of it is allocated: a job that cannot fit fails at once, having
-    /// taken nothing.
-    pub fn define_entries(&mut self, plans: &[EntryPlan]) -> Result<(), EntryError> {
-        let mut total = 0u64;
-        for plan in plans.iter().filter(|p| p.is_preallocated()) {
-            let bytes = plan
-                .declared
-                .iter()
-                .try_fold(plan.element_type.size() as u64, |acc, &d| {
-                    acc.checked_mul(u64::try_from(d).ok()?)
-                })
-                .ok_or_else(|| EntryError::Shape {
-                    name: plan.name.clone(),
-                    dims: plan.declared.iter().map(|&d| d as usize).collect(),
-                    reason: "it has more bytes than can be addressed".into(),
-                })?;
-            // Device entries take no host memory.
-            if plan.memory.is_host() {
-                total = total.saturating_add(bytes);
-            }
-        }
-        self.admit(total).map_err(|e| match e {
-            MemoryFailure::OutOfMemory { message, .. } => EntryError::OutOfMemory {
-                size: usize::try_from(total).unwrap_or(usize::MAX),
-                message: format!(
-                    "the job's pre-allocated FastIO entries need {total} bytes together; nothing was allocated: {message}"
-                ),
-            },
-            other => other.into(),
-        })?;
-        for plan in plans {
-            self.entries.push(EntrySlot {
-                plan: plan.clone(),
-                bound: None,
-                event: None,
-            });
-            if plan.is_preallocated() {
-                let dims: Vec<usize> = plan.declared.iter().map(|&d| d as usize).collect();
-                let index = self.entries.len() - 1;
-                let memory = match plan.memory {
-                    MemoryKind::Host => None,
-                    // Made on its device now; its bytes are whatever the device held.
-                    MemoryKind::Cuda { device } => {
-                        let bytes = plan.element_type.size() * dims.iter().product::<usize>();
-                        let grant = self.new_device_resource(device, bytes).map_err(|e| {
-                            EntryError::Device {
-                                name: plan.name.clone(),
-                                memory: plan.memory,
-                                reason: match e {
-                                    CreateError::Device { reason, .. } => reason,
-                                    other => other.to_string(),
-                                },
-                            }
-                        })?;
-                        Some(grant)
-                    }
-                };
-                let (id, _, recycled) = self.bind_entry(index, &dims, memory)?;
-                if recycled && plan.memory.is_host() {
-                    // Readers open pre-allocated entries as they are: zero them here (a
-                    // new job's pool is empty, so this is the rare case).
-                    let mapping = fastio_shm::Mapping::new(
-                        self.host_segment(id)?,
-                        fastio_shm::Access::ReadWrite,
-                        fastio_shm::Prefault::Lazy,
-                    )
-                    .map_err(MemoryFailure::from_segment)?;
-                    mapping.zero().map_err(MemoryFailure::from_segment)?;
-                }
-                if plan.producer.is_none() {
-                    // Nothing in this job writes it: it stays zero for every reader.
-                    self.seal_resource(id)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Gives entry `entry` memory of shape `dims` holding `bytes` (C order), before any
-    /// operator runs: how a job of one operator gets its inputs from files. Fixed
-    /// dimensions must be the declared ones.
-    pub fn fill_entry(
-        &mut self,
-        entry: EntryId,
-        dims: &[usize],
-        bytes: &[u8],
-    ) -> Result<(), EntryError> {
-        let index = entry.0 as usize;
-        let slot = self.entry_slot(entry)?;
-        let mismatch = dims.len() != slot.plan.declared.len()
-            || dims
-                .iter()
-                .zip(&slot.plan.declared)
-                .any(|(&d, &declared)| declared > 0 && d as i64 != declared);
-        if mismatch {
-            return Err(EntryError::Shape {
-                name: slot.plan.name.clone(),
-                dims: dims.to_vec(),
-                reason: format!("it is declared {:?} (-1 or 0: any)", slot.plan.declared),
-            });
-        }
-        // Fresh memory: what define_entries gave an entry nobody in the job writes is
-        // already sealed against writes.
-        let sealed_after = slot.plan.producer.is_none();
-        let id = self.bind_entry(index, dims, None)?.0;
-        let resource = &self.resources[&id];
-        if bytes.len() != resource.size {
-            return Err(EntryError::Shape {
-                name: self.entries[index].plan.name.clone(),
-                dims: dims.to_vec(),
-                reason: format!(
-                    "they need {} bytes, the data has {}",
-                    resource.size,
-                    bytes.len()
-                ),
-            });
-        }
-        let segment = resource.memory.host().ok_or_else(|| host_only(id))?;
-        let mapping = fastio_shm::Mapping::new(
-            segment,
-            fastio_shm::Access::ReadWrite,
-            fastio_shm::Prefault::Lazy,
-        )
-        .map_err(MemoryFailure::from_segment)?;
-        mapping
-            .write_at(0, bytes)
-            .map_err(MemoryFailure::from_segment)?;
-        drop(mapping);
-        if sealed_after {
-            self.seal_resource(id)?;
-        }
-        Ok(())
-    }
-
-    /// Seals the memory of `entries` against writes, for good: their producer has
-    /// finished execute, and from now on no descriptor in any process can write it, map it
-    /// writable or punch holes in it. Entries without memory are skipped.
-    pub fn seal_entries(&mut self, entries: &[EntryId]) -> Result<(), MemoryFailure> {
-        for entry in entries {
-            let bound = self
-                .entries
-                .get(entry.0 as usize)
-                .and_then(|slot| slot.bound.as_ref().map(|(id, _)| *id));
-            if let Some(id) = bound {
-                self.seal_resource(id)?;
-            }
-        }
-        Ok(())
-    }
-
     fn seal_resource(&mut self, id: ResourceId) -> Result<(), MemoryFailure> {
         if let Some(resource) = self.resources.get_mut(&id) {
             // Device memory has no seal: its readers map it read-only where the driver
@@ -1067,199 +1011,6 @@ impl Registry {
             resource.sealed = true;
         }
         Ok(())
-    }
-
-    /// The host segment of resource `id` (FastIO entries are host memory).
-    fn host_segment(&self, id: ResourceId) -> Result<&Segment, MemoryFailure> {
-        self.resources[&id]
-            .memory
-            .host()
-            .ok_or_else(|| host_only(id))
-    }
-
-    fn entry_slot(&self, entry: EntryId) -> Result<&EntrySlot, EntryError> {
-        self.entries
-            .get(entry.0 as usize)
-            .ok_or(EntryError::UnknownEntry { id: entry.0 })
-    }
-
-    /// Where entry `entry` lives (host memory or a device), if there is such an entry.
-    pub fn entry_memory(&self, entry: EntryId) -> Option<MemoryKind> {
-        self.entries
-            .get(entry.0 as usize)
-            .map(|slot| slot.plan.memory)
-    }
-
-    /// Whether the entry has memory now, and its bytes.
-    pub fn entry_bytes(&self, entry: EntryId) -> Option<usize> {
-        let slot = self.entries.get(entry.0 as usize)?;
-        slot.bound.as_ref().map(|(_, typed)| typed.byte_size())
-    }
-
-    /// A handle to the memory behind `entry`.
-    pub fn open_entry(
-        &mut self,
-        conn: ConnectionId,
-        entry: EntryId,
-        access: AccessMode,
-    ) -> Result<Grant, EntryError> {
-        let slot = self.entry_slot(entry)?;
-        let Some((id, typed)) = slot.bound.clone() else {
-            return Err(EntryError::NotAllocated {
-                name: slot.plan.name.clone(),
-            });
-        };
-        let event = slot.event;
-        let mut grant = self.grant_entry(conn, entry, id, access, typed)?;
-        grant.event = event;
-        Ok(grant)
-    }
-
-    /// Attaches `event` to the entry's current memory.
-    pub fn set_entry_event(
-        &mut self,
-        entry: EntryId,
-        event: EventHandle,
-    ) -> Result<(), EntryError> {
-        let slot = self
-            .entries
-            .get_mut(entry.0 as usize)
-            .ok_or(EntryError::UnknownEntry { id: entry.0 })?;
-        if slot.bound.is_none() {
-            return Err(EntryError::NotAllocated {
-                name: slot.plan.name.clone(),
-            });
-        }
-        slot.event = Some(event);
-        Ok(())
-    }
-
-    /// Gives a dynamic entry memory for `dims` and a read-write handle to it. An earlier
-    /// allocation of the entry is unbound (it lives on while handles to it remain).
-    pub fn allocate_entry(
-        &mut self,
-        conn: ConnectionId,
-        entry: EntryId,
-        dims: &[usize],
-    ) -> Result<Grant, EntryError> {
-        self.check_allocate_entry(entry, dims)?;
-        let (id, typed, recycled) = self.bind_entry(entry.0 as usize, dims, None)?;
-        let mut grant = self.grant_entry(conn, entry, id, AccessMode::ReadWrite, typed)?;
-        grant.recycled = recycled;
-        Ok(grant)
-    }
-
-    /// [`Registry::allocate_entry`] with memory obtained beforehand ([`Registry::obtain`]
-    /// and, outside the lock, the segment made): the dimensions are checked again.
-    pub fn allocate_entry_with(
-        &mut self,
-        conn: ConnectionId,
-        entry: EntryId,
-        dims: &[usize],
-        memory: Grant,
-    ) -> Result<Grant, EntryError> {
-        if let Err(e) = self.check_allocate_entry(entry, dims) {
-            self.reclaim_if_dead(memory.id);
-            return Err(e);
-        }
-        let (id, typed, recycled) = self.bind_entry(entry.0 as usize, dims, Some(memory))?;
-        let mut grant = self.grant_entry(conn, entry, id, AccessMode::ReadWrite, typed)?;
-        // The producer zeroes a recycled segment as it maps it (as for `create`), rather
-        // than the server holding the registry while it clears possibly gigabytes.
-        grant.recycled = recycled;
-        Ok(grant)
-    }
-
-    /// The bytes a dynamic entry of `dims` needs, or why it cannot be allocated so.
-    pub fn check_allocate_entry(
-        &self,
-        entry: EntryId,
-        dims: &[usize],
-    ) -> Result<usize, EntryError> {
-        let slot = self.entry_slot(entry)?;
-        let plan = &slot.plan;
-        if plan.is_preallocated() {
-            return Err(EntryError::Preallocated {
-                name: plan.name.clone(),
-            });
-        }
-        let fits = dims.len() == plan.declared.len()
-            && dims
-                .iter()
-                .zip(&plan.declared)
-                .all(|(&d, &declared)| declared <= 0 || d as i64 == declared);
-        if !fits {
-            return Err(EntryError::Shape {
-                name: plan.name.clone(),
-                dims: dims.to_vec(),
-                reason: format!(
-                    "it is declared {:?}, and every dimension must equal the declaration where it is not dynamic",
-                    plan.declared
-                ),
-            });
-        }
-        let shape_error = |e: fastio_meta::MetaError| EntryError::Shape {
-            name: plan.name.clone(),
-            dims: dims.to_vec(),
-            reason: e.to_string(),
-        };
-        let typed = TypedShape::new(
-            plan.element_type,
-            Shape::new(dims.to_vec()).map_err(shape_error)?,
-        )
-        .map_err(shape_error)?;
-        Ok(typed.byte_size())
-    }
-
-    /// Gives entry `index` a fresh resource of `dims`, unpinning its previous one (and
-    /// dropping the previous memory's event). Returns whether the segment was recycled:
-    /// entries start zeroed, so whoever maps it first must zero it then.
-    fn bind_entry(
-        &mut self,
-        index: usize,
-        dims: &[usize],
-        memory: Option<Grant>,
-    ) -> Result<(ResourceId, TypedShape, bool), EntryError> {
-        let element_type = self.entries[index].plan.element_type;
-        let name = self.entries[index].plan.name.clone();
-        let shape_error = |e: fastio_meta::MetaError| EntryError::Shape {
-            name: name.clone(),
-            dims: dims.to_vec(),
-            reason: e.to_string(),
-        };
-        let typed = TypedShape::new(
-            element_type,
-            Shape::new(dims.to_vec()).map_err(shape_error)?,
-        )
-        .map_err(shape_error)?;
-        let grant = match (memory, self.entries[index].plan.memory) {
-            (Some(grant), _) => grant,
-            (None, MemoryKind::Host) => self.new_resource(typed.byte_size())?,
-            // An entry declared on a device gets fresh memory there.
-            (None, memory @ MemoryKind::Cuda { device }) => self
-                .new_fresh_device_resource(device, typed.byte_size())
-                .map_err(|e| EntryError::Device {
-                    name: name.clone(),
-                    memory,
-                    reason: match e {
-                        CreateError::Device { reason, .. } => reason,
-                        other => other.to_string(),
-                    },
-                })?,
-        };
-        if let Some(resource) = self.resources.get_mut(&grant.id) {
-            resource.pins += 1;
-        }
-        let slot = &mut self.entries[index];
-        slot.event = None;
-        let previous = slot.bound.replace((grant.id, typed.clone()));
-        if let Some((old, _)) = previous {
-            if let Some(resource) = self.resources.get_mut(&old) {
-                resource.pins -= 1;
-            }
-            self.reclaim_if_dead(old);
-        }
-        Ok((grant.id, typed, grant.recycled))
     }
 
     /// [`Registry::release`] of handle `handle` (the client's number for it; 0: not
@@ -1384,14 +1135,10 @@ impl Registry {
             return Err(ReleaseError::ReadOnlyHandle { id: id.0 });
         }
         // A bound entry must keep its memory for the readers still to come.
-        if let Some(slot) = self
-            .entries
-            .iter()
-            .find(|e| e.bound.as_ref().is_some_and(|(b, _)| *b == id))
-        {
+        if let Some(entry) = self.resources.get(&id).and_then(|r| r.entries.first()) {
             return Err(ReleaseError::EntryMemory {
                 id: id.0,
-                entry: slot.plan.name.clone(),
+                entry: entry.clone(),
             });
         }
         let resource = self.resources.get_mut(&id).expect("held resources exist");
@@ -1415,15 +1162,6 @@ impl Registry {
 
     /// What a listing shows of the registry ([`crate::Context::inspect`]).
     pub(crate) fn snapshot(&self) -> crate::listing::RegistrySnapshot {
-        let entries = self
-            .entries
-            .iter()
-            .map(|e| {
-                e.bound
-                    .as_ref()
-                    .map(|(id, typed)| (*id, typed.shape.dims().to_vec(), typed.byte_size()))
-            })
-            .collect();
         let publications = self
             .names
             .iter()
@@ -1446,7 +1184,6 @@ impl Registry {
             .collect();
         crate::listing::RegistrySnapshot {
             stats: self.stats(),
-            entries,
             publications,
             sizes: self.resources.iter().map(|(id, r)| (*id, r.size)).collect(),
             handles,
@@ -1987,114 +1724,16 @@ mod writer_tests {
 }
 
 #[cfg(test)]
-mod entry_tests {
-    use super::*;
-    use fastio_meta::ElementType;
-
-    fn dynamic_entry() -> EntryPlan {
-        EntryPlan {
-            memory: Default::default(),
-            name: "slices".into(),
-            producer: Some(0),
-            element_type: ElementType::I32,
-            declared: vec![-1],
-        }
-    }
-
-    #[test]
-    fn a_job_that_cannot_fit_fails_before_allocating_anything() {
-        // Ten entries of an eighth of what is available each: once, the first eight were
-        // allocated before the ninth failed.
-        let available = fastio_shm::available_memory().expect("memory is reported");
-        let each = available / 8;
-        let plans: Vec<EntryPlan> = (0..10)
-            .map(|i| EntryPlan {
-                memory: Default::default(),
-                name: format!("volume{i}"),
-                producer: Some(0),
-                element_type: ElementType::U8,
-                declared: vec![each as i64],
-            })
-            .collect();
-        let mut r = Registry::new(0);
-        let err = r.define_entries(&plans).unwrap_err();
-        assert!(matches!(err, EntryError::OutOfMemory { .. }), "{err}");
-        assert!(err.to_string().contains("nothing was allocated"), "{err}");
-        let s = r.stats();
-        assert_eq!((s.segments_created, s.resources, s.live_bytes), (0, 0, 0));
-    }
-
-    #[test]
-    fn an_entrys_memory_cannot_be_freed_under_its_readers() {
-        let mut r = Registry::new(0);
-        r.define_entries(&[dynamic_entry()]).unwrap();
-        let c = r.connect();
-        let g = r.allocate_entry(c, EntryId(0), &[4]).unwrap();
-        assert!(matches!(
-            r.free(c, g.id),
-            Err(ReleaseError::EntryMemory { .. })
-        ));
-        r.release(c, g.id).unwrap();
-        // The entry still holds it: a reader opens it.
-        let reader = r.connect();
-        assert_eq!(
-            r.open_entry(reader, EntryId(0), AccessMode::ReadOnly)
-                .unwrap()
-                .id,
-            g.id
-        );
-    }
-
-    #[test]
-    fn reallocating_an_entry_drops_the_old_memorys_event_and_never_takes_pooled_memory() {
-        let mut r = Registry::new(1 << 20);
-        r.define_entries(&[dynamic_entry()]).unwrap();
-        let c = r.connect();
-        // A pooled segment that a former holder may still map writable.
-        let private = r.create(c, 4096).unwrap();
-        r.release(c, private.id).unwrap();
-        assert_eq!(r.stats().pooled_segments, 1);
-        let first = r.allocate_entry(c, EntryId(0), &[1024]).unwrap();
-        assert!(!first.recycled, "entry memory is always fresh");
-        assert_eq!(r.stats().pooled_segments, 1);
-        r.set_entry_event(EntryId(0), EventHandle([1; 64])).unwrap();
-        r.release(c, first.id).unwrap();
-        let second = r.allocate_entry(c, EntryId(0), &[1024]).unwrap();
-        assert!(!second.recycled);
-        let reader = r.connect();
-        let opened = r
-            .open_entry(reader, EntryId(0), AccessMode::ReadOnly)
-            .unwrap();
-        assert_eq!(opened.event, None, "the event belonged to the old memory");
-    }
-}
-
-#[cfg(test)]
 mod read_only_tests {
     use super::*;
-    use fastio_meta::ElementType;
-    use std::os::fd::AsRawFd;
-
-    fn entry(producer: Option<usize>) -> EntryPlan {
-        EntryPlan {
-            memory: Default::default(),
-            name: "volume".into(),
-            producer,
-            element_type: ElementType::U8,
-            declared: vec![4096],
-        }
-    }
 
     #[test]
     fn a_read_only_handle_publishes_a_read_only_publication() {
         let mut r = Registry::new(0);
-        r.define_entries(&[entry(Some(0))]).unwrap();
         let (producer, reader, other) = (r.connect(), r.connect(), r.connect());
-        r.open_entry(producer, EntryId(0), AccessMode::ReadWrite)
-            .unwrap();
-        let input = r
-            .open_entry(reader, EntryId(0), AccessMode::ReadOnly)
-            .unwrap();
+        let made = r.create(producer, 4096).unwrap();
+        r.publish(producer, made.id, "volume", None, None).unwrap();
+        let input = r.get(reader, "volume", AccessMode::ReadOnly).unwrap();
         r.publish(reader, input.id, "alias", None, None).unwrap();
         assert_eq!(
             r.get(other, "alias", AccessMode::ReadWrite).unwrap_err(),
@@ -2121,225 +1760,5 @@ mod read_only_tests {
             Err(WriteError::ReadOnlyHandle { id: g.id.0 })
         );
         r.acquire_write(a, g.id, 1).unwrap();
-    }
-
-    #[test]
-    fn a_sealed_entry_refuses_every_write_path_and_is_never_pooled() {
-        let mut r = Registry::new(1 << 20);
-        r.define_entries(&[entry(Some(0))]).unwrap();
-        let (producer, reader) = (r.connect(), r.connect());
-        let out = r
-            .open_entry(producer, EntryId(0), AccessMode::ReadWrite)
-            .unwrap();
-        r.publish(producer, out.id, "published-output", None, None)
-            .unwrap();
-        r.seal_entries(&[EntryId(0)]).unwrap();
-        assert_eq!(
-            r.open_entry(producer, EntryId(0), AccessMode::ReadWrite)
-                .unwrap_err(),
-            EntryError::Sealed {
-                name: "volume".into()
-            }
-        );
-        assert_eq!(
-            r.get(reader, "published-output", AccessMode::ReadWrite)
-                .unwrap_err(),
-            GetError::Sealed {
-                name: "published-output".into(),
-                id: out.id.0
-            }
-        );
-        assert_eq!(
-            r.acquire_write(producer, out.id, 1),
-            Err(WriteError::Sealed { id: out.id.0 })
-        );
-        // Descriptor tricks on a reader's descriptor: reopened for writing (as root, whom
-        // the inode's mode does not stop), it still cannot write, punch or map writable.
-        let input = r
-            .open_entry(reader, EntryId(0), AccessMode::ReadOnly)
-            .unwrap();
-        let path = format!(
-            "/proc/self/fd/{}",
-            std::os::fd::AsFd::as_fd(input.segment().unwrap()).as_raw_fd()
-        );
-        if let Ok(fd) = rustix::fs::open(
-            path.as_str(),
-            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        ) {
-            assert_eq!(
-                rustix::io::pwrite(&fd, b"x", 0),
-                Err(rustix::io::Errno::PERM)
-            );
-            assert_eq!(
-                rustix::fs::fallocate(
-                    &fd,
-                    rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
-                    0,
-                    4096
-                ),
-                Err(rustix::io::Errno::PERM)
-            );
-            let segment = Segment::from_fd(fd).unwrap();
-            assert!(
-                fastio_shm::Mapping::new(
-                    &segment,
-                    fastio_shm::Access::ReadWrite,
-                    fastio_shm::Prefault::Lazy
-                )
-                .is_err()
-            );
-        }
-        // A segment a client sealed itself is closed when it dies, not pooled.
-        let private = r.create(reader, 4096).unwrap();
-        private.segment().unwrap().seal_writes().unwrap();
-        r.release(reader, private.id).unwrap();
-        assert_eq!(r.stats().pooled_segments, 0);
-    }
-
-    #[test]
-    fn a_device_entry_is_made_on_its_device_written_by_its_producer_and_read_only_after() {
-        let mut r = Registry::new(1 << 20);
-        r.set_device_driver(cuda_streams::Driver::fake(2));
-        let cuda1 = MemoryKind::Cuda { device: 1 };
-        let plan = EntryPlan {
-            memory: cuda1,
-            ..entry(Some(0))
-        };
-        r.define_entries(&[plan]).unwrap();
-        // Device entries take no host memory.
-        assert_eq!(r.stats().live_bytes, 0);
-        assert_eq!(r.stats().device_live_bytes, 2 << 20);
-        let (producer, reader) = (r.connect(), r.connect());
-        let out = r
-            .open_entry(producer, EntryId(0), AccessMode::ReadWrite)
-            .unwrap();
-        assert_eq!(out.kind, cuda1);
-        assert!(matches!(out.memory, GrantedMemory::Device(_)));
-        assert_eq!(out.device_bytes, 2 << 20);
-        r.seal_entries(&[EntryId(0)]).unwrap();
-        assert_eq!(
-            r.open_entry(producer, EntryId(0), AccessMode::ReadWrite)
-                .unwrap_err(),
-            EntryError::Sealed {
-                name: "volume".into()
-            }
-        );
-        let input = r
-            .open_entry(reader, EntryId(0), AccessMode::ReadOnly)
-            .unwrap();
-        assert_eq!(input.kind, cuda1);
-    }
-
-    #[test]
-    fn a_dynamic_device_entry_gets_fresh_memory_on_its_device_when_its_producer_allocates_it() {
-        let mut r = Registry::new(64 << 20);
-        r.set_device_driver(cuda_streams::Driver::fake(2));
-        let cuda1 = MemoryKind::Cuda { device: 1 };
-        let plan = EntryPlan {
-            memory: cuda1,
-            declared: vec![-1],
-            ..entry(Some(0))
-        };
-        r.define_entries(&[plan]).unwrap();
-        assert_eq!(
-            r.stats().device_live_bytes,
-            0,
-            "nothing before the producer asks"
-        );
-        let (producer, reader) = (r.connect(), r.connect());
-        // A warm allocation of the same size on the same device, once another client's.
-        let warm = r.create_device(reader, 1, 3 << 20).unwrap();
-        r.release(reader, warm.id).unwrap();
-        assert_eq!(r.stats().device_pooled, 1);
-
-        let first = r.allocate_entry(producer, EntryId(0), &[3 << 20]).unwrap();
-        assert_eq!(first.kind, cuda1);
-        assert!(matches!(first.memory, GrantedMemory::Device(_)));
-        assert_eq!((first.size, first.device_bytes), (3 << 20, 4 << 20));
-        assert!(!first.recycled);
-        assert_eq!(
-            r.stats().device_pooled,
-            1,
-            "the warm allocation was not taken"
-        );
-        assert_eq!(r.stats().live_bytes, 0, "no host memory");
-        r.set_entry_event(EntryId(0), EventHandle([7; 64])).unwrap();
-
-        // A new shape: new memory, without the old memory's event; the old goes once
-        // its last handle does.
-        let second = r.allocate_entry(producer, EntryId(0), &[1 << 20]).unwrap();
-        assert_ne!(second.id, first.id);
-        assert_eq!(second.kind, cuda1);
-        assert_eq!(r.stats().device_live_bytes, (4 + 2) << 20);
-        r.release(producer, first.id).unwrap();
-        assert_eq!(r.stats().device_live_bytes, 2 << 20);
-
-        r.seal_entries(&[EntryId(0)]).unwrap();
-        assert_eq!(
-            r.open_entry(producer, EntryId(0), AccessMode::ReadWrite)
-                .unwrap_err(),
-            EntryError::Sealed {
-                name: "volume".into()
-            }
-        );
-        let input = r
-            .open_entry(reader, EntryId(0), AccessMode::ReadOnly)
-            .unwrap();
-        assert_eq!(
-            (input.id, input.kind, input.event),
-            (second.id, cuda1, None)
-        );
-    }
-
-    #[test]
-    fn a_dynamic_device_entry_without_its_device_is_refused_naming_the_entry() {
-        let mut r = Registry::new(0);
-        r.set_device_driver(cuda_streams::Driver::fake(1));
-        let plan = EntryPlan {
-            memory: MemoryKind::Cuda { device: 3 },
-            declared: vec![-1],
-            ..entry(Some(0))
-        };
-        r.define_entries(&[plan]).unwrap();
-        let c = r.connect();
-        let e = r.allocate_entry(c, EntryId(0), &[16]).unwrap_err();
-        assert!(
-            matches!(&e, EntryError::Device { name, memory: MemoryKind::Cuda { device: 3 }, .. } if name == "volume"),
-            "{e}"
-        );
-        assert!(
-            e.to_string()
-                .starts_with("FastIO entry \"volume\" cannot be allocated on cuda:3: "),
-            "{e}"
-        );
-        assert_eq!(r.entry_bytes(EntryId(0)), None, "still unallocated");
-    }
-
-    #[test]
-    fn a_device_entry_without_its_device_fails_the_job_at_set_up() {
-        let mut r = Registry::new(0);
-        r.set_device_driver(cuda_streams::Driver::fake(1));
-        let plan = EntryPlan {
-            memory: MemoryKind::Cuda { device: 4 },
-            ..entry(Some(0))
-        };
-        let e = r.define_entries(&[plan]).unwrap_err();
-        assert!(
-            matches!(&e, EntryError::Device { name, .. } if name == "volume"),
-            "{e}"
-        );
-        assert!(e.to_string().contains("cuda:4"), "{e}");
-    }
-
-    #[test]
-    fn an_entry_nobody_produces_is_sealed_from_the_start() {
-        let mut r = Registry::new(0);
-        r.define_entries(&[entry(None)]).unwrap();
-        let c = r.connect();
-        assert!(matches!(
-            r.open_entry(c, EntryId(0), AccessMode::ReadWrite),
-            Err(EntryError::Sealed { .. })
-        ));
     }
 }

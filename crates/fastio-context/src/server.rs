@@ -21,9 +21,9 @@ use fastio_shm::TransferError;
 use fastio_shm::transfer::{recv_message, send_message, seqpacket_pair};
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 
-use crate::job::Job;
 use crate::protocol::{JobSecret, PROTOCOL_VERSION, Request, Response, Stats};
 use crate::registry::{DEFAULT_POOL_BYTES, DEFAULT_POOL_SEGMENTS, Registry};
+use crate::service::{ContextMemory, JobService};
 use crate::transport::{Peer, Shared, dispatch};
 use crate::{Context, ContextError, RequestError};
 
@@ -109,13 +109,17 @@ impl Server {
         Self::listen(Shared::new(config.registry(), None))
     }
 
-    /// Starts the context server of a pipeline job: the job's FastIO entries whose shape
-    /// is fully known are allocated now, before any operator starts. Operators join over
-    /// sockets from [`Server::operator_socket`].
-    pub fn start_job(config: ServerConfig, job: Arc<Job>) -> Result<Self, ContextError> {
-        let mut registry = config.registry();
-        registry.define_entries(&job.plan().entries)?;
-        Self::listen(Shared::new(registry, Some(job)))
+    /// Starts the context server of a pipeline job, which `job` runs (the fastio-job
+    /// crate's `host` makes both): the job sets up what it needs from the start
+    /// ([`JobService::set_up`]) before the server listens. Operators join over sockets
+    /// from [`Server::operator_socket`].
+    pub fn start_with_job(
+        config: ServerConfig,
+        job: Arc<dyn JobService>,
+    ) -> Result<Self, ContextError> {
+        let shared = Shared::new(config.registry(), Some(job));
+        shared.set_up_job()?;
+        Self::listen(shared)
     }
 
     /// Starts the context server of a pipeline job whose operators were not started by
@@ -124,9 +128,9 @@ impl Server {
     /// stage and presenting `secret`. The uid check of every connection still applies.
     ///
     /// [`Request::Attach`]: crate::protocol::Request::Attach
-    pub fn start_job_at(
+    pub fn start_with_job_at(
         config: ServerConfig,
-        job: Arc<Job>,
+        job: Arc<dyn JobService>,
         name: &str,
         secret: JobSecret,
     ) -> Result<Self, ContextError> {
@@ -136,26 +140,10 @@ impl Server {
                 reason: "the job's secret must have at least 16 characters".into(),
             });
         }
-        let mut registry = config.registry();
-        registry.define_entries(&job.plan().entries)?;
-        let shared = Shared::new(registry, Some(job));
+        let shared = Shared::new(config.registry(), Some(job));
+        shared.set_up_job()?;
         let _ = shared.join_secret.set(secret);
         Self::listen_at(shared, name.to_owned())
-    }
-
-    /// [`Server::start_job`] with some entries filled before any operator starts, each
-    /// `(entry, dims, bytes)`: the inputs of an operator run alone (`fastio run-op`).
-    pub fn start_job_with_inputs(
-        config: ServerConfig,
-        job: Arc<Job>,
-        inputs: &[(crate::job::EntryId, Vec<usize>, Vec<u8>)],
-    ) -> Result<Self, ContextError> {
-        let mut registry = config.registry();
-        registry.define_entries(&job.plan().entries)?;
-        for (entry, dims, bytes) in inputs {
-            registry.fill_entry(*entry, dims, bytes)?;
-        }
-        Self::listen(Shared::new(registry, Some(job)))
     }
 
     fn listen(shared: Arc<Shared>) -> Result<Self, ContextError> {
@@ -254,9 +242,10 @@ impl Server {
         self.shared.registry().stats()
     }
 
-    /// Bytes of the memory behind FastIO entry `entry` now, or `None` while it has none.
-    pub fn entry_bytes(&self, entry: crate::job::EntryId) -> Option<usize> {
-        self.shared.registry().entry_bytes(entry)
+    /// The registry's calls for the memory of a job's entries (what a job runtime uses;
+    /// tests drive a runtime's set-up through it).
+    pub fn memory(&self) -> ContextMemory<'_> {
+        self.shared.memory()
     }
 
     /// Stops the server and drops every segment it holds now (resources, publications,
@@ -264,11 +253,6 @@ impl Server {
     /// end of a job, once its operators are gone; mappings clients still have stay valid.
     pub fn close(self) {
         *self.shared.registry() = Registry::new(0);
-    }
-
-    /// The job this server hosts, if any.
-    pub fn job(&self) -> Option<&Arc<Job>> {
-        self.shared.job.as_ref()
     }
 }
 
@@ -413,6 +397,11 @@ impl Session {
         }
     }
 
+    /// The registry's id of this session's connection: whose handles a grant adds to.
+    pub fn connection(&self) -> crate::registry::ConnectionId {
+        self.peer.conn
+    }
+
     /// Answers one message: the response's body, and the descriptor that goes with it.
     pub fn handle(&mut self, body: &[u8]) -> (Vec<u8>, Option<crate::registry::GrantedMemory>) {
         let refuse = |message: String| {
@@ -491,10 +480,7 @@ impl Session {
             ));
         }
         let index = job
-            .plan()
-            .stages
-            .iter()
-            .position(|s| s.name.eq_ignore_ascii_case(stage))
+            .stage_named(stage)
             .ok_or_else(|| bad(format!("the job has no operator named {stage:?}")))?;
         job.attach(index, self.pid)?;
         self.attached = Some(index);

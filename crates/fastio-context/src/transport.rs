@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use fastio_shm::transfer::{recv_message, send_message};
 
 use crate::error::{CreateError, EntryError, JobError, MemoryFailure};
-use crate::job::{EntryId, Job, Phase};
-use crate::protocol::{AccessMode, MemoryKind, PROTOCOL_VERSION, Request, Response};
+use crate::protocol::{MemoryKind, PROTOCOL_VERSION, Phase, Request, Response};
 use crate::registry::{ConnectionId, Grant, GrantedMemory, Obtained, Registry};
+use crate::service::{Caller, ContextMemory, JobService};
 use crate::{ContextError, RequestError};
 
 /// One request/response exchange with the registry.
@@ -33,7 +33,8 @@ pub(crate) fn lock(registry: &Mutex<Registry>) -> MutexGuard<'_, Registry> {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) registry: Mutex<Registry>,
-    pub(crate) job: Option<Arc<Job>>,
+    /// The job it hosts, if any: its requests go there.
+    pub(crate) job: Option<Arc<dyn JobService>>,
     /// The secret operators that join the job (rather than being started by it) present;
     /// unset, no one may join that way.
     pub(crate) join_secret: std::sync::OnceLock<crate::protocol::JobSecret>,
@@ -42,7 +43,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(registry: Registry, job: Option<Arc<Job>>) -> Arc<Self> {
+    pub(crate) fn new(registry: Registry, job: Option<Arc<dyn JobService>>) -> Arc<Self> {
         Arc::new(Self {
             registry: Mutex::new(registry),
             job,
@@ -77,11 +78,27 @@ impl Shared {
         self.peers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// What `fastio ls` shows. The registry's lock is released before the job's is taken.
+    /// What `fastio ls` shows. The registry's lock is released before the job is asked.
     pub(crate) fn listing(&self) -> crate::listing::Listing {
         let snapshot = self.registry().snapshot();
         let peers = self.peers_lock().clone();
-        crate::listing::compose(snapshot, self.job.as_deref(), &peers)
+        let job = self.job.as_ref().map(|job| job.view());
+        crate::listing::compose(snapshot, job, &peers)
+    }
+
+    /// The registry's calls for the memory of the job's entries.
+    pub(crate) fn memory(&self) -> ContextMemory<'_> {
+        ContextMemory::new(self)
+    }
+
+    /// Lets the job make the memory it needs from the start, before anyone connects.
+    pub(crate) fn set_up_job(&self) -> Result<(), crate::ContextError> {
+        let result = match &self.job {
+            Some(job) => job.set_up(&self.memory()),
+            None => Ok(()),
+        };
+        self.bury_dead();
+        result
     }
 
     /// Frees the segments that left the registry for good, without its lock: their pages
@@ -117,27 +134,6 @@ impl Shared {
         let mut registry = self.registry();
         let grant = registry.adopt(obtained, made, size)?;
         Ok((registry, grant))
-    }
-
-    /// A dynamic entry's new memory, made without the registry's lock.
-    fn allocate_entry(
-        &self,
-        conn: ConnectionId,
-        entry: EntryId,
-        dims: &[usize],
-    ) -> Result<Grant, EntryError> {
-        let mut registry = self.registry();
-        let size = registry.check_allocate_entry(entry, dims)?;
-        if registry.entry_memory(entry).is_some_and(|m| !m.is_host()) {
-            // Device memory is made through the CUDA driver under the lock, as
-            // `create_device` makes it; always fresh there too.
-            return registry.allocate_entry(conn, entry, dims);
-        }
-        drop(registry);
-        // Entry memory is always fresh (see `Registry::obtain_fresh`).
-        let obtained = self.registry().obtain_fresh(size, false)?;
-        let (mut registry, memory) = self.adopt(obtained, size)?;
-        registry.allocate_entry_with(conn, entry, dims, memory)
     }
 }
 
@@ -241,34 +237,23 @@ fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<Gr
         Request::ReleaseWrite { id, handle } => {
             done(shared.registry().release_write(conn, id, handle))
         }
+        // The job's requests go to the job it hosts.
         Request::Join => match job_stage(shared, peer) {
-            Ok((job, stage)) => match job.join(stage) {
+            Ok((job, caller)) => match job.join(caller.stage) {
                 Ok(info) => (Response::Joined(Box::new(info)), None),
                 Err(e) => refused(e),
             },
             Err(e) => refused(e),
         },
-        Request::AwaitInputs => done(job_stage(shared, peer).and_then(|(j, s)| j.await_inputs(s))),
+        Request::AwaitInputs => done(job_stage(shared, peer).and_then(|(job, caller)| {
+            // Blocks: no lock of the context is held here.
+            job.await_inputs(caller.stage)
+        })),
         Request::Finished { phase, failure } => match job_stage(shared, peer) {
-            Ok((job, stage)) => {
-                let mut failure = failure;
-                let reclaimed = if phase == Phase::Execute {
-                    let mut registry = shared.registry();
-                    // Sealed before anyone is told: readers only ever map final memory.
-                    let outputs = &job.plan().stages[stage].fastio_outputs;
-                    if let Err(e) = registry.seal_entries(outputs) {
-                        failure.get_or_insert(format!(
-                            "its outputs could not be sealed read-only: {e}"
-                        ));
-                    }
-                    registry.reclaim(conn)
-                } else {
-                    Vec::new()
-                };
-                job.reclaimed(stage, reclaimed.clone());
-                job.finished(stage, phase, failure);
+            Ok((job, caller)) => {
+                let handles = job.finished(&shared.memory(), caller, phase, failure);
                 if phase == Phase::Execute {
-                    (Response::Reclaimed { handles: reclaimed }, None)
+                    (Response::Reclaimed { handles }, None)
                 } else {
                     (Response::Done, None)
                 }
@@ -276,61 +261,39 @@ fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<Gr
             Err(e) => refused(e),
         },
         Request::OpenEntry { entry, access } => grant(
-            entry_access(shared, peer, entry, access)
-                .and_then(|()| shared.registry().open_entry(conn, entry, access)),
+            entry_stage(shared, peer)
+                .and_then(|(job, caller)| job.open_entry(&shared.memory(), caller, entry, access)),
         ),
         Request::SetEntryEvent { entry, event } => done(
-            entry_access(shared, peer, entry, AccessMode::ReadWrite)
-                .and_then(|()| shared.registry().set_entry_event(entry, event)),
+            entry_stage(shared, peer)
+                .and_then(|(job, caller)| job.set_entry_event(caller, entry, event)),
         ),
-        Request::AllocateEntry { entry, dims } => grant(
-            entry_access(shared, peer, entry, AccessMode::ReadWrite)
-                .and_then(|()| shared.allocate_entry(conn, entry, &dims)),
-        ),
+        Request::AllocateEntry { entry, dims } => {
+            grant(entry_stage(shared, peer).and_then(|(job, caller)| {
+                job.allocate_entry(&shared.memory(), caller, entry, &dims)
+            }))
+        }
     }
 }
 
-fn job_stage(shared: &Shared, peer: Peer) -> Result<(&Job, usize), JobError> {
+/// The job and the caller's stage, or [`JobError::NotInJob`] where the context hosts no
+/// job or the connection runs no stage of it.
+fn job_stage(shared: &Shared, peer: Peer) -> Result<(&dyn JobService, Caller), JobError> {
     match (&shared.job, peer.stage) {
-        (Some(job), Some(stage)) => Ok((job, stage)),
+        (Some(job), Some(stage)) => Ok((
+            job.as_ref(),
+            Caller {
+                conn: peer.conn,
+                stage,
+            },
+        )),
         _ => Err(JobError::NotInJob),
     }
 }
 
-/// Whether `peer` may have `access` to `entry`: read-write only for its producer, and
-/// only until its execute has finished; read-only for its readers, once the producer's
-/// execute has finished (when the memory is sealed), so that no reader ever holds a
-/// descriptor of memory that is still writable.
-fn entry_access(
-    shared: &Shared,
-    peer: Peer,
-    entry: EntryId,
-    access: AccessMode,
-) -> Result<(), EntryError> {
-    let (job, stage) = job_stage(shared, peer).map_err(|_| EntryError::NotInJob)?;
-    let plan = job.plan();
-    let entry_plan = plan
-        .entries
-        .get(entry.0 as usize)
-        .ok_or(EntryError::UnknownEntry { id: entry.0 })?;
-    let name = &entry_plan.name;
-    match (plan.access(stage, entry), access) {
-        (Some(AccessMode::ReadWrite), AccessMode::ReadWrite) if job.has_executed(stage) => {
-            Err(EntryError::OutputFinal { name: name.clone() })
-        }
-        (Some(AccessMode::ReadOnly), _)
-            if entry_plan.producer.is_some_and(|p| !job.has_executed(p)) =>
-        {
-            Err(EntryError::InputNotReady { name: name.clone() })
-        }
-        (Some(AccessMode::ReadWrite), _) | (Some(AccessMode::ReadOnly), AccessMode::ReadOnly) => {
-            Ok(())
-        }
-        (Some(AccessMode::ReadOnly), AccessMode::ReadWrite) => {
-            Err(EntryError::InputReadOnly { name: name.clone() })
-        }
-        (None, _) => Err(EntryError::NotOfOperator { name: name.clone() }),
-    }
+/// [`job_stage`] for the entry requests, which refuse with [`EntryError::NotInJob`].
+fn entry_stage(shared: &Shared, peer: Peer) -> Result<(&dyn JobService, Caller), EntryError> {
+    job_stage(shared, peer).map_err(|_| EntryError::NotInJob)
 }
 
 /// Fails with [`ContextError::Forked`] in any process but `owner`: after `fork()` the

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use fastio_context::job::{EntryId, EntryPlan, JobPlan};
+use fastio_job::{EntryId, EntryPlan, JobPlan};
 
 use crate::DriverError;
 

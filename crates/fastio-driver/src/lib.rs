@@ -47,8 +47,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use fastio_context::job::{Job, JobEvent, JobEventKind, JobPlan, Phase, ReclaimedHandle};
 use fastio_context::{CONTEXT_ADDRESS_ENV, CONTEXT_ENV, Server, ServerConfig, records};
+use fastio_job::{Job, JobEvent, JobEventKind, JobPlan, Phase, ReclaimedHandle};
 use fastio_operator::{INPUT_PATHS_ENV, OUTPUT_PATHS_ENV, format_paths};
 use fastio_pipeline::plan::{DiskLayout, job_plan};
 use fastio_pipeline::{DefinitionError, Pipeline};
@@ -563,8 +563,8 @@ fn run(
         ..ServerConfig::default()
     };
     let server = match joining {
-        None => Server::start_job_with_inputs(config, job.clone(), &filled)?,
-        Some(join) => Server::start_job_at(
+        None => fastio_job::host_with_inputs(config, job.clone(), filled)?,
+        Some(join) => fastio_job::host_at(
             config,
             job.clone(),
             &join.socket,

@@ -4,8 +4,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fastio_context::job::{EntryId, JobPlan, ReclaimedHandle};
-use fastio_context::{MemoryKind, Server};
+use fastio_context::MemoryKind;
+use fastio_job::{EntryId, JobPlan, JobServer, ReclaimedHandle};
 use fastio_pipeline::plan::DiskLayout;
 use fastio_pipeline::{EntryKind, Pipeline};
 
@@ -314,7 +314,7 @@ pub(crate) fn build(
     pipeline: &Pipeline,
     stages: &[usize],
     plan: &JobPlan,
-    server: &Server,
+    server: &JobServer,
     layout: &DiskLayout,
     operators: &[Operator],
 ) -> JobReport {

@@ -3,9 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use fastio_context::job::{EntryId, JobPlan};
+use fastio_context::Server;
 use fastio_context::protocol::AccessMode;
-use fastio_context::{FastIoEntry, Server};
+use fastio_job::FastIoEntry;
+use fastio_job::{EntryId, JobPlan};
 use fastio_pipeline::plan::DiskLayout;
 
 use crate::Operator;

@@ -6,7 +6,8 @@ use std::ffi::{CString, c_char, c_int, c_void};
 use std::sync::{Arc, LazyLock};
 use std::thread::{JoinHandle, ThreadId};
 
-use fastio_context::{Allocation, FastIoEntry};
+use fastio_context::Allocation;
+use fastio_job::FastIoEntry;
 use fastio_operator::{CallbackError, Callbacks, Driver, PathEntry, Payload};
 
 use crate::alloc::retire_context_allocations;
@@ -416,21 +417,20 @@ impl PayloadScope {
         // The payload's own entries stay with it; C gets entries of its own over the same
         // memory, which it can reshape and allocate.
         let info = driver.stage_info();
-        let mut entries =
-            |list: &[fastio_context::job::EntryInfo]| -> Result<Vec<usize>, CallbackError> {
-                let mut array = Vec::with_capacity(list.len() + 1);
-                for i in list {
-                    let entry = FastIoEntry::open(payload.fastio_context(), i.clone())?;
-                    let (p, token) = ENTRIES.insert::<nvidia_clara_fastio_entry>(EntryState {
-                        entry,
-                        mapped: false,
-                    });
-                    scope.entries.push(token);
-                    array.push(p.addr());
-                }
-                array.push(0);
-                Ok(array)
-            };
+        let mut entries = |list: &[fastio_job::EntryInfo]| -> Result<Vec<usize>, CallbackError> {
+            let mut array = Vec::with_capacity(list.len() + 1);
+            for i in list {
+                let entry = FastIoEntry::open(payload.fastio_context(), i.clone())?;
+                let (p, token) = ENTRIES.insert::<nvidia_clara_fastio_entry>(EntryState {
+                    entry,
+                    mapped: false,
+                });
+                scope.entries.push(token);
+                array.push(p.addr());
+            }
+            array.push(0);
+            Ok(array)
+        };
         let opened =
             entries(&info.fastio_inputs).and_then(|i| Ok((i, entries(&info.fastio_outputs)?)));
         let (fastio_inputs, fastio_outputs) = match opened {

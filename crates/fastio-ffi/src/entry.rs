@@ -4,7 +4,8 @@
 use std::ffi::{c_char, c_int, c_void};
 use std::sync::LazyLock;
 
-use fastio_context::{AccessMode, FastIoEntry};
+use fastio_context::AccessMode;
+use fastio_job::FastIoEntry;
 
 use crate::error::{Error, guard};
 use crate::handles::{Table, lock};

@@ -33,7 +33,8 @@ use cuda_streams::{
     CudaError, Driver as CudaDriver, INTERNAL_STREAM, InterprocessEvent, IpcEventHandle, Message,
     OperatorContext, Stream, StreamError,
 };
-use fastio_context::{EventHandle, FastIoEntry, MemoryKind};
+use fastio_context::{EventHandle, MemoryKind};
+use fastio_job::FastIoEntry;
 
 use crate::OperatorError;
 

@@ -41,11 +41,9 @@ use std::sync::Arc;
 
 pub use cuda_streams;
 
-pub use fastio_context::job::PathEntry;
-use fastio_context::job::{Job, JobPlan, Phase, ReclaimedHandle, StageInfo, StagePlan};
-pub use fastio_context::{
-    AccessMode, Context, ContextError, EntryError, FastIoEntry, JobError, RequestError,
-};
+pub use fastio_context::{AccessMode, Context, ContextError, EntryError, JobError, RequestError};
+pub use fastio_job::{FastIoEntry, PathEntry};
+use fastio_job::{Job, JobPlan, Phase, ReclaimedHandle, StageInfo, StagePlan};
 use fastio_pipeline::Pipeline;
 use fastio_pipeline::plan::{DiskLayout, job_plan};
 
@@ -318,7 +316,7 @@ impl Driver {
             })?;
         }
         let job = Arc::new(Job::new(plan, |_| {}));
-        let context = Context::in_process_job(job, index)?;
+        let context = fastio_job::in_process(job, index)?;
         Self::join(context).map(|d| Self {
             standalone: true,
             ..d
@@ -455,7 +453,7 @@ impl Driver {
     }
 
     fn payload(&self) -> Result<Payload<'_>, OperatorError> {
-        let open = |infos: &[fastio_context::job::EntryInfo]| {
+        let open = |infos: &[fastio_job::EntryInfo]| {
             infos
                 .iter()
                 .map(|info| FastIoEntry::open(&self.context, info.clone()))

@@ -5,8 +5,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use fastio_context::job::{EntryId, EntryPlan, Job, JobPlan, StagePlan};
-use fastio_context::{EventHandle, MemoryKind, Server, ServerConfig};
+use fastio_context::{EventHandle, MemoryKind, ServerConfig};
+use fastio_job::{EntryId, EntryPlan, Job, JobPlan, JobServer, StagePlan};
 use fastio_meta::ElementType;
 use fastio_operator::cuda_streams::testing::FakeCall;
 use fastio_operator::cuda_streams::{self, Driver as CudaDriver};
@@ -49,8 +49,8 @@ fn job() -> Arc<Job> {
     ))
 }
 
-fn server() -> Server {
-    Server::start_job(
+fn server() -> JobServer {
+    fastio_job::host(
         ServerConfig {
             pool_bytes: 1 << 20,
             collapse: false,
@@ -300,7 +300,7 @@ fn host_waits(driver: &CudaDriver) -> usize {
 
 #[test]
 fn device_outputs_skip_the_host_wait_and_their_readers_open_the_event_on_the_entrys_device() {
-    let server = Server::start_job(
+    let server = fastio_job::host(
         ServerConfig {
             pool_bytes: 1 << 20,
             collapse: false,
@@ -414,7 +414,7 @@ fn a_dynamic_device_output_allocated_in_execute_carries_its_event_to_its_reader(
         },
         |_| {},
     ));
-    let server = Server::start_job(
+    let server = fastio_job::host(
         ServerConfig {
             pool_bytes: 1 << 20,
             collapse: false,
@@ -508,7 +508,7 @@ fn dynamic_outputs_allocated_through_another_handle_get_the_event_and_a_host_one
         },
         |_| {},
     ));
-    let server = Server::start_job(
+    let server = fastio_job::host(
         ServerConfig {
             pool_bytes: 1 << 20,
             collapse: false,
@@ -526,7 +526,7 @@ fn dynamic_outputs_allocated_through_another_handle_get_the_event_and_a_host_one
         .run(&mut Lifecycle::new().execute(|driver, payload| {
             payload.cuda_stream()?;
             for info in &driver.stage_info().fastio_outputs {
-                let mut other = fastio_context::FastIoEntry::open(driver.context(), info.clone())?;
+                let mut other = fastio_job::FastIoEntry::open(driver.context(), info.clone())?;
                 other.update_shape(&[0], &[3])?;
             }
             assert!(payload.fastio_output("volume")?.allocation().is_none());

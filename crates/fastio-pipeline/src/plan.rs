@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use fastio_context::job::{EntryId, EntryPlan, JobPlan, PathEntry, StagePlan};
+use fastio_job::{EntryId, EntryPlan, JobPlan, PathEntry, StagePlan};
 use fastio_meta::ElementType;
 
 use crate::{Entry, EntryKind, Pipeline};

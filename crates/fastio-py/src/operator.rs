@@ -3,7 +3,8 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use fastio_context::{AccessMode, ContextError, FastIoEntry};
+use fastio_context::{AccessMode, ContextError};
+use fastio_job::FastIoEntry;
 use fastio_operator::{CallbackError, Callbacks};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
@@ -854,7 +855,7 @@ impl Callbacks for PyCallbacks {
         };
         // Python's entries are handles of their own, so that numpy views can keep their
         // memory mapped independently of the Rust payload's.
-        let open = |infos: &[fastio_context::job::EntryInfo]| {
+        let open = |infos: &[fastio_job::EntryInfo]| {
             infos
                 .iter()
                 .map(|info| FastIoEntry::open(driver.context(), info.clone()))

@@ -30,6 +30,7 @@ pub mod doctor;
 
 pub use fastio_context as context;
 pub use fastio_driver as driver;
+pub use fastio_job as job;
 pub use fastio_meta as meta;
 pub use fastio_operator as operator;
 pub use fastio_pipeline as pipeline;
@@ -37,8 +38,9 @@ pub use fastio_shm as shm;
 
 pub use fastio_context::{
     Access, AccessMode, Allocation, CONTEXT_ENV, Context, ContextError, CreateOptions, EventHandle,
-    FastIoEntry, Prefault, RequestError, Server, ServerConfig, Stats,
+    Prefault, RequestError, Server, ServerConfig, Stats,
 };
+pub use fastio_job::FastIoEntry;
 pub use fastio_meta::{DynamicShape, Element, ElementType, MetaError, Shape, TypedShape};
 pub use fastio_operator::{Callbacks, Driver, Lifecycle, OperatorError, Payload};
 

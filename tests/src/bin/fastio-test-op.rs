@@ -138,7 +138,7 @@ fn hold_entry(driver: &Driver, payload: &mut Payload<'_>) -> Result<(), Callback
         .first()
         .ok_or("hold-entry needs an output entry")?
         .clone();
-    let entry = fastio::context::FastIoEntry::open(payload.fastio_context(), info)?;
+    let entry = fastio::job::FastIoEntry::open(payload.fastio_context(), info)?;
     std::mem::forget(entry);
     Ok(())
 }

@@ -2,93 +2,24 @@
 //! and the life-cycle each operator goes through (Clara's prepare, execute, cleanup).
 //!
 //! The driver describes the job with a [`JobPlan`] and hosts it in its context server
-//! ([`crate::Server::start_job`]); each operator process joins over its own connection and
+//! ([`crate::host`]); each operator process joins over its own connection and
 //! learns its [`StageInfo`]. A stage executes only once every upstream stage has finished
-//! execute ([`crate::protocol::Request::AwaitInputs`]); the driver watches progress through
+//! execute ([`fastio_context::protocol::Request::AwaitInputs`]); the driver watches progress through
 //! the [`JobEvent`]s it is notified of and aborts the job when something fails.
 //!
-//! Architecture Invariant: the job state lives in [`Job`] and nowhere else; the registry
-//! holds the entries' memory, the job holds who may run when.
+//! Architecture Invariant: the job state lives in [`Job`] and nowhere else; the entry table
+//! ([`crate::entries`]) holds which memory each entry has, the registry the memory itself,
+//! the job who may run when.
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use fastio_meta::ElementType;
-use serde::{Deserialize, Serialize};
 
-use crate::error::JobError;
-use crate::protocol::{AccessMode, ResourceId};
-
-/// Identifies a FastIO entry within its job.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct EntryId(pub u32);
-
-/// A phase of an operator's life-cycle.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// Runs once at start, before the stage's inputs are ready.
-    Prepare,
-    /// Runs once every upstream stage has finished execute.
-    Execute,
-    /// Runs once after execute.
-    Cleanup,
-}
-
-impl std::fmt::Display for Phase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Phase::Prepare => "prepare",
-            Phase::Execute => "execute",
-            Phase::Cleanup => "cleanup",
-        })
-    }
-}
-
-/// A disk (`stream`) input or output of an operator: a directory.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PathEntry {
-    /// The entry's name in the pipeline definition (may be empty).
-    pub name: String,
-    /// The directory, absolute.
-    pub path: String,
-}
-
-/// A FastIO (shared memory) entry as one operator sees it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EntryInfo {
-    /// The entry.
-    pub id: EntryId,
-    /// Its name in the pipeline definition.
-    pub name: String,
-    /// Element type (`string` is `u8`).
-    pub element_type: ElementType,
-    /// The shape as declared, `-1` or `0` marking dynamic dimensions.
-    pub declared: Vec<i64>,
-    /// The driver allocated it before any operator started.
-    pub preallocated: bool,
-    /// ReadWrite for the operator that produces it, ReadOnly for those that read it.
-    pub access: AccessMode,
-}
-
-/// What an operator learns when it joins its job.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StageInfo {
-    /// The job's identifier (a UUID in its hyphenated form).
-    pub job_id: String,
-    /// The job's name (the pipeline's name).
-    pub job_name: String,
-    /// This operator's name.
-    pub stage_name: String,
-    /// Disk inputs.
-    pub inputs: Vec<PathEntry>,
-    /// Disk outputs.
-    pub outputs: Vec<PathEntry>,
-    /// Shared memory inputs (read-only).
-    pub fastio_inputs: Vec<EntryInfo>,
-    /// Shared memory outputs (read-write).
-    pub fastio_outputs: Vec<EntryInfo>,
-}
+use fastio_context::JobError;
+use fastio_context::protocol::{
+    AccessMode, EntryId, EntryInfo, MemoryKind, PathEntry, Phase, ReclaimedHandle, StageInfo,
+};
 
 /// One operator of a job, as the driver plans it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,7 +54,7 @@ pub struct EntryPlan {
     /// Where its memory lives (a pipeline definition's `device: cuda:N`; host memory by
     /// default). A device entry with a fully known shape is made on its device when the
     /// job is set up; a dynamic one when its producer allocates it (fresh device memory).
-    pub memory: crate::protocol::MemoryKind,
+    pub memory: MemoryKind,
 }
 
 impl EntryPlan {
@@ -194,54 +125,6 @@ impl JobPlan {
     }
 }
 
-/// A handle an operator still held when its execute returned, reclaimed by the context
-/// (Clara: every reference must be released or freed before execute returns).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReclaimedHandle {
-    /// The resource.
-    pub id: ResourceId,
-    /// Handles dropped.
-    pub count: u64,
-    /// Size of the resource in bytes.
-    pub size: usize,
-    /// The FastIO entries whose memory it is (usually none or one).
-    #[serde(default)]
-    pub entries: Vec<String>,
-    /// The names it is published under.
-    #[serde(default)]
-    pub publications: Vec<String>,
-}
-
-impl std::fmt::Display for ReclaimedHandle {
-    /// `entry "mask" (4.0 KiB)`, `publication "ct.series1" (...)`, or, for memory neither
-    /// published nor an entry's, `an unpublished allocation (4096 bytes)`.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let quoted = |names: &[String]| {
-            names
-                .iter()
-                .map(|n| format!("{n:?}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        match (self.entries.as_slice(), self.publications.as_slice()) {
-            ([], []) => write!(f, "an unpublished allocation ({} bytes)", self.size)?,
-            (entries, []) => write!(f, "entry {} ({} bytes)", quoted(entries), self.size)?,
-            ([], names) => write!(f, "publication {} ({} bytes)", quoted(names), self.size)?,
-            (entries, names) => write!(
-                f,
-                "entry {}, published as {} ({} bytes)",
-                quoted(entries),
-                quoted(names),
-                self.size
-            )?,
-        }
-        if self.count > 1 {
-            write!(f, ", {} references", self.count)?;
-        }
-        Ok(())
-    }
-}
-
 /// Something that happened to a stage, as the driver is told.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JobEventKind {
@@ -259,7 +142,7 @@ pub enum JobEventKind {
     /// Handles still held at the end of execute were reclaimed.
     Reclaimed(Vec<ReclaimedHandle>),
     /// An operator the server did not start proved it belongs to the job and took this
-    /// stage ([`crate::protocol::Request::Attach`]); `pid` is its process as the server's
+    /// stage ([`fastio_context::protocol::Request::Attach`]); `pid` is its process as the server's
     /// PID namespace sees it (`None` when that namespace cannot see it, e.g. another
     /// container of a Pod that does not share its process namespace).
     Attached {

@@ -11,9 +11,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use fastio_context::job::{EntryId, EntryPlan, Job, JobPlan, StagePlan};
 use fastio_context::protocol::{PROTOCOL_VERSION, Response};
 use fastio_context::{Server, ServerConfig};
+use fastio_job::{EntryId, EntryPlan, Job, JobPlan, JobServer, StagePlan};
 use fastio_meta::ElementType;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -260,8 +260,8 @@ fn job_plan() -> JobPlan {
 
 struct Servers {
     plain: Server,
-    job: Server,
-    aborted: Server,
+    job: JobServer,
+    aborted: JobServer,
     cases: u64,
 }
 
@@ -275,11 +275,11 @@ impl Servers {
         };
         Self {
             plain: Server::start(config.clone()).unwrap(),
-            job: Server::start_job(config.clone(), Arc::new(Job::new(job_plan(), |_| {}))).unwrap(),
+            job: fastio_job::host(config.clone(), Arc::new(Job::new(job_plan(), |_| {}))).unwrap(),
             aborted: {
                 let job = Arc::new(Job::new(job_plan(), |_| {}));
                 job.abort("aborted for the fuzz test");
-                Server::start_job(config, job).unwrap()
+                fastio_job::host(config, job).unwrap()
             },
             cases: 0,
         }

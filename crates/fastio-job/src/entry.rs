@@ -4,12 +4,9 @@
 use std::fmt;
 
 use fastio_meta::{DynamicShape, Element, ElementType};
-use fastio_shm::Access;
 
-use crate::error::EntryError;
-use crate::job::EntryInfo;
-use crate::protocol::{AccessMode, Request};
-use crate::{Allocation, Context, ContextError, CreateOptions, RequestError};
+use fastio_context::protocol::{AccessMode, EntryInfo};
+use fastio_context::{Allocation, Context, ContextError, EntryError, EventHandle, RequestError};
 
 /// A FastIO entry: an output of one operator, read by the operators that name it in
 /// `from`, over the same memory.
@@ -45,26 +42,7 @@ impl FastIoEntry {
     /// (pre-allocated, or allocated by an upstream operator), read-only for inputs.
     pub fn open(context: &Context, info: EntryInfo) -> Result<Self, ContextError> {
         let mut shape = DynamicShape::new(info.declared.clone())?;
-        let access = match info.access {
-            AccessMode::ReadOnly => Access::ReadOnly,
-            AccessMode::ReadWrite => Access::ReadWrite,
-        };
-        let opened = context.handle(
-            Request::OpenEntry {
-                entry: info.id,
-                access: info.access,
-            },
-            access,
-            CreateOptions {
-                zeroed: false,
-                // Outputs are written whole: populated mapping. Inputs gain nothing from it.
-                prefault: match access {
-                    Access::ReadWrite => fastio_shm::Prefault::Populate,
-                    Access::ReadOnly => fastio_shm::Prefault::Lazy,
-                },
-                ..CreateOptions::default()
-            },
-        );
+        let opened = context.open_entry(info.id, info.access);
         let allocation = match opened {
             Ok(allocation) => Some(allocation),
             Err(ContextError::Refused(RequestError::Entry(EntryError::NotAllocated {
@@ -96,17 +74,7 @@ impl FastIoEntry {
         if !self.output || self.allocation.is_some() {
             return Ok(());
         }
-        let opened = self.context.handle(
-            Request::OpenEntry {
-                entry: self.info.id,
-                access: AccessMode::ReadOnly,
-            },
-            Access::ReadOnly,
-            CreateOptions {
-                zeroed: false,
-                ..CreateOptions::default()
-            },
-        );
+        let opened = self.context.open_entry(self.info.id, AccessMode::ReadOnly);
         let allocation = match opened {
             Ok(allocation) => allocation,
             Err(ContextError::Refused(RequestError::Entry(EntryError::NotAllocated {
@@ -238,14 +206,7 @@ impl FastIoEntry {
         };
         // The old memory, if any, stays mapped until the new is in hand: a failure changes
         // nothing, and our handle keeps the old segment from being recycled meanwhile.
-        let allocation = self.context.handle(
-            Request::AllocateEntry {
-                entry: self.info.id,
-                dims,
-            },
-            Access::ReadWrite,
-            CreateOptions::default(),
-        )?;
+        let allocation = self.context.allocate_entry(self.info.id, dims)?;
         self.allocation = Some(allocation);
         Ok(())
     }
@@ -255,20 +216,15 @@ impl FastIoEntry {
     /// [`FastIoEntry::event`] and makes its own stream wait on it (cuda-streams'
     /// `InterprocessEvent`), so GPU work is ordered across processes without the host
     /// waiting. Outputs only, once allocated; a new allocation drops the event.
-    pub fn set_event(&mut self, event: crate::EventHandle) -> Result<(), ContextError> {
+    pub fn set_event(&mut self, event: EventHandle) -> Result<(), ContextError> {
         self.check_writable()?;
         self.allocated()?;
-        self.context
-            .call(Request::SetEntryEvent {
-                entry: self.info.id,
-                event,
-            })
-            .map(drop)
+        self.context.set_entry_event(self.info.id, event)
     }
 
     /// The interprocess CUDA event the producer attached, as this operator opened the
     /// entry (inputs: at the start of execute).
-    pub fn event(&self) -> Option<crate::EventHandle> {
+    pub fn event(&self) -> Option<EventHandle> {
         self.allocation.as_ref().and_then(Allocation::event)
     }
 
