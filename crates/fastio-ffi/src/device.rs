@@ -1,6 +1,8 @@
 //! The GPU side of the C API (fastio extensions): the device pointer of device memory, the
-//! interprocess CUDA event a publication or a FastIO entry carries, and the operator's CUDA
-//! stream during execute.
+//! interprocess CUDA event a publication or a FastIO entry carries, the operator's CUDA
+//! stream during execute, and copies between host and device allocations on a stream the
+//! caller names (its own `CUstream`, the operator's, or a default stream), which cuda-streams
+//! wraps without owning it (`Stream::from_raw`).
 
 use std::ffi::{c_char, c_int, c_void};
 
