@@ -836,9 +836,11 @@ result nvidia_clara_fastio_entry__device_pointer(nvidia_clara_fastio_entry *entr
  (kept for the handle's life), so copies run at pinned-memory speed; `device` is mapped
  in this process if it was not. fastio extension.
 
- `stream` is a `CUstream` / `cudaStream_t` of this process on `device`'s GPU: the
- operator's (`nvidia_clara_payload__cuda_stream`) or one you own, or `CU_STREAM_LEGACY`
- (1) / `CU_STREAM_PER_THREAD` (2) for `device`'s default streams. NULL is refused (it is
+ `stream` is a `CUstream` / `cudaStream_t` of this process: the operator's
+ (`nvidia_clara_payload__cuda_stream`) or one you own, or `CU_STREAM_LEGACY` (1) /
+ `CU_STREAM_PER_THREAD` (2) for `device`'s default streams. On `device`'s GPU the copy
+ uses its mapping there; on another GPU of the host with peer access, that GPU's
+ mapping of it. NULL is refused (it is
  ambiguous). The bytes are on the device once the stream's work so far is done: order
  later work after it on the stream, or synchronise it. Releasing either handle first
  waits for the streams it was copied on, so `stream` must stay valid until both handles
@@ -849,7 +851,7 @@ result nvidia_clara_fastio_entry__device_pointer(nvidia_clara_fastio_entry *entr
  `host`, or `stream` is NULL; NVIDIA_CLARA_RESULT_READ_ONLY when `device` is a read-only
  handle; NVIDIA_CLARA_RESULT_INVALID_HANDLE for a handle that is not live;
  NVIDIA_CLARA_RESULT_FAILED without CUDA, or when the driver refuses (among others:
- `stream` is on another GPU than `device`).
+ `stream` is on a GPU without peer access to `device`'s).
 
  # Safety
  `stream` is NULL, 1, 2, or a live `CUstream` of this process that stays live until both
