@@ -76,10 +76,14 @@ fn typed_shape(plan: &EntryPlan, dims: &[usize]) -> Result<TypedShape, EntryErro
 /// the entry and its device.
 fn make_error(name: &str, kind: MemoryKind, e: CreateError) -> EntryError {
     match (kind, e) {
+        // The driver's own words, after the entry and its device.
         (MemoryKind::Cuda { .. }, e) => EntryError::Device {
             name: name.to_owned(),
             memory: kind,
-            reason: e.to_string(),
+            reason: match e {
+                CreateError::Device { reason, .. } => reason,
+                other => other.to_string(),
+            },
         },
         (_, CreateError::OutOfMemory { size, message }) => {
             EntryError::OutOfMemory { size, message }
@@ -455,18 +459,7 @@ pub fn allocate(
     };
     let pinned = memory
         .make_pinned(kind, typed.byte_size(), &name)
-        .map_err(|e| match (kind, e) {
-            // The driver's own words, after the entry and its device.
-            (MemoryKind::Cuda { .. }, e) => EntryError::Device {
-                name: name.clone(),
-                memory: kind,
-                reason: match e {
-                    CreateError::Device { reason, .. } => reason,
-                    other => other.to_string(),
-                },
-            },
-            (_, e) => make_error(&name, kind, e),
-        })?;
+        .map_err(|e| make_error(&name, kind, e))?;
     let mut table = lock();
     if let Err(e) = table.check_allocate(entry, dims) {
         memory.unpin(pinned.id, &name);
