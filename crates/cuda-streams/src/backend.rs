@@ -60,6 +60,9 @@ pub(crate) trait Backend: Send + Sync + Debug {
     fn stream_flags(&self, device: i32, stream: RawStream) -> Result<u32, CudaError>;
     /// `cuStreamGetPriority`.
     fn stream_priority(&self, device: i32, stream: RawStream) -> Result<i32, CudaError>;
+    /// The device of the context that owns `stream` (`cuStreamGetCtx`, then
+    /// `cuCtxGetDevice` with that context current): for streams this crate did not create.
+    fn stream_device(&self, stream: RawStream) -> Result<i32, CudaError>;
     /// `cuStreamSynchronize` (host-blocking; used by tests and benchmarks only).
     fn synchronize(&self, target: Target) -> Result<(), CudaError>;
     /// `cuEventCreate` with `flags` on `device`.
@@ -267,7 +270,9 @@ pub(crate) mod fake {
             Arc::new(Self {
                 devices,
                 state: Mutex::new(State {
-                    next: 1,
+                    // Above the driver's special stream handles (1: CU_STREAM_LEGACY, 2:
+                    // CU_STREAM_PER_THREAD), which a real handle never equals.
+                    next: 16,
                     ..State::default()
                 }),
             })
@@ -409,6 +414,13 @@ pub(crate) mod fake {
                 .get(&stream)
                 .map(|s| s.2)
                 .unwrap_or_default())
+        }
+        fn stream_device(&self, stream: RawStream) -> Result<i32, CudaError> {
+            self.st()
+                .streams
+                .get(&stream)
+                .map(|s| s.0)
+                .ok_or_else(|| fake_err("cuStreamGetCtx", "CUDA_ERROR_INVALID_HANDLE"))
         }
         fn synchronize(&self, target: Target) -> Result<(), CudaError> {
             self.st().log.push(Op::Synchronize(target));

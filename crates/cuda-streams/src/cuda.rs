@@ -196,6 +196,28 @@ impl Backend for CudaBackend {
         })
     }
 
+    fn stream_device(&self, stream: RawStream) -> Result<i32, CudaError> {
+        guarded("cuStreamGetCtx", || {
+            let mut ctx: sys::CUcontext = std::ptr::null_mut();
+            // SAFETY: the caller vouches that `stream` is a live stream of this process
+            // (`Stream::from_raw`'s contract); the out-pointer is valid.
+            check("cuStreamGetCtx", unsafe {
+                sys::cuStreamGetCtx(stream.0 as sys::CUstream, &mut ctx)
+            })?;
+            // SAFETY: `ctx` is the live context the driver just named; it is popped below,
+            // leaving the thread's context stack as it was.
+            check("cuCtxPushCurrent", unsafe { sys::cuCtxPushCurrent_v2(ctx) })?;
+            let mut device: sys::CUdevice = 0;
+            // SAFETY: a context is current (pushed above); valid out-pointer.
+            let got = unsafe { sys::cuCtxGetDevice(&mut device) };
+            let mut popped: sys::CUcontext = std::ptr::null_mut();
+            // SAFETY: pops the context pushed above; valid out-pointer.
+            let _ = unsafe { sys::cuCtxPopCurrent_v2(&mut popped) };
+            check("cuCtxGetDevice", got)?;
+            Ok(device)
+        })
+    }
+
     fn stream_priority(&self, device: i32, stream: RawStream) -> Result<i32, CudaError> {
         guarded("cuStreamGetPriority", || {
             self.bind(device)?;

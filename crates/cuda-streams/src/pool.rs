@@ -93,6 +93,9 @@ pub(crate) struct StreamInner {
     pub(crate) backend: Arc<dyn Backend>,
     /// Values kept alive until the event recorded after them completes ([`Stream::keep_alive`]).
     pub(crate) kept: Mutex<KeptValues>,
+    /// Created (and so destroyed) here; `false` for a stream of another library
+    /// ([`Stream::from_raw`]).
+    pub(crate) owned: bool,
 }
 
 /// What [`Stream::keep_alive`] holds: values with the event that frees them, and spare events.
@@ -122,7 +125,9 @@ impl Drop for StreamInner {
         for event in kept.spare {
             let _ = self.backend.destroy_event(self.device, event);
         }
-        if let Err(e) = self.backend.destroy_stream(self.device, self.raw) {
+        if self.owned
+            && let Err(e) = self.backend.destroy_stream(self.device, self.raw)
+        {
             tracing::warn!(stream = %self.id, error = %e, "failed to destroy a CUDA stream");
         }
     }
@@ -426,6 +431,7 @@ impl StreamPool {
                 pool_id: self.shared.id,
                 backend: self.shared.backend.clone(),
                 kept: Mutex::default(),
+                owned: true,
             }),
         })
     }

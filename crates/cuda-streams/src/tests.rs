@@ -753,3 +753,41 @@ fn handles_cross_threads() {
     send::<StreamCondition>();
     send::<Message<u32>>();
 }
+
+#[test]
+fn a_stream_of_another_library_is_used_on_its_own_device_and_never_destroyed_here() {
+    let (f, d) = fake(2);
+    let p = StreamPool::new(&d, StreamPoolConfig::new(1, 1, 0, 1, 0)).expect("pool");
+    let theirs = p.allocate().unwrap();
+    // SAFETY: a live stream of this process (the fake's), kept alive by `p` below.
+    let ours = unsafe { Stream::from_raw(&d, theirs.as_raw(), 0) }.unwrap();
+    assert_eq!((ours.device(), ours.as_raw()), (1, theirs.as_raw()));
+    assert_ne!(ours.id(), theirs.id());
+    ours.synchronize().unwrap();
+    assert!(f.log().contains(&Op::Synchronize(theirs.target())));
+    assert!(matches!(p.release(&ours), Err(PoolError::UnknownStream(_))));
+    drop(ours);
+    assert_eq!(f.live_streams(), 1, "not destroyed by the foreign handle");
+    assert!(
+        !f.log()
+            .contains(&Op::DestroyStream(theirs.target().stream.unwrap()))
+    );
+
+    // The default streams belong to the device the caller names.
+    // SAFETY: the default streams need no handle to stay alive.
+    let legacy = unsafe { Stream::from_raw(&d, LEGACY_DEFAULT_STREAM, 1) }.unwrap();
+    assert_eq!(legacy.device(), 1);
+    // SAFETY: as above.
+    let bad = unsafe { Stream::from_raw(&d, PER_THREAD_DEFAULT_STREAM, 7) }.unwrap_err();
+    assert!(
+        matches!(bad, CudaError::InvalidDevice { device: 7, .. }),
+        "{bad}"
+    );
+    // SAFETY: 0 is refused before the driver sees it.
+    let zero = unsafe { Stream::from_raw(&d, 0, 0) }.unwrap_err();
+    assert!(zero.to_string().contains("stream 0 is ambiguous"), "{zero}");
+    // A handle the driver does not know.
+    // SAFETY: the fake checks its handles instead of dereferencing them.
+    let unknown = unsafe { Stream::from_raw(&d, 9999, 0) }.unwrap_err();
+    assert!(unknown.to_string().contains("cuStreamGetCtx"), "{unknown}");
+}

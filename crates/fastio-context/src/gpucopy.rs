@@ -15,7 +15,6 @@ use cuda_streams::{Driver, Stream};
 
 use crate::ContextError;
 use crate::context::Allocation;
-use crate::protocol::MemoryKind;
 
 /// What a handle's memory has to do with CUDA streams in this process.
 #[derive(Default)]
@@ -47,8 +46,10 @@ impl Allocation {
     /// waiting for the copy.
     ///
     /// The first copy registers this handle's mapping with CUDA (pinned speed after; a
-    /// read-only handle registers it read-only); `dst` is mapped on its device if it was
-    /// not ([`Allocation::map_device`]). Both handles stay usable while the copy runs:
+    /// read-only handle registers it read-only); `dst` is mapped on the stream's device if
+    /// it was not: its own device ([`Allocation::map_device`]), or another GPU of the host
+    /// with peer access to it, whose mapping the copy then goes through
+    /// ([`Allocation::map_device_on`]). Both handles stay usable while the copy runs:
     /// releasing, freeing or dropping either first waits for the streams it was copied
     /// on. Read the result on the device after work ordered behind `stream`.
     ///
@@ -57,7 +58,8 @@ impl Allocation {
     /// [`ContextError::NotDeviceMemory`] when `dst` is host memory, [`ContextError::ReadOnly`]
     /// when `dst` is a read-only handle, [`ContextError::LengthMismatch`] when `dst` is
     /// smaller than this allocation, [`ContextError::Device`] when the driver refuses
-    /// (among others: `stream` is not on `dst`'s device).
+    /// (among others: `stream` is on a GPU without peer access to `dst`'s; nothing is
+    /// registered then).
     pub fn copy_to_device(
         &self,
         driver: &Driver,
@@ -98,6 +100,32 @@ impl Allocation {
         self.gpu_use().registered.is_some()
     }
 
+    /// What [`Allocation::copy_to_device`] (`to_device`) or
+    /// [`Allocation::copy_from_device`] checks before it reaches CUDA, with the same errors:
+    /// this is host memory, `device` is device memory, the destination is writable, and
+    /// `device` is at least this allocation's size. For callers that refuse a bad copy
+    /// before they look for a driver (the C API).
+    ///
+    /// # Errors
+    /// As [`Allocation::copy_to_device`], except [`ContextError::Device`].
+    pub fn check_copy(&self, device: &Allocation, to_device: bool) -> Result<(), ContextError> {
+        self.mapping()?;
+        if device.kind().is_host() {
+            return Err(ContextError::NotDeviceMemory);
+        }
+        let destination = if to_device { device } else { self };
+        if destination.access() == crate::Access::ReadOnly {
+            return Err(ContextError::ReadOnly);
+        }
+        if device.size() < self.size() {
+            return Err(ContextError::LengthMismatch {
+                expected: self.size(),
+                actual: device.size(),
+            });
+        }
+        Ok(())
+    }
+
     fn copy_with_device(
         &self,
         driver: &Driver,
@@ -105,35 +133,18 @@ impl Allocation {
         stream: &Stream,
         direction: Direction,
     ) -> Result<(), ContextError> {
+        self.check_copy(device, direction == Direction::ToDevice)?;
         let mapping = self.mapping()?;
-        let MemoryKind::Cuda { device: ordinal } = device.kind() else {
-            return Err(ContextError::NotDeviceMemory);
-        };
-        let writes_host = direction == Direction::FromDevice;
-        if writes_host && self.access() == crate::Access::ReadOnly
-            || !writes_host && device.access() == crate::Access::ReadOnly
-        {
-            return Err(ContextError::ReadOnly);
-        }
         let len = self.size();
-        if device.size() < len {
-            return Err(ContextError::LengthMismatch {
-                expected: len,
-                actual: device.size(),
-            });
-        }
         let failed = |e: cuda_streams::CudaError| ContextError::Device {
             kind: device.kind(),
             reason: e.to_string(),
         };
-        // Refused before anything is registered or mapped: copies run on the memory's own
-        // device (a peer GPU maps it with `map_device_on` and copies with its own tools).
-        if stream.device() != ordinal {
-            return Err(failed(cuda_streams::CudaError::WrongStream {
-                device: ordinal,
-                stream_device: stream.device(),
-            }));
-        }
+        // The copy runs on the stream's device, through the memory's mapping there (its
+        // own, or a peer's): made first, so that a GPU without peer access is refused
+        // before anything is registered.
+        let on_device = stream.device();
+        device.with_device_mapping(driver, on_device, |_| ())?;
         let (ptr, mapped_len) = (mapping.as_ptr(), mapping.len());
         let read_only = self.access() == crate::Access::ReadOnly || !mapping.may_write();
         {
@@ -152,7 +163,7 @@ impl Allocation {
         self.gpu_use().used_on(stream);
         device.gpu_use().used_on(stream);
         device
-            .with_device_mapping(driver, ordinal, |dm| match direction {
+            .with_device_mapping(driver, on_device, |dm| match direction {
                 // SAFETY: `ptr..ptr+len` is this handle's mapping (len <= its size), which
                 // stays mapped and accessible until the handle is released, and release
                 // first synchronises `stream` (recorded above).

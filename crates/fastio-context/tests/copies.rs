@@ -127,7 +127,7 @@ fn a_read_only_handle_is_a_source_never_a_destination() {
 }
 
 #[test]
-fn copies_refuse_wrong_kinds_sizes_and_streams_of_another_device() {
+fn copies_refuse_wrong_kinds_sizes_and_streams_of_a_gpu_without_peer_access() {
     let driver = Driver::fake(2);
     let ctx = Context::in_process_with_device_driver(driver.clone());
     let (_p0, s0) = stream(&driver, 0);
@@ -141,15 +141,21 @@ fn copies_refuse_wrong_kinds_sizes_and_streams_of_another_device() {
         }
         other => panic!("a device allocation smaller than the host one: {other:?}"),
     }
-    match small_host.copy_to_device(&driver, &dev1, &s0) {
+    // A stream of a GPU without peer access to the memory's: refused, registering nothing.
+    let lonely = Driver::fake_without_peers(2);
+    let ctx_lonely = Context::in_process_with_device_driver(lonely.clone());
+    let (_l0, lonely_s0) = stream(&lonely, 0);
+    let lonely_host = ctx_lonely.create(MIB).unwrap();
+    let lonely_dev1 = ctx_lonely.create_in(cuda(1), MIB).unwrap();
+    match lonely_host.copy_to_device(&lonely, &lonely_dev1, &lonely_s0) {
         Err(ContextError::Device { kind, reason }) => {
             assert_eq!(kind, cuda(1));
-            assert!(reason.contains("stream"), "{reason}");
+            assert!(reason.contains("peer"), "{reason}");
         }
-        other => panic!("a stream of device 0 for memory of device 1: {other:?}"),
+        other => panic!("a stream of device 0, no peer access to device 1: {other:?}"),
     }
     assert!(
-        !small_host.is_host_registered(),
+        !lonely_host.is_host_registered(),
         "a refused copy registers nothing"
     );
     assert!(matches!(
@@ -163,7 +169,7 @@ fn copies_refuse_wrong_kinds_sizes_and_streams_of_another_device() {
 }
 
 #[test]
-fn device_memory_maps_on_a_peer_gpu_or_says_there_is_no_peer_access() {
+fn device_memory_maps_and_copies_on_a_peer_gpu_or_says_there_is_no_peer_access() {
     let driver = Driver::fake(2);
     let ctx = Context::in_process_with_device_driver(driver.clone());
     let (_p1, s1) = stream(&driver, 1);
@@ -180,11 +186,26 @@ fn device_memory_maps_on_a_peer_gpu_or_says_there_is_no_peer_access() {
     let (_p0, s0) = stream(&driver, 0);
     host.copy_to_device(&driver, &dev0, &s0).unwrap();
     s0.synchronize().unwrap();
-    drop(s1);
+    drop((_p1, s1));
     // SAFETY: the fake's device pointer is a live host mapping of MIB bytes, and the
     // copy into it is done (stream synchronised).
     let seen = unsafe { std::slice::from_raw_parts(peer.device_ptr as *const u8, MIB) };
     assert_eq!(seen, &pattern(MIB, 9)[..]);
+    // A copy on a stream of the peer GPU goes through the peer's mapping.
+    let (_p1, s1) = stream(&driver, 1);
+    let back = ctx.create(MIB).unwrap();
+    back.copy_from_device(&driver, &dev0, &s1).unwrap();
+    s1.synchronize().unwrap();
+    assert_eq!(back.read_bytes(0, MIB).unwrap(), pattern(MIB, 9));
+    assert!(
+        cuda_streams::testing::fake_calls(&driver)
+            .unwrap()
+            .contains(&cuda_streams::testing::FakeCall::Synchronize {
+                device: 1,
+                stream: Some(s1.as_raw())
+            }),
+        "the copy was queued on the peer's stream"
+    );
 
     let lonely = Driver::fake_without_peers(2);
     let ctx = Context::in_process_with_device_driver(lonely.clone());

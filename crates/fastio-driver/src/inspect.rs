@@ -18,12 +18,12 @@ pub enum InspectError {
     #[error(transparent)]
     Record(#[from] RecordError),
     /// Its context did not answer (the job may have just ended).
-    #[error("job {job_id} did not answer (has it just ended?): {source}")]
+    #[error("job {job_id} did not answer (has it just ended?): {cause}")]
     Context {
         /// The job.
         job_id: String,
-        /// What went wrong.
-        source: ContextError,
+        /// What went wrong (in the message, so not the error's `source()`).
+        cause: ContextError,
     },
 }
 
@@ -38,9 +38,9 @@ pub fn inspect(query: Option<&str>) -> Result<(JobRecord, Listing), InspectError
     let record = records::find(query)?;
     let listing = Context::connect(&record.context)
         .and_then(|context| context.inspect())
-        .map_err(|source| InspectError::Context {
+        .map_err(|cause| InspectError::Context {
             job_id: record.job_id.clone(),
-            source,
+            cause,
         })?;
     Ok((record, listing))
 }

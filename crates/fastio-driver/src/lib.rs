@@ -181,11 +181,13 @@ impl JobOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
     /// An operator cannot start as a local process (a container image without a command).
-    #[error("{0}")]
+    #[error(transparent)]
     Definition(#[from] DefinitionError),
-    /// The context server could not start or allocate the pre-allocated entries.
+    /// The context server could not start or allocate the pre-allocated entries. The
+    /// message says the cause, which is therefore not also its `source()` (a reporter
+    /// printing the chain, as `fastio` does, would say it twice).
     #[error("cannot set up the job's context: {0}")]
-    Context(#[from] fastio_context::ContextError),
+    Context(fastio_context::ContextError),
     /// The time limit is zero or beyond [`fastio_pipeline::MAX_TIMEOUT`].
     #[error("the time limit must be between 1 ms and {} s", fastio_pipeline::MAX_TIMEOUT.as_secs())]
     Timeout,
@@ -230,13 +232,19 @@ pub enum DriverError {
         operators: Vec<String>,
     },
     /// A directory could not be prepared.
-    #[error("cannot prepare {path}: {source}")]
+    #[error("cannot prepare {path}: {cause}")]
     Directory {
         /// The directory.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, so not the error's `source()`).
+        cause: std::io::Error,
     },
+}
+
+impl From<fastio_context::ContextError> for DriverError {
+    fn from(e: fastio_context::ContextError) -> Self {
+        Self::Context(e)
+    }
 }
 
 /// Where an operator is in its life-cycle, as the driver sees it.
@@ -496,9 +504,9 @@ fn run(
     // Operators run in the definition's folder: the paths they are given must not depend
     // on it.
     let absolute = |path: &Path| {
-        std::path::absolute(path).map_err(|source| DriverError::Directory {
+        std::path::absolute(path).map_err(|cause| DriverError::Directory {
             path: path.to_owned(),
-            source,
+            cause,
         })
     };
     let output_root = absolute(&options.output_root)?;
@@ -536,10 +544,10 @@ fn run(
                     .retain(|out| pipeline.readers(op.name(), &out.name).is_empty());
             }
             container_paths(pipeline, &mut plan, join.payload.as_deref());
-            std::fs::create_dir_all(&layout.output_root).map_err(|source| {
+            std::fs::create_dir_all(&layout.output_root).map_err(|cause| {
                 DriverError::Directory {
                     path: layout.output_root.clone(),
-                    source,
+                    cause,
                 }
             })?;
         }
@@ -550,6 +558,10 @@ fn run(
     let job = Arc::new(Job::new(plan.clone(), move |e| {
         let _ = job_events.send(Event::Job(e));
     }));
+    if save_dir.is_some() {
+        // Saved at the end: every entry's memory stays until then.
+        job.keep_entry_memory();
+    }
     let config = ServerConfig {
         pool_bytes: options.pool_bytes,
         ..ServerConfig::default()
@@ -571,9 +583,9 @@ fn run(
         .unwrap_or_else(|| layout.output_root.join("logs"));
     // Operators that join write to their containers' logs, not to pipes of ours.
     if joining.is_none() {
-        std::fs::create_dir_all(&log_dir).map_err(|source| DriverError::Directory {
+        std::fs::create_dir_all(&log_dir).map_err(|cause| DriverError::Directory {
             path: log_dir.clone(),
-            source,
+            cause,
         })?;
     }
     let mut escapees = reap::Escapees::new(&job_id, options.dedicated_process);
@@ -1138,9 +1150,9 @@ fn signal(op: &Operator, signal: rustix::process::Signal) {
 }
 
 fn prepare_directories(plan: &JobPlan, replace: bool) -> Result<(), DriverError> {
-    let dir_error = |path: &Path, source| DriverError::Directory {
+    let dir_error = |path: &Path, cause| DriverError::Directory {
         path: path.to_owned(),
-        source,
+        cause,
     };
     // Checked for every output before any is emptied: a refused job touches nothing.
     let outputs = plan.stages.iter().flat_map(|s| &s.outputs);
@@ -1420,4 +1432,45 @@ fn spawn(
         }
     }
     Ok(child)
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    /// The message and every `source()` below it, as a reporter printing the chain
+    /// (`fastio`'s `error: {e:#}`) shows them.
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut text = e.to_string();
+        let mut next = e.source();
+        while let Some(cause) = next {
+            text = format!("{text}: {cause}");
+            next = cause.source();
+        }
+        text
+    }
+
+    #[test]
+    fn errors_that_say_their_cause_say_it_once_in_the_chain() {
+        let context = DriverError::from(fastio_context::ContextError::Protocol(
+            "the server hung up".into(),
+        ));
+        assert_eq!(
+            chain(&context),
+            "cannot set up the job's context: protocol error: the server hung up"
+        );
+        let directory = DriverError::Directory {
+            path: "/out".into(),
+            cause: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        assert_eq!(chain(&directory), "cannot prepare /out: permission denied");
+        let inspect = inspect::InspectError::Context {
+            job_id: "j1".into(),
+            cause: fastio_context::ContextError::Protocol("gone".into()),
+        };
+        assert_eq!(
+            chain(&inspect),
+            "job j1 did not answer (has it just ended?): protocol error: gone"
+        );
+    }
 }

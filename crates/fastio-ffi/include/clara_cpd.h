@@ -350,6 +350,24 @@ result nvidia_clara_fastio__create_with_flags(nvidia_clara_fastio_context *conte
                                               nvidia_clara_fastio_alloc **alloc_out);
 
 /*
+ Allocates `size` bytes of memory on CUDA device `device` (a CUDA VMM allocation the
+ context makes, or takes from that device's warm pool: its bytes are not zeroed) and
+ returns a handle to it in `*alloc_out`, as nvidia_clara_fastio__create does for host
+ memory. It has no host address: `nvidia_clara_fastio__device_pointer` gives its device
+ pointer, and `nvidia_clara_fastio__copy_to_device` / `__copy_from_device` copy between
+ it and host allocations. Fails (`*alloc_out` unchanged) with NVIDIA_CLARA_RESULT_FAILED
+ and a message where the context has no CUDA driver, no such device, or the device is
+ full. [fastio extension]
+
+ # Safety
+ `alloc_out` is NULL or valid for writing one pointer.
+ */
+result nvidia_clara_fastio__create_on_device(nvidia_clara_fastio_context *context,
+                                             size_t size,
+                                             int32_t device,
+                                             nvidia_clara_fastio_alloc **alloc_out);
+
+/*
  Writes 1 to `*hugetlb_out` when the allocation's memory comes from the machine's
  hugetlb pool, 0 otherwise. [fastio extension]
 
@@ -810,6 +828,57 @@ result nvidia_clara_fastio__device_pointer(nvidia_clara_fastio_alloc *alloc,
 result nvidia_clara_fastio_entry__device_pointer(nvidia_clara_fastio_entry *entry,
                                                  uint64_t *ptr_out,
                                                  int32_t *device_out);
+
+/*
+ Enqueues on `stream` a copy of all `size` bytes of the host allocation `host` to the
+ start of the device allocation `device` (host to device, `cuMemcpyHtoDAsync`), and
+ returns without waiting. The first copy of a host handle registers its memory with CUDA
+ (kept for the handle's life), so copies run at pinned-memory speed; `device` is mapped
+ in this process if it was not. fastio extension.
+
+ `stream` is a `CUstream` / `cudaStream_t` of this process: the operator's
+ (`nvidia_clara_payload__cuda_stream`) or one you own, or `CU_STREAM_LEGACY` (1) /
+ `CU_STREAM_PER_THREAD` (2) for `device`'s default streams. On `device`'s GPU the copy
+ uses its mapping there; on another GPU of the host with peer access, that GPU's
+ mapping of it. NULL is refused (it is
+ ambiguous). The bytes are on the device once the stream's work so far is done: order
+ later work after it on the stream, or synchronise it. Releasing either handle first
+ waits for the streams it was copied on, so `stream` must stay valid until both handles
+ are released.
+
+ Fails, queueing nothing, with NVIDIA_CLARA_RESULT_INVALID_ARGUMENT when `host` is device
+ memory, `device` is host memory, both are the same handle, `device` is smaller than
+ `host`, or `stream` is NULL; NVIDIA_CLARA_RESULT_READ_ONLY when `device` is a read-only
+ handle; NVIDIA_CLARA_RESULT_INVALID_HANDLE for a handle that is not live;
+ NVIDIA_CLARA_RESULT_FAILED without CUDA, or when the driver refuses (among others:
+ `stream` is on a GPU without peer access to `device`'s).
+
+ # Safety
+ `stream` is NULL, 1, 2, or a live `CUstream` of this process that stays live until both
+ handles are released.
+ */
+result nvidia_clara_fastio__copy_to_device(nvidia_clara_fastio_alloc *host,
+                                           nvidia_clara_fastio_alloc *device,
+                                           void *stream);
+
+/*
+ Enqueues on `stream` a copy of the first `size` bytes (the size of `host`) of the device
+ allocation `device` into the host allocation `host` (device to host,
+ `cuMemcpyDtoHAsync`), and returns without waiting: read `host` only once the stream's
+ work so far is done (synchronise it, or wait on an event recorded after this call).
+ Registration, mapping, streams and lifetimes as in
+ `nvidia_clara_fastio__copy_to_device`; a read-only device handle may be the source.
+ fastio extension.
+
+ Fails, queueing nothing, as `nvidia_clara_fastio__copy_to_device` does, with
+ NVIDIA_CLARA_RESULT_READ_ONLY when `host` is a read-only handle.
+
+ # Safety
+ As `nvidia_clara_fastio__copy_to_device`.
+ */
+result nvidia_clara_fastio__copy_from_device(nvidia_clara_fastio_alloc *host,
+                                             nvidia_clara_fastio_alloc *device,
+                                             void *stream);
 
 /*
  The entry's name in the pipeline definition, with the buffer protocol of

@@ -1,7 +1,7 @@
 //! Fast I/O allocations: `nvidia_clara_fastio__*`.
 
 use std::ffi::{c_char, c_void};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use fastio_context::{Access, AccessMode, Allocation, Context, CreateOptions};
 use fastio_meta::ElementType;
@@ -77,6 +77,40 @@ pub(crate) fn with_alloc<R>(
     })
 }
 
+/// Runs `f` on the live allocations behind two distinct handles, holding both locks (taken
+/// in address order, so two threads passing the same pair in either order cannot deadlock).
+pub(crate) fn with_two_allocs<R>(
+    (a, a_name): (*const nvidia_clara_fastio_alloc, &str),
+    (b, b_name): (*const nvidia_clara_fastio_alloc, &str),
+    f: impl FnOnce(&Allocation, &Allocation) -> Result<R, Error>,
+) -> Result<R, Error> {
+    let (first, a_token) = ALLOCS.get(a)?;
+    let (second, b_token) = ALLOCS.get(b)?;
+    if a_token == b_token {
+        return Err(Error::invalid(format!(
+            "`{a_name}` and `{b_name}` are the same handle"
+        )));
+    }
+    let a_first = Arc::as_ptr(&first) < Arc::as_ptr(&second);
+    let (mut one, mut two) = if a_first {
+        let one = lock(&first);
+        (one, lock(&second))
+    } else {
+        let two = lock(&second);
+        (lock(&first), two)
+    };
+    let released = |name: &str| {
+        Error::new(
+            NVIDIA_CLARA_RESULT_INVALID_HANDLE,
+            format!("`{name}` was released"),
+        )
+    };
+    // A release on another thread may have won the race for either handle.
+    let a_live = one.allocation.as_mut().ok_or_else(|| released(a_name))?;
+    let b_live = two.allocation.as_mut().ok_or_else(|| released(b_name))?;
+    f(a_live, b_live)
+}
+
 fn access_arg(access: nvidia_clara_fastio_access) -> Result<AccessMode, Error> {
     match access {
         NVIDIA_CLARA_FASTIO_ACCESS_READ_ONLY => Ok(AccessMode::ReadOnly),
@@ -147,6 +181,32 @@ pub unsafe extern "C" fn nvidia_clara_fastio__create_with_flags(
             ..CreateOptions::default()
         };
         hand_out(context.create_with(size, options)?, token, alloc_out)
+    })
+}
+
+/// Allocates `size` bytes of memory on CUDA device `device` (a CUDA VMM allocation the
+/// context makes, or takes from that device's warm pool: its bytes are not zeroed) and
+/// returns a handle to it in `*alloc_out`, as nvidia_clara_fastio__create does for host
+/// memory. It has no host address: `nvidia_clara_fastio__device_pointer` gives its device
+/// pointer, and `nvidia_clara_fastio__copy_to_device` / `__copy_from_device` copy between
+/// it and host allocations. Fails (`*alloc_out` unchanged) with NVIDIA_CLARA_RESULT_FAILED
+/// and a message where the context has no CUDA driver, no such device, or the device is
+/// full. [fastio extension]
+///
+/// # Safety
+/// `alloc_out` is NULL or valid for writing one pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvidia_clara_fastio__create_on_device(
+    context: *mut nvidia_clara_fastio_context,
+    size: usize,
+    device: i32,
+    alloc_out: *mut *mut nvidia_clara_fastio_alloc,
+) -> result {
+    guard("nvidia_clara_fastio__create_on_device", || {
+        non_null(alloc_out, "alloc_out")?;
+        let (context, token) = context_of(context)?;
+        let memory = fastio_context::MemoryKind::Cuda { device };
+        hand_out(context.create_in(memory, size)?, token, alloc_out)
     })
 }
 

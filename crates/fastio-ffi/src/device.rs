@@ -1,10 +1,12 @@
 //! The GPU side of the C API (fastio extensions): the device pointer of device memory, the
-//! interprocess CUDA event a publication or a FastIO entry carries, and the operator's CUDA
-//! stream during execute.
+//! interprocess CUDA event a publication or a FastIO entry carries, the operator's CUDA
+//! stream during execute, and copies between host and device allocations on a stream the
+//! caller names (its own `CUstream`, the operator's, or a default stream), which cuda-streams
+//! wraps without owning it (`Stream::from_raw`).
 
 use std::ffi::{c_char, c_int, c_void};
 
-use fastio_context::Allocation;
+use fastio_context::{Allocation, ContextError};
 
 use crate::alloc::with_alloc;
 use crate::cpd::PAYLOADS;
@@ -204,4 +206,129 @@ unsafe fn write_pointer(
     unsafe { write_out(ptr_out, ptr, "ptr_out")? };
     // SAFETY: as above.
     unsafe { write_out(device_out, device, "device_out") }
+}
+
+/// Enqueues on `stream` a copy of all `size` bytes of the host allocation `host` to the
+/// start of the device allocation `device` (host to device, `cuMemcpyHtoDAsync`), and
+/// returns without waiting. The first copy of a host handle registers its memory with CUDA
+/// (kept for the handle's life), so copies run at pinned-memory speed; `device` is mapped
+/// in this process if it was not. fastio extension.
+///
+/// `stream` is a `CUstream` / `cudaStream_t` of this process: the operator's
+/// (`nvidia_clara_payload__cuda_stream`) or one you own, or `CU_STREAM_LEGACY` (1) /
+/// `CU_STREAM_PER_THREAD` (2) for `device`'s default streams. On `device`'s GPU the copy
+/// uses its mapping there; on another GPU of the host with peer access, that GPU's
+/// mapping of it. NULL is refused (it is
+/// ambiguous). The bytes are on the device once the stream's work so far is done: order
+/// later work after it on the stream, or synchronise it. Releasing either handle first
+/// waits for the streams it was copied on, so `stream` must stay valid until both handles
+/// are released.
+///
+/// Fails, queueing nothing, with NVIDIA_CLARA_RESULT_INVALID_ARGUMENT when `host` is device
+/// memory, `device` is host memory, both are the same handle, `device` is smaller than
+/// `host`, or `stream` is NULL; NVIDIA_CLARA_RESULT_READ_ONLY when `device` is a read-only
+/// handle; NVIDIA_CLARA_RESULT_INVALID_HANDLE for a handle that is not live;
+/// NVIDIA_CLARA_RESULT_FAILED without CUDA, or when the driver refuses (among others:
+/// `stream` is on a GPU without peer access to `device`'s).
+///
+/// # Safety
+/// `stream` is NULL, 1, 2, or a live `CUstream` of this process that stays live until both
+/// handles are released.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvidia_clara_fastio__copy_to_device(
+    host: *mut nvidia_clara_fastio_alloc,
+    device: *mut nvidia_clara_fastio_alloc,
+    stream: *mut c_void,
+) -> result {
+    guard("nvidia_clara_fastio__copy_to_device", || {
+        // SAFETY: `stream`'s validity is the caller's contract, passed on.
+        unsafe { copy(host, device, stream, true) }
+    })
+}
+
+/// Enqueues on `stream` a copy of the first `size` bytes (the size of `host`) of the device
+/// allocation `device` into the host allocation `host` (device to host,
+/// `cuMemcpyDtoHAsync`), and returns without waiting: read `host` only once the stream's
+/// work so far is done (synchronise it, or wait on an event recorded after this call).
+/// Registration, mapping, streams and lifetimes as in
+/// `nvidia_clara_fastio__copy_to_device`; a read-only device handle may be the source.
+/// fastio extension.
+///
+/// Fails, queueing nothing, as `nvidia_clara_fastio__copy_to_device` does, with
+/// NVIDIA_CLARA_RESULT_READ_ONLY when `host` is a read-only handle.
+///
+/// # Safety
+/// As `nvidia_clara_fastio__copy_to_device`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nvidia_clara_fastio__copy_from_device(
+    host: *mut nvidia_clara_fastio_alloc,
+    device: *mut nvidia_clara_fastio_alloc,
+    stream: *mut c_void,
+) -> result {
+    guard("nvidia_clara_fastio__copy_from_device", || {
+        // SAFETY: `stream`'s validity is the caller's contract, passed on.
+        unsafe { copy(host, device, stream, false) }
+    })
+}
+
+/// Both copies: the checks that need no CUDA first, then the driver, then the copy.
+///
+/// # Safety
+/// As `nvidia_clara_fastio__copy_to_device`.
+unsafe fn copy(
+    host: *mut nvidia_clara_fastio_alloc,
+    device: *mut nvidia_clara_fastio_alloc,
+    stream: *mut c_void,
+    to_device: bool,
+) -> Result<(), Error> {
+    use fastio_operator::cuda_streams::{Driver, Stream};
+    crate::alloc::with_two_allocs((host, "host"), (device, "device"), |host, device| {
+        host.check_copy(device, to_device).map_err(|e| {
+            // The context's error, saying which argument it is about.
+            let which = match &e {
+                ContextError::NotHostMemory { .. } => "`host`: ",
+                ContextError::NotDeviceMemory => "`device`: ",
+                ContextError::ReadOnly if to_device => "`device` (the destination): ",
+                ContextError::ReadOnly => "`host` (the destination): ",
+                ContextError::LengthMismatch { .. } => "`device` is smaller than `host`: ",
+                _ => "",
+            };
+            Error::new(crate::error::context_code(&e), format!("{which}{e}"))
+        })?;
+        if stream.is_null() {
+            return Err(Error::invalid(
+                "`stream` is NULL, which is ambiguous: pass a CUstream (the operator's, from \
+                 nvidia_clara_payload__cuda_stream, or your own), or CU_STREAM_LEGACY (1) / \
+                 CU_STREAM_PER_THREAD (2) for a default stream",
+            ));
+        }
+        let kind = device.kind();
+        let ordinal = match kind {
+            fastio_context::MemoryKind::Cuda { device } => device,
+            // Refused by `check_copy` above.
+            fastio_context::MemoryKind::Host => return Err(ContextError::NotDeviceMemory.into()),
+        };
+        let failed = |e: &dyn std::fmt::Display| {
+            Error::new(
+                NVIDIA_CLARA_RESULT_FAILED,
+                format!("{kind} memory needs CUDA: {e}"),
+            )
+        };
+        let driver = Driver::probe().map_err(|e| failed(&e))?;
+        // SAFETY: `stream` is 1, 2 or a live CUstream of this process that outlives both
+        // handles (the caller's contract); the handles' release waits for it.
+        let stream =
+            unsafe { Stream::from_raw(&driver, stream as usize, ordinal) }.map_err(|e| {
+                Error::new(
+                    NVIDIA_CLARA_RESULT_FAILED,
+                    format!("the stream cannot be used: {e}"),
+                )
+            })?;
+        if to_device {
+            host.copy_to_device(&driver, device, &stream)?;
+        } else {
+            host.copy_from_device(&driver, device, &stream)?;
+        }
+        Ok(())
+    })
 }

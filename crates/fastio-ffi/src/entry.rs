@@ -32,15 +32,13 @@ pub(crate) fn with_entry<R>(
     f(&mut state)
 }
 
+/// Refuses to change an output's memory while C has it mapped. A read-only entry (an
+/// input, or a finished output) is left to the operation itself, which refuses it first
+/// with the context's own error (`EntryError::InputReadOnly` / `OutputFinal`, READ_ONLY),
+/// so C reports what Rust and Python report.
 fn writable(state: &EntryState, what: &str) -> Result<(), Error> {
     if state.entry.access() == AccessMode::ReadOnly {
-        return Err(Error::new(
-            NVIDIA_CLARA_RESULT_READ_ONLY,
-            format!(
-                "cannot {what} FastIO entry {:?}: it is an input, and inputs are read-only",
-                state.entry.name()
-            ),
-        ));
+        return Ok(());
     }
     if state.mapped {
         return Err(Error::new(

@@ -815,7 +815,7 @@ fn c_reads_the_cuda_event_asks_for_the_operator_stream_and_allocates_a_dynamic_d
 }
 
 #[test]
-fn c_gets_no_device_pointer_for_host_memory_nor_without_cuda() {
+fn c_device_pointers_and_copies_refuse_bad_arguments_and_say_when_cuda_is_missing() {
     // With a CUDA driver here, the fake's memory below would not import: the GPU bundle
     // covers the device side there.
     if cuda_streams::Driver::probe().is_ok() {
@@ -839,4 +839,19 @@ fn c_gets_no_device_pointer_for_host_memory_nor_without_cuda() {
     let exe = Build::c("cuda.c").compile(dir.path());
     let out = run(&exe, &["device"], &[("FASTIO_CONTEXT", server.address())]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("device ok"));
+}
+
+#[test]
+fn the_gpu_copies_program_builds_and_says_when_there_is_no_gpu() {
+    // The program the GPU bundle runs on the H200 (`fastio-gpu-c`); here it must build with
+    // warnings as errors against the committed header, and say clearly that it needs a GPU.
+    if cuda_streams::Driver::probe().is_ok() {
+        return;
+    }
+    let dir = TempDir::new().unwrap();
+    let exe = Build::c("gpu_copies.c").compile(dir.path());
+    let out = Command::new(&exe).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(stdout.contains("no CUDA driver or device here"), "{stdout}");
 }

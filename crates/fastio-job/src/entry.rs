@@ -44,7 +44,10 @@ impl FastIoEntry {
         let mut shape = DynamicShape::new(info.declared.clone())?;
         let opened = context.open_entry(info.id, info.access);
         let allocation = match opened {
-            Ok(allocation) => Some(allocation),
+            Ok(mut allocation) => {
+                allocation.unmap_on_release();
+                Some(allocation)
+            }
             Err(ContextError::Refused(RequestError::Entry(EntryError::NotAllocated {
                 ..
             }))) => None,
@@ -63,6 +66,32 @@ impl FastIoEntry {
             shape,
             allocation,
         })
+    }
+
+    /// Catches up with memory that another handle of this operator gave this output (the
+    /// Python and C layers open entries of their own, so that their views can outlive
+    /// this one): when this handle has no memory but the entry has, this handle now holds
+    /// it read-only, with its shape, so that [`FastIoEntry::set_event`] and the memory's
+    /// kind reach it. Nothing changes for an input or an output with memory.
+    pub fn refresh(&mut self) -> Result<(), ContextError> {
+        if !self.output || self.allocation.is_some() {
+            return Ok(());
+        }
+        let opened = self.context.open_entry(self.info.id, AccessMode::ReadOnly);
+        let allocation = match opened {
+            Ok(allocation) => allocation,
+            Err(ContextError::Refused(RequestError::Entry(EntryError::NotAllocated {
+                ..
+            }))) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if let Some(dims) = allocation.dimensions() {
+            let indices = self.shape.dynamic_indices();
+            let values: Vec<i64> = indices.iter().map(|&i| dims[i] as i64).collect();
+            self.shape.update(&indices, &values)?;
+        }
+        self.allocation = Some(allocation);
+        Ok(())
     }
 
     /// The entry's name in the pipeline definition.
@@ -180,7 +209,8 @@ impl FastIoEntry {
         };
         // The old memory, if any, stays mapped until the new is in hand: a failure changes
         // nothing, and our handle keeps the old segment from being recycled meanwhile.
-        let allocation = self.context.allocate_entry(self.info.id, dims)?;
+        let mut allocation = self.context.allocate_entry(self.info.id, dims)?;
+        allocation.unmap_on_release();
         self.allocation = Some(allocation);
         Ok(())
     }

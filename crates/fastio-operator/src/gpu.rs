@@ -146,8 +146,17 @@ impl Gpu {
         outputs: &mut [FastIoEntry],
     ) -> Result<(), OperatorError> {
         let mut state = self.lock();
+        if !std::mem::take(&mut state.used) {
+            return Ok(());
+        }
+        // Outputs the Python or C layer allocated (dynamic ones) through handles of its
+        // own: this payload's handles catch up, so that they get the event too, and a
+        // host one makes the host wait.
+        for output in outputs.iter_mut() {
+            output.refresh()?;
+        }
         // Nothing to order downstream work after, or nobody downstream to order.
-        if !std::mem::take(&mut state.used) || !outputs.iter().any(FastIoEntry::is_allocated) {
+        if !outputs.iter().any(FastIoEntry::is_allocated) {
             return Ok(());
         }
         let (Some(driver), Some(context)) = (state.driver.clone(), state.context.as_mut()) else {

@@ -473,3 +473,93 @@ fn a_dynamic_device_output_allocated_in_execute_carries_its_event_to_its_reader(
         "{calls:?}"
     );
 }
+
+#[test]
+fn dynamic_outputs_allocated_through_another_handle_get_the_event_and_a_host_one_the_wait() {
+    // The Python and C layers open entries of their own: the operator's end of execute
+    // must still see what they allocated.
+    let stage = |name: &str, upstream, inputs, outputs| StagePlan {
+        name: name.into(),
+        upstream,
+        inputs: vec![],
+        outputs: vec![],
+        fastio_inputs: inputs,
+        fastio_outputs: outputs,
+    };
+    let entry = |name: &str, memory, declared| EntryPlan {
+        memory,
+        name: name.into(),
+        producer: Some(0),
+        element_type: ElementType::F32,
+        declared,
+    };
+    let job = Arc::new(Job::new(
+        JobPlan {
+            job_id: "gpu-other-handle".into(),
+            job_name: "gpu-other-handle".into(),
+            stages: vec![
+                stage("producer", vec![], vec![], vec![EntryId(0), EntryId(1)]),
+                stage("reader", vec![0], vec![EntryId(0), EntryId(1)], vec![]),
+            ],
+            entries: vec![
+                entry("volume", MemoryKind::Cuda { device: 1 }, vec![-1, 4]),
+                entry("sizes", MemoryKind::Host, vec![-1]),
+            ],
+        },
+        |_| {},
+    ));
+    let server = fastio_job::host(
+        ServerConfig {
+            pool_bytes: 1 << 20,
+            collapse: false,
+            device_driver: Some(CudaDriver::fake(2)),
+            ..ServerConfig::default()
+        },
+        job,
+    )
+    .unwrap();
+
+    let producer_cuda = CudaDriver::fake(2);
+    Driver::join(server.local_operator_context(0))
+        .unwrap()
+        .with_cuda_driver(producer_cuda.clone())
+        .run(&mut Lifecycle::new().execute(|driver, payload| {
+            payload.cuda_stream()?;
+            for info in &driver.stage_info().fastio_outputs {
+                let mut other = fastio_job::FastIoEntry::open(driver.context(), info.clone())?;
+                other.update_shape(&[0], &[3])?;
+            }
+            assert!(payload.fastio_output("volume")?.allocation().is_none());
+            Ok(())
+        }))
+        .unwrap();
+    let recorded = records(&producer_cuda);
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(
+        host_waits(&producer_cuda),
+        2,
+        "execute's wait for its host output, then the end of the run's"
+    );
+
+    let reader_cuda = CudaDriver::fake(2);
+    Driver::join(server.local_operator_context(1))
+        .unwrap()
+        .with_cuda_driver(reader_cuda.clone())
+        .run(&mut Lifecycle::new().execute(|_, payload| {
+            for name in ["volume", "sizes"] {
+                let input = payload.fastio_input(name)?;
+                input.event().ok_or(format!("{name} carries no event"))?;
+            }
+            assert_eq!(payload.fastio_input("volume")?.shape(), vec![3, 4]);
+            Ok(())
+        }))
+        .unwrap();
+    let calls = cuda_streams::testing::fake_calls(&reader_cuda).unwrap();
+    assert!(
+        calls.contains(&FakeCall::ImportEvent {
+            device: 1,
+            event: recorded[0].0
+        }),
+        "{calls:?}"
+    );
+}

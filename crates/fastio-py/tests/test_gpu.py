@@ -182,3 +182,23 @@ def test_a_dynamic_device_output_without_cuda_is_refused_when_allocated(tmp_path
     assert result.returncode == 0, text
     assert 'REFUSED: FastIO entry "logits" cannot be allocated on cuda:0' in text, text
     assert "no CUDA device" in text, text
+
+
+@pytest.mark.skipif(gpu_stack_present(), reason="this machine can run the GPU example")
+def test_the_dynamic_gpu_example_starts_and_says_it_needs_a_gpu(tmp_path):
+    from test_operator import ROOT, fastio_command
+
+    result = subprocess.run(
+        [fastio_command(), "run", "--output", str(tmp_path / "out"),
+         str(ROOT / "examples" / "gpu-pipeline" / "dynamic.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"),
+    )
+    text = result.stdout + result.stderr
+    assert result.returncode != 0, text
+    # A dynamic device output needs no device at set-up: the job runs, and the GPU step
+    # says what it lacks.
+    assert "cannot set up" not in text, text
+    assert "gpu-find needs" in text, text

@@ -24,6 +24,11 @@
 //! allocation: the bytes round-trip, each host handle registers its mapping once across all
 //! copies and unregisters it at release; GB/s printed next to pinned memory.
 //!
+//! `fastio-gpu-handoff peer` (two GPUs): a client makes a `cuda:0` allocation through the
+//! context, fills it and publishes it; another process gets it read-only, maps it on
+//! `cuda:1` through peer access (`Allocation::map_device_on`) and copies it out on a stream
+//! of `cuda:1`, through that mapping (no kernel): every byte is checked.
+//!
 //! `fastio-gpu-handoff copy-bench` measures H2D / D2H between a real Fast I/O host allocation
 //! (created through a context server, registered with CUDA once) and device memory, next to
 //! pinned memory and to the same allocation unregistered; and H2D from a reader's read-only
@@ -564,6 +569,125 @@ fn device_kill_holder(driver: &Driver) -> R<String> {
     ))
 }
 
+// ---------------------------------------------------------------- peer access
+
+const PEER_NAME: &str = "on-gpu0";
+
+fn peer_size(driver: &Driver) -> usize {
+    if driver.is_fake() {
+        16 << 20
+    } else {
+        256 << 20
+    }
+}
+
+fn peer_pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 253) as u8 ^ 0x3c).collect()
+}
+
+/// `peer`: one client makes a `cuda:0` allocation through the context, fills it and
+/// publishes it; another process gets it read-only, maps it on `cuda:1` through peer access
+/// (`Allocation::map_device_on`) and copies it out on a stream of `cuda:1`, through that
+/// mapping: every byte must be the first client's.
+fn peer(driver: &Driver) -> R<String> {
+    let s = |x: &dyn std::fmt::Display| x.to_string();
+    if driver.device_count() < 2 {
+        return Err(format!(
+            "peer access needs two GPUs; this machine has {}",
+            driver.device_count()
+        ));
+    }
+    let server = Server::start(server_config(driver)).map_err(|x| s(&x))?;
+    let address = server.address().to_owned();
+    let mut creator = Peer::spawn("peer-creator", &address)?;
+    let ready = creator.line("creator")?;
+    if !ready.starts_with("READY") {
+        return Err(format!("creator: {ready}"));
+    }
+    let mut reader = Peer::spawn("peer-reader", &address)?;
+    let read = reader.line("reader")?;
+    let status = reader.child.wait().map_err(|x| s(&x))?;
+    if !status.success() || !read.starts_with("READ 0 wrong") {
+        return Err(format!("reader: {read} ({status})"));
+    }
+    drop(creator.child.stdin.take());
+    let end = creator.line("creator")?;
+    let status = creator.child.wait().map_err(|x| s(&x))?;
+    if !status.success() {
+        return Err(format!("creator: {end} ({status})"));
+    }
+    Ok(format!(
+        "a cuda:0 allocation of the context ({} MiB), made and filled by one process, read by another on cuda:1 through peer access: {read}",
+        peer_size(driver) >> 20
+    ))
+}
+
+fn peer_creator(driver: &Driver) -> R<String> {
+    use fastio::context::MemoryKind;
+    let s = |x: &dyn std::fmt::Display| x.to_string();
+    let len = peer_size(driver);
+    let ctx = Context::from_env().map_err(|x| s(&x))?;
+    let volume = ctx
+        .create_in(MemoryKind::Cuda { device: 0 }, len)
+        .map_err(|x| s(&x))?;
+    let mut fill = ctx.create(len).map_err(|x| s(&x))?;
+    fill.write_bytes(0, &peer_pattern(len)).map_err(|x| s(&x))?;
+    let pool = StreamPool::new(driver, StreamPoolConfig::new(0, 1, 0, 1, 0)).map_err(|x| s(&x))?;
+    let stream = pool.allocate().map_err(|x| s(&x))?;
+    fill.copy_to_device(driver, &volume, &stream)
+        .map_err(|x| s(&x))?;
+    stream.synchronize().map_err(|x| s(&x))?;
+    fill.release().map_err(|x| s(&x))?;
+    volume.publish(PEER_NAME).map_err(|x| s(&x))?;
+    println!("READY");
+    let _ = std::io::stdout().flush();
+    // Held until the parent says so (end of input).
+    let mut line = String::new();
+    while std::io::stdin().read_line(&mut line).map_err(|x| s(&x))? > 0 {
+        line.clear();
+    }
+    volume.free().map_err(|x| s(&x))?;
+    Ok("freed".into())
+}
+
+fn peer_reader(driver: &Driver) -> R<String> {
+    let s = |x: &dyn std::fmt::Display| x.to_string();
+    let len = peer_size(driver);
+    let ctx = Context::from_env().map_err(|x| s(&x))?;
+    let volume = ctx
+        .get_with(PEER_NAME, fastio::AccessMode::ReadOnly)
+        .map_err(|x| s(&x))?;
+    let on1 = volume
+        .map_device_on(driver, 1)
+        .map_err(|x| format!("mapping the cuda:0 allocation on cuda:1: {x}"))?;
+    if on1.device != 1 || !on1.read_only || on1.size < len {
+        return Err(format!("the peer mapping is not what was asked: {on1:?}"));
+    }
+    let host = ctx.create(len).map_err(|x| s(&x))?;
+    let pool = StreamPool::new(driver, StreamPoolConfig::new(1, 1, 0, 1, 0)).map_err(|x| s(&x))?;
+    let stream = pool.allocate().map_err(|x| s(&x))?;
+    let t0 = Instant::now();
+    host.copy_from_device(driver, &volume, &stream)
+        .map_err(|x| format!("copying out on a stream of cuda:1: {x}"))?;
+    stream.synchronize().map_err(|x| s(&x))?;
+    let secs = t0.elapsed().as_secs_f64();
+    let got = host.read_bytes(0, len).map_err(|x| s(&x))?;
+    let wrong = got
+        .iter()
+        .zip(peer_pattern(len))
+        .filter(|(a, b)| **a != *b)
+        .count();
+    host.release().map_err(|x| s(&x))?;
+    volume.release().map_err(|x| s(&x))?;
+    Ok(format!(
+        "READ {wrong} wrong of {len} bytes through the read-only peer mapping on cuda:{} (read-only enforced by the driver: {}), first copy {:.1} ms ({:.1} GB/s, registration included)",
+        on1.device,
+        on1.read_only_enforced,
+        secs * 1e3,
+        len as f64 / secs / 1e9
+    ))
+}
+
 // ---------------------------------------------------------------- the context's copy API
 
 fn context_copy(driver: &Driver) -> R<String> {
@@ -670,7 +794,7 @@ const FAKE_ENV: &str = "FASTIO_GPU_HANDOFF_FAKE";
 /// mode) and exits 0, `FAIL <why>` and exits 1, or says there is no device and exits 2.
 fn run_mode(f: fn(&Driver) -> R<String>, pass: bool) -> ExitCode {
     let driver = if std::env::var_os(FAKE_ENV).is_some_and(|v| v == "1") {
-        Driver::fake(1)
+        Driver::fake(2)
     } else {
         match probe() {
             Ok(d) => d,
@@ -699,6 +823,22 @@ fn main() -> ExitCode {
         Some("device-kill-creator") => run_mode(device_kill_creator, false),
         Some("device-kill-holder") => run_mode(device_kill_holder, false),
         Some("copy") => run_mode(context_copy, true),
+        Some("peer") => {
+            // One GPU: nothing to check here (exit 2, as for no GPU at all).
+            if std::env::var_os(FAKE_ENV).is_none()
+                && let Ok(d) = Driver::probe()
+                && d.device_count() < 2
+            {
+                println!(
+                    "NO SECOND GPU: peer access needs two; this machine has {}",
+                    d.device_count()
+                );
+                return ExitCode::from(2);
+            }
+            run_mode(peer, true)
+        }
+        Some("peer-creator") => run_mode(peer_creator, false),
+        Some("peer-reader") => run_mode(peer_reader, false),
         Some("copy-bench") => match probe() {
             Ok(d) => match copy_bench(&d) {
                 Ok(table) => {

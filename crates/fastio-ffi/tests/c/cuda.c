@@ -2,7 +2,11 @@
  *   device:    through FASTIO_CONTEXT, gets "host-mem" (host memory) and "on-device" (device
  *              memory on cuda:0, made by the test's server); the device pointer of host memory
  *              is refused as such, that of device memory fails for want of CUDA, nothing is
- *              written on failure, and device memory has no host mapping.
+ *              written on failure, and device memory has no host mapping. Copies between
+ *              host and device memory refuse the same handle twice, the wrong kinds, a
+ *              device smaller than the host, read-only destinations and a NULL stream,
+ *              and fail for want of CUDA once the arguments are right. Device memory
+ *              made from C is refused on a device the server lacks.
  *   events:    through FASTIO_CONTEXT, gets "with-event" (published by the test with an
  *              event handle whose byte i is 3*i+1) and "plain" (published without one);
  *              reads the handle, or that there is none; NULL outputs are refused.
@@ -66,7 +70,54 @@ static int device(void) {
     CHECK_FAILS(nvidia_clara_fastio__map(dev, NVIDIA_CLARA_FASTIO_ACCESS_READ_ONLY, &data),
                 NVIDIA_CLARA_RESULT_INVALID_ARGUMENT, "no host address");
     CHECK(data == (void *)1);
+
+    void *legacy = (void *)1; /* CU_STREAM_LEGACY */
+    CHECK_FAILS(nvidia_clara_fastio__copy_to_device(host, host, legacy),
+                NVIDIA_CLARA_RESULT_INVALID_ARGUMENT, "`host` and `device` are the same handle");
+    CHECK_FAILS(nvidia_clara_fastio__copy_to_device(dev, host, legacy),
+                NVIDIA_CLARA_RESULT_INVALID_ARGUMENT, "`host`: this allocation is cuda:0 memory");
+    nvidia_clara_fastio_alloc *big = NULL;
+    CHECK_OK(nvidia_clara_fastio__create(ctx, 8192, &big));
+    CHECK_FAILS(nvidia_clara_fastio__copy_to_device(host, big, legacy),
+                NVIDIA_CLARA_RESULT_INVALID_ARGUMENT, "`device`: this allocation is host memory");
+    CHECK_FAILS(nvidia_clara_fastio__copy_from_device(big, dev, legacy),
+                NVIDIA_CLARA_RESULT_INVALID_ARGUMENT,
+                "`device` is smaller than `host`: expected 8192 bytes, got 4096");
+    nvidia_clara_fastio_alloc *ro_dev = NULL, *ro_host = NULL;
+    CHECK_OK(nvidia_clara_fastio__get_with_access(ctx, "on-device",
+                                                  NVIDIA_CLARA_FASTIO_ACCESS_READ_ONLY, &ro_dev));
+    CHECK_OK(nvidia_clara_fastio__get_with_access(ctx, "host-mem",
+                                                  NVIDIA_CLARA_FASTIO_ACCESS_READ_ONLY, &ro_host));
+    CHECK_FAILS(nvidia_clara_fastio__copy_to_device(host, ro_dev, legacy),
+                NVIDIA_CLARA_RESULT_READ_ONLY, "`device` (the destination): this handle is read-only");
+    CHECK_FAILS(nvidia_clara_fastio__copy_from_device(ro_host, dev, legacy),
+                NVIDIA_CLARA_RESULT_READ_ONLY, "`host` (the destination): this handle is read-only");
+    CHECK_FAILS(nvidia_clara_fastio__copy_to_device(host, dev, NULL),
+                NVIDIA_CLARA_RESULT_INVALID_ARGUMENT, "`stream` is NULL");
+    /* Right arguments (a read-only device handle may be a source): no CUDA here. */
+    CHECK_FAILS(nvidia_clara_fastio__copy_to_device(ro_host, dev, legacy),
+                NVIDIA_CLARA_RESULT_FAILED, "cuda:0 memory needs CUDA: no CUDA device");
+    CHECK_FAILS(nvidia_clara_fastio__copy_from_device(host, ro_dev, legacy),
+                NVIDIA_CLARA_RESULT_FAILED, "cuda:0 memory needs CUDA: no CUDA device");
+    /* Device memory made from C (the test's server makes it on its CPU fake). */
+    nvidia_clara_fastio_alloc *made = NULL;
+    CHECK_FAILS(nvidia_clara_fastio__create_on_device(ctx, 4096, 5, &made),
+                NVIDIA_CLARA_RESULT_FAILED, "cannot make cuda:5 memory");
+    CHECK(made == NULL);
+    CHECK_FAILS(nvidia_clara_fastio__create_on_device(ctx, 4096, 0, NULL),
+                NVIDIA_CLARA_RESULT_INVALID_ARGUMENT, "alloc_out");
+    CHECK_OK(nvidia_clara_fastio__create_on_device(ctx, 4096, 0, &made));
+    CHECK_FAILS(nvidia_clara_fastio__map(made, NVIDIA_CLARA_FASTIO_ACCESS_READ_WRITE, &data),
+                NVIDIA_CLARA_RESULT_INVALID_ARGUMENT, "no host address");
+    CHECK_FAILS(nvidia_clara_fastio__copy_to_device(host, made, legacy),
+                NVIDIA_CLARA_RESULT_FAILED, "cuda:0 memory needs CUDA: no CUDA device");
+    CHECK_OK(nvidia_clara_fastio__release(made));
+    CHECK_OK(nvidia_clara_fastio__release(ro_dev));
+    CHECK_OK(nvidia_clara_fastio__release(ro_host));
+    CHECK_OK(nvidia_clara_fastio__release(big));
     CHECK_OK(nvidia_clara_fastio__release(dev));
+    CHECK_FAILS(nvidia_clara_fastio__copy_to_device(host, dev, legacy),
+                NVIDIA_CLARA_RESULT_INVALID_HANDLE, "");
     CHECK_FAILS(nvidia_clara_fastio__device_pointer(dev, &ptr, &ordinal),
                 NVIDIA_CLARA_RESULT_INVALID_HANDLE, "");
     CHECK_OK(nvidia_clara_fastio__release(host));

@@ -168,12 +168,18 @@ static void consume(nvidia_clara_payload *payload, int alone) {
     CHECK(access == NVIDIA_CLARA_FASTIO_ACCESS_READ_ONLY);
     const size_t index1[1] = {1};
     const int64_t five[1] = {5};
+    /* The context's own refusal, word for word as Rust and Python report it. */
     CHECK_FAILS(nvidia_clara_fastio_entry__update_shape(slices, index1, five, 1),
-                NVIDIA_CLARA_RESULT_READ_ONLY, "inputs are read-only");
+                NVIDIA_CLARA_RESULT_READ_ONLY,
+                "nvidia_clara_fastio_entry__update_shape: FastIO entry \"slices\" is an input of "
+                "this operator: it is read-only");
     CHECK_FAILS(nvidia_clara_fastio_entry__allocate(grid), NVIDIA_CLARA_RESULT_READ_ONLY,
-                "inputs are read-only");
+                "FastIO entry \"grid\" is an input of this operator: it is read-only");
     void *data = NULL;
     CHECK_OK(nvidia_clara_fastio_entry__map(grid, &data));
+    /* Mapped or not, an input is refused as read-only (not as busy). */
+    CHECK_FAILS(nvidia_clara_fastio_entry__allocate(grid), NVIDIA_CLARA_RESULT_READ_ONLY,
+                "FastIO entry \"grid\" is an input of this operator: it is read-only");
     for (int i = 0; i < 12; i++) CHECK(((const float *)data)[i] == (alone ? 0.0f : (float)i));
     CHECK_OK(nvidia_clara_fastio_entry__unmap(grid));
     if (alone) {
