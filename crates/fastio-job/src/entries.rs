@@ -442,7 +442,13 @@ pub fn make_deferred(
         }
         Ok(pinned) if slot.life == Life::Making => {
             slot.life = Life::Made;
+            // The end of execute sealed the outputs while this was being made: the memory
+            // is final as it arrives (readers find it zero).
+            let sealed = slot.sealed;
             table.bind(memory, entry.0 as usize, typed, pinned);
+            if sealed {
+                memory.seal(pinned.id)?;
+            }
             Ok(())
         }
         Ok(pinned) => {
@@ -903,6 +909,22 @@ mod tests {
             table.open(&memory, c.connection(), EntryId(0), AccessMode::ReadWrite),
             Err(EntryError::Sealed { .. })
         ));
+    }
+
+    #[test]
+    fn a_deferred_output_made_after_its_seal_is_sealed_too() {
+        // Its producer's second connection was making it (no lock held) when the end of
+        // execute sealed the outputs, which found no memory bound yet: the memory that
+        // arrives after is sealed as it is bound, and readers find it final (zero).
+        let server = server(0);
+        let memory = server.memory();
+        let table = Mutex::new(EntryTable::define(&memory, &[entry(Some(0))]).unwrap());
+        table.lock().unwrap().seal(&memory, &[EntryId(0)]).unwrap();
+        make_deferred(&table, &memory, EntryId(0)).unwrap();
+        let table = table.into_inner().unwrap();
+        let (producer, reader) = (client(&server), client(&server));
+        let input = sealed_then_read(&table, &memory, producer.connection(), reader.connection());
+        assert!(input.segment().unwrap().is_write_sealed());
     }
 
     #[test]
