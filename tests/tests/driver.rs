@@ -321,8 +321,8 @@ fn sigkill_mid_execute_fails_the_job_and_leaves_nothing_behind() {
     let options = job.options(&pipeline);
     let log = job.log_path();
     let killer = std::thread::spawn(move || {
-        // Once the victim executes and `after` has prepared (so that it waits for its
-        // inputs, rather than still starting), kill the victim.
+        // Once the victim executes, `after` has prepared (so that it waits for its
+        // inputs, rather than still starting) and the bystander executes, kill the victim.
         let find = |who: &str, what: &str| {
             std::fs::read_to_string(&log).ok().and_then(|text| {
                 text.lines().find_map(|l| {
@@ -332,7 +332,9 @@ fn sigkill_mid_execute_fails_the_job_and_leaves_nothing_behind() {
             })
         };
         fastio_tests::wait_until(Duration::from_secs(30), || {
-            Ok(find("victim", "execute begin").is_some() && find("after", "prepare end").is_some())
+            Ok(find("victim", "execute begin").is_some()
+                && find("after", "prepare end").is_some()
+                && find("bystander", "execute begin").is_some())
         })
         .unwrap();
         let pid: i32 = find("victim", "pid")

@@ -321,6 +321,7 @@ impl Context {
                     access,
                     event,
                     live: true,
+                    unmap_on_release: false,
                     gpu: Mutex::default(),
                 });
             }
@@ -344,6 +345,7 @@ impl Context {
                 access,
                 event,
                 live: true,
+                unmap_on_release: false,
                 gpu: Mutex::default(),
             }),
             Err(e) => {
@@ -642,6 +644,8 @@ pub struct Allocation {
     event: Option<EventHandle>,
     // False once released or freed (only `Drop` then sees the handle).
     live: bool,
+    // Unmapped rather than parked as it is given up (see `Allocation::unmap_on_release`).
+    unmap_on_release: bool,
     // Streams with copies of this handle's memory queued, and the host registration made
     // for them (see gpucopy.rs).
     pub(crate) gpu: Mutex<crate::gpucopy::GpuUse>,
@@ -914,7 +918,9 @@ impl Allocation {
         // Park (make inaccessible) before telling the context, so that a recycled segment
         // is never reachable through this handle's pointers while someone else is handed
         // it; the parked mapping is kept for the next time this process gets the segment.
-        if let Some(mapping) = self.mapping.take() {
+        if let Some(mapping) = self.mapping.take()
+            && !self.unmap_on_release
+        {
             crate::mapcache::park(mapping);
         }
         // A device mapping goes with the handle, before the context may pool the memory.
@@ -926,6 +932,15 @@ impl Allocation {
             Request::Release { id, handle }
         };
         self.context.call(request).map(drop)
+    }
+
+    /// Unmaps this handle's mapping when it is given up instead of keeping it parked for the
+    /// next handle to the same memory: for memory this process will not be handed again,
+    /// whose pages a parked mapping would keep alive after the context has let them go
+    /// (FastIO entry memory: sealed at the end of its producer's execute, so the context
+    /// cannot punch it, and freed once its readers are done, for later entries to reuse).
+    pub fn unmap_on_release(&mut self) {
+        self.unmap_on_release = true;
     }
 
     /// Makes this handle's mapping read-only in place: pointers and views taken before keep

@@ -309,6 +309,14 @@ pub enum EntryError {
         /// The entry.
         name: String,
     },
+    /// The entry's memory was let go once every operator reading it had finished execute.
+    #[error(
+        "FastIO entry {name:?} no longer has memory: every operator that reads it has finished execute"
+    )]
+    Released {
+        /// The entry.
+        name: String,
+    },
     /// A pre-allocated entry cannot be allocated again.
     #[error(
         "FastIO entry {name:?} was pre-allocated with its declared shape; it cannot be allocated again"

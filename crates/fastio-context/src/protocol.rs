@@ -14,8 +14,9 @@ use fastio_meta::ElementType;
 
 use crate::RequestError;
 
-/// Version of this protocol; bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// Version of this protocol; bumped on any incompatible change (5: the `released`
+/// refusal of an entry whose memory went after its last reader).
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Bytes in an interprocess CUDA event handle (`CUipcEventHandle`).
 pub const EVENT_HANDLE_LEN: usize = 64;

@@ -311,6 +311,9 @@ pub struct Registry {
     pool_segments: usize,
     // Bytes being reserved outside the lock by creates in flight.
     reserving: u64,
+    // Bytes of job entries admitted but not made yet (`hold_entry_bytes`): out of reach of
+    // other creates in this context.
+    entry_reserve: u64,
     // Segments leaving for good, to be freed by the caller without the lock.
     dead: Vec<Segment>,
     // Where segments entering the pool are sent to be collapsed into huge pages.
@@ -336,6 +339,7 @@ impl Registry {
             pool_limit,
             pool_segments: DEFAULT_POOL_SEGMENTS,
             reserving: 0,
+            entry_reserve: 0,
             dead: Vec::new(),
             collapser: None,
             tick: 0,
@@ -499,17 +503,17 @@ impl Registry {
     /// not fit in the memory available now.
     fn admit(&self, bytes: u64) -> Result<(), MemoryFailure> {
         if let Some(available) = fastio_shm::available_memory() {
+            let reserved = self.reserving.saturating_add(self.entry_reserve);
             let wanted = bytes
-                .saturating_add(self.reserving)
+                .saturating_add(reserved)
                 .saturating_add(fastio_shm::HEADROOM_MARGIN);
             if wanted > available {
-                let free = available.saturating_sub(self.reserving + fastio_shm::HEADROOM_MARGIN);
+                let free = available.saturating_sub(reserved + fastio_shm::HEADROOM_MARGIN);
                 return Err(MemoryFailure::OutOfMemory {
                     size: usize::try_from(bytes).unwrap_or(usize::MAX),
                     message: format!(
-                        "cannot reserve {bytes} bytes of shared memory: only {free} bytes are available (keeping {} bytes of margin and {} bytes reserved by creates in progress)",
+                        "cannot reserve {bytes} bytes of shared memory: only {free} bytes are available (keeping {} bytes of margin and {reserved} bytes reserved by creates in progress and by a job's entries still to be made)",
                         fastio_shm::HEADROOM_MARGIN,
-                        self.reserving
                     ),
                 });
             }
@@ -687,6 +691,18 @@ impl Registry {
     /// entries as a whole before making any of them.
     pub fn admit_total(&self, bytes: u64) -> Result<(), MemoryFailure> {
         self.admit(bytes)
+    }
+
+    /// Holds `bytes` of admitted host memory for a job's entries to be made later: counted
+    /// by every admission from now on, until [`Registry::release_entry_bytes`].
+    pub fn hold_entry_bytes(&mut self, bytes: u64) {
+        self.entry_reserve = self.entry_reserve.saturating_add(bytes);
+    }
+
+    /// Gives back bytes held by [`Registry::hold_entry_bytes`] (the entry is being made,
+    /// and its own reservation counts them from now on, or it never will be).
+    pub fn release_entry_bytes(&mut self, bytes: u64) {
+        self.entry_reserve = self.entry_reserve.saturating_sub(bytes);
     }
 
     /// Second half of making host memory for entry `entry` (the first is
@@ -1590,6 +1606,22 @@ mod pool_tests {
         r.release(b, gb.id).unwrap();
         assert_eq!(r.create(b, 8192).unwrap().segment().unwrap().identity(), ib);
         assert_eq!(r.create(a, 8192).unwrap().segment().unwrap().identity(), ia);
+    }
+
+    #[test]
+    fn bytes_held_for_a_jobs_entries_are_out_of_reach_of_other_creates() {
+        let mut r = Registry::new(0);
+        let c = r.connect();
+        let available = fastio_shm::available_memory().expect("memory is reported");
+        // A job admitted with entries still to be made holds what they need.
+        r.hold_entry_bytes(available);
+        assert!(matches!(
+            r.create(c, 4096),
+            Err(CreateError::OutOfMemory { .. })
+        ));
+        // Given back as an entry is made (its own reservation counts it then).
+        r.release_entry_bytes(available);
+        assert!(r.create(c, 4096).is_ok());
     }
 
     #[test]

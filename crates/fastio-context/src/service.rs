@@ -162,6 +162,25 @@ impl<'a> ContextMemory<'a> {
         }
     }
 
+    /// Holds `bytes` of admitted host memory for entries made later (see
+    /// [`ContextMemory::release_held`]): other creates of this context cannot take them.
+    pub fn hold(&self, bytes: u64) {
+        self.registry().hold_entry_bytes(bytes);
+    }
+
+    /// Gives back bytes held by [`ContextMemory::hold`], before making the memory they were
+    /// held for (whose own admission then counts it), or when it will never be made.
+    pub fn release_held(&self, bytes: u64) {
+        self.registry().release_entry_bytes(bytes);
+    }
+
+    /// Frees now the memory that has left the registry for good (e.g. just unpinned, with
+    /// no handle left), rather than after the request: the memory of an entry let go
+    /// returns to the system before the next stage makes its outputs, which then reuse it.
+    pub fn free_dead(&self) {
+        self.shared.bury_dead();
+    }
+
     /// Entry `entry` lets go of `id`: it lives on while handles to it remain.
     pub fn unpin(&self, id: ResourceId, entry: &str) {
         self.registry().unpin_entry(id, entry);

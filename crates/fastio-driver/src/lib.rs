@@ -558,6 +558,10 @@ fn run(
     let job = Arc::new(Job::new(plan.clone(), move |e| {
         let _ = job_events.send(Event::Job(e));
     }));
+    if save_dir.is_some() {
+        // Saved at the end: every entry's memory stays until then.
+        job.keep_entry_memory();
+    }
     let config = ServerConfig {
         pool_bytes: options.pool_bytes,
         ..ServerConfig::default()

@@ -94,6 +94,7 @@ pub(crate) fn refusal_code(r: &RequestError) -> result {
             EntryError::UnknownEntry { .. }
             | EntryError::NoEntryNamed { .. }
             | EntryError::NotAllocated { .. }
+            | EntryError::Released { .. }
             | EntryError::InputNotReady { .. } => NVIDIA_CLARA_RESULT_NOT_FOUND,
             EntryError::InputReadOnly { .. }
             | EntryError::OutputFinal { .. }

@@ -33,6 +33,23 @@ struct EntrySlot {
     plan: EntryPlan,
     bound: Option<(ResourceId, TypedShape)>,
     event: Option<EventHandle>,
+    life: Life,
+    // Bytes of the memory last bound, still known once it has gone (for reports).
+    bytes: Option<usize>,
+}
+
+/// Where the memory of a pre-allocated host entry that the job writes is in its life
+/// ([`make_deferred`], [`EntryTable::release`]); other entries stay `Made`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Life {
+    /// Admitted (its bytes held in the registry), not made yet.
+    Deferred,
+    /// Being made, without the table's lock.
+    Making,
+    /// Made (or never deferred).
+    Made,
+    /// Let go: every reader has finished execute.
+    Released,
 }
 
 /// The FastIO entries of one job. Entry `i` of the plan is `EntryId(i)`.
@@ -116,12 +133,23 @@ impl EntryTable {
         })?;
         let mut table = Self::default();
         for plan in plans {
+            // Host memory that an operator of the job writes is made when that operator
+            // opens it to write (`make_deferred`), and goes once its readers are done
+            // (`release`): a chain holds two entries' memory at a time, and a later entry
+            // reuses the pages an earlier one has just given back.
+            let deferred =
+                plan.is_preallocated() && plan.memory.is_host() && plan.producer.is_some();
             table.slots.push(EntrySlot {
                 plan: plan.clone(),
                 bound: None,
                 event: None,
+                life: if deferred { Life::Deferred } else { Life::Made },
+                bytes: None,
             });
-            if plan.is_preallocated() {
+            if deferred {
+                let dims: Vec<usize> = plan.declared.iter().map(|&d| d as usize).collect();
+                memory.hold(typed_shape(plan, &dims)?.byte_size() as u64);
+            } else if plan.is_preallocated() {
                 let dims: Vec<usize> = plan.declared.iter().map(|&d| d as usize).collect();
                 let index = table.slots.len() - 1;
                 let typed = typed_shape(plan, &dims)?;
@@ -210,6 +238,7 @@ impl EntryTable {
     ) -> bool {
         let slot = &mut self.slots[index];
         slot.event = None;
+        slot.bytes = Some(typed.byte_size());
         if let Some((old, _)) = slot.bound.replace((pinned.id, typed)) {
             memory.unpin(old, &slot.plan.name);
         }
@@ -257,6 +286,11 @@ impl EntryTable {
         access: AccessMode,
     ) -> Result<Grant, EntryError> {
         let slot = self.slot(entry)?;
+        if slot.life == Life::Released {
+            return Err(EntryError::Released {
+                name: slot.plan.name.clone(),
+            });
+        }
         let Some((id, typed)) = slot.bound.clone() else {
             return Err(EntryError::NotAllocated {
                 name: slot.plan.name.clone(),
@@ -307,12 +341,98 @@ impl EntryTable {
         Ok(())
     }
 
+    /// Lets the memory of `entry` go: every operator that reads it has finished execute,
+    /// and the job does not keep it (the caller decides). It lives on while handles to it
+    /// remain; its size stays known ([`EntryTable::bytes`]); later opens are refused with
+    /// [`EntryError::Released`]. Memory never made gives back the bytes held for it.
+    pub fn release(&mut self, memory: &ContextMemory<'_>, entry: EntryId) {
+        let Some(slot) = self.slots.get_mut(entry.0 as usize) else {
+            return;
+        };
+        match std::mem::replace(&mut slot.life, Life::Released) {
+            Life::Released => return,
+            Life::Deferred => {
+                if let Ok(typed) = typed_shape(&slot.plan, &declared_dims(&slot.plan)) {
+                    memory.release_held(typed.byte_size() as u64);
+                }
+            }
+            Life::Making | Life::Made => {}
+        }
+        slot.event = None;
+        if let Some((id, _)) = slot.bound.take() {
+            memory.unpin(id, &slot.plan.name);
+        }
+    }
+
+    /// Bytes of the entry's memory: now, or when it last had some.
+    pub fn bytes(&self, entry: EntryId) -> Option<usize> {
+        let slot = self.slots.get(entry.0 as usize)?;
+        slot.bound
+            .as_ref()
+            .map(|(_, typed)| typed.byte_size())
+            .or(slot.bytes)
+    }
+
     /// The entry's memory now, if it has some: its resource, shape and bytes.
     pub fn bound(&self, entry: EntryId) -> Option<(ResourceId, Vec<usize>, usize)> {
         let slot = self.slots.get(entry.0 as usize)?;
         slot.bound
             .as_ref()
             .map(|(id, typed)| (*id, typed.shape.dims().to_vec(), typed.byte_size()))
+    }
+}
+
+fn declared_dims(plan: &EntryPlan) -> Vec<usize> {
+    plan.declared.iter().map(|&d| d as usize).collect()
+}
+
+/// Makes the memory of `entry` if it is a pre-allocated host entry still to be made: its
+/// producer opens it to write, or ends execute without having done so (its readers then
+/// find it zero). The bytes held for it since the job was admitted are given back just
+/// before the segment is made (its own admission counts it then); the segment is made with
+/// neither the table's lock nor the registry's held. Nothing to do for any other entry.
+pub fn make_deferred(
+    table: &Mutex<EntryTable>,
+    memory: &ContextMemory<'_>,
+    entry: EntryId,
+) -> Result<(), EntryError> {
+    let lock = || table.lock().unwrap_or_else(|p| p.into_inner());
+    let (typed, name) = {
+        let mut table = lock();
+        let Some(slot) = table.slots.get_mut(entry.0 as usize) else {
+            return Ok(());
+        };
+        if slot.life != Life::Deferred {
+            return Ok(());
+        }
+        let typed = typed_shape(&slot.plan, &declared_dims(&slot.plan))?;
+        slot.life = Life::Making;
+        (typed, slot.plan.name.clone())
+    };
+    let bytes = typed.byte_size();
+    memory.release_held(bytes as u64);
+    let made = memory.make_pinned(MemoryKind::Host, bytes, &name);
+    let mut table = lock();
+    let slot = &mut table.slots[entry.0 as usize];
+    match made {
+        Err(e) => {
+            // Still to be made (a later open tries again), unless it was let go meanwhile.
+            if slot.life == Life::Making {
+                slot.life = Life::Deferred;
+                memory.hold(bytes as u64);
+            }
+            Err(make_error(&name, MemoryKind::Host, e))
+        }
+        Ok(pinned) if slot.life == Life::Making => {
+            slot.life = Life::Made;
+            table.bind(memory, entry.0 as usize, typed, pinned);
+            Ok(())
+        }
+        Ok(pinned) => {
+            // Let go while it was being made: so is this memory.
+            memory.unpin(pinned.id, &name);
+            Ok(())
+        }
     }
 }
 
@@ -549,7 +669,10 @@ mod tests {
     fn a_sealed_entry_refuses_every_write_path_and_is_never_pooled() {
         let server = server(1 << 20);
         let memory = server.memory();
-        let table = EntryTable::define(&memory, &[entry(Some(0))]).unwrap();
+        let table = Mutex::new(EntryTable::define(&memory, &[entry(Some(0))]).unwrap());
+        // Made as its producer, released to execute, opens it (the runtime does this).
+        make_deferred(&table, &memory, EntryId(0)).unwrap();
+        let table = table.into_inner().unwrap();
         let (mut producer, mut reader) = (client(&server), client(&server));
         let out = table
             .open(

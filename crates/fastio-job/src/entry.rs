@@ -44,7 +44,10 @@ impl FastIoEntry {
         let mut shape = DynamicShape::new(info.declared.clone())?;
         let opened = context.open_entry(info.id, info.access);
         let allocation = match opened {
-            Ok(allocation) => Some(allocation),
+            Ok(mut allocation) => {
+                allocation.unmap_on_release();
+                Some(allocation)
+            }
             Err(ContextError::Refused(RequestError::Entry(EntryError::NotAllocated {
                 ..
             }))) => None,
@@ -206,7 +209,8 @@ impl FastIoEntry {
         };
         // The old memory, if any, stays mapped until the new is in hand: a failure changes
         // nothing, and our handle keeps the old segment from being recycled meanwhile.
-        let allocation = self.context.allocate_entry(self.info.id, dims)?;
+        let mut allocation = self.context.allocate_entry(self.info.id, dims)?;
+        allocation.unmap_on_release();
         self.allocation = Some(allocation);
         Ok(())
     }

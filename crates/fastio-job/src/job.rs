@@ -188,6 +188,9 @@ type Notify = Box<dyn Fn(JobEvent) + Send + Sync>;
 /// A running job: its plan and who has done what.
 pub struct Job {
     plan: JobPlan,
+    // Entry memory stays to the end of the job (its caller reads the outputs afterwards),
+    // rather than going once every reader has finished execute.
+    keep_entry_memory: std::sync::atomic::AtomicBool,
     state: Mutex<JobState>,
     changed: Condvar,
     notify: Notify,
@@ -213,6 +216,7 @@ impl Job {
             .collect();
         Self {
             plan,
+            keep_entry_memory: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(JobState {
                 stages,
                 aborted: None,
@@ -225,6 +229,20 @@ impl Job {
     /// The plan.
     pub fn plan(&self) -> &JobPlan {
         &self.plan
+    }
+
+    /// Keeps the memory of every FastIO entry until the job ends (e.g. to save the outputs
+    /// afterwards). By default the memory of an entry goes as soon as every operator that
+    /// reads it has finished execute.
+    pub fn keep_entry_memory(&self) {
+        self.keep_entry_memory
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether [`Job::keep_entry_memory`] was asked for.
+    pub fn keeps_entry_memory(&self) -> bool {
+        self.keep_entry_memory
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, JobState> {

@@ -58,11 +58,46 @@ impl JobRuntime {
 
     /// Bytes of the memory behind FastIO entry `entry` now, or `None` while it has none.
     pub fn entry_bytes(&self, entry: EntryId) -> Option<usize> {
-        self.table().bound(entry).map(|(_, _, bytes)| bytes)
+        self.table().bytes(entry)
     }
 
     fn table(&self) -> MutexGuard<'_, EntryTable> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lets go of the memory of the inputs of `stage` that every operator reading them has
+    /// finished with (`stage` counts as finished: it calls this at the end of its execute),
+    /// unless the job keeps entry memory. The memory is freed at once, before any later
+    /// stage makes its outputs, so that they reuse its pages.
+    fn release_inputs(&self, memory: &ContextMemory<'_>, stage: usize) {
+        if self.job.keeps_entry_memory() {
+            return;
+        }
+        let plan = self.job.plan();
+        let Some(inputs) = plan.stages.get(stage).map(|s| &s.fastio_inputs) else {
+            return;
+        };
+        let done: Vec<EntryId> = inputs
+            .iter()
+            .copied()
+            .filter(|input| {
+                plan.stages
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.fastio_inputs.contains(input))
+                    .all(|(reader, _)| reader == stage || self.job.has_executed(reader))
+            })
+            .collect();
+        if done.is_empty() {
+            return;
+        }
+        {
+            let mut table = self.table();
+            for entry in done {
+                table.release(memory, entry);
+            }
+        }
+        memory.free_dead();
     }
 
     /// Whether `stage` may have `access` to `entry`: read-write only for its producer, and
@@ -156,6 +191,12 @@ impl JobService for JobRuntime {
                 .stages
                 .get(stage)
                 .map_or(&[][..], |s| &s.fastio_outputs[..]);
+            for &output in outputs {
+                // An output it never opened: its readers find it zero, as declared.
+                if let Err(e) = entries::make_deferred(&self.entries, memory, output) {
+                    failure.get_or_insert(format!("its outputs could not be made: {e}"));
+                }
+            }
             if let Err(e) = self.table().seal(memory, outputs) {
                 failure.get_or_insert(format!("its outputs could not be sealed read-only: {e}"));
             }
@@ -164,7 +205,15 @@ impl JobService for JobRuntime {
             Vec::new()
         };
         self.job.reclaimed(stage, reclaimed.clone());
+        if phase == Phase::Execute {
+            self.release_inputs(memory, stage);
+        }
         self.job.finished(stage, phase, failure);
+        if phase == Phase::Execute {
+            // Again now that it counts as executed: a reader finishing at the same time
+            // saw this one still executing.
+            self.release_inputs(memory, stage);
+        }
         reclaimed
     }
 
@@ -176,6 +225,10 @@ impl JobService for JobRuntime {
         access: AccessMode,
     ) -> Result<Grant, EntryError> {
         self.entry_access(caller.stage, entry, access)?;
+        if access == AccessMode::ReadWrite {
+            // Its producer, released to execute, is about to write it: it gets memory now.
+            entries::make_deferred(&self.entries, memory, entry)?;
+        }
         self.table().open(memory, caller.conn, entry, access)
     }
 

@@ -160,6 +160,7 @@ fn refusal_class<'py>(py: Python<'py>, r: &RequestError) -> Bound<'py, pyo3::typ
             EntryError::UnknownEntry { .. }
             | EntryError::NoEntryNamed { .. }
             | EntryError::NotAllocated { .. }
+            | EntryError::Released { .. }
             | EntryError::InputNotReady { .. } => py.get_type::<NotFoundError>(),
             EntryError::InputReadOnly { .. }
             | EntryError::OutputFinal { .. }

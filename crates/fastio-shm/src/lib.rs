@@ -27,8 +27,8 @@ pub mod transfer;
 pub use mapping::{Access, Mapping, Prefault};
 pub use memory::{
     COLLAPSE_ENV, CgroupLimit, HEADROOM_MARGIN, HugetlbPool, RESERVE_STEP, ShmemThp,
-    available_memory, cgroup_limit, collapse_allowed, free_huge_page_bytes, huge_mapped_bytes,
-    huge_page_size, hugetlb_pool, resident_bytes,
+    available_memory, cgroup_limit, collapse_allowed, free_huge_page_bytes, free_small_block_bytes,
+    huge_mapped_bytes, huge_page_size, hugetlb_pool, resident_bytes,
 };
 pub use segment::{Reserve, Segment, SegmentBuilder, SegmentIdentity};
 

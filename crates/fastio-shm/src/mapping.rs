@@ -5,6 +5,7 @@
 //! that nobody writes while it lives. Bytes move in and out through raw-pointer copies.
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
 
 use memmap2::{Advice, MmapOptions};
 use rustix::mm::MprotectFlags;
@@ -475,6 +476,18 @@ pub(crate) fn reserve_huge(
 ///
 /// With `only_free` false (the caller asked for this way explicitly) the free huge pages do
 /// not bound it: the kernel compacts memory as needed.
+///
+/// With `only_free`, the cost of each step is watched too ([`after_step`]): free huge pages
+/// are not all equal. On a VM whose balloon reports free memory to the host (virtio-balloon
+/// free page reporting, in blocks of the huge page size), a free huge page handed back to
+/// the host costs one host fault per 4 KiB when it is touched again: measured 4-10 ms per
+/// 2 MiB (2-3.4 s per GiB), against 0.2-0.5 ms for one freed moments ago. The kernel hands
+/// out the blocks not yet reported first, so once a step costs more than
+/// [`MAX_HUGE_PAGE_COST`] per huge page, the rest would too: the rest is then made of small
+/// pages if free blocks smaller than a huge page (never reported) can hold it (measured
+/// 0.4-0.45 s per GiB to allocate and zero, about 1 s over their whole life, mapping
+/// included); otherwise small pages would be cut from the same reported blocks and cost the
+/// same host faults, so huge pages go on.
 pub(crate) fn reserve_collapsed(
     fd: &OwnedFd,
     len: usize,
@@ -495,13 +508,20 @@ pub(crate) fn reserve_collapsed(
     let Ok(raw) = Region::map_fd(fd.as_fd(), len, ProtFlags::READ | ProtFlags::WRITE, false) else {
         return Ok(0);
     };
-    let step = crate::RESERVE_STEP as usize;
+    // Small steps where their cost decides whether to go on: a slow step is not wasted
+    // (its huge pages are kept), but it is paid.
+    let step = if only_free {
+        PROBE_STEP
+    } else {
+        crate::RESERVE_STEP as usize
+    };
     let mut done = 0;
     while done < whole {
         if done > 0 {
             check(done)?;
         }
         let n = step.min(whole - done);
+        let started = thread_cpu_time();
         let mut populated = true;
         for chunk in (done..done + n).step_by(huge) {
             // SAFETY: one page inside the mapping made above, which this function owns;
@@ -534,8 +554,67 @@ pub(crate) fn reserve_collapsed(
             break;
         }
         done += n;
+        if only_free {
+            let cost = thread_cpu_time().saturating_sub(started);
+            let next = after_step(
+                cost,
+                n / huge,
+                (len - done) as u64,
+                crate::free_small_block_bytes(),
+            );
+            if next == NextStep::Small {
+                break;
+            }
+        }
     }
     Ok(done)
+}
+
+/// What a create does after a step of collapsing whose huge pages cost `cost` together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NextStep {
+    /// They were cheap: go on.
+    Huge,
+    /// They were dear, but small pages would be too (no free small blocks to hold the
+    /// rest: they would be cut from the same blocks): go on (the next step is weighed
+    /// again: blocks freed meanwhile may hold the rest by then).
+    HugeAnyway,
+    /// They were dear and free small blocks hold the rest: small pages for it.
+    Small,
+}
+
+/// Decides [`NextStep`] from the cost of the last step (`pages` huge pages), the bytes
+/// still to reserve and the bytes free in blocks smaller than a huge page.
+fn after_step(cost: Duration, pages: usize, remaining: u64, small_free: Option<u64>) -> NextStep {
+    if cost <= MAX_HUGE_PAGE_COST * u32::try_from(pages).unwrap_or(u32::MAX) {
+        return NextStep::Huge;
+    }
+    match small_free {
+        Some(free) if free >= remaining.saturating_add(SMALL_BLOCKS_KEPT) => NextStep::Small,
+        _ => NextStep::HugeAnyway,
+    }
+}
+
+/// Free small blocks left to others (and to the kernel's watermarks) when a create turns to
+/// small pages.
+const SMALL_BLOCKS_KEPT: u64 = 256 << 20;
+
+/// The most a huge page made at create may cost (CPU time of the creating thread, host
+/// faults included) before the rest of the segment is made of small pages: about what a
+/// small-page segment costs per 2 MiB over its whole life, between the 0.2-0.5 ms of a
+/// huge page freed moments ago and the 4-10 ms of one the host has taken back.
+pub(crate) const MAX_HUGE_PAGE_COST: Duration = Duration::from_millis(2);
+
+/// The step of collapsing at create while its cost is watched: 4 huge pages.
+const PROBE_STEP: usize = 8 << 20;
+
+/// CPU time of the calling thread (host faults on a VM included: the vCPU stalls in it).
+fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        t.tv_sec.max(0) as u64,
+        t.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
 
 /// Free huge pages left to others (and to the kernel's watermarks) by a create.
@@ -544,3 +623,29 @@ const KEEP_FREE: usize = 32 << 20;
 /// Set once `MADV_COLLAPSE` has answered that this kernel cannot collapse shared memory.
 static COLLAPSE_UNAVAILABLE: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
+
+#[cfg(test)]
+mod tests {
+    use super::{NextStep, after_step};
+    use std::time::Duration;
+
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn cheap_huge_pages_go_on() {
+        // 4 huge pages in 1.5 ms: freed moments ago.
+        let cost = Duration::from_micros(1500);
+        assert_eq!(after_step(cost, 4, GIB, Some(0)), NextStep::Huge);
+    }
+
+    #[test]
+    fn dear_huge_pages_give_way_to_small_blocks_that_hold_the_rest() {
+        // 4 huge pages in 24 ms: memory the host must fault in again.
+        let cost = Duration::from_millis(24);
+        assert_eq!(after_step(cost, 4, GIB, Some(2 * GIB)), NextStep::Small);
+        // Small blocks that cannot hold the rest (and the margin) would be cut from the
+        // same reported blocks: huge pages go on.
+        assert_eq!(after_step(cost, 4, GIB, Some(GIB)), NextStep::HugeAnyway);
+        assert_eq!(after_step(cost, 4, GIB, None), NextStep::HugeAnyway);
+    }
+}
