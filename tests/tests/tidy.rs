@@ -232,3 +232,138 @@ fn the_internal_note_check_finds_what_it_looks_for() {
         assert_eq!(internal_note_name(clean), None, "{clean}");
     }
 }
+
+/// The variants of the `thiserror` types in `text` that say a cause in their message and
+/// also return it from `source()`: a `#[from]` or `#[source]` field, or a field named
+/// `source` (which thiserror makes the source by itself), in a variant that is not
+/// `#[error(transparent)]`. Each as `Type::Variant.field`.
+fn causes_said_twice(text: &str) -> Vec<String> {
+    use syn::visit::Visit;
+
+    fn derives_error(attrs: &[syn::Attribute]) -> bool {
+        attrs.iter().any(|a| {
+            a.path().is_ident("derive")
+                && a.parse_args_with(
+                    syn::punctuated::Punctuated::<syn::Path, syn::Token![,]>::parse_terminated,
+                )
+                .is_ok_and(|paths| {
+                    paths
+                        .iter()
+                        .any(|p| p.segments.last().is_some_and(|s| s.ident == "Error"))
+                })
+        })
+    }
+    fn transparent(attrs: &[syn::Attribute]) -> bool {
+        attrs.iter().any(|a| {
+            a.path().is_ident("error")
+                && matches!(&a.meta, syn::Meta::List(l) if l.tokens.to_string() == "transparent")
+        })
+    }
+    fn check(name: String, attrs: &[syn::Attribute], fields: &syn::Fields, out: &mut Vec<String>) {
+        if transparent(attrs) {
+            return;
+        }
+        for (i, field) in fields.iter().enumerate() {
+            let marked = field
+                .attrs
+                .iter()
+                .any(|a| a.path().is_ident("from") || a.path().is_ident("source"));
+            let named_source = field.ident.as_ref().is_some_and(|i| i == "source");
+            if marked || named_source {
+                let field = field
+                    .ident
+                    .as_ref()
+                    .map_or(i.to_string(), ToString::to_string);
+                out.push(format!("{name}.{field}"));
+            }
+        }
+    }
+    struct Finder(Vec<String>);
+    impl<'a> Visit<'a> for Finder {
+        fn visit_item_enum(&mut self, e: &'a syn::ItemEnum) {
+            if derives_error(&e.attrs) {
+                for v in &e.variants {
+                    check(
+                        format!("{}::{}", e.ident, v.ident),
+                        &v.attrs,
+                        &v.fields,
+                        &mut self.0,
+                    );
+                }
+            }
+        }
+        fn visit_item_struct(&mut self, s: &'a syn::ItemStruct) {
+            if derives_error(&s.attrs) {
+                check(s.ident.to_string(), &s.attrs, &s.fields, &mut self.0);
+            }
+        }
+    }
+    let file = syn::parse_file(text).unwrap();
+    let mut finder = Finder(Vec::new());
+    finder.visit_file(&file);
+    finder.0
+}
+
+/// Every error says its cause once. `fastio` prints an error with its whole `source()`
+/// chain (`error: {e:#}`), while the C API's last error message, the Python exceptions
+/// and the context server's replies say the message (`Display`) alone. So an error's
+/// message says its cause, and does not also return it from `source()` (which would print
+/// it twice in the chain); only `#[error(transparent)]` variants pass a source on, since
+/// they have the inner error's message and source both.
+#[test]
+fn errors_say_their_cause_once() {
+    // The check finds each way of making a source, and passes the ways without one.
+    let sample = r#"
+        #[derive(Debug, thiserror::Error)]
+        pub enum Sample {
+            #[error("{path}: {source}")]
+            Named { path: String, source: std::io::Error },
+            #[error("cannot read: {0}")]
+            From(#[from] std::fmt::Error),
+            #[error("cannot write: {cause}")]
+            Marked { #[source] cause: std::io::Error },
+            #[error(transparent)]
+            Passed(#[from] std::num::ParseIntError),
+            #[error("{path}: {cause}")]
+            Said { path: String, cause: std::io::Error },
+        }
+        mod inner {
+            #[derive(Debug, Error)]
+            #[error("bad: {source}")]
+            pub struct Alone { source: std::io::Error }
+        }
+    "#;
+    assert_eq!(
+        causes_said_twice(sample),
+        [
+            "Sample::Named.source",
+            "Sample::From.0",
+            "Sample::Marked.cause",
+            "Alone.source"
+        ]
+    );
+
+    let mut files = Vec::new();
+    for dir in ["crates", "tests", "benches", "xtask"] {
+        let dir = root().join(dir);
+        if dir.exists() {
+            rust_files(&dir, &mut files);
+        }
+    }
+    let mut offenders = Vec::new();
+    let mut types = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        types += text.matches("thiserror::Error").count();
+        for found in causes_said_twice(&text) {
+            offenders.push(format!("{}: {found}", file.display()));
+        }
+    }
+    // The workspace's libraries have their error types (the scan sees them).
+    assert!(types > 10, "{types}");
+    assert!(
+        offenders.is_empty(),
+        "these errors say their cause in the message and also return it from source(); \
+         rename the field (`cause`) or make the variant transparent: {offenders:#?}"
+    );
+}

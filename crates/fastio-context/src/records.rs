@@ -69,12 +69,12 @@ pub enum RecordError {
         mode: u32,
     },
     /// The file system refused.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file or folder.
         path: PathBuf,
-        /// What the system said.
-        source: std::io::Error,
+        /// What the system said (in the message, so not the error's `source()`).
+        cause: std::io::Error,
     },
     /// No running job matches.
     #[error("no running job matches {0:?} (`fastio ps` lists them)")]
@@ -96,9 +96,9 @@ pub enum RecordError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RecordError + '_ {
-    move |source| RecordError::Io {
+    move |cause| RecordError::Io {
         path: path.to_owned(),
-        source,
+        cause,
     }
 }
 

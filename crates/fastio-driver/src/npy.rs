@@ -16,20 +16,20 @@ const CHUNK: usize = 8 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum NpyError {
     /// The file system refused.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         /// The file.
         path: String,
-        /// What the system said.
-        source: std::io::Error,
+        /// What the system said (in the message, so not the error's `source()`).
+        cause: std::io::Error,
     },
     /// The context refused a copy.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Context {
         /// The file.
         path: String,
-        /// What the context said.
-        source: fastio_context::ContextError,
+        /// What the context said (in the message, so not the error's `source()`).
+        cause: fastio_context::ContextError,
     },
     /// The file is not an array fastio can read.
     #[error("{path}: {reason}")]
@@ -49,9 +49,9 @@ pub fn write(
     element_type: ElementType,
     dims: &[usize],
 ) -> Result<u64, NpyError> {
-    let io = |source| NpyError::Io {
+    let io = |cause| NpyError::Io {
         path: path.display().to_string(),
-        source,
+        cause,
     };
     let file = std::fs::File::create_new(path).map_err(io)?;
     let dtype = npyz::DType::Plain(
@@ -73,9 +73,9 @@ pub fn write(
         let step = CHUNK.min(len - offset);
         let bytes = allocation
             .read_bytes(offset, step)
-            .map_err(|source| NpyError::Context {
+            .map_err(|cause| NpyError::Context {
                 path: path.display().to_string(),
-                source,
+                cause,
             })?;
         out.write_all(&bytes).map_err(io)?;
         offset += step;
@@ -99,9 +99,9 @@ pub struct NpyArray {
 /// single-byte), C order.
 pub fn read(path: &Path) -> Result<NpyArray, NpyError> {
     let name = path.display().to_string();
-    let io = |source| NpyError::Io {
+    let io = |cause| NpyError::Io {
         path: name.clone(),
-        source,
+        cause,
     };
     let format = |reason: String| NpyError::Format {
         path: name.clone(),

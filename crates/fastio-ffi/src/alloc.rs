@@ -614,12 +614,9 @@ pub unsafe extern "C" fn nvidia_clara_fastio__map(
                     Ok(allocation.as_ptr().cast_mut())
                 }
                 AccessMode::ReadWrite => {
-                    let data = allocation.as_mut_ptr().map_err(|_| {
-                        Error::new(
-                            NVIDIA_CLARA_RESULT_READ_ONLY,
-                            "the handle is read-only; it cannot be mapped for writing",
-                        )
-                    })?;
+                    // The context's own refusal (`ContextError::ReadOnly`, READ_ONLY), so C
+                    // says what Rust and Python say, and any other failure keeps its code.
+                    let data = allocation.as_mut_ptr()?;
                     // One writer at a time, among this process's handles and every
                     // other process's: the context keeps it.
                     allocation.acquire_write()?;

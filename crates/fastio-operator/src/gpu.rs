@@ -265,6 +265,6 @@ fn cuda_failure(stage: &str, what: &str, e: StreamError) -> OperatorError {
     OperatorError::Cuda {
         stage: stage.to_owned(),
         what: what.to_owned(),
-        source: e,
+        cause: e,
     }
 }

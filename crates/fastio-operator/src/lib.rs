@@ -92,14 +92,14 @@ pub enum OperatorError {
     },
     /// A CUDA call of the operator's stream handling failed (or there is no CUDA device
     /// where one is needed).
-    #[error("{stage}: {what}: {source}")]
+    #[error("{stage}: {what}: {cause}")]
     Cuda {
         /// The operator.
         stage: String,
         /// What the operator was doing.
         what: String,
-        /// The failure.
-        source: cuda_streams::StreamError,
+        /// The failure (in the message, so not the error's `source()`).
+        cause: cuda_streams::StreamError,
     },
     /// The job failed elsewhere before this operator's inputs were ready; execute was
     /// skipped.

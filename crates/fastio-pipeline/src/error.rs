@@ -35,12 +35,12 @@ impl fmt::Display for Format {
 #[derive(Debug, thiserror::Error)]
 pub enum DefinitionError {
     /// The file could not be read.
-    #[error("{}: cannot read the pipeline definition: {source}", path.display())]
+    #[error("{}: cannot read the pipeline definition: {cause}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
-        /// What the system said.
-        source: std::io::Error,
+        /// What the system said (in the message, so not the error's `source()`).
+        cause: std::io::Error,
     },
     /// The text is not well-formed YAML or JSON, or does not have the definition's structure
     /// (an unknown field, a list where a string belongs). Only the first such error is known,

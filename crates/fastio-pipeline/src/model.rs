@@ -424,9 +424,9 @@ impl Pipeline {
         overrides: &[crate::Override],
     ) -> Result<Self, DefinitionError> {
         let path = path.as_ref();
-        let read_error = |source| DefinitionError::Read {
+        let read_error = |cause| DefinitionError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         };
         // One byte past the limit is enough to refuse it, whatever the file's size.
         let mut text = String::new();

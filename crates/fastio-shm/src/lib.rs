@@ -47,14 +47,14 @@ pub enum SegmentError {
         available: Option<u64>,
     },
     /// A system call failed.
-    #[error("{op} failed for a segment of {size} bytes: {source}")]
+    #[error("{op} failed for a segment of {size} bytes: {errno}")]
     Os {
         /// Which operation.
         op: &'static str,
         /// Size of the segment concerned.
         size: usize,
-        /// The error number.
-        source: rustix::io::Errno,
+        /// The error number (in the message, so not the error's `source()`).
+        errno: rustix::io::Errno,
     },
     /// A received descriptor is not a memfd with seals.
     #[error("the descriptor is not a fastio segment (not a sealable memfd)")]
@@ -82,12 +82,12 @@ pub enum SegmentError {
         size: usize,
     },
     /// `mmap` or `madvise` failed.
-    #[error("mapping a segment of {size} bytes failed: {source}")]
+    #[error("mapping a segment of {size} bytes failed: {cause}")]
     Map {
         /// Size of the segment.
         size: usize,
-        /// The error.
-        source: std::io::Error,
+        /// The error (in the message, so not the error's `source()`).
+        cause: std::io::Error,
     },
 }
 

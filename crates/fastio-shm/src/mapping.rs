@@ -73,7 +73,7 @@ impl Mapping {
         let raw = Region::map(segment, prot, prefault == Prefault::Populate).map_err(|e| {
             SegmentError::Map {
                 size: segment.len(),
-                source: e.into(),
+                cause: e.into(),
             }
         })?;
         Ok(Self {
@@ -137,7 +137,7 @@ impl Mapping {
         unsafe { rustix::mm::mprotect(self.raw.as_mut_ptr().cast(), self.len(), flags) }.map_err(
             |e| SegmentError::Map {
                 size: self.len(),
-                source: e.into(),
+                cause: e.into(),
             },
         )
     }
@@ -149,7 +149,7 @@ impl Mapping {
             .advise(rustix::mm::Advice::LinuxHugepage)
             .map_err(|e| SegmentError::Map {
                 size: self.len(),
-                source: e.into(),
+                cause: e.into(),
             })
     }
 
@@ -170,7 +170,7 @@ impl Mapping {
         unsafe { rustix::mm::madvise(self.raw.as_mut_ptr().add(offset).cast(), len, advice) }
             .map_err(|e| SegmentError::Map {
                 size: self.len(),
-                source: e.into(),
+                cause: e.into(),
             })
     }
 
@@ -430,7 +430,7 @@ pub(crate) fn reserve_huge(
 ) -> Result<(), SegmentError> {
     let map_error = |e: std::io::Error| SegmentError::Map {
         size: len,
-        source: e,
+        cause: e,
     };
     let raw = MmapOptions::new()
         .len(len)

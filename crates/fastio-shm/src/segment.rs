@@ -125,7 +125,7 @@ impl SegmentBuilder {
             move |source: Errno| SegmentError::Os {
                 op,
                 size: len,
-                source,
+                errno: source,
             }
         };
         let fd = rustix::fs::memfd_create(
@@ -202,7 +202,7 @@ impl SegmentBuilder {
                     source => SegmentError::Os {
                         op: "fallocate",
                         size: self.len,
-                        source,
+                        errno: source,
                     },
                 }
             })?;
@@ -279,13 +279,13 @@ impl Segment {
         let stat = rustix::fs::fstat(&fd).map_err(|source| SegmentError::Os {
             op: "fstat",
             size: 0,
-            source,
+            errno: source,
         })?;
         let len = usize::try_from(stat.st_size).map_err(|_| SegmentError::NotASegment)?;
         let flags = rustix::fs::fcntl_getfl(&fd).map_err(|source| SegmentError::Os {
             op: "fcntl_getfl",
             size: len,
-            source,
+            errno: source,
         })?;
         let writable = flags.contains(OFlags::RDWR) || flags.contains(OFlags::WRONLY);
         let hugetlb = rustix::fs::fstatfs(&fd).is_ok_and(|s| s.f_type == HUGETLBFS_MAGIC);
@@ -296,7 +296,7 @@ impl Segment {
         let stat = rustix::fs::fstat(&fd).map_err(|source| SegmentError::Os {
             op: "fstat",
             size: len,
-            source,
+            errno: source,
         })?;
         Ok(Self {
             fd,
@@ -343,7 +343,7 @@ impl Segment {
         .map_err(|source| SegmentError::Os {
             op: "fallocate(PUNCH_HOLE)",
             size: self.len,
-            source,
+            errno: source,
         })
     }
 
@@ -372,7 +372,7 @@ impl Segment {
         rustix::fs::fcntl_add_seals(&self.fd, WRITE_SEAL).map_err(|source| SegmentError::Os {
             op: "seal against writes",
             size: self.len,
-            source,
+            errno: source,
         })
     }
 
@@ -388,7 +388,7 @@ impl Segment {
         let fd = self.fd.try_clone().map_err(|e| SegmentError::Os {
             op: "dup",
             size: self.len,
-            source: Errno::from_io_error(&e).unwrap_or(Errno::IO),
+            errno: Errno::from_io_error(&e).unwrap_or(Errno::IO),
         })?;
         Ok(Self { fd, ..*self })
     }
@@ -408,7 +408,7 @@ impl Segment {
         .map_err(|source| SegmentError::Os {
             op: "reopen read-only",
             size: self.len,
-            source,
+            errno: source,
         })?;
         Ok(Self {
             fd,

@@ -258,3 +258,80 @@ fn a_closed_stdout_is_an_error_not_a_panic() {
         assert!(stderr.contains("stdout"), "{args:?}: {stderr}");
     }
 }
+
+/// Runs `fastio ARGS` with `env`, expects it to fail, and returns its stderr.
+fn failing(args: &[&std::ffi::OsStr], env: &[(&str, &std::ffi::OsStr)]) -> String {
+    let out = Command::new(FASTIO)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    stderr
+}
+
+/// `fastio` prints an error with its causes (`error: {e:#}`): each cause appears once.
+#[test]
+fn failing_commands_say_each_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let said_once = |stderr: &str, cause: &str| {
+        assert_eq!(
+            stderr.matches(cause).count(),
+            1,
+            "{cause:?} once in: {stderr}"
+        );
+    };
+    let no_such_file = "No such file or directory (os error 2)";
+
+    // A pipeline file that does not exist.
+    let missing = dir.path().join("missing.yaml");
+    let stderr = failing(&["run".as_ref(), missing.as_os_str()], &[]);
+    said_once(&stderr, "cannot read the pipeline definition");
+    said_once(&stderr, no_such_file);
+
+    // An operator run alone with an input file that does not exist.
+    let demo = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/demo/pipeline.yaml"
+    );
+    let npy = dir.path().join("missing.npy");
+    let input = format!("volume={}", npy.display());
+    let output = dir.path().join("out");
+    let stderr = failing(
+        &[
+            "run-op".as_ref(),
+            demo.as_ref(),
+            "threshold".as_ref(),
+            "--input".as_ref(),
+            input.as_ref(),
+            "--output".as_ref(),
+            output.as_os_str(),
+        ],
+        &[],
+    );
+    said_once(&stderr, &npy.display().to_string());
+    said_once(&stderr, no_such_file);
+
+    // A context nobody serves.
+    let stderr = failing(
+        &["stats".as_ref()],
+        &[(
+            fastio::CONTEXT_ENV,
+            "@fastio-cli-test-no-such-context".as_ref(),
+        )],
+    );
+    said_once(&stderr, "cannot connect to the context");
+    said_once(&stderr, "Connection refused");
+
+    // Job records kept under a folder that cannot be made (a file is in the way).
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"").unwrap();
+    for command in ["ps", "top"] {
+        let stderr = failing(
+            &[command.as_ref()],
+            &[("XDG_RUNTIME_DIR", file.as_os_str())],
+        );
+        said_once(&stderr, "Not a directory (os error 20)");
+    }
+}

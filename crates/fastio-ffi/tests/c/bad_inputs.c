@@ -144,8 +144,9 @@ int main(void) {
     nvidia_clara_fastio_access access = -1;
     CHECK_OK(nvidia_clara_fastio__access(ro, &access));
     CHECK(access == NVIDIA_CLARA_FASTIO_ACCESS_READ_ONLY);
+    /* the context's own message (as Rust and Python say it) */
     CHECK_FAILS(nvidia_clara_fastio__map(ro, NVIDIA_CLARA_FASTIO_ACCESS_READ_WRITE, &data),
-                NVIDIA_CLARA_RESULT_READ_ONLY, "read-only");
+                NVIDIA_CLARA_RESULT_READ_ONLY, "this handle is read-only; it cannot be written");
     CHECK_OK(nvidia_clara_fastio__map(ro, NVIDIA_CLARA_FASTIO_ACCESS_READ_ONLY, &data));
     CHECK(((const int32_t *)data)[15] == 1015);
     CHECK_OK(nvidia_clara_fastio__release(ro));
