@@ -349,7 +349,7 @@ fn serve_connection(socket: OwnedFd, shared: Arc<Shared>, stage: Option<usize>, 
         };
         // Descriptors from a client are never expected; they are closed here.
         drop(received.fds);
-        let (body, memory) = session.handle(&received.body);
+        let (body, memory) = session.handle_unless(&received.body, &|| hung_up(&socket));
         let fds: Vec<_> = memory
             .iter()
             .map(|m| match m {
@@ -360,6 +360,19 @@ fn serve_connection(socket: OwnedFd, shared: Arc<Shared>, stage: Option<usize>, 
         if send_message(socket.as_fd(), &body, &fds).is_err() {
             break;
         }
+    }
+}
+
+/// Whether the client at the other end of `socket` has closed it (checked without waiting).
+fn hung_up(socket: &OwnedFd) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let mut fds = [PollFd::new(socket, PollFlags::RDHUP)];
+    match poll(&mut fds, Some(&Timespec::default())) {
+        Ok(0) => false,
+        Ok(_) => fds[0]
+            .revents()
+            .intersects(PollFlags::HUP | PollFlags::RDHUP | PollFlags::ERR),
+        Err(_) => false,
     }
 }
 
@@ -404,6 +417,16 @@ impl Session {
 
     /// Answers one message: the response's body, and the descriptor that goes with it.
     pub fn handle(&mut self, body: &[u8]) -> (Vec<u8>, Option<crate::registry::GrantedMemory>) {
+        self.handle_unless(body, &|| false)
+    }
+
+    /// [`Session::handle`] for a client whose socket may close while a request waits:
+    /// `gone` says so (see [`crate::service::JobService::await_inputs`]).
+    fn handle_unless(
+        &mut self,
+        body: &[u8],
+        gone: &dyn Fn() -> bool,
+    ) -> (Vec<u8>, Option<crate::registry::GrantedMemory>) {
         let refuse = |message: String| {
             (
                 Response::Refused(RequestError::BadRequest { message }),
@@ -420,7 +443,7 @@ impl Session {
                     .into(),
             ),
             Ok(request @ Request::Hello { .. }) => {
-                let answer = dispatch(&self.shared, self.peer, request);
+                let answer = dispatch(&self.shared, self.peer, request, gone);
                 self.greeted |= matches!(answer.0, Response::Welcome { .. });
                 answer
             }
@@ -443,7 +466,7 @@ impl Session {
             Ok(_) if !self.greeted => refuse(format!(
                 "the first request on a connection must be hello (protocol version {PROTOCOL_VERSION})"
             )),
-            Ok(request) => dispatch(&self.shared, self.peer, request),
+            Ok(request) => dispatch(&self.shared, self.peer, request, gone),
             Err(e) => refuse(e.to_string()),
         };
         // Responses are plain data, so encoding cannot fail; were it to, the empty body

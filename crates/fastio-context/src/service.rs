@@ -66,8 +66,11 @@ pub trait JobService: Send + Sync + fmt::Debug {
     /// The connection of the operator attached to `stage` closed, its handles dropped.
     fn left(&self, stage: usize);
 
-    /// Blocks until stage `stage` may execute (`AwaitInputs`), or the job fails first.
-    fn await_inputs(&self, stage: usize) -> Result<(), JobError>;
+    /// Blocks until stage `stage` may execute (`AwaitInputs`), or the job fails first, or
+    /// `gone()` says the caller has gone (its connection closed while it waited): an
+    /// implementation that blocks asks `gone` at least once a second, so that a dead
+    /// client never holds its connection's thread (and its handles) for good.
+    fn await_inputs(&self, stage: usize, gone: &dyn Fn() -> bool) -> Result<(), JobError>;
 
     /// The caller finished `phase` (`Finished`). At the end of execute the runtime seals
     /// the stage's outputs and reclaims the caller's handles, returning them.

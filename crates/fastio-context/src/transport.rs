@@ -147,12 +147,16 @@ pub(crate) struct Peer {
 
 /// Carries out one request: the single dispatch that the server and the in-process
 /// context share. Only `AwaitInputs` blocks, and it holds no lock while it waits.
+///
+/// `gone` says whether the client has gone (its socket closed); `AwaitInputs` asks it while
+/// it waits, so that a dead client's thread ends.
 pub(crate) fn dispatch(
     shared: &Shared,
     peer: Peer,
     request: Request,
+    gone: &dyn Fn() -> bool,
 ) -> (Response, Option<GrantedMemory>) {
-    let answer = answer(shared, peer, request);
+    let answer = answer(shared, peer, request, gone);
     shared.bury_dead();
     answer
 }
@@ -186,7 +190,12 @@ fn done<E: Into<RequestError>>(r: Result<(), E>) -> (Response, Option<GrantedMem
     }
 }
 
-fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<GrantedMemory>) {
+fn answer(
+    shared: &Shared,
+    peer: Peer,
+    request: Request,
+    gone: &dyn Fn() -> bool,
+) -> (Response, Option<GrantedMemory>) {
     let conn = peer.conn;
     match request {
         Request::Hello { version } if version == PROTOCOL_VERSION => (
@@ -247,7 +256,7 @@ fn answer(shared: &Shared, peer: Peer, request: Request) -> (Response, Option<Gr
         },
         Request::AwaitInputs => done(job_stage(shared, peer).and_then(|(job, caller)| {
             // Blocks: no lock of the context is held here.
-            job.await_inputs(caller.stage)
+            job.await_inputs(caller.stage, gone)
         })),
         Request::Finished { phase, failure } => match job_stage(shared, peer) {
             Ok((job, caller)) => {
@@ -335,7 +344,10 @@ impl fmt::Debug for LocalTransport {
 impl Transport for LocalTransport {
     fn call(&self, request: &Request) -> Result<(Response, Option<GrantedMemory>), ContextError> {
         check_owner(self.owner)?;
-        Ok(dispatch(&self.shared, self.peer, request.clone()))
+        // In this process: the caller is this thread, alive while it waits.
+        Ok(dispatch(&self.shared, self.peer, request.clone(), &|| {
+            false
+        }))
     }
 }
 

@@ -84,7 +84,7 @@ impl JobService for Solo {
         self.note(format!("left {stage}"));
     }
 
-    fn await_inputs(&self, stage: usize) -> Result<(), JobError> {
+    fn await_inputs(&self, stage: usize, _gone: &dyn Fn() -> bool) -> Result<(), JobError> {
         self.note(format!("await_inputs {stage}"));
         Ok(())
     }

@@ -21,6 +21,9 @@ use fastio_context::protocol::{
     AccessMode, EntryId, EntryInfo, MemoryKind, PathEntry, Phase, ReclaimedHandle, StageInfo,
 };
 
+/// How often a stage waiting for its inputs asks whether its caller has gone.
+pub const GONE_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// One operator of a job, as the driver plans it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StagePlan {
@@ -384,6 +387,17 @@ impl Job {
     /// Blocks until every upstream stage of `stage` has executed successfully, or the job
     /// is aborted.
     pub fn await_inputs(&self, stage: usize) -> Result<(), JobError> {
+        self.await_inputs_unless(stage, &|| false)
+    }
+
+    /// [`Job::await_inputs`], giving up when `gone()` says the caller has gone (asked every
+    /// [`GONE_CHECK`] while it waits): the stage is then no longer waiting, and the job
+    /// goes on (the driver learns of a dead operator from its exit).
+    pub fn await_inputs_unless(
+        &self,
+        stage: usize,
+        gone: &dyn Fn() -> bool,
+    ) -> Result<(), JobError> {
         let upstream = &self
             .plan
             .stages
@@ -403,7 +417,18 @@ impl Job {
             {
                 break;
             }
-            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+            if gone() {
+                state.stages[stage].awaiting = false;
+                return Err(JobError::Aborted {
+                    reason: "the operator's connection closed while it waited for its inputs"
+                        .into(),
+                });
+            }
+            state = self
+                .changed
+                .wait_timeout(state, GONE_CHECK)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
         state.stages[stage].awaiting = false;
         state.stages[stage].executing = true;

@@ -176,8 +176,8 @@ impl JobService for JobRuntime {
         self.job.left(stage);
     }
 
-    fn await_inputs(&self, stage: usize) -> Result<(), JobError> {
-        self.job.await_inputs(stage)
+    fn await_inputs(&self, stage: usize, gone: &dyn Fn() -> bool) -> Result<(), JobError> {
+        self.job.await_inputs_unless(stage, gone)
     }
 
     fn finished(

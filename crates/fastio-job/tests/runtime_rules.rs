@@ -535,3 +535,46 @@ fn an_abort_reaches_a_stage_waiting_over_its_socket_and_every_later_one() {
         other => panic!("expected the abort, got {other:?}"),
     }
 }
+
+#[test]
+fn a_stage_whose_client_dies_while_it_waits_for_its_inputs_frees_its_connection() {
+    use fastio_shm::transfer::{recv_message, send_message};
+    use std::os::fd::AsFd;
+    let job = Arc::new(Job::new(two_stages(), |_| {}));
+    let server = fastio_job::host(config(), job.clone()).unwrap();
+    let before = server.stats().connections;
+    // A client of stage 1 over a raw socket: hello, join, then wait for inputs that never
+    // come (stage 0 never runs), and die without reading the answer.
+    let socket = server.operator_socket(1).unwrap();
+    let exchange = |request: &Request| {
+        send_message(socket.as_fd(), &serde_json::to_vec(request).unwrap(), &[]).unwrap();
+        recv_message(socket.as_fd()).unwrap()
+    };
+    exchange(&Request::Hello {
+        version: PROTOCOL_VERSION,
+    });
+    exchange(&Request::Join);
+    send_message(
+        socket.as_fd(),
+        &serde_json::to_vec(&Request::AwaitInputs).unwrap(),
+        &[],
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + HANG;
+    while job.stage_states()[1] != "waiting for inputs" {
+        assert!(std::time::Instant::now() < deadline, "stage 1 never waited");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(server.stats().connections, before + 1);
+    drop(socket);
+    // The server's thread notices, stops waiting, and drops the connection; the job goes
+    // on (nothing aborted it).
+    while server.stats().connections != before || job.stage_states()[1] == "waiting for inputs" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dead client's connection still waits for its inputs"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(job.aborted(), None);
+}
