@@ -22,7 +22,7 @@ use fastio_context::protocol::{
 };
 
 /// How often a stage waiting for its inputs asks whether its caller has gone.
-pub const GONE_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
+const GONE_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// One operator of a job, as the driver plans it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -391,7 +391,7 @@ impl Job {
     }
 
     /// [`Job::await_inputs`], giving up when `gone()` says the caller has gone (asked every
-    /// [`GONE_CHECK`] while it waits): the stage is then no longer waiting, and the job
+    /// 250 ms while it waits): the stage is then no longer waiting, and the job
     /// goes on (the driver learns of a dead operator from its exit).
     pub fn await_inputs_unless(
         &self,
