@@ -23,6 +23,7 @@ mod mapping;
 mod memory;
 mod segment;
 pub mod transfer;
+pub mod warm;
 
 pub use mapping::{Access, Mapping, Prefault};
 pub use memory::{

@@ -488,10 +488,15 @@ pub(crate) fn reserve_huge(
 /// 0.4-0.45 s per GiB to allocate and zero, about 1 s over their whole life, mapping
 /// included); otherwise small pages would be cut from the same reported blocks and cost the
 /// same host faults, so huge pages go on.
+///
+/// Only `from..len` is reserved (`from` a multiple of the huge page size; what lies before
+/// it is left alone): the result counts from `from`. With `weigh` false the cost of steps
+/// is not watched (for memory made off every caller's critical path).
 pub(crate) fn reserve_collapsed(
     fd: &OwnedFd,
+    from: usize,
     len: usize,
-    only_free: bool,
+    (only_free, weigh): (bool, bool),
     mut check: impl FnMut(usize) -> Result<(), SegmentError>,
 ) -> Result<usize, SegmentError> {
     let huge = crate::huge_page_size() as usize;
@@ -500,9 +505,12 @@ pub(crate) fn reserve_collapsed(
         // Only what free huge pages can hold: compacting memory for more costs seconds per
         // GiB (measured: 32 MiB in 130-190 ms), far more than small pages.
         let free = crate::free_huge_page_bytes().unwrap_or(0) as usize;
-        whole = whole.min(free.saturating_sub(KEEP_FREE) / huge * huge);
+        whole = whole.min(from + free.saturating_sub(KEEP_FREE) / huge * huge);
     }
-    if whole == 0 || COLLAPSE_UNAVAILABLE.load(std::sync::atomic::Ordering::Relaxed) {
+    if whole <= from
+        || !from.is_multiple_of(huge)
+        || COLLAPSE_UNAVAILABLE.load(std::sync::atomic::Ordering::Relaxed)
+    {
         return Ok(0);
     }
     let Ok(raw) = Region::map_fd(fd.as_fd(), len, ProtFlags::READ | ProtFlags::WRITE, false) else {
@@ -515,9 +523,9 @@ pub(crate) fn reserve_collapsed(
     } else {
         crate::RESERVE_STEP as usize
     };
-    let mut done = 0;
+    let mut done = from;
     while done < whole {
-        if done > 0 {
+        if done > from {
             check(done)?;
         }
         let n = step.min(whole - done);
@@ -554,7 +562,7 @@ pub(crate) fn reserve_collapsed(
             break;
         }
         done += n;
-        if only_free {
+        if only_free && weigh {
             let cost = thread_cpu_time().saturating_sub(started);
             let next = after_step(
                 cost,
@@ -567,7 +575,7 @@ pub(crate) fn reserve_collapsed(
             }
         }
     }
-    Ok(done)
+    Ok(done - from)
 }
 
 /// What a create does after a step of collapsing whose huge pages cost `cost` together.

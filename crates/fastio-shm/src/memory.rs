@@ -18,13 +18,22 @@ pub const RESERVE_STEP: u64 = 32 << 20;
 /// of `MemAvailable` and the headroom under every memory cgroup limit that applies (cgroup
 /// v2 `memory.max` of this cgroup and its ancestors, cgroup v1 `memory.limit_in_bytes`),
 /// counting reclaimable page cache as free. `None` when nothing can be read.
+///
+/// A process that leases a warm reserve ([`crate::warm::join`]) counts what is left of it
+/// as available too: it frees it for its own segments as it makes them.
 pub fn available_memory() -> Option<u64> {
     let meminfo = meminfo_kib("MemAvailable").map(|kib| kib * 1024);
     let cgroup = cgroup_limit().map(|c| c.headroom());
-    match (meminfo, cgroup) {
+    let available = match (meminfo, cgroup) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
-    }
+    };
+    available.map(|a| a.saturating_add(crate::warm::leased_bytes()))
+}
+
+/// The machine's memory (`MemTotal`), when it can be read.
+pub(crate) fn total_memory() -> Option<u64> {
+    meminfo_kib("MemTotal").map(|kib| kib * 1024)
 }
 
 fn meminfo_kib(key: &str) -> Option<u64> {

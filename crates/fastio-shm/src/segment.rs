@@ -119,6 +119,12 @@ impl SegmentBuilder {
         {
             return Ok(segment);
         }
+        if self.reserve.is_none()
+            && len as u64 >= crate::huge_page_size()
+            && let Some(fd) = crate::warm::take_blank(len as u64)
+        {
+            return self.adopt_blank(fd);
+        }
         let check = self.check_memory;
         self.headroom_for(len as u64, check)?;
         let os = |op: &'static str| {
@@ -155,9 +161,13 @@ impl SegmentBuilder {
             })?,
             Reserve::Collapse => {
                 let only_free = self.reserve.is_none();
-                huge = crate::mapping::reserve_collapsed(&fd, len, only_free, |done| {
-                    self.headroom_for((len - done) as u64, check)
-                })?;
+                huge = crate::mapping::reserve_collapsed(
+                    &fd,
+                    0,
+                    len,
+                    (only_free, only_free),
+                    |done| self.headroom_for((len - done) as u64, check),
+                )?;
                 self.reserve_by_fallocate(&fd, huge as u64)?;
             }
         }
@@ -165,6 +175,25 @@ impl SegmentBuilder {
         rustix::fs::fchmod(&fd, INODE_MODE).map_err(os("fchmod"))?;
         let mut segment = Segment::new(fd, len, true, false)?;
         segment.huge_at_create = huge as u64;
+        Ok(segment)
+    }
+
+    /// A segment made of a blank of the warm reserve ([`crate::warm`]): memory made of huge
+    /// pages before this create, zero, never sealed, seen by no client; sealed and locked
+    /// down here as any new segment.
+    fn adopt_blank(&self, fd: OwnedFd) -> Result<Segment, SegmentError> {
+        let len = self.len;
+        let os = |op: &'static str| {
+            move |source: Errno| SegmentError::Os {
+                op,
+                size: len,
+                errno: source,
+            }
+        };
+        rustix::fs::fcntl_add_seals(&fd, SIZE_SEALS).map_err(os("seal"))?;
+        rustix::fs::fchmod(&fd, INODE_MODE).map_err(os("fchmod"))?;
+        let mut segment = Segment::new(fd, len, true, false)?;
+        segment.huge_at_create = len as u64 / crate::huge_page_size() * crate::huge_page_size();
         Ok(segment)
     }
 

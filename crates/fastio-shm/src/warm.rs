@@ -1,0 +1,687 @@
+//! The warm reserve: memory kept in this machine's RAM between jobs.
+//!
+//! On a virtual machine whose balloon reports free memory to the host (virtio-balloon free
+//! page reporting), blocks of huge-page size that stay free for about two seconds go back
+//! to the host, and the next process to touch them pays a host fault per 4 KiB page:
+//! measured on a 2-core VM, 1 GiB of fresh huge pages in 1.45 s ten seconds after the
+//! memory was freed, against 0.07 s right after. A job that starts after a pause pays that
+//! for every byte it hands over.
+//!
+//! A **keeper** ([`keep`], run by `fastio keep-warm`) is a small process that holds, between
+//! jobs, **blanks**: memfds of the sizes the last job made, already made of huge pages and
+//! zero, never sealed, never mapped by anyone but the keeper while it made them. A job host
+//! **leases** the keeper ([`join`]) and receives every blank it holds; when this process
+//! then makes a segment of a blank's exact size ([`crate::SegmentBuilder::create`]), the
+//! blank becomes the segment (sealed and locked down as any new segment) instead of fresh
+//! memory. Its pages never went back to the kernel's allocator, so none of them can have
+//! gone back to the host. (Freeing memory and allocating it again at once does not do
+//! this: the allocator hands out other free blocks first, reported ones among them.)
+//!
+//! When the lease ends ([`leave`], or the holder's death) the keeper gets back the blanks
+//! the job did not use, learns the sizes the job made, and makes blanks of those sizes
+//! again, a step at a time between requests; it holds them until it has been idle for its
+//! keep time ([`KEEP_WARM_ENV`], [`DEFAULT_KEEP`]), then exits and the memory is the
+//! system's again.
+//!
+//! Invariants:
+//! - A blank is seen by no client of a context before it becomes a segment, and by no
+//!   process but the keeper and one lease holder; a segment made from it is as fresh, for
+//!   every client, as one made of new memory. Segments are never given back.
+//! - One lease at a time: a second job host finds the keeper busy and makes fresh memory.
+//! - The keeper talks only to processes of its own user, and a holder only to a keeper of
+//!   its own user (`SO_PEERCRED` both ways), over an abstract Unix socket
+//!   (`fastio-warm/<uid>/<name>`): nothing is left on any filesystem. A holder accepts only
+//!   blanks that are memfds of its user, of the size announced, with no seal.
+//! - Every wait is bounded: a client waits at most [`CLIENT_WAIT`] for each answer; the
+//!   keeper waits at most [`CLIENT_WAIT`] for a request and never on a lease holder, whose
+//!   end the kernel signals.
+//! - The blanks never add up to more than a quarter of the machine's memory, nor to memory
+//!   that [`crate::available_memory`] cannot spare with its margin; a lease holder counts
+//!   the blanks it holds as available.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::fs::MemfdFlags;
+use rustix::io::Errno;
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+
+use crate::transfer::{recv_message, send_message};
+
+/// Environment variable: how many seconds a keeper holds its blanks once idle (a whole
+/// number; `0` turns the warm reserve off: no keeper is joined or started).
+pub const KEEP_WARM_ENV: &str = "FASTIO_KEEP_WARM";
+
+/// Environment variable: the keeper's name, for several independent reserves of one user
+/// (tests, separate pipelines). Letters, digits, `-`, `_` and `.`; `default` when unset.
+pub const WARM_NAME_ENV: &str = "FASTIO_WARM_NAME";
+
+/// How long a keeper holds its blanks once idle, unless [`KEEP_WARM_ENV`] says otherwise.
+pub const DEFAULT_KEEP: Duration = Duration::from_secs(120);
+
+/// A job host whose segments of a huge page or more add up to less starts no keeper:
+/// small hand-overs cost too little for a process to be kept for them.
+pub const MIN_RESERVE: u64 = 64 << 20;
+
+/// The longest a client waits for each answer of a keeper, and a keeper for a request.
+pub const CLIENT_WAIT: Duration = Duration::from_secs(2);
+
+/// The most segment sizes a job host remembers (the largest are kept).
+const MAX_SIZES: usize = 64;
+
+const VERSION: u8 = 1;
+const LEASE: u8 = b'L';
+const STATUS: u8 = b'S';
+const STOP: u8 = b'Q';
+const GRANT: u8 = b'G';
+const BLANK: u8 = b'K';
+const SIZES: u8 = b'Z';
+const BUSY: u8 = b'B';
+
+/// Why the warm reserve could not be used or kept.
+#[derive(Debug, thiserror::Error)]
+pub enum WarmError {
+    /// A setting is malformed.
+    #[error("{name}={value:?} is not valid: {expected}")]
+    BadSetting {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What it should be.
+        expected: &'static str,
+    },
+    /// A system call failed.
+    #[error("{op} failed: {errno}")]
+    Os {
+        /// Which operation.
+        op: &'static str,
+        /// The error number (in the message, so not the error's `source()`).
+        errno: Errno,
+    },
+}
+
+fn os(op: &'static str) -> impl FnOnce(Errno) -> WarmError {
+    move |errno| WarmError::Os { op, errno }
+}
+
+/// How long a keeper holds its blanks once idle, from [`KEEP_WARM_ENV`]; `None` when the
+/// warm reserve is off.
+pub fn keep_time() -> Result<Option<Duration>, WarmError> {
+    match std::env::var(KEEP_WARM_ENV) {
+        Err(_) => Ok(Some(DEFAULT_KEEP)),
+        Ok(value) => match value.trim().parse::<u64>() {
+            Ok(0) => Ok(None),
+            Ok(seconds) => Ok(Some(Duration::from_secs(seconds))),
+            Err(_) => Err(WarmError::BadSetting {
+                name: KEEP_WARM_ENV,
+                value,
+                expected: "a whole number of seconds (0 turns the warm reserve off)",
+            }),
+        },
+    }
+}
+
+/// The keeper's name, from [`WARM_NAME_ENV`].
+pub fn keeper_name() -> Result<String, WarmError> {
+    match std::env::var(WARM_NAME_ENV) {
+        Err(_) => Ok("default".to_owned()),
+        Ok(value)
+            if !value.is_empty()
+                && value.len() <= 64
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) =>
+        {
+            Ok(value)
+        }
+        Ok(value) => Err(WarmError::BadSetting {
+            name: WARM_NAME_ENV,
+            value,
+            expected: "1 to 64 letters, digits, '-', '_' or '.'",
+        }),
+    }
+}
+
+fn address(name: &str) -> Result<SocketAddrUnix, WarmError> {
+    let uid = rustix::process::geteuid().as_raw();
+    SocketAddrUnix::new_abstract_name(format!("fastio-warm/{uid}/{name}").as_bytes())
+        .map_err(os("naming the keeper's socket"))
+}
+
+fn seqpacket() -> Result<OwnedFd, WarmError> {
+    rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(os("socket"))
+}
+
+fn set_timeouts(fd: &OwnedFd, wait: Option<Duration>) -> Result<(), WarmError> {
+    use rustix::net::sockopt::{Timeout, set_socket_timeout};
+    set_socket_timeout(fd, Timeout::Recv, wait).map_err(os("setting a socket timeout"))?;
+    set_socket_timeout(fd, Timeout::Send, wait).map_err(os("setting a socket timeout"))
+}
+
+/// Whether the process at the other end of `conn` runs as this process's user.
+fn same_user(conn: &OwnedFd) -> bool {
+    rustix::net::sockopt::socket_peercred(conn).is_ok_and(|c| c.uid == rustix::process::geteuid())
+}
+
+/// A connection to the keeper named `name`, or `None` when none runs (or one of another
+/// user holds the name).
+fn connect(name: &str) -> Result<Option<OwnedFd>, WarmError> {
+    let fd = seqpacket()?;
+    match rustix::net::connect(&fd, &address(name)?) {
+        Ok(()) => {}
+        Err(Errno::CONNREFUSED | Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(os("connecting to the warm-reserve keeper")(e)),
+    }
+    if !same_user(&fd) {
+        return Ok(None);
+    }
+    set_timeouts(&fd, Some(CLIENT_WAIT))?;
+    Ok(Some(fd))
+}
+
+/// One request and its answer; `None` when the keeper went away or did not answer in time.
+fn ask(conn: &OwnedFd, request: u8) -> Option<crate::transfer::Received> {
+    send_message(conn.as_fd(), &[VERSION, request], &[]).ok()?;
+    recv_message(conn.as_fd()).ok()
+}
+
+fn u64_at(body: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(body.get(at..at + 8)?.try_into().ok()?))
+}
+
+fn with_u64s(tag: u8, values: impl IntoIterator<Item = u64>) -> Vec<u8> {
+    let mut body = vec![tag];
+    for v in values {
+        body.extend_from_slice(&v.to_le_bytes());
+    }
+    body
+}
+
+/// What a keeper holds and does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeeperStatus {
+    /// Its process id.
+    pub pid: u32,
+    /// Bytes of blanks ready now.
+    pub held: u64,
+    /// Bytes of blanks it makes while idle: the sizes the last job made, bounded.
+    pub target: u64,
+    /// Whether a job host holds the lease now.
+    pub leased: bool,
+    /// Bytes of blanks lease holders have made segments of, in all.
+    pub used: u64,
+    /// Leases granted, in all.
+    pub leases: u64,
+    /// Seconds it holds its blanks once idle.
+    pub keep_secs: u64,
+}
+
+/// The status of the keeper named `name`, or `None` when none runs (or it did not answer
+/// within [`CLIENT_WAIT`]).
+pub fn status(name: &str) -> Result<Option<KeeperStatus>, WarmError> {
+    let Some(conn) = connect(name)? else {
+        return Ok(None);
+    };
+    let Some(reply) = ask(&conn, STATUS) else {
+        return Ok(None);
+    };
+    let body = &reply.body;
+    if body.first() != Some(&STATUS) {
+        return Ok(None);
+    }
+    let field = |i: usize| u64_at(body, 1 + 8 * i);
+    Ok((|| {
+        Some(KeeperStatus {
+            pid: u32::try_from(field(0)?).ok()?,
+            held: field(1)?,
+            target: field(2)?,
+            leased: field(3)? != 0,
+            used: field(4)?,
+            leases: field(5)?,
+            keep_secs: field(6)?,
+        })
+    })())
+}
+
+/// Asks the keeper named `name` to free its blanks and exit; whether one did.
+pub fn stop(name: &str) -> Result<bool, WarmError> {
+    let Some(conn) = connect(name)? else {
+        return Ok(false);
+    };
+    Ok(ask(&conn, STOP).is_some_and(|r| r.body.first() == Some(&STOP)))
+}
+
+// ---------------------------------------------------------------------------------------
+// The lease holder's side (a job host).
+
+struct Lease {
+    conn: OwnedFd,
+    blanks: Vec<(OwnedFd, u64)>,
+}
+
+static HELD: Mutex<Option<Lease>> = Mutex::new(None);
+/// Sizes of the segments of a huge page or more this process made since it started or
+/// last joined a keeper (the [`MAX_SIZES`] largest).
+static MADE: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+
+fn lease() -> std::sync::MutexGuard<'static, Option<Lease>> {
+    HELD.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn made() -> std::sync::MutexGuard<'static, Vec<u64>> {
+    MADE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Leases the keeper named `name`: this process receives every blank it holds, and each
+/// segment it then makes of a blank's size is made of that blank. Returns the bytes of
+/// blanks received, or `None` when no keeper runs, another process holds the lease, or the
+/// keeper did not answer within [`CLIENT_WAIT`] (the process then makes fresh memory, as
+/// without a keeper). Forgets the sizes made so far ([`leave`] reports those made after).
+pub fn join(name: &str) -> Result<Option<u64>, WarmError> {
+    made().clear();
+    let Some(conn) = connect(name)? else {
+        return Ok(None);
+    };
+    let Some(reply) = ask(&conn, LEASE) else {
+        return Ok(None);
+    };
+    let (Some(&GRANT), Some(count)) = (reply.body.first(), u64_at(&reply.body, 1)) else {
+        return Ok(None);
+    };
+    let mut blanks = Vec::new();
+    for _ in 0..count.min(MAX_SIZES as u64) {
+        let Ok(mut m) = recv_message(conn.as_fd()) else {
+            break;
+        };
+        if let (Some(&BLANK), Some(len), 1) = (m.body.first(), u64_at(&m.body, 1), m.fds.len()) {
+            let fd = m.fds.remove(0);
+            if is_blank(&fd, len) {
+                blanks.push((fd, len));
+            }
+        }
+    }
+    let bytes = blanks.iter().map(|(_, len)| len).sum();
+    *lease() = Some(Lease { conn, blanks });
+    Ok(Some(bytes))
+}
+
+/// Whether `fd` is a memfd of this user, of `len` bytes, sealable and without a seal.
+fn is_blank(fd: &OwnedFd, len: u64) -> bool {
+    let Ok(stat) = rustix::fs::fstat(fd) else {
+        return false;
+    };
+    stat.st_uid == rustix::process::geteuid().as_raw()
+        && u64::try_from(stat.st_size).is_ok_and(|s| s == len)
+        && rustix::fs::fcntl_get_seals(fd).is_ok_and(|s| s.is_empty())
+}
+
+/// Ends this process's lease, if it holds one: the blanks not used go back to the keeper,
+/// with the sizes this process made since it joined, and the keeper makes blanks of those
+/// sizes again from then on (call it once the job's segments are freed). Returns those
+/// sizes (also without a lease: what a keeper started now should hold).
+pub fn leave() -> Vec<u64> {
+    let sizes = made().clone();
+    if let Some(held) = lease().take() {
+        for (fd, len) in &held.blanks {
+            let body = with_u64s(BLANK, [*len]);
+            if send_message(held.conn.as_fd(), &body, &[fd.as_fd()]).is_err() {
+                break;
+            }
+        }
+        let _ = send_message(held.conn.as_fd(), &with_u64s(SIZES, sizes.clone()), &[]);
+    }
+    sizes
+}
+
+/// Bytes of blanks this process holds (0 without a lease): memory it can make segments of
+/// without asking the system for more.
+pub fn leased_bytes() -> u64 {
+    lease()
+        .as_ref()
+        .map_or(0, |l| l.blanks.iter().map(|(_, len)| len).sum())
+}
+
+/// A blank of exactly `len` bytes, if this process holds one; the size is remembered
+/// either way (see [`leave`]).
+pub(crate) fn take_blank(len: u64) -> Option<OwnedFd> {
+    {
+        let mut sizes = made();
+        sizes.push(len);
+        if sizes.len() > MAX_SIZES {
+            sizes.sort_unstable_by(|a, b| b.cmp(a));
+            sizes.truncate(MAX_SIZES);
+        }
+    }
+    let mut guard = lease();
+    let held = guard.as_mut()?;
+    let at = held.blanks.iter().position(|(_, l)| *l == len)?;
+    Some(held.blanks.swap_remove(at).0)
+}
+
+// ---------------------------------------------------------------------------------------
+// The keeper.
+
+/// How [`keep`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kept {
+    /// Another keeper of that name runs already; this one never started.
+    AlreadyRunning,
+    /// It was idle for its whole keep time.
+    Idle,
+    /// It was asked to stop ([`stop`]).
+    Stopped,
+}
+
+/// Runs a keeper named `name` until it has been idle (no lease, nothing to make) for
+/// `keep_for`, or is stopped: it makes blanks of the sizes in `sizes` (bounded by a quarter
+/// of the machine's memory and by what is available) and leases them to job hosts of this
+/// user ([`join`]). Returns at once with [`Kept::AlreadyRunning`] when a keeper of that
+/// name runs already.
+pub fn keep(name: &str, keep_for: Duration, sizes: &[u64]) -> Result<Kept, WarmError> {
+    let listener = seqpacket()?;
+    match rustix::net::bind(&listener, &address(name)?) {
+        Ok(()) => {}
+        Err(Errno::ADDRINUSE) => return Ok(Kept::AlreadyRunning),
+        Err(e) => return Err(os("binding the keeper's socket")(e)),
+    }
+    rustix::net::listen(&listener, 16).map_err(os("listen"))?;
+    let mut keeper = Keeper {
+        blanks: Vec::new(),
+        making: None,
+        plan: Vec::new(),
+        lease: None,
+        sizes: None,
+        used: 0,
+        leases: 0,
+        keep_for,
+    };
+    keeper.set_plan(sizes.to_vec());
+    let mut idle_since = Instant::now();
+    loop {
+        let timeout = if keeper.lease.is_some() {
+            None
+        } else if keeper.wants_more() {
+            Some(Duration::ZERO)
+        } else {
+            let left = keep_for.saturating_sub(idle_since.elapsed());
+            if left.is_zero() {
+                return Ok(Kept::Idle);
+            }
+            Some(left)
+        };
+        let (listener_ready, lease_ready) = {
+            let mut fds = vec![PollFd::new(&listener, PollFlags::IN)];
+            if let Some(conn) = &keeper.lease {
+                fds.push(PollFd::new(conn, PollFlags::IN));
+            }
+            let timeout = timeout.map(|t| {
+                rustix::time::Timespec::try_from(t).unwrap_or(rustix::time::Timespec {
+                    tv_sec: i64::MAX,
+                    tv_nsec: 0,
+                })
+            });
+            match rustix::event::poll(&mut fds, timeout.as_ref()) {
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(e) => return Err(os("poll")(e)),
+            }
+            (
+                !fds[0].revents().is_empty(),
+                fds.get(1).is_some_and(|f| !f.revents().is_empty()),
+            )
+        };
+        if lease_ready && keeper.lease_message() {
+            keeper.end_lease();
+            idle_since = Instant::now();
+        }
+        if listener_ready
+            && let Ok(conn) = rustix::net::accept_with(&listener, SocketFlags::CLOEXEC)
+            && keeper.serve(conn) == Served::Stop
+        {
+            return Ok(Kept::Stopped);
+        }
+        if !listener_ready && keeper.lease.is_none() && keeper.wants_more() {
+            keeper.make_step();
+            idle_since = Instant::now();
+        }
+    }
+}
+
+#[derive(PartialEq, Eq)]
+enum Served {
+    Done,
+    Stop,
+}
+
+/// A blank in the making: its memfd, size, and the bytes made so far.
+struct Making {
+    fd: OwnedFd,
+    len: u64,
+    done: u64,
+}
+
+struct Keeper {
+    blanks: Vec<(OwnedFd, u64)>,
+    making: Option<Making>,
+    // The sizes to hold blanks of.
+    plan: Vec<u64>,
+    lease: Option<OwnedFd>,
+    // The sizes the lease holder made, once it has said.
+    sizes: Option<Vec<u64>>,
+    used: u64,
+    leases: u64,
+    keep_for: Duration,
+}
+
+/// What the keeper makes between two looks at its socket.
+const MAKE_STEP: u64 = 32 << 20;
+
+impl Keeper {
+    /// Keeps the sizes that fit in a quarter of the machine's memory, largest first.
+    fn set_plan(&mut self, mut sizes: Vec<u64>) {
+        let huge = crate::huge_page_size();
+        let mut room = crate::memory::total_memory().unwrap_or(0) / 4;
+        sizes.retain(|&s| s >= huge);
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
+        sizes.truncate(MAX_SIZES);
+        self.plan = sizes
+            .into_iter()
+            .filter(|&s| {
+                let fits = s <= room;
+                if fits {
+                    room -= s;
+                }
+                fits
+            })
+            .collect();
+        // Blanks of sizes no longer planned are freed.
+        let mut wanted = self.plan.clone();
+        self.blanks.retain(|(_, len)| {
+            let keep = wanted.iter().position(|s| s == len);
+            if let Some(at) = keep {
+                wanted.swap_remove(at);
+            }
+            keep.is_some()
+        });
+    }
+
+    /// The next size planned that no blank has, if any.
+    fn missing(&self) -> Option<u64> {
+        let mut have: Vec<u64> = self.blanks.iter().map(|(_, l)| *l).collect();
+        self.plan
+            .iter()
+            .copied()
+            .find(|s| match have.iter().position(|h| h == s) {
+                Some(at) => {
+                    have.swap_remove(at);
+                    false
+                }
+                None => true,
+            })
+    }
+
+    fn wants_more(&self) -> bool {
+        self.making.is_some() || self.missing().is_some()
+    }
+
+    fn held(&self) -> u64 {
+        self.blanks.iter().map(|(_, l)| l).sum::<u64>() + self.making.as_ref().map_or(0, |m| m.done)
+    }
+
+    /// Makes the next [`MAKE_STEP`] of a blank: free huge pages only (never compacting
+    /// memory), while available memory keeps its margin. Where none can be had, the plan
+    /// shrinks to the blanks held.
+    fn make_step(&mut self) {
+        if self.making.is_none() {
+            let Some(len) = self.missing() else {
+                return;
+            };
+            let made =
+                rustix::fs::memfd_create("fastio", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+                    .ok()
+                    .filter(|fd| rustix::fs::ftruncate(fd, len).is_ok());
+            let Some(fd) = made else {
+                return self.give_up();
+            };
+            self.making = Some(Making { fd, len, done: 0 });
+        }
+        let Some(m) = self.making.as_mut() else {
+            return;
+        };
+        let huge = crate::huge_page_size();
+        let whole = m.len / huge * huge;
+        let to = whole.min(m.done + MAKE_STEP);
+        let enough = crate::available_memory()
+            .is_none_or(|a| a >= (to - m.done).saturating_add(crate::HEADROOM_MARGIN));
+        let made = match (enough, usize::try_from(m.done), usize::try_from(to)) {
+            (true, Ok(from), Ok(end)) if end > from => {
+                crate::mapping::reserve_collapsed(&m.fd, from, end, (true, false), |_| Ok(()))
+                    .unwrap_or(0) as u64
+            }
+            _ => 0,
+        };
+        m.done += made;
+        if m.done >= whole {
+            // The tail smaller than a huge page, if any, in small pages.
+            let tail = m.len - whole;
+            let fd = &m.fd;
+            let ok = tail == 0
+                || rustix::fs::fallocate(fd, rustix::fs::FallocateFlags::empty(), whole, tail)
+                    .is_ok();
+            if let (true, Some(m)) = (ok, self.making.take()) {
+                self.blanks.push((m.fd, m.len));
+                return;
+            }
+        }
+        if made == 0 {
+            self.give_up();
+        }
+    }
+
+    /// Stops making blanks: the plan is what is held.
+    fn give_up(&mut self) {
+        self.making = None;
+        self.plan = self.blanks.iter().map(|(_, l)| *l).collect();
+    }
+
+    /// One request on a new connection.
+    fn serve(&mut self, conn: OwnedFd) -> Served {
+        if !same_user(&conn) || set_timeouts(&conn, Some(CLIENT_WAIT)).is_err() {
+            return Served::Done;
+        }
+        let Ok(request) = recv_message(conn.as_fd()) else {
+            return Served::Done;
+        };
+        let [VERSION, tag] = request.body[..] else {
+            return Served::Done;
+        };
+        match tag {
+            LEASE if self.lease.is_some() => {
+                let _ = send_message(conn.as_fd(), &[BUSY], &[]);
+            }
+            LEASE => {
+                // A blank half made is not handed out; making it again later is cheap.
+                self.making = None;
+                let blanks = std::mem::take(&mut self.blanks);
+                let granted =
+                    send_message(conn.as_fd(), &with_u64s(GRANT, [blanks.len() as u64]), &[])
+                        .is_ok()
+                        && blanks.iter().all(|(fd, len)| {
+                            send_message(conn.as_fd(), &with_u64s(BLANK, [*len]), &[fd.as_fd()])
+                                .is_ok()
+                        });
+                if granted {
+                    self.leases += 1;
+                    self.used += blanks.iter().map(|(_, l)| l).sum::<u64>();
+                    self.sizes = None;
+                    self.lease = Some(conn);
+                } else {
+                    self.blanks = blanks;
+                }
+            }
+            STATUS => {
+                let fields = [
+                    u64::from(std::process::id()),
+                    self.held(),
+                    self.plan.iter().sum(),
+                    u64::from(self.lease.is_some()),
+                    self.used,
+                    self.leases,
+                    self.keep_for.as_secs(),
+                ];
+                let _ = send_message(conn.as_fd(), &with_u64s(STATUS, fields), &[]);
+            }
+            STOP => {
+                let _ = send_message(conn.as_fd(), &[STOP], &[]);
+                return Served::Stop;
+            }
+            _ => {}
+        }
+        Served::Done
+    }
+
+    /// Reads what the lease holder sent; whether the lease has ended.
+    fn lease_message(&mut self) -> bool {
+        let Some(conn) = &self.lease else {
+            return false;
+        };
+        match recv_message(conn.as_fd()) {
+            Ok(mut m) if m.body.first() == Some(&BLANK) && m.fds.len() == 1 => {
+                let fd = m.fds.remove(0);
+                match u64_at(&m.body, 1) {
+                    Some(len) if is_blank(&fd, len) => {
+                        self.used = self.used.saturating_sub(len);
+                        self.blanks.push((fd, len));
+                    }
+                    _ => {}
+                }
+                false
+            }
+            Ok(m) if m.body.first() == Some(&SIZES) && (m.body.len() - 1) % 8 == 0 => {
+                let sizes = (1..m.body.len())
+                    .step_by(8)
+                    .filter_map(|at| u64_at(&m.body, at));
+                self.sizes = Some(sizes.collect());
+                false
+            }
+            // The holder closed, died, or sent what no holder sends.
+            _ => true,
+        }
+    }
+
+    /// The lease is over: blanks of the sizes the holder made (or of the same sizes as
+    /// before, when it died without saying) are made again from now on.
+    fn end_lease(&mut self) {
+        self.lease = None;
+        let plan = self.sizes.take().unwrap_or_else(|| self.plan.clone());
+        self.set_plan(plan);
+    }
+}
