@@ -110,9 +110,13 @@ fn os(op: &'static str) -> impl FnOnce(Errno) -> WarmError {
 /// How long a keeper holds its blanks once idle, from [`KEEP_WARM_ENV`]; `None` when the
 /// warm reserve is off.
 pub fn keep_time() -> Result<Option<Duration>, WarmError> {
-    match std::env::var(KEEP_WARM_ENV) {
-        Err(_) => Ok(Some(DEFAULT_KEEP)),
-        Ok(value) => match value.trim().parse::<u64>() {
+    parse_keep_time(std::env::var(KEEP_WARM_ENV).ok())
+}
+
+fn parse_keep_time(value: Option<String>) -> Result<Option<Duration>, WarmError> {
+    match value {
+        None => Ok(Some(DEFAULT_KEEP)),
+        Some(value) => match value.trim().parse::<u64>() {
             Ok(0) => Ok(None),
             Ok(seconds) => Ok(Some(Duration::from_secs(seconds))),
             Err(_) => Err(WarmError::BadSetting {
@@ -126,9 +130,13 @@ pub fn keep_time() -> Result<Option<Duration>, WarmError> {
 
 /// The keeper's name, from [`WARM_NAME_ENV`].
 pub fn keeper_name() -> Result<String, WarmError> {
-    match std::env::var(WARM_NAME_ENV) {
-        Err(_) => Ok("default".to_owned()),
-        Ok(value)
+    parse_keeper_name(std::env::var(WARM_NAME_ENV).ok())
+}
+
+fn parse_keeper_name(value: Option<String>) -> Result<String, WarmError> {
+    match value {
+        None => Ok("default".to_owned()),
+        Some(value)
             if !value.is_empty()
                 && value.len() <= 64
                 && value
@@ -137,7 +145,7 @@ pub fn keeper_name() -> Result<String, WarmError> {
         {
             Ok(value)
         }
-        Ok(value) => Err(WarmError::BadSetting {
+        Some(value) => Err(WarmError::BadSetting {
             name: WARM_NAME_ENV,
             value,
             expected: "1 to 64 letters, digits, '-', '_' or '.'",
@@ -683,5 +691,218 @@ impl Keeper {
         self.lease = None;
         let plan = self.sizes.take().unwrap_or_else(|| self.plan.clone());
         self.set_plan(plan);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A keeper in a thread of the test process, leased by the test itself (nextest runs
+    //! each test in its own process, so the lease, which is per process, is the test's).
+
+    use super::*;
+    use crate::SegmentBuilder;
+
+    const MIB: u64 = 1 << 20;
+
+    fn unique(tag: &str) -> String {
+        format!("test-{}-{tag}", std::process::id())
+    }
+
+    /// Polls `f` every 20 ms until it gives a value; fails after 30 s.
+    fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "waited 30 s for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn start(name: &str, keep_for: Duration, sizes: &[u64]) -> std::thread::JoinHandle<Kept> {
+        let (owned, sizes) = (name.to_owned(), sizes.to_vec());
+        let keeper = std::thread::spawn(move || keep(&owned, keep_for, &sizes).unwrap());
+        wait_for("the keeper to answer", || status(name).unwrap());
+        keeper
+    }
+
+    /// Waits until the keeper holds every blank it plans, and returns its status.
+    fn settled(name: &str, target: u64) -> KeeperStatus {
+        wait_for("the keeper to make its blanks", || {
+            status(name)
+                .unwrap()
+                .filter(|s| s.target == target && s.held == target && !s.leased)
+        })
+    }
+
+    fn finish(name: &str, keeper: std::thread::JoinHandle<Kept>) {
+        assert!(stop(name).unwrap());
+        assert_eq!(keeper.join().unwrap(), Kept::Stopped);
+        assert_eq!(
+            status(name).unwrap(),
+            None,
+            "a stopped keeper still answers"
+        );
+    }
+
+    #[test]
+    fn a_job_host_makes_its_segments_of_the_keepers_blanks_and_the_keeper_learns_its_sizes() {
+        let name = unique("blanks");
+        let keeper = start(&name, Duration::from_secs(60), &[4 * MIB, 2 * MIB]);
+        settled(&name, 6 * MIB);
+        assert_eq!(join(&name).unwrap(), Some(6 * MIB));
+        assert_eq!(leased_bytes(), 6 * MIB);
+
+        let segment = SegmentBuilder::new(4 << 20).create().unwrap();
+        assert_eq!(
+            leased_bytes(),
+            2 * MIB,
+            "the 4 MiB blank became the segment"
+        );
+        assert!(segment.is_writable());
+        assert_eq!(segment.huge_at_create(), 4 * MIB);
+        let stat = rustix::fs::fstat(&segment).unwrap();
+        assert_eq!(
+            stat.st_mode & 0o777,
+            0o400,
+            "locked down as any new segment"
+        );
+        let seals = rustix::fs::fcntl_get_seals(&segment).unwrap();
+        assert!(seals.contains(rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW));
+        let map =
+            crate::Mapping::new(&segment, crate::Access::ReadWrite, crate::Prefault::Lazy).unwrap();
+        let mut bytes = vec![1u8; 4 << 20];
+        map.read_at(0, &mut bytes).unwrap();
+        assert!(bytes.iter().all(|&b| b == 0), "a blank reads as zero");
+
+        // No blank of 3 MiB: fresh memory, and the size is remembered.
+        let _other = SegmentBuilder::new(3 << 20).create().unwrap();
+        assert_eq!(leased_bytes(), 2 * MIB);
+        assert_eq!(leave(), vec![4 * MIB, 3 * MIB]);
+        assert_eq!(leased_bytes(), 0);
+
+        // The keeper got the 2 MiB blank back, freed it (not planned any more), and made
+        // blanks of the sizes the job made.
+        let after = settled(&name, 7 * MIB);
+        assert_eq!(after.leases, 1);
+        assert_eq!(
+            after.used,
+            4 * MIB,
+            "only the blank made a segment counts as used"
+        );
+        finish(&name, keeper);
+    }
+
+    #[test]
+    fn a_second_job_host_finds_the_keeper_busy() {
+        let name = unique("busy");
+        let keeper = start(&name, Duration::from_secs(60), &[]);
+        assert_eq!(join(&name).unwrap(), Some(0));
+        let other = connect(&name).unwrap().unwrap();
+        let reply = ask(&other, LEASE).unwrap();
+        assert_eq!(reply.body, [BUSY]);
+        assert!(status(&name).unwrap().unwrap().leased);
+        leave();
+        wait_for("the lease to end", || {
+            status(&name).unwrap().filter(|s| !s.leased)
+        });
+        finish(&name, keeper);
+    }
+
+    #[test]
+    fn hostile_requests_cost_the_keeper_nothing() {
+        let name = unique("hostile");
+        let keeper = start(&name, Duration::from_secs(60), &[2 * MIB]);
+        settled(&name, 2 * MIB);
+        // Garbage, a wrong version, a request cut short, a connection that says nothing
+        // (the keeper waits CLIENT_WAIT for it), a blank sent by someone who holds no lease.
+        for body in [&b"\xff\xff\xff"[..], &[9, LEASE], &[VERSION], &[]] {
+            let conn = connect(&name).unwrap().unwrap();
+            let _ = send_message(conn.as_fd(), body, &[]);
+            let _ = recv_message(conn.as_fd());
+        }
+        let silent = connect(&name).unwrap().unwrap();
+        let stray = rustix::fs::memfd_create("stray", MemfdFlags::CLOEXEC).unwrap();
+        let conn = connect(&name).unwrap().unwrap();
+        let _ = send_message(conn.as_fd(), &with_u64s(BLANK, [0]), &[stray.as_fd()]);
+        drop(silent);
+        // A lease holder that sends garbage loses its lease; the blanks it got are gone
+        // with it, and the keeper makes them again.
+        let holder = connect(&name).unwrap().unwrap();
+        let granted = ask(&holder, LEASE).unwrap();
+        assert_eq!(granted.body.first(), Some(&GRANT));
+        send_message(holder.as_fd(), b"\x01garbage", &[]).unwrap();
+        let after = settled(&name, 2 * MIB);
+        assert_eq!(after.leases, 1);
+        // Still serving.
+        assert_eq!(join(&name).unwrap(), Some(2 * MIB));
+        leave();
+        finish(&name, keeper);
+    }
+
+    #[test]
+    fn a_keeper_leaves_when_idle_and_a_second_one_of_the_same_name_does_not_start() {
+        let name = unique("idle");
+        let keeper = start(&name, Duration::from_millis(500), &[2 * MIB]);
+        assert_eq!(
+            keep(&name, Duration::from_secs(60), &[]).unwrap(),
+            Kept::AlreadyRunning
+        );
+        let started = Instant::now();
+        wait_for("the idle keeper to leave", || {
+            keeper.is_finished().then_some(())
+        });
+        assert_eq!(keeper.join().unwrap(), Kept::Idle);
+        assert!(started.elapsed() < Duration::from_secs(20));
+        assert_eq!(status(&name).unwrap(), None);
+        assert_eq!(join(&name).unwrap(), None, "nothing to join");
+    }
+
+    #[test]
+    fn only_unsealed_memfds_of_the_announced_size_are_taken_as_blanks() {
+        let fd =
+            rustix::fs::memfd_create("b", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+        rustix::fs::ftruncate(&fd, 4096).unwrap();
+        assert!(is_blank(&fd, 4096));
+        assert!(!is_blank(&fd, 8192), "another size");
+        rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::GROW).unwrap();
+        assert!(!is_blank(&fd, 4096), "sealed");
+        let path = std::env::temp_dir().join(unique("file"));
+        let file = std::fs::File::create(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        file.set_len(4096).unwrap();
+        assert!(!is_blank(&OwnedFd::from(file), 4096), "not a memfd");
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        assert_eq!(parse_keeper_name(None).unwrap(), "default");
+        assert_eq!(
+            parse_keeper_name(Some("ci-1.a_b".into())).unwrap(),
+            "ci-1.a_b"
+        );
+        for bad in ["", "../x", "a b", &"x".repeat(65)] {
+            let e = parse_keeper_name(Some(bad.to_owned()))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("FASTIO_WARM_NAME"), "{e}");
+        }
+        assert_eq!(parse_keep_time(None).unwrap(), Some(DEFAULT_KEEP));
+        assert_eq!(parse_keep_time(Some("0".into())).unwrap(), None);
+        assert_eq!(
+            parse_keep_time(Some(" 5 ".into())).unwrap(),
+            Some(Duration::from_secs(5))
+        );
+        let e = parse_keep_time(Some("soon".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("FASTIO_KEEP_WARM") && e.contains("seconds"),
+            "{e}"
+        );
     }
 }

@@ -40,8 +40,25 @@ pub struct Report {
     pub cuda_devices: Option<usize>,
     /// Why the CUDA driver is unusable, if it is.
     pub cuda_error: Option<String>,
+    /// The warm reserve's keeper for this user and `FASTIO_WARM_NAME`, if one runs.
+    pub warm_keeper: Option<WarmKeeper>,
     /// What fastio will do on this machine, one line each.
     pub plan: Vec<String>,
+}
+
+/// A running keeper of the warm reserve (`fastio keep-warm`).
+#[derive(Clone, Debug, Serialize)]
+pub struct WarmKeeper {
+    /// Its process id.
+    pub pid: u32,
+    /// Bytes of blanks ready for the next job.
+    pub held_bytes: u64,
+    /// Bytes of blanks it makes while idle (the sizes of the last job).
+    pub target_bytes: u64,
+    /// Whether a job holds its lease now.
+    pub leased: bool,
+    /// Seconds it holds its blanks once idle.
+    pub keep_seconds: u64,
 }
 
 /// A memory cgroup limit.
@@ -137,6 +154,8 @@ impl Report {
             fastio_context::mapping_stats().limit_bytes >> 20,
             fastio_context::MAP_CACHE_ENV
         ));
+        let (warm_keeper, warm_line) = warm_reserve(reporting);
+        plan.push(warm_line);
         plan.push(match &cuda {
             Ok(n) => format!("CUDA: {n} device(s); GPU paths enabled"),
             Err(_) => "CUDA: no usable driver; GPU paths disabled (host memory only)".to_owned(),
@@ -159,8 +178,58 @@ impl Report {
             dev_shm,
             cuda_devices: cuda.as_ref().ok().copied(),
             cuda_error: cuda.err(),
+            warm_keeper,
             plan,
         }
+    }
+}
+
+/// The running keeper of the warm reserve, if any, and the plan's line about it.
+fn warm_reserve(reporting: bool) -> (Option<WarmKeeper>, String) {
+    use fastio_shm::warm;
+    let settings = warm::keep_time().and_then(|k| Ok((k, warm::keeper_name()?)));
+    let (keep, name) = match settings {
+        Err(e) => return (None, format!("warm reserve: off, {e}")),
+        Ok((None, _)) => {
+            return (
+                None,
+                format!("warm reserve: off ({}=0)", warm::KEEP_WARM_ENV),
+            );
+        }
+        Ok((Some(keep), name)) => (keep, name),
+    };
+    let why = if reporting {
+        " (on this VM a job after a pause otherwise gets memory back from the host at a host fault per page)"
+    } else {
+        ""
+    };
+    match warm::status(&name) {
+        Ok(Some(s)) => {
+            let line = format!(
+                "warm reserve: keeper pid {} holds {} MiB of blanks (of {} planned) for the next job's hand-overs, until idle for {} s{why}",
+                s.pid,
+                s.held >> 20,
+                s.target >> 20,
+                s.keep_secs
+            );
+            let keeper = WarmKeeper {
+                pid: s.pid,
+                held_bytes: s.held,
+                target_bytes: s.target,
+                leased: s.leased,
+                keep_seconds: s.keep_secs,
+            };
+            (Some(keeper), line)
+        }
+        _ => (
+            None,
+            format!(
+                "warm reserve: no keeper runs; `fastio run` starts one after a job that makes {} MiB or more, to hold memory of that job's sizes for the next job until idle for {} s ({}; 0 turns it off){why}",
+                warm::MIN_RESERVE >> 20,
+                keep.as_secs(),
+                warm::KEEP_WARM_ENV
+            ),
+        ),
     }
 }
 
@@ -254,6 +323,20 @@ impl fmt::Display for Report {
                 mib(free)
             )?,
             None => writeln!(f, "/dev/shm          not mounted; fastio does not use it")?,
+        }
+        match &self.warm_keeper {
+            Some(k) => writeln!(
+                f,
+                "warm keeper       pid {}, {} of blanks held{}",
+                k.pid,
+                mib(k.held_bytes),
+                if k.leased {
+                    ", leased by a job now"
+                } else {
+                    ""
+                }
+            )?,
+            None => writeln!(f, "warm keeper       none running")?,
         }
         match (&self.cuda_devices, &self.cuda_error) {
             (Some(n), _) => writeln!(f, "CUDA driver       {n} device(s)")?,
