@@ -112,6 +112,12 @@ fn has_nextest() -> bool {
 }
 
 fn test() -> anyhow::Result<()> {
+    // The jobs of the tests lease and start a warm-reserve keeper of their own, never the
+    // user's, and it is stopped when the run ends, however it ends.
+    let keeper = format!("xtask-test-{}", std::process::id());
+    // SAFETY: set before any thread is started; every command run from here inherits it.
+    unsafe { std::env::set_var("FASTIO_WARM_NAME", &keeper) };
+    let _stop = StopKeeper;
     run("cargo", &["fmt", "--all", "--check"])?;
     run(
         "cargo",
@@ -144,6 +150,19 @@ fn test() -> anyhow::Result<()> {
     chaos::chaos(&["--rounds".into(), "24".into(), "--debug".into()])?;
     eprintln!("\nall checks and tests passed");
     Ok(())
+}
+
+/// Stops the warm-reserve keeper named by `FASTIO_WARM_NAME`, if one runs, when dropped.
+struct StopKeeper;
+
+impl Drop for StopKeeper {
+    fn drop(&mut self) {
+        let _ = Command::new("target/debug/fastio")
+            .args(["keep-warm", "--stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 fn demo() -> anyhow::Result<()> {

@@ -704,6 +704,13 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
+    /// The lease is per process: where tests share one (`cargo test`), one at a time.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn unique(tag: &str) -> String {
         format!("test-{}-{tag}", std::process::id())
     }
@@ -751,6 +758,7 @@ mod tests {
 
     #[test]
     fn a_job_host_makes_its_segments_of_the_keepers_blanks_and_the_keeper_learns_its_sizes() {
+        let _serial = serial();
         let name = unique("blanks");
         let keeper = start(&name, Duration::from_secs(60), &[4 * MIB, 2 * MIB]);
         settled(&name, 6 * MIB);
@@ -799,6 +807,7 @@ mod tests {
 
     #[test]
     fn a_second_job_host_finds_the_keeper_busy() {
+        let _serial = serial();
         let name = unique("busy");
         let keeper = start(&name, Duration::from_secs(60), &[]);
         assert_eq!(join(&name).unwrap(), Some(0));
@@ -815,6 +824,7 @@ mod tests {
 
     #[test]
     fn hostile_requests_cost_the_keeper_nothing() {
+        let _serial = serial();
         let name = unique("hostile");
         let keeper = start(&name, Duration::from_secs(60), &[2 * MIB]);
         settled(&name, 2 * MIB);
@@ -846,6 +856,7 @@ mod tests {
 
     #[test]
     fn a_keeper_leaves_when_idle_and_a_second_one_of_the_same_name_does_not_start() {
+        let _serial = serial();
         let name = unique("idle");
         let keeper = start(&name, Duration::from_millis(500), &[2 * MIB]);
         assert_eq!(
