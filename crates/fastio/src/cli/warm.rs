@@ -63,7 +63,7 @@ impl Lease {
             return;
         }
         if let Err(e) = start_keeper(&self.name, self.keep, &sizes) {
-            tracing::warn!("no warm reserve kept after the job: {e:#}");
+            tracing::info!("no warm reserve kept after the job: {e:#}");
         }
     }
 }
