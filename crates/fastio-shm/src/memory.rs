@@ -22,13 +22,17 @@ pub const RESERVE_STEP: u64 = 32 << 20;
 /// A process that leases a warm reserve ([`crate::warm::join`]) counts what is left of it
 /// as available too: it frees it for its own segments as it makes them.
 pub fn available_memory() -> Option<u64> {
+    system_available_memory().map(|a| a.saturating_add(crate::warm::leased_bytes()))
+}
+
+/// [`available_memory`] without the blanks of a leased warm reserve.
+pub(crate) fn system_available_memory() -> Option<u64> {
     let meminfo = meminfo_kib("MemAvailable").map(|kib| kib * 1024);
     let cgroup = cgroup_limit().map(|c| c.headroom());
-    let available = match (meminfo, cgroup) {
+    match (meminfo, cgroup) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
-    };
-    available.map(|a| a.saturating_add(crate::warm::leased_bytes()))
+    }
 }
 
 /// The machine's memory (`MemTotal`), when it can be read.

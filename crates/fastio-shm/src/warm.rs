@@ -35,9 +35,13 @@
 //! - Every wait is bounded: a client waits at most [`CLIENT_WAIT`] for each answer; the
 //!   keeper waits at most [`CLIENT_WAIT`] for a request and never on a lease holder, whose
 //!   end the kernel signals.
-//! - The blanks never add up to more than a quarter of the machine's memory, nor to memory
-//!   that [`crate::available_memory`] cannot spare with its margin; a lease holder counts
-//!   the blanks it holds as available.
+//! - The blanks never add up to more than a quarter of the machine's memory. An idle
+//!   keeper looks at the memory available every second and leaves a sixteenth of the
+//!   machine's memory to others: below that it frees blanks (largest first) and makes no
+//!   more. A lease holder counts the blanks it holds as available, and frees them (largest
+//!   first) when a segment of another size needs their memory.
+//! - The keeper trusts a lease holder of its own user with the blanks it gives back: they
+//!   must be untouched (the holder never maps them).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Mutex;
@@ -175,6 +179,12 @@ fn set_timeouts(fd: &OwnedFd, wait: Option<Duration>) -> Result<(), WarmError> {
     set_socket_timeout(fd, Timeout::Send, wait).map_err(os("setting a socket timeout"))
 }
 
+/// Sets `conn`'s timeouts to what is left until `deadline`; false once it has passed.
+fn until(conn: &OwnedFd, deadline: Instant) -> bool {
+    let left = deadline.saturating_duration_since(Instant::now());
+    !left.is_zero() && set_timeouts(conn, Some(left)).is_ok()
+}
+
 /// Whether the process at the other end of `conn` runs as this process's user.
 fn same_user(conn: &OwnedFd) -> bool {
     rustix::net::sockopt::socket_peercred(conn).is_ok_and(|c| c.uid == rustix::process::geteuid())
@@ -296,6 +306,7 @@ fn made() -> std::sync::MutexGuard<'static, Vec<u64>> {
 /// without a keeper). Forgets the sizes made so far ([`leave`] reports those made after).
 pub fn join(name: &str) -> Result<Option<u64>, WarmError> {
     made().clear();
+    let deadline = Instant::now() + CLIENT_WAIT;
     let Some(conn) = connect(name)? else {
         return Ok(None);
     };
@@ -307,6 +318,9 @@ pub fn join(name: &str) -> Result<Option<u64>, WarmError> {
     };
     let mut blanks = Vec::new();
     for _ in 0..count.min(MAX_SIZES as u64) {
+        if !until(&conn, deadline) {
+            break;
+        }
         let Ok(mut m) = recv_message(conn.as_fd()) else {
             break;
         };
@@ -339,13 +353,18 @@ fn is_blank(fd: &OwnedFd, len: u64) -> bool {
 pub fn leave() -> Vec<u64> {
     let sizes = made().clone();
     if let Some(held) = lease().take() {
+        let deadline = Instant::now() + CLIENT_WAIT;
         for (fd, len) in &held.blanks {
             let body = with_u64s(BLANK, [*len]);
-            if send_message(held.conn.as_fd(), &body, &[fd.as_fd()]).is_err() {
+            if !until(&held.conn, deadline)
+                || send_message(held.conn.as_fd(), &body, &[fd.as_fd()]).is_err()
+            {
                 break;
             }
         }
-        let _ = send_message(held.conn.as_fd(), &with_u64s(SIZES, sizes.clone()), &[]);
+        if until(&held.conn, deadline) {
+            let _ = send_message(held.conn.as_fd(), &with_u64s(SIZES, sizes.clone()), &[]);
+        }
     }
     sizes
 }
@@ -371,8 +390,24 @@ pub(crate) fn take_blank(len: u64) -> Option<OwnedFd> {
     }
     let mut guard = lease();
     let held = guard.as_mut()?;
-    let at = held.blanks.iter().position(|(_, l)| *l == len)?;
-    Some(held.blanks.swap_remove(at).0)
+    if let Some(at) = held.blanks.iter().position(|(_, l)| *l == len) {
+        return Some(held.blanks.swap_remove(at).0);
+    }
+    // No blank of this size: the memory it needs may be held by blanks of other sizes,
+    // which this process counts as available; free the largest until it is there.
+    shed(&mut held.blanks, || {
+        crate::memory::system_available_memory()
+            .is_some_and(|a| a < len.saturating_add(crate::HEADROOM_MARGIN))
+    });
+    None
+}
+
+/// Frees blanks, largest first, while `short()` says memory is short.
+fn shed(blanks: &mut Vec<(OwnedFd, u64)>, short: impl Fn() -> bool) {
+    blanks.sort_unstable_by_key(|(_, l)| *l);
+    while !blanks.is_empty() && short() {
+        blanks.pop();
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -424,7 +459,7 @@ pub fn keep(name: &str, keep_for: Duration, sizes: &[u64]) -> Result<Kept, WarmE
             if left.is_zero() {
                 return Ok(Kept::Idle);
             }
-            Some(left)
+            Some(left.min(PRESSURE_CHECK))
         };
         let (listener_ready, lease_ready) = {
             let mut fds = vec![PollFd::new(&listener, PollFlags::IN)];
@@ -456,11 +491,23 @@ pub fn keep(name: &str, keep_for: Duration, sizes: &[u64]) -> Result<Kept, WarmE
         {
             return Ok(Kept::Stopped);
         }
-        if !listener_ready && keeper.lease.is_none() && keeper.wants_more() {
-            keeper.make_step();
-            idle_since = Instant::now();
+        if !listener_ready && keeper.lease.is_none() {
+            keeper.relieve();
+            if keeper.wants_more() {
+                keeper.make_step();
+                idle_since = Instant::now();
+            }
         }
     }
+}
+
+/// How often an idle keeper looks at the memory available.
+const PRESSURE_CHECK: Duration = Duration::from_secs(1);
+
+/// The memory an idle keeper leaves available to others: below it, it frees blanks
+/// (largest first) and makes none.
+fn pressure_floor() -> u64 {
+    (crate::memory::total_memory().unwrap_or(0) / 16).max(2 * crate::HEADROOM_MARGIN)
 }
 
 #[derive(PartialEq, Eq)]
@@ -567,8 +614,8 @@ impl Keeper {
         let huge = crate::huge_page_size();
         let whole = m.len / huge * huge;
         let to = whole.min(m.done + MAKE_STEP);
-        let enough = crate::available_memory()
-            .is_none_or(|a| a >= (to - m.done).saturating_add(crate::HEADROOM_MARGIN));
+        let enough =
+            crate::available_memory().is_none_or(|a| a >= (to - m.done) + pressure_floor());
         let made = match (enough, usize::try_from(m.done), usize::try_from(to)) {
             (true, Ok(from), Ok(end)) if end > from => {
                 crate::mapping::reserve_collapsed(&m.fd, from, end, (true, false), |_| Ok(()))
@@ -592,6 +639,22 @@ impl Keeper {
         if made == 0 {
             self.give_up();
         }
+    }
+
+    /// Under memory pressure (less available than [`pressure_floor`]), frees blanks,
+    /// largest first, until the floor is met again, and plans no more than it keeps.
+    fn relieve(&mut self) {
+        let floor = pressure_floor();
+        self.relieve_while(|| crate::available_memory().is_some_and(|a| a < floor));
+    }
+
+    fn relieve_while(&mut self, short: impl Fn() -> bool) {
+        if !short() {
+            return;
+        }
+        self.making = None;
+        shed(&mut self.blanks, short);
+        self.give_up();
     }
 
     /// Stops making blanks: the plan is what is held.
@@ -685,11 +748,16 @@ impl Keeper {
         }
     }
 
-    /// The lease is over: blanks of the sizes the holder made (or of the same sizes as
-    /// before, when it died without saying) are made again from now on.
+    /// The lease is over: blanks of the sizes the holder made are made again from now on;
+    /// of the same sizes as before when it made less than [`MIN_RESERVE`] (a job that
+    /// hands little over, e.g. through files, does not throw the reserve away) or died
+    /// without saying.
     fn end_lease(&mut self) {
         self.lease = None;
-        let plan = self.sizes.take().unwrap_or_else(|| self.plan.clone());
+        let plan = match self.sizes.take() {
+            Some(sizes) if sizes.iter().sum::<u64>() >= MIN_RESERVE => sizes,
+            _ => self.plan.clone(),
+        };
         self.set_plan(plan);
     }
 }
@@ -760,19 +828,19 @@ mod tests {
     fn a_job_host_makes_its_segments_of_the_keepers_blanks_and_the_keeper_learns_its_sizes() {
         let _serial = serial();
         let name = unique("blanks");
-        let keeper = start(&name, Duration::from_secs(60), &[4 * MIB, 2 * MIB]);
-        settled(&name, 6 * MIB);
-        assert_eq!(join(&name).unwrap(), Some(6 * MIB));
-        assert_eq!(leased_bytes(), 6 * MIB);
+        let keeper = start(&name, Duration::from_secs(60), &[64 * MIB, 2 * MIB]);
+        settled(&name, 66 * MIB);
+        assert_eq!(join(&name).unwrap(), Some(66 * MIB));
+        assert_eq!(leased_bytes(), 66 * MIB);
 
-        let segment = SegmentBuilder::new(4 << 20).create().unwrap();
+        let segment = SegmentBuilder::new(64 << 20).create().unwrap();
         assert_eq!(
             leased_bytes(),
             2 * MIB,
-            "the 4 MiB blank became the segment"
+            "the 64 MiB blank became the segment"
         );
         assert!(segment.is_writable());
-        assert_eq!(segment.huge_at_create(), 4 * MIB);
+        assert_eq!(segment.huge_at_create(), 64 * MIB);
         let stat = rustix::fs::fstat(&segment).unwrap();
         assert_eq!(
             stat.st_mode & 0o777,
@@ -783,25 +851,40 @@ mod tests {
         assert!(seals.contains(rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW));
         let map =
             crate::Mapping::new(&segment, crate::Access::ReadWrite, crate::Prefault::Lazy).unwrap();
-        let mut bytes = vec![1u8; 4 << 20];
+        let mut bytes = vec![1u8; 64 << 20];
         map.read_at(0, &mut bytes).unwrap();
         assert!(bytes.iter().all(|&b| b == 0), "a blank reads as zero");
 
         // No blank of 3 MiB: fresh memory, and the size is remembered.
         let _other = SegmentBuilder::new(3 << 20).create().unwrap();
         assert_eq!(leased_bytes(), 2 * MIB);
-        assert_eq!(leave(), vec![4 * MIB, 3 * MIB]);
+        assert_eq!(leave(), vec![64 * MIB, 3 * MIB]);
         assert_eq!(leased_bytes(), 0);
 
         // The keeper got the 2 MiB blank back, freed it (not planned any more), and made
         // blanks of the sizes the job made.
-        let after = settled(&name, 7 * MIB);
+        let after = settled(&name, 67 * MIB);
         assert_eq!(after.leases, 1);
         assert_eq!(
             after.used,
-            4 * MIB,
+            64 * MIB,
             "only the blank made a segment counts as used"
         );
+        finish(&name, keeper);
+    }
+
+    #[test]
+    fn a_job_that_makes_little_leaves_the_plan_as_it_was() {
+        let _serial = serial();
+        let name = unique("little");
+        let keeper = start(&name, Duration::from_secs(60), &[4 * MIB]);
+        settled(&name, 4 * MIB);
+        assert_eq!(join(&name).unwrap(), Some(4 * MIB));
+        // 2 MiB made: less than MIN_RESERVE.
+        let _small = SegmentBuilder::new(2 << 20).create().unwrap();
+        assert_eq!(leave(), vec![2 * MIB]);
+        let after = settled(&name, 4 * MIB);
+        assert_eq!((after.leases, after.used), (1, 0));
         finish(&name, keeper);
     }
 
@@ -887,6 +970,57 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         file.set_len(4096).unwrap();
         assert!(!is_blank(&OwnedFd::from(file), 4096), "not a memfd");
+    }
+
+    fn memfd(len: u64) -> OwnedFd {
+        let fd = rustix::fs::memfd_create("b", MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&fd, len).unwrap();
+        fd
+    }
+
+    #[test]
+    fn memory_pressure_frees_blanks_largest_first_and_shrinks_the_plan() {
+        let mut keeper = Keeper {
+            blanks: vec![(memfd(2 * MIB), 2 * MIB), (memfd(8 * MIB), 8 * MIB)],
+            making: None,
+            plan: vec![8 * MIB, 4 * MIB, 2 * MIB],
+            lease: None,
+            sizes: None,
+            used: 0,
+            leases: 0,
+            keep_for: DEFAULT_KEEP,
+        };
+        // No pressure: nothing changes.
+        keeper.relieve_while(|| false);
+        assert_eq!(keeper.held(), 10 * MIB);
+        assert!(keeper.wants_more(), "the 4 MiB blank is still to make");
+        // Short until one blank is gone: the largest goes, and nothing more is made.
+        let calls = std::cell::Cell::new(0);
+        keeper.relieve_while(|| {
+            calls.set(calls.get() + 1);
+            calls.get() <= 2
+        });
+        assert_eq!(keeper.held(), 2 * MIB);
+        assert_eq!(keeper.plan, vec![2 * MIB]);
+        assert!(!keeper.wants_more());
+    }
+
+    #[test]
+    fn a_holder_short_of_memory_frees_blanks_of_other_sizes() {
+        let mut blanks = vec![
+            (memfd(2 * MIB), 2 * MIB),
+            (memfd(8 * MIB), 8 * MIB),
+            (memfd(4 * MIB), 4 * MIB),
+        ];
+        shed(&mut blanks, || false);
+        assert_eq!(blanks.len(), 3);
+        let left = std::cell::Cell::new(2);
+        shed(&mut blanks, || {
+            left.set(left.get() - 1);
+            left.get() >= 0
+        });
+        let sizes: Vec<u64> = blanks.iter().map(|(_, l)| *l).collect();
+        assert_eq!(sizes, vec![2 * MIB], "the largest went first");
     }
 
     #[test]
