@@ -32,7 +32,8 @@
 //!   its own user (`SO_PEERCRED` both ways), over an abstract Unix socket
 //!   (`fastio-warm/<uid>/<name>`): nothing is left on any filesystem. A holder accepts only
 //!   blanks that are memfds of its user, of the size announced, with no seal.
-//! - Every wait is bounded: a client waits at most [`CLIENT_WAIT`] for each answer; the
+//! - Every wait is bounded: a client waits at most [`CLIENT_WAIT`] to connect (a keeper
+//!   that does not accept, stopped or stuck, is as good as none) and for each answer; the
 //!   keeper waits at most [`CLIENT_WAIT`] for a request and never on a lease holder, whose
 //!   end the kernel signals.
 //! - The blanks never add up to more than a quarter of the machine's memory. An idle
@@ -194,15 +195,18 @@ fn same_user(conn: &OwnedFd) -> bool {
 /// user holds the name).
 fn connect(name: &str) -> Result<Option<OwnedFd>, WarmError> {
     let fd = seqpacket()?;
+    // Set before connecting: a Unix socket's connect waits as long as its send timeout
+    // while the listener's queue is full (a keeper stopped or stuck), and for ever without.
+    set_timeouts(&fd, Some(CLIENT_WAIT))?;
     match rustix::net::connect(&fd, &address(name)?) {
         Ok(()) => {}
-        Err(Errno::CONNREFUSED | Errno::NOENT) => return Ok(None),
+        // No keeper; or one whose queue stayed full for CLIENT_WAIT: as good as none.
+        Err(Errno::CONNREFUSED | Errno::NOENT | Errno::AGAIN) => return Ok(None),
         Err(e) => return Err(os("connecting to the warm-reserve keeper")(e)),
     }
     if !same_user(&fd) {
         return Ok(None);
     }
-    set_timeouts(&fd, Some(CLIENT_WAIT))?;
     Ok(Some(fd))
 }
 
@@ -682,12 +686,15 @@ impl Keeper {
                 // A blank half made is not handed out; making it again later is cheap.
                 self.making = None;
                 let blanks = std::mem::take(&mut self.blanks);
+                let mut sent = 0;
                 let granted =
                     send_message(conn.as_fd(), &with_u64s(GRANT, [blanks.len() as u64]), &[])
                         .is_ok()
                         && blanks.iter().all(|(fd, len)| {
-                            send_message(conn.as_fd(), &with_u64s(BLANK, [*len]), &[fd.as_fd()])
-                                .is_ok()
+                            let body = with_u64s(BLANK, [*len]);
+                            let ok = send_message(conn.as_fd(), &body, &[fd.as_fd()]).is_ok();
+                            sent += usize::from(ok);
+                            ok
                         });
                 if granted {
                     self.leases += 1;
@@ -695,7 +702,9 @@ impl Keeper {
                     self.sizes = None;
                     self.lease = Some(conn);
                 } else {
-                    self.blanks = blanks;
+                    // The blanks sent before the failure may be in the hands of a live
+                    // process that makes segments of them: never hand them out again.
+                    self.blanks = blanks.into_iter().skip(sent).collect();
                 }
             }
             STATUS => {
@@ -1021,6 +1030,89 @@ mod tests {
         });
         let sizes: Vec<u64> = blanks.iter().map(|(_, l)| *l).collect();
         assert_eq!(sizes, vec![2 * MIB], "the largest went first");
+    }
+
+    #[test]
+    fn a_keeper_that_never_accepts_holds_no_client_for_ever() {
+        let _serial = serial();
+        let name = unique("stuck");
+        // A keeper stopped (SIGSTOP) or stuck: it listens but never accepts, and its queue
+        // of connections fills up.
+        let listener = seqpacket().unwrap();
+        rustix::net::bind(&listener, &address(&name).unwrap()).unwrap();
+        rustix::net::listen(&listener, 0).unwrap();
+        let mut queued = Vec::new();
+        loop {
+            let fd = rustix::net::socket_with(
+                AddressFamily::UNIX,
+                SocketType::SEQPACKET,
+                SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+                None,
+            )
+            .unwrap();
+            match rustix::net::connect(&fd, &address(&name).unwrap()) {
+                Ok(()) => queued.push(fd),
+                Err(Errno::AGAIN) => break,
+                Err(e) => panic!("connecting: {e}"),
+            }
+            assert!(queued.len() < 1024, "the queue never filled");
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let client = name.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send((
+                status(&client).unwrap(),
+                stop(&client).unwrap(),
+                join(&client).unwrap(),
+            ));
+        });
+        let answers = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a client still waits for a keeper that never accepts");
+        assert_eq!(answers, (None, false, None), "as if no keeper ran");
+        assert_eq!(leased_bytes(), 0);
+    }
+
+    fn inode(fd: &OwnedFd) -> (u64, u64) {
+        let stat = rustix::fs::fstat(fd).unwrap();
+        (stat.st_dev, stat.st_ino)
+    }
+
+    #[test]
+    fn blanks_sent_before_a_grant_failed_are_never_handed_out_again() {
+        let mut keeper = Keeper {
+            blanks: (0..MAX_SIZES).map(|_| (memfd(4096), 4096)).collect(),
+            making: None,
+            plan: Vec::new(),
+            lease: None,
+            sizes: None,
+            used: 0,
+            leases: 0,
+            keep_for: DEFAULT_KEEP,
+        };
+        // A holder that asks for the lease and reads nothing, behind a send buffer that
+        // holds a few messages: the grant fails part way, after CLIENT_WAIT.
+        let (ours, theirs) = crate::transfer::seqpacket_pair().unwrap();
+        rustix::net::sockopt::set_socket_send_buffer_size(&ours, 1).unwrap();
+        send_message(theirs.as_fd(), &[VERSION, LEASE], &[]).unwrap();
+        assert!(keeper.serve(ours) == Served::Done);
+        assert!(keeper.lease.is_none(), "the grant did not fail");
+        // What reached the holder (the keeper's end is closed: the queue ends).
+        let mut received = Vec::new();
+        while let Ok(m) = recv_message(theirs.as_fd()) {
+            received.extend(m.fds.iter().map(inode));
+        }
+        assert!(
+            !received.is_empty() && received.len() < MAX_SIZES,
+            "{} blanks reached the holder",
+            received.len()
+        );
+        let kept: Vec<_> = keeper.blanks.iter().map(|(fd, _)| inode(fd)).collect();
+        assert!(
+            received.iter().all(|r| !kept.contains(r)),
+            "the keeper still holds blanks a live holder received, for the next lease"
+        );
+        assert_eq!(kept.len() + received.len(), MAX_SIZES, "the rest are kept");
     }
 
     #[test]
