@@ -58,6 +58,7 @@ pub use output::{MAX_LINE, OutputLine, OutputSink, Stream};
 pub use report::{
     Artifact, ArtifactKind, EntryReport, JobReport, Medium, OperatorReport, human_bytes,
 };
+pub use sys::detach;
 
 /// Lines of each operator's stderr kept for the report.
 pub const TAIL_LINES: usize = 20;

@@ -1,4 +1,4 @@
-//! The crate's only `unsafe` code: preparing an operator process between fork and exec.
+//! The crate's only `unsafe` code: preparing a child process between fork and exec.
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -20,6 +20,47 @@ pub(crate) fn hand_down(command: &mut Command, socket: &OwnedFd) {
             // The driver may have died before the line above took effect.
             if rustix::process::getppid() != Some(parent) {
                 return Err(std::io::Error::other("the driver is gone"));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Has the child start in a process group of its own, with none of this process's
+/// descriptors but the standard streams: everything from 3 up is made close-on-exec, so a
+/// process meant to outlive this one holds nothing this one inherited (a lock `flock(1)`
+/// holds for the command, the write end of a pipe whose reader waits for its end).
+pub fn detach(command: &mut Command) {
+    command.process_group(0);
+    // SAFETY: the closure runs in the forked child before exec and makes only
+    // async-signal-safe system calls (close_range, getrlimit, fcntl), allocating nothing.
+    // Marking descriptors close-on-exec (never closing them) keeps the channel on which
+    // the standard library reports a failed exec until the exec itself.
+    unsafe {
+        command.pre_exec(|| {
+            let all = libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            if all != 0 {
+                // Before Linux 5.11: one descriptor at a time, up to the limit.
+                let mut limit = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                let top = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+                    limit.rlim_cur.min(1 << 16) as libc::c_int
+                } else {
+                    1024
+                };
+                for fd in 3..top {
+                    let flags = libc::fcntl(fd, libc::F_GETFD);
+                    if flags >= 0 {
+                        libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+                    }
+                }
             }
             Ok(())
         });

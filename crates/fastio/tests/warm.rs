@@ -235,3 +235,49 @@ fn a_job_host_killed_while_it_holds_the_lease_leaves_the_keeper_serving() {
     drop(_stop);
     assert!(keeper.wait().unwrap().success());
 }
+
+#[test]
+fn the_keeper_holds_none_of_the_descriptors_the_command_inherited() {
+    let name = unique("fds");
+    let _stop = StopKeeper(name.clone());
+    let dir = tempfile::tempdir().unwrap();
+    // `fastio run` given the write end of a pipe as an inheritable descriptor 3, as a
+    // command run under `flock LOCK fastio run ...` is given the lock: whoever reads the
+    // pipe waits until every process that holds it has closed it.
+    let mut shell = Command::new("sh")
+        .arg("-c")
+        .arg(r#"exec "$0" run --quiet "$1" --output "$2" 3>&1 >/dev/null"#)
+        .arg(FASTIO)
+        .arg(DEMO)
+        .arg(dir.path())
+        .env("FASTIO_WARM_NAME", &name)
+        .env("FASTIO_KEEP_WARM", "60")
+        .env_remove("FASTIO_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pipe = shell.stdout.take().unwrap();
+    assert!(shell.wait().unwrap().success());
+    let keeper = settled(&name, 192 * MIB);
+    let pid = keeper["pid"].as_u64().unwrap();
+
+    let mut fds = [rustix::event::PollFd::new(
+        &pipe,
+        rustix::event::PollFlags::IN,
+    )];
+    let now = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    rustix::event::poll(&mut fds, Some(&now)).unwrap();
+    let held: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .collect();
+    assert!(
+        fds[0].revents().contains(rustix::event::PollFlags::HUP),
+        "the command has ended but the pipe's write end is still open; the keeper holds {held:?}"
+    );
+}

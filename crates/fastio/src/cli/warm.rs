@@ -69,22 +69,24 @@ impl Lease {
 }
 
 /// Starts `fastio keep-warm` in the background, detached from this command's terminal,
-/// process group and output, to hold blanks of `sizes`. Not waited for: it exits by itself
-/// once idle (or at once, when a keeper of that name runs already).
+/// process group, output and every other descriptor it inherited, to hold blanks of
+/// `sizes`. Not waited for: it exits by itself once idle (or at once, when a keeper of that
+/// name runs already).
 fn start_keeper(name: &str, keep: std::time::Duration, sizes: &[u64]) -> anyhow::Result<()> {
-    use std::os::unix::process::CommandExt as _;
     let command = SELF_COMMAND
         .get()
         .context("this command does not know its own path")?;
-    std::process::Command::new(command)
+    let mut keeper = std::process::Command::new(command);
+    keeper
         .arg("keep-warm")
         .args(sizes.iter().map(|s| format!("--hold={s}")))
         .args(["--keep", &keep.as_secs().to_string()])
         .env(warm::WARM_NAME_ENV, name)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .process_group(0)
+        .stderr(std::process::Stdio::null());
+    fastio::driver::detach(&mut keeper);
+    keeper
         .spawn()
         .with_context(|| format!("starting {} keep-warm", command.display()))?;
     Ok(())
