@@ -31,7 +31,8 @@
 //! - The keeper talks only to processes of its own user, and a holder only to a keeper of
 //!   its own user (`SO_PEERCRED` both ways), over an abstract Unix socket
 //!   (`fastio-warm/<uid>/<name>`): nothing is left on any filesystem. A holder accepts only
-//!   blanks that are memfds of its user, of the size announced, with no seal.
+//!   blanks that are memfds of its user, of the size announced, all allocated, with no
+//!   seal; so does the keeper of the blanks a holder gives back.
 //! - Every wait is bounded: a client waits at most [`CLIENT_WAIT`] to connect (a keeper
 //!   that does not accept, stopped or stuck, is as good as none) and for each answer; the
 //!   keeper waits at most [`CLIENT_WAIT`] for a request and never on a lease holder, whose
@@ -340,13 +341,16 @@ pub fn join(name: &str) -> Result<Option<u64>, WarmError> {
     Ok(Some(bytes))
 }
 
-/// Whether `fd` is a memfd of this user, of `len` bytes, sealable and without a seal.
+/// Whether `fd` is a memfd of this user, of `len` bytes, all of them allocated (a segment
+/// made of it never meets a hole it must allocate later, and a blank's size is bounded by
+/// real memory), sealable and without a seal.
 fn is_blank(fd: &OwnedFd, len: u64) -> bool {
     let Ok(stat) = rustix::fs::fstat(fd) else {
         return false;
     };
     stat.st_uid == rustix::process::geteuid().as_raw()
         && u64::try_from(stat.st_size).is_ok_and(|s| s == len)
+        && u64::try_from(stat.st_blocks).is_ok_and(|b| b.saturating_mul(512) >= len)
         && rustix::fs::fcntl_get_seals(fd).is_ok_and(|s| s.is_empty())
 }
 
@@ -764,7 +768,9 @@ impl Keeper {
     fn end_lease(&mut self) {
         self.lease = None;
         let plan = match self.sizes.take() {
-            Some(sizes) if sizes.iter().sum::<u64>() >= MIN_RESERVE => sizes,
+            Some(sizes) if sizes.iter().fold(0u64, |a, s| a.saturating_add(*s)) >= MIN_RESERVE => {
+                sizes
+            }
             _ => self.plan.clone(),
         };
         self.set_plan(plan);
@@ -947,6 +953,44 @@ mod tests {
     }
 
     #[test]
+    fn a_holder_that_gives_back_holes_and_absurd_sizes_costs_the_keeper_nothing() {
+        let _serial = serial();
+        let name = unique("holes");
+        let keeper = start(&name, Duration::from_secs(60), &[2 * MIB]);
+        settled(&name, 2 * MIB);
+        let holder = connect(&name).unwrap().unwrap();
+        let granted = ask(&holder, LEASE).unwrap();
+        assert_eq!(granted.body.first(), Some(&GRANT));
+        let blank = recv_message(holder.as_fd()).unwrap();
+        assert_eq!((blank.body.first(), blank.fds.len()), (Some(&BLANK), 1));
+        // "Blanks" made of nothing but holes (a segment made of one would allocate its
+        // memory at first touch, SIGBUS when there is none): of 4 EiB each, whose sizes add
+        // up past what a u64 holds, and one of a size the keeper will plan. Then sizes that
+        // add up past a u64 too.
+        for _ in 0..4 {
+            let hole = sealable_hole(1 << 62);
+            let body = with_u64s(BLANK, [1 << 62]);
+            send_message(holder.as_fd(), &body, &[hole.as_fd()]).unwrap();
+        }
+        let hole = sealable_hole(4 * MIB);
+        let body = with_u64s(BLANK, [4 * MIB]);
+        send_message(holder.as_fd(), &body, &[hole.as_fd()]).unwrap();
+        let sizes = with_u64s(SIZES, [u64::MAX, u64::MAX, 4 * MIB]);
+        send_message(holder.as_fd(), &sizes, &[]).unwrap();
+        drop(holder);
+        // The keeper took none of them, still serves, and plans what fits.
+        let after = settled(&name, 4 * MIB);
+        assert_eq!(after.leases, 1);
+        assert_eq!(join(&name).unwrap(), Some(4 * MIB));
+        let segment = SegmentBuilder::new(4 << 20).create().unwrap();
+        assert_eq!(leased_bytes(), 0, "the segment was made of the blank");
+        let blocks = rustix::fs::fstat(&segment).unwrap().st_blocks;
+        assert!(blocks * 512 >= (4 << 20), "the segment has holes");
+        leave();
+        finish(&name, keeper);
+    }
+
+    #[test]
     fn a_keeper_leaves_when_idle_and_a_second_one_of_the_same_name_does_not_start() {
         let _serial = serial();
         let name = unique("idle");
@@ -969,6 +1013,9 @@ mod tests {
     fn only_unsealed_memfds_of_the_announced_size_are_taken_as_blanks() {
         let fd =
             rustix::fs::memfd_create("b", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+        rustix::fs::ftruncate(&fd, 8192).unwrap();
+        rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::empty(), 0, 4096).unwrap();
+        assert!(!is_blank(&fd, 8192), "a hole: memory still to be allocated");
         rustix::fs::ftruncate(&fd, 4096).unwrap();
         assert!(is_blank(&fd, 4096));
         assert!(!is_blank(&fd, 8192), "another size");
@@ -979,6 +1026,14 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         file.set_len(4096).unwrap();
         assert!(!is_blank(&OwnedFd::from(file), 4096), "not a memfd");
+    }
+
+    /// A memfd of `len` bytes, none allocated, that takes seals (as a blank does).
+    fn sealable_hole(len: u64) -> OwnedFd {
+        let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+        let fd = rustix::fs::memfd_create("b", flags).unwrap();
+        rustix::fs::ftruncate(&fd, len).unwrap();
+        fd
     }
 
     fn memfd(len: u64) -> OwnedFd {
