@@ -26,12 +26,13 @@ pub(crate) fn hand_down(command: &mut Command, socket: &OwnedFd) {
     }
 }
 
-/// Has the child start in a process group of its own, with none of this process's
-/// descriptors but the standard streams: everything from 3 up is made close-on-exec, so a
-/// process meant to outlive this one holds nothing this one inherited (a lock `flock(1)`
-/// holds for the command, the write end of a pipe whose reader waits for its end).
+/// Has the child start in a process group of its own, in `/`, with none of this process's
+/// descriptors but the standard streams: everything from 3 up is made close-on-exec. So a
+/// process meant to outlive this one holds nothing this one was given (a lock `flock(1)`
+/// holds for the command, the write end of a pipe whose reader waits for its end, a
+/// working directory on a file system someone wants to unmount).
 pub fn detach(command: &mut Command) {
-    command.process_group(0);
+    command.process_group(0).current_dir("/");
     // SAFETY: the closure runs in the forked child before exec and makes only
     // async-signal-safe system calls (close_range, getrlimit, fcntl), allocating nothing.
     // Marking descriptors close-on-exec (never closing them) keeps the channel on which

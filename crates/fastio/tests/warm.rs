@@ -237,7 +237,7 @@ fn a_job_host_killed_while_it_holds_the_lease_leaves_the_keeper_serving() {
 }
 
 #[test]
-fn the_keeper_holds_none_of_the_descriptors_the_command_inherited() {
+fn the_keeper_holds_none_of_the_descriptors_and_not_the_folder_the_command_was_given() {
     let name = unique("fds");
     let _stop = StopKeeper(name.clone());
     let dir = tempfile::tempdir().unwrap();
@@ -253,6 +253,7 @@ fn the_keeper_holds_none_of_the_descriptors_the_command_inherited() {
         .env("FASTIO_WARM_NAME", &name)
         .env("FASTIO_KEEP_WARM", "60")
         .env_remove("FASTIO_LOG")
+        .current_dir(dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
@@ -280,4 +281,7 @@ fn the_keeper_holds_none_of_the_descriptors_the_command_inherited() {
         fds[0].revents().contains(rustix::event::PollFlags::HUP),
         "the command has ended but the pipe's write end is still open; the keeper holds {held:?}"
     );
+    // Nor does it keep the command's working directory busy (a file system to unmount).
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap();
+    assert_eq!(cwd, std::path::Path::new("/"));
 }
