@@ -27,12 +27,24 @@ pub fn available_memory() -> Option<u64> {
 
 /// [`available_memory`] without the blanks of a leased warm reserve.
 pub(crate) fn system_available_memory() -> Option<u64> {
+    #[cfg(test)]
+    if let Some(pretended) = PRETEND_AVAILABLE.get() {
+        return Some(pretended);
+    }
     let meminfo = meminfo_kib("MemAvailable").map(|kib| kib * 1024);
     let cgroup = cgroup_limit().map(|c| c.headroom());
     match (meminfo, cgroup) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// What [`system_available_memory`] reports in this thread of a unit test instead of
+    /// the kernel's figure: memory cannot be made short on a shared machine, safely.
+    pub(crate) static PRETEND_AVAILABLE: std::cell::Cell<Option<u64>> =
+        const { std::cell::Cell::new(None) };
 }
 
 /// The machine's memory (`MemTotal`), when it can be read.

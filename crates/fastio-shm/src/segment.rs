@@ -202,13 +202,14 @@ impl SegmentBuilder {
         if !check {
             return Ok(());
         }
+        let need = remaining.saturating_add(crate::HEADROOM_MARGIN);
+        // Leased blanks count as available only once freed.
+        crate::warm::make_room(need);
         match available_memory() {
-            Some(available) if remaining.saturating_add(crate::HEADROOM_MARGIN) > available => {
-                Err(SegmentError::OutOfMemory {
-                    size: self.len,
-                    available: Some(available.saturating_sub(crate::HEADROOM_MARGIN)),
-                })
-            }
+            Some(available) if need > available => Err(SegmentError::OutOfMemory {
+                size: self.len,
+                available: Some(available.saturating_sub(crate::HEADROOM_MARGIN)),
+            }),
             _ => Ok(()),
         }
     }

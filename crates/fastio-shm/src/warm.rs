@@ -37,11 +37,12 @@
 //!   that does not accept, stopped or stuck, is as good as none) and for each answer; the
 //!   keeper waits at most [`CLIENT_WAIT`] for a request and never on a lease holder, whose
 //!   end the kernel signals.
-//! - The blanks never add up to more than a quarter of the machine's memory. An idle
-//!   keeper looks at the memory available every second and leaves a sixteenth of the
-//!   machine's memory to others: below that it frees blanks (largest first) and makes no
-//!   more. A lease holder counts the blanks it holds as available, and frees them (largest
-//!   first) when a segment of another size needs their memory.
+//! - A keeper's blanks never add up to more than a quarter of the machine's memory (each
+//!   name has its keeper). An idle keeper looks at the memory available every second and
+//!   leaves a sixteenth of the machine's memory to others: below that it frees blanks
+//!   (largest first) and makes no more. A lease holder counts the blanks it holds as
+//!   available, and frees them (largest first) before every memory check of a create that
+//!   takes no blank, until the system itself has the memory ([`make_room`]).
 //! - The keeper trusts a lease holder of its own user with the blanks it gives back: they
 //!   must be untouched (the holder never maps them).
 
@@ -398,16 +399,20 @@ pub(crate) fn take_blank(len: u64) -> Option<OwnedFd> {
     }
     let mut guard = lease();
     let held = guard.as_mut()?;
-    if let Some(at) = held.blanks.iter().position(|(_, l)| *l == len) {
-        return Some(held.blanks.swap_remove(at).0);
+    let at = held.blanks.iter().position(|(_, l)| *l == len)?;
+    Some(held.blanks.swap_remove(at).0)
+}
+
+/// Frees blanks this process holds, largest first, until the system itself has `need`
+/// bytes available (or none is left): blanks count as available memory
+/// ([`crate::available_memory`]), so whatever is about to take memory on the strength of
+/// that count frees them first (every check of a segment's create does).
+pub(crate) fn make_room(need: u64) {
+    if let Some(held) = lease().as_mut() {
+        shed(&mut held.blanks, || {
+            crate::memory::system_available_memory().is_some_and(|a| a < need)
+        });
     }
-    // No blank of this size: the memory it needs may be held by blanks of other sizes,
-    // which this process counts as available; free the largest until it is there.
-    shed(&mut held.blanks, || {
-        crate::memory::system_available_memory()
-            .is_some_and(|a| a < len.saturating_add(crate::HEADROOM_MARGIN))
-    });
-    None
 }
 
 /// Frees blanks, largest first, while `short()` says memory is short.
@@ -1168,6 +1173,36 @@ mod tests {
             "the keeper still holds blanks a live holder received, for the next lease"
         );
         assert_eq!(kept.len() + received.len(), MAX_SIZES, "the rest are kept");
+    }
+
+    #[test]
+    fn a_create_of_a_size_no_blank_has_counts_blanks_only_once_freed() {
+        let _serial = serial();
+        let name = unique("room");
+        let keeper = start(&name, Duration::from_secs(60), &[4 * MIB, 2 * MIB]);
+        settled(&name, 6 * MIB);
+        assert_eq!(join(&name).unwrap(), Some(6 * MIB));
+        // This thread sees the system short of memory: only the margin is left, and freeing
+        // blanks gives none back (the figure is pretended). Segments smaller than a huge
+        // page, or of an explicit way of reserving, never take a blank: they may count the
+        // blanks as available memory only by freeing them.
+        crate::memory::PRETEND_AVAILABLE.set(Some(crate::HEADROOM_MARGIN));
+        let small = SegmentBuilder::new(1 << 20).create();
+        let explicit = SegmentBuilder::new(4 << 20)
+            .reserve(crate::Reserve::Fallocate)
+            .create();
+        crate::memory::PRETEND_AVAILABLE.set(None);
+        assert!(
+            matches!(small, Err(crate::SegmentError::OutOfMemory { .. })),
+            "{small:?}"
+        );
+        assert!(
+            matches!(explicit, Err(crate::SegmentError::OutOfMemory { .. })),
+            "{explicit:?}"
+        );
+        assert_eq!(leased_bytes(), 0, "the blanks were freed to make room");
+        leave();
+        finish(&name, keeper);
     }
 
     #[test]
