@@ -132,13 +132,21 @@ fn creates_racing_under_a_cgroup_v1_limit_fail_cleanly_instead_of_being_killed()
     if let Some(cgroup) = std::env::var_os(CGROUP_CHILD) {
         std::fs::write(std::path::Path::new(&cgroup).join("cgroup.procs"), "0").unwrap();
         let ctx = Context::in_process();
-        match ctx.create(160 * MIB) {
+        let held = match ctx.create(160 * MIB) {
             Ok(mut a) => {
                 a.write_bytes(0, b"x").unwrap();
                 println!("created");
+                Some(a)
             }
-            Err(e) => println!("refused: {e}"),
-        }
+            Err(e) => {
+                println!("refused: {e}");
+                None
+            }
+        };
+        // Hold the memory until the parent has heard from both children: they compete
+        // for it even when the machine runs them one after the other.
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+        drop(held);
         return;
     }
     let Some(cgroup) = v1_cgroup(256 << 20) else {
@@ -154,22 +162,41 @@ fn creates_racing_under_a_cgroup_v1_limit_fail_cleanly_instead_of_being_killed()
                 "--test-threads=1",
             ])
             .env(CGROUP_CHILD, &cgroup)
+            .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap()
     };
-    // Two processes, each asking 160 MiB of a 256 MiB cgroup at the same time.
+    // Two processes, each asking 160 MiB of a 256 MiB cgroup at the same time; each holds
+    // what it got until both have answered.
     let children = [spawn(), spawn()];
-    let outputs: Vec<_> = children
+    let mut readers = Vec::new();
+    for mut child in children {
+        // Until the child's answer (libtest prints a line of its own first).
+        let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut heard = String::new();
+        while !heard.contains("created") && !heard.contains("refused") {
+            let mut line = String::new();
+            if std::io::BufRead::read_line(&mut reader, &mut line).unwrap() == 0 {
+                break;
+            }
+            heard.push_str(&line);
+        }
+        readers.push((child, reader, heard));
+    }
+    let outputs: Vec<_> = readers
         .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
+        .map(|(mut child, mut reader, mut heard)| {
+            drop(child.stdin.take());
+            std::io::Read::read_to_string(&mut reader, &mut heard).unwrap();
+            (child.wait().unwrap(), heard)
+        })
         .collect();
     let _ = std::fs::remove_dir(&cgroup);
     let mut created = 0;
-    for out in &outputs {
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(out.status.signal(), None, "killed: {stdout}");
-        assert!(out.status.success(), "{stdout}");
+    for (status, stdout) in &outputs {
+        assert_eq!(status.signal(), None, "killed: {stdout}");
+        assert!(status.success(), "{stdout}");
         if stdout.contains("created") {
             created += 1;
         } else {

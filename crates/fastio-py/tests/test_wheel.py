@@ -3,12 +3,14 @@ Rust: a fresh virtual environment, no cargo on PATH, then the `fastio` command i
 runs the demo pipeline (with the demo operator the wheel carries) and a pipeline of Python
 operators."""
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 import zipfile
 from pathlib import Path
 
@@ -50,6 +52,7 @@ driver.wait_for_completion()
 """
 
 CONSUMER = """
+import json
 import os
 import fastio
 
@@ -126,6 +129,10 @@ def test_the_wheel_installs_without_rust_and_its_command_runs_a_pipeline(tmp_pat
     assert values == "15 [7, 1, 7, 3]"
 
     # The demo: four operator processes of the program the wheel carries (not on PATH).
+    # Its entries add up to more than 64 MiB, so the command, Python here, starts a
+    # warm-reserve keeper after it: itself again, through the console script.
+    env["FASTIO_WARM_NAME"] = f"wheel-{os.getpid()}"
+    env["FASTIO_KEEP_WARM"] = "60"
     assert shutil.which("fastio-demo-op", path=path) is None
     demo = subprocess.run(
         ["fastio", "run", "--quiet", "--output", "demo-out", str(ROOT / "examples/demo/pipeline.yaml")],
@@ -134,6 +141,22 @@ def test_the_wheel_installs_without_rust_and_its_command_runs_a_pipeline(tmp_pat
     assert demo.returncode == 0, demo.stdout + demo.stderr
     (report,) = (job / "demo-out").rglob("write-report/report/report.txt")
     assert "voxel count: " in report.read_text()
+    try:
+        keeper = None
+        for _ in range(600):
+            status = subprocess.run(["fastio", "keep-warm", "--status"], env=env, cwd=job,
+                                    capture_output=True, text=True, timeout=60)
+            assert status.returncode == 0, status
+            keeper = json.loads(status.stdout)
+            if keeper is not None:
+                break
+            time.sleep(0.05)
+        assert keeper is not None, "no keeper after the demo"
+        with open(f"/proc/{keeper['pid']}/cmdline", "rb") as f:
+            cmdline = f.read().split(b"\0")
+        assert b"keep-warm" in cmdline and str(venv / "bin" / "fastio").encode() in cmdline, cmdline
+    finally:
+        subprocess.run(["fastio", "keep-warm", "--stop"], env=env, cwd=job, timeout=60)
 
     # Ctrl-C reaches the command although Python runs it (Python would hold SIGINT
     # until the Rust call returned, which `serve` never does).

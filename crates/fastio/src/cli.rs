@@ -18,7 +18,7 @@ mod warm;
 #[command(
     version,
     about,
-    after_help = "Environment:\n  FASTIO_LOG  what fastio itself logs to stderr: error, warn (the default), info, debug or\n              trace, for everything or per module (FASTIO_LOG=fastio_driver=debug); the\n              syntax of tracing-subscriber's EnvFilter. Operators' own output is not a log:\n              `fastio run` shows it (see --quiet) and keeps it in the job's logs folder."
+    after_help = "Environment:\n  FASTIO_LOG  what fastio itself logs to stderr: error, warn (the default), info, debug or\n              trace, for everything or per module (FASTIO_LOG=fastio_driver=debug); the\n              syntax of tracing-subscriber's EnvFilter. Operators' own output is not a log:\n              `fastio run` shows it (see --quiet) and keeps it in the job's logs folder.\n  FASTIO_KEEP_WARM  seconds the warm-reserve keeper holds memory once idle (default 120;\n              0: no keeper is started or used; see `fastio keep-warm --help`).\n  FASTIO_WARM_NAME  the keeper to use (default `default`), for separate reserves."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -61,6 +61,10 @@ enum Command {
     /// their inputs never execute, running ones get SIGTERM and, after a grace period,
     /// SIGKILL (at once on a second Ctrl-C); the summary is still printed, and the
     /// command exits 128 + the signal's number (130 for Ctrl-C).
+    ///
+    /// The job leases the warm reserve if a keeper runs (`fastio keep-warm`): its entries
+    /// are then made of memory kept since the last job. After a job that made 64 MiB or
+    /// more without one, a keeper is started in the background for the next job.
     Run {
         /// The pipeline definition file.
         pipeline: std::path::PathBuf,
