@@ -31,8 +31,8 @@
 //! - The keeper talks only to processes of its own user, and a holder only to a keeper of
 //!   its own user (`SO_PEERCRED` both ways), over an abstract Unix socket
 //!   (`fastio-warm/<uid>/<name>`): nothing is left on any filesystem. A holder accepts only
-//!   blanks that are memfds of its user, of the size announced, all allocated, with no
-//!   seal; so does the keeper of the blanks a holder gives back.
+//!   blanks that are memfds of its user, open read-write, of the size announced, all
+//!   allocated, with no seal; so does the keeper of the blanks a holder gives back.
 //! - Every wait is bounded: a client waits at most [`CLIENT_WAIT`] to connect (a keeper
 //!   that does not accept, stopped or stuck, is as good as none) and for each answer; the
 //!   keeper waits at most [`CLIENT_WAIT`] for a request and never on a lease holder, whose
@@ -344,12 +344,16 @@ pub fn join(name: &str) -> Result<Option<u64>, WarmError> {
 
 /// Whether `fd` is a memfd of this user, of `len` bytes, all of them allocated (a segment
 /// made of it never meets a hole it must allocate later, and a blank's size is bounded by
-/// real memory), sealable and without a seal.
+/// real memory), open for reading and writing (sealing needs it), sealable and without a
+/// seal.
 fn is_blank(fd: &OwnedFd, len: u64) -> bool {
     let Ok(stat) = rustix::fs::fstat(fd) else {
         return false;
     };
-    stat.st_uid == rustix::process::geteuid().as_raw()
+    let read_write = rustix::fs::fcntl_getfl(fd)
+        .is_ok_and(|f| f & rustix::fs::OFlags::RWMODE == rustix::fs::OFlags::RDWR);
+    read_write
+        && stat.st_uid == rustix::process::geteuid().as_raw()
         && u64::try_from(stat.st_size).is_ok_and(|s| s == len)
         && u64::try_from(stat.st_blocks).is_ok_and(|b| b.saturating_mul(512) >= len)
         && rustix::fs::fcntl_get_seals(fd).is_ok_and(|s| s.is_empty())
@@ -789,6 +793,7 @@ mod tests {
 
     use super::*;
     use crate::SegmentBuilder;
+    use std::os::fd::AsRawFd;
 
     const MIB: u64 = 1 << 20;
 
@@ -1023,6 +1028,12 @@ mod tests {
         assert!(!is_blank(&fd, 8192), "a hole: memory still to be allocated");
         rustix::fs::ftruncate(&fd, 4096).unwrap();
         assert!(is_blank(&fd, 4096));
+        // The same memfd opened again for reading only: no seal could be added through it,
+        // so the create of a segment of it would fail.
+        let read_only = std::fs::File::open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+            .map(OwnedFd::from)
+            .unwrap();
+        assert!(!is_blank(&read_only, 4096), "read-only");
         assert!(!is_blank(&fd, 8192), "another size");
         rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::GROW).unwrap();
         assert!(!is_blank(&fd, 4096), "sealed");
