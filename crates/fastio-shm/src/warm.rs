@@ -454,16 +454,7 @@ pub fn keep(name: &str, keep_for: Duration, sizes: &[u64]) -> Result<Kept, WarmE
         Err(e) => return Err(os("binding the keeper's socket")(e)),
     }
     rustix::net::listen(&listener, 16).map_err(os("listen"))?;
-    let mut keeper = Keeper {
-        blanks: Vec::new(),
-        making: None,
-        plan: Vec::new(),
-        lease: None,
-        sizes: None,
-        used: 0,
-        leases: 0,
-        keep_for,
-    };
+    let mut keeper = Keeper::new(keep_for);
     keeper.set_plan(sizes.to_vec());
     let mut idle_since = Instant::now();
     loop {
@@ -557,6 +548,20 @@ struct Keeper {
 const MAKE_STEP: u64 = 32 << 20;
 
 impl Keeper {
+    /// A keeper that holds and plans nothing yet.
+    fn new(keep_for: Duration) -> Self {
+        Self {
+            blanks: Vec::new(),
+            making: None,
+            plan: Vec::new(),
+            lease: None,
+            sizes: None,
+            used: 0,
+            leases: 0,
+            keep_for,
+        }
+    }
+
     /// Keeps the sizes that fit in a quarter of the machine's memory, largest first.
     fn set_plan(&mut self, mut sizes: Vec<u64>) {
         let huge = crate::huge_page_size();
@@ -1060,16 +1065,9 @@ mod tests {
 
     #[test]
     fn memory_pressure_frees_blanks_largest_first_and_shrinks_the_plan() {
-        let mut keeper = Keeper {
-            blanks: vec![(memfd(2 * MIB), 2 * MIB), (memfd(8 * MIB), 8 * MIB)],
-            making: None,
-            plan: vec![8 * MIB, 4 * MIB, 2 * MIB],
-            lease: None,
-            sizes: None,
-            used: 0,
-            leases: 0,
-            keep_for: DEFAULT_KEEP,
-        };
+        let mut keeper = Keeper::new(DEFAULT_KEEP);
+        keeper.blanks = vec![(memfd(2 * MIB), 2 * MIB), (memfd(8 * MIB), 8 * MIB)];
+        keeper.plan = vec![8 * MIB, 4 * MIB, 2 * MIB];
         // No pressure: nothing changes.
         keeper.relieve_while(|| false);
         assert_eq!(keeper.held(), 10 * MIB);
@@ -1151,16 +1149,8 @@ mod tests {
 
     #[test]
     fn blanks_sent_before_a_grant_failed_are_never_handed_out_again() {
-        let mut keeper = Keeper {
-            blanks: (0..MAX_SIZES).map(|_| (memfd(4096), 4096)).collect(),
-            making: None,
-            plan: Vec::new(),
-            lease: None,
-            sizes: None,
-            used: 0,
-            leases: 0,
-            keep_for: DEFAULT_KEEP,
-        };
+        let mut keeper = Keeper::new(DEFAULT_KEEP);
+        keeper.blanks = (0..MAX_SIZES).map(|_| (memfd(4096), 4096)).collect();
         // A holder that asks for the lease and reads nothing, behind a send buffer that
         // holds a few messages: the grant fails part way, after CLIENT_WAIT.
         let (ours, theirs) = crate::transfer::seqpacket_pair().unwrap();
