@@ -1014,12 +1014,11 @@ mod tests {
             keep(&name, Duration::from_secs(60), &[]).unwrap(),
             Kept::AlreadyRunning
         );
-        let started = Instant::now();
+        // Bounded by wait_for, not timed: speed is no test's business.
         wait_for("the idle keeper to leave", || {
             keeper.is_finished().then_some(())
         });
         assert_eq!(keeper.join().unwrap(), Kept::Idle);
-        assert!(started.elapsed() < Duration::from_secs(20));
         assert_eq!(status(&name).unwrap(), None);
         assert_eq!(join(&name).unwrap(), None, "nothing to join");
     }
