@@ -42,7 +42,7 @@
 //!   leaves a sixteenth of the machine's memory to others: below that it frees blanks
 //!   (largest first) and makes no more. A lease holder counts the blanks it holds as
 //!   available, and frees them (largest first) before every memory check of a create that
-//!   takes no blank, until the system itself has the memory ([`make_room`]).
+//!   takes no blank, until the system itself has the memory (`make_room`).
 //! - The keeper trusts a lease holder of its own user with the blanks it gives back: they
 //!   must be untouched (the holder never maps them).
 
