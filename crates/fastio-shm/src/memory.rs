@@ -32,8 +32,12 @@ pub(crate) fn system_available_memory() -> Option<u64> {
         return Some(pretended);
     }
     let meminfo = meminfo_kib("MemAvailable").map(|kib| kib * 1024);
-    let cgroup = cgroup_limit().map(|c| c.headroom());
-    match (meminfo, cgroup) {
+    lower(meminfo, cgroup_limit().map(|c| c.headroom()))
+}
+
+/// The lower of two figures, either of which may be unknown.
+fn lower(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
@@ -45,11 +49,20 @@ thread_local! {
     /// the kernel's figure: memory cannot be made short on a shared machine, safely.
     pub(crate) static PRETEND_AVAILABLE: std::cell::Cell<Option<u64>> =
         const { std::cell::Cell::new(None) };
+    /// The memory cgroup limit [`total_memory`] sees in this thread of a unit test (no
+    /// test may move itself into a cgroup of its own on a shared machine).
+    pub(crate) static PRETEND_CGROUP_LIMIT: std::cell::Cell<Option<u64>> =
+        const { std::cell::Cell::new(None) };
 }
 
-/// The machine's memory (`MemTotal`), when it can be read.
+/// The memory this process can have at most, when it can be read: the machine's
+/// (`MemTotal`), or the limit of its memory cgroup ([`cgroup_limit`]) where lower, as in a
+/// container with a memory limit on a larger machine.
 pub(crate) fn total_memory() -> Option<u64> {
-    meminfo_kib("MemTotal").map(|kib| kib * 1024)
+    let limit = cgroup_limit().map(|c| c.limit);
+    #[cfg(test)]
+    let limit = PRETEND_CGROUP_LIMIT.get().or(limit);
+    lower(meminfo_kib("MemTotal").map(|kib| kib * 1024), limit)
 }
 
 fn meminfo_kib(key: &str) -> Option<u64> {

@@ -37,12 +37,13 @@
 //!   that does not accept, stopped or stuck, is as good as none) and for each answer; the
 //!   keeper waits at most [`CLIENT_WAIT`] for a request and never on a lease holder, whose
 //!   end the kernel signals.
-//! - A keeper's blanks never add up to more than a quarter of the machine's memory (each
-//!   name has its keeper). An idle keeper looks at the memory available every second and
-//!   leaves a sixteenth of the machine's memory to others: below that it frees blanks
-//!   (largest first) and makes no more. A lease holder counts the blanks it holds as
-//!   available, and frees them (largest first) before every memory check of a create that
-//!   takes no blank, until the system itself has the memory (`make_room`).
+//! - A keeper's blanks never add up to more than a quarter of the machine's memory, or of
+//!   its memory cgroup's limit where lower (each name has its keeper). An idle keeper looks
+//!   at the memory available every second and leaves a sixteenth of that to others: below
+//!   it, it frees blanks (largest first) and makes no more. A lease holder counts the
+//!   blanks it holds as available, and frees them (largest first) before every memory
+//!   check of a create that takes no blank, until the system itself has the memory
+//!   (`make_room`).
 //! - The keeper trusts a lease holder of its own user with the blanks it gives back: they
 //!   must be untouched (the holder never maps them).
 
@@ -1080,6 +1081,23 @@ mod tests {
         assert_eq!(keeper.held(), 2 * MIB);
         assert_eq!(keeper.plan, vec![2 * MIB]);
         assert!(!keeper.wants_more());
+    }
+
+    #[test]
+    fn the_keepers_share_is_of_the_memory_its_cgroup_allows() {
+        // A container limited to 256 MiB on a larger machine: a quarter of that is 64 MiB
+        // of blanks, and the pressure floor is a sixteenth of it (at least twice the margin).
+        crate::memory::PRETEND_CGROUP_LIMIT.set(Some(256 * MIB));
+        let mut keeper = Keeper::new(DEFAULT_KEEP);
+        keeper.set_plan(vec![64 * MIB, 32 * MIB, 2 * MIB]);
+        let floor = pressure_floor();
+        crate::memory::PRETEND_CGROUP_LIMIT.set(None);
+        assert_eq!(
+            keeper.plan,
+            vec![64 * MIB],
+            "a quarter of the cgroup's 256 MiB"
+        );
+        assert_eq!(floor, 2 * crate::HEADROOM_MARGIN);
     }
 
     #[test]
