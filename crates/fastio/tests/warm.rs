@@ -116,6 +116,9 @@ fn a_job_starts_a_keeper_and_the_next_job_makes_its_entries_of_its_blanks() {
         let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
         assert_eq!(target, std::path::Path::new("/dev/null"), "fd {fd}");
     }
+    // The OOM killer, which does not count its blanks, takes it first.
+    let oom = std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj")).unwrap();
+    assert_eq!(oom.trim(), "1000");
 
     // `fastio doctor` shows it.
     let doctor = fastio(&name, "60")

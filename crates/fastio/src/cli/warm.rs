@@ -124,6 +124,12 @@ pub(crate) fn keep_warm(
         Some(seconds) => std::time::Duration::from_secs(seconds),
         None => warm::keep_time()?.unwrap_or(warm::DEFAULT_KEEP),
     };
+    // The blanks are memory no process needs, and the kernel's OOM killer does not see
+    // them (a memfd's pages count in no process's resident size): without this it would
+    // kill a process doing real work and leave them held.
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "1000") {
+        tracing::info!("the keeper is not the OOM killer's first choice: {e}");
+    }
     warm::keep(&name, keep, hold)?;
     Ok(())
 }
