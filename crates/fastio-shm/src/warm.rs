@@ -756,7 +756,10 @@ impl Keeper {
             Ok(mut m) if m.body.first() == Some(&BLANK) && m.fds.len() == 1 => {
                 let fd = m.fds.remove(0);
                 match u64_at(&m.body, 1) {
-                    Some(len) if is_blank(&fd, len) => {
+                    // No more than a keeper ever gives: a holder giving back without end
+                    // would fill the descriptor table, and `accept` would fail (and the
+                    // loop spin) for as long as the lease lasts.
+                    Some(len) if self.blanks.len() < MAX_SIZES && is_blank(&fd, len) => {
                         self.used = self.used.saturating_sub(len);
                         self.blanks.push((fd, len));
                     }
@@ -1098,6 +1101,23 @@ mod tests {
             "a quarter of the cgroup's 256 MiB"
         );
         assert_eq!(floor, 2 * crate::HEADROOM_MARGIN);
+    }
+
+    #[test]
+    fn a_holder_giving_back_more_blanks_than_a_keeper_gives_fills_no_descriptor_table() {
+        let mut keeper = Keeper::new(DEFAULT_KEEP);
+        let (ours, theirs) = crate::transfer::seqpacket_pair().unwrap();
+        keeper.lease = Some(ours);
+        for _ in 0..MAX_SIZES + 16 {
+            let blank = sealable_hole(4096);
+            rustix::fs::fallocate(&blank, rustix::fs::FallocateFlags::empty(), 0, 4096).unwrap();
+            let body = with_u64s(BLANK, [4096]);
+            send_message(theirs.as_fd(), &body, &[blank.as_fd()]).unwrap();
+        }
+        for _ in 0..MAX_SIZES + 16 {
+            assert!(!keeper.lease_message(), "the lease goes on");
+        }
+        assert_eq!(keeper.blanks.len(), MAX_SIZES);
     }
 
     #[test]
