@@ -494,11 +494,17 @@ pub fn keep(name: &str, keep_for: Duration, sizes: &[u64]) -> Result<Kept, WarmE
             keeper.end_lease();
             idle_since = Instant::now();
         }
-        if listener_ready
-            && let Ok(conn) = rustix::net::accept_with(&listener, SocketFlags::CLOEXEC)
-            && keeper.serve(conn) == Served::Stop
-        {
-            return Ok(Kept::Stopped);
+        if listener_ready {
+            match rustix::net::accept_with(&listener, SocketFlags::CLOEXEC) {
+                Ok(conn) => {
+                    if keeper.serve(conn) == Served::Stop {
+                        return Ok(Kept::Stopped);
+                    }
+                }
+                // Out of descriptors, say: the request stays queued and the listener
+                // readable; wait a little rather than spin on it.
+                Err(_) => std::thread::sleep(ACCEPT_BACKOFF),
+            }
         }
         if !listener_ready && keeper.lease.is_none() {
             keeper.relieve();
@@ -509,6 +515,9 @@ pub fn keep(name: &str, keep_for: Duration, sizes: &[u64]) -> Result<Kept, WarmE
         }
     }
 }
+
+/// The pause after a failed `accept`.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// How often an idle keeper looks at the memory available.
 const PRESSURE_CHECK: Duration = Duration::from_secs(1);
