@@ -151,14 +151,7 @@ fn a_write_to_an_input_faults() {
 #[test]
 fn an_input_entry_refuses_writes_keeps_its_data_and_carries_the_producers_event() {
     use fastio::job::{EntryId, EntryPlan, Job as JobState, JobPlan, StagePlan};
-    let stage = |name: &str, inputs: Vec<EntryId>, outputs: Vec<EntryId>| StagePlan {
-        name: name.into(),
-        upstream: vec![],
-        inputs: vec![],
-        outputs: vec![],
-        fastio_inputs: inputs,
-        fastio_outputs: outputs,
-    };
+    let stage = |name, inputs, outputs| StagePlan::new(name, vec![], inputs, outputs);
     let plan = JobPlan {
         job_id: "j".into(),
         job_name: "j".into(),
@@ -166,13 +159,12 @@ fn an_input_entry_refuses_writes_keeps_its_data_and_carries_the_producers_event(
             stage("writer", vec![], vec![EntryId(0)]),
             stage("reader", vec![EntryId(0)], vec![]),
         ],
-        entries: vec![EntryPlan {
-            memory: Default::default(),
-            name: "data".into(),
-            producer: Some(0),
-            element_type: fastio::ElementType::U16,
-            declared: vec![2, 3],
-        }],
+        entries: vec![EntryPlan::new(
+            "data",
+            Some(0),
+            fastio::ElementType::U16,
+            vec![2, 3],
+        )],
     };
     let job = std::sync::Arc::new(JobState::new(plan, |_| {}));
     let server = fastio::job::host(Default::default(), job.clone()).unwrap();

@@ -16,14 +16,7 @@ const SECRET: &str = "0123456789abcdef0123456789abcdef";
 const SIZE: usize = 4 << 20;
 
 fn job() -> Arc<Job> {
-    let stage = |name: &str| StagePlan {
-        name: name.into(),
-        upstream: Vec::new(),
-        inputs: Vec::new(),
-        outputs: Vec::new(),
-        fastio_inputs: Vec::new(),
-        fastio_outputs: Vec::new(),
-    };
+    let stage = |name| StagePlan::new(name, vec![], vec![], vec![]);
     let plan = JobPlan {
         job_id: "join-test".into(),
         job_name: "join".into(),

@@ -60,7 +60,44 @@ pub struct EntryPlan {
     pub memory: MemoryKind,
 }
 
+impl StagePlan {
+    /// A stage that hands data over through shared-memory entries only (no disk inputs or
+    /// outputs): what a plan built by hand mostly needs.
+    pub fn new(
+        name: &str,
+        upstream: Vec<usize>,
+        fastio_inputs: Vec<EntryId>,
+        fastio_outputs: Vec<EntryId>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            upstream,
+            inputs: vec![],
+            outputs: vec![],
+            fastio_inputs,
+            fastio_outputs,
+        }
+    }
+}
+
 impl EntryPlan {
+    /// An entry in host memory (set [`EntryPlan::memory`] for a device), written by stage
+    /// `producer`, of `declared` shape (`-1` or `0` for dynamic dimensions).
+    pub fn new(
+        name: &str,
+        producer: Option<usize>,
+        element_type: ElementType,
+        declared: Vec<i64>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            producer,
+            element_type,
+            declared,
+            memory: MemoryKind::Host,
+        }
+    }
+
     /// Every dimension is known, so the driver allocates it up front.
     pub fn is_preallocated(&self) -> bool {
         self.declared.iter().all(|&d| d > 0)
@@ -528,14 +565,7 @@ mod tests {
     use std::time::Duration;
 
     fn chain() -> JobPlan {
-        let stage = |name: &str, upstream: Vec<usize>| StagePlan {
-            name: name.into(),
-            upstream,
-            inputs: vec![],
-            outputs: vec![],
-            fastio_inputs: vec![],
-            fastio_outputs: vec![],
-        };
+        let stage = |name: &str, upstream| StagePlan::new(name, upstream, vec![], vec![]);
         JobPlan {
             job_id: "j".into(),
             job_name: "chain".into(),

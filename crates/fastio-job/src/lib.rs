@@ -41,25 +41,11 @@
 //! use std::sync::Arc;
 //! use fastio_job::{EntryId, EntryPlan, FastIoEntry, Job, JobPlan, Phase, StagePlan};
 //! use fastio_meta::ElementType;
-//! let stage = |name: &str, inputs, outputs| StagePlan {
-//!     name: name.into(),
-//!     upstream: vec![],
-//!     inputs: vec![],
-//!     outputs: vec![],
-//!     fastio_inputs: inputs,
-//!     fastio_outputs: outputs,
-//! };
 //! let plan = JobPlan {
 //!     job_id: "job-1".into(),
 //!     job_name: "demo".into(),
-//!     stages: vec![stage("make", vec![], vec![EntryId(0)])],
-//!     entries: vec![EntryPlan {
-//!         name: "grid".into(),
-//!         producer: Some(0),
-//!         element_type: ElementType::F32,
-//!         declared: vec![2, 3],
-//!         memory: Default::default(),
-//!     }],
+//!     stages: vec![StagePlan::new("make", vec![], vec![], vec![EntryId(0)])],
+//!     entries: vec![EntryPlan::new("grid", Some(0), ElementType::F32, vec![2, 3])],
 //! };
 //! let job = Arc::new(Job::new(plan, |_| {}));
 //! let server = fastio_job::host(Default::default(), job)?;

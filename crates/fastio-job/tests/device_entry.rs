@@ -16,14 +16,7 @@ fn cuda(device: i32) -> MemoryKind {
 /// A job of `infer` writing `logits` (f32, shape `declared`, on cuda:0) and `post` reading
 /// it, served with `driver` (or this machine's own CUDA driver).
 fn device_job(declared: Vec<i64>, driver: Option<Driver>) -> JobServer {
-    let stage = |name: &str, inputs: Vec<EntryId>, outputs: Vec<EntryId>| StagePlan {
-        name: name.into(),
-        upstream: vec![],
-        inputs: vec![],
-        outputs: vec![],
-        fastio_inputs: inputs,
-        fastio_outputs: outputs,
-    };
+    let stage = |name, inputs, outputs| StagePlan::new(name, vec![], inputs, outputs);
     let plan = JobPlan {
         job_id: "j".into(),
         job_name: "j".into(),
@@ -32,11 +25,8 @@ fn device_job(declared: Vec<i64>, driver: Option<Driver>) -> JobServer {
             stage("post", vec![EntryId(0)], vec![]),
         ],
         entries: vec![EntryPlan {
-            name: "logits".into(),
-            producer: Some(0),
-            element_type: fastio_meta::ElementType::F32,
-            declared,
             memory: cuda(0),
+            ..EntryPlan::new("logits", Some(0), fastio_meta::ElementType::F32, declared)
         }],
     };
     let job = std::sync::Arc::new(Job::new(plan, |_| {}));

@@ -232,21 +232,8 @@ fn conversation() -> impl Strategy<Value = (bool, Role, Vec<Vec<u8>>)> {
 /// A job of two operators: stage 0 produces a pre-allocated and a dynamic entry, stage 1
 /// reads them.
 fn job_plan() -> JobPlan {
-    let stage = |name: &str, upstream, inputs, outputs| StagePlan {
-        name: name.into(),
-        upstream,
-        inputs: vec![],
-        outputs: vec![],
-        fastio_inputs: inputs,
-        fastio_outputs: outputs,
-    };
-    let entry = |name: &str, declared: Vec<i64>| EntryPlan {
-        memory: Default::default(),
-        name: name.into(),
-        producer: Some(0),
-        element_type: ElementType::F32,
-        declared,
-    };
+    let stage = StagePlan::new;
+    let entry = |name, declared| EntryPlan::new(name, Some(0), ElementType::F32, declared);
     JobPlan {
         job_id: "fuzz".into(),
         job_name: "fuzz".into(),

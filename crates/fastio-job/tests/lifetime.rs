@@ -10,14 +10,7 @@ use fastio_meta::ElementType;
 
 /// `make` writes `volume`, which `first` and `second` read.
 fn plan() -> JobPlan {
-    let stage = |name: &str, upstream, inputs, outputs| StagePlan {
-        name: name.into(),
-        upstream,
-        inputs: vec![],
-        outputs: vec![],
-        fastio_inputs: inputs,
-        fastio_outputs: outputs,
-    };
+    let stage = StagePlan::new;
     JobPlan {
         job_id: "j".into(),
         job_name: "p".into(),
@@ -26,13 +19,12 @@ fn plan() -> JobPlan {
             stage("first", vec![0], vec![EntryId(0)], vec![]),
             stage("second", vec![0], vec![EntryId(0)], vec![]),
         ],
-        entries: vec![EntryPlan {
-            memory: Default::default(),
-            name: "volume".into(),
-            producer: Some(0),
-            element_type: ElementType::U8,
-            declared: vec![4096],
-        }],
+        entries: vec![EntryPlan::new(
+            "volume",
+            Some(0),
+            ElementType::U8,
+            vec![4096],
+        )],
     }
 }
 

@@ -9,14 +9,7 @@ use fastio_job::{EntryId, EntryPlan, FastIoEntry, Job, JobPlan, StagePlan};
 use fastio_meta::ElementType;
 
 fn plan() -> JobPlan {
-    let stage = |name: &str, upstream, inputs, outputs| StagePlan {
-        name: name.into(),
-        upstream,
-        inputs: vec![],
-        outputs: vec![],
-        fastio_inputs: inputs,
-        fastio_outputs: outputs,
-    };
+    let stage = StagePlan::new;
     JobPlan {
         job_id: "j".into(),
         job_name: "p".into(),
@@ -24,13 +17,12 @@ fn plan() -> JobPlan {
             stage("make", vec![], vec![], vec![EntryId(0)]),
             stage("use", vec![0], vec![EntryId(0)], vec![]),
         ],
-        entries: vec![EntryPlan {
-            memory: Default::default(),
-            name: "volume".into(),
-            producer: Some(0),
-            element_type: ElementType::U8,
-            declared: vec![4096],
-        }],
+        entries: vec![EntryPlan::new(
+            "volume",
+            Some(0),
+            ElementType::U8,
+            vec![4096],
+        )],
     }
 }
 

@@ -29,24 +29,12 @@ fn config() -> ServerConfig {
 }
 
 fn stage(name: &str, upstream: Vec<usize>, inputs: Vec<u32>, outputs: Vec<u32>) -> StagePlan {
-    StagePlan {
-        name: name.into(),
-        upstream,
-        inputs: vec![],
-        outputs: vec![],
-        fastio_inputs: inputs.into_iter().map(EntryId).collect(),
-        fastio_outputs: outputs.into_iter().map(EntryId).collect(),
-    }
+    let ids = |ids: Vec<u32>| ids.into_iter().map(EntryId).collect();
+    StagePlan::new(name, upstream, ids(inputs), ids(outputs))
 }
 
 fn entry(name: &str, producer: Option<usize>, declared: Vec<i64>) -> EntryPlan {
-    EntryPlan {
-        name: name.into(),
-        producer,
-        element_type: ElementType::U8,
-        declared,
-        memory: Default::default(),
-    }
+    EntryPlan::new(name, producer, ElementType::U8, declared)
 }
 
 /// "make" produces "fixed" (8 bytes, pre-allocated) and "sized" (dynamic); "use" reads

@@ -282,14 +282,7 @@ impl Driver {
                 JobPlan {
                     job_id: job_id.clone(),
                     job_name: "standalone".into(),
-                    stages: vec![StagePlan {
-                        name: stage.to_owned(),
-                        upstream: vec![],
-                        inputs: vec![],
-                        outputs: vec![],
-                        fastio_inputs: vec![],
-                        fastio_outputs: vec![],
-                    }],
+                    stages: vec![StagePlan::new(stage, vec![], vec![], vec![])],
                     entries: vec![],
                 },
                 0,

@@ -15,21 +15,9 @@ use fastio_operator::{Driver, Lifecycle, OperatorError};
 /// producer -> middle -> consumer, each through one pre-allocated entry; `spare` is a
 /// dynamic output of the producer that it never allocates.
 fn job() -> Arc<Job> {
-    let stage = |name: &str, upstream, inputs, outputs| StagePlan {
-        name: name.into(),
-        upstream,
-        inputs: vec![],
-        outputs: vec![],
-        fastio_inputs: inputs,
-        fastio_outputs: outputs,
-    };
-    let entry = |name: &str, producer, declared| EntryPlan {
-        memory: Default::default(),
-        name: name.into(),
-        producer: Some(producer),
-        element_type: ElementType::F32,
-        declared,
-    };
+    let stage = StagePlan::new;
+    let entry =
+        |name, producer, declared| EntryPlan::new(name, Some(producer), ElementType::F32, declared);
     Arc::new(Job::new(
         JobPlan {
             job_id: "gpu-streams".into(),
@@ -251,14 +239,7 @@ fn inputs_carrying_events_are_read_without_cuda_when_there_is_none() {
 /// producer -> middle -> consumer where the producer's `volume` lives on cuda:1 and the
 /// middle operator's `mask` in host memory.
 fn device_job() -> Arc<Job> {
-    let stage = |name: &str, upstream, inputs, outputs| StagePlan {
-        name: name.into(),
-        upstream,
-        inputs: vec![],
-        outputs: vec![],
-        fastio_inputs: inputs,
-        fastio_outputs: outputs,
-    };
+    let stage = StagePlan::new;
     Arc::new(Job::new(
         JobPlan {
             job_id: "gpu-device".into(),
@@ -271,18 +252,9 @@ fn device_job() -> Arc<Job> {
             entries: vec![
                 EntryPlan {
                     memory: MemoryKind::Cuda { device: 1 },
-                    name: "volume".into(),
-                    producer: Some(0),
-                    element_type: ElementType::F32,
-                    declared: vec![4, 4],
+                    ..EntryPlan::new("volume", Some(0), ElementType::F32, vec![4, 4])
                 },
-                EntryPlan {
-                    memory: MemoryKind::Host,
-                    name: "mask".into(),
-                    producer: Some(1),
-                    element_type: ElementType::F32,
-                    declared: vec![4, 4],
-                },
+                EntryPlan::new("mask", Some(1), ElementType::F32, vec![4, 4]),
             ],
         },
         |_| {},
@@ -388,14 +360,7 @@ fn device_outputs_skip_the_host_wait_and_their_readers_open_the_event_on_the_ent
 
 #[test]
 fn a_dynamic_device_output_allocated_in_execute_carries_its_event_to_its_reader() {
-    let stage = |name: &str, upstream, inputs, outputs| StagePlan {
-        name: name.into(),
-        upstream,
-        inputs: vec![],
-        outputs: vec![],
-        fastio_inputs: inputs,
-        fastio_outputs: outputs,
-    };
+    let stage = StagePlan::new;
     let job = Arc::new(Job::new(
         JobPlan {
             job_id: "gpu-dynamic".into(),
@@ -406,10 +371,7 @@ fn a_dynamic_device_output_allocated_in_execute_carries_its_event_to_its_reader(
             ],
             entries: vec![EntryPlan {
                 memory: MemoryKind::Cuda { device: 1 },
-                name: "volume".into(),
-                producer: Some(0),
-                element_type: ElementType::F32,
-                declared: vec![-1, 4],
+                ..EntryPlan::new("volume", Some(0), ElementType::F32, vec![-1, 4])
             }],
         },
         |_| {},
@@ -478,20 +440,10 @@ fn a_dynamic_device_output_allocated_in_execute_carries_its_event_to_its_reader(
 fn dynamic_outputs_allocated_through_another_handle_get_the_event_and_a_host_one_the_wait() {
     // The Python and C layers open entries of their own: the operator's end of execute
     // must still see what they allocated.
-    let stage = |name: &str, upstream, inputs, outputs| StagePlan {
-        name: name.into(),
-        upstream,
-        inputs: vec![],
-        outputs: vec![],
-        fastio_inputs: inputs,
-        fastio_outputs: outputs,
-    };
-    let entry = |name: &str, memory, declared| EntryPlan {
+    let stage = StagePlan::new;
+    let entry = |name, memory, declared| EntryPlan {
         memory,
-        name: name.into(),
-        producer: Some(0),
-        element_type: ElementType::F32,
-        declared,
+        ..EntryPlan::new(name, Some(0), ElementType::F32, declared)
     };
     let job = Arc::new(Job::new(
         JobPlan {
