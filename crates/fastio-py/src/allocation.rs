@@ -452,12 +452,7 @@ impl FastIOAllocation {
                 .unwrap_or((ElementType::U8, vec![a.size()])))
         })?;
         let view = Bound::new(py, self.view()?)?;
-        let d = PyDict::new(py);
-        d.set_item("version", 3)?;
-        d.set_item("shape", PyTuple::new(py, typed.1)?)?;
-        d.set_item("typestr", typed.0.numpy_dtype())?;
-        d.set_item("data", view)?;
-        Ok(d)
+        array_interface(view.into_any(), typed.0, typed.1)
     }
 
     /// DLPack export (the Python array API standard): a capsule that `numpy.from_dlpack`,
@@ -617,4 +612,20 @@ pub(crate) fn set_values(
         .call((view, array), Some(&kwargs))
         .map_err(|e| error(format!("cannot copy the values: {e}")))?;
     Ok(())
+}
+
+/// numpy's array interface (version 3) of `data` (an object exporting the buffer
+/// protocol) as an array of `element_type` and `shape`.
+pub(crate) fn array_interface<'py>(
+    data: Bound<'py, PyAny>,
+    element_type: ElementType,
+    shape: Vec<usize>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let py = data.py();
+    let d = PyDict::new(py);
+    d.set_item("version", 3)?;
+    d.set_item("shape", PyTuple::new(py, shape)?)?;
+    d.set_item("typestr", element_type.numpy_dtype())?;
+    d.set_item("data", data)?;
+    Ok(d)
 }

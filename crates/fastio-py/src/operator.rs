@@ -341,12 +341,7 @@ impl FastIOEntry {
                 .unwrap_or_default();
             Ok((e.element_type(), dims))
         })?;
-        let d = PyDict::new(py);
-        d.set_item("version", 3)?;
-        d.set_item("shape", PyTuple::new(py, dims)?)?;
-        d.set_item("typestr", et.numpy_dtype())?;
-        d.set_item("data", view)?;
-        Ok(d)
+        crate::allocation::array_interface(view.into_any(), et, dims)
     }
 
     /// DLPack export (the Python array API standard), as for `FastIOAllocation`: zero-copy,
